@@ -1,0 +1,385 @@
+//! The contract between floodgate's XDP program and its userspace.
+//!
+//! Every type that crosses the kernel boundary, every map name and every counter index is
+//! defined here once. Types are `#[repr(C)]`, `Copy`, with explicit padding, so the kernel and
+//! userspace agree on their layout byte for byte; flags are `u32` rather than `bool` so no type
+//! has implicit padding.
+#![no_std]
+
+/// Map names, as pinned under [`PIN_DIR`]. The kernel keeps 15 bytes of a map name.
+pub mod maps {
+    /// `Array<XdpConfig, 1>`, written by userspace.
+    pub const CONFIG: &str = "FG_CONFIG";
+    /// `HashMap<ListenerKey, ListenerId>`: the protected listeners, written by userspace.
+    pub const LISTENERS: &str = "FG_LISTENERS";
+    /// `Array<Capacity, MAX_LISTENERS>`: per-listener admission state, written by userspace.
+    pub const CAPACITY: &str = "FG_CAPACITY";
+    /// `Array<BackendSlot, MAX_BACKENDS>`: per-backend connection state, written by userspace.
+    pub const BACKENDS: &str = "FG_BACKENDS";
+    /// `Array<u64, 1>`: `CLOCK_MONOTONIC` ns of userspace's last refresh.
+    pub const HEARTBEAT: &str = "FG_HEARTBEAT";
+    /// `LpmTrie<[u8; 4], u32>` / `LpmTrie<[u8; 16], u32>`: sources refused.
+    pub const DENY_V4: &str = "FG_DENY_V4";
+    pub const DENY_V6: &str = "FG_DENY_V6";
+    /// `LpmTrie<[u8; 4], u32>` / `LpmTrie<[u8; 16], u32>`: the only sources admitted in allow mode.
+    pub const ALLOW_V4: &str = "FG_ALLOW_V4";
+    pub const ALLOW_V6: &str = "FG_ALLOW_V6";
+    /// `LruHashMap<SrcKey, Bucket>`: per-source-prefix SYN token buckets, kernel-owned.
+    pub const SRC_BUCKETS: &str = "FG_SRC_BUCKET";
+    /// `PerCpuArray<Bucket, 1>`: the global SYN budget, one bucket per CPU.
+    pub const GLOBAL_BUCKET: &str = "FG_GLOBAL_BKT";
+    /// `LruHashMap<FlowKey, FlowState>`: floodgate's own flow table.
+    pub const FLOWS: &str = "FG_FLOWS";
+    /// `PerCpuArray<Counter, COUNTER_COUNT>`: packets and bytes per [`crate::Reason`].
+    pub const STATS: &str = "FG_STATS";
+    /// `PerCpuArray<ListenerCounters, MAX_LISTENERS>`: per-listener counters.
+    pub const LISTENER_STATS: &str = "FG_LSTATS";
+
+    /// Every map userspace pins, in a stable order.
+    pub const ALL: &[&str] = &[
+        CONFIG,
+        LISTENERS,
+        CAPACITY,
+        BACKENDS,
+        HEARTBEAT,
+        DENY_V4,
+        DENY_V6,
+        ALLOW_V4,
+        ALLOW_V6,
+        SRC_BUCKETS,
+        GLOBAL_BUCKET,
+        FLOWS,
+        STATS,
+        LISTENER_STATS,
+    ];
+}
+
+/// Name of the XDP program in the object file.
+pub const PROGRAM_NAME: &str = "floodgate";
+/// Where userspace pins maps and links.
+pub const PIN_DIR: &str = "/sys/fs/bpf/floodgate";
+
+/// Capacity of the listener map and the per-listener arrays.
+pub const MAX_LISTENERS: u32 = 64;
+/// Capacity of the per-backend array.
+pub const MAX_BACKENDS: u32 = 1024;
+/// Default capacity of the per-source SYN bucket LRU (userspace may resize it before load).
+pub const DEFAULT_SRC_BUCKETS: u32 = 65_536;
+/// Default capacity of the flow table LRU (userspace may resize it before load).
+pub const DEFAULT_FLOWS: u32 = 262_144;
+/// Capacity of each CIDR trie.
+pub const MAX_CIDRS: u32 = 16_384;
+/// How many IPv6 extension headers the parser walks before calling a packet malformed.
+pub const MAX_IPV6_EXT_HEADERS: u32 = 6;
+
+/// One nanosecond-scaled token: buckets hold `tokens * NANOS` so refill needs no division.
+pub const NANOS: u64 = 1_000_000_000;
+
+/// What the XDP program did with a packet, and why.
+///
+/// Every packet the program sees is counted under exactly one verdict reason (the variants up to
+/// [`Reason::DropCapacity`]), so their sum equals the packets received. The variants after it are
+/// events counted in addition (a flow inserted, removed, ...), not verdicts.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...): passed untouched.
+    PassNotIp = 0,
+    /// IP but not TCP (UDP, ICMP, ...): passed untouched.
+    PassNotTcp = 1,
+    /// TCP to a port floodgate does not protect (SSH, kubelet, ...): passed untouched.
+    PassNotListener = 2,
+    /// A non-first IP fragment: it carries no TCP header to judge, so it passes.
+    PassFragment = 3,
+    /// A non-SYN packet of a connection to a listener (it bypasses conntrack).
+    PassEstablished = 4,
+    /// A SYN to a listener that passed every admission check.
+    PassSynAdmitted = 5,
+    /// A SYN admitted without the capacity check because userspace's heartbeat is stale.
+    PassFailOpen = 6,
+    /// A packet to a listener, or an IP packet, whose headers are truncated or inconsistent.
+    DropMalformed = 7,
+    /// A SYN whose source is in the deny list.
+    DropDenyCidr = 8,
+    /// A SYN whose source is not in the allow list while allow mode is on.
+    DropNotAllowed = 9,
+    /// A SYN over its source prefix's token bucket.
+    DropSynRateSource = 10,
+    /// A SYN over this CPU's share of the global SYN budget.
+    DropSynRateGlobal = 11,
+    /// A SYN to a listener that cannot take another connection.
+    DropCapacity = 12,
+    /// Event: a flow was inserted into the flow table (admitted SYN).
+    FlowInserted = 13,
+    /// Event: a flow was removed from the flow table (RST, or the packet after the client's FIN).
+    FlowRemoved = 14,
+    /// Event: an established packet whose flow is not in the table (evicted, or older than us).
+    FlowMiss = 15,
+}
+
+/// Number of slots in [`maps::STATS`].
+pub const COUNTER_COUNT: u32 = 16;
+/// Verdict reasons are `0..VERDICT_COUNT`; the rest are events.
+pub const VERDICT_COUNT: u32 = Reason::DropCapacity as u32 + 1;
+
+/// The XDP action a verdict reason stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Drop,
+}
+
+impl Reason {
+    /// Every reason, in index order.
+    pub const ALL: [Reason; COUNTER_COUNT as usize] = [
+        Reason::PassNotIp,
+        Reason::PassNotTcp,
+        Reason::PassNotListener,
+        Reason::PassFragment,
+        Reason::PassEstablished,
+        Reason::PassSynAdmitted,
+        Reason::PassFailOpen,
+        Reason::DropMalformed,
+        Reason::DropDenyCidr,
+        Reason::DropNotAllowed,
+        Reason::DropSynRateSource,
+        Reason::DropSynRateGlobal,
+        Reason::DropCapacity,
+        Reason::FlowInserted,
+        Reason::FlowRemoved,
+        Reason::FlowMiss,
+    ];
+
+    /// `Pass` or `Drop` for verdict reasons, `None` for events.
+    #[must_use]
+    pub const fn verdict(self) -> Option<Verdict> {
+        match self as u32 {
+            i if i <= Reason::PassFailOpen as u32 => Some(Verdict::Pass),
+            i if i < VERDICT_COUNT => Some(Verdict::Drop),
+            _ => None,
+        }
+    }
+
+    /// The stable snake_case name used in `floodgate stats` and the `reason` metric label.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNotIp => "not_ip",
+            Reason::PassNotTcp => "not_tcp",
+            Reason::PassNotListener => "not_listener",
+            Reason::PassFragment => "fragment",
+            Reason::PassEstablished => "conntrack_bypassed",
+            Reason::PassSynAdmitted => "syn_admitted",
+            Reason::PassFailOpen => "fail_open",
+            Reason::DropMalformed => "malformed",
+            Reason::DropDenyCidr => "deny_cidr",
+            Reason::DropNotAllowed => "not_allowed",
+            Reason::DropSynRateSource => "syn_rate_source",
+            Reason::DropSynRateGlobal => "syn_rate_global",
+            Reason::DropCapacity => "capacity",
+            Reason::FlowInserted => "flows_inserted",
+            Reason::FlowRemoved => "flows_removed",
+            Reason::FlowMiss => "flow_miss",
+        }
+    }
+}
+
+/// A `{packets, bytes}` counter, one per [`Reason`] per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Per-listener counters, one per listener per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(bytemuck::Pod, bytemuck::Zeroable, serde::Serialize)
+)]
+pub struct ListenerCounters {
+    pub syn_admitted: u64,
+    pub syn_dropped: u64,
+    pub established_packets: u64,
+    pub established_bytes: u64,
+}
+
+/// `XdpConfig::flags`: only sources in the allow tries may open connections.
+pub const FLAG_ALLOW_MODE: u32 = 1 << 0;
+/// `XdpConfig::flags`: keep the flow table (insert on SYN, refresh, remove on FIN/RST).
+pub const FLAG_FLOW_TABLE: u32 = 1 << 1;
+/// `XdpConfig::flags`: enforce capacity admission from [`maps::CAPACITY`].
+pub const FLAG_CAPACITY: u32 = 1 << 2;
+
+/// Admission parameters, written by userspace to `FG_CONFIG[0]`.
+///
+/// An all-zero config (the state before userspace writes it) admits everything: rates of 0 mean
+/// "no limit" and no flag is set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct XdpConfig {
+    /// SYNs per second per source prefix; 0 disables per-source limiting.
+    pub src_rate: u32,
+    /// Bucket size per source prefix, in SYNs.
+    pub src_burst: u32,
+    /// SYNs per second per CPU (the global budget divided by the CPU count); 0 disables it.
+    pub global_rate_per_cpu: u32,
+    /// Global bucket size per CPU, in SYNs.
+    pub global_burst_per_cpu: u32,
+    /// Source prefix length that shares one IPv4 bucket (1..=32).
+    pub src_prefix_v4: u32,
+    /// Source prefix length that shares one IPv6 bucket (1..=128).
+    pub src_prefix_v6: u32,
+    /// A heartbeat older than this makes capacity admission fail open; 0 never fails open.
+    pub fail_open_after_ns: u64,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// `ListenerKey::family` values.
+pub const FAMILY_V4: u16 = 4;
+pub const FAMILY_V6: u16 = 6;
+
+/// A protected listener: address family and TCP port (host byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ListenerKey {
+    pub family: u16,
+    pub port: u16,
+}
+
+/// Index of a listener into the per-listener arrays (`< MAX_LISTENERS`).
+pub type ListenerId = u32;
+
+/// Per-listener admission state published by userspace (`FG_CAPACITY[listener_id]`).
+///
+/// The decision needs L7 knowledge (queues, per-server limits), so userspace makes it and
+/// publishes one flag; the kernel does one array lookup per SYN.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Capacity {
+    /// 1 when the listener can take another connection.
+    pub admit: u32,
+    /// Connections currently open on the listener.
+    pub active: u32,
+    /// The listener's effective connection limit.
+    pub maxconn: u32,
+    /// Free places in the queues behind the listener.
+    pub queue_room: u32,
+}
+
+/// Per-backend connection state published by userspace (`FG_BACKENDS[backend_id]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct BackendSlot {
+    pub active: u32,
+    pub maxconn: u32,
+    pub queued: u32,
+    pub queue_max: u32,
+}
+
+/// Key of a per-source SYN bucket: the source address masked to its prefix, IPv4 as
+/// `::ffff:a.b.c.d` so both families share one map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SrcKey {
+    pub addr: [u8; 16],
+}
+
+/// A token bucket; tokens are scaled by [`NANOS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Bucket {
+    pub tokens: u64,
+    pub last_ns: u64,
+}
+
+/// A flow of floodgate's own flow table; addresses as in [`SrcKey`], ports in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// State of a flow in the flow table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowState {
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub listener: u32,
+    /// 1 once the client sent FIN: the next packet (its last ACK) removes the flow.
+    pub closing: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: each is repr(C), Copy and free of padding, which the bytemuck::Pod derives check
+    // at compile time.
+    unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::ListenerCounters {}
+    unsafe impl aya::Pod for super::XdpConfig {}
+    unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::Capacity {}
+    unsafe impl aya::Pod for super::BackendSlot {}
+    unsafe impl aya::Pod for super::SrcKey {}
+    unsafe impl aya::Pod for super::Bucket {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowState {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_indices_match_all() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+        assert_eq!(Reason::ALL.len(), COUNTER_COUNT as usize);
+    }
+
+    #[test]
+    fn verdicts_then_events() {
+        assert_eq!(Reason::PassFailOpen.verdict(), Some(Verdict::Pass));
+        assert_eq!(Reason::DropMalformed.verdict(), Some(Verdict::Drop));
+        assert_eq!(Reason::DropCapacity.verdict(), Some(Verdict::Drop));
+        assert_eq!(Reason::FlowInserted.verdict(), None);
+    }
+
+    #[test]
+    fn map_names_fit_the_kernel() {
+        for name in maps::ALL {
+            assert!(name.len() <= 15, "{name} is longer than 15 bytes");
+        }
+    }
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<Counter>(), 16);
+        assert_eq!(size_of::<XdpConfig>(), 40);
+        assert_eq!(size_of::<ListenerKey>(), 4);
+        assert_eq!(size_of::<Capacity>(), 16);
+        assert_eq!(size_of::<FlowKey>(), 36);
+        assert_eq!(size_of::<FlowState>(), 40);
+    }
+}

@@ -1,0 +1,2 @@
+#![no_std]
+// Empty: see Cargo.toml for why this target exists. The program is src/main.rs.

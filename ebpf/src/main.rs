@@ -1,0 +1,368 @@
+//! floodgate's XDP program: connection admission in front of the kernel TCP stack.
+//!
+//! ```text
+//! parse -> listener? --no--> PASS (SSH, kubelet, DNS... untouched)
+//!       -> CIDR deny / allow
+//!       -> not a SYN: count conntrack bypass, refresh or remove the flow -> PASS
+//!       -> SYN: source bucket -> global budget -> capacity (or fail open) -> flow insert -> PASS
+//! ```
+//! Every packet is counted under exactly one verdict reason (`floodgate_common::Reason`).
+#![no_std]
+#![no_main]
+
+mod parse;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+use aya_log_ebpf::warn;
+use floodgate_common::{
+    BackendSlot, Bucket, COUNTER_COUNT, Capacity, Counter, DEFAULT_FLOWS, DEFAULT_SRC_BUCKETS,
+    FAMILY_V4, FLAG_ALLOW_MODE, FLAG_CAPACITY, FLAG_FLOW_TABLE, FlowKey, FlowState,
+    ListenerCounters, ListenerId, ListenerKey, MAX_BACKENDS, MAX_CIDRS, MAX_LISTENERS, NANOS,
+    Reason, SrcKey, XdpConfig,
+};
+use parse::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp};
+
+// Map statics are named after floodgate_common::maps (the object's map names come from them).
+
+#[btf_map]
+static FG_CONFIG: Array<XdpConfig, 1> = Array::new();
+#[btf_map]
+static FG_LISTENERS: HashMap<ListenerKey, ListenerId, { MAX_LISTENERS as usize }> = HashMap::new();
+#[btf_map]
+static FG_CAPACITY: Array<Capacity, { MAX_LISTENERS as usize }> = Array::new();
+#[btf_map]
+static FG_BACKENDS: Array<BackendSlot, { MAX_BACKENDS as usize }> = Array::new();
+#[btf_map]
+static FG_HEARTBEAT: Array<u64, 1> = Array::new();
+#[btf_map]
+static FG_DENY_V4: LpmTrie<[u8; 4], u32, { MAX_CIDRS as usize }> = LpmTrie::new();
+#[btf_map]
+static FG_DENY_V6: LpmTrie<[u8; 16], u32, { MAX_CIDRS as usize }> = LpmTrie::new();
+#[btf_map]
+static FG_ALLOW_V4: LpmTrie<[u8; 4], u32, { MAX_CIDRS as usize }> = LpmTrie::new();
+#[btf_map]
+static FG_ALLOW_V6: LpmTrie<[u8; 16], u32, { MAX_CIDRS as usize }> = LpmTrie::new();
+#[btf_map]
+static FG_SRC_BUCKET: LruHashMap<SrcKey, Bucket, { DEFAULT_SRC_BUCKETS as usize }> =
+    LruHashMap::new();
+#[btf_map]
+static FG_GLOBAL_BKT: PerCpuArray<Bucket, 1> = PerCpuArray::new();
+#[btf_map]
+static FG_FLOWS: LruHashMap<FlowKey, FlowState, { DEFAULT_FLOWS as usize }> = LruHashMap::new();
+#[btf_map]
+static FG_STATS: PerCpuArray<Counter, { COUNTER_COUNT as usize }> = PerCpuArray::new();
+#[btf_map]
+static FG_LSTATS: PerCpuArray<ListenerCounters, { MAX_LISTENERS as usize }> = PerCpuArray::new();
+
+#[xdp]
+pub fn floodgate(ctx: XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let reason = decide(&ctx, len);
+    count(reason, len);
+    match reason.verdict() {
+        Some(floodgate_common::Verdict::Drop) => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+#[inline(always)]
+fn count(reason: Reason, len: u64) {
+    let Some(c) = FG_STATS.get_ptr_mut(reason as u32) else {
+        return;
+    };
+    // SAFETY: per-CPU slot; XDP does not preempt itself on one CPU.
+    unsafe {
+        (*c).packets += 1;
+        (*c).bytes += len;
+    }
+}
+
+#[inline(always)]
+fn decide(ctx: &XdpContext, len: u64) -> Reason {
+    let tcp = match parse::parse(ctx) {
+        Parsed::NotIp => return Reason::PassNotIp,
+        Parsed::NotTcp => return Reason::PassNotTcp,
+        Parsed::Fragment => return Reason::PassFragment,
+        Parsed::Malformed => return Reason::DropMalformed,
+        Parsed::Tcp(t) => t,
+    };
+    let key = ListenerKey {
+        family: tcp.family,
+        port: tcp.dport,
+    };
+    // SAFETY: the value is a plain u32 read once.
+    let Some(listener) = (unsafe { FG_LISTENERS.get(&key) }).copied() else {
+        return Reason::PassNotListener;
+    };
+    if !tcp.header_complete {
+        return Reason::DropMalformed;
+    }
+    let cfg = match FG_CONFIG.get(0) {
+        Some(c) => *c,
+        None => XdpConfig::default(),
+    };
+    if let Some(r) = cidr_verdict(&tcp, &cfg) {
+        return r;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let reason = if tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        admit_syn(ctx, &tcp, &cfg, listener, now)
+    } else {
+        established(&tcp, &cfg, len, now);
+        Reason::PassEstablished
+    };
+    listener_count(listener, reason, len);
+    reason
+}
+
+/// Deny list first, then the allow list in allow mode. Applies to every packet to a listener,
+/// so a range denied on reload also loses its established connections' packets.
+#[inline(always)]
+fn cidr_verdict(tcp: &Tcp, cfg: &XdpConfig) -> Option<Reason> {
+    let (denied, allowed) = if tcp.family == FAMILY_V4 {
+        let key = Key::new(
+            32,
+            [tcp.saddr[12], tcp.saddr[13], tcp.saddr[14], tcp.saddr[15]],
+        );
+        (
+            FG_DENY_V4.get(&key).is_some(),
+            cfg.flags & FLAG_ALLOW_MODE == 0 || FG_ALLOW_V4.get(&key).is_some(),
+        )
+    } else {
+        let key = Key::new(128, tcp.saddr);
+        (
+            FG_DENY_V6.get(&key).is_some(),
+            cfg.flags & FLAG_ALLOW_MODE == 0 || FG_ALLOW_V6.get(&key).is_some(),
+        )
+    };
+    if denied {
+        Some(Reason::DropDenyCidr)
+    } else if !allowed {
+        Some(Reason::DropNotAllowed)
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+fn admit_syn(
+    ctx: &XdpContext,
+    tcp: &Tcp,
+    cfg: &XdpConfig,
+    listener: ListenerId,
+    now: u64,
+) -> Reason {
+    if cfg.src_rate != 0 {
+        let key = src_key(tcp, cfg);
+        let admitted = match FG_SRC_BUCKET.get_ptr_mut(&key) {
+            // SAFETY: the LRU value stays valid for this program run. The read-modify-write is
+            // not atomic across CPUs: a source whose SYNs land on N CPUs at the same instant may
+            // be granted up to N-1 extra tokens, which is harmless for a rate limit.
+            Some(b) => unsafe { take_token(&mut *b, cfg.src_rate, cfg.src_burst, now) },
+            None => {
+                let mut b = Bucket {
+                    tokens: u64::from(cfg.src_burst) * NANOS,
+                    last_ns: now,
+                };
+                let ok = take_token(&mut b, cfg.src_rate, cfg.src_burst, now);
+                // A full LRU evicts its oldest source; nothing to do on failure.
+                let _ = FG_SRC_BUCKET.insert(&key, &b, 0);
+                ok
+            }
+        };
+        if !admitted {
+            log_drop(ctx, tcp, Reason::DropSynRateSource);
+            return Reason::DropSynRateSource;
+        }
+    }
+    if cfg.global_rate_per_cpu != 0 {
+        let admitted = match FG_GLOBAL_BKT.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, no concurrent writer.
+            Some(b) => unsafe {
+                take_token(
+                    &mut *b,
+                    cfg.global_rate_per_cpu,
+                    cfg.global_burst_per_cpu,
+                    now,
+                )
+            },
+            None => true,
+        };
+        if !admitted {
+            log_drop(ctx, tcp, Reason::DropSynRateGlobal);
+            return Reason::DropSynRateGlobal;
+        }
+    }
+    let mut reason = Reason::PassSynAdmitted;
+    if cfg.flags & FLAG_CAPACITY != 0 {
+        let heartbeat = FG_HEARTBEAT.get(0).copied().unwrap_or(0);
+        let stale =
+            cfg.fail_open_after_ns != 0 && now.saturating_sub(heartbeat) > cfg.fail_open_after_ns;
+        if stale {
+            // A stuck or restarting proxy must never blackhole the node.
+            reason = Reason::PassFailOpen;
+        } else {
+            let admit = FG_CAPACITY.get(listener).is_none_or(|c| c.admit != 0);
+            if !admit {
+                log_drop(ctx, tcp, Reason::DropCapacity);
+                return Reason::DropCapacity;
+            }
+        }
+    }
+    if cfg.flags & FLAG_FLOW_TABLE != 0 {
+        let state = FlowState {
+            first_ns: now,
+            last_ns: now,
+            packets: 1,
+            bytes: 0,
+            listener,
+            closing: 0,
+        };
+        if FG_FLOWS.insert(&flow_key(tcp), &state, 0).is_ok() {
+            count(Reason::FlowInserted, 0);
+        }
+    }
+    reason
+}
+
+/// Refills `b` for the time since its last update and takes one token if there is one.
+#[inline(always)]
+fn take_token(b: &mut Bucket, rate: u32, burst: u32, now: u64) -> bool {
+    let cap = u64::from(burst) * NANOS;
+    let elapsed = now.saturating_sub(b.last_ns);
+    // Past this much time the bucket is full anyway; checking first keeps elapsed * rate from
+    // overflowing after a long idle period.
+    let full_after = cap / u64::from(rate.max(1));
+    let tokens = if elapsed >= full_after {
+        cap
+    } else {
+        (b.tokens + elapsed * u64::from(rate)).min(cap)
+    };
+    b.last_ns = now;
+    if tokens >= NANOS {
+        b.tokens = tokens - NANOS;
+        true
+    } else {
+        b.tokens = tokens;
+        false
+    }
+}
+
+#[inline(always)]
+fn src_key(tcp: &Tcp, cfg: &XdpConfig) -> SrcKey {
+    // IPv4 lives in the last 4 bytes (::ffff:a.b.c.d): its prefix starts at bit 96.
+    let bits = if tcp.family == FAMILY_V4 {
+        96 + cfg.src_prefix_v4.min(32)
+    } else {
+        cfg.src_prefix_v6.min(128)
+    };
+    let mut addr = tcp.saddr;
+    let mut i = 0;
+    while i < 16 {
+        let start = (i * 8) as u32;
+        if start >= bits {
+            addr[i] = 0;
+        } else if bits - start < 8 {
+            addr[i] &= 0xffu8 << (8 - (bits - start));
+        }
+        i += 1;
+    }
+    SrcKey { addr }
+}
+
+#[inline(always)]
+fn flow_key(tcp: &Tcp) -> FlowKey {
+    FlowKey {
+        saddr: tcp.saddr,
+        daddr: tcp.daddr,
+        sport: tcp.sport,
+        dport: tcp.dport,
+    }
+}
+
+#[inline(always)]
+fn established(tcp: &Tcp, cfg: &XdpConfig, len: u64, now: u64) {
+    if cfg.flags & FLAG_FLOW_TABLE == 0 {
+        return;
+    }
+    let key = flow_key(tcp);
+    let Some(f) = FG_FLOWS.get_ptr_mut(&key) else {
+        count(Reason::FlowMiss, len);
+        return;
+    };
+    // SAFETY: LRU value valid for this run; a lost increment between CPUs only skews statistics.
+    let closing = unsafe { (*f).closing != 0 };
+    // The client's FIN is usually followed by its last ACK: keep the flow until then, so that
+    // ACK is not mistaken for a packet of an unknown flow.
+    if tcp.flags & TCP_RST != 0 || closing {
+        if FG_FLOWS.remove(&key).is_ok() {
+            count(Reason::FlowRemoved, 0);
+        }
+        return;
+    }
+    unsafe {
+        (*f).last_ns = now;
+        (*f).packets += 1;
+        (*f).bytes += len;
+        if tcp.flags & TCP_FIN != 0 {
+            (*f).closing = 1;
+        }
+    }
+}
+
+#[inline(always)]
+fn listener_count(listener: ListenerId, reason: Reason, len: u64) {
+    let Some(c) = FG_LSTATS.get_ptr_mut(listener) else {
+        return;
+    };
+    // SAFETY: per-CPU slot.
+    unsafe {
+        match reason {
+            Reason::PassEstablished => {
+                (*c).established_packets += 1;
+                (*c).established_bytes += len;
+            }
+            Reason::PassSynAdmitted | Reason::PassFailOpen => (*c).syn_admitted += 1,
+            _ => (*c).syn_dropped += 1,
+        }
+    }
+}
+
+/// Logs the first drop of each reason on each CPU and then one in 4096, so a flood cannot flood
+/// the log; the counters carry the exact numbers.
+#[inline(always)]
+fn log_drop(ctx: &XdpContext, tcp: &Tcp, reason: Reason) {
+    let n = FG_STATS.get(reason as u32).map_or(0, |c| c.packets);
+    if n & 4095 != 0 {
+        return;
+    }
+    let code = reason as u32;
+    if tcp.family == FAMILY_V4 {
+        let src = [tcp.saddr[12], tcp.saddr[13], tcp.saddr[14], tcp.saddr[15]];
+        warn!(
+            ctx,
+            "SYN dropped: reason={} src={:i} dport={}", code, src, tcp.dport
+        );
+    } else {
+        warn!(
+            ctx,
+            "SYN dropped: reason={} src={:i} dport={}", code, tcp.saddr, tcp.dport
+        );
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

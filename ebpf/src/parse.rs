@@ -1,0 +1,198 @@
+//! Header parsing: Ethernet, 802.1Q/802.1ad, IPv4 (options), IPv6 (extension headers), TCP.
+//!
+//! Every read is bounds-checked against `data_end`; nothing here can fault on input.
+
+use aya_ebpf::programs::XdpContext;
+use floodgate_common::{FAMILY_V4, FAMILY_V6, MAX_IPV6_EXT_HEADERS};
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+
+const IPPROTO_TCP: u8 = 6;
+const IPV6_HOPOPTS: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AH: u8 = 51;
+const IPV6_DSTOPTS: u8 = 60;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// The TCP facts admission needs. Addresses are IPv6 or `::ffff:a.b.c.d`.
+pub struct Tcp {
+    pub family: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub flags: u8,
+    /// Whether the whole TCP header (data offset included) is inside the packet.
+    pub header_complete: bool,
+}
+
+pub enum Parsed {
+    NotIp,
+    NotTcp,
+    Fragment,
+    /// IP whose headers are truncated or inconsistent: the kernel would discard it too.
+    Malformed,
+    Tcp(Tcp),
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+#[inline(always)]
+fn be16_at(ctx: &XdpContext, offset: usize) -> Option<u16> {
+    // SAFETY: ptr_at checked both bytes; packet data has no alignment guarantee.
+    ptr_at::<[u8; 2]>(ctx, offset).map(|p| u16::from_be_bytes(unsafe { *p }))
+}
+
+#[inline(always)]
+fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
+    // SAFETY: ptr_at checked all N bytes; [u8; N] has alignment 1.
+    ptr_at::<[u8; N]>(ctx, offset).map(|p| unsafe { *p })
+}
+
+#[inline(always)]
+fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Parsed {
+    // A frame too short for its Ethernet or VLAN header is not IP as far as we can tell: the
+    // stack decides what to do with it, as it would without floodgate.
+    let Some(mut ethertype) = be16_at(ctx, 12) else {
+        return Parsed::NotIp;
+    };
+    let mut l3 = ETH_HLEN;
+    // 802.1ad outer tag, then 802.1Q: at most two tags.
+    for _ in 0..2 {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let Some(inner) = be16_at(ctx, l3 + 2) else {
+            return Parsed::NotIp;
+        };
+        ethertype = inner;
+        l3 += VLAN_HLEN;
+    }
+    match ethertype {
+        ETH_P_IP => parse_v4(ctx, l3),
+        ETH_P_IPV6 => parse_v6(ctx, l3),
+        _ => Parsed::NotIp,
+    }
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &XdpContext, l3: usize) -> Parsed {
+    // Version/IHL, fragment field, protocol and both addresses are within the fixed 20 bytes.
+    let Some(hdr) = bytes_at::<20>(ctx, l3) else {
+        return Parsed::Malformed;
+    };
+    let ihl = ((hdr[0] & 0x0f) as usize) * 4;
+    if hdr[0] >> 4 != 4 || ihl < 20 {
+        return Parsed::Malformed;
+    }
+    if u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff != 0 {
+        return Parsed::Fragment;
+    }
+    if hdr[9] != IPPROTO_TCP {
+        return Parsed::NotTcp;
+    }
+    let saddr = v4_mapped([hdr[12], hdr[13], hdr[14], hdr[15]]);
+    let daddr = v4_mapped([hdr[16], hdr[17], hdr[18], hdr[19]]);
+    parse_tcp(ctx, l3 + ihl, FAMILY_V4, saddr, daddr)
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &XdpContext, l3: usize) -> Parsed {
+    let Some(hdr) = bytes_at::<40>(ctx, l3) else {
+        return Parsed::Malformed;
+    };
+    if hdr[0] >> 4 != 6 {
+        return Parsed::Malformed;
+    }
+    let mut next = hdr[6];
+    let mut off = l3 + 40;
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    saddr.copy_from_slice(&hdr[8..24]);
+    daddr.copy_from_slice(&hdr[24..40]);
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        let len = match next {
+            IPPROTO_TCP => return parse_tcp(ctx, off, FAMILY_V6, saddr, daddr),
+            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
+                let Some(ext) = bytes_at::<2>(ctx, off) else {
+                    return Parsed::Malformed;
+                };
+                next = ext[0];
+                (ext[1] as usize + 1) * 8
+            }
+            IPV6_AH => {
+                let Some(ext) = bytes_at::<2>(ctx, off) else {
+                    return Parsed::Malformed;
+                };
+                next = ext[0];
+                (ext[1] as usize + 2) * 4
+            }
+            IPV6_FRAGMENT => {
+                let Some(ext) = bytes_at::<4>(ctx, off) else {
+                    return Parsed::Malformed;
+                };
+                if u16::from_be_bytes([ext[2], ext[3]]) & 0xfff8 != 0 {
+                    return Parsed::Fragment;
+                }
+                next = ext[0];
+                8
+            }
+            _ => return Parsed::NotTcp,
+        };
+        off += len;
+    }
+    if next == IPPROTO_TCP {
+        return parse_tcp(ctx, off, FAMILY_V6, saddr, daddr);
+    }
+    // More extension headers than any sane sender uses: refusing to look further must not let
+    // the packet bypass admission, so it counts as malformed.
+    match next {
+        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_AH | IPV6_FRAGMENT => Parsed::Malformed,
+        _ => Parsed::NotTcp,
+    }
+}
+
+#[inline(always)]
+fn parse_tcp(ctx: &XdpContext, l4: usize, family: u16, saddr: [u8; 16], daddr: [u8; 16]) -> Parsed {
+    // Ports, data offset and flags are in the first 14 bytes; a packet without them cannot be
+    // matched to a listener and is not valid TCP.
+    let Some(hdr) = bytes_at::<14>(ctx, l4) else {
+        return Parsed::Malformed;
+    };
+    let doff = ((hdr[12] >> 4) as usize) * 4;
+    let header_complete = doff >= 20 && ctx.data() + l4 + doff <= ctx.data_end();
+    Parsed::Tcp(Tcp {
+        family,
+        saddr,
+        daddr,
+        sport: u16::from_be_bytes([hdr[0], hdr[1]]),
+        dport: u16::from_be_bytes([hdr[2], hdr[3]]),
+        flags: hdr[13],
+        header_complete,
+    })
+}

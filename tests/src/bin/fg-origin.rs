@@ -1,0 +1,102 @@
+//! A test and demo origin: answers every request with 200 and a body naming itself and the
+//! path, records its peak concurrency, and on SIGTERM prints `requests=N peak=M` and exits.
+//!
+//! `/delay/<ms>` waits that long before answering (for timeout, queue and maxconn tests).
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::Full;
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+};
+
+#[derive(Parser)]
+struct Args {
+    /// Address to listen on (127.0.0.1 or a test namespace's address).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Name put in each response body.
+    #[arg(long, default_value = "origin")]
+    name: String,
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    current: AtomicU64,
+    peak: AtomicU64,
+}
+
+async fn answer(
+    c: Arc<Counters>,
+    name: Arc<str>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    c.requests.fetch_add(1, Ordering::Relaxed);
+    let now = c.current.fetch_add(1, Ordering::Relaxed) + 1;
+    c.peak.fetch_max(now, Ordering::Relaxed);
+    let path = req.uri().path().to_owned();
+    if let Some(ms) = path
+        .strip_prefix("/delay/")
+        .and_then(|m| m.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+    }
+    c.current.fetch_sub(1, Ordering::Relaxed);
+    let xff = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    Ok(Response::new(Full::new(Bytes::from(format!(
+        "{name} {path} xff={xff}\n"
+    )))))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let listener = TcpListener::bind(args.listen).await?;
+    let counters = Arc::new(Counters::default());
+    let name: Arc<str> = args.name.into();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    eprintln!("fg-origin listening on {}", listener.local_addr()?);
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (c, n) = (counters.clone(), name.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| answer(c.clone(), n.clone(), req));
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+    println!(
+        "requests={} peak={}",
+        counters.requests.load(Ordering::Relaxed),
+        counters.peak.load(Ordering::Relaxed)
+    );
+    Ok(())
+}

@@ -1,0 +1,567 @@
+//! The configuration: a serde schema with documented defaults (docs/configuration.md), the
+//! HAProxy ingress ConfigMap names as aliases, and validation that names the offending key.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, de};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    #[serde(default)]
+    pub global: Global,
+    #[serde(default)]
+    pub xdp: Xdp,
+    pub listeners: Vec<Listener>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Global {
+    /// Connections the whole process holds at once; past it, connections wait in the kernel
+    /// backlog (HAProxy's `maxconn`).
+    #[serde(alias = "maxconn-global")]
+    pub maxconn: u32,
+    /// Worker threads; 0 means one per CPU.
+    pub nbthread: usize,
+    pub timeouts: Timeouts,
+}
+
+impl Default for Global {
+    fn default() -> Self {
+        Self {
+            maxconn: 100_000,
+            nbthread: 0,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// HAProxy's timeouts, with the production ingress defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Timeouts {
+    #[serde(alias = "timeout-client")]
+    pub client: HDuration,
+    #[serde(alias = "timeout-connect")]
+    pub connect: HDuration,
+    #[serde(alias = "timeout-queue")]
+    pub queue: HDuration,
+    #[serde(alias = "timeout-http-request")]
+    pub http_request: HDuration,
+    #[serde(alias = "timeout-http-keep-alive")]
+    pub http_keep_alive: HDuration,
+    #[serde(alias = "timeout-server")]
+    pub server: HDuration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            client: HDuration::secs(50),
+            connect: HDuration::secs(5),
+            queue: HDuration::secs(5),
+            http_request: HDuration::secs(10),
+            http_keep_alive: HDuration::secs(1),
+            server: HDuration::secs(50),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum XdpMode {
+    /// Driver mode, falling back to generic (SKB) mode when the driver refuses.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Xdp {
+    /// false runs the proxy without XDP and without privileges (development).
+    pub enabled: bool,
+    pub interfaces: Vec<String>,
+    pub mode: XdpMode,
+    pub pin_dir: PathBuf,
+    pub syn_rate: SynRate,
+    pub deny: Vec<IpNet>,
+    /// When not empty, only these sources may open connections.
+    pub allow: Vec<IpNet>,
+    /// Keep floodgate's own flow table.
+    pub flow_table: bool,
+    pub flow_table_size: u32,
+    /// Drop SYNs to a listener that cannot take another connection.
+    pub capacity_admission: bool,
+    /// A heartbeat older than this makes capacity admission fail open.
+    pub fail_open_after: HDuration,
+}
+
+impl Default for Xdp {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interfaces: Vec::new(),
+            mode: XdpMode::Auto,
+            pin_dir: PathBuf::from(floodgate_common::PIN_DIR),
+            syn_rate: SynRate::default(),
+            deny: Vec::new(),
+            allow: Vec::new(),
+            flow_table: true,
+            flow_table_size: floodgate_common::DEFAULT_FLOWS,
+            capacity_admission: true,
+            fail_open_after: HDuration::secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct SynRate {
+    /// SYNs per second per source prefix; 0 turns per-source limiting off.
+    pub per_source: u32,
+    pub per_source_burst: u32,
+    pub source_prefix_v4: u32,
+    pub source_prefix_v6: u32,
+    pub source_table_size: u32,
+    /// SYNs per second for the whole node; 0 turns the global budget off.
+    pub global: u32,
+    pub global_burst: u32,
+}
+
+impl Default for SynRate {
+    fn default() -> Self {
+        Self {
+            per_source: 100,
+            per_source_burst: 200,
+            source_prefix_v4: 32,
+            source_prefix_v6: 64,
+            source_table_size: floodgate_common::DEFAULT_SRC_BUCKETS,
+            global: 200_000,
+            global_burst: 400_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Listener {
+    pub name: String,
+    pub bind: SocketAddr,
+    /// Backend for requests no route matches; without it they get 404.
+    #[serde(default)]
+    pub default_backend: Option<String>,
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+}
+
+fn default_backlog() -> u32 {
+    4096
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Route {
+    /// Exact host or `*.example.com`; absent matches every host.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    pub backend: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    #[default]
+    Roundrobin,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Backend {
+    pub name: String,
+    #[serde(default)]
+    pub balance: Balance,
+    pub servers: Vec<SocketAddr>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: Config = serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: cross references, ranges and uniqueness.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let g = &self.global;
+        if g.maxconn == 0 {
+            return Err(invalid("global.maxconn", "must be at least 1"));
+        }
+        let t = &g.timeouts;
+        for (key, d) in [
+            ("global.timeouts.client", t.client),
+            ("global.timeouts.connect", t.connect),
+            ("global.timeouts.queue", t.queue),
+            ("global.timeouts.http-request", t.http_request),
+            ("global.timeouts.http-keep-alive", t.http_keep_alive),
+            ("global.timeouts.server", t.server),
+        ] {
+            if d.0.is_zero() {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if self.listeners.is_empty() {
+            return Err(invalid("listeners", "at least one listener is required"));
+        }
+        if self.listeners.len() > floodgate_common::MAX_LISTENERS as usize {
+            return Err(invalid(
+                "listeners",
+                format!(
+                    "at most {} listeners are supported",
+                    floodgate_common::MAX_LISTENERS
+                ),
+            ));
+        }
+        let backends: HashSet<&str> = self.backends.iter().map(|b| b.name.as_str()).collect();
+        if backends.len() != self.backends.len() {
+            return Err(invalid("backends", "backend names must be unique"));
+        }
+        for (i, b) in self.backends.iter().enumerate() {
+            if b.servers.is_empty() {
+                return Err(invalid(
+                    format!("backends[{i}].servers"),
+                    "at least one server is required",
+                ));
+            }
+        }
+        let mut names = HashSet::new();
+        let mut binds = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if !names.insert(l.name.as_str()) {
+                return Err(invalid(
+                    format!("listeners[{i}].name"),
+                    format!("`{}` is used twice", l.name),
+                ));
+            }
+            if !binds.insert(l.bind) {
+                return Err(invalid(
+                    format!("listeners[{i}].bind"),
+                    format!("{} is bound twice", l.bind),
+                ));
+            }
+            if l.bind.port() == 0 {
+                return Err(invalid(format!("listeners[{i}].bind"), "needs a port"));
+            }
+            if let Some(b) = &l.default_backend
+                && !backends.contains(b.as_str())
+            {
+                return Err(invalid(
+                    format!("listeners[{i}].default-backend"),
+                    format!("no backend named `{b}`"),
+                ));
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if !backends.contains(r.backend.as_str()) {
+                return Err(invalid(
+                    format!("routes[{i}].backend"),
+                    format!("no backend named `{}`", r.backend),
+                ));
+            }
+            if r.path.is_some() && r.path_prefix.is_some() {
+                return Err(invalid(
+                    format!("routes[{i}]"),
+                    "set `path` or `path-prefix`, not both",
+                ));
+            }
+            for (key, p) in [("path", &r.path), ("path-prefix", &r.path_prefix)] {
+                if let Some(p) = p
+                    && !p.starts_with('/')
+                {
+                    return Err(invalid(format!("routes[{i}].{key}"), "must start with `/`"));
+                }
+            }
+            if let Some(h) = &r.host
+                && (h.is_empty()
+                    || h[1..].contains('*')
+                    || (h.starts_with('*') && !h.starts_with("*.")))
+            {
+                return Err(invalid(
+                    format!("routes[{i}].host"),
+                    "must be a host name or `*.` followed by a domain",
+                ));
+            }
+        }
+        self.xdp.validate()
+    }
+}
+
+impl Xdp {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.interfaces.is_empty() {
+            return Err(invalid(
+                "xdp.interfaces",
+                "at least one interface is required when xdp.enabled is true",
+            ));
+        }
+        for (i, name) in self.interfaces.iter().enumerate() {
+            if name.is_empty() || name.len() > 15 || name.contains('/') {
+                return Err(invalid(
+                    format!("xdp.interfaces[{i}]"),
+                    format!("`{name}` is not an interface name"),
+                ));
+            }
+        }
+        let s = &self.syn_rate;
+        if !(1..=32).contains(&s.source_prefix_v4) {
+            return Err(invalid(
+                "xdp.syn-rate.source-prefix-v4",
+                "must be between 1 and 32",
+            ));
+        }
+        if !(1..=128).contains(&s.source_prefix_v6) {
+            return Err(invalid(
+                "xdp.syn-rate.source-prefix-v6",
+                "must be between 1 and 128",
+            ));
+        }
+        if s.per_source != 0 && s.per_source_burst == 0 {
+            return Err(invalid(
+                "xdp.syn-rate.per-source-burst",
+                "must be at least 1 when per-source is set",
+            ));
+        }
+        if s.global != 0 && s.global_burst == 0 {
+            return Err(invalid(
+                "xdp.syn-rate.global-burst",
+                "must be at least 1 when global is set",
+            ));
+        }
+        if s.source_table_size == 0 {
+            return Err(invalid(
+                "xdp.syn-rate.source-table-size",
+                "must be at least 1",
+            ));
+        }
+        if self.flow_table_size == 0 {
+            return Err(invalid("xdp.flow-table-size", "must be at least 1"));
+        }
+        let max = floodgate_common::MAX_CIDRS as usize;
+        for (key, list) in [("xdp.deny", &self.deny), ("xdp.allow", &self.allow)] {
+            if list.len() > max {
+                return Err(invalid(key, format!("at most {max} entries per list")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A duration in HAProxy's notation: a number with `us`, `ms`, `s`, `m`, `h` or `d`; a bare
+/// number is milliseconds, as in HAProxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HDuration(pub Duration);
+
+impl HDuration {
+    pub const fn secs(s: u64) -> Self {
+        Self(Duration::from_secs(s))
+    }
+}
+
+impl fmt::Display for HDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.0.as_millis())
+    }
+}
+
+impl FromStr for HDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration (expected e.g. 50s, 500ms, 1m)"))?;
+        let d = match unit {
+            "us" => Duration::from_micros(n),
+            "" | "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            "d" => Duration::from_secs(n * 86400),
+            _ => {
+                return Err(format!(
+                    "`{s}` has an unknown unit `{unit}` (use us, ms, s, m, h or d)"
+                ));
+            }
+        };
+        Ok(Self(d))
+    }
+}
+
+impl<'de> Deserialize<'de> for HDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = HDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as 50s, 500ms or 1m")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<HDuration, E> {
+                Ok(HDuration(Duration::from_millis(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<HDuration, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "
+listeners: [{ name: http, bind: '127.0.0.1:8080', default-backend: app }]
+backends: [{ name: app, servers: ['127.0.0.1:9101'] }]
+xdp: { enabled: false }
+";
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = serde_yaml::from_str(s).map_err(|source| ConfigError::Parse {
+            path: "t.yaml".into(),
+            source,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn defaults_are_the_production_haproxy_settings() {
+        let c = parse(MINIMAL).expect("minimal config");
+        let t = &c.global.timeouts;
+        assert_eq!(c.global.maxconn, 100_000);
+        assert_eq!(t.client.0, Duration::from_secs(50));
+        assert_eq!(t.connect.0, Duration::from_secs(5));
+        assert_eq!(t.queue.0, Duration::from_secs(5));
+        assert_eq!(t.http_request.0, Duration::from_secs(10));
+        assert_eq!(t.http_keep_alive.0, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn haproxy_names_are_accepted() {
+        let c = parse(&format!(
+            "{MINIMAL}global: {{ maxconn-global: 9900, timeouts: {{ timeout-client: 30s, timeout-queue: 2500 }} }}"
+        ))
+        .expect("haproxy keys");
+        assert_eq!(c.global.maxconn, 9900);
+        assert_eq!(c.global.timeouts.client.0, Duration::from_secs(30));
+        assert_eq!(
+            c.global.timeouts.queue.0,
+            Duration::from_millis(2500),
+            "bare numbers are ms"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        for (s, d) in [
+            ("50s", Duration::from_secs(50)),
+            ("1m", Duration::from_secs(60)),
+            ("250us", Duration::from_micros(250)),
+            ("10", Duration::from_millis(10)),
+        ] {
+            assert_eq!(s.parse::<HDuration>().expect(s).0, d);
+        }
+        for bad in ["", "s", "5x", "-1s", "1.5s"] {
+            assert!(bad.parse::<HDuration>().is_err(), "{bad}");
+        }
+    }
+
+    fn error_of(s: &str) -> String {
+        parse(s).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = error_of(&MINIMAL.replace("default-backend: app", "default-backend: nope"));
+        assert!(
+            e.contains("listeners[0].default-backend") && e.contains("nope"),
+            "{e}"
+        );
+        let e = error_of(&format!(
+            "{MINIMAL}global: {{ timeouts: {{ client: 5parsecs }} }}"
+        ));
+        assert!(
+            e.contains("timeouts.client") && e.contains("unknown unit"),
+            "{e}"
+        );
+        let e = error_of(&format!("{MINIMAL}global: {{ maxconn: 0 }}"));
+        assert!(e.contains("global.maxconn"), "{e}");
+        let e = error_of(&format!("{MINIMAL}bogus: 1"));
+        assert!(e.contains("bogus"), "{e}");
+        let e = error_of(&MINIMAL.replace("enabled: false", "enabled: true"));
+        assert!(e.contains("xdp.interfaces"), "{e}");
+        let e = error_of(&MINIMAL.replace(
+            "enabled: false",
+            "enabled: true, interfaces: [lo], deny: [10.0.0.0/33]",
+        ));
+        assert!(e.contains("xdp.deny"), "{e}");
+        let e = error_of(&format!(
+            "{MINIMAL}routes: [{{ host: 'a*.b', backend: app }}]"
+        ));
+        assert!(e.contains("routes[0].host"), "{e}");
+    }
+}

@@ -1,0 +1,500 @@
+//! The kernel side, from userspace: load the embedded XDP object, attach it, pin its maps, and
+//! keep the maps it reads (config, listeners, CIDRs, capacity, heartbeat) up to date.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, MapInfo, lpm_trie::Key},
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+};
+use floodgate_common::{
+    Capacity, FAMILY_V4, FAMILY_V6, FLAG_ALLOW_MODE, FLAG_CAPACITY, FLAG_FLOW_TABLE, ListenerId,
+    ListenerKey, PROGRAM_NAME, XdpConfig, maps,
+};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::config::{self, XdpMode as ConfigMode};
+
+/// The XDP object built from `ebpf/` by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floodgate"));
+
+/// bpffs holds only BPF objects, so where and how XDP is attached is recorded here, one file per
+/// pin directory, for `floodgate stats`.
+const STATE_DIR: &str = "/run/floodgate";
+
+pub fn attach_file(pin_dir: &Path) -> PathBuf {
+    let name = pin_dir
+        .to_string_lossy()
+        .trim_matches('/')
+        .replace('/', "_");
+    Path::new(STATE_DIR).join(format!("{name}.attach.json"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(
+        "loading the XDP object failed (are you root, or do you have CAP_BPF and CAP_NET_ADMIN?): {0}"
+    )]
+    Load(#[source] aya::EbpfError),
+    #[error("the XDP object has no {what} named {name}")]
+    Missing {
+        what: &'static str,
+        name: &'static str,
+    },
+    #[error("the kernel verifier refused the XDP program: {0}")]
+    Verify(#[source] aya::programs::ProgramError),
+    #[error("cannot attach XDP to {iface} in {mode} mode: {source}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("pinning under {path}: {reason}")]
+    Pin { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Program(#[from] aya::programs::ProgramError),
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, source }
+}
+
+/// Where and how the program is attached; written to the pin directory for `floodgate stats`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attachment {
+    pub interface: String,
+    /// `native` or `generic`.
+    pub mode: String,
+    pub program_id: u32,
+}
+
+/// Capacity of one listener, as the proxy sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerLoad {
+    pub id: ListenerId,
+    pub active: u32,
+    pub maxconn: u32,
+    pub queue_room: u32,
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    links: Vec<XdpLinkId>,
+    pub attachments: Vec<Attachment>,
+}
+
+impl Dataplane {
+    /// Loads and configures the program without pinning or attaching it, for
+    /// `BPF_PROG_TEST_RUN` tests and benchmarks.
+    pub fn load_unattached(
+        cfg: &config::Xdp,
+        binds: &[SocketAddr],
+    ) -> Result<Self, DataplaneError> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(maps::SRC_BUCKETS, cfg.syn_rate.source_table_size)
+            .map_max_entries(maps::FLOWS, cfg.flow_table_size);
+        let ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
+        let mut dp = Self {
+            ebpf,
+            pin_dir: PathBuf::new(),
+            links: Vec::new(),
+            attachments: Vec::new(),
+        };
+        dp.configure(cfg, binds)?;
+        dp.program()?.load().map_err(DataplaneError::Verify)?;
+        Ok(dp)
+    }
+
+    /// The loaded program and its maps, for tests and benchmarks.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Loads, configures and attaches the program. Maps whose pins already exist with the same
+    /// layout are reused, so counters, buckets and flows survive a restart.
+    pub fn start(cfg: &config::Xdp, binds: &[SocketAddr]) -> Result<Self, DataplaneError> {
+        std::fs::create_dir_all(&cfg.pin_dir).map_err(|e| DataplaneError::Pin {
+            path: cfg.pin_dir.clone(),
+            reason: format!("{e} (is bpffs mounted on /sys/fs/bpf?)"),
+        })?;
+        let sizes = [
+            (maps::SRC_BUCKETS, cfg.syn_rate.source_table_size),
+            (maps::FLOWS, cfg.flow_table_size),
+        ];
+        let pin_paths: Vec<(&'static str, PathBuf)> = maps::ALL
+            .iter()
+            .map(|m| (*m, cfg.pin_dir.join(m)))
+            .collect();
+        for (name, path) in &pin_paths {
+            let want = sizes.iter().find(|(n, _)| n == name).map(|(_, s)| *s);
+            drop_incompatible_pin(name, path, want);
+        }
+        let mut loader = EbpfLoader::new();
+        for (name, size) in sizes {
+            loader.map_max_entries(name, size);
+        }
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
+        match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => spawn_kernel_logger(logger),
+            Err(e) => warn!(error = %e, "XDP program logs are unavailable"),
+        }
+
+        let mut dp = Self {
+            ebpf,
+            pin_dir: cfg.pin_dir.clone(),
+            links: Vec::new(),
+            attachments: Vec::new(),
+        };
+        dp.configure(cfg, binds)?;
+        dp.attach(cfg)?;
+        dp.write_attach_file();
+        Ok(dp)
+    }
+
+    pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        let prog = self
+            .ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(DataplaneError::Missing {
+                what: "program",
+                name: PROGRAM_NAME,
+            })?;
+        Ok(prog.try_into()?)
+    }
+
+    fn attach(&mut self, cfg: &config::Xdp) -> Result<(), DataplaneError> {
+        let prog = self.program()?;
+        prog.load().map_err(DataplaneError::Verify)?;
+        let program_id = prog.info()?.id();
+        for iface in &cfg.interfaces {
+            let prog = self.program()?;
+            let (link, mode) = match cfg.mode {
+                ConfigMode::Native => (attach_one(prog, iface, XdpMode::Driver)?, "native"),
+                ConfigMode::Generic => (attach_one(prog, iface, XdpMode::Skb)?, "generic"),
+                ConfigMode::Auto => match attach_one(prog, iface, XdpMode::Driver) {
+                    Ok(link) => (link, "native"),
+                    Err(e) => {
+                        warn!(interface = %iface, error = %e, "native XDP refused, falling back to generic mode");
+                        (attach_one(self.program()?, iface, XdpMode::Skb)?, "generic")
+                    }
+                },
+            };
+            info!(interface = %iface, mode, program_id, "XDP attached");
+            self.links.push(link);
+            self.attachments.push(Attachment {
+                interface: iface.clone(),
+                mode: mode.into(),
+                program_id,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes everything the program reads from config. Called at start and on reload.
+    pub fn configure(
+        &mut self,
+        cfg: &config::Xdp,
+        binds: &[SocketAddr],
+    ) -> Result<(), DataplaneError> {
+        let ncpus = online_cpus();
+        let s = &cfg.syn_rate;
+        let mut flags = 0;
+        if !cfg.allow.is_empty() {
+            flags |= FLAG_ALLOW_MODE;
+        }
+        if cfg.flow_table {
+            flags |= FLAG_FLOW_TABLE;
+        }
+        if cfg.capacity_admission {
+            flags |= FLAG_CAPACITY;
+        }
+        let xdp_cfg = XdpConfig {
+            src_rate: s.per_source,
+            src_burst: s.per_source_burst,
+            // The global budget is split evenly: each CPU keeps its own bucket, no locking.
+            global_rate_per_cpu: s.global.div_ceil(ncpus),
+            global_burst_per_cpu: s.global_burst.div_ceil(ncpus),
+            src_prefix_v4: s.source_prefix_v4,
+            src_prefix_v6: s.source_prefix_v6,
+            fail_open_after_ns: u64::try_from(cfg.fail_open_after.0.as_nanos()).unwrap_or(u64::MAX),
+            flags,
+            _pad: 0,
+        };
+        let mut arr: Array<_, XdpConfig> = self.map_mut(maps::CONFIG)?;
+        arr.set(0, xdp_cfg, 0).map_err(map_err(maps::CONFIG))?;
+
+        let mut listeners: HashMap<_, ListenerKey, ListenerId> = self.map_mut(maps::LISTENERS)?;
+        let wanted: Vec<ListenerKey> = binds.iter().flat_map(|b| listener_keys(*b)).collect();
+        let stale: Vec<ListenerKey> = listeners
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        for k in stale {
+            listeners.remove(&k).map_err(map_err(maps::LISTENERS))?;
+        }
+        for (id, bind) in binds.iter().enumerate() {
+            for key in listener_keys(*bind) {
+                listeners
+                    .insert(key, id as ListenerId, 0)
+                    .map_err(map_err(maps::LISTENERS))?;
+            }
+        }
+        self.sync_cidrs(maps::DENY_V4, maps::DENY_V6, &cfg.deny)?;
+        self.sync_cidrs(maps::ALLOW_V4, maps::ALLOW_V6, &cfg.allow)?;
+        Ok(())
+    }
+
+    /// Makes the tries hold exactly `nets`: new entries are added before stale ones are removed,
+    /// so a reload never opens a window in which a still-listed range is not matched.
+    fn sync_cidrs(
+        &mut self,
+        v4: &'static str,
+        v6: &'static str,
+        nets: &[IpNet],
+    ) -> Result<(), DataplaneError> {
+        let mut t4: LpmTrie<_, [u8; 4], u32> = self.map_mut(v4)?;
+        let want4: Vec<Key<[u8; 4]>> = nets
+            .iter()
+            .filter_map(|n| match n.trunc() {
+                IpNet::V4(n) => Some(Key::new(u32::from(n.prefix_len()), n.addr().octets())),
+                IpNet::V6(_) => None,
+            })
+            .collect();
+        sync_trie(&mut t4, &want4).map_err(map_err(v4))?;
+        let mut t6: LpmTrie<_, [u8; 16], u32> = self.map_mut(v6)?;
+        let want6: Vec<Key<[u8; 16]>> = nets
+            .iter()
+            .filter_map(|n| match n.trunc() {
+                IpNet::V6(n) => Some(Key::new(u32::from(n.prefix_len()), n.addr().octets())),
+                IpNet::V4(_) => None,
+            })
+            .collect();
+        sync_trie(&mut t6, &want6).map_err(map_err(v6))
+    }
+
+    /// Publishes listener capacity and refreshes the heartbeat; the program fails open when the
+    /// heartbeat goes stale.
+    pub fn publish(&mut self, loads: &[ListenerLoad]) -> Result<(), DataplaneError> {
+        let mut cap: Array<_, Capacity> = self.map_mut(maps::CAPACITY)?;
+        for l in loads {
+            let admit = u32::from(l.active < l.maxconn || l.queue_room > 0);
+            let c = Capacity {
+                admit,
+                active: l.active,
+                maxconn: l.maxconn,
+                queue_room: l.queue_room,
+            };
+            cap.set(l.id, c, 0).map_err(map_err(maps::CAPACITY))?;
+        }
+        let mut hb: Array<_, u64> = self.map_mut(maps::HEARTBEAT)?;
+        hb.set(0, monotonic_ns(), 0)
+            .map_err(map_err(maps::HEARTBEAT))
+    }
+
+    pub fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, DataplaneError>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::Missing { what: "map", name })?;
+        T::try_from(map).map_err(map_err(name))
+    }
+
+    fn write_attach_file(&self) {
+        let path = attach_file(&self.pin_dir);
+        let json = serde_json::to_vec_pretty(&self.attachments).unwrap_or_default();
+        let written = std::fs::create_dir_all(STATE_DIR).and_then(|()| std::fs::write(&path, json));
+        if let Err(e) = written {
+            warn!(path = %path.display(), error = %e, "cannot record the XDP attachment for `floodgate stats`");
+        }
+    }
+
+    /// Detaches from every interface and removes the pins this process made or reused.
+    pub fn stop(mut self) {
+        let links = std::mem::take(&mut self.links);
+        if let Ok(prog) = self.program() {
+            for link in links {
+                if let Err(e) = prog.detach(link) {
+                    warn!(error = %e, "XDP detach failed");
+                }
+            }
+        }
+        for name in maps::ALL {
+            let _ = std::fs::remove_file(self.pin_dir.join(name));
+        }
+        let _ = std::fs::remove_file(attach_file(&self.pin_dir));
+        let _ = std::fs::remove_dir(&self.pin_dir);
+        info!("XDP detached, pins removed");
+    }
+}
+
+fn attach_one(prog: &mut Xdp, iface: &str, mode: XdpMode) -> Result<XdpLinkId, DataplaneError> {
+    let name = if mode == XdpMode::Skb {
+        "generic"
+    } else {
+        "native"
+    };
+    prog.attach(iface, mode)
+        .map_err(|source| DataplaneError::Attach {
+            iface: iface.into(),
+            mode: name,
+            source,
+        })
+}
+
+/// A pinned map from an older floodgate with another layout would be reused blindly by the
+/// loader; remove it so a fresh one is created.
+fn drop_incompatible_pin(name: &str, path: &Path, want_entries: Option<u32>) {
+    let Ok(info) = MapInfo::from_pin(path) else {
+        return;
+    };
+    let Some((key, value, entries)) = expected_layout(name) else {
+        return;
+    };
+    let entries = want_entries.unwrap_or(entries);
+    if info.key_size() != key || info.value_size() != value || info.max_entries() != entries {
+        warn!(map = name, "pinned map has another layout; replacing it");
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
+    use core::mem::size_of;
+
+    use floodgate_common as c;
+    let s = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    Some(match name {
+        maps::CONFIG => (4, s(size_of::<c::XdpConfig>()), 1),
+        maps::LISTENERS => (s(size_of::<ListenerKey>()), 4, c::MAX_LISTENERS),
+        maps::CAPACITY => (4, s(size_of::<Capacity>()), c::MAX_LISTENERS),
+        maps::BACKENDS => (4, s(size_of::<c::BackendSlot>()), c::MAX_BACKENDS),
+        maps::HEARTBEAT => (4, 8, 1),
+        maps::DENY_V4 | maps::ALLOW_V4 => (8, 4, c::MAX_CIDRS),
+        maps::DENY_V6 | maps::ALLOW_V6 => (20, 4, c::MAX_CIDRS),
+        maps::SRC_BUCKETS => (
+            s(size_of::<c::SrcKey>()),
+            s(size_of::<c::Bucket>()),
+            c::DEFAULT_SRC_BUCKETS,
+        ),
+        maps::GLOBAL_BUCKET => (4, s(size_of::<c::Bucket>()), 1),
+        maps::FLOWS => (
+            s(size_of::<c::FlowKey>()),
+            s(size_of::<c::FlowState>()),
+            c::DEFAULT_FLOWS,
+        ),
+        maps::STATS => (4, s(size_of::<c::Counter>()), c::COUNTER_COUNT),
+        maps::LISTENER_STATS => (4, s(size_of::<c::ListenerCounters>()), c::MAX_LISTENERS),
+        _ => return None,
+    })
+}
+
+fn sync_trie<K: aya::Pod + PartialEq>(
+    trie: &mut LpmTrie<&mut MapData, K, u32>,
+    want: &[Key<K>],
+) -> Result<(), aya::maps::MapError> {
+    for k in want {
+        trie.insert(k, 1, 0)?;
+    }
+    let have: Vec<Key<K>> = trie.keys().filter_map(Result::ok).collect();
+    for k in have {
+        let kept = want
+            .iter()
+            .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data());
+        if !kept {
+            trie.remove(&k)?;
+        }
+    }
+    Ok(())
+}
+
+/// A wildcard bind protects the port for its family; a dual-stack `[::]` bind protects both.
+fn listener_keys(bind: SocketAddr) -> Vec<ListenerKey> {
+    let port = bind.port();
+    match bind.ip() {
+        IpAddr::V4(_) => vec![ListenerKey {
+            family: FAMILY_V4,
+            port,
+        }],
+        IpAddr::V6(a) if a.is_unspecified() => {
+            vec![
+                ListenerKey {
+                    family: FAMILY_V6,
+                    port,
+                },
+                ListenerKey {
+                    family: FAMILY_V4,
+                    port,
+                },
+            ]
+        }
+        IpAddr::V6(_) => vec![ListenerKey {
+            family: FAMILY_V6,
+            port,
+        }],
+    }
+}
+
+/// CPUs that run the XDP program: the global SYN budget is divided among them.
+fn online_cpus() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    u32::try_from(n).unwrap_or(1).max(1)
+}
+
+/// The clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+fn spawn_kernel_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its ring buffer fd; flushing neither closes nor replaces it.
+    let fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match fd {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(error = %e, "XDP program logs are unavailable");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while let Ok(mut guard) = fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
+/// The pin directory of a running (or crashed) floodgate, for `floodgate stats`.
+pub fn pinned(dir: &Path, name: &str) -> Result<MapData, DataplaneError> {
+    MapData::from_pin(dir.join(name)).map_err(|e| DataplaneError::Pin {
+        path: dir.join(name),
+        reason: format!("{e} (is floodgate running with XDP enabled?)"),
+    })
+}

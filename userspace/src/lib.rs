@@ -1,0 +1,12 @@
+//! floodgate's userspace, as a library so the integration tests and benchmarks drive the same
+//! code the binary runs. The binary (`main.rs`) is the CLI around it.
+//!
+//! The data path, in module order: `dataplane` (XDP load, attach, maps) -> `proxy::server`
+//! (accept, limits) -> `proxy` (HTTP phases) -> `proxy::route` -> `proxy::backend`; `config`
+//! feeds all of them, `stats` reads the kernel counters.
+
+pub mod config;
+pub mod dataplane;
+pub mod limits;
+pub mod proxy;
+pub mod stats;

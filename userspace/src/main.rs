@@ -1,0 +1,202 @@
+//! floodgate: an eBPF/XDP-accelerated edge data plane for Kubernetes ingress.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{Semaphore, watch},
+};
+use tracing::{error, info, warn};
+
+use floodgate::{
+    config::Config,
+    dataplane::{Dataplane, ListenerLoad},
+    limits,
+    proxy::{ListenerCtx, Routing, server},
+    stats,
+};
+
+/// How often listener capacity and the heartbeat are written for the XDP program.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
+/// How long in-flight requests may take to finish after SIGTERM.
+const DRAIN_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "eBPF/XDP-accelerated edge data plane for Kubernetes ingress"
+)]
+struct Cli {
+    /// Log format: text or json.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load the config, attach XDP, and serve until SIGINT or SIGTERM.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file; exits non-zero naming the bad key.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the XDP counters from the pinned maps (works from another process).
+    Stats {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The pin directory (`xdp.pin-dir` of the running instance).
+        #[arg(long, default_value = floodgate_common::PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    let result = match cli.cmd {
+        Cmd::Run { config } => run(&config),
+        Cmd::Check { config } => check(&config),
+        Cmd::Stats { json, pin_dir } => print_stats(&pin_dir, json),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("floodgate: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOODGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    println!(
+        "{}: ok ({} listeners, {} routes, {} backends, xdp {})",
+        path.display(),
+        cfg.listeners.len(),
+        cfg.routes.len(),
+        cfg.backends.len(),
+        if cfg.xdp.enabled {
+            "enabled"
+        } else {
+            "disabled"
+        }
+    );
+    Ok(())
+}
+
+fn print_stats(pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let snap = stats::read(pin_dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&snap)?);
+    } else {
+        stats::print_table(&snap);
+    }
+    Ok(())
+}
+
+fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    let maxconn = limits::effective_maxconn(cfg.global.maxconn, cfg.listeners.len());
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if cfg.global.nbthread > 0 {
+        rt.worker_threads(cfg.global.nbthread);
+    }
+    rt.build()
+        .context("starting the runtime")?
+        .block_on(serve(cfg, maxconn))
+}
+
+async fn serve(cfg: Config, maxconn: u32) -> anyhow::Result<()> {
+    // Bind first: if a port is taken, fail before touching the kernel's XDP state.
+    let mut listeners = Vec::with_capacity(cfg.listeners.len());
+    for l in &cfg.listeners {
+        listeners.push(server::bind(l)?);
+    }
+    let binds: Vec<_> = cfg.listeners.iter().map(|l| l.bind).collect();
+    let mut dp = if cfg.xdp.enabled {
+        Some(Dataplane::start(&cfg.xdp, &binds)?)
+    } else {
+        info!("xdp.enabled is false: running the proxy alone");
+        None
+    };
+
+    let routing = Arc::new(Routing::new(&cfg));
+    let permits = Arc::new(Semaphore::new(maxconn as usize));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut actives = Vec::new();
+    for (l, listener) in cfg.listeners.iter().zip(listeners) {
+        let ctx = Arc::new(ListenerCtx::new(
+            routing.clone(),
+            l.default_backend.as_deref(),
+            "http",
+        ));
+        let active = Arc::new(server::Active::default());
+        actives.push(active.clone());
+        info!(listener = %l.name, bind = %l.bind, "listening");
+        let s = server::Serve {
+            listener,
+            ctx,
+            maxconn: permits.clone(),
+            active,
+            timeouts: cfg.global.timeouts.clone(),
+        };
+        tasks.spawn(server::serve(s, stop_rx.clone(), DRAIN_GRACE));
+    }
+    info!(maxconn, "floodgate ready");
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(PUBLISH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = tick.tick() => {
+                if let Some(dp) = dp.as_mut() {
+                    let loads: Vec<ListenerLoad> = actives
+                        .iter()
+                        .enumerate()
+                        .map(|(i, a)| ListenerLoad { id: i as u32, active: a.get(), maxconn, queue_room: 0 })
+                        .collect();
+                    if let Err(e) = dp.publish(&loads) {
+                        error!(error = %e, "cannot publish capacity to XDP");
+                    }
+                }
+            }
+        }
+    }
+    info!("shutting down: draining connections");
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    if let Some(dp) = dp {
+        dp.stop();
+    }
+    if permits.available_permits() != maxconn as usize {
+        warn!("connections were still open at exit");
+    }
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! One error type for the request path, and the one place that maps it to a status code.
+
+use http::StatusCode;
+
+/// Where a failure came from: it decides the status and whether a retry may help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Client,
+    Upstream,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error("backend `{backend}` has no server available")]
+    NoServer { backend: String },
+    #[error("connecting to {server} failed: {reason}")]
+    Connect { server: String, reason: String },
+    #[error("connecting to {server} timed out")]
+    ConnectTimeout { server: String },
+    #[error("{server} did not answer within the server timeout")]
+    ServerTimeout { server: String },
+    #[error("{server} failed: {reason}")]
+    Upstream { server: String, reason: String },
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    pub fn origin(&self) -> Origin {
+        match self {
+            ProxyError::NoRoute | ProxyError::BadRequest(_) => Origin::Client,
+            ProxyError::NoServer { .. }
+            | ProxyError::Connect { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::ServerTimeout { .. }
+            | ProxyError::Upstream { .. } => Origin::Upstream,
+            ProxyError::Internal(_) => Origin::Internal,
+        }
+    }
+
+    /// True when the request never reached a server, so sending it to another is safe.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. }
+        )
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::ConnectTimeout { .. } | ProxyError::ServerTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A short body that names the status, never internals (addresses, causes).
+    pub fn body(&self) -> &'static str {
+        match self.status() {
+            StatusCode::NOT_FOUND => "404 Not Found\n",
+            StatusCode::BAD_REQUEST => "400 Bad Request\n",
+            StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable\n",
+            StatusCode::BAD_GATEWAY => "502 Bad Gateway\n",
+            StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout\n",
+            _ => "500 Internal Server Error\n",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_retryability() {
+        let s = || "10.0.0.1:80".to_string();
+        assert_eq!(ProxyError::NoRoute.status(), 404);
+        assert_eq!(
+            ProxyError::NoServer {
+                backend: "a".into()
+            }
+            .status(),
+            503
+        );
+        assert_eq!(
+            ProxyError::Connect {
+                server: s(),
+                reason: "refused".into()
+            }
+            .status(),
+            502
+        );
+        assert_eq!(ProxyError::ConnectTimeout { server: s() }.status(), 504);
+        assert_eq!(ProxyError::ServerTimeout { server: s() }.status(), 504);
+        assert!(
+            ProxyError::Connect {
+                server: s(),
+                reason: String::new()
+            }
+            .retryable()
+        );
+        assert!(!ProxyError::ServerTimeout { server: s() }.retryable());
+        assert!(
+            !ProxyError::Upstream {
+                server: s(),
+                reason: String::new()
+            }
+            .body()
+            .contains("10.0.0.1")
+        );
+    }
+}

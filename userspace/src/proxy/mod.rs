@@ -1,0 +1,314 @@
+//! The L7 proxy: accept -> HTTP (h1, h2c) -> route -> backend -> response.
+//!
+//! Request phases, in order (each is one function below):
+//! 1. `route`: host and path select a backend (`route.rs`), else the listener's default, else 404.
+//! 2. `upstream_request`: hop-by-hop headers stripped, `X-Forwarded-*` and `X-Request-Id` added.
+//! 3. `forward`: a server is picked (`backend.rs`); a connect failure is retried on another server
+//!    when the request has no body, so it can be sent again safely.
+//! 4. `downstream_response`: hop-by-hop headers stripped from the response.
+//!
+//! Errors from any phase are `ProxyError`s, turned into a status in one place (`error.rs`).
+
+pub mod backend;
+pub mod error;
+pub mod route;
+pub mod server;
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
+use http_body_util::{BodyExt as _, Empty, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use tracing::debug;
+
+use self::{
+    backend::{Backend, UpstreamBody, UpstreamClient},
+    error::ProxyError,
+    route::Router,
+};
+use crate::config::Config;
+
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// How many servers one request may try when connecting fails.
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+/// Everything a request needs, built once per config generation.
+pub struct Routing {
+    router: Router,
+    backends: Vec<Backend>,
+    client: UpstreamClient,
+    server_timeout: Duration,
+}
+
+impl Routing {
+    pub fn new(cfg: &Config) -> Self {
+        let backends: Vec<Backend> = cfg.backends.iter().map(Backend::new).collect();
+        let router = Router::new(&cfg.routes, |name| {
+            backends.iter().position(|b| b.name == name)
+        });
+        let t = &cfg.global.timeouts;
+        Self {
+            router,
+            backends,
+            client: backend::client(t.connect.0, t.client.0),
+            server_timeout: t.server.0,
+        }
+    }
+
+    fn backend_index(&self, name: &str) -> Option<usize> {
+        self.backends.iter().position(|b| b.name == name)
+    }
+}
+
+/// Per-listener request context.
+pub struct ListenerCtx {
+    pub routing: Arc<Routing>,
+    pub default_backend: Option<usize>,
+    pub scheme: &'static str,
+    request_ids: AtomicU64,
+}
+
+impl ListenerCtx {
+    pub fn new(routing: Arc<Routing>, default_backend: Option<&str>, scheme: &'static str) -> Self {
+        let default_backend = default_backend.and_then(|n| routing.backend_index(n));
+        Self {
+            routing,
+            default_backend,
+            scheme,
+            request_ids: AtomicU64::new(0),
+        }
+    }
+}
+
+pub async fn handle(
+    ctx: Arc<ListenerCtx>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let result = async {
+        let backend = route(&ctx, &req)?;
+        let req = upstream_request(&ctx, peer, req)?;
+        forward(&ctx.routing, backend, req).await
+    }
+    .await;
+    Ok(match result {
+        Ok(resp) => downstream_response(resp),
+        Err(e) => {
+            debug!(error = %e, %peer, "request failed");
+            error_response(&e)
+        }
+    })
+}
+
+fn route(ctx: &ListenerCtx, req: &Request<Incoming>) -> Result<usize, ProxyError> {
+    let host = req
+        .uri()
+        .authority()
+        .map(http::uri::Authority::as_str)
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+    ctx.routing
+        .router
+        .route(host, req.uri().path())
+        .or(ctx.default_backend)
+        .ok_or(ProxyError::NoRoute)
+}
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for h in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(h);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// A request prepared for a backend; kept as parts so it can be rebuilt for a retry.
+struct Upstream {
+    parts: http::request::Parts,
+    body: Option<Incoming>,
+}
+
+fn upstream_request(
+    ctx: &ListenerCtx,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Upstream, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        });
+    strip_hop_by_hop(&mut parts.headers);
+    let h = &mut parts.headers;
+    let peer_ip = peer.ip().to_string();
+    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {peer_ip}"),
+        None => peer_ip,
+    };
+    let hv = |s: &str| {
+        HeaderValue::from_str(s)
+            .map_err(|_| ProxyError::BadRequest("unrepresentable header".into()))
+    };
+    h.insert("x-forwarded-for", hv(&xff)?);
+    h.insert("x-forwarded-proto", HeaderValue::from_static(ctx.scheme));
+    if let Some(host) = &host {
+        h.insert("x-forwarded-host", hv(host)?);
+        // HTTP/2 carries the host in :authority; HTTP/1.1 backends need a Host header.
+        if !h.contains_key(header::HOST) {
+            h.insert(header::HOST, hv(host)?);
+        }
+    }
+    if !h.contains_key("x-request-id") {
+        let id = ctx.request_ids.fetch_add(1, Ordering::Relaxed);
+        h.insert(
+            "x-request-id",
+            hv(&format!("{:08x}-{id:x}", std::process::id()))?,
+        );
+    }
+    // Backends speak HTTP/1.1 whatever the client spoke.
+    parts.version = http::Version::HTTP_11;
+    // A body-less request (no length, not chunked) can be replayed on another server.
+    let has_body = !matches!(body_hint(&parts.headers), Some(0));
+    Ok(Upstream {
+        parts,
+        body: has_body.then_some(body),
+    })
+}
+
+fn body_hint(h: &HeaderMap) -> Option<u64> {
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        return None;
+    }
+    match h.get(header::CONTENT_LENGTH) {
+        None => Some(0),
+        Some(v) => v.to_str().ok().and_then(|s| s.parse().ok()),
+    }
+}
+
+async fn forward(
+    routing: &Routing,
+    backend: usize,
+    mut up: Upstream,
+) -> Result<Response<Incoming>, ProxyError> {
+    let backend = routing
+        .backends
+        .get(backend)
+        .ok_or_else(|| ProxyError::Internal("unknown backend".into()))?;
+    let mut tried = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
+    let replayable = up.body.is_none();
+    loop {
+        let server = backend.pick(&tried).ok_or_else(|| ProxyError::NoServer {
+            backend: backend.name.clone(),
+        })?;
+        tried.push(server);
+        let mut parts = up.parts.clone();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str);
+        parts.uri = Uri::try_from(format!("http://{server}{path}"))
+            .map_err(|e| ProxyError::BadRequest(format!("bad target: {e}")))?;
+        let body: UpstreamBody = match up.body.take() {
+            Some(b) => b.boxed(),
+            None => Empty::new().map_err(|never| match never {}).boxed(),
+        };
+        let sent = tokio::time::timeout(
+            routing.server_timeout,
+            routing.client.request(Request::from_parts(parts, body)),
+        );
+        let err = match sent.await {
+            Ok(Ok(resp)) => return Ok(resp),
+            Ok(Err(e)) => classify(server, &e),
+            Err(_) => ProxyError::ServerTimeout {
+                server: server.to_string(),
+            },
+        };
+        if !(err.retryable()
+            && replayable
+            && tried.len() < MAX_CONNECT_ATTEMPTS.min(backend.servers.len()))
+        {
+            return Err(err);
+        }
+        debug!(error = %err, "retrying on another server");
+    }
+}
+
+fn classify(server: SocketAddr, e: &hyper_util::client::legacy::Error) -> ProxyError {
+    let server = server.to_string();
+    if e.is_connect() {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        while let Some(s) = src {
+            if let Some(io) = s.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::TimedOut
+            {
+                return ProxyError::ConnectTimeout { server };
+            }
+            src = s.source();
+        }
+        let reason =
+            std::error::Error::source(e).map_or_else(|| e.to_string(), ToString::to_string);
+        return ProxyError::Connect { server, reason };
+    }
+    ProxyError::Upstream {
+        server,
+        reason: e.to_string(),
+    }
+}
+
+fn downstream_response(resp: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body.boxed())
+}
+
+pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from_static(e.body().as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = e.status();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}

@@ -1,0 +1,142 @@
+//! Listeners: bind, accept under the global and per-listener connection limits, serve HTTP/1.1
+//! and HTTP/2 (prior knowledge) on each connection, and drain on shutdown.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    sync::{Semaphore, watch},
+};
+use tracing::{debug, info, warn};
+
+use super::ListenerCtx;
+use crate::config::{self, Timeouts};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Binds with the configured backlog; SO_REUSEADDR so a restart is not refused by TIME_WAIT.
+pub fn bind(cfg: &config::Listener) -> Result<TcpListener, ListenError> {
+    let err = |source| ListenError::Bind {
+        addr: cfg.bind,
+        source,
+    };
+    let sock = if cfg.bind.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    sock.set_reuseaddr(true).map_err(err)?;
+    sock.bind(cfg.bind).map_err(err)?;
+    sock.listen(cfg.backlog).map_err(err)
+}
+
+/// Connections open on one listener, read by the capacity publisher.
+#[derive(Debug, Default)]
+pub struct Active(AtomicU32);
+
+impl Active {
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+struct ActiveGuard(Arc<Active>);
+
+impl ActiveGuard {
+    fn new(a: &Arc<Active>) -> Self {
+        a.0.fetch_add(1, Ordering::Relaxed);
+        Self(a.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Serve {
+    pub listener: TcpListener,
+    pub ctx: Arc<ListenerCtx>,
+    /// Global maxconn: a connection is accepted only once it holds a permit, so past the limit
+    /// new connections wait in the kernel backlog, as with HAProxy.
+    pub maxconn: Arc<Semaphore>,
+    pub active: Arc<Active>,
+    pub timeouts: Timeouts,
+}
+
+/// Accepts until `shutdown` flips, then waits up to `grace` for open connections to finish.
+pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(s.timeouts.http_request.0)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(None);
+    let graceful = GracefulShutdown::new();
+    let addr = s.listener.local_addr().ok();
+    loop {
+        let permit = tokio::select! {
+            p = s.maxconn.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = s.listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let guard = ActiveGuard::new(&s.active);
+        let ctx = s.ctx.clone();
+        let svc = service_fn(move |req| super::handle(ctx.clone(), peer, req));
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _guard = guard;
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(s.listener);
+    info!(listener = ?addr, "stopped accepting; draining");
+    tokio::select! {
+        () = graceful.shutdown() => info!(listener = ?addr, "drained"),
+        () = tokio::time::sleep(grace) => warn!(listener = ?addr, "drain grace period over; closing remaining connections"),
+    }
+}

@@ -1,0 +1,165 @@
+//! `floodgate stats`: the XDP counters, read straight from the pinned maps, so they work from
+//! another process and while the proxy is down.
+
+use std::{collections::BTreeMap, path::Path};
+
+use aya::maps::{Map, PerCpuArray};
+use floodgate_common::{
+    COUNTER_COUNT, Counter, ListenerCounters, MAX_LISTENERS, Reason, Verdict, maps,
+};
+use serde::Serialize;
+
+use crate::dataplane::{Attachment, DataplaneError, attach_file, pinned};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    #[error(transparent)]
+    Pin(#[from] DataplaneError),
+    #[error("reading {map}: {source}")]
+    Read {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReasonStats {
+    /// `pass`, `drop`, or `event` for counters that are not verdicts.
+    pub verdict: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub interfaces: Vec<Attachment>,
+    /// Keyed by the reason's stable name (`floodgate_common::Reason::name`).
+    pub reasons: BTreeMap<&'static str, ReasonStats>,
+    pub totals: Totals,
+    pub listeners: BTreeMap<u32, ListenerCounters>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Totals {
+    pub packets: u64,
+    pub bytes: u64,
+    pub passed: u64,
+    pub dropped: u64,
+}
+
+pub fn read(pin_dir: &Path) -> Result<Snapshot, StatsError> {
+    let stats = Map::PerCpuArray(pinned(pin_dir, maps::STATS)?);
+    let stats: PerCpuArray<_, Counter> =
+        PerCpuArray::try_from(stats).map_err(|source| StatsError::Read {
+            map: maps::STATS,
+            source,
+        })?;
+    let mut reasons = BTreeMap::new();
+    let mut totals = Totals::default();
+    for reason in Reason::ALL {
+        let per_cpu = stats
+            .get(&(reason as u32), 0)
+            .map_err(|source| StatsError::Read {
+                map: maps::STATS,
+                source,
+            })?;
+        let (packets, bytes) = per_cpu
+            .iter()
+            .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+        let verdict = match reason.verdict() {
+            Some(Verdict::Pass) => {
+                totals.passed += packets;
+                "pass"
+            }
+            Some(Verdict::Drop) => {
+                totals.dropped += packets;
+                "drop"
+            }
+            None => "event",
+        };
+        if reason.verdict().is_some() {
+            totals.packets += packets;
+            totals.bytes += bytes;
+        }
+        reasons.insert(
+            reason.name(),
+            ReasonStats {
+                verdict,
+                packets,
+                bytes,
+            },
+        );
+    }
+    debug_assert_eq!(reasons.len(), COUNTER_COUNT as usize);
+
+    let lstats = Map::PerCpuArray(pinned(pin_dir, maps::LISTENER_STATS)?);
+    let lstats: PerCpuArray<_, ListenerCounters> =
+        PerCpuArray::try_from(lstats).map_err(|source| StatsError::Read {
+            map: maps::LISTENER_STATS,
+            source,
+        })?;
+    let mut listeners = BTreeMap::new();
+    for id in 0..MAX_LISTENERS {
+        let per_cpu = lstats.get(&id, 0).map_err(|source| StatsError::Read {
+            map: maps::LISTENER_STATS,
+            source,
+        })?;
+        let sum = per_cpu
+            .iter()
+            .fold(ListenerCounters::default(), |a, c| ListenerCounters {
+                syn_admitted: a.syn_admitted + c.syn_admitted,
+                syn_dropped: a.syn_dropped + c.syn_dropped,
+                established_packets: a.established_packets + c.established_packets,
+                established_bytes: a.established_bytes + c.established_bytes,
+            });
+        if sum != ListenerCounters::default() {
+            listeners.insert(id, sum);
+        }
+    }
+    let interfaces = std::fs::read(attach_file(pin_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    Ok(Snapshot {
+        interfaces,
+        reasons,
+        totals,
+        listeners,
+    })
+}
+
+pub fn print_table(s: &Snapshot) {
+    for a in &s.interfaces {
+        println!(
+            "interface {:<12} mode {:<8} program {}",
+            a.interface, a.mode, a.program_id
+        );
+    }
+    println!(
+        "{:<20} {:<6} {:>14} {:>16}",
+        "reason", "action", "packets", "bytes"
+    );
+    for reason in Reason::ALL {
+        if let Some(r) = s.reasons.get(reason.name()) {
+            println!(
+                "{:<20} {:<6} {:>14} {:>16}",
+                reason.name(),
+                r.verdict,
+                r.packets,
+                r.bytes
+            );
+        }
+    }
+    let t = &s.totals;
+    println!(
+        "{:<20} {:<6} {:>14} {:>16}",
+        "total", "", t.packets, t.bytes
+    );
+    println!("passed {}  dropped {}", t.passed, t.dropped);
+    for (id, l) in &s.listeners {
+        println!(
+            "listener {id}: syn_admitted {} syn_dropped {} established_packets {} established_bytes {}",
+            l.syn_admitted, l.syn_dropped, l.established_packets, l.established_bytes
+        );
+    }
+}

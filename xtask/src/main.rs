@@ -1,0 +1,101 @@
+//! floodgate's task runner: `cargo xtask setup | build | run | test | bench`.
+//!
+//! It does what cargo cannot: install the eBPF toolchain, run root-only tests one at a time,
+//! start the quickstart, and drive the side-by-side benchmarks.
+
+mod setup;
+mod tasks;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// The rustup toolchain that builds `ebpf/` (it must match the LLVM bpf-linker is built against).
+pub const EBPF_TOOLCHAIN: &str = "nightly";
+
+#[derive(Parser)]
+#[command(about = "floodgate's build, run, test and benchmark tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and tests need (rust-src, bpf-linker, apt packages, bpffs). Idempotent.
+    Setup {
+        /// Also list the steps that were already done.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Build the floodgate binary (eBPF object embedded) and the test origin.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Start floodgate on examples/quickstart.yaml with a demo origin on 127.0.0.1.
+    Run {
+        /// Another config file instead of the quickstart.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// The whole suite: fmt, clippy (host and eBPF), unit, BPF_PROG_TEST_RUN and netns tests.
+    Test {
+        /// Only run tests whose name contains this.
+        filter: Option<String>,
+        /// Skip fmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+    },
+    /// Benchmarks: `xdp` (ns per packet through BPF_PROG_TEST_RUN) or `http` (vs HAProxy).
+    Bench {
+        #[arg(default_value = "xdp")]
+        what: String,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup { verbose } => setup::setup(verbose),
+        Cmd::Build { release } => tasks::build(release),
+        Cmd::Run { config } => tasks::run_quickstart(config),
+        Cmd::Test { filter, no_lint } => tasks::test(filter.as_deref(), no_lint),
+        Cmd::Bench { what } => tasks::bench(&what),
+    }
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Runs a command with inherited stdio; a non-zero exit is an error naming the command.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout.
+pub fn cmd_output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -1,0 +1,289 @@
+//! `cargo xtask setup`: everything a fresh machine of this kind needs, installed idempotently.
+//!
+//! Each step checks before it acts, so a second run takes seconds and says what it skipped.
+
+use std::{
+    env, fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{EBPF_TOOLCHAIN, cmd_output, root, run};
+
+/// bpf-linker release known to link against a rustc-shipped libLLVM (see docs/development.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages the build, the tests and `cargo xtask run` use.
+const APT_PACKAGES: &[(&str, &str)] = &[
+    // (package, a file it installs, used to tell whether it is there)
+    ("bpftool", "/usr/sbin/bpftool"),
+    ("iproute2", "/usr/sbin/ip"),
+    ("nftables", "/usr/sbin/nft"),
+    ("curl", "/usr/bin/curl"),
+    ("hping3", "/usr/sbin/hping3"),
+    ("conntrack", "/usr/sbin/conntrack"),
+];
+
+pub fn setup(verbose: bool) -> Result<()> {
+    let mut report = Report::default();
+    rust_src(&mut report)?;
+    bpf_linker(&mut report)?;
+    apt(&mut report)?;
+    bpffs(&mut report)?;
+    report.print(verbose);
+    Ok(())
+}
+
+/// True when every step would be skipped; `cargo xtask run/test` use it to decide whether to
+/// run setup first without printing anything.
+pub fn is_complete() -> bool {
+    (|| -> Result<bool> {
+        let sysroot = nightly_sysroot()?;
+        Ok(rust_src_present(&sysroot)
+            && bpf_linker_ok(&llvm_stamp()?)
+            && APT_PACKAGES.iter().all(|(_, f)| Path::new(f).exists())
+            && bpffs_mounted())
+    })()
+    .unwrap_or(false)
+}
+
+#[derive(Default)]
+struct Report {
+    done: Vec<String>,
+    skipped: Vec<String>,
+}
+
+impl Report {
+    fn print(&self, verbose: bool) {
+        for d in &self.done {
+            println!("setup: did      {d}");
+        }
+        if verbose || !self.skipped.is_empty() {
+            for s in &self.skipped {
+                println!("setup: skipped  {s}");
+            }
+        }
+    }
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    let out = cmd_output(Command::new("rustc").args([
+        &format!("+{EBPF_TOOLCHAIN}"),
+        "--print",
+        "sysroot",
+    ]))
+    .with_context(|| {
+        format!(
+            "the `{EBPF_TOOLCHAIN}` toolchain is required to build the eBPF crate; \
+             this machine kind ships it (see docs/development.md)"
+        )
+    })?;
+    Ok(PathBuf::from(out.trim()))
+}
+
+fn rust_src_present(sysroot: &Path) -> bool {
+    sysroot
+        .join("lib/rustlib/src/rust/library/core/src/lib.rs")
+        .exists()
+}
+
+fn rust_src(report: &mut Report) -> Result<()> {
+    let sysroot = nightly_sysroot()?;
+    if rust_src_present(&sysroot) {
+        report
+            .skipped
+            .push(format!("rust-src (present in {})", sysroot.display()));
+        return Ok(());
+    }
+    let rustup = Command::new("rustup")
+        .args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ])
+        .status();
+    if matches!(rustup, Ok(s) if s.success()) && rust_src_present(&sysroot) {
+        report.done.push("rust-src added with rustup".into());
+        return Ok(());
+    }
+    // rustup could not fetch it: the same component is kept beside the repository.
+    let shared = root().join("../shared/toolchain");
+    let tarball = fs::read_dir(&shared)
+        .with_context(|| format!("rustup failed and {} is not readable", shared.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.to_string_lossy().contains("rust-src") && p.extension().is_some_and(|e| e == "xz")
+        })
+        .with_context(|| {
+            format!(
+                "rustup failed and no rust-src tarball in {}",
+                shared.display()
+            )
+        })?;
+    let dest = sysroot.join("lib/rustlib");
+    run(Command::new("tar")
+        .arg("xJf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&dest))?;
+    if !rust_src_present(&sysroot) {
+        bail!(
+            "unpacked {} but rust-src is still missing",
+            tarball.display()
+        );
+    }
+    report
+        .done
+        .push(format!("rust-src unpacked from {}", tarball.display()));
+    Ok(())
+}
+
+/// What bpf-linker must be built against: the nightly's own LLVM, identified by the file name of
+/// its libLLVM (e.g. `libLLVM.so.22.1-rust-1.97.0-nightly`) and the major version.
+struct LlvmStamp {
+    major: String,
+    lib: PathBuf,
+    stamp: String,
+}
+
+fn llvm_stamp() -> Result<LlvmStamp> {
+    let sysroot = nightly_sysroot()?;
+    let vv = cmd_output(Command::new("rustc").args([&format!("+{EBPF_TOOLCHAIN}"), "-vV"]))?;
+    let version = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("`rustc -vV` printed no LLVM version")?
+        .trim()
+        .to_string();
+    let major = version.split('.').next().unwrap_or_default().to_string();
+    // The real shared object; the `libLLVM-NN-rust-*.so` beside it is a linker script.
+    let lib = fs::read_dir(sysroot.join("lib"))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}/lib", sysroot.display()))?;
+    let stamp = format!(
+        "bpf-linker {BPF_LINKER_VERSION} llvm {version} {}",
+        lib.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+    );
+    Ok(LlvmStamp { major, lib, stamp })
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME").map_or_else(
+        || PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"),
+        PathBuf::from,
+    )
+}
+
+/// bpf-linker keeps `<prefix>/lib` in its RUNPATH, so the prefix must outlive this run.
+fn llvm_prefix() -> PathBuf {
+    cargo_home().join("floodgate-llvm")
+}
+
+fn stamp_file() -> PathBuf {
+    llvm_prefix().join("bpf-linker.stamp")
+}
+
+fn bpf_linker_ok(want: &LlvmStamp) -> bool {
+    let linker = cargo_home().join("bin/bpf-linker");
+    let stamped = fs::read_to_string(stamp_file()).is_ok_and(|s| s.trim() == want.stamp);
+    stamped
+        && Command::new(&linker)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+fn bpf_linker(report: &mut Report) -> Result<()> {
+    let want = llvm_stamp()?;
+    if bpf_linker_ok(&want) {
+        report.skipped.push(format!("bpf-linker ({})", want.stamp));
+        return Ok(());
+    }
+    let prefix = llvm_prefix();
+    let libdir = prefix.join("lib");
+    fs::create_dir_all(&libdir).with_context(|| format!("mkdir {}", libdir.display()))?;
+    let file_name = want.lib.file_name().context("libLLVM has no file name")?;
+    for name in [Path::new("libLLVM.so"), Path::new(file_name)] {
+        let link = libdir.join(name);
+        let _ = fs::remove_file(&link);
+        symlink(&want.lib, &link)
+            .with_context(|| format!("symlink {} -> {}", link.display(), want.lib.display()))?;
+    }
+    println!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against {} (about 2 minutes)",
+        want.lib.display()
+    );
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--force",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{}", want.major),
+        ])
+        .env("LLVM_PREFIX", &prefix)
+        // Build it with the stable toolchain even when invoked from inside a rustup override.
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO_TARGET_DIR"))?;
+    fs::write(stamp_file(), format!("{}\n", want.stamp))?;
+    report
+        .done
+        .push(format!("bpf-linker built ({})", want.stamp));
+    Ok(())
+}
+
+fn apt(report: &mut Report) -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(_, f)| !Path::new(f).exists())
+        .map(|(p, _)| *p)
+        .collect();
+    if missing.is_empty() {
+        report.skipped.push("apt packages (all installed)".into());
+        return Ok(());
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    report
+        .done
+        .push(format!("apt-get install {}", missing.join(" ")));
+    Ok(())
+}
+
+fn bpffs_mounted() -> bool {
+    Command::new("mountpoint")
+        .args(["-q", "/sys/fs/bpf"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn bpffs(report: &mut Report) -> Result<()> {
+    if bpffs_mounted() {
+        report.skipped.push("bpffs (mounted on /sys/fs/bpf)".into());
+        return Ok(());
+    }
+    run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+        .context("mounting bpffs needs root")?;
+    report.done.push("mounted bpffs on /sys/fs/bpf".into());
+    Ok(())
+}
