@@ -269,7 +269,7 @@ pub struct Capacity {
     pub admit: u32,
     /// Connections currently open on the listener.
     pub active: u32,
-    /// The listener's effective connection limit.
+    /// The listener's effective connection limit; 0 means not published yet, which admits.
     pub maxconn: u32,
     /// Free places in the queues behind the listener.
     pub queue_room: u32,

@@ -208,7 +208,10 @@ fn admit_syn(
             // A stuck or restarting proxy must never blackhole the node.
             reason = Reason::PassFailOpen;
         } else {
-            let admit = FG_CAPACITY.get(listener).is_none_or(|c| c.admit != 0);
+            // maxconn 0: userspace has not published this listener yet; never drop on a guess.
+            let admit = FG_CAPACITY
+                .get(listener)
+                .is_none_or(|c| c.admit != 0 || c.maxconn == 0);
             if !admit {
                 log_drop(ctx, tcp, Reason::DropCapacity);
                 return Reason::DropCapacity;

@@ -1,0 +1,356 @@
+//! Test support: root gating, packet builders, a `BPF_PROG_TEST_RUN` harness, network
+//! namespaces and child processes that clean up after themselves even when a test panics.
+
+pub mod packet;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    TestRun as _, TestRunOptions,
+    maps::{Array, PerCpuArray},
+};
+use floodgate::{
+    config,
+    dataplane::{Dataplane, ListenerLoad, monotonic_ns},
+};
+use floodgate_common::{COUNTER_COUNT, Counter, ListenerCounters, Reason, maps};
+
+/// True when the test may touch the kernel. Without root it skips locally, but fails under CI
+/// (`CI=true`), so a CI run can never pass by skipping.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs root (CAP_BPF, CAP_NET_ADMIN) and CI=true"
+    );
+    eprintln!("skipping {test}: needs root");
+    false
+}
+
+/// XDP return codes.
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// Pins the calling thread to one CPU, so per-CPU state (the global SYN budget) is the same
+/// bucket from one test-run to the next.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity only touch it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set);
+    }
+}
+
+/// The XDP program loaded (not attached) with a given config, driven through
+/// `BPF_PROG_TEST_RUN`.
+pub struct TestProg {
+    pub dp: Dataplane,
+}
+
+impl TestProg {
+    pub fn load(xdp: &config::Xdp, binds: &[SocketAddr]) -> Self {
+        let dp = Dataplane::load_unattached(xdp, binds).expect("load the XDP program");
+        Self { dp }
+    }
+
+    /// A config with small tables and the given listeners protected.
+    pub fn xdp_config() -> config::Xdp {
+        let mut c = config::Xdp::default();
+        c.interfaces = vec!["lo".into()];
+        c.syn_rate.source_table_size = 1024;
+        c.flow_table_size = 1024;
+        c
+    }
+
+    /// Runs one packet; returns the XDP action.
+    pub fn run(&mut self, pkt: &[u8]) -> u32 {
+        self.run_repeat(pkt, 1).0
+    }
+
+    /// Runs one packet `repeat` times; returns the action and the kernel's mean ns per run.
+    pub fn run_repeat(&mut self, pkt: &[u8], repeat: u32) -> (u32, Duration) {
+        let prog = self.dp.program().expect("program");
+        let mut out = vec![0u8; pkt.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(pkt),
+                data_out: Some(&mut out),
+                repeat,
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        (r.return_value, r.duration)
+    }
+
+    /// Per-reason counters summed over CPUs.
+    pub fn counters(&mut self) -> [Counter; COUNTER_COUNT as usize] {
+        let stats: PerCpuArray<_, Counter> = self.dp.map_mut(maps::STATS).expect("stats map");
+        let mut out = [Counter::default(); COUNTER_COUNT as usize];
+        for r in Reason::ALL {
+            let v = stats.get(&(r as u32), 0).expect("read stats");
+            out[r as usize] = v.iter().fold(Counter::default(), |a, c| Counter {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+            });
+        }
+        out
+    }
+
+    pub fn listener_counters(&mut self, id: u32) -> ListenerCounters {
+        let stats: PerCpuArray<_, ListenerCounters> =
+            self.dp.map_mut(maps::LISTENER_STATS).expect("lstats map");
+        let v = stats.get(&id, 0).expect("read lstats");
+        v.iter()
+            .fold(ListenerCounters::default(), |a, c| ListenerCounters {
+                syn_admitted: a.syn_admitted + c.syn_admitted,
+                syn_dropped: a.syn_dropped + c.syn_dropped,
+                established_packets: a.established_packets + c.established_packets,
+                established_bytes: a.established_bytes + c.established_bytes,
+            })
+    }
+
+    pub fn publish(&mut self, load: ListenerLoad) {
+        self.dp.publish(&[load]).expect("publish capacity");
+    }
+
+    /// Makes the heartbeat look `age` old.
+    pub fn age_heartbeat(&mut self, age: Duration) {
+        let mut hb: Array<_, u64> = self.dp.map_mut(maps::HEARTBEAT).expect("heartbeat map");
+        let ns = u64::try_from(age.as_nanos()).expect("age");
+        hb.set(0, monotonic_ns().saturating_sub(ns), 0)
+            .expect("write heartbeat");
+    }
+}
+
+/// A child process killed (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Option<Child>,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Self {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Self {
+            child: Some(child),
+            name: name.into(),
+        }
+    }
+
+    /// SIGTERM and wait; returns stdout if it was piped.
+    pub fn stop(&mut self) -> String {
+        let Some(mut child) = self.child.take() else {
+            return String::new();
+        };
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child
+            .wait_with_output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Two network namespaces joined by a veth pair: `srv` (`10.N.0.1`, `fd00:N::1`) and `cli`
+/// (`10.N.0.2`, `fd00:N::2`). Everything is removed on drop.
+pub struct NetPair {
+    pub srv: String,
+    pub cli: String,
+    pub srv_if: String,
+    pub cli_if: String,
+    pub srv_v4: String,
+    pub cli_v4: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetPair {
+    /// `tag` keeps names unique per test; `subnet` picks 10.`subnet`.0.0/24.
+    pub fn new(tag: &str, subnet: u8) -> Self {
+        let id = std::process::id() % 10_000;
+        let p = Self {
+            srv: format!("fg{tag}s{id}"),
+            cli: format!("fg{tag}c{id}"),
+            srv_if: format!("fg{tag}s{id}"),
+            cli_if: format!("fg{tag}c{id}"),
+            srv_v4: format!("10.{subnet}.0.1"),
+            cli_v4: format!("10.{subnet}.0.2"),
+        };
+        p.cleanup();
+        ip(&["netns", "add", &p.srv]);
+        ip(&["netns", "add", &p.cli]);
+        ip(&[
+            "link", "add", &p.srv_if, "type", "veth", "peer", "name", &p.cli_if,
+        ]);
+        ip(&["link", "set", &p.srv_if, "netns", &p.srv]);
+        ip(&["link", "set", &p.cli_if, "netns", &p.cli]);
+        ip(&[
+            "-n",
+            &p.srv,
+            "addr",
+            "add",
+            &format!("{}/24", p.srv_v4),
+            "dev",
+            &p.srv_if,
+        ]);
+        ip(&[
+            "-n",
+            &p.cli,
+            "addr",
+            "add",
+            &format!("{}/24", p.cli_v4),
+            "dev",
+            &p.cli_if,
+        ]);
+        ip(&[
+            "-n",
+            &p.srv,
+            "-6",
+            "addr",
+            "add",
+            &format!("fd00:{subnet}::1/64"),
+            "dev",
+            &p.srv_if,
+            "nodad",
+        ]);
+        ip(&[
+            "-n",
+            &p.cli,
+            "-6",
+            "addr",
+            "add",
+            &format!("fd00:{subnet}::2/64"),
+            "dev",
+            &p.cli_if,
+            "nodad",
+        ]);
+        for (ns, dev) in [(&p.srv, &p.srv_if), (&p.cli, &p.cli_if)] {
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        p
+    }
+
+    /// A command run inside namespace `ns` with its own mount namespace (`ip netns exec`).
+    pub fn exec(ns: &str, program: impl AsRef<Path>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).arg(program.as_ref());
+        c
+    }
+
+    /// A command in `ns`'s network namespace only, so its bpffs pins stay visible outside.
+    pub fn enter(ns: &str, program: impl AsRef<Path>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{ns}"))
+            .arg(program.as_ref());
+        c
+    }
+
+    /// Packets sent by the client side of the veth (what the server side's XDP sees).
+    pub fn cli_tx_packets(&self) -> u64 {
+        let out = Command::new("ip")
+            .args(["-n", &self.cli, "-s", "-j", "link", "show", &self.cli_if])
+            .output()
+            .expect("ip -s link");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip json");
+        v[0]["stats64"]["tx"]["packets"]
+            .as_u64()
+            .expect("tx packets")
+    }
+
+    fn cleanup(&self) {
+        for ns in [&self.srv, &self.cli] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.srv_if])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// The workspace's binaries, next to the test executable (`target/<profile>/`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo xtask test does)",
+        path.display()
+    );
+    path
+}
+
+/// Waits until `addr` accepts TCP connections, from the namespace the test runs in.
+pub fn wait_for_port(addr: SocketAddr, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Polls `f` until it returns true or `within` passes.
+pub fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
