@@ -97,7 +97,7 @@ fn decide(ctx: &XdpContext, len: u64) -> Reason {
         port: tcp.dport,
     };
     // SAFETY: the value is a plain u32 read once.
-    let Some(listener) = (unsafe { FG_LISTENERS.get(&key) }).copied() else {
+    let Some(listener) = (unsafe { FG_LISTENERS.get(key) }).copied() else {
         return Reason::PassNotListener;
     };
     if !tcp.header_complete {
@@ -160,7 +160,7 @@ fn admit_syn(
 ) -> Reason {
     if cfg.src_rate != 0 {
         let key = src_key(tcp, cfg);
-        let admitted = match FG_SRC_BUCKET.get_ptr_mut(&key) {
+        let admitted = match FG_SRC_BUCKET.get_ptr_mut(key) {
             // SAFETY: the LRU value stays valid for this program run. The read-modify-write is
             // not atomic across CPUs: a source whose SYNs land on N CPUs at the same instant may
             // be granted up to N-1 extra tokens, which is harmless for a rate limit.
@@ -172,7 +172,7 @@ fn admit_syn(
                 };
                 let ok = take_token(&mut b, cfg.src_rate, cfg.src_burst, now);
                 // A full LRU evicts its oldest source; nothing to do on failure.
-                let _ = FG_SRC_BUCKET.insert(&key, &b, 0);
+                let _ = FG_SRC_BUCKET.insert(key, b, 0);
                 ok
             }
         };
@@ -227,7 +227,7 @@ fn admit_syn(
             listener,
             closing: 0,
         };
-        if FG_FLOWS.insert(&flow_key(tcp), &state, 0).is_ok() {
+        if FG_FLOWS.insert(flow_key(tcp), state, 0).is_ok() {
             count(Reason::FlowInserted, 0);
         }
     }
@@ -295,7 +295,7 @@ fn established(tcp: &Tcp, cfg: &XdpConfig, len: u64, now: u64) {
         return;
     }
     let key = flow_key(tcp);
-    let Some(f) = FG_FLOWS.get_ptr_mut(&key) else {
+    let Some(f) = FG_FLOWS.get_ptr_mut(key) else {
         count(Reason::FlowMiss, len);
         return;
     };
@@ -304,7 +304,7 @@ fn established(tcp: &Tcp, cfg: &XdpConfig, len: u64, now: u64) {
     // The client's FIN is usually followed by its last ACK: keep the flow until then, so that
     // ACK is not mistaken for a packet of an unknown flow.
     if tcp.flags & TCP_RST != 0 || closing {
-        if FG_FLOWS.remove(&key).is_ok() {
+        if FG_FLOWS.remove(key).is_ok() {
             count(Reason::FlowRemoved, 0);
         }
         return;

@@ -64,10 +64,12 @@ impl TestProg {
 
     /// A config with small tables and the given listeners protected.
     pub fn xdp_config() -> config::Xdp {
-        let mut c = config::Xdp::default();
-        c.interfaces = vec!["lo".into()];
+        let mut c = config::Xdp {
+            interfaces: vec!["lo".into()],
+            flow_table_size: 1024,
+            ..Default::default()
+        };
         c.syn_rate.source_table_size = 1024;
-        c.flow_table_size = 1024;
         c
     }
 
@@ -135,6 +137,8 @@ impl TestProg {
 pub struct Proc {
     pub child: Option<Child>,
     pub name: String,
+    /// The exit status once stopped.
+    pub status: Option<std::process::ExitStatus>,
 }
 
 impl Proc {
@@ -146,6 +150,7 @@ impl Proc {
         Self {
             child: Some(child),
             name: name.into(),
+            status: None,
         }
     }
 
@@ -164,10 +169,13 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = child.kill();
-        child
-            .wait_with_output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
+        match child.wait_with_output() {
+            Ok(o) => {
+                self.status = Some(o.status);
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            }
+            Err(_) => String::new(),
+        }
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -353,4 +361,44 @@ pub fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     f()
+}
+
+/// A port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A plain HTTP/1.1 GET on a new connection (`Connection: close`); returns status and body.
+pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Writes `text` to a fresh file in a per-process temp directory.
+pub fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("floodgate-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write temp file");
+    path
 }

@@ -398,8 +398,8 @@ fn cases() -> Vec<Case> {
             name: "deny list (IPv4 and IPv6), for SYNs and established packets",
             cfg: |c| {
                 c.deny = vec![
-                    "198.51.100.0/24".parse().unwrap(),
-                    "fd00:0:0:99::/64".parse().unwrap(),
+                    "198.51.100.0/24".parse().expect("cidr"),
+                    "fd00:0:0:99::/64".parse().expect("cidr"),
                 ]
             },
             steps: vec![
@@ -416,7 +416,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "allow mode admits only listed sources",
-            cfg: |c| c.allow = vec!["198.51.100.7/32".parse().unwrap()],
+            cfg: |c| c.allow = vec!["198.51.100.7/32".parse().expect("cidr")],
             steps: vec![
                 Pkt(syn4(A), XDP_PASS, admitted),
                 Pkt(syn4(B), XDP_DROP, &[R::DropNotAllowed]),
@@ -487,8 +487,8 @@ fn cases() -> Vec<Case> {
             name: "global budget caps SYNs from many sources",
             cfg: |c| {
                 // SAFETY: sysconf has no preconditions. Online CPUs, as floodgate divides the budget.
-                let cpus =
-                    u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap();
+                let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
+                    .expect("cpus");
                 c.syn_rate.global = cpus; // one SYN per second per CPU
                 c.syn_rate.global_burst = 2 * cpus; // two per CPU
             },

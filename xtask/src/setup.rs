@@ -61,10 +61,15 @@ impl Report {
         for d in &self.done {
             println!("setup: did      {d}");
         }
-        if verbose || !self.skipped.is_empty() {
+        if verbose {
             for s in &self.skipped {
                 println!("setup: skipped  {s}");
             }
+        } else if self.done.is_empty() {
+            println!(
+                "setup: nothing to do ({} steps already done; -v lists them)",
+                self.skipped.len()
+            );
         }
     }
 }

@@ -1,14 +1,214 @@
-use anyhow::Result;
-use std::path::PathBuf;
-pub fn build(_r: bool) -> Result<()> {
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{EBPF_TOOLCHAIN, root, run, setup};
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn ensure_setup() -> Result<()> {
+    if !setup::is_complete() {
+        println!("xtask: the machine is not set up yet; running `cargo xtask setup`");
+        setup::setup(false)?;
+    }
     Ok(())
 }
-pub fn run_quickstart(_c: Option<PathBuf>) -> Result<()> {
+
+/// Runs a `cargo test`, echoing its output, and returns (passed, failed) summed over its
+/// `test result:` lines.
+fn test_step(name: &str, cmd: &mut Command) -> Result<(u64, u64)> {
+    use std::io::{BufRead as _, BufReader};
+    println!("\n==> {name}");
+    let t = Instant::now();
+    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("could not start {cmd:?}"))?;
+    let (mut passed, mut failed) = (0, 0);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let num = |word: &str| {
+                    rest.split(';')
+                        .find_map(|p| p.trim().strip_suffix(word).map(str::trim))
+                        .and_then(|n| n.rsplit(' ').next())
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                passed += num("passed");
+                failed += num("failed");
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("step `{name}` failed: {status}");
+    }
+    println!("==> {name}: {passed} passed in {:.1}s", t.elapsed().as_secs_f64());
+    Ok((passed, failed))
+}
+
+fn step(name: &str, cmd: &mut Command) -> Result<()> {
+    println!("\n==> {name}");
+    let t = Instant::now();
+    run(cmd).with_context(|| format!("step `{name}` failed"))?;
+    println!("==> {name}: ok in {:.1}s", t.elapsed().as_secs_f64());
     Ok(())
 }
-pub fn test(_f: Option<&str>, _n: bool) -> Result<()> {
+
+pub fn build(release: bool) -> Result<()> {
+    ensure_setup()?;
+    let mut c = cargo();
+    c.args(["build", "--bins"]);
+    if release {
+        c.arg("--release");
+    }
+    step("build", &mut c)
+}
+
+/// The clippy run cargo cannot do for the eBPF crate: nightly, bpfel target, build-std.
+fn clippy_ebpf() -> Command {
+    let mut c = Command::new("rustup");
+    c.current_dir(root())
+        .args([
+            "run",
+            EBPF_TOOLCHAIN,
+            "cargo",
+            "clippy",
+            "--package",
+            "floodgate-ebpf",
+            "--release",
+        ])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .arg("--target-dir")
+        .arg(root().join("target/ebpf-clippy"))
+        .args(["--", "-D", "warnings"])
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            [
+                "--cfg=bpf_target_arch=\"x86_64\"",
+                "-Cdebuginfo=2",
+                "-Clink-arg=--btf",
+            ]
+            .join("\x1f"),
+        )
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    c
+}
+
+pub fn test(filter: Option<&str>, no_lint: bool) -> Result<()> {
+    let started = Instant::now();
+    ensure_setup()?;
+    if !no_lint {
+        step("rustfmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
+        step(
+            "clippy (host crates)",
+            cargo().args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "floodgate-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
+        step("clippy (eBPF crate)", &mut clippy_ebpf())?;
+    }
+    // The integration tests start these binaries.
+    step("build", cargo().args(["build", "--bins"]))?;
+    let mut unit = cargo();
+    unit.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "floodgate-ebpf",
+        "--exclude",
+        "floodgate-tests",
+    ]);
+    if let Some(f) = filter {
+        unit.arg(f);
+    }
+    let (p1, f1) = test_step("unit tests", &mut unit)?;
+    // Root tests share kernel state (XDP on interfaces, pins, namespaces): one at a time.
+    let mut integ = cargo();
+    integ.args(["test", "--package", "floodgate-tests", "--"]);
+    if let Some(f) = filter {
+        integ.arg(f);
+    }
+    integ.arg("--test-threads=1");
+    let (p2, f2) = test_step("integration tests (BPF_PROG_TEST_RUN, network namespaces)", &mut integ)?;
+    println!("\nall tests passed in {:.0}s", started.elapsed().as_secs_f64());
+    // The plain closing line CI reads, summed over both cargo test runs.
+    println!("{} passed, {} failed", p1 + p2, f1 + f2);
     Ok(())
 }
-pub fn bench(_w: &str) -> Result<()> {
+
+/// Kills the demo origin when the quickstart ends, however it ends.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn run_quickstart(config: Option<PathBuf>) -> Result<()> {
+    ensure_setup()?;
+    step("build", cargo().args(["build", "--bins"]))?;
+    let bin = root().join("target/debug");
+    let config = config.unwrap_or_else(|| root().join("examples/quickstart.yaml"));
+    let origin = Command::new(bin.join("fg-origin"))
+        .args(["--listen", "127.0.0.1:9101", "--name", "demo-origin"])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the demo origin")?;
+    let _origin = ChildGuard(origin);
+    println!(
+        "\nfloodgate is starting on {} with a demo origin on 127.0.0.1:9101.\n\
+         Try, from another terminal:\n\
+         \x20   curl -i http://127.0.0.1:8080/api/hello\n\
+         \x20   sudo {}/floodgate stats          # XDP counters, from the pinned maps\n\
+         Stop with Ctrl-C.\n",
+        config.display(),
+        bin.display()
+    );
+    let status = Command::new(bin.join("floodgate"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .status()
+        .context("starting floodgate")?;
+    // SIGINT (Ctrl-C) is how the quickstart is meant to end.
+    if !status.success() && status.code().is_some() {
+        bail!("floodgate exited with {status}");
+    }
     Ok(())
+}
+
+pub fn bench(what: &str) -> Result<()> {
+    ensure_setup()?;
+    match what {
+        "xdp" => step(
+            "XDP ns per packet (BPF_PROG_TEST_RUN)",
+            cargo().args([
+                "run",
+                "--release",
+                "--package",
+                "floodgate-tests",
+                "--bin",
+                "fg-xdp-bench",
+            ]),
+        ),
+        other => bail!("unknown benchmark `{other}` (available: xdp)"),
+    }
 }

@@ -1,0 +1,187 @@
+//! The CLI as users meet it: `check` names bad keys, `stats` explains when nothing runs, and
+//! `run` with XDP disabled proxies without privileges.
+
+use std::{
+    net::SocketAddr,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use floodgate_tests::{Proc, bin, free_port, http_get, temp_file, wait_for_port};
+
+fn check(name: &str, yaml: &str) -> (bool, String, String) {
+    let path = temp_file(name, yaml);
+    let out = Command::new(bin("floodgate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run floodgate check");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+const GOOD: &str = "
+listeners: [{ name: http, bind: '127.0.0.1:18080', default-backend: app }]
+backends: [{ name: app, servers: ['127.0.0.1:19101'] }]
+xdp: { enabled: false }
+";
+
+#[test]
+fn check_accepts_the_quickstart_and_a_minimal_config() {
+    let quickstart = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/quickstart.yaml");
+    let out = Command::new(bin("floodgate"))
+        .args(["check", "--config", quickstart])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, stdout, _) = check("good.yaml", GOOD);
+    assert!(ok && stdout.contains("ok"), "{stdout}");
+}
+
+#[test]
+fn check_refuses_bad_configs_naming_the_key() {
+    for (yaml, key) in [
+        (
+            GOOD.replace("default-backend: app", "default-backend: nope"),
+            "listeners[0].default-backend",
+        ),
+        (
+            GOOD.replace("127.0.0.1:19101", "not-an-address"),
+            "backends",
+        ),
+        (
+            format!("{GOOD}global: {{ timeouts: {{ queue: 5 parsecs }} }}"),
+            "global.timeouts.queue",
+        ),
+        (format!("{GOOD}frontend: x"), "frontend"),
+        (
+            GOOD.replace(
+                "enabled: false",
+                "enabled: true, interfaces: [lo], mode: turbo",
+            ),
+            "xdp.mode",
+        ),
+        ("listeners: [".to_string(), "bad.yaml"),
+    ] {
+        let (ok, _, stderr) = check("bad.yaml", &yaml);
+        assert!(!ok, "accepted: {yaml}");
+        assert!(
+            stderr.contains(key),
+            "error for {yaml:?} does not name {key}: {stderr}"
+        );
+    }
+    let out = Command::new(bin("floodgate"))
+        .args(["check", "--config", "/nonexistent/floodgate.yaml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/floodgate.yaml"));
+}
+
+#[test]
+fn stats_explains_when_nothing_is_pinned() {
+    let out = Command::new(bin("floodgate"))
+        .args(["stats", "--pin-dir", "/sys/fs/bpf/floodgate-not-running"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is floodgate running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn run_without_xdp_proxies_routes_and_exits_on_sigterm() {
+    let (origin_port, other_port, fg_port) = (free_port(), free_port(), free_port());
+    let mut origin = Proc::spawn(
+        "origin",
+        Command::new(bin("fg-origin"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{origin_port}"),
+                "--name",
+                "web",
+            ])
+            .stdout(Stdio::piped()),
+    );
+    let mut api = Proc::spawn(
+        "api-origin",
+        Command::new(bin("fg-origin"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{other_port}"),
+                "--name",
+                "api",
+            ])
+            .stdout(Stdio::null()),
+    );
+    let config = temp_file(
+        "run.yaml",
+        &format!(
+            "
+xdp: {{ enabled: false }}
+listeners: [{{ name: http, bind: '127.0.0.1:{fg_port}', default-backend: web }}]
+routes:
+  - {{ host: '*.example.com', path-prefix: /api, backend: api }}
+  - {{ path: /exact, backend: api }}
+backends:
+  - {{ name: web, servers: ['127.0.0.1:{origin_port}'] }}
+  - {{ name: api, servers: ['127.0.0.1:{other_port}'] }}
+"
+        ),
+    );
+    let mut fg = Proc::spawn(
+        "floodgate",
+        Command::new(bin("floodgate"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stderr(Stdio::null()),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{fg_port}").parse().unwrap();
+    assert!(
+        wait_for_port(addr, Duration::from_secs(10)),
+        "floodgate did not listen"
+    );
+    let origin_addr: SocketAddr = format!("127.0.0.1:{origin_port}").parse().unwrap();
+    assert!(wait_for_port(origin_addr, Duration::from_secs(5)));
+
+    let (status, body) = http_get(addr, "www.example.com", "/api/users").unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "api /api/users xff=127.0.0.1\n")
+    );
+    let (status, body) = http_get(addr, "other.org", "/api/users").unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "web /api/users xff=127.0.0.1\n"),
+        "host rule not met: default backend"
+    );
+    let (status, body) = http_get(addr, "other.org", "/exact").unwrap();
+    assert_eq!((status, body.as_str()), (200, "api /exact xff=127.0.0.1\n"));
+
+    api.stop();
+    let (status, body) = http_get(addr, "www.example.com", "/api/down").unwrap();
+    assert_eq!(status, 502, "a refused backend is a 502: {body}");
+    assert!(
+        !body.contains("127.0.0.1"),
+        "error bodies leak no addresses: {body}"
+    );
+
+    fg.stop();
+    assert!(
+        fg.status.is_some_and(|s| s.success()),
+        "SIGTERM is a clean exit: {:?}",
+        fg.status
+    );
+    let served = origin.stop();
+    assert!(served.contains("requests=1 "), "{served}");
+}
