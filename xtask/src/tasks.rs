@@ -28,7 +28,10 @@ fn test_step(name: &str, cmd: &mut Command) -> Result<(u64, u64)> {
     use std::io::{BufRead as _, BufReader};
     println!("\n==> {name}");
     let t = Instant::now();
-    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("could not start {cmd:?}"))?;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start {cmd:?}"))?;
     let (mut passed, mut failed) = (0, 0);
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines() {
@@ -51,7 +54,10 @@ fn test_step(name: &str, cmd: &mut Command) -> Result<(u64, u64)> {
     if !status.success() {
         bail!("step `{name}` failed: {status}");
     }
-    println!("==> {name}: {passed} passed in {:.1}s", t.elapsed().as_secs_f64());
+    println!(
+        "==> {name}: {passed} passed in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
     Ok((passed, failed))
 }
 
@@ -146,8 +152,14 @@ pub fn test(filter: Option<&str>, no_lint: bool) -> Result<()> {
         integ.arg(f);
     }
     integ.arg("--test-threads=1");
-    let (p2, f2) = test_step("integration tests (BPF_PROG_TEST_RUN, network namespaces)", &mut integ)?;
-    println!("\nall tests passed in {:.0}s", started.elapsed().as_secs_f64());
+    let (p2, f2) = test_step(
+        "integration tests (BPF_PROG_TEST_RUN, network namespaces)",
+        &mut integ,
+    )?;
+    println!(
+        "\nall tests passed in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
     // The plain closing line CI reads, summed over both cargo test runs.
     println!("{} passed, {} failed", p1 + p2, f1 + f2);
     Ok(())
