@@ -10,7 +10,8 @@
 pub mod maps {
     /// `Array<XdpConfig, 1>`, written by userspace.
     pub const CONFIG: &str = "FG_CONFIG";
-    /// `HashMap<ListenerKey, ListenerId>`: the protected listeners, written by userspace.
+    /// `Array<u32, LISTENER_SLOTS>` indexed by `ListenerKey::slot`: listener id + 1, or 0 for
+    /// an unprotected port. An array index costs a fraction of a hash lookup on every packet.
     pub const LISTENERS: &str = "FG_LISTENERS";
     /// `Array<Capacity, MAX_LISTENERS>`: per-listener admission state, written by userspace.
     pub const CAPACITY: &str = "FG_CAPACITY";
@@ -34,6 +35,10 @@ pub mod maps {
     pub const STATS: &str = "FG_STATS";
     /// `PerCpuArray<ListenerCounters, MAX_LISTENERS>`: per-listener counters.
     pub const LISTENER_STATS: &str = "FG_LSTATS";
+
+    /// Maps whose content the kernel owns (counters, buckets, flows): a restart reuses their
+    /// pins so that state survives it. Userspace-owned maps are recreated and rewritten.
+    pub const KERNEL_STATE: &[&str] = &[SRC_BUCKETS, GLOBAL_BUCKET, FLOWS, STATS, LISTENER_STATS];
 
     /// Every map userspace pins, in a stable order.
     pub const ALL: &[&str] = &[
@@ -61,6 +66,8 @@ pub const PIN_DIR: &str = "/sys/fs/bpf/floodgate";
 
 /// Capacity of the listener map and the per-listener arrays.
 pub const MAX_LISTENERS: u32 = 64;
+/// Slots of the listener array: one per (family, port).
+pub const LISTENER_SLOTS: u32 = 2 * 65_536;
 /// Capacity of the per-backend array.
 pub const MAX_BACKENDS: u32 = 1024;
 /// Default capacity of the per-source SYN bucket LRU (userspace may resize it before load).
@@ -213,6 +220,10 @@ pub const FLAG_ALLOW_MODE: u32 = 1 << 0;
 pub const FLAG_FLOW_TABLE: u32 = 1 << 1;
 /// `XdpConfig::flags`: enforce capacity admission from [`maps::CAPACITY`].
 pub const FLAG_CAPACITY: u32 = 1 << 2;
+/// `XdpConfig::flags`: the IPv4 deny trie has entries (an empty trie costs a lookup too).
+pub const FLAG_DENY_V4: u32 = 1 << 3;
+/// `XdpConfig::flags`: the IPv6 deny trie has entries.
+pub const FLAG_DENY_V6: u32 = 1 << 4;
 
 /// Admission parameters, written by userspace to `FG_CONFIG[0]`.
 ///
@@ -252,6 +263,18 @@ pub const FAMILY_V6: u16 = 6;
 pub struct ListenerKey {
     pub family: u16,
     pub port: u16,
+}
+
+impl ListenerKey {
+    /// Index into [`maps::LISTENERS`].
+    #[must_use]
+    pub const fn slot(self) -> u32 {
+        if self.family == FAMILY_V6 {
+            65_536 + self.port as u32
+        } else {
+            self.port as u32
+        }
+    }
 }
 
 /// Index of a listener into the per-listener arrays (`< MAX_LISTENERS`).

@@ -14,7 +14,7 @@ mod parse;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     helpers::bpf_ktime_get_ns,
     macros::{btf_map, xdp},
     programs::XdpContext,
@@ -22,9 +22,9 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use floodgate_common::{
     BackendSlot, Bucket, COUNTER_COUNT, Capacity, Counter, DEFAULT_FLOWS, DEFAULT_SRC_BUCKETS,
-    FAMILY_V4, FLAG_ALLOW_MODE, FLAG_CAPACITY, FLAG_FLOW_TABLE, FlowKey, FlowState,
-    ListenerCounters, ListenerId, ListenerKey, MAX_BACKENDS, MAX_CIDRS, MAX_LISTENERS, NANOS,
-    Reason, SrcKey, XdpConfig,
+    FAMILY_V4, FLAG_ALLOW_MODE, FLAG_CAPACITY, FLAG_DENY_V4, FLAG_DENY_V6, FLAG_FLOW_TABLE,
+    FlowKey, FlowState, LISTENER_SLOTS, ListenerCounters, ListenerId, ListenerKey, MAX_BACKENDS,
+    MAX_CIDRS, MAX_LISTENERS, NANOS, Reason, SrcKey, XdpConfig,
 };
 use parse::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp};
 
@@ -33,7 +33,7 @@ use parse::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp};
 #[btf_map]
 static FG_CONFIG: Array<XdpConfig, 1> = Array::new();
 #[btf_map]
-static FG_LISTENERS: HashMap<ListenerKey, ListenerId, { MAX_LISTENERS as usize }> = HashMap::new();
+static FG_LISTENERS: Array<u32, { LISTENER_SLOTS as usize }> = Array::new();
 #[btf_map]
 static FG_CAPACITY: Array<Capacity, { MAX_LISTENERS as usize }> = Array::new();
 #[btf_map]
@@ -92,13 +92,14 @@ fn decide(ctx: &XdpContext, len: u64) -> Reason {
         Parsed::Malformed => return Reason::DropMalformed,
         Parsed::Tcp(t) => t,
     };
-    let key = ListenerKey {
+    let slot = ListenerKey {
         family: tcp.family,
         port: tcp.dport,
-    };
-    // SAFETY: the value is a plain u32 read once.
-    let Some(listener) = (unsafe { FG_LISTENERS.get(key) }).copied() else {
-        return Reason::PassNotListener;
+    }
+    .slot();
+    let listener = match FG_LISTENERS.get(slot) {
+        Some(&id) if id != 0 => id - 1,
+        _ => return Reason::PassNotListener,
     };
     if !tcp.header_complete {
         return Reason::DropMalformed;
@@ -137,7 +138,7 @@ fn cidr_verdict(tcp: &Tcp, cfg: &XdpConfig) -> Option<Reason> {
     } else {
         let key = Key::new(128, tcp.saddr);
         (
-            FG_DENY_V6.get(&key).is_some(),
+            cfg.flags & FLAG_DENY_V6 != 0 && FG_DENY_V6.get(&key).is_some(),
             cfg.flags & FLAG_ALLOW_MODE == 0 || FG_ALLOW_V6.get(&key).is_some(),
         )
     };

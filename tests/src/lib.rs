@@ -402,3 +402,193 @@ pub fn temp_file(name: &str, text: &str) -> PathBuf {
     std::fs::write(&path, text).expect("write temp file");
     path
 }
+
+/// Runs `f` on a thread that joined network namespace `ns` (setns affects only that thread).
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        // SAFETY: setns on a namespace fd we own; it changes only this thread's namespace.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("netns thread panicked")
+}
+
+/// The MAC address of `dev` in namespace `ns`.
+pub fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-j", "link", "show", dev])
+        .output()
+        .expect("ip link");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip json");
+    let s = v[0]["address"].as_str().expect("address");
+    let mut mac = [0u8; 6];
+    for (i, part) in s.split(':').enumerate().take(6) {
+        mac[i] = u8::from_str_radix(part, 16).expect("mac");
+    }
+    mac
+}
+
+/// Sends raw Ethernet frames out of `dev` in namespace `ns` (AF_PACKET); returns how many the
+/// kernel accepted. The caller bounds the count; frames go only to the test's own veth peer.
+pub fn send_frames(ns: &str, dev: &str, frames: Vec<Vec<u8>>) -> u64 {
+    let dev = dev.to_owned();
+    in_netns(ns, move || {
+        let cdev = std::ffi::CString::new(dev.clone()).expect("dev name");
+        // SAFETY: plain socket calls on values we own; the fd is closed below.
+        unsafe {
+            let ifindex = libc::if_nametoindex(cdev.as_ptr());
+            assert!(ifindex != 0, "no interface {dev}");
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                i32::from((libc::ETH_P_ALL as u16).to_be()),
+            );
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = ifindex as i32;
+            addr.sll_halen = 6;
+            let mut sent = 0;
+            for f in &frames {
+                let rc = libc::sendto(
+                    fd,
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    (&raw const addr).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                if rc == f.len() as isize {
+                    sent += 1;
+                }
+            }
+            libc::close(fd);
+            sent
+        }
+    })
+}
+
+/// A second veth pair between `srv` and a third namespace `atk` (`10.N.1.1` / `10.N.1.2`), for
+/// an attacker or another client. Removed on drop (with the namespace).
+pub struct ThirdNs {
+    pub ns: String,
+    pub srv_if: String,
+    pub atk_if: String,
+    pub srv_v4: String,
+    pub atk_v4: String,
+}
+
+impl ThirdNs {
+    pub fn new(pair: &NetPair, subnet: u8) -> Self {
+        let id = std::process::id() % 10_000;
+        let t = Self {
+            ns: format!("{}a", pair.cli),
+            srv_if: format!("fgas{id}"),
+            atk_if: format!("fgaa{id}"),
+            srv_v4: format!("10.{subnet}.1.1"),
+            atk_v4: format!("10.{subnet}.1.2"),
+        };
+        let _ = Command::new("ip")
+            .args(["netns", "del", &t.ns])
+            .stderr(Stdio::null())
+            .status();
+        ip(&["netns", "add", &t.ns]);
+        ip(&[
+            "link", "add", &t.srv_if, "type", "veth", "peer", "name", &t.atk_if,
+        ]);
+        ip(&["link", "set", &t.srv_if, "netns", &pair.srv]);
+        ip(&["link", "set", &t.atk_if, "netns", &t.ns]);
+        ip(&[
+            "-n",
+            &pair.srv,
+            "addr",
+            "add",
+            &format!("{}/24", t.srv_v4),
+            "dev",
+            &t.srv_if,
+        ]);
+        ip(&[
+            "-n",
+            &t.ns,
+            "addr",
+            "add",
+            &format!("{}/24", t.atk_v4),
+            "dev",
+            &t.atk_if,
+        ]);
+        ip(&["-n", &pair.srv, "link", "set", &t.srv_if, "up"]);
+        ip(&["-n", &t.ns, "link", "set", "lo", "up"]);
+        ip(&["-n", &t.ns, "link", "set", &t.atk_if, "up"]);
+        t
+    }
+
+    pub fn tx_packets(&self) -> u64 {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns, "-s", "-j", "link", "show", &self.atk_if])
+            .output()
+            .expect("ip -s link");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip json");
+        v[0]["stats64"]["tx"]["packets"]
+            .as_u64()
+            .expect("tx packets")
+    }
+}
+
+impl Drop for ThirdNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// `floodgate stats --json` for a pin directory, or `None` while nothing is pinned there.
+pub fn stats(pin_dir: &str) -> Option<serde_json::Value> {
+    let out = Command::new(bin("floodgate"))
+        .args(["stats", "--json", "--pin-dir", pin_dir])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+/// Packets counted under reason `name` in a stats snapshot.
+pub fn reason(s: &serde_json::Value, name: &str) -> u64 {
+    s["reasons"][name]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no reason {name} in {s}"))
+}
+
+/// floodgate running in namespace `ns` with `yaml` (which must use `pin_dir`), started with
+/// nsenter so its pins are visible here; returns once XDP is attached.
+pub fn start_floodgate(ns: &str, name: &str, yaml: &str, pin_dir: &str) -> Proc {
+    let config = temp_file(name, yaml);
+    let log = std::fs::File::create(config.with_extension("log")).expect("log file");
+    let mut fg = Proc::spawn(
+        "floodgate",
+        NetPair::enter(ns, bin("floodgate"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stderr(log),
+    );
+    let attached = wait_until(Duration::from_secs(10), || {
+        stats(pin_dir).is_some_and(|s| s["interfaces"][0]["mode"].is_string())
+    });
+    if !attached {
+        fg.stop();
+        let log = std::fs::read_to_string(config.with_extension("log")).unwrap_or_default();
+        panic!("floodgate did not attach; its log:\n{log}");
+    }
+    fg
+}

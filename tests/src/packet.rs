@@ -18,7 +18,19 @@ pub const ACK: u8 = 0x10;
 
 /// Ethernet header, then one 4-byte tag per TPID in `tags`, then `l3`.
 pub fn frame(tags: &[u16], ethertype: u16, l3: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
+    frame_to(
+        [0x02, 0, 0, 0, 0, 0x01],
+        [0x02, 0, 0, 0, 0, 0x02],
+        tags,
+        ethertype,
+        l3,
+    )
+}
+
+/// [`frame`] with explicit MAC addresses, for frames sent on a real interface.
+pub fn frame_to(dst: [u8; 6], src: [u8; 6], tags: &[u16], ethertype: u16, l3: &[u8]) -> Vec<u8> {
+    let mut p = dst.to_vec();
+    p.extend_from_slice(&src);
     for (i, tpid) in tags.iter().enumerate() {
         p.extend_from_slice(&tpid.to_be_bytes());
         p.extend_from_slice(&(100 + i as u16).to_be_bytes()); // VLAN id

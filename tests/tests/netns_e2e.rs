@@ -7,25 +7,8 @@ use std::{
     time::Duration,
 };
 
-use floodgate_tests::{NetPair, Proc, bin, require_root, wait_until};
+use floodgate_tests::{NetPair, Proc, bin, reason, require_root, stats, wait_until};
 use serde_json::Value;
-
-fn stats(pin_dir: &str) -> Option<Value> {
-    let out = Command::new(bin("floodgate"))
-        .args(["stats", "--json", "--pin-dir", pin_dir])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
-
-fn reason(s: &Value, name: &str) -> u64 {
-    s["reasons"][name]["packets"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no reason {name} in {s}"))
-}
 
 /// One HTTP request on a new connection from the client namespace; returns the body.
 fn curl(ns: &str, url: &str) -> Option<String> {

@@ -131,6 +131,10 @@ pub struct Xdp {
     pub capacity_admission: bool,
     /// A heartbeat older than this makes capacity admission fail open.
     pub fail_open_after: HDuration,
+    /// Install NOTRACK rules so listener flows skip netfilter conntrack.
+    pub conntrack_bypass: bool,
+    /// The nftables table (family inet) floodgate owns for those rules.
+    pub nft_table: String,
 }
 
 impl Default for Xdp {
@@ -147,6 +151,8 @@ impl Default for Xdp {
             flow_table_size: floodgate_common::DEFAULT_FLOWS,
             capacity_admission: true,
             fail_open_after: HDuration::secs(2),
+            conntrack_bypass: true,
+            nft_table: crate::conntrack::TABLE.to_owned(),
         }
     }
 }
@@ -391,6 +397,17 @@ impl Xdp {
             return Err(invalid(
                 "xdp.syn-rate.source-table-size",
                 "must be at least 1",
+            ));
+        }
+        if self.nft_table.is_empty()
+            || !self
+                .nft_table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(invalid(
+                "xdp.nft-table",
+                "letters, digits, `_` and `-` only",
             ));
         }
         if self.flow_table_size == 0 {

@@ -8,12 +8,12 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapInfo, lpm_trie::Key},
+    maps::{Array, LpmTrie, MapData, MapInfo, lpm_trie::Key},
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
 use floodgate_common::{
-    Capacity, FAMILY_V4, FAMILY_V6, FLAG_ALLOW_MODE, FLAG_CAPACITY, FLAG_FLOW_TABLE, ListenerId,
-    ListenerKey, PROGRAM_NAME, XdpConfig, maps,
+    Capacity, FAMILY_V4, FAMILY_V6, FLAG_ALLOW_MODE, FLAG_CAPACITY, FLAG_DENY_V4, FLAG_DENY_V6,
+    FLAG_FLOW_TABLE, ListenerId, ListenerKey, PROGRAM_NAME, XdpConfig, maps,
 };
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -93,6 +93,8 @@ pub struct Dataplane {
     pin_dir: PathBuf,
     links: Vec<XdpLinkId>,
     pub attachments: Vec<Attachment>,
+    /// `FG_LISTENERS` slots this process set, so a reload can clear the ones it drops.
+    listener_slots: Vec<u32>,
 }
 
 impl Dataplane {
@@ -112,6 +114,7 @@ impl Dataplane {
             pin_dir: PathBuf::new(),
             links: Vec::new(),
             attachments: Vec::new(),
+            listener_slots: Vec::new(),
         };
         dp.configure(cfg, binds)?;
         dp.program()?.load().map_err(DataplaneError::Verify)?;
@@ -123,8 +126,8 @@ impl Dataplane {
         &mut self.ebpf
     }
 
-    /// Loads, configures and attaches the program. Maps whose pins already exist with the same
-    /// layout are reused, so counters, buckets and flows survive a restart.
+    /// Loads, configures and attaches the program. Kernel-state maps whose pins already exist
+    /// with the same layout are reused, so counters, buckets and flows survive a restart.
     pub fn start(cfg: &config::Xdp, binds: &[SocketAddr]) -> Result<Self, DataplaneError> {
         std::fs::create_dir_all(&cfg.pin_dir).map_err(|e| DataplaneError::Pin {
             path: cfg.pin_dir.clone(),
@@ -139,8 +142,13 @@ impl Dataplane {
             .map(|m| (*m, cfg.pin_dir.join(m)))
             .collect();
         for (name, path) in &pin_paths {
-            let want = sizes.iter().find(|(n, _)| n == name).map(|(_, s)| *s);
-            drop_incompatible_pin(name, path, want);
+            if maps::KERNEL_STATE.contains(name) {
+                let want = sizes.iter().find(|(n, _)| n == name).map(|(_, s)| *s);
+                drop_incompatible_pin(name, path, want);
+            } else {
+                // Userspace-owned: recreated empty and rewritten from this config.
+                let _ = std::fs::remove_file(path);
+            }
         }
         let mut loader = EbpfLoader::new();
         for (name, size) in sizes {
@@ -160,6 +168,7 @@ impl Dataplane {
             pin_dir: cfg.pin_dir.clone(),
             links: Vec::new(),
             attachments: Vec::new(),
+            listener_slots: Vec::new(),
         };
         dp.configure(cfg, binds)?;
         dp.attach(cfg)?;
@@ -212,17 +221,49 @@ impl Dataplane {
         cfg: &config::Xdp,
         binds: &[SocketAddr],
     ) -> Result<(), DataplaneError> {
+        // Order matters on reload: tries and listeners first, the config (which enables the
+        // deny lookups) last, so the program never reads a flag ahead of its data.
+        self.sync_cidrs(maps::DENY_V4, maps::DENY_V6, &cfg.deny)?;
+        self.sync_cidrs(maps::ALLOW_V4, maps::ALLOW_V6, &cfg.allow)?;
+
+        let previous = std::mem::take(&mut self.listener_slots);
+        let mut listeners: Array<_, u32> = self.map_mut(maps::LISTENERS)?;
+        let mut wanted = Vec::new();
+        for (id, bind) in binds.iter().enumerate() {
+            let id = ListenerId::try_from(id).unwrap_or(ListenerId::MAX);
+            for key in listener_keys(*bind) {
+                listeners
+                    .set(key.slot(), id + 1, 0)
+                    .map_err(map_err(maps::LISTENERS))?;
+                wanted.push(key.slot());
+            }
+        }
+        for slot in previous.iter().filter(|s| !wanted.contains(s)) {
+            listeners
+                .set(*slot, 0, 0)
+                .map_err(map_err(maps::LISTENERS))?;
+        }
+        self.listener_slots = wanted;
+
         let ncpus = online_cpus();
         let s = &cfg.syn_rate;
         let mut flags = 0;
-        if !cfg.allow.is_empty() {
-            flags |= FLAG_ALLOW_MODE;
-        }
-        if cfg.flow_table {
-            flags |= FLAG_FLOW_TABLE;
-        }
-        if cfg.capacity_admission {
-            flags |= FLAG_CAPACITY;
+        for (on, flag) in [
+            (!cfg.allow.is_empty(), FLAG_ALLOW_MODE),
+            (cfg.flow_table, FLAG_FLOW_TABLE),
+            (cfg.capacity_admission, FLAG_CAPACITY),
+            (
+                cfg.deny.iter().any(|n| matches!(n, IpNet::V4(_))),
+                FLAG_DENY_V4,
+            ),
+            (
+                cfg.deny.iter().any(|n| matches!(n, IpNet::V6(_))),
+                FLAG_DENY_V6,
+            ),
+        ] {
+            if on {
+                flags |= flag;
+            }
         }
         let xdp_cfg = XdpConfig {
             src_rate: s.per_source,
@@ -238,26 +279,6 @@ impl Dataplane {
         };
         let mut arr: Array<_, XdpConfig> = self.map_mut(maps::CONFIG)?;
         arr.set(0, xdp_cfg, 0).map_err(map_err(maps::CONFIG))?;
-
-        let mut listeners: HashMap<_, ListenerKey, ListenerId> = self.map_mut(maps::LISTENERS)?;
-        let wanted: Vec<ListenerKey> = binds.iter().flat_map(|b| listener_keys(*b)).collect();
-        let stale: Vec<ListenerKey> = listeners
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !wanted.contains(k))
-            .collect();
-        for k in stale {
-            listeners.remove(&k).map_err(map_err(maps::LISTENERS))?;
-        }
-        for (id, bind) in binds.iter().enumerate() {
-            for key in listener_keys(*bind) {
-                listeners
-                    .insert(key, id as ListenerId, 0)
-                    .map_err(map_err(maps::LISTENERS))?;
-            }
-        }
-        self.sync_cidrs(maps::DENY_V4, maps::DENY_V6, &cfg.deny)?;
-        self.sync_cidrs(maps::ALLOW_V4, maps::ALLOW_V6, &cfg.allow)?;
         Ok(())
     }
 
@@ -384,7 +405,7 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
     let s = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     Some(match name {
         maps::CONFIG => (4, s(size_of::<c::XdpConfig>()), 1),
-        maps::LISTENERS => (s(size_of::<ListenerKey>()), 4, c::MAX_LISTENERS),
+        maps::LISTENERS => (4, 4, c::LISTENER_SLOTS),
         maps::CAPACITY => (4, s(size_of::<Capacity>()), c::MAX_LISTENERS),
         maps::BACKENDS => (4, s(size_of::<c::BackendSlot>()), c::MAX_BACKENDS),
         maps::HEARTBEAT => (4, 8, 1),

@@ -6,6 +6,7 @@
 //! feeds all of them, `stats` reads the kernel counters.
 
 pub mod config;
+pub mod conntrack;
 pub mod dataplane;
 pub mod limits;
 pub mod proxy;

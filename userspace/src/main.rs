@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 
 use floodgate::{
     config::Config,
+    conntrack,
     dataplane::{Dataplane, ListenerLoad},
     limits,
     proxy::{ListenerCtx, Routing, server},
@@ -108,12 +109,22 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
 
 fn print_stats(pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let snap = stats::read(pin_dir)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&snap)?);
+    let mut out = std::io::stdout().lock();
+    let written = if json {
+        serde_json::to_writer_pretty(&mut out, &snap)
+            .map_err(std::io::Error::from)
+            .and_then(|()| {
+                use std::io::Write as _;
+                writeln!(out)
+            })
     } else {
-        stats::print_table(&snap);
+        stats::print_table(&snap, &mut out)
+    };
+    match written {
+        // `floodgate stats | head` closes the pipe early: not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
-    Ok(())
 }
 
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
@@ -136,6 +147,12 @@ async fn serve(cfg: Config, maxconn: u32) -> anyhow::Result<()> {
         listeners.push(server::bind(l)?);
     }
     let binds: Vec<_> = cfg.listeners.iter().map(|l| l.bind).collect();
+    // Conntrack bypass before XDP, so an attached program means everything is in place.
+    let bypass = if cfg.xdp.enabled && cfg.xdp.conntrack_bypass {
+        Some(conntrack::Bypass::install(&cfg.xdp.nft_table, &binds)?)
+    } else {
+        None
+    };
     let mut dp = if cfg.xdp.enabled {
         Some(Dataplane::start(&cfg.xdp, &binds)?)
     } else {
@@ -195,6 +212,7 @@ async fn serve(cfg: Config, maxconn: u32) -> anyhow::Result<()> {
     if let Some(dp) = dp {
         dp.stop();
     }
+    drop(bypass);
     if permits.available_permits() != maxconn as usize {
         warn!("connections were still open at exit");
     }

@@ -5,7 +5,8 @@ use std::{collections::BTreeMap, path::Path};
 
 use aya::maps::{Map, PerCpuArray};
 use floodgate_common::{
-    COUNTER_COUNT, Counter, ListenerCounters, MAX_LISTENERS, Reason, Verdict, maps,
+    COUNTER_COUNT, Counter, FlowKey, FlowState, ListenerCounters, MAX_LISTENERS, Reason, Verdict,
+    maps,
 };
 use serde::Serialize;
 
@@ -37,6 +38,10 @@ pub struct Snapshot {
     pub reasons: BTreeMap<&'static str, ReasonStats>,
     pub totals: Totals,
     pub listeners: BTreeMap<u32, ListenerCounters>,
+    /// Entries in floodgate's flow table.
+    pub flows: u64,
+    /// The kernel's conntrack usage in this network namespace (null when conntrack is not loaded).
+    pub conntrack: Option<crate::conntrack::Usage>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -120,46 +125,71 @@ pub fn read(pin_dir: &Path) -> Result<Snapshot, StatsError> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
+    let flows = aya::maps::HashMap::<_, FlowKey, FlowState>::try_from(Map::LruHashMap(pinned(
+        pin_dir,
+        maps::FLOWS,
+    )?))
+    .map_err(|source| StatsError::Read {
+        map: maps::FLOWS,
+        source,
+    })?
+    .keys()
+    .filter(Result::is_ok)
+    .count() as u64;
     Ok(Snapshot {
         interfaces,
         reasons,
         totals,
         listeners,
+        flows,
+        conntrack: crate::conntrack::usage(),
     })
 }
 
-pub fn print_table(s: &Snapshot) {
+/// Writes the table to `out`; an error is the writer's (e.g. a closed pipe).
+pub fn print_table(s: &Snapshot, out: &mut impl std::io::Write) -> std::io::Result<()> {
     for a in &s.interfaces {
-        println!(
+        writeln!(
+            out,
             "interface {:<12} mode {:<8} program {}",
             a.interface, a.mode, a.program_id
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "{:<20} {:<6} {:>14} {:>16}",
         "reason", "action", "packets", "bytes"
-    );
+    )?;
     for reason in Reason::ALL {
         if let Some(r) = s.reasons.get(reason.name()) {
-            println!(
+            writeln!(
+                out,
                 "{:<20} {:<6} {:>14} {:>16}",
                 reason.name(),
                 r.verdict,
                 r.packets,
                 r.bytes
-            );
+            )?;
         }
     }
     let t = &s.totals;
-    println!(
+    writeln!(
+        out,
         "{:<20} {:<6} {:>14} {:>16}",
         "total", "", t.packets, t.bytes
-    );
-    println!("passed {}  dropped {}", t.passed, t.dropped);
+    )?;
+    writeln!(out, "passed {}  dropped {}", t.passed, t.dropped)?;
+    writeln!(out, "flows in floodgate's table: {}", s.flows)?;
+    match s.conntrack {
+        Some(c) => writeln!(out, "kernel conntrack: {} of {} entries", c.count, c.max),
+        None => writeln!(out, "kernel conntrack: not loaded"),
+    }?;
     for (id, l) in &s.listeners {
-        println!(
+        writeln!(
+            out,
             "listener {id}: syn_admitted {} syn_dropped {} established_packets {} established_bytes {}",
             l.syn_admitted, l.syn_dropped, l.established_packets, l.established_bytes
-        );
+        )?;
     }
+    Ok(())
 }

@@ -185,7 +185,11 @@ pub fn run_quickstart(config: Option<PathBuf>) -> Result<()> {
         .stdout(Stdio::null())
         .spawn()
         .context("starting the demo origin")?;
-    let _origin = ChildGuard(origin);
+    let mut origin = ChildGuard(origin);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    if let Ok(Some(status)) = origin.0.try_wait() {
+        bail!("the demo origin exited ({status}): is 127.0.0.1:9101 already in use?");
+    }
     println!(
         "\nfloodgate is starting on {} with a demo origin on 127.0.0.1:9101.\n\
          Try, from another terminal:\n\

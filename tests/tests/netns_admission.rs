@@ -1,0 +1,359 @@
+//! XDP admission end to end, in network namespaces: a SYN flood against a listener while a
+//! legitimate client keeps completing requests, capacity admission from the proxy's own
+//! connection count, and conntrack bypass. Every load is bounded in count and time and goes only
+//! to addresses inside the namespaces these tests create.
+
+use std::{
+    net::SocketAddr,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use floodgate_tests::{
+    NetPair, Proc, ThirdNs, bin, http_get, in_netns, mac_of,
+    packet::{ETH_IP, PROTO_TCP, SYN, frame_to, tcp, v4},
+    reason, require_root, send_frames, start_floodgate, stats,
+};
+
+fn origin(net: &NetPair) -> Proc {
+    Proc::spawn(
+        "fg-origin",
+        NetPair::exec(&net.srv, bin("fg-origin"))
+            .args([
+                "--listen",
+                &format!("{}:9101", net.srv_v4),
+                "--name",
+                "origin",
+            ])
+            .stdout(Stdio::null()),
+    )
+}
+
+/// Requests on new connections from the client namespace until `until`, at most `max`;
+/// returns (answered with 200, attempted).
+fn legit_client(ns: &str, addr: SocketAddr, until: Instant, max: u32) -> (u32, u32) {
+    in_netns(ns, move || {
+        let (mut ok, mut n) = (0, 0);
+        while Instant::now() < until && n < max {
+            n += 1;
+            if matches!(http_get(addr, "legit", "/legit"), Ok((200, _))) {
+                ok += 1;
+            }
+        }
+        (ok, n)
+    })
+}
+
+fn syn_frames(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    dst: [u8; 4],
+    count: u32,
+    src: impl Fn(u32) -> [u8; 4],
+) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|i| {
+            let sport = 1024 + (i % 60_000) as u16;
+            frame_to(
+                dst_mac,
+                src_mac,
+                &[],
+                ETH_IP,
+                &v4(
+                    src(i),
+                    dst,
+                    PROTO_TCP,
+                    0,
+                    0x4000,
+                    &tcp(sport, 8080, SYN, 0, 0),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn octets(s: &str) -> [u8; 4] {
+    s.parse::<std::net::Ipv4Addr>().expect("ipv4").octets()
+}
+
+#[test]
+fn syn_flood_is_dropped_while_a_legitimate_client_keeps_completing_requests() {
+    if !require_root("syn_flood_is_dropped_while_a_legitimate_client_keeps_completing_requests") {
+        return;
+    }
+    let net = NetPair::new("f", 202);
+    let atk = ThirdNs::new(&net, 202);
+    let pin_dir = format!("/sys/fs/bpf/fg-flood-{}", std::process::id());
+    let _origin = origin(&net);
+    let yaml = format!(
+        "
+global: {{ maxconn: 2000, nbthread: 1 }}
+xdp:
+  interfaces: [{a}, {b}]
+  mode: native
+  pin-dir: {pin_dir}
+  conntrack-bypass: false
+  syn-rate: {{ per-source: 1000, per-source-burst: 1000, global: 4000, global-burst: 4000, source-table-size: 8192 }}
+listeners: [{{ name: http, bind: '0.0.0.0:8080', default-backend: origin }}]
+backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
+",
+        a = net.srv_if,
+        b = atk.srv_if,
+        srv = net.srv_v4
+    );
+    let _fg = start_floodgate(&net.srv, "flood.yaml", &yaml, &pin_dir);
+    let addr: SocketAddr = format!("{}:8080", net.srv_v4).parse().unwrap();
+    let (warm, _) = legit_client(&net.cli, addr, Instant::now() + Duration::from_secs(5), 1);
+    assert_eq!(warm, 1, "floodgate answers before the flood");
+
+    let srv_mac = mac_of(&net.srv, &atk.srv_if);
+    let atk_mac = mac_of(&atk.ns, &atk.atk_if);
+    let dst = octets(&atk.srv_v4);
+    let attacker = octets(&atk.atk_v4);
+
+    // Phase 1: one source floods. Its bucket (1000/s, burst 1000) stops it; the legitimate
+    // client has its own bucket and the global budget is not reached by what gets through.
+    const FLOOD: u32 = 30_000;
+    let s0 = stats(&pin_dir).unwrap();
+    let (cli0, atk0) = (net.cli_tx_packets(), atk.tx_packets());
+    let until = Instant::now() + Duration::from_secs(3);
+    let cli_ns = net.cli.clone();
+    let legit = std::thread::spawn(move || legit_client(&cli_ns, addr, until, 300));
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let sent = send_frames(
+        &atk.ns,
+        &atk.atk_if,
+        syn_frames(srv_mac, atk_mac, dst, FLOOD, |_| attacker),
+    );
+    let flood_time = t.elapsed();
+    let (ok, tried) = legit.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let s1 = stats(&pin_dir).unwrap();
+    let (cli1, atk1) = (net.cli_tx_packets(), atk.tx_packets());
+    let d = |name: &str| reason(&s1, name) - reason(&s0, name);
+    let total =
+        s1["totals"]["packets"].as_u64().unwrap() - s0["totals"]["packets"].as_u64().unwrap();
+    eprintln!(
+        "phase 1: {sent} flood SYNs in {flood_time:?}; legit {ok}/{tried}; syn_admitted {} syn_rate_source {} \
+         syn_rate_global {}; XDP total {total} = veth tx {} + {}",
+        d("syn_admitted"),
+        d("syn_rate_source"),
+        d("syn_rate_global"),
+        cli1 - cli0,
+        atk1 - atk0
+    );
+    assert_eq!(
+        u64::from(sent),
+        u64::from(FLOOD),
+        "every flood frame left the attacker"
+    );
+    assert_eq!(
+        total,
+        (cli1 - cli0) + (atk1 - atk0),
+        "XDP saw exactly what both peers sent"
+    );
+    assert_eq!(d("syn_rate_global"), 0);
+    assert_eq!(
+        d("syn_admitted") + d("syn_rate_source"),
+        u64::from(FLOOD) + u64::from(tried),
+        "every SYN is admitted or dropped by its source bucket: the flood's and one per legit connection"
+    );
+    // The flood lasted well under its 30 s refill horizon: at most the burst plus a second's rate.
+    let budget = 1000 + (1000.0 * flood_time.as_secs_f64()).ceil() as u64 + 1;
+    assert!(
+        d("syn_rate_source") >= u64::from(FLOOD) - budget,
+        "the attacker's bucket stopped the flood"
+    );
+    assert!(
+        tried >= 20 && ok == tried,
+        "the legitimate client completed every request: {ok}/{tried}"
+    );
+
+    // Phase 2: random sources (198.18.0.0/15, never a real client) defeat per-source buckets;
+    // the global budget (4000/s over all CPUs) caps them. Legitimate SYNs compete for the same
+    // budget, so some retry after the kernel's 1 s SYN timeout, but requests still complete.
+    const SPOOFED: u32 = 20_000;
+    let s0 = stats(&pin_dir).unwrap();
+    let until = Instant::now() + Duration::from_secs(4);
+    let cli_ns = net.cli.clone();
+    let legit = std::thread::spawn(move || legit_client(&cli_ns, addr, until, 200));
+    std::thread::sleep(Duration::from_millis(200));
+    let random = |i: u32| {
+        let x = i.wrapping_mul(2_654_435_761);
+        [198, 18 + (x >> 31) as u8, (x >> 8) as u8, x as u8 | 1]
+    };
+    let sent = send_frames(
+        &atk.ns,
+        &atk.atk_if,
+        syn_frames(srv_mac, atk_mac, dst, SPOOFED, random),
+    );
+    let (ok, tried) = legit.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let s1 = stats(&pin_dir).unwrap();
+    let d = |name: &str| reason(&s1, name) - reason(&s0, name);
+    eprintln!(
+        "phase 2: {sent} spoofed SYNs; legit {ok}/{tried}; syn_admitted {} syn_rate_source {} syn_rate_global {}",
+        d("syn_admitted"),
+        d("syn_rate_source"),
+        d("syn_rate_global")
+    );
+    assert_eq!(u64::from(sent), u64::from(SPOOFED));
+    assert!(
+        d("syn_rate_global") >= u64::from(SPOOFED) / 2,
+        "the global budget dropped most of the spoofed flood"
+    );
+    assert!(d("syn_admitted") + d("syn_rate_source") + d("syn_rate_global") >= u64::from(SPOOFED));
+    assert!(
+        tried >= 5 && f64::from(ok) >= 0.9 * f64::from(tried),
+        "legitimate success rate stays high: {ok}/{tried}"
+    );
+}
+
+#[test]
+fn a_full_listener_drops_syns_in_xdp_until_connections_close() {
+    if !require_root("a_full_listener_drops_syns_in_xdp_until_connections_close") {
+        return;
+    }
+    let net = NetPair::new("m", 203);
+    let pin_dir = format!("/sys/fs/bpf/fg-cap-{}", std::process::id());
+    let _origin = origin(&net);
+    let yaml = format!(
+        "
+global: {{ maxconn: 4, nbthread: 1 }}
+xdp: {{ interfaces: [{iface}], mode: native, pin-dir: {pin_dir}, conntrack-bypass: false }}
+listeners: [{{ name: http, bind: '{srv}:8080', default-backend: origin }}]
+backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
+",
+        iface = net.srv_if,
+        srv = net.srv_v4
+    );
+    let _fg = start_floodgate(&net.srv, "capacity.yaml", &yaml, &pin_dir);
+    let addr: SocketAddr = format!("{}:8080", net.srv_v4).parse().unwrap();
+    let s0 = stats(&pin_dir).unwrap();
+    let (full, freed, admitted_again) = in_netns(&net.cli, move || {
+        let connect = || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500));
+        // Four idle connections take every slot of maxconn 4.
+        let mut held: Vec<_> = (0..4)
+            .map(|_| connect().expect("connection within maxconn"))
+            .collect();
+        // The proxy publishes capacity every 250 ms.
+        std::thread::sleep(Duration::from_millis(700));
+        let full = connect();
+        held.truncate(2);
+        std::thread::sleep(Duration::from_millis(700));
+        let again = connect();
+        (full.is_err(), held.len(), again.is_ok())
+    });
+    let s1 = stats(&pin_dir).unwrap();
+    let d = |name: &str| reason(&s1, name) - reason(&s0, name);
+    eprintln!(
+        "capacity drops {}, syn_admitted {}, fail_open {}",
+        d("capacity"),
+        d("syn_admitted"),
+        d("fail_open")
+    );
+    assert!(full, "a SYN past maxconn must not be answered");
+    assert!(d("capacity") >= 1, "and it is dropped and counted in XDP");
+    assert_eq!(freed, 2);
+    assert!(admitted_again, "closing connections makes room again");
+    assert_eq!(d("syn_admitted"), 5);
+    assert_eq!(d("fail_open"), 0, "a live proxy never fails open");
+}
+
+fn conntrack_count(ns: &str) -> u64 {
+    let out = NetPair::exec(ns, "cat")
+        .arg("/proc/sys/net/netfilter/nf_conntrack_count")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("nf_conntrack_count in {ns}"))
+}
+
+fn nft_tables(ns: &str) -> String {
+    let out = NetPair::exec(ns, "nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn notrack_keeps_listener_flows_out_of_conntrack() {
+    if !require_root("notrack_keeps_listener_flows_out_of_conntrack") {
+        return;
+    }
+    let net = NetPair::new("k", 204);
+    let pin_dir = format!("/sys/fs/bpf/fg-ct-{}", std::process::id());
+    let _origin = origin(&net);
+    // A stateful rule, as any node firewall has, is what makes the kernel track connections.
+    let rules = floodgate_tests::temp_file(
+        "ct-rules.nft",
+        "table inet fgtest {\n  chain input {\n    type filter hook input priority 0; policy accept;\n    ct state established accept\n  }\n}\n",
+    );
+    let st = NetPair::exec(&net.srv, "nft")
+        .arg("-f")
+        .arg(&rules)
+        .status()
+        .unwrap();
+    assert!(st.success(), "nft test table");
+    let addr: SocketAddr = format!("{}:8080", net.srv_v4).parse().unwrap();
+    let yaml = |bypass: bool| {
+        format!(
+            "
+global: {{ nbthread: 1 }}
+xdp: {{ interfaces: [{iface}], mode: native, pin-dir: {pin_dir}, conntrack-bypass: {bypass} }}
+listeners: [{{ name: http, bind: '{srv}:8080', default-backend: origin }}]
+backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
+",
+            iface = net.srv_if,
+            srv = net.srv_v4
+        )
+    };
+    const BURST: u32 = 40;
+    let burst = |ns: &str| {
+        let (ok, n) = legit_client(ns, addr, Instant::now() + Duration::from_secs(20), BURST);
+        assert_eq!((ok, n), (BURST, BURST));
+    };
+
+    // Control: without the bypass every connection gets a conntrack entry.
+    let mut fg = start_floodgate(&net.srv, "ct-off.yaml", &yaml(false), &pin_dir);
+    assert!(!nft_tables(&net.srv).contains("inet floodgate"));
+    let before = conntrack_count(&net.srv);
+    burst(&net.cli);
+    let tracked = conntrack_count(&net.srv) - before;
+    fg.stop();
+
+    let mut fg = start_floodgate(&net.srv, "ct-on.yaml", &yaml(true), &pin_dir);
+    assert!(
+        nft_tables(&net.srv).contains("inet floodgate"),
+        "NOTRACK table installed"
+    );
+    let s0 = stats(&pin_dir).unwrap();
+    let before = conntrack_count(&net.srv);
+    burst(&net.cli);
+    let after = conntrack_count(&net.srv);
+    let s1 = stats(&pin_dir).unwrap();
+    let bypassed = reason(&s1, "conntrack_bypassed") - reason(&s0, "conntrack_bypassed");
+    eprintln!(
+        "conntrack entries for {BURST} connections: {tracked} without bypass, {} with; XDP counted {bypassed} bypassed packets",
+        after.saturating_sub(before)
+    );
+    assert!(
+        tracked >= u64::from(BURST),
+        "control: conntrack tracked the burst ({tracked})"
+    );
+    // Only the proxy's own upstream connections (loopback, not listener ports) may be tracked.
+    assert!(
+        after <= before + 2,
+        "with NOTRACK the burst did not raise nf_conntrack_count: {before} -> {after}"
+    );
+    assert!(bypassed >= 4 * u64::from(BURST));
+    fg.stop();
+    assert!(
+        !nft_tables(&net.srv).contains("inet floodgate"),
+        "NOTRACK table removed at stop"
+    );
+}
