@@ -1,6 +1,11 @@
 //! The CLI as users meet it: `check` names bad keys, `stats` explains when nothing runs, and
 //! `run` with XDP disabled proxies without privileges.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a panic is the failure report"
+)]
+
 use std::{
     net::SocketAddr,
     process::{Command, Stdio},

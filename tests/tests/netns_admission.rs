@@ -3,9 +3,14 @@
 //! connection count, and conntrack bypass. Every load is bounded in count and time and goes only
 //! to addresses inside the namespaces these tests create.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a panic is the failure report"
+)]
+
 use std::{
     net::SocketAddr,
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -144,7 +149,7 @@ backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
         atk1 - atk0
     );
     assert_eq!(
-        u64::from(sent),
+        sent,
         u64::from(FLOOD),
         "every flood frame left the attacker"
     );
@@ -198,7 +203,7 @@ backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
         d("syn_rate_source"),
         d("syn_rate_global")
     );
-    assert_eq!(u64::from(sent), u64::from(SPOOFED));
+    assert_eq!(sent, u64::from(SPOOFED));
     assert!(
         d("syn_rate_global") >= u64::from(SPOOFED) / 2,
         "the global budget dropped most of the spoofed flood"

@@ -2,6 +2,11 @@
 //! veth, a client in `cli` sends HTTP requests through it to an origin, and the XDP counters
 //! read by `floodgate stats --json` from another process must equal what was sent.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a panic is the failure report"
+)]
+
 use std::{
     process::{Command, Stdio},
     time::Duration,

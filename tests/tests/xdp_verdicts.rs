@@ -4,6 +4,11 @@
 //! packet the action and the exact counter deltas: the expected reasons move by the expected
 //! amounts (packets, and bytes for verdicts) and every other counter stays put.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a panic is the failure report"
+)]
+
 use std::time::Duration;
 
 use floodgate::{config, dataplane::ListenerLoad};
