@@ -132,7 +132,7 @@ fn cidr_verdict(tcp: &Tcp, cfg: &XdpConfig) -> Option<Reason> {
             [tcp.saddr[12], tcp.saddr[13], tcp.saddr[14], tcp.saddr[15]],
         );
         (
-            FG_DENY_V4.get(&key).is_some(),
+            cfg.flags & FLAG_DENY_V4 != 0 && FG_DENY_V4.get(&key).is_some(),
             cfg.flags & FLAG_ALLOW_MODE == 0 || FG_ALLOW_V4.get(&key).is_some(),
         )
     } else {
