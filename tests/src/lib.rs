@@ -458,16 +458,22 @@ pub fn send_frames(ns: &str, dev: &str, frames: Vec<Vec<u8>>) -> u64 {
             addr.sll_halen = 6;
             let mut sent = 0;
             for f in &frames {
-                let rc = libc::sendto(
-                    fd,
-                    f.as_ptr().cast(),
-                    f.len(),
-                    0,
-                    (&raw const addr).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                );
-                if rc == f.len() as isize {
-                    sent += 1;
+                // A full socket buffer (ENOBUFS) is back-pressure, not loss: wait and retry,
+                // a bounded number of times.
+                for _ in 0..1000 {
+                    let rc = libc::sendto(
+                        fd,
+                        f.as_ptr().cast(),
+                        f.len(),
+                        0,
+                        (&raw const addr).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    );
+                    if rc == f.len() as isize {
+                        sent += 1;
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_micros(50));
                 }
             }
             libc::close(fd);
@@ -582,8 +588,11 @@ pub fn start_floodgate(ns: &str, name: &str, yaml: &str, pin_dir: &str) -> Proc 
             .arg(&config)
             .stderr(log),
     );
+    // nsenter execs floodgate, so the child's pid is floodgate's: wait for its own record, not
+    // one left by a previous instance.
+    let pid = fg.child.as_ref().map(Child::id);
     let attached = wait_until(Duration::from_secs(10), || {
-        stats(pin_dir).is_some_and(|s| s["interfaces"][0]["mode"].is_string())
+        stats(pin_dir).is_some_and(|s| s["interfaces"][0]["pid"].as_u64().map(|p| p as u32) == pid)
     });
     if !attached {
         fg.stop();

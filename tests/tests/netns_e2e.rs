@@ -187,3 +187,94 @@ backends:
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn link_info(pin: &str) -> Value {
+    let out = Command::new("bpftool")
+        .args(["-j", "link", "show", "pinned", pin])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bpftool link show pinned {pin}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_restart_replaces_the_program_on_the_pinned_link() {
+    if !require_root("a_restart_replaces_the_program_on_the_pinned_link") {
+        return;
+    }
+    let net = NetPair::new("r", 205);
+    let pin_dir = format!("/sys/fs/bpf/fg-restart-{}", std::process::id());
+    let _origin = Proc::spawn(
+        "fg-origin",
+        NetPair::exec(&net.srv, bin("fg-origin"))
+            .args(["--listen", &format!("{}:9101", net.srv_v4)])
+            .stdout(Stdio::null()),
+    );
+    let yaml = format!(
+        "
+xdp: {{ interfaces: [{iface}], mode: native, pin-dir: {pin_dir}, keep-attached-on-exit: true, fail-open-after: 500ms }}
+listeners: [{{ name: http, bind: '{srv}:8080', default-backend: origin }}]
+backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
+",
+        iface = net.srv_if,
+        srv = net.srv_v4
+    );
+    let url = format!("http://{}:8080/r", net.srv_v4);
+    let link_pin = format!("{pin_dir}/link_{}", net.srv_if);
+
+    let mut fg = floodgate_tests::start_floodgate(&net.srv, "restart-1.yaml", &yaml, &pin_dir);
+    assert!(curl(&net.cli, &url).is_some());
+    let first = link_info(&link_pin);
+    fg.stop();
+
+    // floodgate is down: the program stays attached and keeps counting; with the heartbeat
+    // stale, SYNs fail open instead of being dropped for capacity.
+    let link = Command::new("ip")
+        .args(["-n", &net.srv, "link", "show", &net.srv_if])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
+        "still attached after exit"
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    let down0 = stats(&pin_dir).expect("stats while floodgate is down");
+    assert!(curl(&net.cli, &url).is_none(), "no proxy listening");
+    let down1 = stats(&pin_dir).unwrap();
+    assert_eq!(
+        reason(&down1, "fail_open") - reason(&down0, "fail_open"),
+        1,
+        "the SYN failed open"
+    );
+
+    let mut fg = floodgate_tests::start_floodgate(&net.srv, "restart-2.yaml", &yaml, &pin_dir);
+    let second = link_info(&link_pin);
+    assert_eq!(first["id"], second["id"], "the same link: never detached");
+    assert_ne!(first["prog_id"], second["prog_id"], "a new program on it");
+    assert!(curl(&net.cli, &url).is_some());
+    let after = stats(&pin_dir).unwrap();
+    assert!(
+        reason(&after, "syn_admitted") >= 2,
+        "counters survived the restart: {after}"
+    );
+    fg.stop();
+
+    let out = Command::new(bin("floodgate"))
+        .args(["detach", "--pin-dir", &pin_dir])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let link = Command::new("ip")
+        .args(["-n", &net.srv, "link", "show", &net.srv_if])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "detached by `floodgate detach`"
+    );
+    assert!(!std::path::Path::new(&pin_dir).exists());
+}

@@ -131,6 +131,9 @@ pub struct Xdp {
     pub capacity_admission: bool,
     /// A heartbeat older than this makes capacity admission fail open.
     pub fail_open_after: HDuration,
+    /// Leave the program attached (pinned links and maps) when floodgate exits, so a restart
+    /// replaces it atomically and the node is never without admission.
+    pub keep_attached_on_exit: bool,
     /// Install NOTRACK rules so listener flows skip netfilter conntrack.
     pub conntrack_bypass: bool,
     /// The nftables table (family inet) floodgate owns for those rules.
@@ -151,6 +154,7 @@ impl Default for Xdp {
             flow_table_size: floodgate_common::DEFAULT_FLOWS,
             capacity_admission: true,
             fail_open_after: HDuration::secs(2),
+            keep_attached_on_exit: false,
             conntrack_bypass: true,
             nft_table: crate::conntrack::TABLE.to_owned(),
         }

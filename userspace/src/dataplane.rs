@@ -9,7 +9,11 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, LpmTrie, MapData, MapInfo, lpm_trie::Key},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use floodgate_common::{
     Capacity, FAMILY_V4, FAMILY_V6, FLAG_ALLOW_MODE, FLAG_CAPACITY, FLAG_DENY_V4, FLAG_DENY_V6,
@@ -62,6 +66,8 @@ pub enum DataplaneError {
     },
     #[error("pinning under {path}: {reason}")]
     Pin { path: PathBuf, reason: String },
+    #[error("XDP link on {iface}: {reason}")]
+    Link { iface: String, reason: String },
     #[error("{0}")]
     Program(#[from] aya::programs::ProgramError),
 }
@@ -77,6 +83,8 @@ pub struct Attachment {
     /// `native` or `generic`.
     pub mode: String,
     pub program_id: u32,
+    /// The floodgate process that attached it.
+    pub pid: u32,
 }
 
 /// Capacity of one listener, as the proxy sees it.
@@ -91,7 +99,7 @@ pub struct ListenerLoad {
 pub struct Dataplane {
     ebpf: Ebpf,
     pin_dir: PathBuf,
-    links: Vec<XdpLinkId>,
+    links: Vec<HeldLink>,
     pub attachments: Vec<Attachment>,
     /// `FG_LISTENERS` slots this process set, so a reload can clear the ones it drops.
     listener_slots: Vec<u32>,
@@ -188,29 +196,117 @@ impl Dataplane {
     }
 
     fn attach(&mut self, cfg: &config::Xdp) -> Result<(), DataplaneError> {
+        // The previous instance's record tells which mode its pinned links are in; removed now
+        // so that a record on disk always describes the running program.
+        let record = attach_file(&self.pin_dir);
+        let previous: Vec<Attachment> = std::fs::read(&record)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let _ = std::fs::remove_file(&record);
         let prog = self.program()?;
         prog.load().map_err(DataplaneError::Verify)?;
         let program_id = prog.info()?.id();
         for iface in &cfg.interfaces {
-            let prog = self.program()?;
-            let (link, mode) = match cfg.mode {
-                ConfigMode::Native => (attach_one(prog, iface, XdpMode::Driver)?, "native"),
-                ConfigMode::Generic => (attach_one(prog, iface, XdpMode::Skb)?, "generic"),
-                ConfigMode::Auto => match attach_one(prog, iface, XdpMode::Driver) {
-                    Ok(link) => (link, "native"),
-                    Err(e) => {
-                        warn!(interface = %iface, error = %e, "native XDP refused, falling back to generic mode");
-                        (attach_one(self.program()?, iface, XdpMode::Skb)?, "generic")
-                    }
-                },
+            let pin = self.pin_dir.join(format!("link_{iface}"));
+            let before = previous
+                .iter()
+                .find(|a| &a.interface == iface)
+                .map(|a| a.mode.clone());
+            let wanted = match cfg.mode {
+                ConfigMode::Native => Some("native"),
+                ConfigMode::Generic => Some("generic"),
+                ConfigMode::Auto => None,
+            };
+            let mode = match (PinnedLink::from_pin(&pin), &before) {
+                // A link pinned by a previous floodgate, in a mode this config accepts: swap the
+                // program under it atomically, so the interface is never without one.
+                (Ok(link), Some(mode)) if wanted.is_none_or(|w| w == mode) => {
+                    let mode = mode.clone();
+                    let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| {
+                        DataplaneError::Link {
+                            iface: iface.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                    let id = self.program()?.attach_to_link(link)?;
+                    self.hold_link(iface, id, &pin, true)?;
+                    info!(interface = %iface, mode, program_id, "XDP program replaced atomically on the pinned link");
+                    mode
+                }
+                (Ok(link), _) => {
+                    warn!(interface = %iface, "pinned XDP link in another mode: detaching it to attach anew");
+                    drop(link.unpin());
+                    self.attach_new(cfg.mode, iface, &pin)?
+                }
+                (Err(_), _) => self.attach_new(cfg.mode, iface, &pin)?,
             };
             info!(interface = %iface, mode, program_id, "XDP attached");
-            self.links.push(link);
             self.attachments.push(Attachment {
                 interface: iface.clone(),
-                mode: mode.into(),
+                mode,
                 program_id,
+                pid: std::process::id(),
             });
+        }
+        Ok(())
+    }
+
+    fn attach_new(
+        &mut self,
+        mode: ConfigMode,
+        iface: &str,
+        pin: &Path,
+    ) -> Result<String, DataplaneError> {
+        let (id, mode) = match mode {
+            ConfigMode::Native => (
+                attach_one(self.program()?, iface, XdpMode::Driver)?,
+                "native",
+            ),
+            ConfigMode::Generic => (attach_one(self.program()?, iface, XdpMode::Skb)?, "generic"),
+            ConfigMode::Auto => match attach_one(self.program()?, iface, XdpMode::Driver) {
+                Ok(id) => (id, "native"),
+                Err(e) => {
+                    warn!(interface = %iface, error = %e, "native XDP refused, falling back to generic mode");
+                    (attach_one(self.program()?, iface, XdpMode::Skb)?, "generic")
+                }
+            },
+        };
+        self.hold_link(iface, id, pin, false)?;
+        Ok(mode.to_owned())
+    }
+
+    /// Pins a bpf_link so a later floodgate can replace the program on it. A netlink
+    /// attachment (kernels without bpf_link for XDP) cannot be pinned: it stays with the
+    /// program and is detached when this process exits.
+    fn hold_link(
+        &mut self,
+        iface: &str,
+        id: XdpLinkId,
+        pin: &Path,
+        pinned: bool,
+    ) -> Result<(), DataplaneError> {
+        let link = self.program()?.take_link(id)?;
+        match FdLink::try_from(link) {
+            Ok(fd) if pinned => {
+                drop(fd);
+                let link = PinnedLink::from_pin(pin).map_err(|e| DataplaneError::Link {
+                    iface: iface.to_owned(),
+                    reason: e.to_string(),
+                })?;
+                self.links.push(HeldLink::Pinned(link));
+            }
+            Ok(fd) => {
+                let link = fd.pin(pin).map_err(|e| DataplaneError::Link {
+                    iface: iface.to_owned(),
+                    reason: e.to_string(),
+                })?;
+                self.links.push(HeldLink::Pinned(link));
+            }
+            Err(_) => {
+                warn!(interface = %iface, "XDP attached through netlink: the link cannot be pinned, a restart will detach and reattach");
+                self.links.push(HeldLink::Unpinnable);
+            }
         }
         Ok(())
     }
@@ -350,22 +446,48 @@ impl Dataplane {
     }
 
     /// Detaches from every interface and removes the pins this process made or reused.
-    pub fn stop(mut self) {
+    /// Detaches from every interface and removes the pins; or, with `keep_attached`, leaves
+    /// the program running on its pinned links and maps for the next floodgate to take over
+    /// (capacity admission fails open meanwhile, as the heartbeat stops).
+    pub fn stop(mut self, keep_attached: bool) {
         let links = std::mem::take(&mut self.links);
-        if let Ok(prog) = self.program() {
-            for link in links {
-                if let Err(e) = prog.detach(link) {
-                    warn!(error = %e, "XDP detach failed");
+        if keep_attached && links.iter().all(|l| matches!(l, HeldLink::Pinned(_))) {
+            drop(links);
+            info!(pin_dir = %self.pin_dir.display(), "XDP left attached on its pinned links for the next floodgate");
+            return;
+        }
+        for link in links {
+            if let HeldLink::Pinned(link) = link {
+                // Unpinned and closed, the link goes away and detaches the program.
+                if let Err(e) = link.unpin() {
+                    warn!(error = %e, "cannot unpin an XDP link");
                 }
             }
         }
-        for name in maps::ALL {
-            let _ = std::fs::remove_file(self.pin_dir.join(name));
-        }
-        let _ = std::fs::remove_file(attach_file(&self.pin_dir));
-        let _ = std::fs::remove_dir(&self.pin_dir);
+        remove_pins(&self.pin_dir);
         info!("XDP detached, pins removed");
     }
+}
+
+/// What holds an attachment: a pinned bpf_link, or (netlink) the program itself.
+enum HeldLink {
+    Pinned(PinnedLink),
+    Unpinnable,
+}
+
+/// Removes a floodgate pin directory: links (which detaches them), maps, the attach record.
+pub fn remove_pins(pin_dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(pin_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("link_") || maps::ALL.contains(&name.as_ref()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_file(attach_file(pin_dir));
+    let _ = std::fs::remove_dir(pin_dir);
 }
 
 fn attach_one(prog: &mut Xdp, iface: &str, mode: XdpMode) -> Result<XdpLinkId, DataplaneError> {

@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 use floodgate::{
     config::Config,
     conntrack,
-    dataplane::{Dataplane, ListenerLoad},
+    dataplane::{self, Dataplane, ListenerLoad},
     limits,
     proxy::{ListenerCtx, Routing, server},
     stats,
@@ -49,6 +49,11 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Detach a program left attached by `xdp.keep-attached-on-exit` and remove its pins.
+    Detach {
+        #[arg(long, default_value = floodgate_common::PIN_DIR)]
+        pin_dir: PathBuf,
+    },
     /// Print the XDP counters from the pinned maps (works from another process).
     Stats {
         /// Print JSON instead of a table.
@@ -67,6 +72,11 @@ fn main() -> std::process::ExitCode {
         Cmd::Run { config } => run(&config),
         Cmd::Check { config } => check(&config),
         Cmd::Stats { json, pin_dir } => print_stats(&pin_dir, json),
+        Cmd::Detach { pin_dir } => {
+            dataplane::remove_pins(&pin_dir);
+            println!("detached; pins under {} removed", pin_dir.display());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -210,7 +220,7 @@ async fn serve(cfg: Config, maxconn: u32) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     if let Some(dp) = dp {
-        dp.stop();
+        dp.stop(cfg.xdp.keep_attached_on_exit);
     }
     drop(bypass);
     if permits.available_permits() != maxconn as usize {
