@@ -31,6 +31,10 @@ pub mod maps {
     pub const GLOBAL_BUCKET: &str = "FG_GLOBAL_BKT";
     /// `LruHashMap<FlowKey, FlowState>`: floodgate's own flow table.
     pub const FLOWS: &str = "FG_FLOWS";
+    /// `LruHashMap<SrcKey, u64>`: sources the kernel accepted a connection from (their ACK
+    /// carried a valid ISN or cookie, so they are not spoofed), with the CLOCK_MONOTONIC ns of
+    /// the last one. Written by userspace; they skip the global SYN budget for `verified_ttl_s`.
+    pub const VERIFIED: &str = "FG_VERIFIED";
     /// `PerCpuArray<Counter, COUNTER_COUNT>`: packets and bytes per [`crate::Reason`].
     pub const STATS: &str = "FG_STATS";
     /// `PerCpuArray<ListenerCounters, MAX_LISTENERS>`: per-listener counters.
@@ -38,7 +42,14 @@ pub mod maps {
 
     /// Maps whose content the kernel owns (counters, buckets, flows): a restart reuses their
     /// pins so that state survives it. Userspace-owned maps are recreated and rewritten.
-    pub const KERNEL_STATE: &[&str] = &[SRC_BUCKETS, GLOBAL_BUCKET, FLOWS, STATS, LISTENER_STATS];
+    pub const KERNEL_STATE: &[&str] = &[
+        SRC_BUCKETS,
+        GLOBAL_BUCKET,
+        FLOWS,
+        VERIFIED,
+        STATS,
+        LISTENER_STATS,
+    ];
 
     /// Every map userspace pins, in a stable order.
     pub const ALL: &[&str] = &[
@@ -54,6 +65,7 @@ pub mod maps {
         SRC_BUCKETS,
         GLOBAL_BUCKET,
         FLOWS,
+        VERIFIED,
         STATS,
         LISTENER_STATS,
     ];
@@ -122,10 +134,12 @@ pub enum Reason {
     FlowRemoved = 14,
     /// Event: an established packet whose flow is not in the table (evicted, or older than us).
     FlowMiss = 15,
+    /// Event: a SYN from a verified source skipped the global budget.
+    SynVerifiedBypass = 16,
 }
 
 /// Number of slots in [`maps::STATS`].
-pub const COUNTER_COUNT: u32 = 16;
+pub const COUNTER_COUNT: u32 = 17;
 /// Verdict reasons are `0..VERDICT_COUNT`; the rest are events.
 pub const VERDICT_COUNT: u32 = Reason::DropCapacity as u32 + 1;
 
@@ -155,6 +169,7 @@ impl Reason {
         Reason::FlowInserted,
         Reason::FlowRemoved,
         Reason::FlowMiss,
+        Reason::SynVerifiedBypass,
     ];
 
     /// `Pass` or `Drop` for verdict reasons, `None` for events.
@@ -187,6 +202,7 @@ impl Reason {
             Reason::FlowInserted => "flows_inserted",
             Reason::FlowRemoved => "flows_removed",
             Reason::FlowMiss => "flow_miss",
+            Reason::SynVerifiedBypass => "syn_verified_bypass",
         }
     }
 }
@@ -249,8 +265,15 @@ pub struct XdpConfig {
     pub fail_open_after_ns: u64,
     /// `FLAG_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// How long a verified source skips the global budget, in seconds; 0 disables the bypass.
+    pub verified_ttl_s: u32,
 }
+
+/// `FlowState::flags`: the client sent FIN; its next packet (the last ACK) removes the flow.
+pub const FLOW_CLOSING: u32 = 1 << 0;
+
+/// Default capacity of the verified-source LRU.
+pub const DEFAULT_VERIFIED: u32 = 65_536;
 
 /// `ListenerKey::family` values.
 pub const FAMILY_V4: u16 = 4;
@@ -348,8 +371,8 @@ pub struct FlowState {
     pub packets: u64,
     pub bytes: u64,
     pub listener: u32,
-    /// 1 once the client sent FIN: the next packet (its last ACK) removes the flow.
-    pub closing: u32,
+    /// `FLOW_*` bits.
+    pub flags: u32,
 }
 
 #[cfg(feature = "user")]

@@ -22,9 +22,10 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use floodgate_common::{
     BackendSlot, Bucket, COUNTER_COUNT, Capacity, Counter, DEFAULT_FLOWS, DEFAULT_SRC_BUCKETS,
-    FAMILY_V4, FLAG_ALLOW_MODE, FLAG_CAPACITY, FLAG_DENY_V4, FLAG_DENY_V6, FLAG_FLOW_TABLE,
-    FlowKey, FlowState, LISTENER_SLOTS, ListenerCounters, ListenerId, ListenerKey, MAX_BACKENDS,
-    MAX_CIDRS, MAX_LISTENERS, NANOS, Reason, SrcKey, XdpConfig,
+    DEFAULT_VERIFIED, FAMILY_V4, FLAG_ALLOW_MODE, FLAG_CAPACITY, FLAG_DENY_V4, FLAG_DENY_V6,
+    FLAG_FLOW_TABLE, FLOW_CLOSING, FlowKey, FlowState, LISTENER_SLOTS, ListenerCounters,
+    ListenerId, ListenerKey, MAX_BACKENDS, MAX_CIDRS, MAX_LISTENERS, NANOS, Reason, SrcKey,
+    XdpConfig,
 };
 use parse::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp};
 
@@ -55,6 +56,8 @@ static FG_SRC_BUCKET: LruHashMap<SrcKey, Bucket, { DEFAULT_SRC_BUCKETS as usize 
 static FG_GLOBAL_BKT: PerCpuArray<Bucket, 1> = PerCpuArray::new();
 #[btf_map]
 static FG_FLOWS: LruHashMap<FlowKey, FlowState, { DEFAULT_FLOWS as usize }> = LruHashMap::new();
+#[btf_map]
+static FG_VERIFIED: LruHashMap<SrcKey, u64, { DEFAULT_VERIFIED as usize }> = LruHashMap::new();
 #[btf_map]
 static FG_STATS: PerCpuArray<Counter, { COUNTER_COUNT as usize }> = PerCpuArray::new();
 #[btf_map]
@@ -182,7 +185,9 @@ fn admit_syn(
             return Reason::DropSynRateSource;
         }
     }
-    if cfg.global_rate_per_cpu != 0 {
+    if cfg.global_rate_per_cpu != 0 && verified(tcp, cfg, now) {
+        count(Reason::SynVerifiedBypass, 0);
+    } else if cfg.global_rate_per_cpu != 0 {
         let admitted = match FG_GLOBAL_BKT.get_ptr_mut(0) {
             // SAFETY: per-CPU slot, no concurrent writer.
             Some(b) => unsafe {
@@ -226,13 +231,27 @@ fn admit_syn(
             packets: 1,
             bytes: 0,
             listener,
-            closing: 0,
+            flags: 0,
         };
         if FG_FLOWS.insert(flow_key(tcp), state, 0).is_ok() {
             count(Reason::FlowInserted, 0);
         }
     }
     reason
+}
+
+/// A source the kernel recently accepted a connection from cannot be spoofed: during a flood
+/// from random sources, it keeps connecting while the global budget drops the rest.
+#[inline(always)]
+fn verified(tcp: &Tcp, cfg: &XdpConfig, now: u64) -> bool {
+    if cfg.verified_ttl_s == 0 {
+        return false;
+    }
+    // SAFETY: a plain u64 read once.
+    match unsafe { FG_VERIFIED.get(SrcKey { addr: tcp.saddr }) } {
+        Some(&at) => now.saturating_sub(at) < u64::from(cfg.verified_ttl_s) * NANOS,
+        None => false,
+    }
 }
 
 /// Refills `b` for the time since its last update and takes one token if there is one.
@@ -301,7 +320,8 @@ fn established(tcp: &Tcp, cfg: &XdpConfig, len: u64, now: u64) {
         return;
     };
     // SAFETY: LRU value valid for this run; a lost increment between CPUs only skews statistics.
-    let closing = unsafe { (*f).closing != 0 };
+    let flags = unsafe { (*f).flags };
+    let closing = flags & FLOW_CLOSING != 0;
     // The client's FIN is usually followed by its last ACK: keep the flow until then, so that
     // ACK is not mistaken for a packet of an unknown flow.
     if tcp.flags & TCP_RST != 0 || closing {
@@ -315,7 +335,7 @@ fn established(tcp: &Tcp, cfg: &XdpConfig, len: u64, now: u64) {
         (*f).packets += 1;
         (*f).bytes += len;
         if tcp.flags & TCP_FIN != 0 {
-            (*f).closing = 1;
+            (*f).flags |= FLOW_CLOSING;
         }
     }
 }

@@ -329,7 +329,11 @@ impl Drop for NetPair {
 /// The workspace's binaries, next to the test executable (`target/<profile>/`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // Test executables live in target/<profile>/deps, binaries in target/<profile>.
+    let mut dir = exe.parent().expect("exe dir");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target dir");
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),

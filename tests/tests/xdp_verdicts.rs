@@ -33,9 +33,11 @@ enum Step {
     Load(u32, u32),
     /// Make the heartbeat this old.
     AgeHeartbeat(Duration),
+    /// Mark a source verified, as the proxy does for peers it accepted.
+    Verify([u8; 4]),
     Sleep(Duration),
 }
-use Step::{AgeHeartbeat, Load, Pkt, Sleep};
+use Step::{AgeHeartbeat, Load, Pkt, Sleep, Verify};
 
 struct Case {
     name: &'static str,
@@ -504,6 +506,47 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            name: "verified sources skip an exhausted global budget; others do not",
+            cfg: |c| {
+                // SAFETY: sysconf has no preconditions.
+                let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
+                    .expect("cpus");
+                c.syn_rate.global = cpus;
+                c.syn_rate.global_burst = cpus; // one SYN per CPU
+            },
+            steps: vec![
+                Verify(A),
+                Pkt(syn4(B), XDP_PASS, admitted),
+                Pkt(syn4([203, 0, 113, 9]), XDP_DROP, &[R::DropSynRateGlobal]),
+                Pkt(
+                    syn4(A),
+                    XDP_PASS,
+                    &[R::PassSynAdmitted, R::FlowInserted, R::SynVerifiedBypass],
+                ),
+                Pkt(
+                    syn4(A),
+                    XDP_PASS,
+                    &[R::PassSynAdmitted, R::FlowInserted, R::SynVerifiedBypass],
+                ),
+            ],
+        },
+        Case {
+            name: "verified-ttl 0 turns the bypass off",
+            cfg: |c| {
+                // SAFETY: sysconf has no preconditions.
+                let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
+                    .expect("cpus");
+                c.syn_rate.global = cpus;
+                c.syn_rate.global_burst = cpus;
+                c.verified_ttl = floodgate::config::HDuration::secs(0);
+            },
+            steps: vec![
+                Verify(A),
+                Pkt(syn4(A), XDP_PASS, admitted),
+                Pkt(syn4(A), XDP_DROP, &[R::DropSynRateGlobal]),
+            ],
+        },
+        Case {
             name: "capacity: full listener drops SYNs, established traffic continues, freed admits again",
             cfg: default_cfg,
             steps: vec![
@@ -572,6 +615,10 @@ fn every_verdict_and_reason() {
                     queue_room: 0,
                 }),
                 AgeHeartbeat(d) => prog.age_heartbeat(*d),
+                Verify(ip) => prog
+                    .dp
+                    .verify([std::net::IpAddr::from(*ip)])
+                    .expect("verify"),
                 Sleep(d) => std::thread::sleep(*d),
                 Pkt(pkt, want_action, want_reasons) => {
                     let before = prog.counters();

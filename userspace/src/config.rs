@@ -131,6 +131,10 @@ pub struct Xdp {
     pub capacity_admission: bool,
     /// A heartbeat older than this makes capacity admission fail open.
     pub fail_open_after: HDuration,
+    /// How long a source the proxy accepted a connection from skips the global SYN budget;
+    /// 0 turns the bypass off.
+    pub verified_ttl: HDuration,
+    pub verified_table_size: u32,
     /// Leave the program attached (pinned links and maps) when floodgate exits, so a restart
     /// replaces it atomically and the node is never without admission.
     pub keep_attached_on_exit: bool,
@@ -154,6 +158,8 @@ impl Default for Xdp {
             flow_table_size: floodgate_common::DEFAULT_FLOWS,
             capacity_admission: true,
             fail_open_after: HDuration::secs(2),
+            verified_ttl: HDuration::secs(600),
+            verified_table_size: floodgate_common::DEFAULT_VERIFIED,
             keep_attached_on_exit: false,
             conntrack_bypass: true,
             nft_table: crate::conntrack::TABLE.to_owned(),
@@ -413,6 +419,12 @@ impl Xdp {
                 "xdp.nft-table",
                 "letters, digits, `_` and `-` only",
             ));
+        }
+        if self.verified_table_size == 0 {
+            return Err(invalid("xdp.verified-table-size", "must be at least 1"));
+        }
+        if self.verified_ttl.0.as_secs() > u64::from(u32::MAX) {
+            return Err(invalid("xdp.verified-ttl", "must be under 136 years"));
         }
         if self.flow_table_size == 0 {
             return Err(invalid("xdp.flow-table-size", "must be at least 1"));

@@ -17,7 +17,7 @@ use aya::{
 };
 use floodgate_common::{
     Capacity, FAMILY_V4, FAMILY_V6, FLAG_ALLOW_MODE, FLAG_CAPACITY, FLAG_DENY_V4, FLAG_DENY_V6,
-    FLAG_FLOW_TABLE, ListenerId, ListenerKey, PROGRAM_NAME, XdpConfig, maps,
+    FLAG_FLOW_TABLE, ListenerId, ListenerKey, PROGRAM_NAME, SrcKey, XdpConfig, maps,
 };
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -115,7 +115,8 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(maps::SRC_BUCKETS, cfg.syn_rate.source_table_size)
-            .map_max_entries(maps::FLOWS, cfg.flow_table_size);
+            .map_max_entries(maps::FLOWS, cfg.flow_table_size)
+            .map_max_entries(maps::VERIFIED, cfg.verified_table_size);
         let ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
         let mut dp = Self {
             ebpf,
@@ -144,6 +145,7 @@ impl Dataplane {
         let sizes = [
             (maps::SRC_BUCKETS, cfg.syn_rate.source_table_size),
             (maps::FLOWS, cfg.flow_table_size),
+            (maps::VERIFIED, cfg.verified_table_size),
         ];
         let pin_paths: Vec<(&'static str, PathBuf)> = maps::ALL
             .iter()
@@ -371,7 +373,7 @@ impl Dataplane {
             src_prefix_v6: s.source_prefix_v6,
             fail_open_after_ns: u64::try_from(cfg.fail_open_after.0.as_nanos()).unwrap_or(u64::MAX),
             flags,
-            _pad: 0,
+            verified_ttl_s: u32::try_from(cfg.verified_ttl.0.as_secs()).unwrap_or(u32::MAX),
         };
         let mut arr: Array<_, XdpConfig> = self.map_mut(maps::CONFIG)?;
         arr.set(0, xdp_cfg, 0).map_err(map_err(maps::CONFIG))?;
@@ -404,6 +406,24 @@ impl Dataplane {
             })
             .collect();
         sync_trie(&mut t6, &want6).map_err(map_err(v6))
+    }
+
+    /// Marks sources the kernel accepted connections from as verified (not spoofed).
+    pub fn verify(
+        &mut self,
+        sources: impl IntoIterator<Item = IpAddr>,
+    ) -> Result<(), DataplaneError> {
+        let mut map: aya::maps::HashMap<_, SrcKey, u64> = self.map_mut(maps::VERIFIED)?;
+        let now = monotonic_ns();
+        for ip in sources {
+            let addr = match ip {
+                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+                IpAddr::V6(a) => a.octets(),
+            };
+            map.insert(SrcKey { addr }, now, 0)
+                .map_err(map_err(maps::VERIFIED))?;
+        }
+        Ok(())
     }
 
     /// Publishes listener capacity and refreshes the heartbeat; the program fails open when the
@@ -539,6 +559,7 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
             c::DEFAULT_SRC_BUCKETS,
         ),
         maps::GLOBAL_BUCKET => (4, s(size_of::<c::Bucket>()), 1),
+        maps::VERIFIED => (s(size_of::<c::SrcKey>()), 8, c::DEFAULT_VERIFIED),
         maps::FLOWS => (
             s(size_of::<c::FlowKey>()),
             s(size_of::<c::FlowState>()),
@@ -640,4 +661,56 @@ pub fn pinned(dir: &Path, name: &str) -> Result<MapData, DataplaneError> {
         path: dir.join(name),
         reason: format!("{e} (is floodgate running with XDP enabled?)"),
     })
+}
+
+/// Collects the peers of accepted connections and writes them to `FG_VERIFIED` on each publish
+/// tick, each at most once per quarter of the TTL, so a busy client costs one map update per
+/// few minutes rather than one per connection.
+pub struct VerifiedSources {
+    rx: tokio::sync::mpsc::Receiver<IpAddr>,
+    recent: std::collections::HashMap<IpAddr, std::time::Instant>,
+    refresh: std::time::Duration,
+}
+
+/// Peers queued between two ticks at most; more are dropped and caught on a later connection.
+const VERIFY_QUEUE: usize = 65_536;
+
+impl VerifiedSources {
+    /// `None` when the bypass is off (`verified-ttl: 0`).
+    pub fn new(ttl: std::time::Duration) -> Option<(Self, tokio::sync::mpsc::Sender<IpAddr>)> {
+        if ttl.is_zero() {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(VERIFY_QUEUE);
+        Some((
+            Self {
+                rx,
+                recent: std::collections::HashMap::new(),
+                refresh: ttl / 4,
+            },
+            tx,
+        ))
+    }
+
+    pub fn flush(&mut self, dp: &mut Dataplane) -> Result<(), DataplaneError> {
+        let now = std::time::Instant::now();
+        let mut fresh = Vec::new();
+        while let Ok(ip) = self.rx.try_recv() {
+            let due = self
+                .recent
+                .get(&ip)
+                .is_none_or(|at| now.duration_since(*at) >= self.refresh);
+            if due {
+                self.recent.insert(ip, now);
+                fresh.push(ip);
+            }
+        }
+        // Forget what the kernel would have refreshed anyway, so the cache stays bounded.
+        if self.recent.len() > VERIFY_QUEUE {
+            let refresh = self.refresh;
+            self.recent
+                .retain(|_, at| now.duration_since(*at) < refresh);
+        }
+        dp.verify(fresh)
+    }
 }

@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 use floodgate::{
     config::Config,
     conntrack,
-    dataplane::{self, Dataplane, ListenerLoad},
+    dataplane::{self, Dataplane, ListenerLoad, VerifiedSources},
     limits,
     proxy::{ListenerCtx, Routing, server},
     stats,
@@ -175,6 +175,13 @@ async fn serve(cfg: Config, maxconn: u32) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let mut actives = Vec::new();
+    let (mut verified, verified_tx) = match dp
+        .as_ref()
+        .and_then(|_| VerifiedSources::new(cfg.xdp.verified_ttl.0))
+    {
+        Some((v, tx)) => (Some(v), Some(tx)),
+        None => (None, None),
+    };
     for (l, listener) in cfg.listeners.iter().zip(listeners) {
         let ctx = Arc::new(ListenerCtx::new(
             routing.clone(),
@@ -190,6 +197,7 @@ async fn serve(cfg: Config, maxconn: u32) -> anyhow::Result<()> {
             maxconn: permits.clone(),
             active,
             timeouts: cfg.global.timeouts.clone(),
+            verified: verified_tx.clone(),
         };
         tasks.spawn(server::serve(s, stop_rx.clone(), DRAIN_GRACE));
     }
@@ -211,6 +219,9 @@ async fn serve(cfg: Config, maxconn: u32) -> anyhow::Result<()> {
                         .collect();
                     if let Err(e) = dp.publish(&loads) {
                         error!(error = %e, "cannot publish capacity to XDP");
+                    }
+                    if let Some(Err(e)) = verified.as_mut().map(|v| v.flush(dp)) {
+                        error!(error = %e, "cannot publish verified sources to XDP");
                     }
                 }
             }

@@ -225,6 +225,24 @@ pub fn bench(what: &str) -> Result<()> {
                 "fg-xdp-bench",
             ]),
         ),
-        other => bail!("unknown benchmark `{other}` (available: xdp)"),
+        "flood" => {
+            // The benchmark starts the release floodgate and fg-origin binaries.
+            step(
+                "build (release)",
+                cargo().args(["build", "--release", "--bins"]),
+            )?;
+            step(
+                "goodput during a SYN flood, XDP on and off",
+                cargo().args([
+                    "run",
+                    "--release",
+                    "--package",
+                    "floodgate-tests",
+                    "--bin",
+                    "fg-flood-bench",
+                ]),
+            )
+        }
+        other => bail!("unknown benchmark `{other}` (available: xdp, flood)"),
     }
 }

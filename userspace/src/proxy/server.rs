@@ -83,6 +83,8 @@ pub struct Serve {
     pub maxconn: Arc<Semaphore>,
     pub active: Arc<Active>,
     pub timeouts: Timeouts,
+    /// Peers of accepted connections, for the XDP verified-source table (None without XDP).
+    pub verified: Option<tokio::sync::mpsc::Sender<std::net::IpAddr>>,
 }
 
 /// Accepts until `shutdown` flips, then waits up to `grace` for open connections to finish.
@@ -120,6 +122,10 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        if let Some(v) = &s.verified {
+            // Full channel: the source is already queued or will be on its next connection.
+            let _ = v.try_send(peer.ip());
+        }
         let guard = ActiveGuard::new(&s.active);
         let ctx = s.ctx.clone();
         let svc = service_fn(move |req| super::handle(ctx.clone(), peer, req));
