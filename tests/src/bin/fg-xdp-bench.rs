@@ -76,6 +76,13 @@ fn main() {
             active: 0,
         },
         Path {
+            name: "  same, flow table off",
+            want: XDP_PASS,
+            pkt: tcp4(A, 40000, 8080, ACK),
+            prog: prog(|c| c.flow_table = false),
+            active: 0,
+        },
+        Path {
             // The global budget and per-source rate are high enough never to drop here.
             name: "SYN admitted (bucket, budget, capacity, flow insert)",
             want: XDP_PASS,
@@ -85,6 +92,27 @@ fn main() {
                 c.syn_rate.per_source_burst = u32::MAX / 2;
                 c.syn_rate.global = u32::MAX / 2;
                 c.syn_rate.global_burst = u32::MAX / 2;
+            }),
+            active: 0,
+        },
+        Path {
+            name: "SYN admitted, rate limits off (capacity, flow insert)",
+            want: XDP_PASS,
+            pkt: syn.clone(),
+            prog: prog(|c| {
+                c.syn_rate.per_source = 0;
+                c.syn_rate.global = 0;
+            }),
+            active: 0,
+        },
+        Path {
+            name: "SYN admitted, rate limits and flow table off",
+            want: XDP_PASS,
+            pkt: syn.clone(),
+            prog: prog(|c| {
+                c.syn_rate.per_source = 0;
+                c.syn_rate.global = 0;
+                c.flow_table = false;
             }),
             active: 0,
         },
