@@ -227,8 +227,13 @@ pub struct Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Balance {
+    /// Smooth weighted round robin.
     #[default]
     Roundrobin,
+    /// The server with the fewest requests in flight per unit of weight.
+    Leastconn,
+    /// Two servers at random, the less loaded of them.
+    RandomTwoChoices,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -237,7 +242,164 @@ pub struct Backend {
     pub name: String,
     #[serde(default)]
     pub balance: Balance,
-    pub servers: Vec<SocketAddr>,
+    /// Requests one server takes at once; 0 is no limit (HAProxy's server `maxconn`).
+    #[serde(default = "default_maxconn_server")]
+    pub maxconn_server: u32,
+    /// Requests that may wait for a server slot; past it they get 503 at once.
+    #[serde(default = "default_queue_max")]
+    pub queue_max: usize,
+    /// How often DNS names among the servers are resolved again.
+    #[serde(default = "default_resolve_interval")]
+    pub resolve_interval: HDuration,
+    /// Active health checks; none by default (passive ejection still applies).
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    #[serde(default)]
+    pub passive: Passive,
+    pub servers: Vec<ServerSpec>,
+}
+
+fn default_maxconn_server() -> u32 {
+    10_000
+}
+
+fn default_queue_max() -> usize {
+    65_536
+}
+
+fn default_resolve_interval() -> HDuration {
+    HDuration::secs(5)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckKind {
+    /// A TCP connect.
+    #[default]
+    Tcp,
+    /// `GET <path>`; a 2xx or 3xx status is healthy.
+    Http,
+}
+
+/// HAProxy's `check inter rise fall`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct HealthCheck {
+    #[serde(rename = "type")]
+    pub kind: CheckKind,
+    pub path: String,
+    pub interval: HDuration,
+    pub timeout: HDuration,
+    /// Consecutive successes that bring a down server up.
+    pub rise: u32,
+    /// Consecutive failures that take an up server down.
+    pub fall: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            kind: CheckKind::Tcp,
+            path: "/".into(),
+            interval: HDuration::secs(2),
+            timeout: HDuration::secs(1),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+/// Passive health: consecutive connect failures on live traffic eject a server for a while.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Passive {
+    /// Consecutive connect failures that eject a server; 0 turns passive ejection off.
+    pub fall: u32,
+    /// How long an ejected server stays out.
+    pub eject: HDuration,
+}
+
+impl Default for Passive {
+    fn default() -> Self {
+        Self {
+            fall: 3,
+            eject: HDuration::secs(10),
+        }
+    }
+}
+
+/// A server: `"address:port"` (an IP, or a DNS name resolved to all its A/AAAA records), or the
+/// same with a weight and its own maxconn.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum ServerSpec {
+    Address(String),
+    Detailed(ServerDetail),
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerDetail {
+    pub address: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Overrides the backend's `maxconn-server`.
+    #[serde(default)]
+    pub maxconn: Option<u32>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl ServerSpec {
+    pub fn address(&self) -> &str {
+        match self {
+            ServerSpec::Address(a) => a,
+            ServerSpec::Detailed(d) => &d.address,
+        }
+    }
+
+    pub fn weight(&self) -> u32 {
+        match self {
+            ServerSpec::Address(_) => 1,
+            ServerSpec::Detailed(d) => d.weight,
+        }
+    }
+
+    pub fn maxconn(&self, backend_default: u32) -> u32 {
+        match self {
+            ServerSpec::Detailed(ServerDetail {
+                maxconn: Some(m), ..
+            }) => *m,
+            _ => backend_default,
+        }
+    }
+
+    /// The address when it is a literal IP; `None` for a DNS name.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.address().parse().ok()
+    }
+}
+
+/// Splits `host:port`, checking the port; the host is an IP or a DNS name.
+fn split_host_port(a: &str) -> Result<(&str, u16), String> {
+    let (host, port) = a
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{a}` has no port (expected host:port)"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{a}` has an invalid port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+    if port == 0 || !name_ok {
+        return Err(format!("`{a}` is not a valid host:port"));
+    }
+    Ok((host, port))
 }
 
 impl Config {
@@ -294,6 +456,34 @@ impl Config {
                 return Err(invalid(
                     format!("backends[{i}].servers"),
                     "at least one server is required",
+                ));
+            }
+            for (j, s) in b.servers.iter().enumerate() {
+                split_host_port(s.address())
+                    .map_err(|e| invalid(format!("backends[{i}].servers[{j}]"), e))?;
+                if s.weight() == 0 || s.weight() > 256 {
+                    return Err(invalid(
+                        format!("backends[{i}].servers[{j}].weight"),
+                        "must be between 1 and 256",
+                    ));
+                }
+            }
+            if let Some(h) = &b.health_check {
+                let key = format!("backends[{i}].health-check");
+                if h.rise == 0 || h.fall == 0 {
+                    return Err(invalid(key, "rise and fall must be at least 1"));
+                }
+                if h.interval.0.is_zero() || h.timeout.0.is_zero() {
+                    return Err(invalid(key, "interval and timeout must be greater than 0"));
+                }
+                if !h.path.starts_with('/') {
+                    return Err(invalid(format!("{key}.path"), "must start with `/`"));
+                }
+            }
+            if b.resolve_interval.0 < Duration::from_millis(100) {
+                return Err(invalid(
+                    format!("backends[{i}].resolve-interval"),
+                    "must be at least 100ms",
                 ));
             }
         }

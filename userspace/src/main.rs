@@ -170,7 +170,7 @@ async fn serve(cfg: Config, maxconn: u32) -> anyhow::Result<()> {
         None
     };
 
-    let routing = Arc::new(Routing::new(&cfg));
+    let routing = Arc::new(Routing::build(&cfg, None).await);
     let permits = Arc::new(Semaphore::new(maxconn as usize));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();

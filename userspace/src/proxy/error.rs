@@ -16,6 +16,8 @@ pub enum ProxyError {
     NoRoute,
     #[error("backend `{backend}` has no server available")]
     NoServer { backend: String },
+    #[error("backend `{backend}`: {reason}")]
+    Queue { backend: String, reason: String },
     #[error("connecting to {server} failed: {reason}")]
     Connect { server: String, reason: String },
     #[error("connecting to {server} timed out")]
@@ -30,11 +32,29 @@ pub enum ProxyError {
     Internal(String),
 }
 
+impl From<super::pool::PoolError> for ProxyError {
+    fn from(e: super::pool::PoolError) -> Self {
+        use super::pool::PoolError;
+        match e {
+            PoolError::NoServer(backend) => ProxyError::NoServer { backend },
+            PoolError::QueueFull(backend) => ProxyError::Queue {
+                backend,
+                reason: "queue full".into(),
+            },
+            PoolError::QueueTimeout { backend, .. } => ProxyError::Queue {
+                backend,
+                reason: "queue timeout".into(),
+            },
+        }
+    }
+}
+
 impl ProxyError {
     pub fn origin(&self) -> Origin {
         match self {
             ProxyError::NoRoute | ProxyError::BadRequest(_) => Origin::Client,
             ProxyError::NoServer { .. }
+            | ProxyError::Queue { .. }
             | ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::ServerTimeout { .. }
@@ -55,7 +75,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::NoServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoServer { .. } | ProxyError::Queue { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. } | ProxyError::ServerTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT

@@ -3,14 +3,18 @@
 //! Request phases, in order (each is one function below):
 //! 1. `route`: host and path select a backend (`route.rs`), else the listener's default, else 404.
 //! 2. `upstream_request`: hop-by-hop headers stripped, `X-Forwarded-*` and `X-Request-Id` added.
-//! 3. `forward`: a server is picked (`backend.rs`); a connect failure is retried on another server
-//!    when the request has no body, so it can be sent again safely.
+//! 3. `forward`: a slot on a server is taken from the backend's pool (`pool.rs`: balancing,
+//!    per-server maxconn, FIFO queue with `timeout queue`); a connect failure is retried on
+//!    another server when the request has no body, so it can be sent again safely, and feeds
+//!    passive health (`health.rs`).
 //! 4. `downstream_response`: hop-by-hop headers stripped from the response.
 //!
 //! Errors from any phase are `ProxyError`s, turned into a status in one place (`error.rs`).
 
 pub mod backend;
 pub mod error;
+pub mod health;
+pub mod pool;
 pub mod route;
 pub mod server;
 
@@ -31,42 +35,87 @@ use hyper::body::Incoming;
 use tracing::debug;
 
 use self::{
-    backend::{Backend, UpstreamBody, UpstreamClient},
+    backend::{UpstreamBody, UpstreamClient},
     error::ProxyError,
+    pool::{Pool, Slot},
     route::Router,
 };
-use crate::config::Config;
+use crate::config::{self, Config};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// How many servers one request may try when connecting fails.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
-/// Everything a request needs, built once per config generation.
+/// Everything a request needs, built once per config generation. In-flight requests keep the
+/// generation they started on; new ones take the current one.
 pub struct Routing {
     router: Router,
-    backends: Vec<Backend>,
+    pools: Vec<Arc<Pool>>,
     client: UpstreamClient,
     server_timeout: Duration,
+    passive: Vec<config::Passive>,
+    /// Health checks and DNS discovery of this generation, stopped with it.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Routing {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 impl Routing {
-    pub fn new(cfg: &Config) -> Self {
-        let backends: Vec<Backend> = cfg.backends.iter().map(Backend::new).collect();
-        let router = Router::new(&cfg.routes, |name| {
-            backends.iter().position(|b| b.name == name)
-        });
+    /// Resolves servers and starts health checks and discovery. A backend of `previous` with
+    /// the same name and queue settings keeps its pool (in-flight counts, queue, health).
+    pub async fn build(cfg: &Config, previous: Option<&Routing>) -> Self {
         let t = &cfg.global.timeouts;
+        let mut pools = Vec::with_capacity(cfg.backends.len());
+        let mut tasks = Vec::new();
+        for b in &cfg.backends {
+            let reusable = previous.and_then(|p| {
+                p.pools
+                    .iter()
+                    .find(|x| x.same_settings(&b.name, b.balance, t.queue.0, b.queue_max))
+            });
+            let old = reusable.map(|p| p.servers()).unwrap_or_default();
+            let servers = health::resolve(b, &old).await;
+            let pool = match reusable {
+                Some(p) => {
+                    p.set_servers(servers);
+                    p.clone()
+                }
+                None => Pool::new(&b.name, b.balance, t.queue.0, b.queue_max, servers),
+            };
+            if b.servers.iter().any(|s| s.socket_addr().is_none()) {
+                tasks.push(health::spawn_discovery(pool.clone(), b.clone()));
+            }
+            if let Some(check) = &b.health_check {
+                tasks.push(health::spawn_checks(pool.clone(), check.clone()));
+            }
+            pools.push(pool);
+        }
+        let router = Router::new(&cfg.routes, |name| {
+            pools.iter().position(|p| p.name == name)
+        });
         Self {
             router,
-            backends,
+            passive: cfg.backends.iter().map(|b| b.passive.clone()).collect(),
+            pools,
             client: backend::client(t.connect.0, t.client.0),
             server_timeout: t.server.0,
+            tasks,
         }
     }
 
-    fn backend_index(&self, name: &str) -> Option<usize> {
-        self.backends.iter().position(|b| b.name == name)
+    pub fn backend_index(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p.name == name)
+    }
+
+    pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
     }
 }
 
@@ -102,7 +151,7 @@ pub async fn handle(
     }
     .await;
     Ok(match result {
-        Ok(resp) => downstream_response(resp),
+        Ok(resp) => resp,
         Err(e) => {
             debug!(error = %e, %peer, "request failed");
             error_response(&e)
@@ -227,17 +276,18 @@ async fn forward(
     routing: &Routing,
     backend: usize,
     mut up: Upstream,
-) -> Result<Response<Incoming>, ProxyError> {
-    let backend = routing
-        .backends
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let pool = routing
+        .pools
         .get(backend)
         .ok_or_else(|| ProxyError::Internal("unknown backend".into()))?;
+    let passive = routing.passive.get(backend).cloned().unwrap_or_default();
     let mut tried = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
     let replayable = up.body.is_none();
     loop {
-        let server = backend.pick(&tried).ok_or_else(|| ProxyError::NoServer {
-            backend: backend.name.clone(),
-        })?;
+        // Waits in the backend's FIFO queue when every server is at its maxconn.
+        let slot = pool.acquire(&tried).await.map_err(ProxyError::from)?;
+        let server = slot.server.addr;
         tried.push(server);
         let mut parts = up.parts.clone();
         let path = parts
@@ -255,16 +305,23 @@ async fn forward(
             routing.client.request(Request::from_parts(parts, body)),
         );
         let err = match sent.await {
-            Ok(Ok(resp)) => return Ok(resp),
+            Ok(Ok(resp)) => {
+                health::observe(pool, &slot.server, true, &passive);
+                // The server's place is held until its response body is done, as HAProxy
+                // counts a connection until the response ends.
+                return Ok(downstream_response(resp, slot));
+            }
             Ok(Err(e)) => classify(server, &e),
             Err(_) => ProxyError::ServerTimeout {
                 server: server.to_string(),
             },
         };
-        if !(err.retryable()
-            && replayable
-            && tried.len() < MAX_CONNECT_ATTEMPTS.min(backend.servers.len()))
-        {
+        if err.retryable() {
+            health::observe(pool, &slot.server, false, &passive);
+        }
+        drop(slot);
+        let servers = pool.servers().len();
+        if !(err.retryable() && replayable && tried.len() < MAX_CONNECT_ATTEMPTS.min(servers)) {
             return Err(err);
         }
         debug!(error = %err, "retrying on another server");
@@ -293,10 +350,36 @@ fn classify(server: SocketAddr, e: &hyper_util::client::legacy::Error) -> ProxyE
     }
 }
 
-fn downstream_response(resp: Response<Incoming>) -> Response<ProxyBody> {
+fn downstream_response(resp: Response<Incoming>, slot: Slot) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body.boxed())
+    Response::from_parts(parts, Guarded { body, _slot: slot }.boxed())
+}
+
+/// A response body that holds its server slot until the body ends or is dropped.
+struct Guarded {
+    body: Incoming,
+    _slot: Slot,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {

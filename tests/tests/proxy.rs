@@ -1,0 +1,226 @@
+//! The L7 proxy's HAProxy semantics with real sockets on 127.0.0.1 and real origins:
+//! per-server maxconn, the queue and `timeout queue`, health checks, passive ejection, retries.
+//! XDP is disabled here (these need no root); every load is bounded in count and time.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a panic is the failure report"
+)]
+
+use std::{
+    net::SocketAddr,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use floodgate_tests::{Proc, bin, free_port, http_get, temp_file, wait_for_port};
+
+fn origin(port: u16, name: &str) -> Proc {
+    Proc::spawn(
+        name,
+        Command::new(bin("fg-origin"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--name", name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )
+}
+
+/// floodgate with XDP off on a free port; `backend` is the YAML of one backend named `app`.
+fn floodgate(name: &str, global: &str, backend: &str) -> (Proc, SocketAddr) {
+    let port = free_port();
+    let yaml = format!(
+        "
+global: {{ {global} }}
+xdp: {{ enabled: false }}
+listeners: [{{ name: http, bind: '127.0.0.1:{port}', default-backend: app }}]
+backends:
+  - name: app
+{backend}
+"
+    );
+    let config = temp_file(name, &yaml);
+    let fg = Proc::spawn(
+        "floodgate",
+        Command::new(bin("floodgate"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stderr(Stdio::null()),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(
+        wait_for_port(addr, Duration::from_secs(10)),
+        "floodgate did not listen"
+    );
+    (fg, addr)
+}
+
+fn peak(out: &str) -> u64 {
+    out.split_whitespace()
+        .find_map(|w| w.strip_prefix("peak="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no peak in {out:?}"))
+}
+
+/// `n` concurrent clients, one GET each on its own connection; returns the statuses.
+fn concurrent_gets(addr: SocketAddr, path: &'static str, n: usize) -> Vec<u16> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            set.spawn(async move {
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                let attempt = async {
+                    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+                    let req =
+                        format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+                    s.write_all(req.as_bytes()).await.ok()?;
+                    let mut buf = Vec::new();
+                    s.read_to_end(&mut buf).await.ok()?;
+                    String::from_utf8_lossy(&buf)
+                        .split(' ')
+                        .nth(1)?
+                        .parse::<u16>()
+                        .ok()
+                };
+                tokio::time::timeout(Duration::from_secs(60), attempt)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            out.push(r.unwrap());
+        }
+        out
+    })
+}
+
+#[test]
+fn maxconn_server_is_never_exceeded_by_1000_concurrent_clients() {
+    let (p1, p2) = (free_port(), free_port());
+    let (mut o1, mut o2) = (origin(p1, "o1"), origin(p2, "o2"));
+    let (_fg, addr) = floodgate(
+        "maxconn.yaml",
+        "timeouts: { queue: 60s }",
+        &format!(
+            "    balance: leastconn\n    maxconn-server: 10\n    servers: ['127.0.0.1:{p1}', '127.0.0.1:{p2}']"
+        ),
+    );
+    let t = Instant::now();
+    let statuses = concurrent_gets(addr, "/delay/20", 1000);
+    let took = t.elapsed();
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let (peak1, peak2) = (peak(&o1.stop()), peak(&o2.stop()));
+    eprintln!(
+        "1000 clients in {took:?}: {ok} answered 200; origin peaks {peak1} and {peak2} (maxconn-server 10)"
+    );
+    assert_eq!(
+        ok, 1000,
+        "every request waited its turn and was served: {statuses:?}"
+    );
+    assert!(
+        peak1 <= 10 && peak2 <= 10,
+        "maxconn-server exceeded: {peak1}, {peak2}"
+    );
+    assert!(
+        peak1 == 10 && peak2 == 10,
+        "the limit was reached, so the test measured something: {peak1}, {peak2}"
+    );
+}
+
+#[test]
+fn a_request_queued_past_timeout_queue_gets_503() {
+    let p = free_port();
+    let _o = origin(p, "slow");
+    let (_fg, addr) = floodgate(
+        "queue.yaml",
+        "timeouts: { queue: 500ms }",
+        &format!("    maxconn-server: 1\n    servers: ['127.0.0.1:{p}']"),
+    );
+    assert!(wait_for_port(
+        format!("127.0.0.1:{p}").parse().unwrap(),
+        Duration::from_secs(5)
+    ));
+    let busy = std::thread::spawn(move || http_get(addr, "t", "/delay/2000"));
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let (status, body) = http_get(addr, "t", "/queued").unwrap();
+    let waited = t.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_millis(1500),
+        "waited {waited:?} for a 500ms queue timeout"
+    );
+    assert_eq!(
+        busy.join().unwrap().unwrap().0,
+        200,
+        "the request holding the slot still completes"
+    );
+}
+
+#[test]
+fn active_health_checks_take_a_dead_server_out_and_bring_it_back() {
+    let (p1, p2) = (free_port(), free_port());
+    let _o1 = origin(p1, "alive");
+    let mut o2 = origin(p2, "flaky");
+    let (_fg, addr) = floodgate(
+        "health.yaml",
+        "",
+        &format!(
+            "    health-check: {{ type: http, path: /healthz, interval: 100ms, timeout: 200ms, rise: 2, fall: 2 }}\n    \
+             passive: {{ fall: 0 }}\n    servers: ['127.0.0.1:{p1}', '127.0.0.1:{p2}']"
+        ),
+    );
+    let bodies = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| http_get(addr, "t", "/").map(|(_, b)| b).unwrap_or_default())
+            .collect()
+    };
+    assert!(
+        bodies(10).iter().any(|b| b.starts_with("flaky")),
+        "both servers serve at first"
+    );
+    o2.stop();
+    std::thread::sleep(Duration::from_millis(600));
+    let after = bodies(20);
+    assert!(
+        after.iter().all(|b| b.starts_with("alive")),
+        "a server down for 2 checks gets no traffic: {after:?}"
+    );
+    let _o2 = origin(p2, "flaky");
+    assert!(
+        floodgate_tests::wait_until(Duration::from_secs(5), || bodies(6)
+            .iter()
+            .any(|b| b.starts_with("flaky"))),
+        "the server comes back after 2 good checks"
+    );
+}
+
+#[test]
+fn connect_failures_are_retried_elsewhere_and_eject_the_server() {
+    let (p1, dead) = (free_port(), free_port());
+    let _o1 = origin(p1, "alive");
+    let (_fg, addr) = floodgate(
+        "passive.yaml",
+        "",
+        &format!(
+            "    passive: {{ fall: 2, eject: 30s }}\n    servers: ['127.0.0.1:{p1}', '127.0.0.1:{dead}']"
+        ),
+    );
+    // Round robin sends every other request to the dead server: each is retried on the live
+    // one, so no client sees an error; after two failures the dead server is ejected.
+    for i in 0..20 {
+        let (status, body) = http_get(addr, "t", &format!("/r{i}")).unwrap();
+        assert_eq!(
+            (status, body.starts_with("alive")),
+            (200, true),
+            "request {i}: {status} {body}"
+        );
+    }
+}

@@ -1,0 +1,514 @@
+//! A backend's servers and its connection slots, with HAProxy's semantics: a server never holds
+//! more than its `maxconn` requests at once; when every usable server is full, requests wait in
+//! the backend's FIFO queue for at most `timeout queue`, then get 503.
+//!
+//! A [`Slot`] is the right to send one request to one server. It is released on drop, and the
+//! release hands the freed capacity to the oldest waiter, so the queue is strictly FIFO.
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::oneshot;
+
+use crate::config::Balance;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PoolError {
+    #[error("backend `{0}` has no server up")]
+    NoServer(String),
+    #[error("backend `{0}`: queue full")]
+    QueueFull(String),
+    #[error("backend `{backend}`: no server slot within the queue timeout ({waited:?})")]
+    QueueTimeout { backend: String, waited: Duration },
+}
+
+/// One server of a backend.
+#[derive(Debug)]
+pub struct Server {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    /// 0: no limit.
+    pub maxconn: u32,
+    up: AtomicBool,
+    /// Requests in flight (changed only under the pool's lock).
+    active: AtomicU32,
+    /// Consecutive check or connect results, for rise/fall.
+    pub streak: super::health::Streak,
+}
+
+impl Server {
+    pub fn new(addr: SocketAddr, weight: u32, maxconn: u32) -> Self {
+        Self {
+            addr,
+            weight: weight.max(1),
+            maxconn,
+            up: AtomicBool::new(true),
+            active: AtomicU32::new(0),
+            streak: super::health::Streak::default(),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+    }
+
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    fn has_room(&self) -> bool {
+        self.is_up() && (self.maxconn == 0 || self.active() < self.maxconn)
+    }
+}
+
+struct Waiter {
+    tx: oneshot::Sender<Slot>,
+    skip: Vec<SocketAddr>,
+}
+
+struct State {
+    servers: Vec<Arc<Server>>,
+    /// Smooth weighted round robin state, one per server (nginx's algorithm).
+    current: Vec<i64>,
+    queue: VecDeque<Waiter>,
+    rng: u64,
+}
+
+/// A backend's pool. Cheap to share: every field is behind the lock or atomic.
+pub struct Pool {
+    pub name: String,
+    balance: Balance,
+    queue_timeout: Duration,
+    /// Waiters at most; past it a request fails at once rather than waiting.
+    queue_max: usize,
+    state: Mutex<State>,
+    queued: AtomicU32,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.name)
+            .field("balance", &self.balance)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The right to send one request to `server`; dropping it frees the place.
+pub struct Slot {
+    pub server: Arc<Server>,
+    pool: Arc<Pool>,
+    /// False once released by hand (under the pool's lock), so Drop does not release twice.
+    armed: bool,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("server", &self.server.addr)
+            .finish()
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut st = self.pool.lock();
+        self.server.active.fetch_sub(1, Ordering::Relaxed);
+        self.pool.hand_over(&mut st);
+    }
+}
+
+impl Pool {
+    pub fn new(
+        name: &str,
+        balance: Balance,
+        queue_timeout: Duration,
+        queue_max: usize,
+        servers: Vec<Arc<Server>>,
+    ) -> Arc<Self> {
+        let current = vec![0; servers.len()];
+        // Any odd seed works for xorshift; mixing in the address keeps pools apart.
+        let seed = (std::ptr::from_ref(&servers).addr() as u64) | 1;
+        Arc::new(Self {
+            name: name.to_owned(),
+            balance,
+            queue_timeout,
+            queue_max,
+            state: Mutex::new(State {
+                servers,
+                current,
+                queue: VecDeque::new(),
+                rng: seed,
+            }),
+            queued: AtomicU32::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the counts half-updated (each update is
+        // one statement), so a poisoned lock is still consistent.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether a reloaded backend can keep this pool (its immutable settings are the same).
+    pub fn same_settings(
+        &self,
+        name: &str,
+        balance: Balance,
+        queue_timeout: Duration,
+        queue_max: usize,
+    ) -> bool {
+        self.name == name
+            && self.balance == balance
+            && self.queue_timeout == queue_timeout
+            && self.queue_max == queue_max
+    }
+
+    pub fn servers(&self) -> Vec<Arc<Server>> {
+        self.lock().servers.clone()
+    }
+
+    /// Requests waiting in the queue.
+    pub fn queued(&self) -> u32 {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Replaces the server list (DNS re-resolution, config reload). Servers whose address stays
+    /// keep their state and in-flight count; removed ones finish what they have in flight.
+    pub fn set_servers(self: &Arc<Self>, wanted: Vec<Arc<Server>>) {
+        let mut st = self.lock();
+        let servers: Vec<Arc<Server>> = wanted
+            .into_iter()
+            .map(|w| {
+                st.servers
+                    .iter()
+                    .find(|s| s.addr == w.addr && s.weight == w.weight && s.maxconn == w.maxconn)
+                    .cloned()
+                    .unwrap_or(w)
+            })
+            .collect();
+        st.current = vec![0; servers.len()];
+        st.servers = servers;
+        // New servers may have room for queued requests.
+        self.hand_over(&mut st);
+    }
+
+    /// A slot on a server with room, waiting in the FIFO queue when every server is full.
+    /// `skip` lists servers this request already failed on (retries go elsewhere).
+    pub async fn acquire(self: &Arc<Self>, skip: &[SocketAddr]) -> Result<Slot, PoolError> {
+        let rx = {
+            let mut st = self.lock();
+            if let Some(server) = self.pick(&mut st, skip) {
+                return Ok(self.take(server));
+            }
+            if !st
+                .servers
+                .iter()
+                .any(|s| s.is_up() && !skip.contains(&s.addr))
+            {
+                return Err(PoolError::NoServer(self.name.clone()));
+            }
+            if st.queue.len() >= self.queue_max {
+                return Err(PoolError::QueueFull(self.name.clone()));
+            }
+            let (tx, rx) = oneshot::channel();
+            st.queue.push_back(Waiter {
+                tx,
+                skip: skip.to_vec(),
+            });
+            self.queued.fetch_add(1, Ordering::Relaxed);
+            rx
+        };
+        match tokio::time::timeout(self.queue_timeout, rx).await {
+            Ok(Ok(slot)) => Ok(slot),
+            // Timed out (or the pool went away): leave the queue. A slot handed over in the
+            // meantime is dropped with the receiver and passes on to the next waiter.
+            _ => {
+                let mut st = self.lock();
+                let before = st.queue.len();
+                st.queue.retain(|w| !w.tx.is_closed());
+                let left = before - st.queue.len();
+                self.queued
+                    .fetch_sub(u32::try_from(left).unwrap_or(0), Ordering::Relaxed);
+                Err(PoolError::QueueTimeout {
+                    backend: self.name.clone(),
+                    waited: self.queue_timeout,
+                })
+            }
+        }
+    }
+
+    fn take(self: &Arc<Self>, server: Arc<Server>) -> Slot {
+        server.active.fetch_add(1, Ordering::Relaxed);
+        Slot {
+            server,
+            pool: self.clone(),
+            armed: true,
+        }
+    }
+
+    /// Gives freed capacity to the oldest waiters that can use it.
+    fn hand_over(self: &Arc<Self>, st: &mut State) {
+        while let Some(front) = st.queue.front() {
+            if front.tx.is_closed() {
+                st.queue.pop_front();
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            let skip = front.skip.clone();
+            let Some(server) = self.pick(st, &skip) else {
+                return;
+            };
+            let Some(w) = st.queue.pop_front() else {
+                return;
+            };
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            let slot = self.take(server);
+            if let Err(mut slot) = w.tx.send(slot) {
+                // The waiter left between the check and the send: release here, as Drop would
+                // take the lock we hold.
+                slot.server.active.fetch_sub(1, Ordering::Relaxed);
+                slot.armed = false;
+            }
+        }
+    }
+
+    /// Chooses a server with room, or `None` when all usable ones are full.
+    fn pick(&self, st: &mut State, skip: &[SocketAddr]) -> Option<Arc<Server>> {
+        let usable = |s: &Arc<Server>| s.has_room() && !skip.contains(&s.addr);
+        match self.balance {
+            Balance::Roundrobin => {
+                // Smooth weighted round robin over the usable servers.
+                let total: i64 = st
+                    .servers
+                    .iter()
+                    .filter(|s| usable(s))
+                    .map(|s| i64::from(s.weight))
+                    .sum();
+                let mut best: Option<usize> = None;
+                for i in 0..st.servers.len() {
+                    if !usable(&st.servers[i]) {
+                        continue;
+                    }
+                    st.current[i] += i64::from(st.servers[i].weight);
+                    if best.is_none_or(|b| st.current[i] > st.current[b]) {
+                        best = Some(i);
+                    }
+                }
+                let b = best?;
+                st.current[b] -= total;
+                Some(st.servers[b].clone())
+            }
+            Balance::Leastconn => st
+                .servers
+                .iter()
+                .filter(|s| usable(s))
+                // Fewest requests per unit of weight; compare a/wa < b/wb as a*wb < b*wa.
+                .min_by_key(|s| (u64::from(s.active()) << 16) / u64::from(s.weight))
+                .cloned(),
+            Balance::RandomTwoChoices => {
+                let candidates: Vec<&Arc<Server>> =
+                    st.servers.iter().filter(|s| usable(s)).collect();
+                match candidates.len() {
+                    0 => None,
+                    1 => Some(candidates[0].clone()),
+                    n => {
+                        let a = candidates[(xorshift(&mut st.rng) % n as u64) as usize];
+                        let b = candidates[(xorshift(&mut st.rng) % n as u64) as usize];
+                        let load =
+                            |s: &Arc<Server>| (u64::from(s.active()) << 16) / u64::from(s.weight);
+                        Some(if load(b) < load(a) {
+                            b.clone()
+                        } else {
+                            a.clone()
+                        })
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(port: u16, weight: u32, maxconn: u32) -> Arc<Server> {
+        Arc::new(Server::new(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            weight,
+            maxconn,
+        ))
+    }
+
+    fn pool(balance: Balance, servers: Vec<Arc<Server>>) -> Arc<Pool> {
+        Pool::new("b", balance, Duration::from_secs(5), 100, servers)
+    }
+
+    #[tokio::test]
+    async fn weighted_round_robin_is_smooth() {
+        let p = pool(
+            Balance::Roundrobin,
+            vec![server(1, 5, 0), server(2, 1, 0), server(3, 1, 0)],
+        );
+        let mut order = Vec::new();
+        for _ in 0..7 {
+            order.push(p.acquire(&[]).await.unwrap().server.addr.port());
+        }
+        // nginx's smooth WRR for weights 5,1,1.
+        assert_eq!(order, [1, 1, 2, 1, 3, 1, 1]);
+    }
+
+    #[tokio::test]
+    async fn leastconn_prefers_the_idle_server() {
+        let p = pool(Balance::Leastconn, vec![server(1, 1, 0), server(2, 1, 0)]);
+        let a = p.acquire(&[]).await.unwrap();
+        let b = p.acquire(&[]).await.unwrap();
+        assert_ne!(a.server.addr, b.server.addr);
+        drop(a);
+        let c = p.acquire(&[]).await.unwrap();
+        assert_eq!(c.server.addr.port(), 1, "server 1 is idle again");
+    }
+
+    #[tokio::test]
+    async fn random_two_choices_spreads_and_respects_maxconn() {
+        let p = pool(
+            Balance::RandomTwoChoices,
+            vec![server(1, 1, 3), server(2, 1, 3), server(3, 1, 3)],
+        );
+        let mut held = Vec::new();
+        for _ in 0..9 {
+            held.push(p.acquire(&[]).await.unwrap());
+        }
+        for s in p.servers() {
+            assert_eq!(s.active(), 3, "{}", s.addr);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn maxconn_is_never_exceeded_and_the_queue_is_fifo() {
+        let p = pool(Balance::Roundrobin, vec![server(1, 1, 2)]);
+        let a = p.acquire(&[]).await.unwrap();
+        let b = p.acquire(&[]).await.unwrap();
+        assert_eq!(p.servers()[0].active(), 2);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for i in 0..3 {
+            let (p, order) = (p.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                let slot = p.acquire(&[]).await.unwrap();
+                order.lock().unwrap().push(i);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                drop(slot);
+            }));
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(p.queued(), 3);
+        assert_eq!(p.servers()[0].active(), 2, "full: nobody got past maxconn");
+        drop(a);
+        drop(b);
+        for w in waiters {
+            w.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2], "served in arrival order");
+        assert_eq!((p.queued(), p.servers()[0].active()), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_backend_answers_after_the_queue_timeout() {
+        let p = Pool::new(
+            "b",
+            Balance::Roundrobin,
+            Duration::from_secs(5),
+            100,
+            vec![server(1, 1, 1)],
+        );
+        let _held = p.acquire(&[]).await.unwrap();
+        let t = tokio::time::Instant::now();
+        let err = p.acquire(&[]).await.unwrap_err();
+        assert_eq!(
+            err,
+            PoolError::QueueTimeout {
+                backend: "b".into(),
+                waited: Duration::from_secs(5)
+            }
+        );
+        assert_eq!(
+            t.elapsed(),
+            Duration::from_secs(5),
+            "exactly timeout queue, on the paused clock"
+        );
+        assert_eq!(p.queued(), 0, "the timed-out request left the queue");
+    }
+
+    #[tokio::test]
+    async fn down_servers_are_skipped_and_all_down_fails_at_once() {
+        let p = pool(Balance::Roundrobin, vec![server(1, 1, 0), server(2, 1, 0)]);
+        p.servers()[0].set_up(false);
+        for _ in 0..3 {
+            assert_eq!(p.acquire(&[]).await.unwrap().server.addr.port(), 2);
+        }
+        p.servers()[1].set_up(false);
+        assert_eq!(
+            p.acquire(&[]).await.unwrap_err(),
+            PoolError::NoServer("b".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn retries_skip_tried_servers_and_a_full_queue_refuses() {
+        let p = Pool::new(
+            "b",
+            Balance::Roundrobin,
+            Duration::from_secs(5),
+            0,
+            vec![server(1, 1, 1), server(2, 1, 0)],
+        );
+        let first = SocketAddr::from(([127, 0, 0, 1], 2));
+        assert_eq!(p.acquire(&[first]).await.unwrap().server.addr.port(), 1);
+        let _held = p.acquire(&[first]).await.unwrap();
+        assert_eq!(
+            p.acquire(&[first]).await.unwrap_err(),
+            PoolError::QueueFull("b".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn set_servers_keeps_state_of_servers_that_stay() {
+        let p = pool(Balance::Roundrobin, vec![server(1, 1, 0), server(2, 1, 0)]);
+        let held = p.acquire(&[]).await.unwrap();
+        let port = held.server.addr.port();
+        p.set_servers(vec![server(port, 1, 0), server(3, 1, 0)]);
+        let kept = p
+            .servers()
+            .into_iter()
+            .find(|s| s.addr.port() == port)
+            .unwrap();
+        assert_eq!(kept.active(), 1, "in-flight count survives");
+        drop(held);
+        assert_eq!(kept.active(), 0);
+    }
+}
