@@ -36,7 +36,7 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
     #[serde(default)]
@@ -49,7 +49,7 @@ pub struct Config {
     pub backends: Vec<Backend>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Global {
     /// Connections the whole process holds at once; past it, connections wait in the kernel
@@ -72,7 +72,7 @@ impl Default for Global {
 }
 
 /// HAProxy's timeouts, with the production ingress defaults.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Timeouts {
     #[serde(alias = "timeout-client")]
@@ -112,7 +112,7 @@ pub enum XdpMode {
     Generic,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Xdp {
     /// false runs the proxy without XDP and without privileges (development).
@@ -167,7 +167,7 @@ impl Default for Xdp {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct SynRate {
     /// SYNs per second per source prefix; 0 turns per-source limiting off.
@@ -195,7 +195,7 @@ impl Default for SynRate {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Listener {
     pub name: String,
@@ -211,7 +211,7 @@ fn default_backlog() -> u32 {
     4096
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Route {
     /// Exact host or `*.example.com`; absent matches every host.
@@ -236,7 +236,7 @@ pub enum Balance {
     RandomTwoChoices,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Backend {
     pub name: String,
@@ -282,7 +282,7 @@ pub enum CheckKind {
 }
 
 /// HAProxy's `check inter rise fall`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct HealthCheck {
     #[serde(rename = "type")]
@@ -310,7 +310,7 @@ impl Default for HealthCheck {
 }
 
 /// Passive health: consecutive connect failures on live traffic eject a server for a while.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Passive {
     /// Consecutive connect failures that eject a server; 0 turns passive ejection off.

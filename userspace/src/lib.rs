@@ -10,4 +10,5 @@ pub mod conntrack;
 pub mod dataplane;
 pub mod limits;
 pub mod proxy;
+pub mod reload;
 pub mod stats;

@@ -16,11 +16,13 @@ use floodgate::{
     dataplane::{self, Dataplane, ListenerLoad, VerifiedSources},
     limits,
     proxy::{ListenerCtx, Routing, server},
-    stats,
+    reload, stats,
 };
 
 /// How often listener capacity and the heartbeat are written for the XDP program.
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the config file is checked for new content.
+const RELOAD_POLL: Duration = Duration::from_secs(1);
 /// How long in-flight requests may take to finish after SIGTERM.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
@@ -147,10 +149,10 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     }
     rt.build()
         .context("starting the runtime")?
-        .block_on(serve(cfg, maxconn))
+        .block_on(serve(path, cfg, maxconn))
 }
 
-async fn serve(cfg: Config, maxconn: u32) -> anyhow::Result<()> {
+async fn serve(path: &std::path::Path, mut cfg: Config, maxconn: u32) -> anyhow::Result<()> {
     // Bind first: if a port is taken, fail before touching the kernel's XDP state.
     let mut listeners = Vec::with_capacity(cfg.listeners.len());
     for l in &cfg.listeners {
@@ -170,7 +172,8 @@ async fn serve(cfg: Config, maxconn: u32) -> anyhow::Result<()> {
         None
     };
 
-    let routing = Arc::new(Routing::build(&cfg, None).await);
+    let mut routing = Arc::new(Routing::build(&cfg, None).await);
+    let mut ctxs = Vec::new();
     let permits = Arc::new(Semaphore::new(maxconn as usize));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -188,6 +191,7 @@ async fn serve(cfg: Config, maxconn: u32) -> anyhow::Result<()> {
             l.default_backend.as_deref(),
             "http",
         ));
+        ctxs.push(ctx.clone());
         let active = Arc::new(server::Active::default());
         actives.push(active.clone());
         info!(listener = %l.name, bind = %l.bind, "listening");
@@ -205,11 +209,17 @@ async fn serve(cfg: Config, maxconn: u32) -> anyhow::Result<()> {
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(PUBLISH_INTERVAL);
+    let mut watch_tick = tokio::time::interval(RELOAD_POLL);
+    let mut watcher = reload::Watcher::new(path);
+    let reloads = reload::Counts::default();
     loop {
-        tokio::select! {
+        let reload_now = tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+            _ = sighup.recv() => true,
+            _ = watch_tick.tick() => watcher.changed(),
             _ = tick.tick() => {
                 if let Some(dp) = dp.as_mut() {
                     let loads: Vec<ListenerLoad> = actives
@@ -224,6 +234,26 @@ async fn serve(cfg: Config, maxconn: u32) -> anyhow::Result<()> {
                         error!(error = %e, "cannot publish verified sources to XDP");
                     }
                 }
+                false
+            }
+        };
+        if reload_now {
+            let applied = apply_reload(path, &cfg, &routing, &ctxs, dp.as_mut()).await;
+            reloads.record(&applied);
+            match applied {
+                Ok((new_cfg, new_routing)) => {
+                    cfg = new_cfg;
+                    routing = new_routing;
+                    info!(
+                        ok = reloads.ok.load(std::sync::atomic::Ordering::Relaxed),
+                        "config reloaded: new requests use it"
+                    );
+                }
+                Err(e) => error!(
+                    error = %e,
+                    failed = reloads.failed.load(std::sync::atomic::Ordering::Relaxed),
+                    "config reload refused; the running config keeps serving"
+                ),
             }
         }
     }
@@ -238,4 +268,25 @@ async fn serve(cfg: Config, maxconn: u32) -> anyhow::Result<()> {
         warn!("connections were still open at exit");
     }
     Ok(())
+}
+
+/// Builds the next generation and switches listeners to it; XDP maps get the new CIDRs and
+/// rates. Backends with unchanged settings keep their pools (in-flight counts, queue, health).
+async fn apply_reload(
+    path: &std::path::Path,
+    current: &Config,
+    routing: &Arc<Routing>,
+    ctxs: &[Arc<ListenerCtx>],
+    dp: Option<&mut Dataplane>,
+) -> anyhow::Result<(Config, Arc<Routing>)> {
+    let new = reload::next(path, current)?;
+    if let Some(dp) = dp {
+        let binds: Vec<_> = new.listeners.iter().map(|l| l.bind).collect();
+        dp.configure(&new.xdp, &binds)?;
+    }
+    let next = Arc::new(Routing::build(&new, Some(routing)).await);
+    for (ctx, l) in ctxs.iter().zip(&new.listeners) {
+        ctx.swap(next.clone(), l.default_backend.as_deref());
+    }
+    Ok((new, next))
 }

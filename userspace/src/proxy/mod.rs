@@ -121,21 +121,50 @@ impl Routing {
 
 /// Per-listener request context.
 pub struct ListenerCtx {
-    pub routing: Arc<Routing>,
-    pub default_backend: Option<usize>,
+    /// The current config generation and this listener's default backend in it. A reload
+    /// swaps it; a request reads it once when it starts and keeps that generation to its end.
+    current: std::sync::RwLock<Generation>,
     pub scheme: &'static str,
     request_ids: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Generation {
+    routing: Arc<Routing>,
+    default_backend: Option<usize>,
 }
 
 impl ListenerCtx {
     pub fn new(routing: Arc<Routing>, default_backend: Option<&str>, scheme: &'static str) -> Self {
         let default_backend = default_backend.and_then(|n| routing.backend_index(n));
         Self {
-            routing,
-            default_backend,
+            current: std::sync::RwLock::new(Generation {
+                routing,
+                default_backend,
+            }),
             scheme,
             request_ids: AtomicU64::new(0),
         }
+    }
+
+    /// Makes `routing` the generation new requests use (config reload).
+    pub fn swap(&self, routing: Arc<Routing>, default_backend: Option<&str>) {
+        let default_backend = default_backend.and_then(|n| routing.backend_index(n));
+        let mut cur = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *cur = Generation {
+            routing,
+            default_backend,
+        };
+    }
+
+    fn generation(&self) -> Generation {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -144,10 +173,11 @@ pub async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let generation = ctx.generation();
     let result = async {
-        let backend = route(&ctx, &req)?;
+        let backend = route(&generation, &req)?;
         let req = upstream_request(&ctx, peer, req)?;
-        forward(&ctx.routing, backend, req).await
+        forward(&generation.routing, backend, req).await
     }
     .await;
     Ok(match result {
@@ -159,7 +189,7 @@ pub async fn handle(
     })
 }
 
-fn route(ctx: &ListenerCtx, req: &Request<Incoming>) -> Result<usize, ProxyError> {
+fn route(ctx: &Generation, req: &Request<Incoming>) -> Result<usize, ProxyError> {
     let host = req
         .uri()
         .authority()

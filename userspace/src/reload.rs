@@ -1,0 +1,174 @@
+//! Config reload: on SIGHUP, or when the file's content changes (a remounted ConfigMap swaps a
+//! symlink, so content is what counts, not the inode). A new config that fails validation, or
+//! that changes what only a restart can change, is refused, logged and counted; the running one
+//! keeps serving.
+
+use std::{
+    hash::{DefaultHasher, Hash as _, Hasher as _},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use crate::config::{Config, ConfigError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0} cannot change while floodgate runs; restart it to apply")]
+    NeedsRestart(String),
+}
+
+/// Reloads by outcome, for logs and metrics.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl Counts {
+    pub fn record<T, E>(&self, r: &Result<T, E>) {
+        let c = if r.is_ok() { &self.ok } else { &self.failed };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Loads `path` as the next config for a process running `current`.
+pub fn next(path: &Path, current: &Config) -> Result<Config, ReloadError> {
+    let new = Config::load(path)?;
+    let mut fixed = Vec::new();
+    // Sockets are bound once; what a listener routes to may change.
+    let sockets = |c: &Config| {
+        c.listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.bind, l.backlog))
+            .collect::<Vec<_>>()
+    };
+    if sockets(&new) != sockets(current) {
+        fixed.push("listeners (name, bind, backlog)");
+    }
+    if new.global.maxconn != current.global.maxconn {
+        fixed.push("global.maxconn");
+    }
+    if new.global.nbthread != current.global.nbthread {
+        fixed.push("global.nbthread");
+    }
+    if new.global.timeouts.http_request != current.global.timeouts.http_request {
+        fixed.push("global.timeouts.http-request");
+    }
+    let (a, b) = (&new.xdp, &current.xdp);
+    if a.enabled != b.enabled
+        || a.interfaces != b.interfaces
+        || a.mode != b.mode
+        || a.pin_dir != b.pin_dir
+        || a.flow_table_size != b.flow_table_size
+        || a.syn_rate.source_table_size != b.syn_rate.source_table_size
+        || a.verified_table_size != b.verified_table_size
+        || a.conntrack_bypass != b.conntrack_bypass
+        || a.nft_table != b.nft_table
+    {
+        fixed.push("xdp attachment settings (enabled, interfaces, mode, pin-dir, table sizes, conntrack-bypass, nft-table)");
+    }
+    if fixed.is_empty() {
+        Ok(new)
+    } else {
+        Err(ReloadError::NeedsRestart(fixed.join(", ")))
+    }
+}
+
+/// Notices changes of a file's content, polled by the caller.
+pub struct Watcher {
+    path: PathBuf,
+    last: Option<u64>,
+}
+
+impl Watcher {
+    /// Starts from the content as it is now (the config just loaded).
+    pub fn new(path: &Path) -> Self {
+        let mut w = Self {
+            path: path.to_path_buf(),
+            last: None,
+        };
+        w.last = w.digest();
+        w
+    }
+
+    fn digest(&self) -> Option<u64> {
+        let bytes = std::fs::read(&self.path).ok()?;
+        let mut h = DefaultHasher::new();
+        bytes.hash(&mut h);
+        Some(h.finish())
+    }
+
+    /// True once per change of content; a file that cannot be read is not a change (a
+    /// ConfigMap update replaces it atomically, so this is a transient state at most).
+    pub fn changed(&mut self) -> bool {
+        match self.digest() {
+            Some(d) if Some(d) != self.last => {
+                self.last = Some(d);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("f.yaml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const BASE: &str = "
+xdp: { enabled: false }
+listeners: [{ name: http, bind: '127.0.0.1:18080', default-backend: a }]
+backends: [{ name: a, servers: ['127.0.0.1:1'] }, { name: b, servers: ['127.0.0.1:2'] }]
+";
+
+    #[test]
+    fn what_may_change_live() {
+        let dir = std::env::temp_dir().join(format!("fg-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let current = Config::load(&write(&dir, BASE)).unwrap();
+        let routes = format!(
+            "{BASE}routes: [{{ path: /x, backend: b }}]\nglobal: {{ timeouts: {{ server: 3s }} }}"
+        );
+        assert!(
+            next(&write(&dir, &routes), &current).is_ok(),
+            "routes, backends and most timeouts reload"
+        );
+        let e = next(&write(&dir, &BASE.replace("18080", "18081")), &current).unwrap_err();
+        assert!(
+            e.to_string().contains("listeners") && e.to_string().contains("restart"),
+            "{e}"
+        );
+        let e = next(
+            &write(&dir, &format!("{BASE}global: {{ maxconn: 5 }}")),
+            &current,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("global.maxconn"), "{e}");
+        let e = next(&write(&dir, "listeners: ["), &current).unwrap_err();
+        assert!(matches!(e, ReloadError::Config(_)), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn watcher_reports_each_content_change_once() {
+        let dir = std::env::temp_dir().join(format!("fg-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = write(&dir, "a");
+        let mut w = Watcher::new(&p);
+        assert!(!w.changed());
+        write(&dir, "b");
+        assert!(w.changed());
+        assert!(!w.changed());
+        write(&dir, "b");
+        assert!(!w.changed(), "rewritten with the same content");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
