@@ -43,6 +43,9 @@ pub struct Config {
     pub global: Global,
     #[serde(default)]
     pub xdp: Xdp,
+    /// The TLS policy of every TLS listener.
+    #[serde(default)]
+    pub tls: TlsPolicy,
     pub listeners: Vec<Listener>,
     #[serde(default)]
     pub routes: Vec<Route>,
@@ -205,6 +208,122 @@ pub struct Listener {
     pub default_backend: Option<String>,
     #[serde(default = "default_backlog")]
     pub backlog: u32,
+    /// Terminate TLS on this listener.
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ListenerTls {
+    /// Certificates; the first (with its ECDSA/RSA sibling) is the default without SNI.
+    pub certificates: Vec<CertSource>,
+    /// Refuse the handshake when no certificate matches the SNI name (or there is none).
+    #[serde(default)]
+    pub strict_sni: bool,
+    #[serde(default = "default_alpn")]
+    pub alpn: Vec<String>,
+}
+
+fn default_alpn() -> Vec<String> {
+    vec!["h2".into(), "http/1.1".into()]
+}
+
+/// A certificate: a directory in the Kubernetes TLS secret layout (`tls.crt`, `tls.key`), one
+/// PEM file holding both, or separate files.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum CertSource {
+    Path(PathBuf),
+    Pair { cert: PathBuf, key: PathBuf },
+}
+
+impl CertSource {
+    /// (certificate chain file, private key file)
+    pub fn paths(&self) -> (PathBuf, PathBuf) {
+        match self {
+            CertSource::Path(p) if p.is_dir() => (p.join("tls.crt"), p.join("tls.key")),
+            CertSource::Path(p) => (p.clone(), p.clone()),
+            CertSource::Pair { cert, key } => (cert.clone(), key.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+impl<'de> Deserialize<'de> for TlsVersion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.trim_start_matches("TLSv").trim_start_matches("tlsv") {
+            "1.2" => Ok(TlsVersion::V1_2),
+            "1.3" => Ok(TlsVersion::V1_3),
+            _ => Err(de::Error::custom(format!(
+                "`{s}` is not a supported TLS version (1.2 or 1.3)"
+            ))),
+        }
+    }
+}
+
+/// The TLS policy, defaulting to the production HAProxy ingress's: TLS 1.2 and 1.3, no session
+/// tickets (resumption through the server's session cache), ECDHE AES-128-GCM for TLS 1.2.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct TlsPolicy {
+    pub min_version: TlsVersion,
+    pub tickets: bool,
+    /// TLS 1.2 suites, colon-separated, OpenSSL (`ECDHE-ECDSA-AES128-GCM-SHA256`) or IANA names.
+    #[serde(alias = "ssl-ciphers")]
+    pub ciphers: String,
+    /// TLS 1.3 suites, colon-separated.
+    pub ciphersuites: String,
+    /// Sessions kept for resumption.
+    pub session_cache: usize,
+    pub handshake_timeout: HDuration,
+    /// HAProxy's `ssl-options` as it is, e.g. `no-sslv3 no-tls-tickets no-tlsv10 no-tlsv11`.
+    pub ssl_options: Option<String>,
+}
+
+impl Default for TlsPolicy {
+    fn default() -> Self {
+        Self {
+            min_version: TlsVersion::V1_2,
+            tickets: false,
+            ciphers: "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256".into(),
+            ciphersuites:
+                "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256".into(),
+            session_cache: 20_000,
+            handshake_timeout: HDuration::secs(10),
+            ssl_options: None,
+        }
+    }
+}
+
+impl TlsPolicy {
+    /// Applies `ssl-options`. floodgate never offers SSLv3, TLS 1.0 or 1.1, so the options that
+    /// turn those off are accepted and change nothing.
+    fn apply_ssl_options(&mut self) -> Result<(), ConfigError> {
+        let Some(opts) = self.ssl_options.clone() else {
+            return Ok(());
+        };
+        for o in opts.split_whitespace() {
+            match o {
+                "no-sslv3" | "no-tlsv10" | "no-tlsv11" | "force-tlsv12" => {}
+                "no-tls-tickets" => self.tickets = false,
+                "no-tlsv12" | "force-tlsv13" => self.min_version = TlsVersion::V1_3,
+                other => {
+                    return Err(invalid(
+                        "tls.ssl-options",
+                        format!("`{other}` is not supported"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_backlog() -> u32 {
@@ -408,10 +527,11 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let cfg: Config = serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let mut cfg: Config = serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
             source,
         })?;
+        cfg.tls.apply_ssl_options()?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -543,6 +663,32 @@ impl Config {
                     format!("routes[{i}].host"),
                     "must be a host name or `*.` followed by a domain",
                 ));
+            }
+        }
+        if let Err(e) = crate::tls::validate(&self.tls) {
+            return Err(invalid("tls", e.to_string()));
+        }
+        if self.tls.session_cache == 0 || self.tls.handshake_timeout.0.is_zero() {
+            return Err(invalid(
+                "tls",
+                "session-cache and handshake-timeout must be greater than 0",
+            ));
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            let Some(t) = &l.tls else { continue };
+            if t.certificates.is_empty() {
+                return Err(invalid(
+                    format!("listeners[{i}].tls.certificates"),
+                    "at least one certificate is required",
+                ));
+            }
+            for p in &t.alpn {
+                if p != "h2" && p != "http/1.1" {
+                    return Err(invalid(
+                        format!("listeners[{i}].tls.alpn"),
+                        format!("`{p}` is not h2 or http/1.1"),
+                    ));
+                }
             }
         }
         self.xdp.validate()

@@ -12,3 +12,4 @@ pub mod limits;
 pub mod proxy;
 pub mod reload;
 pub mod stats;
+pub mod tls;

@@ -16,7 +16,7 @@ use floodgate::{
     dataplane::{self, Dataplane, ListenerLoad, VerifiedSources},
     limits,
     proxy::{ListenerCtx, Routing, server},
-    reload, stats,
+    reload, stats, tls,
 };
 
 /// How often listener capacity and the heartbeat are written for the XDP program.
@@ -174,6 +174,7 @@ async fn serve(path: &std::path::Path, mut cfg: Config, maxconn: u32) -> anyhow:
 
     let mut routing = Arc::new(Routing::build(&cfg, None).await);
     let mut ctxs = Vec::new();
+    let mut acceptors: Vec<Arc<tls::Acceptor>> = Vec::new();
     let permits = Arc::new(Semaphore::new(maxconn as usize));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -186,11 +187,16 @@ async fn serve(path: &std::path::Path, mut cfg: Config, maxconn: u32) -> anyhow:
         None => (None, None),
     };
     for (l, listener) in cfg.listeners.iter().zip(listeners) {
+        let tls = match &l.tls {
+            Some(t) => Some(Arc::new(tls::Acceptor::new(&l.name, &cfg.tls, t)?)),
+            None => None,
+        };
         let ctx = Arc::new(ListenerCtx::new(
             routing.clone(),
             l.default_backend.as_deref(),
-            "http",
+            if tls.is_some() { "https" } else { "http" },
         ));
+        acceptors.extend(tls.clone());
         ctxs.push(ctx.clone());
         let active = Arc::new(server::Active::default());
         actives.push(active.clone());
@@ -202,6 +208,7 @@ async fn serve(path: &std::path::Path, mut cfg: Config, maxconn: u32) -> anyhow:
             active,
             timeouts: cfg.global.timeouts.clone(),
             verified: verified_tx.clone(),
+            tls,
         };
         tasks.spawn(server::serve(s, stop_rx.clone(), DRAIN_GRACE));
     }
@@ -219,7 +226,13 @@ async fn serve(path: &std::path::Path, mut cfg: Config, maxconn: u32) -> anyhow:
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => true,
-            _ = watch_tick.tick() => watcher.changed(),
+            _ = watch_tick.tick() => {
+                for a in &acceptors {
+                    // Logged inside; a refused certificate leaves the previous one serving.
+                    let _ = a.reload_if_changed();
+                }
+                watcher.changed()
+            }
             _ = tick.tick() => {
                 if let Some(dp) = dp.as_mut() {
                     let loads: Vec<ListenerLoad> = actives

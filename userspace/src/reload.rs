@@ -47,6 +47,15 @@ pub fn next(path: &Path, current: &Config) -> Result<Config, ReloadError> {
     if sockets(&new) != sockets(current) {
         fixed.push("listeners (name, bind, backlog)");
     }
+    if new.tls != current.tls
+        || new
+            .listeners
+            .iter()
+            .map(|l| &l.tls)
+            .ne(current.listeners.iter().map(|l| &l.tls))
+    {
+        fixed.push("tls (certificate files reload by themselves when their content changes)");
+    }
     if new.global.maxconn != current.global.maxconn {
         fixed.push("global.maxconn");
     }

@@ -85,6 +85,8 @@ pub struct Serve {
     pub timeouts: Timeouts,
     /// Peers of accepted connections, for the XDP verified-source table (None without XDP).
     pub verified: Option<tokio::sync::mpsc::Sender<std::net::IpAddr>>,
+    /// TLS termination, for TLS listeners.
+    pub tls: Option<Arc<crate::tls::Acceptor>>,
 }
 
 /// Accepts until `shutdown` flips, then waits up to `grace` for open connections to finish.
@@ -129,12 +131,45 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
         let guard = ActiveGuard::new(&s.active);
         let ctx = s.ctx.clone();
         let svc = service_fn(move |req| super::handle(ctx.clone(), peer, req));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn.into_owned());
+        let (watcher, builder, tls) = (graceful.watcher(), builder.clone(), s.tls.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let _guard = guard;
-            if let Err(e) = conn.await {
+            let served = match tls {
+                None => {
+                    watcher
+                        .watch(
+                            builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                .into_owned(),
+                        )
+                        .await
+                }
+                Some(tls) => {
+                    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => {
+                            watcher
+                                .watch(
+                                    builder
+                                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                        .into_owned(),
+                                )
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = served {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
         });

@@ -1,0 +1,322 @@
+//! TLS termination with real clients (`openssl s_client`, curl): the production policy,
+//! resumption through the session cache, SNI and ECDSA/RSA selection, ALPN, and certificates
+//! replaced on disk while connections stay open. No root needed.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a panic is the failure report"
+)]
+
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use floodgate_tests::{Proc, bin, free_port, temp_file, wait_for_port, wait_until};
+
+/// A self-signed certificate made with the openssl CLI: (cert, key).
+fn cert(dir: &Path, name: &str, kind: &str, cn: &str, san: &str) -> (PathBuf, PathBuf) {
+    let (crt, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let algo: &[&str] = if kind == "ec" {
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    } else {
+        &["-newkey", "rsa:2048"]
+    };
+    let st = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-addext",
+            &format!("subjectAltName={san}"),
+        ])
+        .args(algo)
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "openssl req");
+    (crt, key)
+}
+
+/// `openssl s_client` with `args`; returns its whole output.
+fn s_client(addr: SocketAddr, args: &[&str]) -> String {
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string()])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Send a request so the session (and any ticket) is fully established, then close.
+    let _ = child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+struct Setup {
+    _origin: Proc,
+    _fg: Proc,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+fn setup() -> Setup {
+    // Each setup gets its own directory: tests may run in parallel.
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let sub = format!(
+        "tls-{}",
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let dir = temp_file(&format!("{sub}/x"), "")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    cert(
+        &dir,
+        "ec",
+        "ec",
+        "a.example.com",
+        "DNS:a.example.com,DNS:*.wild.example.com",
+    );
+    cert(
+        &dir,
+        "rsa",
+        "rsa",
+        "a.example.com",
+        "DNS:a.example.com,DNS:*.wild.example.com",
+    );
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let (c, k) = cert(&dir, "b", "ec", "b.example.org", "DNS:b.example.org");
+    std::fs::rename(c, other.join("tls.crt")).unwrap();
+    std::fs::rename(k, other.join("tls.key")).unwrap();
+    let (op, port) = (free_port(), free_port());
+    let origin = Proc::spawn(
+        "origin",
+        Command::new(bin("fg-origin"))
+            .args(["--listen", &format!("127.0.0.1:{op}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let d = dir.display();
+    let config = temp_file(
+        &format!("{sub}/fg.yaml"),
+        &format!(
+            "
+xdp: {{ enabled: false }}
+tls: {{ ssl-options: 'no-sslv3 no-tls-tickets no-tlsv10 no-tlsv11', ssl-ciphers: 'ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256' }}
+listeners:
+  - name: https
+    bind: 127.0.0.1:{port}
+    default-backend: app
+    tls:
+      certificates:
+        - {{ cert: {d}/ec.crt, key: {d}/ec.key }}
+        - {{ cert: {d}/rsa.crt, key: {d}/rsa.key }}
+        - {d}/other
+backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
+"
+        ),
+    );
+    let fg = Proc::spawn(
+        "floodgate",
+        Command::new(bin("floodgate"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stderr(Stdio::null()),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(wait_for_port(addr, Duration::from_secs(10)));
+    assert!(wait_for_port(
+        format!("127.0.0.1:{op}").parse().unwrap(),
+        Duration::from_secs(5)
+    ));
+    Setup {
+        _origin: origin,
+        _fg: fg,
+        addr,
+        dir,
+    }
+}
+
+fn has(out: &str, needle: &str) -> bool {
+    out.contains(needle)
+}
+
+#[test]
+fn the_production_policy_with_real_clients() {
+    let s = setup();
+    let a = s.addr;
+    for old in ["-tls1", "-tls1_1"] {
+        let out = s_client(a, &[old]);
+        assert!(
+            has(&out, "Cipher is (NONE)"),
+            "{old} must be refused:\n{out}"
+        );
+    }
+    let out = s_client(a, &["-tls1_2", "-cipher", "AES256-SHA"]);
+    assert!(
+        has(&out, "Cipher is (NONE)"),
+        "a cipher outside the list is refused:\n{out}"
+    );
+    for (args, cipher) in [
+        (
+            ["-tls1_2", "-sigalgs", "ECDSA+SHA256"],
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+        ),
+        (
+            ["-tls1_2", "-sigalgs", "RSA+SHA256"],
+            "ECDHE-RSA-AES128-GCM-SHA256",
+        ),
+    ] {
+        let out = s_client(
+            a,
+            &[args[0], args[1], args[2], "-servername", "a.example.com"],
+        );
+        assert!(
+            has(&out, &format!("Cipher is {cipher}")),
+            "{args:?}:\n{out}"
+        );
+        assert!(
+            !has(&out, "TLS session ticket:"),
+            "no session ticket with tickets off:\n{out}"
+        );
+    }
+    // Resumption through the server's session cache (TLS 1.2 session id).
+    let sess = s.dir.join("sess.pem");
+    let first = s_client(a, &["-tls1_2", "-sess_out", sess.to_str().unwrap()]);
+    assert!(has(&first, "New, TLSv1.2"), "{first}");
+    let second = s_client(a, &["-tls1_2", "-sess_in", sess.to_str().unwrap()]);
+    assert!(
+        has(&second, "Reused, TLSv1.2"),
+        "resumed from the session cache:\n{second}"
+    );
+    let out = s_client(a, &["-tls1_3"]);
+    assert!(has(&out, "TLSv1.3"), "{out}");
+}
+
+#[test]
+fn sni_alpn_and_http_versions() {
+    let s = setup();
+    let subject = |name: &str| {
+        let out = s_client(s.addr, &["-servername", name]);
+        out.lines()
+            .find(|l| l.starts_with("subject="))
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert!(subject("a.example.com").contains("a.example.com"));
+    assert!(
+        subject("x.wild.example.com").contains("a.example.com"),
+        "wildcard"
+    );
+    assert!(
+        subject("b.example.org").contains("b.example.org"),
+        "Kubernetes secret layout"
+    );
+    assert!(
+        subject("unknown.test").contains("a.example.com"),
+        "default certificate"
+    );
+    let alpn = s_client(s.addr, &["-alpn", "h2,http/1.1"]);
+    assert!(has(&alpn, "ALPN protocol: h2"), "{alpn}");
+    for (flag, want) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let out = Command::new("curl")
+            .args([
+                "-sk",
+                flag,
+                "-w",
+                " %{http_version}",
+                &format!("https://{}/v", s.addr),
+            ])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.starts_with("origin /v xff=127.0.0.1") && out.ends_with(&format!(" {want}")),
+            "{flag}: {out}"
+        );
+    }
+}
+
+#[test]
+fn a_certificate_replaced_on_disk_serves_new_connections_and_open_ones_continue() {
+    let s = setup();
+    // An open TLS connection (h2 keep-alive through curl would close; openssl keeps it open).
+    let mut open = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &s.addr.to_string(),
+            "-servername",
+            "b.example.org",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let other = s.dir.join("other");
+    let (c, k) = cert(
+        &s.dir,
+        "b2",
+        "ec",
+        "b.example.org",
+        "DNS:b.example.org,DNS:renewed.example.org",
+    );
+    std::fs::rename(k, other.join("tls.key")).unwrap();
+    std::fs::rename(c, other.join("tls.crt")).unwrap();
+    let renewed = wait_until(Duration::from_secs(5), || {
+        let out = s_client(s.addr, &["-servername", "renewed.example.org"]);
+        out.lines()
+            .any(|l| l.starts_with("subject=") && l.contains("b.example.org"))
+    });
+    assert!(
+        renewed,
+        "the new certificate (with a new name) is served to new connections"
+    );
+    let mut stdin = open.stdin.take().unwrap();
+    stdin
+        .write_all(b"GET /still-open HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    drop(stdin);
+    let out = open.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("origin /still-open"),
+        "the connection opened before the swap still works"
+    );
+    // A broken certificate is refused and the last good one keeps serving.
+    std::fs::write(other.join("tls.crt"), "not a certificate").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = s_client(s.addr, &["-servername", "renewed.example.org"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("subject=") && l.contains("b.example.org")),
+        "{out}"
+    );
+}

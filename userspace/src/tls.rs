@@ -1,0 +1,456 @@
+//! TLS termination with rustls (aws-lc-rs provider): the policy from config (HAProxy's
+//! `ssl-options` / `ssl-ciphers` accepted as they are), certificates chosen by SNI (exact, then
+//! wildcard, then the default) and by what the client can verify (ECDSA or RSA), and
+//! certificates reloaded from disk when their content changes.
+
+use std::{
+    collections::HashMap,
+    hash::{DefaultHasher, Hash as _, Hasher as _},
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+};
+
+use rustls::{
+    CipherSuite, ProtocolVersion, ServerConfig, SupportedCipherSuite,
+    crypto::{CryptoProvider, aws_lc_rs},
+    server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache},
+    sign::CertifiedKey,
+};
+use tracing::{info, warn};
+
+use crate::config::{self, TlsPolicy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{key}: cipher `{name}` is unknown or not supported by floodgate's TLS library")]
+    UnknownCipher { key: &'static str, name: String },
+    #[error("{key}: no cipher suite left for {version}")]
+    NoSuites {
+        key: &'static str,
+        version: &'static str,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Pem { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("listener `{0}`: no usable certificate")]
+    NoCertificate(String),
+}
+
+/// OpenSSL names of the TLS 1.2 suites floodgate supports, and their IANA names.
+const TLS12_NAMES: &[(&str, CipherSuite)] = &[
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    ),
+    (
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    ),
+    (
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    ),
+    (
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    ),
+    (
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    ),
+    (
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ),
+];
+
+fn suite_by_name(name: &str) -> Option<CipherSuite> {
+    TLS12_NAMES
+        .iter()
+        .find(|(openssl, _)| openssl.eq_ignore_ascii_case(name))
+        .map(|(_, s)| *s)
+        .or_else(|| {
+            // IANA / rustls names: TLS_ECDHE_..., TLS_AES_128_GCM_SHA256, TLS13_AES_128_GCM_SHA256.
+            aws_lc_rs::ALL_CIPHER_SUITES
+                .iter()
+                .map(SupportedCipherSuite::suite)
+                .find(|s| {
+                    let n = format!("{s:?}");
+                    n.eq_ignore_ascii_case(name)
+                        || n.replacen("TLS13_", "TLS_", 1).eq_ignore_ascii_case(name)
+                })
+        })
+}
+
+/// The suites `list` (colon-separated, OpenSSL or IANA names) names, in the provider's order.
+fn select(
+    list: &str,
+    key: &'static str,
+    tls13: bool,
+) -> Result<Vec<SupportedCipherSuite>, TlsError> {
+    let mut wanted = Vec::new();
+    for name in list.split(':').map(str::trim).filter(|n| !n.is_empty()) {
+        let suite = suite_by_name(name).ok_or_else(|| TlsError::UnknownCipher {
+            key,
+            name: name.into(),
+        })?;
+        let supported = aws_lc_rs::ALL_CIPHER_SUITES
+            .iter()
+            .find(|s| s.suite() == suite);
+        match supported {
+            Some(s) if (s.version().version == ProtocolVersion::TLSv1_3) == tls13 => {
+                wanted.push(suite)
+            }
+            _ => {
+                return Err(TlsError::UnknownCipher {
+                    key,
+                    name: name.into(),
+                });
+            }
+        }
+    }
+    Ok(aws_lc_rs::ALL_CIPHER_SUITES
+        .iter()
+        .filter(|s| wanted.contains(&s.suite()))
+        .copied()
+        .collect())
+}
+
+/// Checks a policy's cipher lists (for `floodgate check` and reload).
+pub fn validate(policy: &TlsPolicy) -> Result<(), TlsError> {
+    provider(policy).map(|_| ())
+}
+
+fn provider(policy: &TlsPolicy) -> Result<CryptoProvider, TlsError> {
+    let mut suites = Vec::new();
+    if policy.min_version == config::TlsVersion::V1_2 {
+        let tls12 = select(&policy.ciphers, "tls.ciphers", false)?;
+        if tls12.is_empty() {
+            return Err(TlsError::NoSuites {
+                key: "tls.ciphers",
+                version: "TLS 1.2",
+            });
+        }
+        suites.extend(tls12);
+    }
+    let tls13 = select(&policy.ciphersuites, "tls.ciphersuites", true)?;
+    if tls13.is_empty() {
+        return Err(TlsError::NoSuites {
+            key: "tls.ciphersuites",
+            version: "TLS 1.3",
+        });
+    }
+    suites.extend(tls13);
+    Ok(CryptoProvider {
+        cipher_suites: suites,
+        ..aws_lc_rs::default_provider()
+    })
+}
+
+/// One certificate with the names it serves.
+struct Entry {
+    key: Arc<CertifiedKey>,
+    names: Vec<String>,
+}
+
+/// Certificates by name; swapped whole on reload.
+#[derive(Default)]
+struct Table {
+    exact: HashMap<String, Vec<Arc<CertifiedKey>>>,
+    /// `*.example.com` stored under `example.com`.
+    wildcard: HashMap<String, Vec<Arc<CertifiedKey>>>,
+    default: Vec<Arc<CertifiedKey>>,
+}
+
+impl Table {
+    fn build(entries: Vec<Entry>) -> Self {
+        let mut t = Table::default();
+        let first_names = entries.first().map(|e| e.names.clone()).unwrap_or_default();
+        for e in entries {
+            // The first certificate, with its ECDSA/RSA siblings for the same names, is the
+            // default for clients without SNI.
+            if e.names == first_names {
+                t.default.push(e.key.clone());
+            }
+            for n in &e.names {
+                let n = n.to_ascii_lowercase();
+                match n.strip_prefix("*.") {
+                    Some(parent) => t
+                        .wildcard
+                        .entry(parent.to_owned())
+                        .or_default()
+                        .push(e.key.clone()),
+                    None => t.exact.entry(n).or_default().push(e.key.clone()),
+                }
+            }
+        }
+        t
+    }
+}
+
+/// The SNI resolver of one listener; its table is replaced when certificates change on disk.
+pub struct Resolver {
+    table: RwLock<Arc<Table>>,
+    strict_sni: bool,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("strict_sni", &self.strict_sni)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let table = self
+            .table
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let candidates = match hello.server_name().map(str::to_ascii_lowercase) {
+            Some(name) => table
+                .exact
+                .get(&name)
+                .or_else(|| {
+                    name.split_once('.')
+                        .and_then(|(_, parent)| table.wildcard.get(parent))
+                })
+                .or((!self.strict_sni).then_some(&table.default))?,
+            None if self.strict_sni => return None,
+            None => &table.default,
+        };
+        // ECDSA and RSA for the same names: the first the client can verify.
+        let schemes = hello.signature_schemes();
+        candidates
+            .iter()
+            .find(|k| k.key.choose_scheme(schemes).is_some())
+            .or_else(|| candidates.first())
+            .cloned()
+    }
+}
+
+/// Reads every certificate source of a listener.
+fn load_entries(sources: &[config::CertSource]) -> Result<Vec<Entry>, TlsError> {
+    let mut out = Vec::new();
+    for s in sources {
+        let (cert, key) = s.paths();
+        let certs: Vec<_> = rustls_pemfile::certs(&mut read(&cert)?.as_slice())
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsError::Pem {
+                path: cert.clone(),
+                reason: e.to_string(),
+            })?;
+        let first = certs.first().ok_or_else(|| TlsError::Pem {
+            path: cert.clone(),
+            reason: "no certificate in it".into(),
+        })?;
+        let names = names_of(first.as_ref()).map_err(|reason| TlsError::Pem {
+            path: cert.clone(),
+            reason,
+        })?;
+        let der = rustls_pemfile::private_key(&mut read(&key)?.as_slice())
+            .map_err(|e| TlsError::Pem {
+                path: key.clone(),
+                reason: e.to_string(),
+            })?
+            .ok_or_else(|| TlsError::Pem {
+                path: key.clone(),
+                reason: "no private key in it".into(),
+            })?;
+        let signing = aws_lc_rs::sign::any_supported_type(&der).map_err(|e| TlsError::Pem {
+            path: key.clone(),
+            reason: e.to_string(),
+        })?;
+        let ck = CertifiedKey::new(certs, signing);
+        ck.keys_match().map_err(|e| TlsError::Pem {
+            path: key.clone(),
+            reason: format!("does not match {}: {e}", cert.display()),
+        })?;
+        out.push(Entry {
+            key: Arc::new(ck),
+            names,
+        });
+    }
+    Ok(out)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// DNS names (SAN, else the subject CN) of a DER certificate.
+fn names_of(der: &[u8]) -> Result<Vec<String>, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => names.push((*d).to_owned()),
+                x509_parser::extensions::GeneralName::IPAddress(ip)
+                    if ip.len() == 4 || ip.len() == 16 =>
+                {
+                    let ip = if ip.len() == 4 {
+                        std::net::IpAddr::from(<[u8; 4]>::try_from(*ip).unwrap_or_default())
+                    } else {
+                        std::net::IpAddr::from(<[u8; 16]>::try_from(*ip).unwrap_or_default())
+                    };
+                    names.push(ip.to_string());
+                }
+                _ => {}
+            }
+        }
+    }
+    if names.is_empty() {
+        names.extend(
+            cert.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(str::to_owned),
+        );
+    }
+    Ok(names)
+}
+
+/// A listener's TLS acceptor and what it needs to reload certificates.
+pub struct Acceptor {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub handshake_timeout: std::time::Duration,
+    resolver: Arc<Resolver>,
+    sources: Vec<config::CertSource>,
+    digest: std::sync::Mutex<u64>,
+    listener: String,
+}
+
+impl Acceptor {
+    pub fn new(
+        listener: &str,
+        policy: &TlsPolicy,
+        tls: &config::ListenerTls,
+    ) -> Result<Self, TlsError> {
+        let entries = load_entries(&tls.certificates)?;
+        if entries.is_empty() {
+            return Err(TlsError::NoCertificate(listener.into()));
+        }
+        let resolver = Arc::new(Resolver {
+            table: RwLock::new(Arc::new(Table::build(entries))),
+            strict_sni: tls.strict_sni,
+        });
+        let versions: &[&rustls::SupportedProtocolVersion] = match policy.min_version {
+            config::TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+            config::TlsVersion::V1_3 => &[&rustls::version::TLS13],
+        };
+        let mut cfg = ServerConfig::builder_with_provider(Arc::new(provider(policy)?))
+            .with_protocol_versions(versions)?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver.clone());
+        cfg.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        // Resumption through the server-side cache; tickets only when the policy allows them.
+        cfg.session_storage = ServerSessionMemoryCache::new(policy.session_cache);
+        if policy.tickets {
+            cfg.ticketer = aws_lc_rs::Ticketer::new()?;
+        }
+        let digest = digest_of(&tls.certificates);
+        Ok(Self {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+            handshake_timeout: policy.handshake_timeout.0,
+            resolver,
+            sources: tls.certificates.clone(),
+            digest: std::sync::Mutex::new(digest),
+            listener: listener.into(),
+        })
+    }
+
+    /// Reloads the certificates if their files changed. A bad new certificate is refused and
+    /// the old ones keep serving; open connections are never touched.
+    pub fn reload_if_changed(&self) -> Option<Result<(), TlsError>> {
+        let now = digest_of(&self.sources);
+        let mut last = self
+            .digest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if now == *last {
+            return None;
+        }
+        *last = now;
+        let result = load_entries(&self.sources).map(|entries| {
+            *self
+                .resolver
+                .table
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Arc::new(Table::build(entries));
+        });
+        match &result {
+            Ok(()) => info!(listener = %self.listener, "certificates reloaded"),
+            Err(e) => {
+                warn!(listener = %self.listener, error = %e, "new certificates refused; the previous ones keep serving")
+            }
+        }
+        Some(result)
+    }
+}
+
+fn digest_of(sources: &[config::CertSource]) -> u64 {
+    let mut h = DefaultHasher::new();
+    for s in sources {
+        let (c, k) = s.paths();
+        std::fs::read(c).ok().hash(&mut h);
+        std::fs::read(k).ok().hash(&mut h);
+    }
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cipher_names_openssl_and_iana() {
+        let s = select(
+            "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256",
+            "tls.ciphers",
+            false,
+        )
+        .unwrap();
+        assert_eq!(s.len(), 2);
+        let s = select(
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            "tls.ciphers",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            s[0].suite(),
+            CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        );
+        let s = select(
+            "TLS_AES_128_GCM_SHA256:TLS13_AES_256_GCM_SHA384",
+            "tls.ciphersuites",
+            true,
+        )
+        .unwrap();
+        assert_eq!(s.len(), 2);
+        let e = select("ECDHE-RSA-DES-CBC3-SHA", "tls.ciphers", false).unwrap_err();
+        assert!(
+            e.to_string().contains("ECDHE-RSA-DES-CBC3-SHA")
+                && e.to_string().contains("tls.ciphers"),
+            "{e}"
+        );
+        assert!(
+            select("TLS_AES_128_GCM_SHA256", "tls.ciphers", false).is_err(),
+            "a TLS 1.3 suite in the 1.2 list"
+        );
+    }
+}
