@@ -91,6 +91,56 @@ fn check_refuses_bad_configs_naming_the_key() {
 }
 
 #[test]
+fn an_haproxy_ingress_configmap_is_accepted_as_it_is() {
+    // The production ConfigMap's keys, inline and as a mounted directory (one file per key).
+    let inline = format!(
+        "{GOOD}haproxy:\n  maxconn-global: 100000\n  maxconn-server: \"10000\"\n  nbthread: \"4\"\n  \
+         timeout-client: 50s\n  timeout-connect: 5s\n  timeout-queue: 5s\n  timeout-http-request: 10s\n  \
+         timeout-http-keep-alive: 1s\n  ssl-options: no-sslv3 no-tls-tickets no-tlsv10 no-tlsv11\n  \
+         ssl-ciphers: ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256\n  syslog-endpoint: 10.0.0.1:514\n"
+    );
+    let (ok, stdout, stderr) = check("configmap.yaml", &inline);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("ignored): syslog-endpoint"),
+        "unknown keys are reported: {stdout}"
+    );
+
+    let dir = temp_file("cm/maxconn-global", "5000")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    std::fs::write(dir.join("timeout-queue"), "not-a-duration").unwrap();
+    std::fs::create_dir_all(dir.join("..data")).unwrap();
+    let path = temp_file("cm.yaml", GOOD);
+    let out = Command::new(bin("floodgate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .arg("--haproxy-configmap")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("haproxy.timeout-queue"),
+        "a bad value names its key"
+    );
+    std::fs::write(dir.join("timeout-queue"), "2500").unwrap();
+    let out = Command::new(bin("floodgate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .arg("--haproxy-configmap")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn stats_explains_when_nothing_is_pinned() {
     let out = Command::new(bin("floodgate"))
         .args(["stats", "--pin-dir", "/sys/fs/bpf/floodgate-not-running"])

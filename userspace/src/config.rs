@@ -50,6 +50,31 @@ pub struct Config {
     #[serde(default)]
     pub routes: Vec<Route>,
     pub backends: Vec<Backend>,
+    /// The HAProxy ingress ConfigMap's keys as they are (see `haproxy.rs`); they override the
+    /// equivalent settings above.
+    #[serde(default, deserialize_with = "scalar_map")]
+    pub haproxy: std::collections::BTreeMap<String, String>,
+    /// HAProxy keys floodgate does not implement, reported by `check` and at start.
+    #[serde(skip)]
+    pub ignored_haproxy_keys: Vec<String>,
+}
+
+/// A ConfigMap's values are strings, but YAML reads `100000` as a number: take any scalar.
+fn scalar_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+    let raw = std::collections::BTreeMap::<String, serde_yaml::Value>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| {
+            let s = match v {
+                serde_yaml::Value::String(s) => s,
+                serde_yaml::Value::Number(n) => n.to_string(),
+                serde_yaml::Value::Bool(b) => b.to_string(),
+                _ => return Err(de::Error::custom(format!("haproxy.{k}: expected a string"))),
+            };
+            Ok((k, s))
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -523,6 +548,12 @@ fn split_host_port(a: &str) -> Result<(&str, u16), String> {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(path, None)
+    }
+
+    /// Loads `path`, with a mounted HAProxy ConfigMap directory whose keys override the file's
+    /// `haproxy:` section.
+    pub fn load_with(path: &Path, haproxy_dir: Option<&Path>) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -531,6 +562,11 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
+        if let Some(dir) = haproxy_dir {
+            cfg.haproxy.extend(crate::haproxy::read_dir(dir)?);
+        }
+        let keys = cfg.haproxy.clone();
+        cfg.ignored_haproxy_keys = crate::haproxy::apply(&mut cfg, &keys)?;
         cfg.tls.apply_ssl_options()?;
         cfg.validate()?;
         Ok(cfg)

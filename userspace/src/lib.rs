@@ -8,6 +8,7 @@
 pub mod config;
 pub mod conntrack;
 pub mod dataplane;
+pub mod haproxy;
 pub mod limits;
 pub mod proxy;
 pub mod reload;

@@ -45,11 +45,17 @@ enum Cmd {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// A mounted HAProxy ingress ConfigMap (one file per key); its keys override the config.
+        #[arg(long)]
+        haproxy_configmap: Option<PathBuf>,
     },
     /// Validate a config file; exits non-zero naming the bad key.
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// A mounted HAProxy ingress ConfigMap to check with it.
+        #[arg(long)]
+        haproxy_configmap: Option<PathBuf>,
     },
     /// Detach a program left attached by `xdp.keep-attached-on-exit` and remove its pins.
     Detach {
@@ -71,8 +77,14 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
     let result = match cli.cmd {
-        Cmd::Run { config } => run(&config),
-        Cmd::Check { config } => check(&config),
+        Cmd::Run {
+            config,
+            haproxy_configmap,
+        } => run(&config, haproxy_configmap.as_deref()),
+        Cmd::Check {
+            config,
+            haproxy_configmap,
+        } => check(&config, haproxy_configmap.as_deref()),
         Cmd::Stats { json, pin_dir } => print_stats(&pin_dir, json),
         Cmd::Detach { pin_dir } => {
             dataplane::remove_pins(&pin_dir);
@@ -102,8 +114,14 @@ fn init_tracing(format: &str) {
     }
 }
 
-fn check(path: &std::path::Path) -> anyhow::Result<()> {
-    let cfg = Config::load(path)?;
+fn check(path: &std::path::Path, haproxy_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let cfg = Config::load_with(path, haproxy_dir)?;
+    if !cfg.ignored_haproxy_keys.is_empty() {
+        println!(
+            "HAProxy keys floodgate does not implement (ignored): {}",
+            cfg.ignored_haproxy_keys.join(", ")
+        );
+    }
     println!(
         "{}: ok ({} listeners, {} routes, {} backends, xdp {})",
         path.display(),
@@ -139,8 +157,11 @@ fn print_stats(pin_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     }
 }
 
-fn run(path: &std::path::Path) -> anyhow::Result<()> {
-    let cfg = Config::load(path)?;
+fn run(path: &std::path::Path, haproxy_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let cfg = Config::load_with(path, haproxy_dir)?;
+    if !cfg.ignored_haproxy_keys.is_empty() {
+        warn!(keys = ?cfg.ignored_haproxy_keys, "HAProxy ConfigMap keys floodgate does not implement are ignored");
+    }
     let maxconn = limits::effective_maxconn(cfg.global.maxconn, cfg.listeners.len());
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
@@ -149,10 +170,15 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     }
     rt.build()
         .context("starting the runtime")?
-        .block_on(serve(path, cfg, maxconn))
+        .block_on(serve(path, haproxy_dir, cfg, maxconn))
 }
 
-async fn serve(path: &std::path::Path, mut cfg: Config, maxconn: u32) -> anyhow::Result<()> {
+async fn serve(
+    path: &std::path::Path,
+    haproxy_dir: Option<&std::path::Path>,
+    mut cfg: Config,
+    maxconn: u32,
+) -> anyhow::Result<()> {
     // Bind first: if a port is taken, fail before touching the kernel's XDP state.
     let mut listeners = Vec::with_capacity(cfg.listeners.len());
     for l in &cfg.listeners {
@@ -219,7 +245,10 @@ async fn serve(path: &std::path::Path, mut cfg: Config, maxconn: u32) -> anyhow:
     let mut sighup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(PUBLISH_INTERVAL);
     let mut watch_tick = tokio::time::interval(RELOAD_POLL);
-    let mut watcher = reload::Watcher::new(path);
+    let watched = std::iter::once(path)
+        .chain(haproxy_dir)
+        .map(std::path::Path::to_path_buf);
+    let mut watcher = reload::Watcher::new(watched.collect());
     let reloads = reload::Counts::default();
     loop {
         let reload_now = tokio::select! {
@@ -251,7 +280,7 @@ async fn serve(path: &std::path::Path, mut cfg: Config, maxconn: u32) -> anyhow:
             }
         };
         if reload_now {
-            let applied = apply_reload(path, &cfg, &routing, &ctxs, dp.as_mut()).await;
+            let applied = apply_reload(path, haproxy_dir, &cfg, &routing, &ctxs, dp.as_mut()).await;
             reloads.record(&applied);
             match applied {
                 Ok((new_cfg, new_routing)) => {
@@ -287,12 +316,13 @@ async fn serve(path: &std::path::Path, mut cfg: Config, maxconn: u32) -> anyhow:
 /// rates. Backends with unchanged settings keep their pools (in-flight counts, queue, health).
 async fn apply_reload(
     path: &std::path::Path,
+    haproxy_dir: Option<&std::path::Path>,
     current: &Config,
     routing: &Arc<Routing>,
     ctxs: &[Arc<ListenerCtx>],
     dp: Option<&mut Dataplane>,
 ) -> anyhow::Result<(Config, Arc<Routing>)> {
-    let new = reload::next(path, current)?;
+    let new = reload::next(path, haproxy_dir, current)?;
     if let Some(dp) = dp {
         let binds: Vec<_> = new.listeners.iter().map(|l| l.bind).collect();
         dp.configure(&new.xdp, &binds)?;

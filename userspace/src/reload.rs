@@ -34,8 +34,12 @@ impl Counts {
 }
 
 /// Loads `path` as the next config for a process running `current`.
-pub fn next(path: &Path, current: &Config) -> Result<Config, ReloadError> {
-    let new = Config::load(path)?;
+pub fn next(
+    path: &Path,
+    haproxy_dir: Option<&Path>,
+    current: &Config,
+) -> Result<Config, ReloadError> {
+    let new = Config::load_with(path, haproxy_dir)?;
     let mut fixed = Vec::new();
     // Sockets are bound once; what a listener routes to may change.
     let sockets = |c: &Config| {
@@ -85,27 +89,40 @@ pub fn next(path: &Path, current: &Config) -> Result<Config, ReloadError> {
     }
 }
 
-/// Notices changes of a file's content, polled by the caller.
+/// Notices changes of the content of files (and of the files in directories), polled by the
+/// caller.
 pub struct Watcher {
-    path: PathBuf,
+    paths: Vec<PathBuf>,
     last: Option<u64>,
 }
 
 impl Watcher {
     /// Starts from the content as it is now (the config just loaded).
-    pub fn new(path: &Path) -> Self {
-        let mut w = Self {
-            path: path.to_path_buf(),
-            last: None,
-        };
+    pub fn new(paths: Vec<PathBuf>) -> Self {
+        let mut w = Self { paths, last: None };
         w.last = w.digest();
         w
     }
 
     fn digest(&self) -> Option<u64> {
-        let bytes = std::fs::read(&self.path).ok()?;
         let mut h = DefaultHasher::new();
-        bytes.hash(&mut h);
+        for p in &self.paths {
+            if p.is_dir() {
+                let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+                    .ok()?
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|f| f.is_file())
+                    .collect();
+                files.sort();
+                for f in files {
+                    f.hash(&mut h);
+                    std::fs::read(&f).ok()?.hash(&mut h);
+                }
+            } else {
+                std::fs::read(p).ok()?.hash(&mut h);
+            }
+        }
         Some(h.finish())
     }
 
@@ -147,21 +164,27 @@ backends: [{ name: a, servers: ['127.0.0.1:1'] }, { name: b, servers: ['127.0.0.
             "{BASE}routes: [{{ path: /x, backend: b }}]\nglobal: {{ timeouts: {{ server: 3s }} }}"
         );
         assert!(
-            next(&write(&dir, &routes), &current).is_ok(),
+            next(&write(&dir, &routes), None, &current).is_ok(),
             "routes, backends and most timeouts reload"
         );
-        let e = next(&write(&dir, &BASE.replace("18080", "18081")), &current).unwrap_err();
+        let e = next(
+            &write(&dir, &BASE.replace("18080", "18081")),
+            None,
+            &current,
+        )
+        .unwrap_err();
         assert!(
             e.to_string().contains("listeners") && e.to_string().contains("restart"),
             "{e}"
         );
         let e = next(
             &write(&dir, &format!("{BASE}global: {{ maxconn: 5 }}")),
+            None,
             &current,
         )
         .unwrap_err();
         assert!(e.to_string().contains("global.maxconn"), "{e}");
-        let e = next(&write(&dir, "listeners: ["), &current).unwrap_err();
+        let e = next(&write(&dir, "listeners: ["), None, &current).unwrap_err();
         assert!(matches!(e, ReloadError::Config(_)), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -171,7 +194,7 @@ backends: [{ name: a, servers: ['127.0.0.1:1'] }, { name: b, servers: ['127.0.0.
         let dir = std::env::temp_dir().join(format!("fg-watch-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = write(&dir, "a");
-        let mut w = Watcher::new(&p);
+        let mut w = Watcher::new(vec![p.clone()]);
         assert!(!w.changed());
         write(&dir, "b");
         assert!(w.changed());

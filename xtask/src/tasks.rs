@@ -243,6 +243,43 @@ pub fn bench(what: &str) -> Result<()> {
                 ]),
             )
         }
-        other => bail!("unknown benchmark `{other}` (available: xdp, flood)"),
+        "http" | "tls" => {
+            // Side by side with HAProxy through the shared harness (../shared/bench/run.sh),
+            // floodgate started by examples/bench/floodgate-under-test.sh. Knobs (THREADS,
+            // REPEATS, DURATION, SCENARIOS) pass through the environment.
+            step(
+                "build (release)",
+                cargo().args(["build", "--release", "--bins"]),
+            )?;
+            let harness = root().join("../shared/bench/run.sh");
+            if !harness.exists() {
+                bail!(
+                    "{} not found: the benchmark harness lives beside the repository",
+                    harness.display()
+                );
+            }
+            let default = if what == "http" {
+                "http-c64 http-c256 h2-c64m10"
+            } else {
+                "https-c64 tlsresume-c64 tlsfull-c64 h2-c64m10"
+            };
+            let mut c = Command::new("bash");
+            c.arg(&harness)
+                .env(
+                    "PROXY_CMD",
+                    root().join("examples/bench/floodgate-under-test.sh"),
+                )
+                .env("PROXY_NAME", "floodgate");
+            for (k, v) in [("THREADS", "1 2"), ("REPEATS", "3"), ("SCENARIOS", default)] {
+                if std::env::var_os(k).is_none() {
+                    c.env(k, v);
+                }
+            }
+            step(
+                &format!("{what}: floodgate vs HAProxy (shared harness)"),
+                &mut c,
+            )
+        }
+        other => bail!("unknown benchmark `{other}` (available: xdp, flood, http, tls)"),
     }
 }
