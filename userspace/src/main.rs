@@ -163,11 +163,18 @@ fn run(path: &std::path::Path, haproxy_dir: Option<&std::path::Path>) -> anyhow:
         warn!(keys = ?cfg.ignored_haproxy_keys, "HAProxy ConfigMap keys floodgate does not implement are ignored");
     }
     let maxconn = limits::effective_maxconn(cfg.global.maxconn, cfg.listeners.len());
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // One thread: tokio's current-thread scheduler, without the work-stealing machinery and
+    // cross-thread wakeups a one-worker multi-thread runtime still pays for.
+    let mut rt = if cfg.global.nbthread == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if cfg.global.nbthread > 0 {
+            b.worker_threads(cfg.global.nbthread);
+        }
+        b
+    };
     rt.enable_all();
-    if cfg.global.nbthread > 0 {
-        rt.worker_threads(cfg.global.nbthread);
-    }
     rt.build()
         .context("starting the runtime")?
         .block_on(serve(path, haproxy_dir, cfg, maxconn))
