@@ -163,19 +163,12 @@ fn run(path: &std::path::Path, haproxy_dir: Option<&std::path::Path>) -> anyhow:
         warn!(keys = ?cfg.ignored_haproxy_keys, "HAProxy ConfigMap keys floodgate does not implement are ignored");
     }
     let maxconn = limits::effective_maxconn(cfg.global.maxconn, cfg.listeners.len());
-    // One thread: tokio's current-thread scheduler, without the work-stealing machinery and
-    // cross-thread wakeups a one-worker multi-thread runtime still pays for.
-    let mut rt = if cfg.global.nbthread == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        if cfg.global.nbthread > 0 {
-            b.worker_threads(cfg.global.nbthread);
-        }
-        b
-    };
-    rt.enable_all();
-    rt.build()
+    // Every thread runs tokio's current-thread scheduler, as HAProxy runs one event loop per
+    // thread: no work stealing, no cross-thread wakeups on the request path. Measured: 33-38 us
+    // of CPU per proxied request against 62 with a one-worker multi-thread runtime.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .context("starting the runtime")?
         .block_on(serve(path, haproxy_dir, cfg, maxconn))
 }
@@ -186,10 +179,17 @@ async fn serve(
     mut cfg: Config,
     maxconn: u32,
 ) -> anyhow::Result<()> {
-    // Bind first: if a port is taken, fail before touching the kernel's XDP state.
-    let mut listeners = Vec::with_capacity(cfg.listeners.len());
+    let workers = match cfg.global.nbthread {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        n => n,
+    };
+    // Bind first: if a port is taken, fail before touching the kernel's XDP state. Each worker
+    // thread gets its own socket per listener (SO_REUSEPORT when there are several).
+    let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     for l in &cfg.listeners {
-        listeners.push(server::bind(l)?);
+        for s in &mut sockets {
+            s.push(server::bind(l, workers > 1)?);
+        }
     }
     let binds: Vec<_> = cfg.listeners.iter().map(|l| l.bind).collect();
     // Conntrack bypass before XDP, so an attached program means everything is in place.
@@ -205,7 +205,7 @@ async fn serve(
         None
     };
 
-    let mut routing = Arc::new(Routing::build(&cfg, None).await);
+    let mut routing = Arc::new(Routing::build(&cfg, None, workers).await);
     let mut ctxs = Vec::new();
     let mut acceptors: Vec<Arc<tls::Acceptor>> = Vec::new();
     let permits = Arc::new(Semaphore::new(maxconn as usize));
@@ -219,7 +219,8 @@ async fn serve(
         Some((v, tx)) => (Some(v), Some(tx)),
         None => (None, None),
     };
-    for (l, listener) in cfg.listeners.iter().zip(listeners) {
+    let mut shared = Vec::new();
+    for l in &cfg.listeners {
         let tls = match &l.tls {
             Some(t) => Some(Arc::new(tls::Acceptor::new(&l.name, &cfg.tls, t)?)),
             None => None,
@@ -234,18 +235,53 @@ async fn serve(
         let active = Arc::new(server::Active::default());
         actives.push(active.clone());
         info!(listener = %l.name, bind = %l.bind, "listening");
-        let s = server::Serve {
-            listener,
-            ctx,
-            maxconn: permits.clone(),
-            active,
-            timeouts: cfg.global.timeouts.clone(),
-            verified: verified_tx.clone(),
-            tls,
-        };
-        tasks.spawn(server::serve(s, stop_rx.clone(), DRAIN_GRACE));
+        shared.push((ctx, active, tls));
     }
-    info!(maxconn, "floodgate ready");
+    let mut worker_done = Vec::new();
+    for (w, socks) in sockets.into_iter().enumerate() {
+        let serves: Vec<server::Serve> = socks
+            .into_iter()
+            .zip(&shared)
+            .map(|(listener, (ctx, active, tls))| server::Serve {
+                listener,
+                ctx: ctx.clone(),
+                maxconn: permits.clone(),
+                active: active.clone(),
+                timeouts: cfg.global.timeouts.clone(),
+                verified: verified_tx.clone(),
+                tls: tls.clone(),
+            })
+            .collect();
+        if w == 0 {
+            // The first worker shares the main thread with the control loop below.
+            for s in serves {
+                tasks.spawn(server::serve(s, stop_rx.clone(), DRAIN_GRACE));
+            }
+            continue;
+        }
+        let (stop, (done_tx, done_rx)) = (stop_rx.clone(), tokio::sync::oneshot::channel::<()>());
+        worker_done.push(done_rx);
+        std::thread::Builder::new()
+            .name(format!("floodgate-w{w}"))
+            .spawn(move || {
+                floodgate::proxy::WORKER.with(|c| c.set(w));
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(async move {
+                        let mut set = tokio::task::JoinSet::new();
+                        for s in serves {
+                            set.spawn(server::serve(s, stop.clone(), DRAIN_GRACE));
+                        }
+                        while set.join_next().await.is_some() {}
+                    }),
+                    Err(e) => error!(worker = w, error = %e, "cannot start a worker runtime"),
+                }
+                let _ = done_tx.send(());
+            })?;
+    }
+    info!(maxconn, workers, "floodgate ready");
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -287,7 +323,16 @@ async fn serve(
             }
         };
         if reload_now {
-            let applied = apply_reload(path, haproxy_dir, &cfg, &routing, &ctxs, dp.as_mut()).await;
+            let applied = apply_reload(
+                workers,
+                path,
+                haproxy_dir,
+                &cfg,
+                &routing,
+                &ctxs,
+                dp.as_mut(),
+            )
+            .await;
             reloads.record(&applied);
             match applied {
                 Ok((new_cfg, new_routing)) => {
@@ -309,6 +354,9 @@ async fn serve(
     info!("shutting down: draining connections");
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    for done in worker_done {
+        let _ = done.await;
+    }
     if let Some(dp) = dp {
         dp.stop(cfg.xdp.keep_attached_on_exit);
     }
@@ -322,6 +370,7 @@ async fn serve(
 /// Builds the next generation and switches listeners to it; XDP maps get the new CIDRs and
 /// rates. Backends with unchanged settings keep their pools (in-flight counts, queue, health).
 async fn apply_reload(
+    workers: usize,
     path: &std::path::Path,
     haproxy_dir: Option<&std::path::Path>,
     current: &Config,
@@ -334,7 +383,7 @@ async fn apply_reload(
         let binds: Vec<_> = new.listeners.iter().map(|l| l.bind).collect();
         dp.configure(&new.xdp, &binds)?;
     }
-    let next = Arc::new(Routing::build(&new, Some(routing)).await);
+    let next = Arc::new(Routing::build(&new, Some(routing), workers).await);
     for (ctx, l) in ctxs.iter().zip(&new.listeners) {
         ctx.swap(next.clone(), l.default_backend.as_deref());
     }

@@ -44,6 +44,11 @@ use crate::config::{self, Config};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
+thread_local! {
+    /// Index of the worker thread running this code (0 on the main runtime).
+    pub static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// How many servers one request may try when connecting fails.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
@@ -52,7 +57,9 @@ const MAX_CONNECT_ATTEMPTS: usize = 3;
 pub struct Routing {
     router: Router,
     pools: Vec<Arc<Pool>>,
-    client: UpstreamClient,
+    /// One upstream client per worker thread, so pooled connections stay on the thread that
+    /// uses them (no cross-thread wakeups per request).
+    clients: Vec<UpstreamClient>,
     server_timeout: Duration,
     passive: Vec<config::Passive>,
     /// Health checks and DNS discovery of this generation, stopped with it.
@@ -70,7 +77,7 @@ impl Drop for Routing {
 impl Routing {
     /// Resolves servers and starts health checks and discovery. A backend of `previous` with
     /// the same name and queue settings keeps its pool (in-flight counts, queue, health).
-    pub async fn build(cfg: &Config, previous: Option<&Routing>) -> Self {
+    pub async fn build(cfg: &Config, previous: Option<&Routing>, workers: usize) -> Self {
         let t = &cfg.global.timeouts;
         let mut pools = Vec::with_capacity(cfg.backends.len());
         let mut tasks = Vec::new();
@@ -104,7 +111,9 @@ impl Routing {
             router,
             passive: cfg.backends.iter().map(|b| b.passive.clone()).collect(),
             pools,
-            client: backend::client(t.connect.0, t.client.0),
+            clients: (0..workers.max(1))
+                .map(|_| backend::client(t.connect.0, t.client.0))
+                .collect(),
             server_timeout: t.server.0,
             tasks,
         }
@@ -116,6 +125,11 @@ impl Routing {
 
     pub fn pools(&self) -> &[Arc<Pool>] {
         &self.pools
+    }
+
+    fn client(&self) -> &UpstreamClient {
+        let w = WORKER.with(std::cell::Cell::get);
+        &self.clients[w % self.clients.len()]
     }
 }
 
@@ -332,7 +346,7 @@ async fn forward(
         };
         let sent = tokio::time::timeout(
             routing.server_timeout,
-            routing.client.request(Request::from_parts(parts, body)),
+            routing.client().request(Request::from_parts(parts, body)),
         );
         let err = match sent.await {
             Ok(Ok(resp)) => {

@@ -34,7 +34,7 @@ pub enum ListenError {
 }
 
 /// Binds with the configured backlog; SO_REUSEADDR so a restart is not refused by TIME_WAIT.
-pub fn bind(cfg: &config::Listener) -> Result<TcpListener, ListenError> {
+pub fn bind(cfg: &config::Listener, reuseport: bool) -> Result<std::net::TcpListener, ListenError> {
     let err = |source| ListenError::Bind {
         addr: cfg.bind,
         source,
@@ -46,8 +46,16 @@ pub fn bind(cfg: &config::Listener) -> Result<TcpListener, ListenError> {
     }
     .map_err(err)?;
     sock.set_reuseaddr(true).map_err(err)?;
+    // One socket per worker thread: the kernel spreads connections over them, and each worker
+    // accepts on its own without contention.
+    if reuseport {
+        sock.set_reuseport(true).map_err(err)?;
+    }
     sock.bind(cfg.bind).map_err(err)?;
-    sock.listen(cfg.backlog).map_err(err)
+    sock.listen(cfg.backlog)
+        .map_err(err)?
+        .into_std()
+        .map_err(err)
 }
 
 /// Connections open on one listener, read by the capacity publisher.
@@ -76,7 +84,8 @@ impl Drop for ActiveGuard {
 }
 
 pub struct Serve {
-    pub listener: TcpListener,
+    /// Made into a tokio listener on the worker's own runtime.
+    pub listener: std::net::TcpListener,
     pub ctx: Arc<ListenerCtx>,
     /// Global maxconn: a connection is accepted only once it holds a permit, so past the limit
     /// new connections wait in the kernel backlog, as with HAProxy.
@@ -103,6 +112,13 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
         .keep_alive_interval(None);
     let graceful = GracefulShutdown::new();
     let addr = s.listener.local_addr().ok();
+    let listener = match TcpListener::from_std(s.listener) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(listener = ?addr, error = %e, "cannot register the listener with this worker");
+            return;
+        }
+    };
     loop {
         let permit = tokio::select! {
             p = s.maxconn.clone().acquire_owned() => match p {
@@ -112,7 +128,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
             _ = shutdown.changed() => break,
         };
         let (stream, peer) = tokio::select! {
-            r = s.listener.accept() => match r {
+            r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -174,7 +190,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
             }
         });
     }
-    drop(s.listener);
+    drop(listener);
     info!(listener = ?addr, "stopped accepting; draining");
     tokio::select! {
         () = graceful.shutdown() => info!(listener = ?addr, "drained"),
