@@ -317,7 +317,8 @@ pub struct Capacity {
     pub active: u32,
     /// The listener's effective connection limit; 0 means not published yet, which admits.
     pub maxconn: u32,
-    /// Free places in the queues behind the listener.
+    /// Room behind the listener: `u32::MAX` while a backend has a server with room, else the
+    /// largest free queue room among its backends.
     pub queue_room: u32,
 }
 

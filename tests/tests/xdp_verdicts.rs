@@ -31,13 +31,15 @@ enum Step {
     Pkt(Vec<u8>, u32, &'static [Reason]),
     /// Publish listener 0's load (active, maxconn) with a fresh heartbeat.
     Load(u32, u32),
+    /// Publish listener 0 below maxconn but with every backend behind it full, queue included.
+    BackendsFull,
     /// Make the heartbeat this old.
     AgeHeartbeat(Duration),
     /// Mark a source verified, as the proxy does for peers it accepted.
     Verify([u8; 4]),
     Sleep(Duration),
 }
-use Step::{AgeHeartbeat, Load, Pkt, Sleep, Verify};
+use Step::{AgeHeartbeat, BackendsFull, Load, Pkt, Sleep, Verify};
 
 struct Case {
     name: &'static str,
@@ -562,6 +564,16 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            name: "capacity: every backend behind the listener full with a full queue drops SYNs",
+            cfg: default_cfg,
+            steps: vec![
+                BackendsFull,
+                Pkt(syn4(A), XDP_DROP, &[R::DropCapacity]),
+                Load(0, 10),
+                Pkt(syn4(A), XDP_PASS, admitted),
+            ],
+        },
+        Case {
             name: "capacity: a stale heartbeat fails open",
             cfg: default_cfg,
             steps: vec![
@@ -603,7 +615,7 @@ fn every_verdict_and_reason() {
                 id,
                 active: 0,
                 maxconn: 100,
-                queue_room: 0,
+                queue_room: u32::MAX,
             });
         }
         for (i, step) in case.steps.iter().enumerate() {
@@ -612,6 +624,12 @@ fn every_verdict_and_reason() {
                     id: 0,
                     active: *active,
                     maxconn: *maxconn,
+                    queue_room: u32::MAX,
+                }),
+                BackendsFull => prog.publish(ListenerLoad {
+                    id: 0,
+                    active: 0,
+                    maxconn: 10,
                     queue_room: 0,
                 }),
                 AgeHeartbeat(d) => prog.age_heartbeat(*d),
@@ -691,7 +709,7 @@ fn listener_counters_split_admitted_dropped_and_established() {
         id: 0,
         active: 0,
         maxconn: 10,
-        queue_room: 0,
+        queue_room: u32::MAX,
     });
     assert_eq!(prog.run(&syn4(A)), XDP_PASS);
     assert_eq!(prog.run(&syn4(A)), XDP_DROP);
@@ -706,4 +724,22 @@ fn listener_counters_split_admitted_dropped_and_established() {
     assert_eq!(l0.established_bytes, ack.len() as u64);
     let l1 = prog.listener_counters(1);
     assert_eq!((l1.syn_admitted, l1.syn_dropped), (1, 0));
+}
+
+#[test]
+fn idle_flows_age_out_of_the_flow_table() {
+    if !require_root("idle_flows_age_out_of_the_flow_table") {
+        return;
+    }
+    let mut prog = TestProg::load(&TestProg::xdp_config(), &["10.0.0.1:8080".parse().unwrap()]);
+    prog.publish(ListenerLoad { id: 0, active: 0, maxconn: 10, queue_room: u32::MAX });
+    assert_eq!(prog.run(&syn4(A)), XDP_PASS);
+    assert_eq!(prog.run(&syn4(B)), XDP_PASS);
+    assert_eq!(prog.dp.age_flows(Duration::from_secs(60)).unwrap(), 0, "fresh flows stay");
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(prog.run(&tcp4(A, 40000, PORT, ACK)), XDP_PASS, "refreshes A");
+    assert_eq!(prog.dp.age_flows(Duration::from_millis(30)).unwrap(), 1, "only B was idle");
+    let before = prog.counters()[R::FlowMiss as usize].packets;
+    prog.run(&tcp4(B, 40000, PORT, ACK));
+    assert_eq!(prog.counters()[R::FlowMiss as usize].packets, before + 1, "B is gone");
 }

@@ -155,6 +155,8 @@ pub struct Xdp {
     /// Keep floodgate's own flow table.
     pub flow_table: bool,
     pub flow_table_size: u32,
+    /// Flows idle longer than this are removed from the flow table.
+    pub flow_idle_timeout: HDuration,
     /// Drop SYNs to a listener that cannot take another connection.
     pub capacity_admission: bool,
     /// A heartbeat older than this makes capacity admission fail open.
@@ -184,6 +186,7 @@ impl Default for Xdp {
             allow: Vec::new(),
             flow_table: true,
             flow_table_size: floodgate_common::DEFAULT_FLOWS,
+            flow_idle_timeout: HDuration::secs(300),
             capacity_admission: true,
             fail_open_after: HDuration::secs(2),
             verified_ttl: HDuration::secs(600),

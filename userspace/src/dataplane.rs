@@ -87,12 +87,16 @@ pub struct Attachment {
     pub pid: u32,
 }
 
-/// Capacity of one listener, as the proxy sees it.
+/// Capacity of one listener, as the proxy sees it. It admits while `active < maxconn` and
+/// `queue_room > 0`.
 #[derive(Debug, Clone, Copy)]
 pub struct ListenerLoad {
     pub id: ListenerId,
+    /// Connections the process holds (global maxconn counts them all).
     pub active: u32,
     pub maxconn: u32,
+    /// Room behind the listener: `u32::MAX` while some backend has a server with room, else the
+    /// largest free queue room among its backends.
     pub queue_room: u32,
 }
 
@@ -408,6 +412,53 @@ impl Dataplane {
         sync_trie(&mut t6, &want6).map_err(map_err(v6))
     }
 
+    /// Publishes each backend's load (observability, and later per-backend admission).
+    pub fn publish_backends(
+        &mut self,
+        loads: &[crate::proxy::pool::PoolLoad],
+    ) -> Result<(), DataplaneError> {
+        let mut slots: Array<_, floodgate_common::BackendSlot> = self.map_mut(maps::BACKENDS)?;
+        for (i, l) in loads
+            .iter()
+            .enumerate()
+            .take(floodgate_common::MAX_BACKENDS as usize)
+        {
+            let slot = floodgate_common::BackendSlot {
+                active: l.active,
+                maxconn: l.maxconn,
+                queued: l.queued,
+                queue_max: l.queue_max,
+            };
+            slots
+                .set(u32::try_from(i).unwrap_or(u32::MAX), slot, 0)
+                .map_err(map_err(maps::BACKENDS))?;
+        }
+        Ok(())
+    }
+
+    /// Removes flows idle for longer than `idle` (the LRU only evicts under pressure); returns
+    /// how many. Runs in userspace every few seconds, not per packet.
+    pub fn age_flows(&mut self, idle: std::time::Duration) -> Result<usize, DataplaneError> {
+        let now = monotonic_ns();
+        let idle = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
+        let mut flows: aya::maps::HashMap<
+            _,
+            floodgate_common::FlowKey,
+            floodgate_common::FlowState,
+        > = self.map_mut(maps::FLOWS)?;
+        let stale: Vec<_> = flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, f)| now.saturating_sub(f.last_ns) > idle)
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            // Gone already (FIN, RST, eviction) is fine.
+            let _ = flows.remove(k);
+        }
+        Ok(stale.len())
+    }
+
     /// Marks sources the kernel accepted connections from as verified (not spoofed).
     pub fn verify(
         &mut self,
@@ -431,7 +482,7 @@ impl Dataplane {
     pub fn publish(&mut self, loads: &[ListenerLoad]) -> Result<(), DataplaneError> {
         let mut cap: Array<_, Capacity> = self.map_mut(maps::CAPACITY)?;
         for l in loads {
-            let admit = u32::from(l.active < l.maxconn || l.queue_room > 0);
+            let admit = u32::from(l.active < l.maxconn && l.queue_room > 0);
             let c = Capacity {
                 admit,
                 active: l.active,

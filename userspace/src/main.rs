@@ -21,6 +21,8 @@ use floodgate::{
 
 /// How often listener capacity and the heartbeat are written for the XDP program.
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
+/// Flow-table aging runs every this many publish ticks (10 s).
+const FLOW_AGING_TICKS: u64 = 40;
 /// How often the config file is checked for new content.
 const RELOAD_POLL: Duration = Duration::from_secs(1);
 /// How long in-flight requests may take to finish after SIGTERM.
@@ -292,6 +294,7 @@ async fn serve(
         .chain(haproxy_dir)
         .map(std::path::Path::to_path_buf);
     let mut watcher = reload::Watcher::new(watched.collect());
+    let mut ticks: u64 = 0;
     let reloads = reload::Counts::default();
     loop {
         let reload_now = tokio::select! {
@@ -307,13 +310,16 @@ async fn serve(
             }
             _ = tick.tick() => {
                 if let Some(dp) = dp.as_mut() {
-                    let loads: Vec<ListenerLoad> = actives
-                        .iter()
-                        .enumerate()
-                        .map(|(i, a)| ListenerLoad { id: i as u32, active: a.get(), maxconn, queue_room: 0 })
-                        .collect();
-                    if let Err(e) = dp.publish(&loads) {
+                    ticks += 1;
+                    if let Err(e) = publish_capacity(dp, &actives, &ctxs, &routing, maxconn) {
                         error!(error = %e, "cannot publish capacity to XDP");
+                    }
+                    if cfg.xdp.flow_table && ticks.is_multiple_of(FLOW_AGING_TICKS) {
+                        match dp.age_flows(cfg.xdp.flow_idle_timeout.0) {
+                            Ok(n) if n > 0 => info!(removed = n, "idle flows aged out of the flow table"),
+                            Ok(_) => {}
+                            Err(e) => error!(error = %e, "cannot age the flow table"),
+                        }
                     }
                     if let Some(Err(e)) = verified.as_mut().map(|v| v.flush(dp)) {
                         error!(error = %e, "cannot publish verified sources to XDP");
@@ -388,4 +394,39 @@ async fn apply_reload(
         ctx.swap(next.clone(), l.default_backend.as_deref());
     }
     Ok((new, next))
+}
+
+/// Publishes what XDP admission needs: per listener, whether it can take another connection
+/// (global maxconn not reached, and some backend behind it has a server with room or queue
+/// room); per backend, its load; and the heartbeat.
+fn publish_capacity(
+    dp: &mut Dataplane,
+    actives: &[Arc<server::Active>],
+    ctxs: &[Arc<ListenerCtx>],
+    routing: &Routing,
+    maxconn: u32,
+) -> Result<(), floodgate::dataplane::DataplaneError> {
+    let total: u32 = actives.iter().map(|a| a.get()).sum();
+    let loads: Vec<ListenerLoad> = ctxs
+        .iter()
+        .enumerate()
+        .map(|(i, ctx)| {
+            let behind = ctx.backends_behind();
+            // A listener with no backend only answers 404: nothing behind it can fill up.
+            let queue_room = behind
+                .iter()
+                .map(|p| p.load().queue_room())
+                .max()
+                .unwrap_or(u32::MAX);
+            ListenerLoad {
+                id: u32::try_from(i).unwrap_or(u32::MAX),
+                active: total,
+                maxconn,
+                queue_room,
+            }
+        })
+        .collect();
+    let backends: Vec<_> = routing.pools().iter().map(|p| p.load()).collect();
+    dp.publish_backends(&backends)?;
+    dp.publish(&loads)
 }

@@ -41,7 +41,7 @@ fn main() {
         id: 0,
         active: 0,
         maxconn: 100,
-        queue_room: 0,
+        queue_room: u32::MAX,
     });
     assert_eq!(
         established.run(&syn),
@@ -143,7 +143,7 @@ fn main() {
                     id: 0,
                     active: p.active,
                     maxconn: 100,
-                    queue_room: 0,
+                    queue_room: u32::MAX,
                 });
                 let (action, d) = p.prog.run_repeat(&p.pkt, REPEAT);
                 if action != p.want {

@@ -174,6 +174,18 @@ impl ListenerCtx {
         };
     }
 
+    /// The backends a request on this listener may reach: every route's and the default.
+    pub fn backends_behind(&self) -> Vec<Arc<Pool>> {
+        let g = self.generation();
+        let mut idx: Vec<usize> = g.routing.router.backends().collect();
+        idx.extend(g.default_backend);
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter()
+            .filter_map(|i| g.routing.pools.get(i).cloned())
+            .collect()
+    }
+
     fn generation(&self) -> Generation {
         self.current
             .read()

@@ -29,6 +29,27 @@ pub enum PoolError {
     QueueTimeout { backend: String, waited: Duration },
 }
 
+/// A pool's load, published to XDP (`FG_BACKENDS`) and used for listener admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLoad {
+    pub active: u32,
+    pub maxconn: u32,
+    pub queued: u32,
+    pub queue_max: u32,
+    pub full: bool,
+}
+
+impl PoolLoad {
+    /// Free places in the queue when every server is full; unlimited while a server has room.
+    pub fn queue_room(&self) -> u32 {
+        if self.full {
+            self.queue_max.saturating_sub(self.queued)
+        } else {
+            u32::MAX
+        }
+    }
+}
+
 /// One server of a backend.
 #[derive(Debug)]
 pub struct Server {
@@ -182,6 +203,27 @@ impl Pool {
 
     pub fn servers(&self) -> Vec<Arc<Server>> {
         self.lock().servers.clone()
+    }
+
+    /// In flight, the sum of the servers' limits (`u32::MAX` when one has none), queued, and
+    /// the queue's size; and whether a new request would wait (every usable server full).
+    pub fn load(&self) -> PoolLoad {
+        let st = self.lock();
+        let up: Vec<&Arc<Server>> = st.servers.iter().filter(|s| s.is_up()).collect();
+        let active = up.iter().map(|s| s.active()).sum();
+        let maxconn = up
+            .iter()
+            .try_fold(0u32, |acc, s| {
+                (s.maxconn != 0).then(|| acc.saturating_add(s.maxconn))
+            })
+            .unwrap_or(u32::MAX);
+        PoolLoad {
+            active,
+            maxconn,
+            queued: self.queued(),
+            queue_max: u32::try_from(self.queue_max).unwrap_or(u32::MAX),
+            full: !up.iter().any(|s| s.has_room()),
+        }
     }
 
     /// Requests waiting in the queue.

@@ -58,6 +58,11 @@ impl Router {
         Self { rules }
     }
 
+    /// The backends some rule leads to.
+    pub fn backends(&self) -> impl Iterator<Item = usize> + '_ {
+        self.rules.iter().map(|r| r.backend)
+    }
+
     /// `host` is the request's authority or Host header, with or without a port.
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<usize> {
         let host = host.map(strip_port).map(str::to_ascii_lowercase);
