@@ -354,3 +354,79 @@ fn sigterm_drains_requests_in_flight() {
     );
     assert!(fg.status.is_some_and(|s| s.success()));
 }
+
+/// Sends one keep-alive GET on `s` and reads its response (content-length framed).
+fn keepalive_get(s: &mut std::net::TcpStream, path: &str) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return Ok(text);
+            }
+        }
+    }
+}
+
+#[test]
+fn keep_alive_and_client_timeouts_have_haproxys_meaning() {
+    let p = free_port();
+    let _o = origin(p, "o");
+    let (_fg, addr) = floodgate(
+        "ka.yaml",
+        "timeouts: { http-keep-alive: 1s, client: 50s }",
+        &format!("    servers: ['127.0.0.1:{p}']"),
+    );
+    assert!(wait_for_port(
+        format!("127.0.0.1:{p}").parse().unwrap(),
+        Duration::from_secs(5)
+    ));
+    let connect = || {
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    // Idle 0.5 s between requests: under http-keep-alive, the connection is reused.
+    let mut s = connect();
+    assert!(keepalive_get(&mut s, "/1").unwrap().contains("o /1"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        keepalive_get(&mut s, "/2").unwrap().contains("o /2"),
+        "reused within the keep-alive timeout"
+    );
+    // Idle 1.5 s: closed without a response.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut closed = [0u8; 1];
+    assert_eq!(
+        std::io::Read::read(&mut s, &mut closed).unwrap(),
+        0,
+        "closed after http-keep-alive"
+    );
+    // A response that takes 2 s is in flight: the 1 s keep-alive timeout does not apply.
+    let mut s = connect();
+    assert!(keepalive_get(&mut s, "/warm").unwrap().contains("o /warm"));
+    let t = Instant::now();
+    assert!(
+        keepalive_get(&mut s, "/delay/2000")
+            .unwrap()
+            .contains("o /delay/2000"),
+        "a slow response is not cut"
+    );
+    assert!(t.elapsed() >= Duration::from_millis(1900));
+}

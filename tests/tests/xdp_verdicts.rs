@@ -732,14 +732,35 @@ fn idle_flows_age_out_of_the_flow_table() {
         return;
     }
     let mut prog = TestProg::load(&TestProg::xdp_config(), &["10.0.0.1:8080".parse().unwrap()]);
-    prog.publish(ListenerLoad { id: 0, active: 0, maxconn: 10, queue_room: u32::MAX });
+    prog.publish(ListenerLoad {
+        id: 0,
+        active: 0,
+        maxconn: 10,
+        queue_room: u32::MAX,
+    });
     assert_eq!(prog.run(&syn4(A)), XDP_PASS);
     assert_eq!(prog.run(&syn4(B)), XDP_PASS);
-    assert_eq!(prog.dp.age_flows(Duration::from_secs(60)).unwrap(), 0, "fresh flows stay");
+    assert_eq!(
+        prog.dp.age_flows(Duration::from_secs(60)).unwrap(),
+        0,
+        "fresh flows stay"
+    );
     std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(prog.run(&tcp4(A, 40000, PORT, ACK)), XDP_PASS, "refreshes A");
-    assert_eq!(prog.dp.age_flows(Duration::from_millis(30)).unwrap(), 1, "only B was idle");
+    assert_eq!(
+        prog.run(&tcp4(A, 40000, PORT, ACK)),
+        XDP_PASS,
+        "refreshes A"
+    );
+    assert_eq!(
+        prog.dp.age_flows(Duration::from_millis(30)).unwrap(),
+        1,
+        "only B was idle"
+    );
     let before = prog.counters()[R::FlowMiss as usize].packets;
     prog.run(&tcp4(B, 40000, PORT, ACK));
-    assert_eq!(prog.counters()[R::FlowMiss as usize].packets, before + 1, "B is gone");
+    assert_eq!(
+        prog.counters()[R::FlowMiss as usize].packets,
+        before + 1,
+        "B is gone"
+    );
 }

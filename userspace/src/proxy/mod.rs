@@ -17,6 +17,7 @@ pub mod health;
 pub mod pool;
 pub mod route;
 pub mod server;
+pub mod timeout;
 
 use std::{
     convert::Infallible,
@@ -197,8 +198,11 @@ impl ListenerCtx {
 pub async fn handle(
     ctx: Arc<ListenerCtx>,
     peer: SocketAddr,
+    inflight: Arc<timeout::InFlight>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    // In flight until the response body is sent (see timeout.rs).
+    let guard = inflight.start();
     let generation = ctx.generation();
     let result = async {
         let backend = route(&generation, &req)?;
@@ -206,13 +210,22 @@ pub async fn handle(
         forward(&generation.routing, backend, req).await
     }
     .await;
-    Ok(match result {
+    let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
             debug!(error = %e, %peer, "request failed");
             error_response(&e)
         }
-    })
+    };
+    let (parts, body) = resp.into_parts();
+    Ok(Response::from_parts(
+        parts,
+        Hold {
+            body,
+            _guard: guard,
+        }
+        .boxed(),
+    ))
 }
 
 fn route(ctx: &Generation, req: &Request<Incoming>) -> Result<usize, ProxyError> {
@@ -409,16 +422,21 @@ fn classify(server: SocketAddr, e: &hyper_util::client::legacy::Error) -> ProxyE
 fn downstream_response(resp: Response<Incoming>, slot: Slot) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Guarded { body, _slot: slot }.boxed())
+    Response::from_parts(parts, Guarded { body, _guard: slot }.boxed())
 }
 
 /// A response body that holds its server slot until the body ends or is dropped.
-struct Guarded {
-    body: Incoming,
-    _slot: Slot,
+type Guarded = Hold<Incoming, Slot>;
+
+/// A body that keeps `G` alive until the body ends or is dropped.
+struct Hold<B, G> {
+    body: B,
+    _guard: G,
 }
 
-impl hyper::body::Body for Guarded {
+impl<B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Unpin, G: Unpin> hyper::body::Body
+    for Hold<B, G>
+{
     type Data = Bytes;
     type Error = hyper::Error;
 

@@ -146,7 +146,10 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
         }
         let guard = ActiveGuard::new(&s.active);
         let ctx = s.ctx.clone();
-        let svc = service_fn(move |req| super::handle(ctx.clone(), peer, req));
+        let inflight = Arc::new(super::timeout::InFlight::default());
+        let (keep_alive, client) = (s.timeouts.http_keep_alive.0, s.timeouts.client.0);
+        let conn_inflight = inflight.clone();
+        let svc = service_fn(move |req| super::handle(ctx.clone(), peer, inflight.clone(), req));
         let (watcher, builder, tls) = (graceful.watcher(), builder.clone(), s.tls.clone());
         tokio::spawn(async move {
             let _permit = permit;
@@ -156,7 +159,15 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                     watcher
                         .watch(
                             builder
-                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                .serve_connection_with_upgrades(
+                                    TokioIo::new(super::timeout::Timed::new(
+                                        stream,
+                                        conn_inflight,
+                                        keep_alive,
+                                        client,
+                                    )),
+                                    svc,
+                                )
                                 .into_owned(),
                         )
                         .await
@@ -169,7 +180,15 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                             watcher
                                 .watch(
                                     builder
-                                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                        .serve_connection_with_upgrades(
+                                            TokioIo::new(super::timeout::Timed::new(
+                                                stream,
+                                                conn_inflight,
+                                                keep_alive,
+                                                client,
+                                            )),
+                                            svc,
+                                        )
                                         .into_owned(),
                                 )
                                 .await
