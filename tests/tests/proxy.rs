@@ -430,3 +430,53 @@ fn keep_alive_and_client_timeouts_have_haproxys_meaning() {
     );
     assert!(t.elapsed() >= Duration::from_millis(1900));
 }
+
+#[test]
+fn upgrade_passes_through_and_the_tunnel_outlives_the_keep_alive_timeout() {
+    use std::io::{Read as _, Write as _};
+    let p = free_port();
+    let _o = origin(p, "o");
+    let (_fg, addr) = floodgate(
+        "ws.yaml",
+        "timeouts: { http-keep-alive: 1s }",
+        &format!("    servers: ['127.0.0.1:{p}']"),
+    );
+    assert!(wait_for_port(
+        format!("127.0.0.1:{p}").parse().unwrap(),
+        Duration::from_secs(5)
+    ));
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut b).unwrap(),
+            1,
+            "response head: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    let echo = |s: &mut std::net::TcpStream, msg: &[u8]| {
+        s.write_all(msg).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).unwrap();
+        got
+    };
+    assert_eq!(echo(&mut s, b"hello"), b"hello");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        echo(&mut s, b"still there"),
+        b"still there",
+        "the tunnel is in flight: no keep-alive timeout"
+    );
+}

@@ -46,8 +46,27 @@ struct Counters {
 async fn answer(
     c: Arc<Counters>,
     name: Arc<str>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    // `Upgrade: echo`: switch protocols, then echo every byte back (WebSocket-like tests).
+    if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut()
+            .insert("upgrade", hyper::header::HeaderValue::from_static("echo"));
+        resp.headers_mut().insert(
+            "connection",
+            hyper::header::HeaderValue::from_static("upgrade"),
+        );
+        return Ok(resp);
+    }
     c.requests.fetch_add(1, Ordering::Relaxed);
     let now = c.current.fetch_add(1, Ordering::Relaxed) + 1;
     c.peak.fetch_max(now, Ordering::Relaxed);
@@ -89,7 +108,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::spawn(async move {
             let svc = service_fn(move |req| answer(c.clone(), n.clone(), req));
             let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .await;
         });
     }

@@ -207,7 +207,7 @@ pub async fn handle(
     let result = async {
         let backend = route(&generation, &req)?;
         let req = upstream_request(&ctx, peer, req)?;
-        forward(&generation.routing, backend, req).await
+        forward(&generation.routing, backend, req, &inflight).await
     }
     .await;
     let resp = match result {
@@ -275,13 +275,32 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 struct Upstream {
     parts: http::request::Parts,
     body: Option<Incoming>,
+    /// The client's side of an HTTP/1.1 Upgrade (WebSocket), resolved once the backend agrees.
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+/// An HTTP/1.1 `Connection: upgrade` request with an `Upgrade` header: its protocol.
+fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+    let wants = req.version() == http::Version::HTTP_11
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    wants
+        .then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten()
 }
 
 fn upstream_request(
     ctx: &ListenerCtx,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Upstream, ProxyError> {
+    let protocol = upgrade_protocol(&req);
+    let upgrade = protocol.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let host = parts
         .uri
@@ -295,6 +314,13 @@ fn upstream_request(
                 .map(str::to_owned)
         });
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(p) = protocol {
+        // The one hop-by-hop exchange that must reach the backend.
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, p);
+    }
     let h = &mut parts.headers;
     let peer_ip = peer.ip().to_string();
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
@@ -328,6 +354,7 @@ fn upstream_request(
     Ok(Upstream {
         parts,
         body: has_body.then_some(body),
+        upgrade,
     })
 }
 
@@ -345,6 +372,7 @@ async fn forward(
     routing: &Routing,
     backend: usize,
     mut up: Upstream,
+    inflight: &Arc<timeout::InFlight>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let pool = routing
         .pools
@@ -374,6 +402,13 @@ async fn forward(
             routing.client().request(Request::from_parts(parts, body)),
         );
         let err = match sent.await {
+            Ok(Ok(resp))
+                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                    && up.upgrade.is_some() =>
+            {
+                health::observe(pool, &slot.server, true, &passive);
+                return Ok(tunnel(resp, up.upgrade.take(), slot, inflight.start()));
+            }
             Ok(Ok(resp)) => {
                 health::observe(pool, &slot.server, true, &passive);
                 // The server's place is held until its response body is done, as HAProxy
@@ -417,6 +452,36 @@ fn classify(server: SocketAddr, e: &hyper_util::client::legacy::Error) -> ProxyE
         server,
         reason: e.to_string(),
     }
+}
+
+/// The backend agreed to switch protocols: answer 101 and splice the two upgraded connections.
+/// The tunnel holds the server slot and counts as in flight (so `timeout client`, not the
+/// keep-alive timeout, bounds its silence) until either side closes.
+fn tunnel(
+    mut resp: Response<Incoming>,
+    client: Option<hyper::upgrade::OnUpgrade>,
+    slot: Slot,
+    guard: timeout::InFlightGuard,
+) -> Response<ProxyBody> {
+    let server = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        let (_slot, _guard) = (slot, guard);
+        let Some(client) = client else { return };
+        match tokio::try_join!(client, server) {
+            Ok((c, s)) => {
+                let (mut c, mut s) = (
+                    hyper_util::rt::TokioIo::new(c),
+                    hyper_util::rt::TokioIo::new(s),
+                );
+                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
+                    debug!(error = %e, "upgraded connection ended");
+                }
+            }
+            Err(e) => debug!(error = %e, "upgrade failed"),
+        }
+    });
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed())
 }
 
 fn downstream_response(resp: Response<Incoming>, slot: Slot) -> Response<ProxyBody> {
