@@ -480,3 +480,72 @@ fn upgrade_passes_through_and_the_tunnel_outlives_the_keep_alive_timeout() {
         "the tunnel is in flight: no keep-alive timeout"
     );
 }
+
+/// Sends `raw` on a new connection and returns the status of the response.
+fn raw_status(addr: SocketAddr, raw: &[u8]) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(raw);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf)
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn request_limits_answer_431_414_413() {
+    let p = free_port();
+    let _o = origin(p, "o");
+    let (_fg, addr) = floodgate(
+        "limits.yaml",
+        "limits: { max-header-count: 20, max-header-bytes: 8192, max-uri-bytes: 1024, max-body-bytes: 1000 }",
+        &format!("    servers: ['127.0.0.1:{p}']"),
+    );
+    assert!(wait_for_port(
+        format!("127.0.0.1:{p}").parse().unwrap(),
+        Duration::from_secs(5)
+    ));
+    let ok = raw_status(
+        addr,
+        b"GET /fine HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(ok, 200);
+    let many: String = (0..30).map(|i| format!("X-H{i}: v\r\n")).collect();
+    assert_eq!(
+        raw_status(
+            addr,
+            format!("GET / HTTP/1.1\r\nHost: t\r\n{many}Connection: close\r\n\r\n").as_bytes()
+        ),
+        431,
+        "too many headers"
+    );
+    let big = "a".repeat(9000);
+    assert_eq!(
+        raw_status(
+            addr,
+            format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\nConnection: close\r\n\r\n")
+                .as_bytes()
+        ),
+        431,
+        "headers too large"
+    );
+    let long = format!("/{}", "u".repeat(2000));
+    assert_eq!(
+        raw_status(
+            addr,
+            format!("GET {long} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes()
+        ),
+        414
+    );
+    let body = "b".repeat(2000);
+    assert_eq!(
+        raw_status(addr, format!("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2000\r\nConnection: close\r\n\r\n{body}").as_bytes()),
+        413
+    );
+    let small = "b".repeat(500);
+    assert_eq!(raw_status(addr, format!("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 500\r\nConnection: close\r\n\r\n{small}").as_bytes()), 200);
+}

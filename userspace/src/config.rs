@@ -87,6 +87,32 @@ pub struct Global {
     /// Worker threads; 0 means one per CPU.
     pub nbthread: usize,
     pub timeouts: Timeouts,
+    pub limits: Limits,
+}
+
+/// Request limits; past them a request gets 431, 414 or 413 with the reason.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Limits {
+    /// Headers per request (HAProxy's `tune.http.maxhdr`); more is 431.
+    pub max_header_count: usize,
+    /// Bytes of request line and headers together (HAProxy's `tune.bufsize`); more is 431.
+    pub max_header_bytes: usize,
+    /// Bytes of the request target; more is 414.
+    pub max_uri_bytes: usize,
+    /// A declared `Content-Length` above this is 413; 0 is no limit.
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_count: 101,
+            max_header_bytes: 16_384,
+            max_uri_bytes: 8_192,
+            max_body_bytes: 0,
+        }
+    }
 }
 
 impl Default for Global {
@@ -95,6 +121,7 @@ impl Default for Global {
             maxconn: 100_000,
             nbthread: 0,
             timeouts: Timeouts::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -593,6 +620,19 @@ impl Config {
             if d.0.is_zero() {
                 return Err(invalid(key, "must be greater than 0"));
             }
+        }
+        let l = &g.limits;
+        if l.max_header_bytes < 8192 {
+            return Err(invalid(
+                "global.limits.max-header-bytes",
+                "must be at least 8192",
+            ));
+        }
+        if l.max_header_count == 0 || l.max_uri_bytes == 0 {
+            return Err(invalid(
+                "global.limits",
+                "max-header-count and max-uri-bytes must be at least 1",
+            ));
         }
         if self.listeners.is_empty() {
             return Err(invalid("listeners", "at least one listener is required"));

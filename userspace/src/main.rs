@@ -231,6 +231,7 @@ async fn serve(
             routing.clone(),
             l.default_backend.as_deref(),
             if tls.is_some() { "https" } else { "http" },
+            cfg.global.limits.clone(),
         ));
         acceptors.extend(tls.clone());
         ctxs.push(ctx.clone());
@@ -250,6 +251,7 @@ async fn serve(
                 maxconn: permits.clone(),
                 active: active.clone(),
                 timeouts: cfg.global.timeouts.clone(),
+                limits: cfg.global.limits.clone(),
                 verified: verified_tx.clone(),
                 tls: tls.clone(),
             })

@@ -66,6 +66,9 @@ pub fn next(
     if new.global.nbthread != current.global.nbthread {
         fixed.push("global.nbthread");
     }
+    if new.global.limits != current.global.limits {
+        fixed.push("global.limits");
+    }
     if new.global.timeouts.http_request != current.global.timeouts.http_request {
         fixed.push("global.timeouts.http-request");
     }

@@ -28,6 +28,10 @@ pub enum ProxyError {
     Upstream { server: String, reason: String },
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("request target of {len} bytes, over the {max} allowed")]
+    UriTooLong { len: usize, max: usize },
+    #[error("request body of {len} bytes, over the {max} allowed")]
+    BodyTooLarge { len: u64, max: u64 },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -52,7 +56,10 @@ impl From<super::pool::PoolError> for ProxyError {
 impl ProxyError {
     pub fn origin(&self) -> Origin {
         match self {
-            ProxyError::NoRoute | ProxyError::BadRequest(_) => Origin::Client,
+            ProxyError::NoRoute
+            | ProxyError::BadRequest(_)
+            | ProxyError::UriTooLong { .. }
+            | ProxyError::BodyTooLarge { .. } => Origin::Client,
             ProxyError::NoServer { .. }
             | ProxyError::Queue { .. }
             | ProxyError::Connect { .. }
@@ -75,6 +82,8 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoServer { .. } | ProxyError::Queue { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -91,6 +100,8 @@ impl ProxyError {
         match self.status() {
             StatusCode::NOT_FOUND => "404 Not Found\n",
             StatusCode::BAD_REQUEST => "400 Bad Request\n",
+            StatusCode::URI_TOO_LONG => "414 URI Too Long\n",
+            StatusCode::PAYLOAD_TOO_LARGE => "413 Content Too Large\n",
             StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable\n",
             StatusCode::BAD_GATEWAY => "502 Bad Gateway\n",
             StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout\n",

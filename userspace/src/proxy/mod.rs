@@ -141,6 +141,7 @@ pub struct ListenerCtx {
     current: std::sync::RwLock<Generation>,
     pub scheme: &'static str,
     request_ids: AtomicU64,
+    limits: config::Limits,
 }
 
 #[derive(Clone)]
@@ -150,7 +151,12 @@ struct Generation {
 }
 
 impl ListenerCtx {
-    pub fn new(routing: Arc<Routing>, default_backend: Option<&str>, scheme: &'static str) -> Self {
+    pub fn new(
+        routing: Arc<Routing>,
+        default_backend: Option<&str>,
+        scheme: &'static str,
+        limits: config::Limits,
+    ) -> Self {
         let default_backend = default_backend.and_then(|n| routing.backend_index(n));
         Self {
             current: std::sync::RwLock::new(Generation {
@@ -159,6 +165,7 @@ impl ListenerCtx {
             }),
             scheme,
             request_ids: AtomicU64::new(0),
+            limits,
         }
     }
 
@@ -205,6 +212,7 @@ pub async fn handle(
     let guard = inflight.start();
     let generation = ctx.generation();
     let result = async {
+        check_limits(&ctx.limits, &req)?;
         let backend = route(&generation, &req)?;
         let req = upstream_request(&ctx, peer, req)?;
         forward(&generation.routing, backend, req, &inflight).await
@@ -226,6 +234,26 @@ pub async fn handle(
         }
         .boxed(),
     ))
+}
+
+/// 414 and 413 here; 431 (too many or too large headers) is hyper's, from the same limits.
+fn check_limits(l: &config::Limits, req: &Request<Incoming>) -> Result<(), ProxyError> {
+    let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if len > l.max_uri_bytes {
+        return Err(ProxyError::UriTooLong {
+            len,
+            max: l.max_uri_bytes,
+        });
+    }
+    if l.max_body_bytes > 0
+        && let Some(len) = body_hint(req.headers()).filter(|n| *n > l.max_body_bytes)
+    {
+        return Err(ProxyError::BodyTooLarge {
+            len,
+            max: l.max_body_bytes,
+        });
+    }
+    Ok(())
 }
 
 fn route(ctx: &Generation, req: &Request<Incoming>) -> Result<usize, ProxyError> {

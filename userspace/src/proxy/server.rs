@@ -92,6 +92,7 @@ pub struct Serve {
     pub maxconn: Arc<Semaphore>,
     pub active: Arc<Active>,
     pub timeouts: Timeouts,
+    pub limits: crate::config::Limits,
     /// Peers of accepted connections, for the XDP verified-source table (None without XDP).
     pub verified: Option<tokio::sync::mpsc::Sender<std::net::IpAddr>>,
     /// TLS termination, for TLS listeners.
@@ -105,11 +106,15 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(s.timeouts.http_request.0)
-        .keep_alive(true);
+        .keep_alive(true)
+        // hyper answers 431 past either limit.
+        .max_headers(s.limits.max_header_count)
+        .max_buf_size(s.limits.max_header_bytes);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(None);
+        .keep_alive_interval(None)
+        .max_header_list_size(u32::try_from(s.limits.max_header_bytes).unwrap_or(u32::MAX));
     let graceful = GracefulShutdown::new();
     let addr = s.listener.local_addr().ok();
     let listener = match TcpListener::from_std(s.listener) {
