@@ -549,3 +549,63 @@ fn request_limits_answer_431_414_413() {
     let small = "b".repeat(500);
     assert_eq!(raw_status(addr, format!("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 500\r\nConnection: close\r\n\r\n{small}").as_bytes()), 200);
 }
+
+#[test]
+fn a_listeners_own_maxconn_makes_connections_wait_in_the_backlog() {
+    use std::io::{Read as _, Write as _};
+    let (p, port) = (free_port(), free_port());
+    let _o = origin(p, "o");
+    let config = temp_file(
+        "lmax.yaml",
+        &format!(
+            "
+# One worker: with several, each has its own SO_REUSEPORT accept queue, the limit still holds
+# but which waiting connection is accepted next is up to the kernel's hash.
+global: {{ nbthread: 1 }}
+xdp: {{ enabled: false }}
+listeners: [{{ name: http, bind: '127.0.0.1:{port}', default-backend: app, maxconn: 2 }}]
+backends: [{{ name: app, servers: ['127.0.0.1:{p}'] }}]
+"
+        ),
+    );
+    let _fg = Proc::spawn(
+        "floodgate",
+        Command::new(bin("floodgate"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stderr(Stdio::null()),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(wait_for_port(addr, Duration::from_secs(10)));
+    assert!(wait_for_port(
+        format!("127.0.0.1:{p}").parse().unwrap(),
+        Duration::from_secs(5)
+    ));
+    // wait_for_port's probe connection may still hold a slot for a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    let held: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = std::net::TcpStream::connect(addr).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(800)))
+        .unwrap();
+    third
+        .write_all(b"GET /third HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let early = third.read(&mut buf);
+    assert!(
+        early.is_err(),
+        "the third connection waits in the backlog, unanswered: {early:?} {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    drop(held);
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut out = String::new();
+    third.read_to_string(&mut out).unwrap();
+    assert!(out.contains("o /third"), "served once a slot freed: {out}");
+}

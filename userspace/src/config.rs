@@ -263,6 +263,9 @@ pub struct Listener {
     pub default_backend: Option<String>,
     #[serde(default = "default_backlog")]
     pub backlog: u32,
+    /// Connections this listener holds at once, within the global maxconn; none by default.
+    #[serde(default)]
+    pub maxconn: Option<u32>,
     /// Terminate TLS on this listener.
     #[serde(default)]
     pub tls: Option<ListenerTls>,

@@ -238,17 +238,19 @@ async fn serve(
         let active = Arc::new(server::Active::default());
         actives.push(active.clone());
         info!(listener = %l.name, bind = %l.bind, "listening");
-        shared.push((ctx, active, tls));
+        let own = l.maxconn.map(|m| Arc::new(Semaphore::new(m as usize)));
+        shared.push((ctx, active, tls, own));
     }
     let mut worker_done = Vec::new();
     for (w, socks) in sockets.into_iter().enumerate() {
         let serves: Vec<server::Serve> = socks
             .into_iter()
             .zip(&shared)
-            .map(|(listener, (ctx, active, tls))| server::Serve {
+            .map(|(listener, (ctx, active, tls, own))| server::Serve {
                 listener,
                 ctx: ctx.clone(),
                 maxconn: permits.clone(),
+                listener_maxconn: own.clone(),
                 active: active.clone(),
                 timeouts: cfg.global.timeouts.clone(),
                 limits: cfg.global.limits.clone(),
@@ -313,7 +315,8 @@ async fn serve(
             _ = tick.tick() => {
                 if let Some(dp) = dp.as_mut() {
                     ticks += 1;
-                    if let Err(e) = publish_capacity(dp, &actives, &ctxs, &routing, maxconn) {
+                    let own: Vec<Option<u32>> = cfg.listeners.iter().map(|l| l.maxconn).collect();
+                    if let Err(e) = publish_capacity(dp, &actives, &ctxs, &own, &routing, maxconn) {
                         error!(error = %e, "cannot publish capacity to XDP");
                     }
                     if cfg.xdp.flow_table && ticks.is_multiple_of(FLOW_AGING_TICKS) {
@@ -405,6 +408,7 @@ fn publish_capacity(
     dp: &mut Dataplane,
     actives: &[Arc<server::Active>],
     ctxs: &[Arc<ListenerCtx>],
+    listener_maxconn: &[Option<u32>],
     routing: &Routing,
     maxconn: u32,
 ) -> Result<(), floodgate::dataplane::DataplaneError> {
@@ -420,9 +424,16 @@ fn publish_capacity(
                 .map(|p| p.load().queue_room())
                 .max()
                 .unwrap_or(u32::MAX);
+            // The binding limit: the listener's own when it is reached, else the global one.
+            let own = listener_maxconn.get(i).copied().flatten();
+            let mine = actives.get(i).map_or(0, |a| a.get());
+            let (active, maxconn) = match own {
+                Some(m) if mine >= m => (mine, m),
+                _ => (total, maxconn),
+            };
             ListenerLoad {
                 id: u32::try_from(i).unwrap_or(u32::MAX),
-                active: total,
+                active,
                 maxconn,
                 queue_room,
             }

@@ -90,6 +90,8 @@ pub struct Serve {
     /// Global maxconn: a connection is accepted only once it holds a permit, so past the limit
     /// new connections wait in the kernel backlog, as with HAProxy.
     pub maxconn: Arc<Semaphore>,
+    /// `listeners[].maxconn`, shared by every worker's socket of this listener.
+    pub listener_maxconn: Option<Arc<Semaphore>>,
     pub active: Arc<Active>,
     pub timeouts: Timeouts,
     pub limits: crate::config::Limits,
@@ -132,6 +134,17 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
             },
             _ = shutdown.changed() => break,
         };
+        // The listener's own maxconn, if any: held with the global one, before accept.
+        let listener_permit = match &s.listener_maxconn {
+            None => None,
+            Some(sem) => tokio::select! {
+                p = sem.clone().acquire_owned() => match p {
+                    Ok(p) => Some(p),
+                    Err(_) => break,
+                },
+                _ = shutdown.changed() => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
@@ -157,7 +170,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
         let svc = service_fn(move |req| super::handle(ctx.clone(), peer, inflight.clone(), req));
         let (watcher, builder, tls) = (graceful.watcher(), builder.clone(), s.tls.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permit = (permit, listener_permit);
             let _guard = guard;
             let served = match tls {
                 None => {
