@@ -609,3 +609,28 @@ backends: [{{ name: app, servers: ['127.0.0.1:{p}'] }}]
     third.read_to_string(&mut out).unwrap();
     assert!(out.contains("o /third"), "served once a slot freed: {out}");
 }
+
+#[test]
+fn a_request_header_stalled_past_http_request_gets_408() {
+    use std::io::{Read as _, Write as _};
+    let p = free_port();
+    let _o = origin(p, "o");
+    let (_fg, addr) = floodgate(
+        "408.yaml",
+        "timeouts: { http-request: 500ms }",
+        &format!("    servers: ['127.0.0.1:{p}']"),
+    );
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\nX-Half: ")
+        .unwrap();
+    let t = Instant::now();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let waited = t.elapsed();
+    assert!(out.starts_with("HTTP/1.1 408"), "{out:?}");
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_millis(1400),
+        "{waited:?}"
+    );
+}

@@ -107,7 +107,8 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(s.timeouts.http_request.0)
+        // timeout.rs answers 408 at http-request; hyper's own timer is the backstop.
+        .header_read_timeout(s.timeouts.http_request.0 + Duration::from_secs(1))
         .keep_alive(true)
         // hyper answers 431 past either limit.
         .max_headers(s.limits.max_header_count)
@@ -165,7 +166,11 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
         let guard = ActiveGuard::new(&s.active);
         let ctx = s.ctx.clone();
         let inflight = Arc::new(super::timeout::InFlight::default());
-        let (keep_alive, client) = (s.timeouts.http_keep_alive.0, s.timeouts.client.0);
+        let limits = super::timeout::Limits {
+            keep_alive: s.timeouts.http_keep_alive.0,
+            client: s.timeouts.client.0,
+            http_request: s.timeouts.http_request.0,
+        };
         let conn_inflight = inflight.clone();
         let svc = service_fn(move |req| super::handle(ctx.clone(), peer, inflight.clone(), req));
         let (watcher, builder, tls) = (graceful.watcher(), builder.clone(), s.tls.clone());
@@ -181,8 +186,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                                     TokioIo::new(super::timeout::Timed::new(
                                         stream,
                                         conn_inflight,
-                                        keep_alive,
-                                        client,
+                                        limits,
                                     )),
                                     svc,
                                 )
@@ -202,8 +206,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                                             TokioIo::new(super::timeout::Timed::new(
                                                 stream,
                                                 conn_inflight,
-                                                keep_alive,
-                                                client,
+                                                limits,
                                             )),
                                             svc,
                                         )

@@ -1,11 +1,12 @@
-//! Client-side inactivity timeouts with HAProxy's meaning, enforced on the connection's IO:
+//! Client-side timeouts with HAProxy's meaning, enforced on the connection's IO:
+//! - `timeout http-request`: how long a request header may take to arrive once its first byte
+//!   has; then an HTTP/1.1 client gets 408 and the connection closes;
 //! - `timeout http-keep-alive`: how long a connection with no request in flight may stay silent
-//!   before the next request starts (then it is closed without a response);
+//!   before the next request starts; then it closes without a response;
 //! - `timeout client`: how long the client may stay silent while a request is in flight.
 //!
-//! (`timeout http-request`, the time to receive a whole request header, is hyper's header read
-//! timer.) A request counts as in flight from its first header byte until its response body has
-//! been sent, so a slowly streamed response is never cut by the keep-alive timer.
+//! A request is in flight from when hyper hands it over until its response body has been sent,
+//! so a slowly streamed response is never cut by the keep-alive timer.
 
 use std::{
     io,
@@ -23,7 +24,7 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-/// Requests in flight on one connection, and whether it has served one yet.
+/// Requests in flight on one connection, and how many it has served.
 #[derive(Debug, Default)]
 pub struct InFlight {
     now: AtomicU32,
@@ -38,10 +39,12 @@ impl InFlight {
         InFlightGuard(self.clone())
     }
 
-    /// Between requests of a keep-alive connection (not before its first: there hyper's
-    /// `timeout http-request` governs).
-    fn between_requests(&self) -> bool {
-        self.now.load(Ordering::Relaxed) == 0 && self.served.load(Ordering::Relaxed) > 0
+    fn in_flight(&self) -> bool {
+        self.now.load(Ordering::Relaxed) > 0
+    }
+
+    fn served(&self) -> u32 {
+        self.served.load(Ordering::Relaxed)
     }
 }
 
@@ -53,45 +56,85 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// A connection's IO, closed with `TimedOut` after too long a silence from the client.
+/// The timeouts of one connection, from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub keep_alive: Duration,
+    pub client: Duration,
+    pub http_request: Duration,
+}
+
+const REQUEST_TIMEOUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 20\r\nconnection: close\r\n\r\n408 Request Timeout\n";
+
+/// A connection's IO, closed with `TimedOut` when a timeout above passes.
 pub struct Timed<T> {
     io: T,
     inflight: Arc<InFlight>,
-    keep_alive: Duration,
-    client: Duration,
+    limits: Limits,
     last: Instant,
     sleep: Pin<Box<Sleep>>,
+    /// A request header is arriving: since when, and how many requests had been served then.
+    header: Option<(Instant, u32)>,
+    /// Whether the connection speaks HTTP/2 (its preface), known from its first bytes.
+    h2: Option<bool>,
 }
 
 impl<T> Timed<T> {
-    pub fn new(io: T, inflight: Arc<InFlight>, keep_alive: Duration, client: Duration) -> Self {
+    pub fn new(io: T, inflight: Arc<InFlight>, limits: Limits) -> Self {
         let now = Instant::now();
         Self {
             io,
             inflight,
-            keep_alive,
-            client,
+            limits,
             last: now,
-            sleep: Box::pin(tokio::time::sleep_until(now + client)),
+            sleep: Box::pin(tokio::time::sleep_until(now + limits.client)),
+            header: None,
+            h2: None,
         }
     }
 
-    /// Whether the silence since the last byte exceeds the timeout that applies now.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let limit = if self.inflight.between_requests() {
-            self.keep_alive
-        } else {
-            self.client
-        };
-        let deadline = self.last + limit;
+    fn on_bytes(&mut self, first: &[u8]) {
+        let now = Instant::now();
+        self.last = now;
+        if self.h2.is_none() {
+            self.h2 = Some(first.starts_with(b"PRI "));
+        }
+        if self.header.is_none() && !self.inflight.in_flight() {
+            self.header = Some((now, self.inflight.served()));
+        }
+    }
+
+    /// The deadline that applies now, and whether passing it means 408.
+    fn deadline(&mut self) -> (Instant, bool) {
+        if let Some((_, served)) = self.header
+            && (self.inflight.served() != served || self.inflight.in_flight())
+        {
+            // hyper handed the request over: its header is complete.
+            self.header = None;
+        }
+        let l = self.limits;
+        match self.header {
+            Some((start, _)) if self.h2 != Some(true) => (start + l.http_request, true),
+            // Before the first request, hyper's header timer governs; after, the keep-alive.
+            _ if !self.inflight.in_flight() && self.inflight.served() > 0 => {
+                (self.last + l.keep_alive, false)
+            }
+            _ => (self.last + l.client, false),
+        }
+    }
+
+    /// `Some(is_408)` once the deadline that applies now has passed.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<bool> {
+        let (deadline, is_header) = self.deadline();
         if self.sleep.deadline() != deadline {
             self.sleep.as_mut().reset(deadline);
         }
-        self.sleep.as_mut().poll(cx).is_ready()
+        self.sleep.as_mut().poll(cx).is_ready().then_some(is_header)
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Timed<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Timed<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -100,16 +143,29 @@ impl<T: AsyncRead + Unpin> AsyncRead for Timed<T> {
         let before = buf.filled().len();
         match Pin::new(&mut self.io).poll_read(cx, buf) {
             Poll::Ready(r) => {
-                if buf.filled().len() > before {
-                    self.last = Instant::now();
+                let filled = buf.filled();
+                if filled.len() > before {
+                    let head: [u8; 4] =
+                        std::array::from_fn(|i| filled.get(before + i).copied().unwrap_or(0));
+                    self.on_bytes(&head);
                 }
                 Poll::Ready(r)
             }
-            Poll::Pending if self.expired(cx) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "client inactivity timeout",
-            ))),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => match self.expired(cx) {
+                Some(true) => {
+                    // Best effort: a client stalled mid-header is told why, as with HAProxy.
+                    let _ = Pin::new(&mut self.io).poll_write(cx, REQUEST_TIMEOUT);
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "timeout http-request",
+                    )))
+                }
+                Some(false) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "client inactivity timeout",
+                ))),
+                None => Poll::Pending,
+            },
         }
     }
 }
@@ -159,18 +215,18 @@ mod tests {
 
     use super::*;
 
+    const LIMITS: Limits = Limits {
+        keep_alive: Duration::from_secs(1),
+        client: Duration::from_secs(50),
+        http_request: Duration::from_secs(10),
+    };
+
     #[tokio::test(start_paused = true)]
-    async fn keep_alive_applies_when_idle_and_client_timeout_while_in_flight() {
-        let (a, mut b) = tokio::io::duplex(64);
+    async fn keep_alive_applies_between_requests_and_client_timeout_while_in_flight() {
+        let (a, mut b) = tokio::io::duplex(256);
         let inflight = Arc::new(InFlight::default());
-        let mut t = Timed::new(
-            a,
-            inflight.clone(),
-            Duration::from_secs(1),
-            Duration::from_secs(50),
-        );
+        let mut t = Timed::new(a, inflight.clone(), LIMITS);
         let mut buf = [0u8; 8];
-        // Before the first request, the client timeout applies (hyper's header timer is shorter).
         drop(inflight.start());
         // Between requests: the keep-alive timeout applies.
         let start = Instant::now();
@@ -186,5 +242,22 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), Duration::from_secs(50));
         drop(guard);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_header_gets_408_after_http_request() {
+        let (a, mut b) = tokio::io::duplex(256);
+        let inflight = Arc::new(InFlight::default());
+        let mut t = Timed::new(a, inflight, LIMITS);
+        b.write_all(b"GET / HTTP/1.1\r\nHost").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(t.read(&mut buf).await.unwrap() > 0);
+        let start = Instant::now();
+        let e = t.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        let mut answer = vec![0u8; REQUEST_TIMEOUT.len()];
+        b.read_exact(&mut answer).await.unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 408"));
     }
 }
