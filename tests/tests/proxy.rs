@@ -634,3 +634,45 @@ fn a_request_header_stalled_past_http_request_gets_408() {
         "{waited:?}"
     );
 }
+
+#[test]
+fn h2c_prior_knowledge_and_expect_100_continue() {
+    let p = free_port();
+    let _o = origin(p, "o");
+    let (_fg, addr) = floodgate("h2c.yaml", "", &format!("    servers: ['127.0.0.1:{p}']"));
+    assert!(wait_for_port(
+        format!("127.0.0.1:{p}").parse().unwrap(),
+        Duration::from_secs(5)
+    ));
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-w",
+            " %{http_version}",
+            &format!("http://{addr}/h2c"),
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.starts_with("o /h2c") && out.ends_with(" 2"), "{out}");
+    // curl sends `Expect: 100-continue` for bodies over 1 KiB and waits for the 100.
+    let body = "x".repeat(5000);
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-v",
+            "--expect100-timeout",
+            "5",
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            &body,
+            &format!("http://{addr}/post"),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("HTTP/1.1 100 Continue"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("o /post"));
+}
