@@ -261,6 +261,13 @@ fn load(
     })
 }
 
+/// Replaces a file in one step, as a ConfigMap update does (the watcher never sees half a file).
+fn write_atomically(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 #[test]
 fn hot_reload_under_load_loses_no_request_and_a_bad_config_keeps_serving() {
     let (pa, pb) = (free_port(), free_port());
@@ -296,10 +303,10 @@ backends:
     let clients = load(addr, Instant::now() + Duration::from_secs(5), 4);
     std::thread::sleep(Duration::from_millis(1000));
     // A file change (as when Kubernetes remounts a ConfigMap) switches the default backend.
-    std::fs::write(&config, yaml("green")).unwrap();
+    write_atomically(&config, &yaml("green"));
     std::thread::sleep(Duration::from_millis(2000));
     // A broken file, then a SIGHUP: both refused, green keeps serving.
-    std::fs::write(&config, "listeners: [").unwrap();
+    write_atomically(&config, "listeners: [");
     std::thread::sleep(Duration::from_millis(1200));
     let pid = i32::try_from(fg.child.as_ref().unwrap().id()).unwrap();
     // SAFETY: signalling our own child.

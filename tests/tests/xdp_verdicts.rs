@@ -482,13 +482,13 @@ fn cases() -> Vec<Case> {
         Case {
             name: "per-source bucket refills over time",
             cfg: |c| {
-                c.syn_rate.per_source = 50;
+                c.syn_rate.per_source = 5;
                 c.syn_rate.per_source_burst = 1;
             },
             steps: vec![
                 Pkt(syn4(A), XDP_PASS, admitted),
                 Pkt(syn4(A), XDP_DROP, &[R::DropSynRateSource]),
-                Sleep(Duration::from_millis(60)),
+                Sleep(Duration::from_millis(300)),
                 Pkt(syn4(A), XDP_PASS, admitted),
             ],
         },
