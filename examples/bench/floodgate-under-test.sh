@@ -33,6 +33,7 @@ tls:
   min-version: "${BENCH_TLS_MIN:-TLSv1.2}"
   tickets: $tickets
   ciphers: "${BENCH_TLS12_CIPHERS:-ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256}"
+admin: { bind: "${BENCH_ADMIN_ADDR:-127.0.0.1:29080}" }
 listeners:
   - { name: http, bind: "${BENCH_HTTP_ADDR:?}", default-backend: origins }
   - name: https

@@ -240,3 +240,87 @@ backends:
     let served = origin.stop();
     assert!(served.contains("requests=1 "), "{served}");
 }
+
+#[test]
+fn admin_endpoints_and_metrics_match_the_traffic() {
+    let (origin_port, fg_port, admin_port) = (free_port(), free_port(), free_port());
+    let _origin = Proc::spawn(
+        "origin",
+        Command::new(bin("fg-origin"))
+            .args(["--listen", &format!("127.0.0.1:{origin_port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let config = temp_file(
+        "admin.yaml",
+        &format!(
+            "
+xdp: {{ enabled: false }}
+admin: {{ bind: '127.0.0.1:{admin_port}' }}
+listeners: [{{ name: web, bind: '127.0.0.1:{fg_port}', default-backend: app }}]
+routes: [{{ path: /missing, backend: nope-not-here }}]
+backends: [{{ name: app, servers: ['127.0.0.1:{origin_port}'] }}]
+"
+        ),
+    );
+    // A route to an unknown backend is refused; the check names it.
+    let out = Command::new(bin("floodgate"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("routes[0].backend"));
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("routes: [{ path: /missing, backend: nope-not-here }]\n", ""),
+    )
+    .unwrap();
+    let mut fg = Proc::spawn(
+        "floodgate",
+        Command::new(bin("floodgate"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stderr(Stdio::null()),
+    );
+    let (addr, admin): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{fg_port}").parse().unwrap(),
+        format!("127.0.0.1:{admin_port}").parse().unwrap(),
+    );
+    assert!(
+        wait_for_port(addr, Duration::from_secs(10))
+            && wait_for_port(admin, Duration::from_secs(5))
+    );
+    assert!(wait_for_port(
+        format!("127.0.0.1:{origin_port}").parse().unwrap(),
+        Duration::from_secs(5)
+    ));
+    assert_eq!(http_get(admin, "a", "/healthz").unwrap().0, 200);
+    assert_eq!(http_get(admin, "a", "/readyz").unwrap().0, 200);
+    for i in 0..7 {
+        assert_eq!(http_get(addr, "t", &format!("/m{i}")).unwrap().0, 200);
+    }
+    let (status, metrics) = http_get(admin, "a", "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(
+            "floodgate_http_requests_total{backend=\"app\",code=\"2xx\",listener=\"web\"} 7"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "floodgate_http_request_duration_seconds_count{backend=\"app\",listener=\"web\"} 7"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "floodgate_server_up{{backend=\"app\",server=\"127.0.0.1:{origin_port}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("floodgate_config_reloads_total{result=\"ok\"} 0"));
+    fg.stop();
+}

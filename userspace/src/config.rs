@@ -50,6 +50,9 @@ pub struct Config {
     #[serde(default)]
     pub routes: Vec<Route>,
     pub backends: Vec<Backend>,
+    /// The admin listener (/healthz, /readyz, /metrics); off when absent.
+    #[serde(default)]
+    pub admin: Option<Admin>,
     /// The HAProxy ingress ConfigMap's keys as they are (see `haproxy.rs`); they override the
     /// equivalent settings above.
     #[serde(default, deserialize_with = "scalar_map")]
@@ -324,6 +327,12 @@ impl<'de> Deserialize<'de> for TlsVersion {
             ))),
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Admin {
+    pub bind: SocketAddr,
 }
 
 /// The TLS policy, defaulting to the production HAProxy ingress's: TLS 1.2 and 1.3, no session

@@ -5,11 +5,13 @@
 //! (accept, limits) -> `proxy` (HTTP phases) -> `proxy::route` -> `proxy::backend`; `config`
 //! feeds all of them, `stats` reads the kernel counters.
 
+pub mod admin;
 pub mod config;
 pub mod conntrack;
 pub mod dataplane;
 pub mod haproxy;
 pub mod limits;
+pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod stats;

@@ -208,6 +208,8 @@ async fn serve(
     };
 
     let mut routing = Arc::new(Routing::build(&cfg, None, workers).await);
+    let metrics = Arc::new(floodgate::metrics::Metrics::new()?);
+    let reloads = Arc::new(reload::Counts::default());
     let mut ctxs = Vec::new();
     let mut acceptors: Vec<Arc<tls::Acceptor>> = Vec::new();
     let permits = Arc::new(Semaphore::new(maxconn as usize));
@@ -232,6 +234,8 @@ async fn serve(
             l.default_backend.as_deref(),
             if tls.is_some() { "https" } else { "http" },
             cfg.global.limits.clone(),
+            &l.name,
+            Some(metrics.clone()),
         ));
         acceptors.extend(tls.clone());
         ctxs.push(ctx.clone());
@@ -299,7 +303,31 @@ async fn serve(
         .map(std::path::Path::to_path_buf);
     let mut watcher = reload::Watcher::new(watched.collect());
     let mut ticks: u64 = 0;
-    let reloads = reload::Counts::default();
+    // Bound before traffic: an admin address in use is a start-up error, not a silent gap.
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(a) = &cfg.admin {
+        let listener = floodgate::admin::bind(a.bind)
+            .await
+            .with_context(|| format!("admin.bind {}", a.bind))?;
+        let sources = floodgate::metrics::Sources {
+            listeners: cfg
+                .listeners
+                .iter()
+                .zip(&shared)
+                .map(|(l, (ctx, active, _, _))| (l.name.clone(), ctx.clone(), active.clone()))
+                .collect(),
+            maxconn,
+            reloads: reloads.clone(),
+            pin_dir: cfg.xdp.enabled.then(|| cfg.xdp.pin_dir.clone()),
+        };
+        let admin = Arc::new(floodgate::admin::Admin {
+            metrics: metrics.clone(),
+            sources,
+            ready: ready.clone(),
+        });
+        tokio::spawn(floodgate::admin::serve(listener, admin));
+    }
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     loop {
         let reload_now = tokio::select! {
             _ = sigterm.recv() => break,
@@ -363,6 +391,7 @@ async fn serve(
         }
     }
     info!("shutting down: draining connections");
+    ready.store(false, std::sync::atomic::Ordering::Relaxed);
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     for done in worker_done {

@@ -195,6 +195,7 @@ pub fn run_quickstart(config: Option<PathBuf>) -> Result<()> {
          Try, from another terminal:\n\
          \x20   curl -i http://127.0.0.1:8080/api/hello\n\
          \x20   sudo {}/floodgate stats          # XDP counters, from the pinned maps\n\
+         \x20   curl -s http://127.0.0.1:9090/metrics | grep floodgate_\n\
          Stop with Ctrl-C.\n",
         config.display(),
         bin.display()

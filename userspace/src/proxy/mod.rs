@@ -142,6 +142,9 @@ pub struct ListenerCtx {
     pub scheme: &'static str,
     request_ids: AtomicU64,
     limits: config::Limits,
+    /// The listener's name, for metrics labels.
+    pub name: String,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 #[derive(Clone)]
@@ -156,6 +159,8 @@ impl ListenerCtx {
         default_backend: Option<&str>,
         scheme: &'static str,
         limits: config::Limits,
+        name: &str,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> Self {
         let default_backend = default_backend.and_then(|n| routing.backend_index(n));
         Self {
@@ -166,7 +171,14 @@ impl ListenerCtx {
             scheme,
             request_ids: AtomicU64::new(0),
             limits,
+            name: name.to_owned(),
+            metrics,
         }
+    }
+
+    /// The current generation's routing (for metrics).
+    pub fn routing(&self) -> Arc<Routing> {
+        self.generation().routing
     }
 
     /// Makes `routing` the generation new requests use (config reload).
@@ -210,10 +222,17 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     // In flight until the response body is sent (see timeout.rs).
     let guard = inflight.start();
+    let started = std::time::Instant::now();
     let generation = ctx.generation();
+    let mut backend_name = "";
     let result = async {
         check_limits(&ctx.limits, &req)?;
         let backend = route(&generation, &req)?;
+        backend_name = generation
+            .routing
+            .pools
+            .get(backend)
+            .map_or("", |p| p.name.as_str());
         let req = upstream_request(&ctx, peer, req)?;
         forward(&generation.routing, backend, req, &inflight).await
     }
@@ -225,6 +244,14 @@ pub async fn handle(
             error_response(&e)
         }
     };
+    if let Some(m) = &ctx.metrics {
+        m.observe(
+            &ctx.name,
+            backend_name,
+            resp.status().as_u16(),
+            started.elapsed(),
+        );
+    }
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(
         parts,
