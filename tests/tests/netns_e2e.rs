@@ -225,6 +225,16 @@ backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
     );
     let url = format!("http://{}:8080/r", net.srv_v4);
     let link_pin = format!("{pin_dir}/link_{}", net.srv_if);
+    // This test leaves the program attached on purpose; whatever happens, detach at the end.
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new(bin("floodgate"))
+                .args(["detach", "--pin-dir", &self.0])
+                .output();
+        }
+    }
+    let _detach = Detach(pin_dir.clone());
 
     let mut fg = floodgate_tests::start_floodgate(&net.srv, "restart-1.yaml", &yaml, &pin_dir);
     assert!(curl(&net.cli, &url).is_some());
