@@ -296,14 +296,7 @@ impl NetPair {
 
     /// Packets sent by the client side of the veth (what the server side's XDP sees).
     pub fn cli_tx_packets(&self) -> u64 {
-        let out = Command::new("ip")
-            .args(["-n", &self.cli, "-s", "-j", "link", "show", &self.cli_if])
-            .output()
-            .expect("ip -s link");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip json");
-        v[0]["stats64"]["tx"]["packets"]
-            .as_u64()
-            .expect("tx packets")
+        veth_tx_packets(&self.cli, &self.cli_if)
     }
 
     fn cleanup(&self) {
@@ -489,6 +482,18 @@ pub fn send_frames(ns: &str, dev: &str, frames: Vec<Vec<u8>>) -> u64 {
     })
 }
 
+/// Packets sent by `dev` in namespace `ns`: what the XDP program on its peer sees.
+fn veth_tx_packets(ns: &str, dev: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-s", "-j", "link", "show", dev])
+        .output()
+        .expect("ip -s link");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip json");
+    v[0]["stats64"]["tx"]["packets"]
+        .as_u64()
+        .expect("tx packets")
+}
+
 /// A second veth pair between `srv` and a third namespace `atk` (`10.N.1.1` / `10.N.1.2`), for
 /// an attacker or another client. Removed on drop (with the namespace).
 pub struct ThirdNs {
@@ -544,14 +549,7 @@ impl ThirdNs {
     }
 
     pub fn tx_packets(&self) -> u64 {
-        let out = Command::new("ip")
-            .args(["-n", &self.ns, "-s", "-j", "link", "show", &self.atk_if])
-            .output()
-            .expect("ip -s link");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip json");
-        v[0]["stats64"]["tx"]["packets"]
-            .as_u64()
-            .expect("tx packets")
+        veth_tx_packets(&self.ns, &self.atk_if)
     }
 }
 
@@ -607,4 +605,25 @@ pub fn start_floodgate(ns: &str, name: &str, yaml: &str, pin_dir: &str) -> Proc 
         panic!("floodgate did not attach; its log:\n{log}");
     }
     fg
+}
+
+/// A stats snapshot taken together with the peers' tx counters (`tx`), once neither moves for
+/// 100 ms: the peers' kernels send now and then (ARP, ND, RSTs), and on a veth the XDP program
+/// runs shortly after the sender counts a packet, so two unrelated reads can differ by one.
+pub fn settled_stats(pin_dir: &str, tx: impl Fn() -> Vec<u64>) -> (serde_json::Value, Vec<u64>) {
+    let read = || {
+        let s = stats(pin_dir).expect("stats");
+        let total = s["totals"]["packets"].as_u64().unwrap_or(0);
+        (s, tx(), total)
+    };
+    let mut last = read();
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = read();
+        if now.1 == last.1 && now.2 == last.2 {
+            return (now.0, now.1);
+        }
+        last = now;
+    }
+    (last.0, last.1)
 }

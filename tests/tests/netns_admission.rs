@@ -17,7 +17,7 @@ use std::{
 use floodgate_tests::{
     NetPair, Proc, ThirdNs, bin, http_get, in_netns, mac_of,
     packet::{ETH_IP, PROTO_TCP, SYN, frame_to, tcp, v4},
-    reason, require_root, send_frames, start_floodgate, stats,
+    reason, require_root, send_frames, settled_stats, start_floodgate, stats,
 };
 
 fn origin(net: &NetPair) -> Proc {
@@ -119,8 +119,9 @@ backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
     // Phase 1: one source floods. Its bucket (1000/s, burst 1000) stops it; the legitimate
     // client has its own bucket and the global budget is not reached by what gets through.
     const FLOOD: u32 = 30_000;
-    let s0 = stats(&pin_dir).unwrap();
-    let (cli0, atk0) = (net.cli_tx_packets(), atk.tx_packets());
+    let tx = || vec![net.cli_tx_packets(), atk.tx_packets()];
+    let (s0, t0) = settled_stats(&pin_dir, tx);
+    let (cli0, atk0) = (t0[0], t0[1]);
     let until = Instant::now() + Duration::from_secs(3);
     let cli_ns = net.cli.clone();
     let legit = std::thread::spawn(move || legit_client(&cli_ns, addr, until, 300));
@@ -134,8 +135,8 @@ backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
     let flood_time = t.elapsed();
     let (ok, tried) = legit.join().unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let s1 = stats(&pin_dir).unwrap();
-    let (cli1, atk1) = (net.cli_tx_packets(), atk.tx_packets());
+    let (s1, t1) = settled_stats(&pin_dir, tx);
+    let (cli1, atk1) = (t1[0], t1[1]);
     let d = |name: &str| reason(&s1, name) - reason(&s0, name);
     let total =
         s1["totals"]["packets"].as_u64().unwrap() - s0["totals"]["packets"].as_u64().unwrap();

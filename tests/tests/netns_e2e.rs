@@ -96,8 +96,8 @@ backends:
     );
     assert!(fg.is_running() && origin.is_running());
 
-    let s0 = stats(&pin_dir).unwrap();
-    let tx0 = net.cli_tx_packets();
+    let (s0, t0) = floodgate_tests::settled_stats(&pin_dir, || vec![net.cli_tx_packets()]);
+    let tx0 = t0[0];
     const V4: u64 = 40;
     const V6: u64 = 10;
     let mut ok = 0;
@@ -116,8 +116,8 @@ backends:
     }
     // Let the last FIN/ACK exchanges reach the server side.
     std::thread::sleep(Duration::from_millis(300));
-    let s1 = stats(&pin_dir).unwrap();
-    let tx1 = net.cli_tx_packets();
+    let (s1, t1) = floodgate_tests::settled_stats(&pin_dir, || vec![net.cli_tx_packets()]);
+    let tx1 = t1[0];
 
     let d = |name: &str| reason(&s1, name) - reason(&s0, name);
     let total =
