@@ -305,7 +305,7 @@ backends: [{{ name: app, servers: ['127.0.0.1:{origin_port}'] }}]
     assert_eq!(status, 200);
     assert!(
         metrics.contains(
-            "floodgate_http_requests_total{backend=\"app\",code=\"2xx\",listener=\"web\"} 7"
+            "floodgate_http_requests_total{backend=\"app\",code=\"2xx\",listener=\"web\",method=\"GET\"} 7"
         ),
         "{metrics}"
     );

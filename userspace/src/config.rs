@@ -53,6 +53,9 @@ pub struct Config {
     /// The admin listener (/healthz, /readyz, /metrics); off when absent.
     #[serde(default)]
     pub admin: Option<Admin>,
+    /// One structured log line per request (off by default).
+    #[serde(default)]
+    pub access_log: AccessLog,
     /// The HAProxy ingress ConfigMap's keys as they are (see `haproxy.rs`); they override the
     /// equivalent settings above.
     #[serde(default, deserialize_with = "scalar_map")]
@@ -272,6 +275,80 @@ pub struct Listener {
     /// Terminate TLS on this listener.
     #[serde(default)]
     pub tls: Option<ListenerTls>,
+    /// Answer every plain HTTP request with a redirect to HTTPS (not on TLS listeners).
+    #[serde(default)]
+    pub redirect_to_https: Option<RedirectToHttps>,
+}
+
+/// HAProxy's `redirect scheme https`: the same host and path on `https://`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RedirectToHttps {
+    /// The HTTPS port in the `Location`; 443 is left out of the URL.
+    pub port: u16,
+    /// 301, 302, 303, 307 or 308. 308 keeps the method and body, so a POST is not lost.
+    pub code: u16,
+    /// Paths starting with one of these are proxied instead (ACME HTTP-01 challenges must be
+    /// answered over plain HTTP).
+    pub except_prefixes: Vec<String>,
+}
+
+impl Default for RedirectToHttps {
+    fn default() -> Self {
+        Self {
+            port: 443,
+            code: 308,
+            except_prefixes: vec!["/.well-known/acme-challenge/".into()],
+        }
+    }
+}
+
+/// The fields an access log line can carry.
+pub const ACCESS_LOG_FIELDS: &[&str] = &[
+    "listener",
+    "client",
+    "method",
+    "host",
+    "path",
+    "protocol",
+    "status",
+    "backend",
+    "server",
+    "duration_ms",
+    "queue_ms",
+    "bytes",
+    "retries",
+    "request_id",
+    "user_agent",
+];
+
+/// Access log settings. Lines go through the process's log (target `floodgate::access`, level
+/// info), so they follow `--log-format` (text or JSON).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct AccessLog {
+    pub enabled: bool,
+    /// Fraction of requests logged, 0.0 to 1.0.
+    pub sample: f64,
+    /// Log every 4xx and 5xx answer whatever the sampling.
+    pub always_log_errors: bool,
+    /// Which fields each line carries, from [`ACCESS_LOG_FIELDS`].
+    pub fields: Vec<String>,
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            sample: 1.0,
+            always_log_errors: true,
+            fields: ACCESS_LOG_FIELDS
+                .iter()
+                .filter(|f| **f != "user_agent")
+                .map(|f| (*f).to_owned())
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -698,6 +775,26 @@ impl Config {
                 ));
             }
         }
+        let a = &self.access_log;
+        if !(0.0..=1.0).contains(&a.sample) {
+            return Err(invalid(
+                "access-log.sample",
+                format!("{} is not a fraction between 0.0 and 1.0", a.sample),
+            ));
+        }
+        if let Some(f) = a
+            .fields
+            .iter()
+            .find(|f| !ACCESS_LOG_FIELDS.contains(&f.as_str()))
+        {
+            return Err(invalid(
+                "access-log.fields",
+                format!(
+                    "`{f}` is not a field (known: {})",
+                    ACCESS_LOG_FIELDS.join(", ")
+                ),
+            ));
+        }
         let mut names = HashSet::new();
         let mut binds = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
@@ -715,6 +812,24 @@ impl Config {
             }
             if l.bind.port() == 0 {
                 return Err(invalid(format!("listeners[{i}].bind"), "needs a port"));
+            }
+            if let Some(r) = &l.redirect_to_https {
+                let key = format!("listeners[{i}].redirect-to-https");
+                if l.tls.is_some() {
+                    return Err(invalid(key, "is for plain HTTP listeners, not TLS ones"));
+                }
+                if !matches!(r.code, 301 | 302 | 303 | 307 | 308) {
+                    return Err(invalid(
+                        format!("{key}.code"),
+                        format!(
+                            "{} is not a redirect code (301, 302, 303, 307, 308)",
+                            r.code
+                        ),
+                    ));
+                }
+                if r.port == 0 {
+                    return Err(invalid(format!("{key}.port"), "must not be 0"));
+                }
             }
             if let Some(b) = &l.default_backend
                 && !backends.contains(b.as_str())

@@ -436,9 +436,9 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Removes flows idle for longer than `idle` (the LRU only evicts under pressure); returns
-    /// how many. Runs in userspace every few seconds, not per packet.
-    pub fn age_flows(&mut self, idle: std::time::Duration) -> Result<usize, DataplaneError> {
+    /// Removes flows idle for longer than `idle` (the LRU only evicts under pressure). Runs in
+    /// userspace every few seconds, not per packet.
+    pub fn age_flows(&mut self, idle: std::time::Duration) -> Result<Aged, DataplaneError> {
         let now = monotonic_ns();
         let idle = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
         let mut flows: aya::maps::HashMap<
@@ -446,9 +446,11 @@ impl Dataplane {
             floodgate_common::FlowKey,
             floodgate_common::FlowState,
         > = self.map_mut(maps::FLOWS)?;
+        let mut seen = 0u64;
         let stale: Vec<_> = flows
             .iter()
             .filter_map(Result::ok)
+            .inspect(|_| seen += 1)
             .filter(|(_, f)| now.saturating_sub(f.last_ns) > idle)
             .map(|(k, _)| k)
             .collect();
@@ -456,7 +458,10 @@ impl Dataplane {
             // Gone already (FIN, RST, eviction) is fine.
             let _ = flows.remove(k);
         }
-        Ok(stale.len())
+        Ok(Aged {
+            removed: stale.len(),
+            live: seen.saturating_sub(stale.len() as u64),
+        })
     }
 
     /// Marks sources the kernel accepted connections from as verified (not spoofed).
@@ -547,6 +552,14 @@ enum HeldLink {
 }
 
 /// Removes a floodgate pin directory: links (which detaches them), maps, the attach record.
+/// The result of one pass over the flow table.
+#[derive(Debug, Clone, Copy)]
+pub struct Aged {
+    pub removed: usize,
+    /// Flows left in the table.
+    pub live: u64,
+}
+
 pub fn remove_pins(pin_dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(pin_dir) {
         for e in entries.flatten() {

@@ -5,6 +5,7 @@
 //! (accept, limits) -> `proxy` (HTTP phases) -> `proxy::route` -> `proxy::backend`; `config`
 //! feeds all of them, `stats` reads the kernel counters.
 
+pub mod access;
 pub mod admin;
 pub mod config;
 pub mod conntrack;

@@ -23,6 +23,8 @@ use floodgate::{
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
 /// Flow-table aging runs every this many publish ticks (10 s).
 const FLOW_AGING_TICKS: u64 = 40;
+/// XDP drop counters are checked every second (4 ticks) for the drop-burst log event.
+const DROP_CHECK_TICKS: u64 = 4;
 /// How often the config file is checked for new content.
 const RELOAD_POLL: Duration = Duration::from_secs(1);
 /// How long in-flight requests may take to finish after SIGTERM.
@@ -207,8 +209,8 @@ async fn serve(
         None
     };
 
-    let mut routing = Arc::new(Routing::build(&cfg, None, workers).await);
     let metrics = Arc::new(floodgate::metrics::Metrics::new()?);
+    let mut routing = Arc::new(Routing::build(&cfg, None, workers, Some(&metrics)).await);
     let reloads = Arc::new(reload::Counts::default());
     let mut ctxs = Vec::new();
     let mut acceptors: Vec<Arc<tls::Acceptor>> = Vec::new();
@@ -231,10 +233,8 @@ async fn serve(
         };
         let ctx = Arc::new(ListenerCtx::new(
             routing.clone(),
-            l.default_backend.as_deref(),
-            if tls.is_some() { "https" } else { "http" },
-            cfg.global.limits.clone(),
-            &l.name,
+            l,
+            &cfg,
             Some(metrics.clone()),
         ));
         acceptors.extend(tls.clone());
@@ -303,6 +303,8 @@ async fn serve(
         .map(std::path::Path::to_path_buf);
     let mut watcher = reload::Watcher::new(watched.collect());
     let mut ticks: u64 = 0;
+    let flows = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut drops = floodgate::stats::DropBursts::default();
     // Bound before traffic: an admin address in use is a start-up error, not a silent gap.
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(a) = &cfg.admin {
@@ -314,9 +316,17 @@ async fn serve(
                 .listeners
                 .iter()
                 .zip(&shared)
-                .map(|(l, (ctx, active, _, _))| (l.name.clone(), ctx.clone(), active.clone()))
+                .map(
+                    |(l, (ctx, active, _, _))| floodgate::metrics::ListenerSource {
+                        name: l.name.clone(),
+                        ctx: ctx.clone(),
+                        active: active.clone(),
+                        maxconn: l.maxconn.unwrap_or(0),
+                    },
+                )
                 .collect(),
             maxconn,
+            flows: flows.clone(),
             reloads: reloads.clone(),
             pin_dir: cfg.xdp.enabled.then(|| cfg.xdp.pin_dir.clone()),
         };
@@ -347,12 +357,19 @@ async fn serve(
                     if let Err(e) = publish_capacity(dp, &actives, &ctxs, &own, &routing, maxconn) {
                         error!(error = %e, "cannot publish capacity to XDP");
                     }
-                    if cfg.xdp.flow_table && ticks.is_multiple_of(FLOW_AGING_TICKS) {
+                    if cfg.xdp.flow_table && (ticks == 1 || ticks.is_multiple_of(FLOW_AGING_TICKS)) {
                         match dp.age_flows(cfg.xdp.flow_idle_timeout.0) {
-                            Ok(n) if n > 0 => info!(removed = n, "idle flows aged out of the flow table"),
-                            Ok(_) => {}
+                            Ok(aged) => {
+                                flows.store(aged.live, std::sync::atomic::Ordering::Relaxed);
+                                if aged.removed > 0 {
+                                    info!(removed = aged.removed, live = aged.live, "idle flows aged out of the flow table");
+                                }
+                            }
                             Err(e) => error!(error = %e, "cannot age the flow table"),
                         }
+                    }
+                    if ticks.is_multiple_of(DROP_CHECK_TICKS) {
+                        drops.check(&cfg.xdp.pin_dir);
                     }
                     if let Some(Err(e)) = verified.as_mut().map(|v| v.flush(dp)) {
                         error!(error = %e, "cannot publish verified sources to XDP");
@@ -423,9 +440,10 @@ async fn apply_reload(
         let binds: Vec<_> = new.listeners.iter().map(|l| l.bind).collect();
         dp.configure(&new.xdp, &binds)?;
     }
-    let next = Arc::new(Routing::build(&new, Some(routing), workers).await);
+    let metrics = ctxs.first().and_then(|c| c.metrics.clone());
+    let next = Arc::new(Routing::build(&new, Some(routing), workers, metrics.as_deref()).await);
     for (ctx, l) in ctxs.iter().zip(&new.listeners) {
-        ctx.swap(next.clone(), l.default_backend.as_deref());
+        ctx.swap(next.clone(), l, &new);
     }
     Ok((new, next))
 }

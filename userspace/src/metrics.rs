@@ -2,10 +2,16 @@
 //! everything else (backends, servers, listeners, XDP counters from the pinned maps, conntrack,
 //! reloads) is read when `/metrics` is scraped, so it costs nothing between scrapes.
 
-use std::{fmt::Write as _, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    fmt::Write as _,
+    path::PathBuf,
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
 
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::{proxy::ListenerCtx, reload, stats};
@@ -15,61 +21,262 @@ const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Connect and queue times and TLS handshakes live well under a millisecond when healthy.
+const FAST_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
+    queue: HistogramVec,
+    connect: HistogramVec,
+    errors: IntCounterVec,
+    retries: IntCounterVec,
+    bytes_in: IntCounterVec,
+    bytes_out: IntCounterVec,
+    tls_handshakes: IntCounterVec,
+    tls_duration: HistogramVec,
+    redirects: IntCounterVec,
+}
+
+/// The connection-level timeouts of one listener, resolved once so the IO path only bumps an
+/// atomic.
+#[derive(Clone)]
+pub struct TimeoutCounters {
+    pub http_request: IntCounter,
+    pub keep_alive: IntCounter,
+    pub client: IntCounter,
+}
+
+/// The method classes requests are counted by; anything else is `other`.
+pub fn method_class(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+pub fn status_class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
+fn counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> Result<HistogramVec, prometheus::Error> {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
 }
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
-        let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(Self {
+            requests: counter(
+                &r,
                 "floodgate_http_requests_total",
-                "HTTP requests answered, by listener, backend and status class",
-            ),
-            &["listener", "backend", "code"],
-        )?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
+                "HTTP requests answered, by listener, backend, method class and status class",
+                &["listener", "backend", "method", "code"],
+            )?,
+            duration: histogram(
+                &r,
                 "floodgate_http_request_duration_seconds",
                 "Time from the request's arrival to its response headers, by listener and backend",
-            )
-            .buckets(BUCKETS.to_vec()),
-            &["listener", "backend"],
-        )?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
-        Ok(Self {
-            registry,
-            requests,
-            duration,
+                &["listener", "backend"],
+                BUCKETS,
+            )?,
+            queue: histogram(
+                &r,
+                "floodgate_backend_queue_duration_seconds",
+                "Time a request waited for a server slot (HAProxy Tw), by backend",
+                &["backend"],
+                FAST_BUCKETS,
+            )?,
+            connect: histogram(
+                &r,
+                "floodgate_backend_connect_duration_seconds",
+                "Time to open a new TCP connection to a server (HAProxy Tc), by backend",
+                &["backend"],
+                FAST_BUCKETS,
+            )?,
+            errors: counter(
+                &r,
+                "floodgate_http_errors_total",
+                "Requests and connections that ended in an error or a timeout, by kind",
+                &["listener", "backend", "kind"],
+            )?,
+            retries: counter(
+                &r,
+                "floodgate_backend_retries_total",
+                "Requests sent again to another server after a connect failure",
+                &["backend"],
+            )?,
+            bytes_in: counter(
+                &r,
+                "floodgate_http_request_body_bytes_total",
+                "Request body bytes received from clients and sent on to backends",
+                &["listener", "backend"],
+            )?,
+            bytes_out: counter(
+                &r,
+                "floodgate_http_response_body_bytes_total",
+                "Response body bytes sent to clients",
+                &["listener", "backend"],
+            )?,
+            tls_handshakes: counter(
+                &r,
+                "floodgate_tls_handshakes_total",
+                "TLS handshakes by result (ok, failed, timeout), version and cipher suite",
+                &["listener", "result", "version", "cipher"],
+            )?,
+            tls_duration: histogram(
+                &r,
+                "floodgate_tls_handshake_duration_seconds",
+                "Time from accept to a completed TLS handshake",
+                &["listener"],
+                FAST_BUCKETS,
+            )?,
+            redirects: counter(
+                &r,
+                "floodgate_http_redirects_total",
+                "Plain HTTP requests redirected to HTTPS",
+                &["listener"],
+            )?,
+            registry: r,
         })
     }
 
-    /// Records one answered request. `backend` is empty when no route matched.
-    pub fn observe(&self, listener: &str, backend: &str, status: u16, took: Duration) {
-        let code = match status / 100 {
-            1 => "1xx",
-            2 => "2xx",
-            3 => "3xx",
-            4 => "4xx",
-            _ => "5xx",
-        };
+    /// Records one answered request (at its response headers). `backend` is empty when no route
+    /// matched.
+    pub fn observe(
+        &self,
+        listener: &str,
+        backend: &str,
+        method: &'static str,
+        status: u16,
+        took: Duration,
+    ) {
         self.requests
-            .with_label_values(&[listener, backend, code])
+            .with_label_values(&[listener, backend, method, status_class(status)])
             .inc();
         self.duration
             .with_label_values(&[listener, backend])
             .observe(took.as_secs_f64());
     }
+
+    pub fn error(&self, listener: &str, backend: &str, kind: &str) {
+        self.errors
+            .with_label_values(&[listener, backend, kind])
+            .inc();
+    }
+
+    pub fn retry(&self, backend: &str) {
+        self.retries.with_label_values(&[backend]).inc();
+    }
+
+    pub fn queued(&self, backend: &str, waited: Duration) {
+        self.queue
+            .with_label_values(&[backend])
+            .observe(waited.as_secs_f64());
+    }
+
+    /// The connect-time histogram of one backend, for its upstream connector.
+    pub fn connect_histogram(&self, backend: &str) -> Histogram {
+        self.connect.with_label_values(&[backend])
+    }
+
+    pub fn bytes_in(&self, listener: &str, backend: &str) -> IntCounter {
+        self.bytes_in.with_label_values(&[listener, backend])
+    }
+
+    pub fn bytes_out(&self, listener: &str, backend: &str) -> IntCounter {
+        self.bytes_out.with_label_values(&[listener, backend])
+    }
+
+    pub fn tls_handshake(
+        &self,
+        listener: &str,
+        result: &str,
+        version: &str,
+        cipher: &str,
+        took: Option<Duration>,
+    ) {
+        self.tls_handshakes
+            .with_label_values(&[listener, result, version, cipher])
+            .inc();
+        if let Some(t) = took {
+            self.tls_duration
+                .with_label_values(&[listener])
+                .observe(t.as_secs_f64());
+        }
+    }
+
+    pub fn redirect(&self, listener: &str) {
+        self.redirects.with_label_values(&[listener]).inc();
+    }
+
+    pub fn timeouts(&self, listener: &str) -> TimeoutCounters {
+        let c = |kind| self.errors.with_label_values(&[listener, "", kind]);
+        TimeoutCounters {
+            http_request: c("http_request_timeout"),
+            keep_alive: c("keep_alive_timeout"),
+            client: c("client_timeout"),
+        }
+    }
+}
+
+pub struct ListenerSource {
+    pub name: String,
+    pub ctx: Arc<ListenerCtx>,
+    pub active: Arc<crate::proxy::server::Active>,
+    /// `listeners[].maxconn`, 0 when only the global one applies.
+    pub maxconn: u32,
 }
 
 /// What `/metrics` reads at scrape time.
 pub struct Sources {
-    pub listeners: Vec<(String, Arc<ListenerCtx>, Arc<crate::proxy::server::Active>)>,
+    pub listeners: Vec<ListenerSource>,
     pub maxconn: u32,
+    /// Entries in the XDP flow table, counted by the control loop when it ages the table (a
+    /// walk of the whole table is too slow for every scrape).
+    pub flows: Arc<AtomicU64>,
     pub reloads: Arc<reload::Counts>,
     /// The pin directory when XDP is enabled.
     pub pin_dir: Option<PathBuf>,
@@ -109,11 +316,25 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
         "gauge",
         "Connections held per listener",
     );
-    for (name, _, active) in &src.listeners {
+    for l in &src.listeners {
         let _ = writeln!(
             out,
-            "floodgate_listener_active_connections{{listener=\"{name}\"}} {}",
-            active.get()
+            "floodgate_listener_active_connections{{listener=\"{}\"}} {}",
+            l.name,
+            l.active.get()
+        );
+    }
+    family(
+        &mut out,
+        "floodgate_listener_maxconn",
+        "gauge",
+        "The listener's own connection limit (HAProxy slim), 0 when only the global one applies",
+    );
+    for l in &src.listeners {
+        let _ = writeln!(
+            out,
+            "floodgate_listener_maxconn{{listener=\"{}\"}} {}",
+            l.name, l.maxconn
         );
     }
     family(
@@ -133,8 +354,8 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
         "floodgate_config_reloads_total{{result=\"ok\"}} {ok}\nfloodgate_config_reloads_total{{result=\"failed\"}} {failed}"
     );
 
-    if let Some((_, ctx, _)) = src.listeners.first() {
-        let routing = ctx.routing();
+    if let Some(l) = src.listeners.first() {
+        let routing = l.ctx.routing();
         family(
             &mut out,
             "floodgate_backend_active_requests",
@@ -164,6 +385,32 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
                 out,
                 "floodgate_backend_queued_requests{{backend=\"{b}\"}} {}",
                 l.queued
+            );
+        }
+        family(
+            &mut out,
+            "floodgate_backend_queue_max",
+            "gauge",
+            "Requests the backend's queue holds at most (queue-max)",
+        );
+        for (b, l, _) in &loads {
+            let _ = writeln!(
+                out,
+                "floodgate_backend_queue_max{{backend=\"{b}\"}} {}",
+                l.queue_max
+            );
+        }
+        family(
+            &mut out,
+            "floodgate_backend_maxconn",
+            "gauge",
+            "Sum of the backend's up servers' maxconn, 0 when unlimited",
+        );
+        for (b, l, _) in &loads {
+            let _ = writeln!(
+                out,
+                "floodgate_backend_maxconn{{backend=\"{b}\"}} {}",
+                l.maxconn
             );
         }
         family(
@@ -203,7 +450,7 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
     }
 
     if let Some(dir) = &src.pin_dir
-        && let Ok(snap) = stats::read(dir)
+        && let Ok(snap) = stats::read_counters(dir)
     {
         family(
             &mut out,
@@ -250,7 +497,22 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
             "gauge",
             "Flows in floodgate's own flow table",
         );
-        let _ = writeln!(out, "floodgate_flows {}", snap.flows);
+        let _ = writeln!(
+            out,
+            "floodgate_flows {}",
+            src.flows.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        family(
+            &mut out,
+            "floodgate_conntrack_bypassed_flows_total",
+            "counter",
+            "Flows that skipped netfilter conntrack and entered floodgate's flow table",
+        );
+        let _ = writeln!(
+            out,
+            "floodgate_conntrack_bypassed_flows_total {}",
+            snap.reasons.get("flows_inserted").map_or(0, |r| r.packets)
+        );
     }
     if let Some(c) = crate::conntrack::usage() {
         family(

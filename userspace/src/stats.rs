@@ -52,7 +52,32 @@ pub struct Totals {
     pub dropped: u64,
 }
 
+/// Everything, with the flow table counted by walking it (slow at full size: the CLI only).
 pub fn read(pin_dir: &Path) -> Result<Snapshot, StatsError> {
+    let mut s = read_counters(pin_dir)?;
+    s.flows = count_flows(pin_dir)?;
+    Ok(s)
+}
+
+/// Entries in floodgate's flow table.
+pub fn count_flows(pin_dir: &Path) -> Result<u64, StatsError> {
+    Ok(
+        aya::maps::HashMap::<_, FlowKey, FlowState>::try_from(Map::LruHashMap(pinned(
+            pin_dir,
+            maps::FLOWS,
+        )?))
+        .map_err(|source| StatsError::Read {
+            map: maps::FLOWS,
+            source,
+        })?
+        .keys()
+        .filter(Result::is_ok)
+        .count() as u64,
+    )
+}
+
+/// The counters only (per-CPU arrays: cheap); `flows` is left 0.
+pub fn read_counters(pin_dir: &Path) -> Result<Snapshot, StatsError> {
     let stats = Map::PerCpuArray(pinned(pin_dir, maps::STATS)?);
     let stats: PerCpuArray<_, Counter> =
         PerCpuArray::try_from(stats).map_err(|source| StatsError::Read {
@@ -125,25 +150,61 @@ pub fn read(pin_dir: &Path) -> Result<Snapshot, StatsError> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let flows = aya::maps::HashMap::<_, FlowKey, FlowState>::try_from(Map::LruHashMap(pinned(
-        pin_dir,
-        maps::FLOWS,
-    )?))
-    .map_err(|source| StatsError::Read {
-        map: maps::FLOWS,
-        source,
-    })?
-    .keys()
-    .filter(Result::is_ok)
-    .count() as u64;
     Ok(Snapshot {
         interfaces,
         reasons,
         totals,
         listeners,
-        flows,
+        flows: 0,
         conntrack: crate::conntrack::usage(),
     })
+}
+
+/// Logs XDP drops as one event per burst: drops are summed between checks, and an event is
+/// written at most every [`DropBursts::EVERY`], so a flood costs a log line, not millions.
+#[derive(Debug, Default)]
+pub struct DropBursts {
+    last: Option<BTreeMap<&'static str, u64>>,
+    pending: BTreeMap<&'static str, u64>,
+    logged: Option<std::time::Instant>,
+}
+
+impl DropBursts {
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    pub fn check(&mut self, pin_dir: &Path) {
+        let Ok(snap) = read_counters(pin_dir) else {
+            return;
+        };
+        let now: BTreeMap<_, _> = snap
+            .reasons
+            .iter()
+            .filter(|(_, r)| r.verdict == "drop")
+            .map(|(k, r)| (*k, r.packets))
+            .collect();
+        if let Some(last) = &self.last {
+            for (k, n) in &now {
+                let d = n.saturating_sub(last.get(k).copied().unwrap_or(0));
+                if d > 0 {
+                    *self.pending.entry(k).or_default() += d;
+                }
+            }
+        }
+        self.last = Some(now);
+        let due = self.logged.is_none_or(|t| t.elapsed() >= Self::EVERY);
+        if due && !self.pending.is_empty() {
+            let total: u64 = self.pending.values().sum();
+            let by_reason = self
+                .pending
+                .iter()
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            tracing::warn!(dropped = total, by_reason, "XDP dropped packets");
+            self.pending.clear();
+            self.logged = Some(std::time::Instant::now());
+        }
+    }
 }
 
 /// Writes the table to `out`; an error is the writer's (e.g. a closed pipe).

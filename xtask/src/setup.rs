@@ -25,6 +25,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("curl", "/usr/bin/curl"),
     ("hping3", "/usr/sbin/hping3"),
     ("conntrack", "/usr/sbin/conntrack"),
+    // promtool: the metrics exposition and the alert rules are checked with it.
+    ("prometheus", "/usr/bin/promtool"),
+    // kustomize rendering of deploy/ (from the machine's Kubernetes apt source).
+    ("kubectl", "/usr/bin/kubectl"),
 ];
 
 pub fn setup(verbose: bool) -> Result<()> {

@@ -16,8 +16,10 @@ pub enum ProxyError {
     NoRoute,
     #[error("backend `{backend}` has no server available")]
     NoServer { backend: String },
-    #[error("backend `{backend}`: {reason}")]
-    Queue { backend: String, reason: String },
+    #[error("backend `{backend}`: queue full")]
+    QueueFull { backend: String },
+    #[error("backend `{backend}`: no server slot within the queue timeout")]
+    QueueTimeout { backend: String },
     #[error("connecting to {server} failed: {reason}")]
     Connect { server: String, reason: String },
     #[error("connecting to {server} timed out")]
@@ -41,14 +43,8 @@ impl From<super::pool::PoolError> for ProxyError {
         use super::pool::PoolError;
         match e {
             PoolError::NoServer(backend) => ProxyError::NoServer { backend },
-            PoolError::QueueFull(backend) => ProxyError::Queue {
-                backend,
-                reason: "queue full".into(),
-            },
-            PoolError::QueueTimeout { backend, .. } => ProxyError::Queue {
-                backend,
-                reason: "queue timeout".into(),
-            },
+            PoolError::QueueFull(backend) => ProxyError::QueueFull { backend },
+            PoolError::QueueTimeout { backend, .. } => ProxyError::QueueTimeout { backend },
         }
     }
 }
@@ -61,12 +57,31 @@ impl ProxyError {
             | ProxyError::UriTooLong { .. }
             | ProxyError::BodyTooLarge { .. } => Origin::Client,
             ProxyError::NoServer { .. }
-            | ProxyError::Queue { .. }
+            | ProxyError::QueueFull { .. }
+            | ProxyError::QueueTimeout { .. }
             | ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::ServerTimeout { .. }
             | ProxyError::Upstream { .. } => Origin::Upstream,
             ProxyError::Internal(_) => Origin::Internal,
+        }
+    }
+
+    /// The `kind` label of `floodgate_http_errors_total`: bounded, stable, no details.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no_route",
+            ProxyError::NoServer { .. } => "no_server",
+            ProxyError::QueueFull { .. } => "queue_full",
+            ProxyError::QueueTimeout { .. } => "queue_timeout",
+            ProxyError::Connect { .. } => "connect",
+            ProxyError::ConnectTimeout { .. } => "connect_timeout",
+            ProxyError::ServerTimeout { .. } => "server_timeout",
+            ProxyError::Upstream { .. } => "upstream",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::UriTooLong { .. } => "uri_too_long",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::Internal(_) => "internal",
         }
     }
 
@@ -84,9 +99,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::NoServer { .. } | ProxyError::Queue { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoServer { .. }
+            | ProxyError::QueueFull { .. }
+            | ProxyError::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. } | ProxyError::ServerTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT

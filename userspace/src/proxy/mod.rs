@@ -1,6 +1,7 @@
 //! The L7 proxy: accept -> HTTP (h1, h2c) -> route -> backend -> response.
 //!
 //! Request phases, in order (each is one function below):
+//! 0. `redirect`: a listener with `redirect-to-https` answers plain HTTP with a redirect.
 //! 1. `route`: host and path select a backend (`route.rs`), else the listener's default, else 404.
 //! 2. `upstream_request`: hop-by-hop headers stripped, `X-Forwarded-*` and `X-Request-Id` added.
 //! 3. `forward`: a slot on a server is taken from the backend's pool (`pool.rs`: balancing,
@@ -10,6 +11,8 @@
 //! 4. `downstream_response`: hop-by-hop headers stripped from the response.
 //!
 //! Errors from any phase are `ProxyError`s, turned into a status in one place (`error.rs`).
+//! Metrics are recorded at the response headers; bytes sent and the access log line when the
+//! response body ends (`Done`).
 
 pub mod backend;
 pub mod error;
@@ -26,7 +29,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -41,7 +44,11 @@ use self::{
     pool::{Pool, Slot},
     route::Router,
 };
-use crate::config::{self, Config};
+use crate::{
+    access,
+    config::{self, Config},
+    metrics::Metrics,
+};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -58,9 +65,9 @@ const MAX_CONNECT_ATTEMPTS: usize = 3;
 pub struct Routing {
     router: Router,
     pools: Vec<Arc<Pool>>,
-    /// One upstream client per worker thread, so pooled connections stay on the thread that
-    /// uses them (no cross-thread wakeups per request).
-    clients: Vec<UpstreamClient>,
+    /// Per backend, one upstream client per worker thread, so pooled connections stay on the
+    /// thread that uses them (no cross-thread wakeups per request).
+    clients: Vec<Vec<UpstreamClient>>,
     server_timeout: Duration,
     passive: Vec<config::Passive>,
     /// Health checks and DNS discovery of this generation, stopped with it.
@@ -78,7 +85,12 @@ impl Drop for Routing {
 impl Routing {
     /// Resolves servers and starts health checks and discovery. A backend of `previous` with
     /// the same name and queue settings keeps its pool (in-flight counts, queue, health).
-    pub async fn build(cfg: &Config, previous: Option<&Routing>, workers: usize) -> Self {
+    pub async fn build(
+        cfg: &Config,
+        previous: Option<&Routing>,
+        workers: usize,
+        metrics: Option<&Metrics>,
+    ) -> Self {
         let t = &cfg.global.timeouts;
         let mut pools = Vec::with_capacity(cfg.backends.len());
         let mut tasks = Vec::new();
@@ -112,8 +124,17 @@ impl Routing {
             router,
             passive: cfg.backends.iter().map(|b| b.passive.clone()).collect(),
             pools,
-            clients: (0..workers.max(1))
-                .map(|_| backend::client(t.connect.0, t.client.0))
+            clients: cfg
+                .backends
+                .iter()
+                .map(|b| {
+                    (0..workers.max(1))
+                        .map(|_| {
+                            let timer = metrics.map(|m| m.connect_histogram(&b.name));
+                            backend::client(t.connect.0, t.client.0, timer)
+                        })
+                        .collect()
+                })
                 .collect(),
             server_timeout: t.server.0,
             tasks,
@@ -128,9 +149,10 @@ impl Routing {
         &self.pools
     }
 
-    fn client(&self) -> &UpstreamClient {
+    fn client(&self, backend: usize) -> Option<&UpstreamClient> {
         let w = WORKER.with(std::cell::Cell::get);
-        &self.clients[w % self.clients.len()]
+        let per_worker = self.clients.get(backend)?;
+        per_worker.get(w % per_worker.len().max(1))
     }
 }
 
@@ -144,34 +166,48 @@ pub struct ListenerCtx {
     limits: config::Limits,
     /// The listener's name, for metrics labels.
     pub name: String,
-    metrics: Option<Arc<crate::metrics::Metrics>>,
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 #[derive(Clone)]
 struct Generation {
     routing: Arc<Routing>,
     default_backend: Option<usize>,
+    redirect: Option<Arc<config::RedirectToHttps>>,
+    access: Option<Arc<access::Policy>>,
+}
+
+impl Generation {
+    fn new(routing: Arc<Routing>, listener: &config::Listener, cfg: &Config) -> Self {
+        Self {
+            default_backend: listener
+                .default_backend
+                .as_deref()
+                .and_then(|n| routing.backend_index(n)),
+            routing,
+            redirect: listener.redirect_to_https.clone().map(Arc::new),
+            access: access::Policy::new(&cfg.access_log).map(Arc::new),
+        }
+    }
 }
 
 impl ListenerCtx {
     pub fn new(
         routing: Arc<Routing>,
-        default_backend: Option<&str>,
-        scheme: &'static str,
-        limits: config::Limits,
-        name: &str,
-        metrics: Option<Arc<crate::metrics::Metrics>>,
+        listener: &config::Listener,
+        cfg: &Config,
+        metrics: Option<Arc<Metrics>>,
     ) -> Self {
-        let default_backend = default_backend.and_then(|n| routing.backend_index(n));
         Self {
-            current: std::sync::RwLock::new(Generation {
-                routing,
-                default_backend,
-            }),
-            scheme,
+            current: std::sync::RwLock::new(Generation::new(routing, listener, cfg)),
+            scheme: if listener.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             request_ids: AtomicU64::new(0),
-            limits,
-            name: name.to_owned(),
+            limits: cfg.global.limits.clone(),
+            name: listener.name.clone(),
             metrics,
         }
     }
@@ -181,17 +217,20 @@ impl ListenerCtx {
         self.generation().routing
     }
 
-    /// Makes `routing` the generation new requests use (config reload).
-    pub fn swap(&self, routing: Arc<Routing>, default_backend: Option<&str>) {
-        let default_backend = default_backend.and_then(|n| routing.backend_index(n));
+    /// Makes `routing` (and the listener's settings of `cfg`) the generation new requests use
+    /// (config reload).
+    pub fn swap(&self, routing: Arc<Routing>, listener: &config::Listener, cfg: &Config) {
+        let next = Generation::new(routing, listener, cfg);
         let mut cur = self
             .current
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *cur = Generation {
-            routing,
-            default_backend,
-        };
+        *cur = next;
+    }
+
+    /// The listener's connection timeout counters (None without metrics).
+    pub fn timeout_counters(&self) -> Option<crate::metrics::TimeoutCounters> {
+        self.metrics.as_ref().map(|m| m.timeouts(&self.name))
     }
 
     /// The backends a request on this listener may reach: every route's and the default.
@@ -222,45 +261,137 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     // In flight until the response body is sent (see timeout.rs).
     let guard = inflight.start();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let generation = ctx.generation();
-    let mut backend_name = "";
+    let method = crate::metrics::method_class(req.method());
+    let mut log = generation
+        .access
+        .as_ref()
+        .and_then(|a| a.begin(&ctx.name, peer, &req));
+    let mut trace = Trace::default();
+    let mut pool: Option<Arc<Pool>> = None;
     let result = async {
+        if let Some(r) = &generation.redirect
+            && let Some(resp) = redirect(r, &req)
+        {
+            if let Some(m) = &ctx.metrics {
+                m.redirect(&ctx.name);
+            }
+            return Ok(resp);
+        }
         check_limits(&ctx.limits, &req)?;
         let backend = route(&generation, &req)?;
-        backend_name = generation
-            .routing
-            .pools
-            .get(backend)
-            .map_or("", |p| p.name.as_str());
-        let req = upstream_request(&ctx, peer, req)?;
-        forward(&generation.routing, backend, req, &inflight).await
+        pool = generation.routing.pools.get(backend).cloned();
+        let mut up = upstream_request(&ctx, peer, req)?;
+        if let Some(e) = log.as_mut() {
+            e.request_id = up
+                .parts
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+        }
+        if let (Some(m), Some(p)) = (&ctx.metrics, &pool) {
+            let counter = m.bytes_in(&ctx.name, &p.name);
+            up.body = up.body.map(|body| {
+                Hold {
+                    body,
+                    guard: Count { counter, n: 0 },
+                }
+                .boxed()
+            });
+        }
+        forward(&generation.routing, backend, up, &inflight, &mut trace).await
     }
     .await;
+    let backend = pool.as_ref().map_or("", |p| p.name.as_str());
     let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
             debug!(error = %e, %peer, "request failed");
+            if let Some(m) = &ctx.metrics {
+                m.error(&ctx.name, backend, e.kind());
+            }
             error_response(&e)
         }
     };
-    if let Some(m) = &ctx.metrics {
-        m.observe(
-            &ctx.name,
-            backend_name,
-            resp.status().as_u16(),
-            started.elapsed(),
-        );
+    let status = resp.status().as_u16();
+    let bytes_out = ctx.metrics.as_ref().map(|m| {
+        m.observe(&ctx.name, backend, method, status, started.elapsed());
+        if let Some(q) = trace.queued {
+            m.queued(backend, q);
+        }
+        for _ in 0..trace.retries {
+            m.retry(backend);
+        }
+        m.bytes_out(&ctx.name, backend)
+    });
+    if let Some(e) = log.as_mut() {
+        e.status = status;
+        backend.clone_into(&mut e.backend);
+        e.server = trace.server;
+        e.retries = trace.retries;
+        e.queue_ms = trace.queued.map_or(0.0, |q| q.as_secs_f64() * 1000.0);
     }
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(
         parts,
         Hold {
             body,
-            _guard: guard,
+            guard: Done {
+                _inflight: guard,
+                bytes_out,
+                log,
+                sent: 0,
+            },
         }
         .boxed(),
     ))
+}
+
+/// What `forward` learnt, for metrics and the access log.
+#[derive(Debug, Default)]
+struct Trace {
+    /// The last server tried.
+    server: Option<SocketAddr>,
+    retries: u32,
+    /// Time spent waiting for server slots, when a slot was asked for.
+    queued: Option<Duration>,
+}
+
+/// `redirect-to-https`: the same host and target on `https://`, unless the path is exempt.
+fn redirect(r: &config::RedirectToHttps, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+    let path = req.uri().path();
+    if r.except_prefixes
+        .iter()
+        .any(|p| path.starts_with(p.as_str()))
+    {
+        return None;
+    }
+    let host = req.uri().host().map(str::to_owned).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+            .map(|a| a.host().to_owned())
+    })?;
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let location = if r.port == 443 {
+        format!("https://{host}{target}")
+    } else {
+        format!("https://{host}:{}{target}", r.port)
+    };
+    let location = HeaderValue::from_str(&location).ok()?;
+    let mut resp = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+    *resp.status_mut() =
+        http::StatusCode::from_u16(r.code).unwrap_or(http::StatusCode::PERMANENT_REDIRECT);
+    resp.headers_mut().insert(header::LOCATION, location);
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    Some(resp)
 }
 
 /// 414 and 413 here; 431 (too many or too large headers) is hyper's, from the same limits.
@@ -329,7 +460,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// A request prepared for a backend; kept as parts so it can be rebuilt for a retry.
 struct Upstream {
     parts: http::request::Parts,
-    body: Option<Incoming>,
+    body: Option<UpstreamBody>,
     /// The client's side of an HTTP/1.1 Upgrade (WebSocket), resolved once the backend agrees.
     upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
@@ -408,7 +539,7 @@ fn upstream_request(
     let has_body = !matches!(body_hint(&parts.headers), Some(0));
     Ok(Upstream {
         parts,
-        body: has_body.then_some(body),
+        body: has_body.then(|| body.boxed()),
         upgrade,
     })
 }
@@ -428,18 +559,22 @@ async fn forward(
     backend: usize,
     mut up: Upstream,
     inflight: &Arc<timeout::InFlight>,
+    trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let pool = routing
-        .pools
-        .get(backend)
-        .ok_or_else(|| ProxyError::Internal("unknown backend".into()))?;
+    let (Some(pool), Some(client)) = (routing.pools.get(backend), routing.client(backend)) else {
+        return Err(ProxyError::Internal("unknown backend".into()));
+    };
     let passive = routing.passive.get(backend).cloned().unwrap_or_default();
     let mut tried = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
     let replayable = up.body.is_none();
     loop {
         // Waits in the backend's FIFO queue when every server is at its maxconn.
-        let slot = pool.acquire(&tried).await.map_err(ProxyError::from)?;
+        let asked = Instant::now();
+        let slot = pool.acquire(&tried).await;
+        trace.queued = Some(trace.queued.unwrap_or_default() + asked.elapsed());
+        let slot = slot.map_err(ProxyError::from)?;
         let server = slot.server.addr;
+        trace.server = Some(server);
         tried.push(server);
         let mut parts = up.parts.clone();
         let path = parts
@@ -449,12 +584,12 @@ async fn forward(
         parts.uri = Uri::try_from(format!("http://{server}{path}"))
             .map_err(|e| ProxyError::BadRequest(format!("bad target: {e}")))?;
         let body: UpstreamBody = match up.body.take() {
-            Some(b) => b.boxed(),
+            Some(b) => b,
             None => Empty::new().map_err(|never| match never {}).boxed(),
         };
         let sent = tokio::time::timeout(
             routing.server_timeout,
-            routing.client().request(Request::from_parts(parts, body)),
+            client.request(Request::from_parts(parts, body)),
         );
         let err = match sent.await {
             Ok(Ok(resp))
@@ -483,6 +618,7 @@ async fn forward(
         if !(err.retryable() && replayable && tried.len() < MAX_CONNECT_ATTEMPTS.min(servers)) {
             return Err(err);
         }
+        trace.retries += 1;
         debug!(error = %err, "retrying on another server");
     }
 }
@@ -542,20 +678,73 @@ fn tunnel(
 fn downstream_response(resp: Response<Incoming>, slot: Slot) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Guarded { body, _guard: slot }.boxed())
+    Response::from_parts(parts, Hold { body, guard: slot }.boxed())
 }
 
-/// A response body that holds its server slot until the body ends or is dropped.
-type Guarded = Hold<Incoming, Slot>;
-
-/// A body that keeps `G` alive until the body ends or is dropped.
+/// A body that keeps `G` alive until the body ends or is dropped, and tells it the data bytes
+/// that pass.
 struct Hold<B, G> {
     body: B,
-    _guard: G,
+    guard: G,
 }
 
-impl<B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Unpin, G: Unpin> hyper::body::Body
-    for Hold<B, G>
+/// What a [`Hold`] keeps: told of each data frame's size.
+trait Sink {
+    fn data(&mut self, _bytes: usize) {}
+}
+
+/// A response body holds its server slot until it ends, as HAProxy counts a connection until
+/// the response ends.
+impl Sink for Slot {}
+
+/// Counts a request body into a counter when the body is done.
+struct Count {
+    counter: prometheus::IntCounter,
+    n: u64,
+}
+
+impl Sink for Count {
+    fn data(&mut self, bytes: usize) {
+        self.n += bytes as u64;
+    }
+}
+
+impl Drop for Count {
+    fn drop(&mut self) {
+        self.counter.inc_by(self.n);
+    }
+}
+
+/// The end of a response to the client: the request stops being in flight, the bytes sent
+/// are counted and the access log line is written.
+struct Done {
+    _inflight: timeout::InFlightGuard,
+    bytes_out: Option<prometheus::IntCounter>,
+    log: Option<Box<access::Entry>>,
+    sent: u64,
+}
+
+impl Sink for Done {
+    fn data(&mut self, bytes: usize) {
+        self.sent += bytes as u64;
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if let Some(c) = &self.bytes_out {
+            c.inc_by(self.sent);
+        }
+        if let Some(e) = &self.log {
+            e.emit(self.sent);
+        }
+    }
+}
+
+impl<B, G> hyper::body::Body for Hold<B, G>
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    G: Sink + Unpin,
 {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -564,7 +753,14 @@ impl<B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Unpin, G: Unpin>
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(d) = frame.data_ref()
+        {
+            let n = d.len();
+            self.guard.data(n);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -101,6 +101,14 @@ pub struct Serve {
     pub tls: Option<Arc<crate::tls::Acceptor>>,
 }
 
+fn tls_version(v: Option<rustls::ProtocolVersion>) -> &'static str {
+    match v {
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        _ => "other",
+    }
+}
+
 /// Accepts until `shutdown` flips, then waits up to `grace` for open connections to finish.
 pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duration) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -120,6 +128,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
         .max_header_list_size(u32::try_from(s.limits.max_header_bytes).unwrap_or(u32::MAX));
     let graceful = GracefulShutdown::new();
     let addr = s.listener.local_addr().ok();
+    let counters = s.ctx.timeout_counters();
     let listener = match TcpListener::from_std(s.listener) {
         Ok(l) => l,
         Err(e) => {
@@ -172,8 +181,11 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
             http_request: s.timeouts.http_request.0,
         };
         let conn_inflight = inflight.clone();
+        let metrics = ctx.metrics.clone();
+        let name = ctx.name.clone();
         let svc = service_fn(move |req| super::handle(ctx.clone(), peer, inflight.clone(), req));
         let (watcher, builder, tls) = (graceful.watcher(), builder.clone(), s.tls.clone());
+        let counters = counters.clone();
         tokio::spawn(async move {
             let _permit = (permit, listener_permit);
             let _guard = guard;
@@ -187,6 +199,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                                         stream,
                                         conn_inflight,
                                         limits,
+                                        counters,
                                     )),
                                     svc,
                                 )
@@ -195,10 +208,26 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                         .await
                 }
                 Some(tls) => {
-                    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream))
-                        .await
-                    {
+                    let started = std::time::Instant::now();
+                    let shaken =
+                        tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream))
+                            .await;
+                    let record = |result, version, cipher, took| {
+                        if let Some(m) = &metrics {
+                            m.tls_handshake(&name, result, version, cipher, took);
+                        }
+                    };
+                    match shaken {
                         Ok(Ok(stream)) => {
+                            let conn = &stream.get_ref().1;
+                            record(
+                                "ok",
+                                tls_version(conn.protocol_version()),
+                                conn.negotiated_cipher_suite()
+                                    .and_then(|s| s.suite().as_str())
+                                    .unwrap_or("unknown"),
+                                Some(started.elapsed()),
+                            );
                             watcher
                                 .watch(
                                     builder
@@ -207,6 +236,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                                                 stream,
                                                 conn_inflight,
                                                 limits,
+                                                counters,
                                             )),
                                             svc,
                                         )
@@ -215,10 +245,12 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                                 .await
                         }
                         Ok(Err(e)) => {
+                            record("failed", "", "", None);
                             debug!(%peer, error = %e, "TLS handshake failed");
                             return;
                         }
                         Err(_) => {
+                            record("timeout", "", "", None);
                             debug!(%peer, "TLS handshake timed out");
                             return;
                         }

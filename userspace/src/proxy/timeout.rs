@@ -67,11 +67,20 @@ pub struct Limits {
 const REQUEST_TIMEOUT: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 20\r\nconnection: close\r\n\r\n408 Request Timeout\n";
 
+/// Which timeout ended a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expired {
+    HttpRequest,
+    KeepAlive,
+    Client,
+}
+
 /// A connection's IO, closed with `TimedOut` when a timeout above passes.
 pub struct Timed<T> {
     io: T,
     inflight: Arc<InFlight>,
     limits: Limits,
+    counters: Option<crate::metrics::TimeoutCounters>,
     last: Instant,
     sleep: Pin<Box<Sleep>>,
     /// A request header is arriving: since when, and how many requests had been served then.
@@ -81,12 +90,18 @@ pub struct Timed<T> {
 }
 
 impl<T> Timed<T> {
-    pub fn new(io: T, inflight: Arc<InFlight>, limits: Limits) -> Self {
+    pub fn new(
+        io: T,
+        inflight: Arc<InFlight>,
+        limits: Limits,
+        counters: Option<crate::metrics::TimeoutCounters>,
+    ) -> Self {
         let now = Instant::now();
         Self {
             io,
             inflight,
             limits,
+            counters,
             last: now,
             sleep: Box::pin(tokio::time::sleep_until(now + limits.client)),
             header: None,
@@ -105,8 +120,8 @@ impl<T> Timed<T> {
         }
     }
 
-    /// The deadline that applies now, and whether passing it means 408.
-    fn deadline(&mut self) -> (Instant, bool) {
+    /// The deadline that applies now, and which timeout it is.
+    fn deadline(&mut self) -> (Instant, Expired) {
         if let Some((_, served)) = self.header
             && (self.inflight.served() != served || self.inflight.in_flight())
         {
@@ -115,22 +130,34 @@ impl<T> Timed<T> {
         }
         let l = self.limits;
         match self.header {
-            Some((start, _)) if self.h2 != Some(true) => (start + l.http_request, true),
+            Some((start, _)) if self.h2 != Some(true) => {
+                (start + l.http_request, Expired::HttpRequest)
+            }
             // Before the first request, hyper's header timer governs; after, the keep-alive.
             _ if !self.inflight.in_flight() && self.inflight.served() > 0 => {
-                (self.last + l.keep_alive, false)
+                (self.last + l.keep_alive, Expired::KeepAlive)
             }
-            _ => (self.last + l.client, false),
+            _ => (self.last + l.client, Expired::Client),
         }
     }
 
-    /// `Some(is_408)` once the deadline that applies now has passed.
-    fn expired(&mut self, cx: &mut Context<'_>) -> Option<bool> {
-        let (deadline, is_header) = self.deadline();
+    /// The timeout that has passed, if any; counted once here.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<Expired> {
+        let (deadline, which) = self.deadline();
         if self.sleep.deadline() != deadline {
             self.sleep.as_mut().reset(deadline);
         }
-        self.sleep.as_mut().poll(cx).is_ready().then_some(is_header)
+        if self.sleep.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        if let Some(c) = &self.counters {
+            match which {
+                Expired::HttpRequest => c.http_request.inc(),
+                Expired::KeepAlive => c.keep_alive.inc(),
+                Expired::Client => c.client.inc(),
+            }
+        }
+        Some(which)
     }
 }
 
@@ -152,7 +179,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Timed<T> {
                 Poll::Ready(r)
             }
             Poll::Pending => match self.expired(cx) {
-                Some(true) => {
+                Some(Expired::HttpRequest) => {
                     // Best effort: a client stalled mid-header is told why, as with HAProxy.
                     let _ = Pin::new(&mut self.io).poll_write(cx, REQUEST_TIMEOUT);
                     Poll::Ready(Err(io::Error::new(
@@ -160,9 +187,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Timed<T> {
                         "timeout http-request",
                     )))
                 }
-                Some(false) => Poll::Ready(Err(io::Error::new(
+                Some(Expired::KeepAlive) => Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "client inactivity timeout",
+                    "timeout http-keep-alive",
+                ))),
+                Some(Expired::Client) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "timeout client",
                 ))),
                 None => Poll::Pending,
             },
@@ -225,7 +256,7 @@ mod tests {
     async fn keep_alive_applies_between_requests_and_client_timeout_while_in_flight() {
         let (a, mut b) = tokio::io::duplex(256);
         let inflight = Arc::new(InFlight::default());
-        let mut t = Timed::new(a, inflight.clone(), LIMITS);
+        let mut t = Timed::new(a, inflight.clone(), LIMITS, None);
         let mut buf = [0u8; 8];
         drop(inflight.start());
         // Between requests: the keep-alive timeout applies.
@@ -248,7 +279,7 @@ mod tests {
     async fn a_stalled_header_gets_408_after_http_request() {
         let (a, mut b) = tokio::io::duplex(256);
         let inflight = Arc::new(InFlight::default());
-        let mut t = Timed::new(a, inflight, LIMITS);
+        let mut t = Timed::new(a, inflight, LIMITS, None);
         b.write_all(b"GET / HTTP/1.1\r\nHost").await.unwrap();
         let mut buf = [0u8; 64];
         assert!(t.read(&mut buf).await.unwrap() > 0);

@@ -1,0 +1,251 @@
+//! The access log: one event per request, written when its response body ends (so it carries
+//! the bytes sent and the whole duration, as HAProxy's log line does). Events go through
+//! `tracing` with target `floodgate::access`, so they follow the process's log format.
+
+use std::{cell::Cell, net::SocketAddr, time::Instant};
+
+use crate::config::{ACCESS_LOG_FIELDS, AccessLog};
+
+/// The configured fields, as a bit set over [`ACCESS_LOG_FIELDS`].
+#[derive(Debug, Clone, Copy)]
+struct Fields(u32);
+
+impl Fields {
+    fn has(self, name: &str) -> bool {
+        ACCESS_LOG_FIELDS
+            .iter()
+            .position(|f| *f == name)
+            .is_some_and(|i| self.0 & (1 << i) != 0)
+    }
+}
+
+/// The access log policy of one config generation.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    fields: Fields,
+    /// `sample` scaled to the range of the random numbers drawn.
+    threshold: u64,
+    always_log_errors: bool,
+}
+
+impl Policy {
+    /// `None` when the access log is off.
+    pub fn new(cfg: &AccessLog) -> Option<Self> {
+        if !cfg.enabled {
+            return None;
+        }
+        let bits = cfg
+            .fields
+            .iter()
+            .filter_map(|f| ACCESS_LOG_FIELDS.iter().position(|k| k == f))
+            .fold(0u32, |b, i| b | (1 << i));
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let threshold = if cfg.sample >= 1.0 {
+            u64::MAX
+        } else {
+            (cfg.sample * u64::MAX as f64) as u64
+        };
+        Some(Self {
+            fields: Fields(bits),
+            threshold,
+            always_log_errors: cfg.always_log_errors,
+        })
+    }
+
+    /// Starts an entry for a request, or `None` when it cannot be logged whatever its status.
+    pub fn begin<B>(
+        &self,
+        listener: &str,
+        client: SocketAddr,
+        req: &http::Request<B>,
+    ) -> Option<Box<Entry>> {
+        let sampled = self.threshold == u64::MAX || next_random() <= self.threshold;
+        if !sampled && !self.always_log_errors {
+            return None;
+        }
+        let f = self.fields;
+        let header = |name: http::header::HeaderName| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Some(Box::new(Entry {
+            fields: f,
+            sampled,
+            started: Instant::now(),
+            listener: listener.to_owned(),
+            client,
+            method: req.method().clone(),
+            host: if f.has("host") {
+                req.uri()
+                    .authority()
+                    .map(|a| a.as_str().to_owned())
+                    .or_else(|| header(http::header::HOST))
+            } else {
+                None
+            },
+            path: if f.has("path") {
+                req.uri()
+                    .path_and_query()
+                    .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned())
+            } else {
+                String::new()
+            },
+            protocol: req.version(),
+            user_agent: if f.has("user_agent") {
+                header(http::header::USER_AGENT)
+            } else {
+                None
+            },
+            request_id: None,
+            status: 0,
+            backend: String::new(),
+            server: None,
+            retries: 0,
+            queue_ms: 0.0,
+        }))
+    }
+}
+
+/// What is known of one request so far; logged on drop of the response body.
+pub struct Entry {
+    fields: Fields,
+    sampled: bool,
+    started: Instant,
+    listener: String,
+    client: SocketAddr,
+    method: http::Method,
+    host: Option<String>,
+    path: String,
+    protocol: http::Version,
+    user_agent: Option<String>,
+    pub request_id: Option<String>,
+    pub status: u16,
+    pub backend: String,
+    pub server: Option<SocketAddr>,
+    pub retries: u32,
+    pub queue_ms: f64,
+}
+
+impl Entry {
+    /// Writes the line, if sampling or the status says so. `bytes` is the response body sent.
+    pub fn emit(&self, bytes: u64) {
+        let error = self.status >= 400;
+        if !(self.sampled || error) {
+            return;
+        }
+        let f = self.fields;
+        let on = |name| f.has(name);
+        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            target: "floodgate::access",
+            listener = on("listener").then_some(self.listener.as_str()),
+            client = on("client").then_some(tracing::field::display(self.client)),
+            method = on("method").then_some(self.method.as_str()),
+            host = self.host.as_deref(),
+            path = on("path").then_some(self.path.as_str()),
+            protocol = on("protocol").then(|| protocol_name(self.protocol)),
+            status = on("status").then_some(self.status),
+            backend = on("backend").then_some(self.backend.as_str()),
+            server = self.server.filter(|_| on("server")).map(tracing::field::display),
+            duration_ms = on("duration_ms").then_some(round3(duration_ms)),
+            queue_ms = on("queue_ms").then_some(round3(self.queue_ms)),
+            bytes = on("bytes").then_some(bytes),
+            retries = on("retries").then_some(self.retries),
+            request_id = self.request_id.as_deref().filter(|_| on("request_id")),
+            user_agent = self.user_agent.as_deref(),
+            "access"
+        );
+    }
+}
+
+fn round3(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}
+
+fn protocol_name(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    // Distinct per thread even when started in the same nanosecond.
+    let addr = std::ptr::from_ref(&t) as usize as u64;
+    #[allow(clippy::cast_possible_truncation)]
+    let s = (t as u64) ^ addr.rotate_left(32);
+    s | 1
+}
+
+/// xorshift64: sampling needs speed and spread, not unpredictability.
+fn next_random() -> u64 {
+    RNG.with(|r| {
+        let mut x = r.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        r.set(x);
+        x
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(sample: f64, always: bool) -> Policy {
+        Policy::new(&AccessLog {
+            enabled: true,
+            sample,
+            always_log_errors: always,
+            ..AccessLog::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn off_means_no_policy() {
+        assert!(Policy::new(&AccessLog::default()).is_none());
+    }
+
+    #[test]
+    fn sampling_keeps_about_the_configured_fraction() {
+        let p = policy(0.1, false);
+        let req = http::Request::new(());
+        let client: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let kept = (0..20_000)
+            .filter(|_| p.begin("l", client, &req).is_some())
+            .count();
+        // 2000 expected; five standard deviations is about 210.
+        assert!((1_790..=2_210).contains(&kept), "kept {kept} of 20000");
+        assert_eq!(
+            (0..1000)
+                .filter(|_| policy(0.0, false).begin("l", client, &req).is_some())
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn errors_are_kept_when_sampling_drops_them() {
+        let p = policy(0.0, true);
+        let req = http::Request::new(());
+        let e = p
+            .begin("l", "127.0.0.1:1".parse().unwrap(), &req)
+            .expect("an entry is started in case the answer is an error");
+        assert!(!e.sampled);
+        assert!(e.fields.has("status") && !e.fields.has("user_agent"));
+    }
+}
