@@ -15,7 +15,10 @@ use std::{
     time::Duration,
 };
 
-use floodgate_tests::{Proc, bin, free_port, temp_file, wait_for_port, wait_until};
+use floodgate_tests::{
+    Proc, bin, free_port, http_get, metric, promtool_check_metrics, temp_file, wait_for_port,
+    wait_until,
+};
 
 /// A self-signed certificate made with the openssl CLI: (cert, key).
 fn cert(dir: &Path, name: &str, kind: &str, cn: &str, san: &str) -> (PathBuf, PathBuf) {
@@ -80,6 +83,7 @@ struct Setup {
     _origin: Proc,
     _fg: Proc,
     addr: SocketAddr,
+    admin: SocketAddr,
     dir: PathBuf,
 }
 
@@ -113,7 +117,7 @@ fn setup() -> Setup {
     let (c, k) = cert(&dir, "b", "ec", "b.example.org", "DNS:b.example.org");
     std::fs::rename(c, other.join("tls.crt")).unwrap();
     std::fs::rename(k, other.join("tls.key")).unwrap();
-    let (op, port) = (free_port(), free_port());
+    let (op, port, admin_port) = (free_port(), free_port(), free_port());
     let origin = Proc::spawn(
         "origin",
         Command::new(bin("fg-origin"))
@@ -127,6 +131,7 @@ fn setup() -> Setup {
         &format!(
             "
 xdp: {{ enabled: false }}
+admin: {{ bind: '127.0.0.1:{admin_port}' }}
 tls: {{ ssl-options: 'no-sslv3 no-tls-tickets no-tlsv10 no-tlsv11', ssl-ciphers: 'ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256' }}
 listeners:
   - name: https
@@ -149,7 +154,9 @@ backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
             .stderr(Stdio::null()),
     );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     assert!(wait_for_port(addr, Duration::from_secs(10)));
+    assert!(wait_for_port(admin, Duration::from_secs(5)));
     assert!(wait_for_port(
         format!("127.0.0.1:{op}").parse().unwrap(),
         Duration::from_secs(5)
@@ -158,8 +165,68 @@ backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
         _origin: origin,
         _fg: fg,
         addr,
+        admin,
         dir,
     }
+}
+
+/// A signed OCSP response saying `good` for the self-signed `name.crt`, made with
+/// `openssl ocsp` acting as its own responder; written where floodgate looks for it.
+fn ocsp_response(dir: &Path, name: &str) -> PathBuf {
+    let crt = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    let serial = Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(&crt)
+        .output()
+        .unwrap();
+    let serial = String::from_utf8_lossy(&serial.stdout)
+        .trim()
+        .trim_start_matches("serial=")
+        .to_owned();
+    let index = dir.join("index.txt");
+    std::fs::write(
+        &index,
+        format!("V\t351231235959Z\t\t{serial}\tunknown\t/CN=a.example.com\n"),
+    )
+    .unwrap();
+    let req = dir.join("req.der");
+    let st = Command::new("openssl")
+        .args(["ocsp", "-no_nonce", "-issuer"])
+        .arg(&crt)
+        .arg("-cert")
+        .arg(&crt)
+        .arg("-reqout")
+        .arg(&req)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "openssl ocsp request");
+    let tmp = dir.join("resp.der");
+    let st = Command::new("openssl")
+        .arg("ocsp")
+        .arg("-index")
+        .arg(&index)
+        .arg("-rsigner")
+        .arg(&crt)
+        .arg("-rkey")
+        .arg(&key)
+        .arg("-CA")
+        .arg(&crt)
+        .arg("-reqin")
+        .arg(&req)
+        .arg("-respout")
+        .arg(&tmp)
+        .args(["-ndays", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "openssl ocsp response");
+    let path = dir.join(format!("{name}.crt.ocsp"));
+    std::fs::rename(&tmp, &path).unwrap();
+    path
 }
 
 fn has(out: &str, needle: &str) -> bool {
@@ -319,4 +386,91 @@ fn a_certificate_replaced_on_disk_serves_new_connections_and_open_ones_continue(
             .any(|l| l.starts_with("subject=") && l.contains("b.example.org")),
         "{out}"
     );
+}
+
+#[test]
+fn ocsp_is_stapled_from_a_file_and_handshakes_are_counted() {
+    let s = setup();
+    let a = s.addr;
+    let ecdsa12 = [
+        "-tls1_2",
+        "-sigalgs",
+        "ECDSA+SHA256",
+        "-servername",
+        "a.example.com",
+    ];
+    let before = s_client(a, &[&ecdsa12[..], &["-status"]].concat());
+    assert!(has(&before, "OCSP response: no response sent"), "{before}");
+    // The response appears beside the certificate while floodgate runs: picked up like a
+    // renewed certificate.
+    ocsp_response(&s.dir, "ec");
+    let stapled = wait_until(Duration::from_secs(5), || {
+        has(
+            &s_client(a, &[&ecdsa12[..], &["-status"]].concat()),
+            "OCSP Response Status: successful",
+        )
+    });
+    assert!(stapled, "the OCSP response is stapled after it appears");
+    let out = s_client(a, &[&ecdsa12[..], &["-status"]].concat());
+    assert!(has(&out, "Cert Status: good"), "{out}");
+    // A garbage response is refused; the good one keeps being stapled.
+    std::fs::write(s.dir.join("ec.crt.ocsp"), b"garbage").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = s_client(a, &[&ecdsa12[..], &["-status"]].concat());
+    assert!(has(&out, "Cert Status: good"), "{out}");
+
+    // Handshakes by result, version and cipher.
+    for _ in 0..2 {
+        assert!(has(&s_client(a, &["-tls1_1"]), "Cipher is (NONE)"));
+    }
+    let tls13 = s_client(a, &["-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256"]);
+    assert!(has(&tls13, "TLSv1.3"), "{tls13}");
+    let (status, m) = http_get(s.admin, "a", "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let v = |k: &str| metric(&m, k).unwrap_or_else(|| panic!("no {k} in\n{m}"));
+    // 1 before + at least 1 while waiting + 1 checked + 1 after the garbage.
+    assert!(
+        v(
+            r#"floodgate_tls_handshakes_total{cipher="TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",listener="https",result="ok",version="TLSv1.2"}"#
+        ) >= 4.0
+    );
+    assert_eq!(
+        v(
+            r#"floodgate_tls_handshakes_total{cipher="TLS13_AES_128_GCM_SHA256",listener="https",result="ok",version="TLSv1.3"}"#
+        ),
+        1.0
+    );
+    // The two TLS 1.1 attempts, and setup's readiness probe (a TCP connect, then close).
+    assert_eq!(
+        v(
+            r#"floodgate_tls_handshakes_total{cipher="",listener="https",result="failed",version=""}"#
+        ),
+        3.0
+    );
+    assert!(v(r#"floodgate_tls_handshake_duration_seconds_count{listener="https"}"#) >= 5.0);
+    assert_eq!(
+        v(r#"floodgate_tls_ocsp_stapled{listener="https",name="a.example.com"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"floodgate_tls_certificate_reloads_total{listener="https",result="ok"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"floodgate_tls_certificate_reloads_total{listener="https",result="failed"}"#),
+        1.0
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let expiry = v(
+        r#"floodgate_tls_certificate_expiry_timestamp_seconds{listener="https",name="b.example.org"}"#,
+    );
+    // The test certificates are made for 2 days.
+    assert!(
+        expiry > now + 86_400.0 && expiry < now + 3.0 * 86_400.0,
+        "{expiry}"
+    );
+    promtool_check_metrics(&m).unwrap_or_else(|e| panic!("promtool: {e}\n{m}"));
 }

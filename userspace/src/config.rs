@@ -368,12 +368,18 @@ fn default_alpn() -> Vec<String> {
 }
 
 /// A certificate: a directory in the Kubernetes TLS secret layout (`tls.crt`, `tls.key`), one
-/// PEM file holding both, or separate files.
+/// PEM file holding both, or separate files. An OCSP response (DER) next to the certificate as
+/// `<certificate file>.ocsp` (HAProxy's convention), or at `ocsp`, is stapled.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum CertSource {
     Path(PathBuf),
-    Pair { cert: PathBuf, key: PathBuf },
+    Pair {
+        cert: PathBuf,
+        key: PathBuf,
+        #[serde(default)]
+        ocsp: Option<PathBuf>,
+    },
 }
 
 impl CertSource {
@@ -382,7 +388,21 @@ impl CertSource {
         match self {
             CertSource::Path(p) if p.is_dir() => (p.join("tls.crt"), p.join("tls.key")),
             CertSource::Path(p) => (p.clone(), p.clone()),
-            CertSource::Pair { cert, key } => (cert.clone(), key.clone()),
+            CertSource::Pair { cert, key, .. } => (cert.clone(), key.clone()),
+        }
+    }
+
+    /// Where a stapled OCSP response is looked for.
+    pub fn ocsp_path(&self) -> PathBuf {
+        match self {
+            CertSource::Pair {
+                ocsp: Some(path), ..
+            } => path.clone(),
+            _ => {
+                let mut p = self.paths().0.into_os_string();
+                p.push(".ocsp");
+                PathBuf::from(p)
+            }
         }
     }
 }

@@ -328,6 +328,7 @@ async fn serve(
             maxconn,
             flows: flows.clone(),
             reloads: reloads.clone(),
+            tls: acceptors.clone(),
             pin_dir: cfg.xdp.enabled.then(|| cfg.xdp.pin_dir.clone()),
         };
         let admin = Arc::new(floodgate::admin::Admin {

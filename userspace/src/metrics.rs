@@ -278,6 +278,8 @@ pub struct Sources {
     /// walk of the whole table is too slow for every scrape).
     pub flows: Arc<AtomicU64>,
     pub reloads: Arc<reload::Counts>,
+    /// The TLS listeners' acceptors (certificates, certificate reloads).
+    pub tls: Vec<Arc<crate::tls::Acceptor>>,
     /// The pin directory when XDP is enabled.
     pub pin_dir: Option<PathBuf>,
 }
@@ -353,6 +355,61 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
         out,
         "floodgate_config_reloads_total{{result=\"ok\"}} {ok}\nfloodgate_config_reloads_total{{result=\"failed\"}} {failed}"
     );
+
+    if !src.tls.is_empty() {
+        family(
+            &mut out,
+            "floodgate_tls_certificate_reloads_total",
+            "counter",
+            "Certificate reloads from disk by result; a failed one leaves the previous in use",
+        );
+        for a in &src.tls {
+            for (result, n) in [("ok", &a.reloads.ok), ("failed", &a.reloads.failed)] {
+                let _ = writeln!(
+                    out,
+                    "floodgate_tls_certificate_reloads_total{{listener=\"{}\",result=\"{result}\"}} {}",
+                    a.listener,
+                    n.load(std::sync::atomic::Ordering::Relaxed)
+                );
+            }
+        }
+        family(
+            &mut out,
+            "floodgate_tls_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "notAfter of each certificate in use, by listener and its first name",
+        );
+        let certs: Vec<_> = src
+            .tls
+            .iter()
+            .flat_map(|a| {
+                a.certificates()
+                    .into_iter()
+                    .map(|c| (a.listener.clone(), c))
+            })
+            .collect();
+        for (l, c) in &certs {
+            let _ = writeln!(
+                out,
+                "floodgate_tls_certificate_expiry_timestamp_seconds{{listener=\"{l}\",name=\"{}\"}} {}",
+                c.name, c.not_after
+            );
+        }
+        family(
+            &mut out,
+            "floodgate_tls_ocsp_stapled",
+            "gauge",
+            "1 when an OCSP response is stapled for the certificate",
+        );
+        for (l, c) in &certs {
+            let _ = writeln!(
+                out,
+                "floodgate_tls_ocsp_stapled{{listener=\"{l}\",name=\"{}\"}} {}",
+                c.name,
+                u8::from(c.ocsp_stapled)
+            );
+        }
+    }
 
     if let Some(l) = src.listeners.first() {
         let routing = l.ctx.routing();

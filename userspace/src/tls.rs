@@ -157,6 +157,17 @@ fn provider(policy: &TlsPolicy) -> Result<CryptoProvider, TlsError> {
 struct Entry {
     key: Arc<CertifiedKey>,
     names: Vec<String>,
+    /// The leaf's notAfter, seconds since the epoch.
+    not_after: i64,
+}
+
+/// One loaded certificate, for the expiry metric.
+#[derive(Debug, Clone)]
+pub struct CertInfo {
+    /// The first name the certificate covers.
+    pub name: String,
+    pub not_after: i64,
+    pub ocsp_stapled: bool,
 }
 
 /// Certificates by name; swapped whole on reload.
@@ -166,6 +177,7 @@ struct Table {
     /// `*.example.com` stored under `example.com`.
     wildcard: HashMap<String, Vec<Arc<CertifiedKey>>>,
     default: Vec<Arc<CertifiedKey>>,
+    info: Vec<CertInfo>,
 }
 
 impl Table {
@@ -173,6 +185,11 @@ impl Table {
         let mut t = Table::default();
         let first_names = entries.first().map(|e| e.names.clone()).unwrap_or_default();
         for e in entries {
+            t.info.push(CertInfo {
+                name: e.names.first().cloned().unwrap_or_default(),
+                not_after: e.not_after,
+                ocsp_stapled: e.key.ocsp.is_some(),
+            });
             // The first certificate, with its ECDSA/RSA siblings for the same names, is the
             // default for clients without SNI.
             if e.names == first_names {
@@ -252,7 +269,7 @@ fn load_entries(sources: &[config::CertSource]) -> Result<Vec<Entry>, TlsError> 
             path: cert.clone(),
             reason: "no certificate in it".into(),
         })?;
-        let names = names_of(first.as_ref()).map_err(|reason| TlsError::Pem {
+        let (names, not_after) = names_of(first.as_ref()).map_err(|reason| TlsError::Pem {
             path: cert.clone(),
             reason,
         })?;
@@ -269,14 +286,19 @@ fn load_entries(sources: &[config::CertSource]) -> Result<Vec<Entry>, TlsError> 
             path: key.clone(),
             reason: e.to_string(),
         })?;
-        let ck = CertifiedKey::new(certs, signing);
+        let mut ck = CertifiedKey::new(certs, signing);
         ck.keys_match().map_err(|e| TlsError::Pem {
             path: key.clone(),
             reason: format!("does not match {}: {e}", cert.display()),
         })?;
+        ck.ocsp = read_ocsp(
+            &s.ocsp_path(),
+            matches!(s, config::CertSource::Pair { ocsp: Some(_), .. }),
+        )?;
         out.push(Entry {
             key: Arc::new(ck),
             names,
+            not_after,
         });
     }
     Ok(out)
@@ -289,8 +311,45 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-/// DNS names (SAN, else the subject CN) of a DER certificate.
-fn names_of(der: &[u8]) -> Result<Vec<String>, String> {
+/// The OCSP response to staple: absent is fine unless configured explicitly; present, it must
+/// be a DER OCSPResponse whose status is `successful`, or clients would be handed garbage.
+fn read_ocsp(path: &Path, required: bool) -> Result<Option<Vec<u8>>, TlsError> {
+    let der = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(None),
+        Err(source) => {
+            return Err(TlsError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    if !ocsp_successful(&der) {
+        return Err(TlsError::Pem {
+            path: path.to_path_buf(),
+            reason: "not a DER OCSP response with status successful".into(),
+        });
+    }
+    Ok(Some(der))
+}
+
+/// `OCSPResponse ::= SEQUENCE { responseStatus ENUMERATED, responseBytes [0] ... }` with
+/// responseStatus 0 (successful) and response bytes present.
+fn ocsp_successful(der: &[u8]) -> bool {
+    let Some((&0x30, rest)) = der.split_first() else {
+        return false;
+    };
+    // Skip the DER length (short or long form).
+    let body = match rest.split_first() {
+        Some((&n, tail)) if n < 0x80 => tail,
+        Some((&n, tail)) => tail.get(usize::from(n & 0x7f)..).unwrap_or_default(),
+        None => return false,
+    };
+    body.starts_with(&[0x0a, 0x01, 0x00]) && body.get(3) == Some(&0xa0)
+}
+
+/// DNS names (SAN, else the subject CN) and notAfter of a DER certificate.
+fn names_of(der: &[u8]) -> Result<(Vec<String>, i64), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| format!("not an X.509 certificate: {e}"))?;
     let mut names = Vec::new();
@@ -320,7 +379,7 @@ fn names_of(der: &[u8]) -> Result<Vec<String>, String> {
                 .map(str::to_owned),
         );
     }
-    Ok(names)
+    Ok((names, cert.validity().not_after.timestamp()))
 }
 
 /// A listener's TLS acceptor and what it needs to reload certificates.
@@ -330,7 +389,9 @@ pub struct Acceptor {
     resolver: Arc<Resolver>,
     sources: Vec<config::CertSource>,
     digest: std::sync::Mutex<u64>,
-    listener: String,
+    pub listener: String,
+    /// Certificate reloads by result, for metrics.
+    pub reloads: crate::reload::Counts,
 }
 
 impl Acceptor {
@@ -369,7 +430,18 @@ impl Acceptor {
             sources: tls.certificates.clone(),
             digest: std::sync::Mutex::new(digest),
             listener: listener.into(),
+            reloads: crate::reload::Counts::default(),
         })
+    }
+
+    /// The certificates in use, for the expiry metric.
+    pub fn certificates(&self) -> Vec<CertInfo> {
+        self.resolver
+            .table
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .info
+            .clone()
     }
 
     /// Reloads the certificates if their files changed. A bad new certificate is refused and
@@ -392,6 +464,7 @@ impl Acceptor {
                 .unwrap_or_else(std::sync::PoisonError::into_inner) =
                 Arc::new(Table::build(entries));
         });
+        self.reloads.record(&result);
         match &result {
             Ok(()) => info!(listener = %self.listener, "certificates reloaded"),
             Err(e) => {
@@ -408,6 +481,7 @@ fn digest_of(sources: &[config::CertSource]) -> u64 {
         let (c, k) = s.paths();
         std::fs::read(c).ok().hash(&mut h);
         std::fs::read(k).ok().hash(&mut h);
+        std::fs::read(s.ocsp_path()).ok().hash(&mut h);
     }
     h.finish()
 }
@@ -415,6 +489,20 @@ fn digest_of(sources: &[config::CertSource]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_successful_ocsp_responses_are_stapled() {
+        // SEQUENCE { ENUMERATED 0, [0] { ... } }, short and long length forms.
+        assert!(ocsp_successful(&[0x30, 0x05, 0x0a, 0x01, 0x00, 0xa0, 0x00]));
+        assert!(ocsp_successful(&[
+            0x30, 0x82, 0x01, 0x00, 0x0a, 0x01, 0x00, 0xa0
+        ]));
+        // tryLater (3) carries no response.
+        assert!(!ocsp_successful(&[0x30, 0x03, 0x0a, 0x01, 0x03]));
+        assert!(!ocsp_successful(b"garbage"));
+        assert!(!ocsp_successful(&[]));
+        assert!(!ocsp_successful(&[0x30]));
+    }
 
     #[test]
     fn cipher_names_openssl_and_iana() {
