@@ -363,3 +363,111 @@ backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
         "NOTRACK table removed at stop"
     );
 }
+
+#[test]
+fn xdp_drops_show_in_metrics_and_stats_agree_with_them() {
+    if !require_root("xdp_drops_show_in_metrics_and_stats_agree_with_them") {
+        return;
+    }
+    let net = NetPair::new("o", 206);
+    let pin_dir = format!("/sys/fs/bpf/fg-metrics-{}", std::process::id());
+    let _origin = origin(&net);
+    let admin: SocketAddr = format!("{}:9190", net.srv_v4).parse().unwrap();
+    // 10.206.9.0/24 is denied; the frames below come from it (spoofed, never answered).
+    let yaml = format!(
+        "
+global: {{ nbthread: 1 }}
+admin: {{ bind: '{admin}' }}
+xdp:
+  interfaces: [{a}]
+  mode: native
+  pin-dir: {pin_dir}
+  conntrack-bypass: false
+  deny: [10.206.9.0/24]
+listeners: [{{ name: http, bind: '0.0.0.0:8080', default-backend: origin }}]
+backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
+",
+        a = net.srv_if,
+        srv = net.srv_v4
+    );
+    let _fg = start_floodgate(&net.srv, "metrics.yaml", &yaml, &pin_dir);
+    let srv_mac = mac_of(&net.srv, &net.srv_if);
+    let cli_mac = mac_of(&net.cli, &net.cli_if);
+    let dst = octets(&net.srv_v4);
+    let denied = syn_frames(srv_mac, cli_mac, dst, 37, |i| {
+        [10, 206, 9, (i % 200) as u8 + 1]
+    });
+
+    // `stats --watch` while the frames go out: two refreshes, NDJSON, rates per reason.
+    let watch = Proc::spawn(
+        "floodgate stats --watch",
+        std::process::Command::new(bin("floodgate"))
+            .args([
+                "stats",
+                "--json",
+                "--watch",
+                "0.5",
+                "--count",
+                "3",
+                "--pin-dir",
+                &pin_dir,
+            ])
+            .stdout(Stdio::piped()),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(send_frames(&net.cli, &net.cli_if, denied), 37);
+    let mut watch = watch;
+    let child = watch.child.take().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let frames: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(frames.len(), 3, "--count 3 gives three refreshes");
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["rates"]["reasons"]["deny_cidr"].as_f64().unwrap_or(0.0) > 0.0),
+        "the drops show as a rate: {frames:?}"
+    );
+
+    // The scrape and `stats --json` read the same maps: equal, reason by reason, whenever
+    // nothing moved between two stats reads around the scrape.
+    let scrape = || {
+        in_netns(&net.srv, move || {
+            http_get(admin, "a", "/metrics").expect("scrape /metrics")
+        })
+    };
+    let mut agreed = false;
+    for _ in 0..10 {
+        let (before, _) = settled_stats(&pin_dir, Vec::new);
+        let (status, m) = scrape();
+        assert_eq!(status, 200);
+        let after = stats(&pin_dir).unwrap();
+        if before["reasons"] != after["reasons"] {
+            continue;
+        }
+        assert_eq!(reason(&after, "deny_cidr"), 37, "{after}");
+        for (name, r) in after["reasons"].as_object().unwrap() {
+            let sample = format!(
+                "floodgate_xdp_packets_total{{reason=\"{name}\",action=\"{}\"}}",
+                r["verdict"].as_str().unwrap()
+            );
+            let v = floodgate_tests::metric(&m, &sample)
+                .unwrap_or_else(|| panic!("no {sample} in\n{m}"));
+            assert_eq!(v as u64, r["packets"].as_u64().unwrap(), "{sample}");
+        }
+        assert!(
+            m.contains(&format!(
+                "floodgate_xdp_attached{{interface=\"{}\",mode=\"native\"}} 1",
+                net.srv_if
+            )),
+            "{m}"
+        );
+        floodgate_tests::promtool_check_metrics(&m).unwrap_or_else(|e| panic!("{e}\n{m}"));
+        agreed = true;
+        break;
+    }
+    assert!(agreed, "the counters never held still across a scrape");
+}

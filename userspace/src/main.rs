@@ -68,9 +68,15 @@ enum Cmd {
     },
     /// Print the XDP counters from the pinned maps (works from another process).
     Stats {
-        /// Print JSON instead of a table.
+        /// Print JSON instead of a table (with --watch: one JSON object per line).
         #[arg(long)]
         json: bool,
+        /// Refresh every SECONDS (default 1) with per-second rates, like `top`.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "1")]
+        watch: Option<f64>,
+        /// With --watch: stop after this many refreshes (default: until interrupted).
+        #[arg(long, requires = "watch")]
+        count: Option<u64>,
         /// The pin directory (`xdp.pin-dir` of the running instance).
         #[arg(long, default_value = floodgate_common::PIN_DIR)]
         pin_dir: PathBuf,
@@ -89,7 +95,18 @@ fn main() -> std::process::ExitCode {
             config,
             haproxy_configmap,
         } => check(&config, haproxy_configmap.as_deref()),
-        Cmd::Stats { json, pin_dir } => print_stats(&pin_dir, json),
+        Cmd::Stats {
+            json,
+            pin_dir,
+            watch: None,
+            ..
+        } => print_stats(&pin_dir, json),
+        Cmd::Stats {
+            json,
+            pin_dir,
+            watch: Some(every),
+            count,
+        } => watch_stats(&pin_dir, json, every, count),
         Cmd::Detach { pin_dir } => {
             dataplane::remove_pins(&pin_dir);
             println!("detached; pins under {} removed", pin_dir.display());
@@ -138,6 +155,52 @@ fn check(path: &std::path::Path, haproxy_dir: Option<&std::path::Path>) -> anyho
             "disabled"
         }
     );
+    Ok(())
+}
+
+/// `stats --watch`: a refreshing table of totals and per-second rates.
+fn watch_stats(
+    pin_dir: &std::path::Path,
+    json: bool,
+    every: f64,
+    count: Option<u64>,
+) -> anyhow::Result<()> {
+    use std::io::{IsTerminal as _, Write as _};
+    anyhow::ensure!(
+        every.is_finite() && every >= 0.1,
+        "--watch: the interval must be at least 0.1 seconds"
+    );
+    let interval = Duration::from_secs_f64(every);
+    let tty = std::io::stdout().is_terminal();
+    let mut prev = stats::read(pin_dir)?;
+    let mut at = std::time::Instant::now();
+    let mut shown = 0u64;
+    while count.is_none_or(|c| shown < c) {
+        std::thread::sleep(interval);
+        let now = stats::read(pin_dir)?;
+        let secs = at.elapsed().as_secs_f64();
+        at = std::time::Instant::now();
+        let rates = stats::rates(&prev, &now, secs);
+        let mut out = std::io::stdout().lock();
+        let written = if json {
+            serde_json::to_writer(
+                &mut out,
+                &serde_json::json!({ "snapshot": now, "rates": rates }),
+            )
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+        } else {
+            // Redraw in place on a terminal; frames separated by a blank line in a pipe.
+            let clear = if tty { "\x1b[2J\x1b[H" } else { "\n" };
+            write!(out, "{clear}").and_then(|()| stats::print_watch(&now, &rates, every, &mut out))
+        };
+        match written.and_then(|()| out.flush()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            other => other?,
+        }
+        prev = now;
+        shown += 1;
+    }
     Ok(())
 }
 

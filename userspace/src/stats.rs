@@ -207,6 +207,78 @@ impl DropBursts {
     }
 }
 
+/// Per-second rates between two snapshots.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Rates {
+    /// Packets per second by reason.
+    pub reasons: BTreeMap<&'static str, f64>,
+    pub packets: f64,
+    pub bytes: f64,
+    pub passed: f64,
+    pub dropped: f64,
+}
+
+pub fn rates(prev: &Snapshot, now: &Snapshot, secs: f64) -> Rates {
+    let per = |a: u64, b: u64| {
+        #[allow(clippy::cast_precision_loss)]
+        let d = b.saturating_sub(a) as f64;
+        if secs > 0.0 { d / secs } else { 0.0 }
+    };
+    Rates {
+        reasons: now
+            .reasons
+            .iter()
+            .map(|(k, r)| {
+                let before = prev.reasons.get(k).map_or(0, |p| p.packets);
+                (*k, per(before, r.packets))
+            })
+            .collect(),
+        packets: per(prev.totals.packets, now.totals.packets),
+        bytes: per(prev.totals.bytes, now.totals.bytes),
+        passed: per(prev.totals.passed, now.totals.passed),
+        dropped: per(prev.totals.dropped, now.totals.dropped),
+    }
+}
+
+/// One frame of `stats --watch`.
+pub fn print_watch(
+    s: &Snapshot,
+    r: &Rates,
+    every: f64,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    for a in &s.interfaces {
+        writeln!(out, "interface {:<12} mode {:<8}", a.interface, a.mode)?;
+    }
+    writeln!(
+        out,
+        "every {every}s   {:.0} pkt/s   {:.0} B/s   passed {:.0}/s   dropped {:.0}/s",
+        r.packets, r.bytes, r.passed, r.dropped
+    )?;
+    writeln!(
+        out,
+        "{:<20} {:<6} {:>14} {:>12}",
+        "reason", "action", "packets", "pkt/s"
+    )?;
+    for reason in Reason::ALL {
+        if let Some(x) = s.reasons.get(reason.name()) {
+            writeln!(
+                out,
+                "{:<20} {:<6} {:>14} {:>12.0}",
+                reason.name(),
+                x.verdict,
+                x.packets,
+                r.reasons.get(reason.name()).copied().unwrap_or(0.0)
+            )?;
+        }
+    }
+    writeln!(out, "flows in floodgate's table: {}", s.flows)?;
+    match s.conntrack {
+        Some(c) => writeln!(out, "kernel conntrack: {} of {} entries", c.count, c.max),
+        None => writeln!(out, "kernel conntrack: not loaded"),
+    }
+}
+
 /// Writes the table to `out`; an error is the writer's (e.g. a closed pipe).
 pub fn print_table(s: &Snapshot, out: &mut impl std::io::Write) -> std::io::Result<()> {
     for a in &s.interfaces {
