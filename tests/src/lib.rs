@@ -448,6 +448,29 @@ pub fn promtool_check_metrics(exposition: &str) -> Result<(), String> {
     }
 }
 
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate is in the workspace")
+        .to_path_buf()
+}
+
+/// Metric families of an exposition that docs/observability.md does not name (as `name`).
+pub fn undocumented_families(exposition: &str) -> Vec<String> {
+    let docs = std::fs::read_to_string(repo_root().join("docs/observability.md"))
+        .expect("docs/observability.md");
+    let mut missing: Vec<String> = exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| !docs.contains(&format!("`{name}`")))
+        .map(str::to_owned)
+        .collect();
+    missing.dedup();
+    missing
+}
+
 /// Writes `text` to a fresh file in a per-process temp directory.
 pub fn temp_file(name: &str, text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("floodgate-tests-{}", std::process::id()));

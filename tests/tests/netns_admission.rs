@@ -460,12 +460,17 @@ backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
         }
         assert!(
             m.contains(&format!(
-                "floodgate_xdp_attached{{interface=\"{}\",mode=\"native\"}} 1",
+                "floodgate_xdp_attached{{interface=\"{}\",mode=\"native\",requested=\"native\"}} 1",
                 net.srv_if
             )),
             "{m}"
         );
         floodgate_tests::promtool_check_metrics(&m).unwrap_or_else(|e| panic!("{e}\n{m}"));
+        let undocumented = floodgate_tests::undocumented_families(&m);
+        assert!(
+            undocumented.is_empty(),
+            "not in docs/observability.md: {undocumented:?}"
+        );
         agreed = true;
         break;
     }

@@ -1,6 +1,11 @@
 //! `/metrics` against a known workload: every count checked against what was sent, the
 //! exposition validated by `promtool check metrics`, and the access log read back.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a panic is the failure report"
+)]
+
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
@@ -217,6 +222,11 @@ backends:
     );
     assert!(v("process_resident_memory_bytes") > 0.0);
     promtool_check_metrics(&m).unwrap_or_else(|e| panic!("promtool: {e}\n{m}"));
+    let undocumented = floodgate_tests::undocumented_families(&m);
+    assert!(
+        undocumented.is_empty(),
+        "not in docs/observability.md: {undocumented:?}"
+    );
 
     fg.stop();
     assert!(fg.status.is_some_and(|s| s.success()), "{:?}", fg.status);

@@ -473,4 +473,9 @@ fn ocsp_is_stapled_from_a_file_and_handshakes_are_counted() {
         "{expiry}"
     );
     promtool_check_metrics(&m).unwrap_or_else(|e| panic!("promtool: {e}\n{m}"));
+    let undocumented = floodgate_tests::undocumented_families(&m);
+    assert!(
+        undocumented.is_empty(),
+        "not in docs/observability.md: {undocumented:?}"
+    );
 }

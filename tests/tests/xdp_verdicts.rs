@@ -740,22 +740,16 @@ fn idle_flows_age_out_of_the_flow_table() {
     });
     assert_eq!(prog.run(&syn4(A)), XDP_PASS);
     assert_eq!(prog.run(&syn4(B)), XDP_PASS);
-    assert_eq!(
-        prog.dp.age_flows(Duration::from_secs(60)).unwrap(),
-        0,
-        "fresh flows stay"
-    );
+    let aged = prog.dp.age_flows(Duration::from_secs(60)).unwrap();
+    assert_eq!((aged.removed, aged.live), (0, 2), "fresh flows stay");
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(
         prog.run(&tcp4(A, 40000, PORT, ACK)),
         XDP_PASS,
         "refreshes A"
     );
-    assert_eq!(
-        prog.dp.age_flows(Duration::from_millis(30)).unwrap(),
-        1,
-        "only B was idle"
-    );
+    let aged = prog.dp.age_flows(Duration::from_millis(30)).unwrap();
+    assert_eq!((aged.removed, aged.live), (1, 1), "only B was idle");
     let before = prog.counters()[R::FlowMiss as usize].packets;
     prog.run(&tcp4(B, 40000, PORT, ACK));
     assert_eq!(

@@ -82,6 +82,9 @@ pub struct Attachment {
     pub interface: String,
     /// `native` or `generic`.
     pub mode: String,
+    /// What the config asked for: `native`, `generic` or `auto` (native, else generic).
+    #[serde(default)]
+    pub requested: String,
     pub program_id: u32,
     /// The floodgate process that attached it.
     pub pid: u32,
@@ -251,6 +254,7 @@ impl Dataplane {
             self.attachments.push(Attachment {
                 interface: iface.clone(),
                 mode,
+                requested: wanted.unwrap_or("auto").to_owned(),
                 program_id,
                 pid: std::process::id(),
             });

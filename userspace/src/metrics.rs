@@ -539,13 +539,13 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
             &mut out,
             "floodgate_xdp_attached",
             "gauge",
-            "1 per interface the program is attached to, with the mode in use",
+            "1 per interface the program is attached to, with the mode in use and the mode asked for",
         );
         for a in &snap.interfaces {
             let _ = writeln!(
                 out,
-                "floodgate_xdp_attached{{interface=\"{}\",mode=\"{}\"}} 1",
-                a.interface, a.mode
+                "floodgate_xdp_attached{{interface=\"{}\",mode=\"{}\",requested=\"{}\"}} 1",
+                a.interface, a.mode, a.requested
             );
         }
         family(

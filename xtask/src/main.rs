@@ -31,6 +31,9 @@ enum Cmd {
         /// Also list the steps that were already done.
         #[arg(long, short)]
         verbose: bool,
+        /// Only the toolchain needed to compile (for an image build: no apt, pip or bpffs).
+        #[arg(long)]
+        build_only: bool,
     },
     /// Build the floodgate binary (eBPF object embedded) and the test origin.
     Build {
@@ -60,7 +63,10 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Setup { verbose } => setup::setup(verbose),
+        Cmd::Setup {
+            verbose,
+            build_only,
+        } => setup::setup(verbose, build_only),
         Cmd::Build { release } => tasks::build(release),
         Cmd::Run { config } => tasks::run_quickstart(config),
         Cmd::Test { filter, no_lint } => tasks::test(filter.as_deref(), no_lint),

@@ -31,12 +31,19 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("kubectl", "/usr/bin/kubectl"),
 ];
 
-pub fn setup(verbose: bool) -> Result<()> {
+/// The kubernetes-validate release the deploy tests validate manifests with (PyPI).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// `build_only`: just what compiling needs (an image build has no apt tests or bpffs).
+pub fn setup(verbose: bool, build_only: bool) -> Result<()> {
     let mut report = Report::default();
     rust_src(&mut report)?;
     bpf_linker(&mut report)?;
-    apt(&mut report)?;
-    bpffs(&mut report)?;
+    if !build_only {
+        apt(&mut report)?;
+        pip(&mut report)?;
+        bpffs(&mut report)?;
+    }
     report.print(verbose);
     Ok(())
 }
@@ -49,6 +56,7 @@ pub fn is_complete() -> bool {
         Ok(rust_src_present(&sysroot)
             && bpf_linker_ok(&llvm_stamp()?)
             && APT_PACKAGES.iter().all(|(_, f)| Path::new(f).exists())
+            && kubernetes_validate_ok()
             && bpffs_mounted())
     })()
     .unwrap_or(false)
@@ -276,6 +284,41 @@ fn apt(report: &mut Report) -> Result<()> {
     report
         .done
         .push(format!("apt-get install {}", missing.join(" ")));
+    Ok(())
+}
+
+fn kubernetes_validate_ok() -> bool {
+    Command::new("kubernetes-validate")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn pip(report: &mut Report) -> Result<()> {
+    if kubernetes_validate_ok() {
+        report
+            .skipped
+            .push("kubernetes-validate (installed)".into());
+        return Ok(());
+    }
+    run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--root-user-action=ignore",
+        KUBERNETES_VALIDATE,
+    ]))
+    .context("installing kubernetes-validate from PyPI")?;
+    anyhow::ensure!(
+        kubernetes_validate_ok(),
+        "kubernetes-validate installed but not on PATH"
+    );
+    report
+        .done
+        .push(format!("pip install {KUBERNETES_VALIDATE}"));
     Ok(())
 }
 

@@ -17,7 +17,7 @@ fn cargo() -> Command {
 fn ensure_setup() -> Result<()> {
     if !setup::is_complete() {
         println!("xtask: the machine is not set up yet; running `cargo xtask setup`");
-        setup::setup(false)?;
+        setup::setup(false, false)?;
     }
     Ok(())
 }
