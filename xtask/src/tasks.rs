@@ -212,6 +212,19 @@ pub fn run_quickstart(config: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// An OpenSSL config that caps every OpenSSL client (wrk) at TLS 1.2, for the TLS 1.2
+/// full-handshake run; the harness's environment reaches its load generators.
+fn tls12_openssl_conf() -> Result<PathBuf> {
+    let path = root().join("target/bench-tls12-openssl.cnf");
+    std::fs::create_dir_all(root().join("target"))?;
+    std::fs::write(
+        &path,
+        "openssl_conf = default_conf\n[default_conf]\nssl_conf = ssl_sect\n[ssl_sect]\n\
+         system_default = system_default_sect\n[system_default_sect]\nMaxProtocol = TLSv1.2\n",
+    )?;
+    Ok(path)
+}
+
 pub fn bench(what: &str) -> Result<()> {
     ensure_setup()?;
     match what {
@@ -259,27 +272,52 @@ pub fn bench(what: &str) -> Result<()> {
                     harness.display()
                 );
             }
-            let default = if what == "http" {
-                "http-c64 http-c256 h2-c64m10"
-            } else {
-                "https-c64 tlsresume-c64 tlsfull-c64 h2-c64m10"
-            };
-            let mut c = Command::new("bash");
-            c.arg(&harness)
-                .env(
-                    "PROXY_CMD",
-                    root().join("examples/bench/floodgate-under-test.sh"),
-                )
-                .env("PROXY_NAME", "floodgate");
-            for (k, v) in [("THREADS", "1 2"), ("REPEATS", "3"), ("SCENARIOS", default)] {
-                if std::env::var_os(k).is_none() {
-                    c.env(k, v);
+            let harness_run = |label: &str, scenarios: &str, threads: &str, tls12: bool| {
+                let mut c = Command::new("bash");
+                c.arg(&harness)
+                    .env(
+                        "PROXY_CMD",
+                        root().join("examples/bench/floodgate-under-test.sh"),
+                    )
+                    .env("PROXY_NAME", "floodgate");
+                for (k, v) in [
+                    ("THREADS", threads),
+                    ("REPEATS", "3"),
+                    ("SCENARIOS", scenarios),
+                ] {
+                    if std::env::var_os(k).is_none() {
+                        c.env(k, v);
+                    }
                 }
+                if tls12 {
+                    c.env("OPENSSL_CONF", tls12_openssl_conf()?);
+                }
+                step(label, &mut c)
+            };
+            if what == "http" {
+                harness_run(
+                    "http: floodgate vs HAProxy (shared harness)",
+                    "http-c64 http-c256 h2-c64m10",
+                    "1 2",
+                    false,
+                )
+            } else {
+                // Clients negotiate TLS 1.3 by default: full handshakes, resumed ones, HTTPS
+                // keep-alive and HTTP/2 over TLS 1.3 first, then full handshakes again with the
+                // load generator's OpenSSL capped at TLS 1.2.
+                harness_run(
+                    "tls (TLS 1.3): floodgate vs HAProxy (shared harness)",
+                    "tlsfull-c64 tlsresume-c64 https-c64 h2-c64m10",
+                    "1",
+                    false,
+                )?;
+                harness_run(
+                    "tls (TLS 1.2 full handshakes): floodgate vs HAProxy (shared harness)",
+                    "tlsfull-c64",
+                    "1",
+                    true,
+                )
             }
-            step(
-                &format!("{what}: floodgate vs HAProxy (shared harness)"),
-                &mut c,
-            )
         }
         other => bail!("unknown benchmark `{other}` (available: xdp, flood, http, tls)"),
     }

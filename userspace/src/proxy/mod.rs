@@ -163,6 +163,9 @@ pub struct ListenerCtx {
     current: std::sync::RwLock<Generation>,
     pub scheme: &'static str,
     request_ids: AtomicU64,
+    /// The pid part of generated request ids, formatted once: getpid() is a real syscall, and
+    /// it was one of five per proxied request.
+    request_id_prefix: String,
     limits: config::Limits,
     /// The listener's name, for metrics labels.
     pub name: String,
@@ -206,6 +209,7 @@ impl ListenerCtx {
                 "http"
             },
             request_ids: AtomicU64::new(0),
+            request_id_prefix: format!("{:08x}", std::process::id()),
             limits: cfg.global.limits.clone(),
             name: listener.name.clone(),
             metrics,
@@ -530,7 +534,7 @@ fn upstream_request(
         let id = ctx.request_ids.fetch_add(1, Ordering::Relaxed);
         h.insert(
             "x-request-id",
-            hv(&format!("{:08x}-{id:x}", std::process::id()))?,
+            hv(&format!("{}-{id:x}", ctx.request_id_prefix))?,
         );
     }
     // Backends speak HTTP/1.1 whatever the client spoke.
