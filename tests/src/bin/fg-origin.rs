@@ -82,9 +82,25 @@ async fn answer(
         .headers()
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
+        .unwrap_or("-")
+        .to_owned();
+    // Read the whole body before answering, as a real application does: a body that breaks
+    // off (a proxy cutting it at its limit) gets no answer.
+    let body = match http_body_util::BodyExt::collect(req.into_body()).await {
+        Ok(b) => b.to_bytes().len(),
+        Err(_) => {
+            let mut resp = Response::new(Full::new(Bytes::from_static(b"broken body\n")));
+            *resp.status_mut() = hyper::StatusCode::BAD_REQUEST;
+            return Ok(resp);
+        }
+    };
+    let body = if body > 0 {
+        format!(" body={body}")
+    } else {
+        String::new()
+    };
     Ok(Response::new(Full::new(Bytes::from(format!(
-        "{name} {path} xff={xff}\n"
+        "{name} {path} xff={xff}{body}\n"
     )))))
 }
 

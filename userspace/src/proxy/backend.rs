@@ -18,7 +18,9 @@ use hyper_util::{
 use prometheus::Histogram;
 use tower_service::Service;
 
-pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Request bodies on their way to a server: the client's body, maybe cut at `max-body-bytes`.
+pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 pub type UpstreamClient = Client<Connector, UpstreamBody>;
 
 /// `connect_timeout` is `timeout connect`; idle pooled connections close after `idle_timeout`.

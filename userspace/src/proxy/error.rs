@@ -34,6 +34,8 @@ pub enum ProxyError {
     UriTooLong { len: usize, max: usize },
     #[error("request body of {len} bytes, over the {max} allowed")]
     BodyTooLarge { len: u64, max: u64 },
+    #[error("chunked request body over max-body-bytes")]
+    BodyOverLimit,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -55,7 +57,8 @@ impl ProxyError {
             ProxyError::NoRoute
             | ProxyError::BadRequest(_)
             | ProxyError::UriTooLong { .. }
-            | ProxyError::BodyTooLarge { .. } => Origin::Client,
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::BodyOverLimit => Origin::Client,
             ProxyError::NoServer { .. }
             | ProxyError::QueueFull { .. }
             | ProxyError::QueueTimeout { .. }
@@ -80,7 +83,7 @@ impl ProxyError {
             ProxyError::Upstream { .. } => "upstream",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::UriTooLong { .. } => "uri_too_long",
-            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::BodyTooLarge { .. } | ProxyError::BodyOverLimit => "body_too_large",
             ProxyError::Internal(_) => "internal",
         }
     }
@@ -98,7 +101,9 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
-            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTooLarge { .. } | ProxyError::BodyOverLimit => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ProxyError::NoServer { .. }
             | ProxyError::QueueFull { .. }
             | ProxyError::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,

@@ -540,10 +540,18 @@ fn upstream_request(
     // Backends speak HTTP/1.1 whatever the client spoke.
     parts.version = http::Version::HTTP_11;
     // A body-less request (no length, not chunked) can be replayed on another server.
-    let has_body = !matches!(body_hint(&parts.headers), Some(0));
+    // Asked of the body itself: the headers say nothing once Transfer-Encoding (hop-by-hop)
+    // is stripped, and an HTTP/2 request may carry a body without Content-Length.
+    let has_body = !hyper::body::Body::is_end_stream(&body);
+    // A chunked body has no declared length to check up front: it is cut where it passes
+    // `max-body-bytes`, which fails the exchange with a LengthLimitError (413 below).
+    let max = ctx.limits.max_body_bytes;
     Ok(Upstream {
         parts,
-        body: has_body.then(|| body.boxed()),
+        body: has_body.then(|| match usize::try_from(max) {
+            Ok(m) if m > 0 => http_body_util::Limited::new(body, m).boxed(),
+            _ => body.map_err(Into::into).boxed(),
+        }),
         upgrade,
     })
 }
@@ -589,7 +597,9 @@ async fn forward(
             .map_err(|e| ProxyError::BadRequest(format!("bad target: {e}")))?;
         let body: UpstreamBody = match up.body.take() {
             Some(b) => b,
-            None => Empty::new().map_err(|never| match never {}).boxed(),
+            None => Empty::<Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed(),
         };
         let sent = tokio::time::timeout(
             routing.server_timeout,
@@ -642,6 +652,15 @@ fn classify(server: SocketAddr, e: &hyper_util::client::legacy::Error) -> ProxyE
         let reason =
             std::error::Error::source(e).map_or_else(|| e.to_string(), ToString::to_string);
         return ProxyError::Connect { server, reason };
+    }
+    // A request body cut at `max-body-bytes` fails the exchange with its LengthLimitError
+    // somewhere in the chain: the client's fault, 413.
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return ProxyError::BodyOverLimit;
+        }
+        src = s.source();
     }
     ProxyError::Upstream {
         server,
@@ -747,16 +766,16 @@ impl Drop for Done {
 
 impl<B, G> hyper::body::Body for Hold<B, G>
 where
-    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: hyper::body::Body<Data = Bytes> + Unpin,
     G: Sink + Unpin,
 {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, B::Error>>> {
         let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
         if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(d) = frame.data_ref()
