@@ -177,6 +177,20 @@ backends:
         v(r#"floodgate_http_redirects_total{listener="plain"}"#),
         1.0
     );
+    // Per server: 8 GET + 3 POST via web, 1 via plain, all on the one app server; the dead
+    // server's 502.
+    assert_eq!(
+        v(&format!(
+            r#"floodgate_server_responses_total{{backend="app",code="2xx",server="127.0.0.1:{origin_port}"}}"#
+        )),
+        12.0
+    );
+    assert_eq!(
+        v(&format!(
+            r#"floodgate_server_responses_total{{backend="dead",code="5xx",server="127.0.0.1:{dead}"}}"#
+        )),
+        1.0
+    );
     assert_eq!(
         v(r#"floodgate_http_errors_total{backend="",kind="no_route",listener="web"}"#),
         2.0

@@ -30,6 +30,7 @@ const FAST_BUCKETS: &[f64] = &[
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
+    server_responses: IntCounterVec,
     duration: HistogramVec,
     queue: HistogramVec,
     connect: HistogramVec,
@@ -115,6 +116,12 @@ impl Metrics {
                 "HTTP requests answered, by listener, backend, method class and status class",
                 &["listener", "backend", "method", "code"],
             )?,
+            server_responses: counter(
+                &r,
+                "floodgate_server_responses_total",
+                "Answers to requests sent to a server, by backend, server and status class",
+                &["backend", "server", "code"],
+            )?,
             duration: histogram(
                 &r,
                 "floodgate_http_request_duration_seconds",
@@ -199,6 +206,13 @@ impl Metrics {
         self.duration
             .with_label_values(&[listener, backend])
             .observe(took.as_secs_f64());
+    }
+
+    /// The answer to a request a server was chosen for (its own, or floodgate's 502/504).
+    pub fn server_response(&self, backend: &str, server: &str, status: u16) {
+        self.server_responses
+            .with_label_values(&[backend, server, status_class(status)])
+            .inc();
     }
 
     pub fn error(&self, listener: &str, backend: &str, kind: &str) {

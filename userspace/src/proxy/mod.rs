@@ -325,6 +325,9 @@ pub async fn handle(
         if let Some(q) = trace.queued {
             m.queued(backend, q);
         }
+        if let Some(s) = &trace.server {
+            m.server_response(backend, &s.label, status);
+        }
         for _ in 0..trace.retries {
             m.retry(backend);
         }
@@ -333,7 +336,7 @@ pub async fn handle(
     if let Some(e) = log.as_mut() {
         e.status = status;
         backend.clone_into(&mut e.backend);
-        e.server = trace.server;
+        e.server = trace.server.as_ref().map(|s| s.addr);
         e.retries = trace.retries;
         e.queue_ms = trace.queued.map_or(0.0, |q| q.as_secs_f64() * 1000.0);
     }
@@ -357,7 +360,7 @@ pub async fn handle(
 #[derive(Debug, Default)]
 struct Trace {
     /// The last server tried.
-    server: Option<SocketAddr>,
+    server: Option<Arc<pool::Server>>,
     retries: u32,
     /// Time spent waiting for server slots, when a slot was asked for.
     queued: Option<Duration>,
@@ -586,7 +589,7 @@ async fn forward(
         trace.queued = Some(trace.queued.unwrap_or_default() + asked.elapsed());
         let slot = slot.map_err(ProxyError::from)?;
         let server = slot.server.addr;
-        trace.server = Some(server);
+        trace.server = Some(slot.server.clone());
         tried.push(server);
         let mut parts = up.parts.clone();
         let path = parts

@@ -54,6 +54,8 @@ impl PoolLoad {
 #[derive(Debug)]
 pub struct Server {
     pub addr: SocketAddr,
+    /// `addr` as text, made once for metrics labels.
+    pub label: String,
     pub weight: u32,
     /// 0: no limit.
     pub maxconn: u32,
@@ -68,6 +70,7 @@ impl Server {
     pub fn new(addr: SocketAddr, weight: u32, maxconn: u32) -> Self {
         Self {
             addr,
+            label: addr.to_string(),
             weight: weight.max(1),
             maxconn,
             up: AtomicBool::new(true),
