@@ -35,8 +35,12 @@ pub mod maps {
     /// carried a valid ISN or cookie, so they are not spoofed), with the CLOCK_MONOTONIC ns of
     /// the last one. Written by userspace; they skip the global SYN budget for `verified_ttl_s`.
     pub const VERIFIED: &str = "FG_VERIFIED";
-    /// `PerCpuArray<Counter, COUNTER_COUNT>`: packets and bytes per [`crate::Reason`].
+    /// `PerCpuArray<Counter, MAX_IFACES * COUNTER_COUNT>`: packets and bytes per interface slot
+    /// and [`crate::Reason`], at [`crate::stats_index`].
     pub const STATS: &str = "FG_STATS";
+    /// `Array<IfaceSlot, IFACE_BUCKETS>` at [`crate::iface_bucket`]: which counter slot an
+    /// interface's packets go to. Written by userspace when it attaches.
+    pub const IFACE_SLOTS: &str = "FG_IFSLOT";
     /// `PerCpuArray<ListenerCounters, MAX_LISTENERS>`: per-listener counters.
     pub const LISTENER_STATS: &str = "FG_LSTATS";
 
@@ -68,6 +72,7 @@ pub mod maps {
         VERIFIED,
         STATS,
         LISTENER_STATS,
+        IFACE_SLOTS,
     ];
 }
 
@@ -78,6 +83,32 @@ pub const PIN_DIR: &str = "/sys/fs/bpf/floodgate";
 
 /// Capacity of the listener map and the per-listener arrays.
 pub const MAX_LISTENERS: u32 = 64;
+/// Counter slots per interface: slot 0 counts interfaces without one of their own (and
+/// `BPF_PROG_TEST_RUN`), slots 1.. the attached interfaces in config order.
+pub const MAX_IFACES: u32 = 16;
+/// Buckets of the interface slot table: an interface's bucket is its ifindex modulo this.
+pub const IFACE_BUCKETS: u32 = 256;
+
+/// Which counter slot an interface's packets go to; `ifindex` 0 means a free bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct IfaceSlot {
+    pub ifindex: u32,
+    pub slot: u32,
+}
+
+/// The bucket of [`maps::IFACE_SLOTS`] an interface is looked up in.
+#[inline(always)]
+pub const fn iface_bucket(ifindex: u32) -> u32 {
+    ifindex % IFACE_BUCKETS
+}
+
+/// The index of a reason's counter for an interface slot in [`maps::STATS`].
+#[inline(always)]
+pub const fn stats_index(slot: u32, reason: Reason) -> u32 {
+    slot * COUNTER_COUNT + reason as u32
+}
 /// Slots of the listener array: one per (family, port).
 pub const LISTENER_SLOTS: u32 = 2 * 65_536;
 /// Capacity of the per-backend array.
@@ -381,6 +412,7 @@ mod user {
     // SAFETY: each is repr(C), Copy and free of padding, which the bytemuck::Pod derives check
     // at compile time.
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::IfaceSlot {}
     unsafe impl aya::Pod for super::ListenerCounters {}
     unsafe impl aya::Pod for super::XdpConfig {}
     unsafe impl aya::Pod for super::ListenerKey {}

@@ -23,9 +23,9 @@ use aya_log_ebpf::warn;
 use floodgate_common::{
     BackendSlot, Bucket, COUNTER_COUNT, Capacity, Counter, DEFAULT_FLOWS, DEFAULT_SRC_BUCKETS,
     DEFAULT_VERIFIED, FAMILY_V4, FLAG_ALLOW_MODE, FLAG_CAPACITY, FLAG_DENY_V4, FLAG_DENY_V6,
-    FLAG_FLOW_TABLE, FLOW_CLOSING, FlowKey, FlowState, LISTENER_SLOTS, ListenerCounters,
-    ListenerId, ListenerKey, MAX_BACKENDS, MAX_CIDRS, MAX_LISTENERS, NANOS, Reason, SrcKey,
-    XdpConfig,
+    FLAG_FLOW_TABLE, FLOW_CLOSING, FlowKey, FlowState, IFACE_BUCKETS, IfaceSlot, LISTENER_SLOTS,
+    ListenerCounters, ListenerId, ListenerKey, MAX_BACKENDS, MAX_CIDRS, MAX_IFACES, MAX_LISTENERS,
+    NANOS, Reason, SrcKey, XdpConfig,
 };
 use parse::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp};
 
@@ -59,24 +59,41 @@ static FG_FLOWS: LruHashMap<FlowKey, FlowState, { DEFAULT_FLOWS as usize }> = Lr
 #[btf_map]
 static FG_VERIFIED: LruHashMap<SrcKey, u64, { DEFAULT_VERIFIED as usize }> = LruHashMap::new();
 #[btf_map]
-static FG_STATS: PerCpuArray<Counter, { COUNTER_COUNT as usize }> = PerCpuArray::new();
+static FG_STATS: PerCpuArray<Counter, { (MAX_IFACES * COUNTER_COUNT) as usize }> =
+    PerCpuArray::new();
+#[btf_map]
+static FG_IFSLOT: Array<IfaceSlot, { IFACE_BUCKETS as usize }> = Array::new();
 #[btf_map]
 static FG_LSTATS: PerCpuArray<ListenerCounters, { MAX_LISTENERS as usize }> = PerCpuArray::new();
 
 #[xdp]
 pub fn floodgate(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let reason = decide(&ctx, len);
-    count(reason, len);
+    // The interface's counter slot: verdicts and the events counted on the way go there.
+    let iface = iface_slot(&ctx);
+    let reason = decide(&ctx, len, iface);
+    count(iface, reason, len);
     match reason.verdict() {
         Some(floodgate_common::Verdict::Drop) => xdp_action::XDP_DROP,
         _ => xdp_action::XDP_PASS,
     }
 }
 
+/// The counter slot of the interface the packet arrived on: an array lookup, so per-interface
+/// counters cost a few ns. Interfaces userspace did not register (and test runs) get slot 0.
 #[inline(always)]
-fn count(reason: Reason, len: u64) {
-    let Some(c) = FG_STATS.get_ptr_mut(reason as u32) else {
+fn iface_slot(ctx: &XdpContext) -> u32 {
+    // SAFETY: the context pointer is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    match FG_IFSLOT.get(floodgate_common::iface_bucket(ifindex)) {
+        Some(s) if s.ifindex == ifindex && ifindex != 0 && s.slot < MAX_IFACES => s.slot,
+        _ => 0,
+    }
+}
+
+#[inline(always)]
+fn count(slot: u32, reason: Reason, len: u64) {
+    let Some(c) = FG_STATS.get_ptr_mut(floodgate_common::stats_index(slot, reason)) else {
         return;
     };
     // SAFETY: per-CPU slot; XDP does not preempt itself on one CPU.
@@ -87,7 +104,7 @@ fn count(reason: Reason, len: u64) {
 }
 
 #[inline(always)]
-fn decide(ctx: &XdpContext, len: u64) -> Reason {
+fn decide(ctx: &XdpContext, len: u64, iface: u32) -> Reason {
     let tcp = match parse::parse(ctx) {
         Parsed::NotIp => return Reason::PassNotIp,
         Parsed::NotTcp => return Reason::PassNotTcp,
@@ -116,9 +133,9 @@ fn decide(ctx: &XdpContext, len: u64) -> Reason {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let reason = if tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        admit_syn(ctx, &tcp, &cfg, listener, now)
+        admit_syn(ctx, &tcp, &cfg, listener, now, iface)
     } else {
-        established(&tcp, &cfg, len, now);
+        established(&tcp, &cfg, len, now, iface);
         Reason::PassEstablished
     };
     listener_count(listener, reason, len);
@@ -161,6 +178,7 @@ fn admit_syn(
     cfg: &XdpConfig,
     listener: ListenerId,
     now: u64,
+    iface: u32,
 ) -> Reason {
     if cfg.src_rate != 0 {
         let key = src_key(tcp, cfg);
@@ -181,12 +199,12 @@ fn admit_syn(
             }
         };
         if !admitted {
-            log_drop(ctx, tcp, Reason::DropSynRateSource);
+            log_drop(ctx, tcp, Reason::DropSynRateSource, iface);
             return Reason::DropSynRateSource;
         }
     }
     if cfg.global_rate_per_cpu != 0 && verified(tcp, cfg, now) {
-        count(Reason::SynVerifiedBypass, 0);
+        count(iface, Reason::SynVerifiedBypass, 0);
     } else if cfg.global_rate_per_cpu != 0 {
         let admitted = match FG_GLOBAL_BKT.get_ptr_mut(0) {
             // SAFETY: per-CPU slot, no concurrent writer.
@@ -201,7 +219,7 @@ fn admit_syn(
             None => true,
         };
         if !admitted {
-            log_drop(ctx, tcp, Reason::DropSynRateGlobal);
+            log_drop(ctx, tcp, Reason::DropSynRateGlobal, iface);
             return Reason::DropSynRateGlobal;
         }
     }
@@ -219,7 +237,7 @@ fn admit_syn(
                 .get(listener)
                 .is_none_or(|c| c.admit != 0 || c.maxconn == 0);
             if !admit {
-                log_drop(ctx, tcp, Reason::DropCapacity);
+                log_drop(ctx, tcp, Reason::DropCapacity, iface);
                 return Reason::DropCapacity;
             }
         }
@@ -234,7 +252,7 @@ fn admit_syn(
             flags: 0,
         };
         if FG_FLOWS.insert(flow_key(tcp), state, 0).is_ok() {
-            count(Reason::FlowInserted, 0);
+            count(iface, Reason::FlowInserted, 0);
         }
     }
     reason
@@ -310,13 +328,13 @@ fn flow_key(tcp: &Tcp) -> FlowKey {
 }
 
 #[inline(always)]
-fn established(tcp: &Tcp, cfg: &XdpConfig, len: u64, now: u64) {
+fn established(tcp: &Tcp, cfg: &XdpConfig, len: u64, now: u64, iface: u32) {
     if cfg.flags & FLAG_FLOW_TABLE == 0 {
         return;
     }
     let key = flow_key(tcp);
     let Some(f) = FG_FLOWS.get_ptr_mut(key) else {
-        count(Reason::FlowMiss, len);
+        count(iface, Reason::FlowMiss, len);
         return;
     };
     // SAFETY: LRU value valid for this run; a lost increment between CPUs only skews statistics.
@@ -326,7 +344,7 @@ fn established(tcp: &Tcp, cfg: &XdpConfig, len: u64, now: u64) {
     // ACK is not mistaken for a packet of an unknown flow.
     if tcp.flags & TCP_RST != 0 || closing {
         if FG_FLOWS.remove(key).is_ok() {
-            count(Reason::FlowRemoved, 0);
+            count(iface, Reason::FlowRemoved, 0);
         }
         return;
     }
@@ -361,8 +379,10 @@ fn listener_count(listener: ListenerId, reason: Reason, len: u64) {
 /// Logs the first drop of each reason on each CPU and then one in 4096, so a flood cannot flood
 /// the log; the counters carry the exact numbers.
 #[inline(always)]
-fn log_drop(ctx: &XdpContext, tcp: &Tcp, reason: Reason) {
-    let n = FG_STATS.get(reason as u32).map_or(0, |c| c.packets);
+fn log_drop(ctx: &XdpContext, tcp: &Tcp, reason: Reason, iface: u32) {
+    let n = FG_STATS
+        .get(floodgate_common::stats_index(iface, reason))
+        .map_or(0, |c| c.packets);
     if n & 4095 != 0 {
         return;
     }

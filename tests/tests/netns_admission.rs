@@ -449,14 +449,28 @@ backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
             continue;
         }
         assert_eq!(reason(&after, "deny_cidr"), 37, "{after}");
+        // Per interface: the drops are the attached veth's; summed over interfaces, each
+        // reason equals the stats total.
+        let iface = &after["per_interface"][&net.srv_if];
+        assert_eq!(iface["deny_cidr"]["packets"], 37, "{after}");
         for (name, r) in after["reasons"].as_object().unwrap() {
-            let sample = format!(
-                "floodgate_xdp_packets_total{{reason=\"{name}\",action=\"{}\"}}",
-                r["verdict"].as_str().unwrap()
-            );
-            let v = floodgate_tests::metric(&m, &sample)
-                .unwrap_or_else(|| panic!("no {sample} in\n{m}"));
-            assert_eq!(v as u64, r["packets"].as_u64().unwrap(), "{sample}");
+            let action = r["verdict"].as_str().unwrap();
+            let per_iface: u64 = after["per_interface"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(ifname, reasons)| {
+                    let mode = if *ifname == net.srv_if { "native" } else { "" };
+                    let sample = format!(
+                        "floodgate_xdp_packets_total{{interface=\"{ifname}\",mode=\"{mode}\",reason=\"{name}\",action=\"{action}\"}}"
+                    );
+                    let v = floodgate_tests::metric(&m, &sample)
+                        .unwrap_or_else(|| panic!("no {sample} in\n{m}"));
+                    assert_eq!(v as u64, reasons[name]["packets"].as_u64().unwrap(), "{sample}");
+                    v as u64
+                })
+                .sum();
+            assert_eq!(per_iface, r["packets"].as_u64().unwrap(), "{name}");
         }
         assert!(
             m.contains(&format!(

@@ -85,6 +85,9 @@ pub struct Attachment {
     /// What the config asked for: `native`, `generic` or `auto` (native, else generic).
     #[serde(default)]
     pub requested: String,
+    /// The interface's counter slot in FG_STATS; 0 when it shares the `other` slot.
+    #[serde(default)]
+    pub slot: u32,
     pub program_id: u32,
     /// The floodgate process that attached it.
     pub pid: u32,
@@ -189,8 +192,49 @@ impl Dataplane {
         };
         dp.configure(cfg, binds)?;
         dp.attach(cfg)?;
+        dp.map_iface_slots()?;
         dp.write_attach_file();
         Ok(dp)
+    }
+
+    /// Gives each attached interface its own counter slot (config order, from 1). Two
+    /// interfaces whose ifindexes share a bucket, or more than MAX_IFACES - 1 of them: the later
+    /// ones are counted under slot 0 (`other`), and the totals stay exact.
+    fn map_iface_slots(&mut self) -> Result<(), DataplaneError> {
+        use floodgate_common::{IFACE_BUCKETS, IfaceSlot, MAX_IFACES, iface_bucket};
+        let mut taken: Vec<(u32, IfaceSlot)> = Vec::new();
+        let mut slots = Vec::with_capacity(self.attachments.len());
+        for (i, a) in self.attachments.iter().enumerate() {
+            let slot = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            let name = std::ffi::CString::new(a.interface.clone()).unwrap_or_default();
+            // SAFETY: a NUL-terminated name we own.
+            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            let bucket = iface_bucket(ifindex);
+            if slot >= MAX_IFACES || ifindex == 0 || taken.iter().any(|(b, _)| *b == bucket) {
+                warn!(interface = %a.interface, "no counter slot of its own: counted under `other`");
+                slots.push(0);
+                continue;
+            }
+            taken.push((bucket, IfaceSlot { ifindex, slot }));
+            slots.push(slot);
+        }
+        let mut table: aya::maps::Array<_, IfaceSlot> = self.map_mut(maps::IFACE_SLOTS)?;
+        for b in 0..IFACE_BUCKETS {
+            let entry = taken
+                .iter()
+                .find(|(bucket, _)| *bucket == b)
+                .map_or(IfaceSlot::default(), |(_, s)| *s);
+            table
+                .set(b, entry, 0)
+                .map_err(|source| DataplaneError::Map {
+                    map: maps::IFACE_SLOTS,
+                    source,
+                })?;
+        }
+        for (a, s) in self.attachments.iter_mut().zip(slots) {
+            a.slot = s;
+        }
+        Ok(())
     }
 
     pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
@@ -255,6 +299,7 @@ impl Dataplane {
                 interface: iface.clone(),
                 mode,
                 requested: wanted.unwrap_or("auto").to_owned(),
+                slot: 0,
                 program_id,
                 pid: std::process::id(),
             });
@@ -633,7 +678,12 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
             s(size_of::<c::FlowState>()),
             c::DEFAULT_FLOWS,
         ),
-        maps::STATS => (4, s(size_of::<c::Counter>()), c::COUNTER_COUNT),
+        maps::STATS => (
+            4,
+            s(size_of::<c::Counter>()),
+            c::MAX_IFACES * c::COUNTER_COUNT,
+        ),
+        maps::IFACE_SLOTS => (4, s(size_of::<c::IfaceSlot>()), c::IFACE_BUCKETS),
         maps::LISTENER_STATS => (4, s(size_of::<c::ListenerCounters>()), c::MAX_LISTENERS),
         _ => return None,
     })

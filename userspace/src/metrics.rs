@@ -527,27 +527,41 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
             &mut out,
             "floodgate_xdp_packets_total",
             "counter",
-            "Packets seen by the XDP program, by reason and action",
+            "Packets seen by the XDP program, by interface (with its attach mode), reason and action",
         );
-        for (reason, r) in &snap.reasons {
-            let _ = writeln!(
-                out,
-                "floodgate_xdp_packets_total{{reason=\"{reason}\",action=\"{}\"}} {}",
-                r.verdict, r.packets
-            );
+        let mode_of = |iface: &str| {
+            snap.interfaces
+                .iter()
+                .find(|a| a.interface == iface)
+                .map_or("", |a| a.mode.as_str())
+        };
+        for (iface, reasons) in &snap.per_interface {
+            for (reason, r) in reasons {
+                let _ = writeln!(
+                    out,
+                    "floodgate_xdp_packets_total{{interface=\"{iface}\",mode=\"{}\",reason=\"{reason}\",action=\"{}\"}} {}",
+                    mode_of(iface),
+                    r.verdict,
+                    r.packets
+                );
+            }
         }
         family(
             &mut out,
             "floodgate_xdp_bytes_total",
             "counter",
-            "Bytes seen by the XDP program, by reason and action",
+            "Bytes seen by the XDP program, by interface (with its attach mode), reason and action",
         );
-        for (reason, r) in &snap.reasons {
-            let _ = writeln!(
-                out,
-                "floodgate_xdp_bytes_total{{reason=\"{reason}\",action=\"{}\"}} {}",
-                r.verdict, r.bytes
-            );
+        for (iface, reasons) in &snap.per_interface {
+            for (reason, r) in reasons {
+                let _ = writeln!(
+                    out,
+                    "floodgate_xdp_bytes_total{{interface=\"{iface}\",mode=\"{}\",reason=\"{reason}\",action=\"{}\"}} {}",
+                    mode_of(iface),
+                    r.verdict,
+                    r.bytes
+                );
+            }
         }
         family(
             &mut out,

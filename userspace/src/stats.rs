@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, path::Path};
 
 use aya::maps::{Map, PerCpuArray};
 use floodgate_common::{
-    COUNTER_COUNT, Counter, FlowKey, FlowState, ListenerCounters, MAX_LISTENERS, Reason, Verdict,
-    maps,
+    COUNTER_COUNT, Counter, FlowKey, FlowState, ListenerCounters, MAX_IFACES, MAX_LISTENERS,
+    Reason, Verdict, maps, stats_index,
 };
 use serde::Serialize;
 
@@ -34,8 +34,12 @@ pub struct ReasonStats {
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
     pub interfaces: Vec<Attachment>,
-    /// Keyed by the reason's stable name (`floodgate_common::Reason::name`).
+    /// Keyed by the reason's stable name (`floodgate_common::Reason::name`), summed over
+    /// interfaces.
     pub reasons: BTreeMap<&'static str, ReasonStats>,
+    /// The same per interface: each attached interface by name, and `other` for packets of
+    /// interfaces without a counter slot of their own (present when not all zero).
+    pub per_interface: BTreeMap<String, BTreeMap<&'static str, ReasonStats>>,
     pub totals: Totals,
     pub listeners: BTreeMap<u32, ListenerCounters>,
     /// Entries in floodgate's flow table.
@@ -50,6 +54,14 @@ pub struct Totals {
     pub bytes: u64,
     pub passed: u64,
     pub dropped: u64,
+}
+
+fn verdict_name(reason: Reason) -> &'static str {
+    match reason.verdict() {
+        Some(Verdict::Pass) => "pass",
+        Some(Verdict::Drop) => "drop",
+        None => "event",
+    }
 }
 
 /// Everything, with the flow table counted by walking it (slow at full size: the CLI only).
@@ -84,29 +96,52 @@ pub fn read_counters(pin_dir: &Path) -> Result<Snapshot, StatsError> {
             map: maps::STATS,
             source,
         })?;
+    let interfaces: Vec<Attachment> = std::fs::read(attach_file(pin_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let slot_name = |slot: u32| {
+        interfaces
+            .iter()
+            .find(|a| a.slot == slot && slot != 0)
+            .map_or_else(|| "other".to_owned(), |a| a.interface.clone())
+    };
     let mut reasons = BTreeMap::new();
+    let mut per_interface: BTreeMap<String, BTreeMap<&'static str, ReasonStats>> = BTreeMap::new();
     let mut totals = Totals::default();
     for reason in Reason::ALL {
-        let per_cpu = stats
-            .get(&(reason as u32), 0)
-            .map_err(|source| StatsError::Read {
-                map: maps::STATS,
-                source,
-            })?;
-        let (packets, bytes) = per_cpu
-            .iter()
-            .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
-        let verdict = match reason.verdict() {
-            Some(Verdict::Pass) => {
-                totals.passed += packets;
-                "pass"
+        let (mut packets, mut bytes) = (0, 0);
+        for slot in 0..MAX_IFACES {
+            let per_cpu =
+                stats
+                    .get(&stats_index(slot, reason), 0)
+                    .map_err(|source| StatsError::Read {
+                        map: maps::STATS,
+                        source,
+                    })?;
+            let (p, b) = per_cpu
+                .iter()
+                .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+            let attached = interfaces.iter().any(|a| a.slot == slot && slot != 0);
+            if attached || p > 0 {
+                per_interface.entry(slot_name(slot)).or_default().insert(
+                    reason.name(),
+                    ReasonStats {
+                        verdict: verdict_name(reason),
+                        packets: p,
+                        bytes: b,
+                    },
+                );
             }
-            Some(Verdict::Drop) => {
-                totals.dropped += packets;
-                "drop"
-            }
-            None => "event",
-        };
+            packets += p;
+            bytes += b;
+        }
+        match reason.verdict() {
+            Some(Verdict::Pass) => totals.passed += packets,
+            Some(Verdict::Drop) => totals.dropped += packets,
+            None => {}
+        }
+        let verdict = verdict_name(reason);
         if reason.verdict().is_some() {
             totals.packets += packets;
             totals.bytes += bytes;
@@ -146,13 +181,21 @@ pub fn read_counters(pin_dir: &Path) -> Result<Snapshot, StatsError> {
             listeners.insert(id, sum);
         }
     }
-    let interfaces = std::fs::read(attach_file(pin_dir))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
+    // Interfaces that were never attached but have counts (an `other` slot) are filled in with
+    // zeros for the reasons they lack, so every interface lists every reason.
+    for by_reason in per_interface.values_mut() {
+        for reason in Reason::ALL {
+            by_reason.entry(reason.name()).or_insert(ReasonStats {
+                verdict: verdict_name(reason),
+                packets: 0,
+                bytes: 0,
+            });
+        }
+    }
     Ok(Snapshot {
         interfaces,
         reasons,
+        per_interface,
         totals,
         listeners,
         flows: 0,
@@ -312,6 +355,14 @@ pub fn print_table(s: &Snapshot, out: &mut impl std::io::Write) -> std::io::Resu
         "total", "", t.packets, t.bytes
     )?;
     writeln!(out, "passed {}  dropped {}", t.passed, t.dropped)?;
+    for (iface, reasons) in &s.per_interface {
+        let (passed, dropped) = reasons.values().fold((0, 0), |(p, d), r| match r.verdict {
+            "pass" => (p + r.packets, d),
+            "drop" => (p, d + r.packets),
+            _ => (p, d),
+        });
+        writeln!(out, "  {iface:<12} passed {passed}  dropped {dropped}")?;
+    }
     writeln!(out, "flows in floodgate's table: {}", s.flows)?;
     match s.conntrack {
         Some(c) => writeln!(out, "kernel conntrack: {} of {} entries", c.count, c.max),
