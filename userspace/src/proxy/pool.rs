@@ -56,6 +56,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// `addr` as text, made once for metrics labels.
     pub label: String,
+    /// `addr` as the authority of request targets, made once.
+    pub authority: http::uri::Authority,
     pub weight: u32,
     /// 0: no limit.
     pub maxconn: u32,
@@ -68,9 +70,13 @@ pub struct Server {
 
 impl Server {
     pub fn new(addr: SocketAddr, weight: u32, maxconn: u32) -> Self {
+        let label = addr.to_string();
         Self {
             addr,
-            label: addr.to_string(),
+            // A SocketAddr's text (`1.2.3.4:80`, `[::1]:80`) is always a valid authority.
+            authority: http::uri::Authority::try_from(label.as_str())
+                .unwrap_or_else(|_| http::uri::Authority::from_static("0.0.0.0:0")),
+            label,
             weight: weight.max(1),
             maxconn,
             up: AtomicBool::new(true),

@@ -183,7 +183,8 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
         let conn_inflight = inflight.clone();
         let metrics = ctx.metrics.clone();
         let name = ctx.name.clone();
-        let svc = service_fn(move |req| super::handle(ctx.clone(), peer, inflight.clone(), req));
+        let conn = super::Conn::new(peer, inflight);
+        let svc = service_fn(move |req| super::handle(ctx.clone(), conn.clone(), req));
         let (watcher, builder, tls) = (graceful.watcher(), builder.clone(), s.tls.clone());
         let counters = counters.clone();
         tokio::spawn(async move {
