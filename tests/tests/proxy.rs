@@ -581,18 +581,25 @@ fn request_limits_answer_431_414_413() {
 
 #[test]
 fn a_listeners_own_maxconn_makes_connections_wait_in_the_backlog() {
+    // One worker; then two sharing one accept queue (`reuseport: false`). With SO_REUSEPORT
+    // each worker has its own queue: the limit still holds, but which waiting connection is
+    // accepted next is up to the kernel's hash.
+    for (threads, reuseport) in [(1, true), (2, false)] {
+        listener_maxconn_case(threads, reuseport);
+    }
+}
+
+fn listener_maxconn_case(threads: u32, reuseport: bool) {
     use std::io::{Read as _, Write as _};
     let (p, port) = (free_port(), free_port());
     let _o = origin(p, "o");
     let config = temp_file(
-        "lmax.yaml",
+        &format!("lmax-{threads}.yaml"),
         &format!(
             "
-# One worker: with several, each has its own SO_REUSEPORT accept queue, the limit still holds
-# but which waiting connection is accepted next is up to the kernel's hash.
-global: {{ nbthread: 1 }}
+global: {{ nbthread: {threads} }}
 xdp: {{ enabled: false }}
-listeners: [{{ name: http, bind: '127.0.0.1:{port}', default-backend: app, maxconn: 2 }}]
+listeners: [{{ name: http, bind: '127.0.0.1:{port}', default-backend: app, maxconn: 2, reuseport: {reuseport} }}]
 backends: [{{ name: app, servers: ['127.0.0.1:{p}'] }}]
 "
         ),
@@ -627,7 +634,7 @@ backends: [{{ name: app, servers: ['127.0.0.1:{p}'] }}]
     let early = third.read(&mut buf);
     assert!(
         early.is_err(),
-        "the third connection waits in the backlog, unanswered: {early:?} {:?}",
+        "{threads} threads: the third connection waits in the backlog, unanswered: {early:?} {:?}",
         String::from_utf8_lossy(&buf)
     );
     drop(held);

@@ -269,6 +269,11 @@ pub struct Listener {
     pub default_backend: Option<String>,
     #[serde(default = "default_backlog")]
     pub backlog: u32,
+    /// One socket per worker thread with SO_REUSEPORT (the kernel spreads connections over
+    /// them), or, when false, one socket whose single accept queue all workers share (strict
+    /// arrival order across workers, at the cost of workers contending for it).
+    #[serde(default = "default_true")]
+    pub reuseport: bool,
     /// Connections this listener holds at once, within the global maxconn; none by default.
     #[serde(default)]
     pub maxconn: Option<u32>,
@@ -488,6 +493,10 @@ impl TlsPolicy {
         }
         Ok(())
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_backlog() -> u32 {

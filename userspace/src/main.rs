@@ -257,11 +257,26 @@ async fn serve(
         n => n,
     };
     // Bind first: if a port is taken, fail before touching the kernel's XDP state. Each worker
-    // thread gets its own socket per listener (SO_REUSEPORT when there are several).
+    // thread gets its own socket per listener (SO_REUSEPORT when there are several), or, with
+    // `reuseport: false`, a duplicate of one socket: one accept queue shared by all workers.
     let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     for l in &cfg.listeners {
-        for s in &mut sockets {
-            s.push(server::bind(l, workers > 1)?);
+        if l.reuseport {
+            for s in &mut sockets {
+                s.push(server::bind(l, workers > 1)?);
+            }
+        } else {
+            let shared = server::bind(l, false)?;
+            for s in sockets.iter_mut().skip(1) {
+                s.push(
+                    shared.try_clone().with_context(|| {
+                        format!("listeners `{}`: duplicating the socket", l.name)
+                    })?,
+                );
+            }
+            if let Some(first) = sockets.first_mut() {
+                first.push(shared);
+            }
         }
     }
     let binds: Vec<_> = cfg.listeners.iter().map(|l| l.bind).collect();

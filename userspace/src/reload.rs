@@ -45,11 +45,11 @@ pub fn next(
     let sockets = |c: &Config| {
         c.listeners
             .iter()
-            .map(|l| (l.name.clone(), l.bind, l.backlog))
+            .map(|l| (l.name.clone(), l.bind, l.backlog, l.reuseport))
             .collect::<Vec<_>>()
     };
     if sockets(&new) != sockets(current) {
-        fixed.push("listeners (name, bind, backlog)");
+        fixed.push("listeners (name, bind, backlog, reuseport)");
     }
     if new.tls != current.tls
         || new
