@@ -27,9 +27,11 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("conntrack", "/usr/sbin/conntrack"),
     // promtool: the metrics exposition and the alert rules are checked with it.
     ("prometheus", "/usr/bin/promtool"),
-    // kustomize rendering of deploy/ (from the machine's Kubernetes apt source).
-    ("kubectl", "/usr/bin/kubectl"),
 ];
+
+/// `kubectl kustomize` renders deploy/ in the tests. Debian's archive does not carry kubectl:
+/// these machines have it preinstalled; elsewhere it needs a Kubernetes apt source.
+const KUBECTL: &str = "/usr/bin/kubectl";
 
 /// The kubernetes-validate release the deploy tests validate manifests with (PyPI).
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
@@ -41,6 +43,7 @@ pub fn setup(verbose: bool, build_only: bool) -> Result<()> {
     bpf_linker(&mut report)?;
     if !build_only {
         apt(&mut report)?;
+        kubectl(&mut report)?;
         pip(&mut report)?;
         bpffs(&mut report)?;
     }
@@ -56,6 +59,7 @@ pub fn is_complete() -> bool {
         Ok(rust_src_present(&sysroot)
             && bpf_linker_ok(&llvm_stamp()?)
             && APT_PACKAGES.iter().all(|(_, f)| Path::new(f).exists())
+            && Path::new(KUBECTL).exists()
             && kubernetes_validate_ok()
             && bpffs_mounted())
     })()
@@ -284,6 +288,23 @@ fn apt(report: &mut Report) -> Result<()> {
     report
         .done
         .push(format!("apt-get install {}", missing.join(" ")));
+    Ok(())
+}
+
+fn kubectl(report: &mut Report) -> Result<()> {
+    if Path::new(KUBECTL).exists() {
+        report.skipped.push("kubectl (installed)".into());
+        return Ok(());
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends", "kubectl"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .context(
+        "kubectl is missing and no configured apt source carries it (Debian's own archive does \
+         not): install kubectl, whose `kubectl kustomize` the deploy tests use",
+    )?;
+    report.done.push("apt-get install kubectl".into());
     Ok(())
 }
 
