@@ -764,6 +764,32 @@ impl Config {
                 ),
             ));
         }
+        // Names become metric label values and log fields: keep them to a plain alphabet, so
+        // the exposition and the logs need no escaping.
+        let names = self
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("listeners[{i}].name"), &l.name))
+            .chain(
+                self.backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| (format!("backends[{i}].name"), &b.name)),
+            );
+        for (key, name) in names {
+            let plain = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if !plain {
+                return Err(invalid(
+                    key,
+                    format!("`{name}`: 1 to 64 letters, digits, `_`, `-` or `.`"),
+                ));
+            }
+        }
         let backends: HashSet<&str> = self.backends.iter().map(|b| b.name.as_str()).collect();
         if backends.len() != self.backends.len() {
             return Err(invalid("backends", "backend names must be unique"));
@@ -1090,6 +1116,16 @@ xdp: { enabled: false }
         })?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    #[test]
+    fn names_are_plain_because_they_become_label_values() {
+        let e = parse(&MINIMAL.replace("name: app,", r#"name: 'a"pp',"#))
+            .expect_err("a quote in a backend name");
+        assert!(e.to_string().contains("backends[0].name"), "{e}");
+        let e = parse(&MINIMAL.replace("name: http,", "name: '',")).expect_err("empty");
+        assert!(e.to_string().contains("listeners[0].name"), "{e}");
+        parse(&MINIMAL.replace("app", "shop-api_v2.eu")).expect("letters, digits, `-`, `_`, `.`");
     }
 
     #[test]
