@@ -298,6 +298,19 @@ pub struct Sources {
     pub pin_dir: Option<PathBuf>,
 }
 
+/// A label value from outside floodgate's config (certificate names, interface names), escaped
+/// as the text format requires.
+fn esc(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.contains(['\\', '"', '\n']) {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
+    } else {
+        v.into()
+    }
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -406,7 +419,8 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
             let _ = writeln!(
                 out,
                 "floodgate_tls_certificate_expiry_timestamp_seconds{{listener=\"{l}\",name=\"{}\"}} {}",
-                c.name, c.not_after
+                esc(&c.name),
+                c.not_after
             );
         }
         family(
@@ -419,7 +433,7 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
             let _ = writeln!(
                 out,
                 "floodgate_tls_ocsp_stapled{{listener=\"{l}\",name=\"{}\"}} {}",
-                c.name,
+                esc(&c.name),
                 u8::from(c.ocsp_stapled)
             );
         }
@@ -536,10 +550,11 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
                 .map_or("", |a| a.mode.as_str())
         };
         for (iface, reasons) in &snap.per_interface {
+            let label = esc(iface);
             for (reason, r) in reasons {
                 let _ = writeln!(
                     out,
-                    "floodgate_xdp_packets_total{{interface=\"{iface}\",mode=\"{}\",reason=\"{reason}\",action=\"{}\"}} {}",
+                    "floodgate_xdp_packets_total{{interface=\"{label}\",mode=\"{}\",reason=\"{reason}\",action=\"{}\"}} {}",
                     mode_of(iface),
                     r.verdict,
                     r.packets
@@ -553,10 +568,11 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
             "Bytes seen by the XDP program, by interface (with its attach mode), reason and action",
         );
         for (iface, reasons) in &snap.per_interface {
+            let label = esc(iface);
             for (reason, r) in reasons {
                 let _ = writeln!(
                     out,
-                    "floodgate_xdp_bytes_total{{interface=\"{iface}\",mode=\"{}\",reason=\"{reason}\",action=\"{}\"}} {}",
+                    "floodgate_xdp_bytes_total{{interface=\"{label}\",mode=\"{}\",reason=\"{reason}\",action=\"{}\"}} {}",
                     mode_of(iface),
                     r.verdict,
                     r.bytes
@@ -573,7 +589,9 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
             let _ = writeln!(
                 out,
                 "floodgate_xdp_attached{{interface=\"{}\",mode=\"{}\",requested=\"{}\"}} 1",
-                a.interface, a.mode, a.requested
+                esc(&a.interface),
+                a.mode,
+                a.requested
             );
         }
         family(
@@ -616,4 +634,27 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
         let _ = writeln!(out, "floodgate_conntrack_max {}", c.max);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_from_outside_are_escaped() {
+        assert_eq!(esc("eth0"), "eth0");
+        assert_eq!(esc(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(esc("a\nb"), "a\\nb");
+    }
+
+    #[test]
+    fn classes() {
+        assert_eq!(status_class(204), "2xx");
+        assert_eq!(status_class(503), "5xx");
+        assert_eq!(method_class(&http::Method::GET), "GET");
+        assert_eq!(
+            method_class(&http::Method::from_bytes(b"PROPFIND").unwrap()),
+            "other"
+        );
+    }
 }
