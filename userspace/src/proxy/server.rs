@@ -13,10 +13,14 @@ use std::{
 use hyper::service::service_fn;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::{
+        conn::auto,
+        graceful::{GracefulShutdown, Watcher},
+    },
 };
 use tokio::{
-    net::{TcpListener, TcpSocket},
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpSocket, TcpStream},
     sync::{Semaphore, watch},
 };
 use tracing::{debug, info, warn};
@@ -101,6 +105,73 @@ pub struct Serve {
     pub tls: Option<Arc<crate::tls::Acceptor>>,
 }
 
+/// Serves HTTP/1.1 and HTTP/2 on one accepted connection, plain or TLS, under the client-side
+/// timeouts (`Timed`) until it ends or the drain closes it.
+async fn serve_http<I>(
+    io: I,
+    watcher: Watcher,
+    builder: &auto::Builder<TokioExecutor>,
+    ctx: Arc<ListenerCtx>,
+    conn: Arc<super::Conn>,
+    limits: super::timeout::Limits,
+    counters: Option<crate::metrics::TimeoutCounters>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(super::timeout::Timed::new(
+        io,
+        conn.inflight.clone(),
+        limits,
+        counters,
+    ));
+    let svc = service_fn(move |req| super::handle(ctx.clone(), conn.clone(), req));
+    watcher
+        .watch(builder.serve_connection_with_upgrades(io, svc).into_owned())
+        .await
+}
+
+/// The TLS handshake under `handshake-timeout`, counted by result, version and cipher; `None`
+/// when it failed (the connection is dropped).
+async fn handshake(
+    tls: &crate::tls::Acceptor,
+    stream: TcpStream,
+    ctx: &ListenerCtx,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let started = std::time::Instant::now();
+    let shaken = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await;
+    let record = |result, version, cipher, took| {
+        if let Some(m) = &ctx.metrics {
+            m.tls_handshake(&ctx.name, result, version, cipher, took);
+        }
+    };
+    match shaken {
+        Ok(Ok(stream)) => {
+            let conn = &stream.get_ref().1;
+            record(
+                "ok",
+                tls_version(conn.protocol_version()),
+                conn.negotiated_cipher_suite()
+                    .and_then(|s| s.suite().as_str())
+                    .unwrap_or("unknown"),
+                Some(started.elapsed()),
+            );
+            Some(stream)
+        }
+        Ok(Err(e)) => {
+            record("failed", "", "", None);
+            debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            record("timeout", "", "", None);
+            debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
 fn tls_version(v: Option<rustls::ProtocolVersion>) -> &'static str {
     match v {
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
@@ -174,89 +245,25 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
         }
         let guard = ActiveGuard::new(&s.active);
         let ctx = s.ctx.clone();
-        let inflight = Arc::new(super::timeout::InFlight::default());
         let limits = super::timeout::Limits {
             keep_alive: s.timeouts.http_keep_alive.0,
             client: s.timeouts.client.0,
             http_request: s.timeouts.http_request.0,
         };
-        let conn_inflight = inflight.clone();
-        let metrics = ctx.metrics.clone();
-        let name = ctx.name.clone();
-        let conn = super::Conn::new(peer, inflight);
-        let svc = service_fn(move |req| super::handle(ctx.clone(), conn.clone(), req));
+        let conn = super::Conn::new(peer, Arc::new(super::timeout::InFlight::default()));
         let (watcher, builder, tls) = (graceful.watcher(), builder.clone(), s.tls.clone());
         let counters = counters.clone();
         tokio::spawn(async move {
             let _permit = (permit, listener_permit);
             let _guard = guard;
             let served = match tls {
-                None => {
-                    watcher
-                        .watch(
-                            builder
-                                .serve_connection_with_upgrades(
-                                    TokioIo::new(super::timeout::Timed::new(
-                                        stream,
-                                        conn_inflight,
-                                        limits,
-                                        counters,
-                                    )),
-                                    svc,
-                                )
-                                .into_owned(),
-                        )
-                        .await
-                }
-                Some(tls) => {
-                    let started = std::time::Instant::now();
-                    let shaken =
-                        tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream))
-                            .await;
-                    let record = |result, version, cipher, took| {
-                        if let Some(m) = &metrics {
-                            m.tls_handshake(&name, result, version, cipher, took);
-                        }
-                    };
-                    match shaken {
-                        Ok(Ok(stream)) => {
-                            let conn = &stream.get_ref().1;
-                            record(
-                                "ok",
-                                tls_version(conn.protocol_version()),
-                                conn.negotiated_cipher_suite()
-                                    .and_then(|s| s.suite().as_str())
-                                    .unwrap_or("unknown"),
-                                Some(started.elapsed()),
-                            );
-                            watcher
-                                .watch(
-                                    builder
-                                        .serve_connection_with_upgrades(
-                                            TokioIo::new(super::timeout::Timed::new(
-                                                stream,
-                                                conn_inflight,
-                                                limits,
-                                                counters,
-                                            )),
-                                            svc,
-                                        )
-                                        .into_owned(),
-                                )
-                                .await
-                        }
-                        Ok(Err(e)) => {
-                            record("failed", "", "", None);
-                            debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            record("timeout", "", "", None);
-                            debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
+                None => serve_http(stream, watcher, &builder, ctx, conn, limits, counters).await,
+                Some(tls) => match handshake(&tls, stream, &ctx, peer).await {
+                    Some(stream) => {
+                        serve_http(stream, watcher, &builder, ctx, conn, limits, counters).await
                     }
-                }
+                    None => return,
+                },
             };
             if let Err(e) = served {
                 debug!(%peer, error = %e, "connection ended with an error");
