@@ -448,6 +448,29 @@ pub fn promtool_check_metrics(exposition: &str) -> Result<(), String> {
     }
 }
 
+/// `fg-origin` on `127.0.0.1:port`, naming itself `name` in its answers; its stdout (the
+/// counts it prints at exit) is returned by [`Proc::stop`].
+pub fn spawn_origin(port: u16, name: &str) -> Proc {
+    Proc::spawn(
+        name,
+        Command::new(bin("fg-origin"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--name", name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )
+}
+
+/// `floodgate run --config config`, its log discarded.
+pub fn spawn_floodgate(config: &Path) -> Proc {
+    Proc::spawn(
+        "floodgate",
+        Command::new(bin("floodgate"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stderr(Stdio::null()),
+    )
+}
+
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

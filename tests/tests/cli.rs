@@ -6,13 +6,11 @@
     reason = "test code: a panic is the failure report"
 )]
 
-use std::{
-    net::SocketAddr,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{net::SocketAddr, process::Command, time::Duration};
 
-use floodgate_tests::{Proc, bin, free_port, http_get, temp_file, wait_for_port};
+use floodgate_tests::{
+    bin, free_port, http_get, spawn_floodgate, spawn_origin, temp_file, wait_for_port,
+};
 
 fn check(name: &str, yaml: &str) -> (bool, String, String) {
     let path = temp_file(name, yaml);
@@ -157,28 +155,8 @@ fn stats_explains_when_nothing_is_pinned() {
 #[test]
 fn run_without_xdp_proxies_routes_and_exits_on_sigterm() {
     let (origin_port, other_port, fg_port) = (free_port(), free_port(), free_port());
-    let mut origin = Proc::spawn(
-        "origin",
-        Command::new(bin("fg-origin"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{origin_port}"),
-                "--name",
-                "web",
-            ])
-            .stdout(Stdio::piped()),
-    );
-    let mut api = Proc::spawn(
-        "api-origin",
-        Command::new(bin("fg-origin"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{other_port}"),
-                "--name",
-                "api",
-            ])
-            .stdout(Stdio::null()),
-    );
+    let mut origin = spawn_origin(origin_port, "web");
+    let mut api = spawn_origin(other_port, "api");
     let config = temp_file(
         "run.yaml",
         &format!(
@@ -194,13 +172,7 @@ backends:
 "
         ),
     );
-    let mut fg = Proc::spawn(
-        "floodgate",
-        Command::new(bin("floodgate"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .stderr(Stdio::null()),
-    );
+    let mut fg = spawn_floodgate(&config);
     let addr: SocketAddr = format!("127.0.0.1:{fg_port}").parse().unwrap();
     assert!(
         wait_for_port(addr, Duration::from_secs(10)),
@@ -254,13 +226,7 @@ backends:
 #[test]
 fn admin_endpoints_and_metrics_match_the_traffic() {
     let (origin_port, fg_port, admin_port) = (free_port(), free_port(), free_port());
-    let _origin = Proc::spawn(
-        "origin",
-        Command::new(bin("fg-origin"))
-            .args(["--listen", &format!("127.0.0.1:{origin_port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
+    let _origin = spawn_origin(origin_port, "origin");
     let config = temp_file(
         "admin.yaml",
         &format!(
@@ -287,13 +253,7 @@ backends: [{{ name: app, servers: ['127.0.0.1:{origin_port}'] }}]
             .replace("routes: [{ path: /missing, backend: nope-not-here }]\n", ""),
     )
     .unwrap();
-    let mut fg = Proc::spawn(
-        "floodgate",
-        Command::new(bin("floodgate"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .stderr(Stdio::null()),
-    );
+    let mut fg = spawn_floodgate(&config);
     let (addr, admin): (SocketAddr, SocketAddr) = (
         format!("127.0.0.1:{fg_port}").parse().unwrap(),
         format!("127.0.0.1:{admin_port}").parse().unwrap(),

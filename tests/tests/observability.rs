@@ -9,13 +9,13 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
 use floodgate_tests::{
-    Proc, bin, free_port, http_get, http_raw, metric, promtool_check_metrics, temp_file,
-    wait_for_port,
+    Proc, bin, free_port, http_get, http_raw, metric, promtool_check_metrics, spawn_origin,
+    temp_file, wait_for_port,
 };
 
 fn addr(port: u16) -> SocketAddr {
@@ -31,13 +31,7 @@ fn metrics_and_access_log_match_a_known_workload() {
         free_port(),
         free_port(),
     );
-    let _origin = Proc::spawn(
-        "origin",
-        Command::new(bin("fg-origin"))
-            .args(["--listen", &format!("127.0.0.1:{origin_port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
+    let _origin = spawn_origin(origin_port, "origin");
     let config = temp_file(
         "observability.yaml",
         &format!(

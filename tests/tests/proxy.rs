@@ -9,20 +9,16 @@
 
 use std::{
     net::SocketAddr,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use floodgate_tests::{Proc, bin, free_port, http_get, temp_file, wait_for_port};
+use floodgate_tests::{
+    Proc, bin, free_port, http_get, spawn_floodgate, spawn_origin, temp_file, wait_for_port,
+};
 
 fn origin(port: u16, name: &str) -> Proc {
-    Proc::spawn(
-        name,
-        Command::new(bin("fg-origin"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--name", name])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    )
+    spawn_origin(port, name)
 }
 
 /// floodgate with XDP off on a free port; `backend` is the YAML of one backend named `app`.
@@ -39,13 +35,7 @@ backends:
 "
     );
     let config = temp_file(name, &yaml);
-    let fg = Proc::spawn(
-        "floodgate",
-        Command::new(bin("floodgate"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .stderr(Stdio::null()),
-    );
+    let fg = spawn_floodgate(&config);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert!(
         wait_for_port(addr, Duration::from_secs(10)),
@@ -604,13 +594,7 @@ backends: [{{ name: app, servers: ['127.0.0.1:{p}'] }}]
 "
         ),
     );
-    let _fg = Proc::spawn(
-        "floodgate",
-        Command::new(bin("floodgate"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .stderr(Stdio::null()),
-    );
+    let _fg = spawn_floodgate(&config);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert!(wait_for_port(addr, Duration::from_secs(10)));
     assert!(wait_for_port(

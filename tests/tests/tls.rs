@@ -16,8 +16,8 @@ use std::{
 };
 
 use floodgate_tests::{
-    Proc, bin, free_port, http_get, metric, promtool_check_metrics, temp_file, wait_for_port,
-    wait_until,
+    Proc, free_port, http_get, metric, promtool_check_metrics, spawn_floodgate, spawn_origin,
+    temp_file, wait_for_port, wait_until,
 };
 
 /// A self-signed certificate made with the openssl CLI: (cert, key).
@@ -118,13 +118,7 @@ fn setup() -> Setup {
     std::fs::rename(c, other.join("tls.crt")).unwrap();
     std::fs::rename(k, other.join("tls.key")).unwrap();
     let (op, port, admin_port) = (free_port(), free_port(), free_port());
-    let origin = Proc::spawn(
-        "origin",
-        Command::new(bin("fg-origin"))
-            .args(["--listen", &format!("127.0.0.1:{op}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
+    let origin = spawn_origin(op, "origin");
     let d = dir.display();
     let config = temp_file(
         &format!("{sub}/fg.yaml"),
@@ -146,13 +140,7 @@ backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
 "
         ),
     );
-    let fg = Proc::spawn(
-        "floodgate",
-        Command::new(bin("floodgate"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .stderr(Stdio::null()),
-    );
+    let fg = spawn_floodgate(&config);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     assert!(wait_for_port(addr, Duration::from_secs(10)));
