@@ -221,8 +221,10 @@ impl Metrics {
             .inc();
     }
 
-    pub fn retry(&self, backend: &str) {
-        self.retries.with_label_values(&[backend]).inc();
+    pub fn retries(&self, backend: &str, n: u32) {
+        self.retries
+            .with_label_values(&[backend])
+            .inc_by(u64::from(n));
     }
 
     pub fn queued(&self, backend: &str, waited: Duration) {

@@ -349,8 +349,8 @@ pub async fn handle(
         if let Some(s) = &trace.server {
             m.server_response(backend, &s.label, status);
         }
-        for _ in 0..trace.retries {
-            m.retry(backend);
+        if trace.retries > 0 {
+            m.retries(backend, trace.retries);
         }
         m.bytes_out(&ctx.name, backend)
     });
