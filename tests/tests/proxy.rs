@@ -696,3 +696,152 @@ fn h2c_prior_knowledge_and_expect_100_continue() {
     assert!(err.contains("HTTP/1.1 100 Continue"), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("o /post"));
 }
+
+/// A scripted HTTP/1.1 origin answering by path with responses framed every way a server may
+/// frame them; counts the connections it accepted and keeps the request heads it saw.
+fn scripted_origin() -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (a, h) = (accepted.clone(), heads.clone());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { return };
+            a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let h = h.clone();
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    h.lock().unwrap().push(head.clone());
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    let (reply, close): (Vec<u8>, bool) = match path.as_str() {
+                        "/chunked" => (
+                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n".to_vec(),
+                            false,
+                        ),
+                        "/until-close" => (b"HTTP/1.0 200 OK\r\n\r\nuntil close".to_vec(), true),
+                        "/interim" => (
+                            b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+                            false,
+                        ),
+                        // Closes without saying so: the connection floodgate keeps is stale.
+                        "/then-close" => (
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nonce".to_vec(),
+                            true,
+                        ),
+                        "/conflicting" => (
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab".to_vec(),
+                            true,
+                        ),
+                        _ if head.starts_with("HEAD ") => (
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n".to_vec(),
+                            false,
+                        ),
+                        _ => {
+                            let mut r = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                                head.len()
+                            )
+                            .into_bytes();
+                            r.extend_from_slice(head.as_bytes());
+                            (r, false)
+                        }
+                    };
+                    if s.write_all(&reply).is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted, heads)
+}
+
+/// Requests without a body take the direct path (`direct.rs`): its response framing, its
+/// reuse of server connections and its recovery from a server that closed one.
+#[test]
+fn bodiless_requests_reuse_server_connections_and_read_every_framing() {
+    use floodgate_tests::http_raw;
+    use std::sync::atomic::Ordering::SeqCst;
+    let (origin, accepted, heads) = scripted_origin();
+    let (_fg, addr) = floodgate(
+        "direct.yaml",
+        "nbthread: 1",
+        &format!("    servers: ['{origin}']"),
+    );
+    let get = |path: &str| {
+        http_raw(
+            addr,
+            format!(
+                "GET {path} HTTP/1.0\r\nHost: t.example\r\nConnection: x-hop\r\nx-hop: 1\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    };
+
+    // Three requests on three client connections, one server connection.
+    for _ in 0..3 {
+        let (status, _, body) = get("/echo?q=1");
+        assert_eq!(status, 200);
+        assert!(body.starts_with("GET /echo?q=1 HTTP/1.1\r\n"), "{body}");
+        let lower = body.to_ascii_lowercase();
+        assert!(lower.contains("\r\nhost: t.example"), "{body}");
+        assert!(lower.contains("\r\nx-forwarded-for: 127.0.0.1"), "{body}");
+        assert!(
+            !lower.contains("x-hop") && !lower.contains("connection:"),
+            "{body}"
+        );
+    }
+    assert_eq!(accepted.load(SeqCst), 1, "server connection not reused");
+
+    let (status, _, body) = get("/chunked");
+    assert_eq!((status, body.as_str()), (200, "hello world"));
+    let (status, head, body) = get("/interim");
+    assert_eq!((status, body.as_str()), (200, "ok"), "{head}");
+    let (status, head, body) = http_raw(addr, b"HEAD /x HTTP/1.0\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.is_empty(), "{body:?}");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 9"),
+        "{head}"
+    );
+    assert_eq!(accepted.load(SeqCst), 1, "server connection not reused");
+
+    // The server closes after this response without saying so; the next request finds the
+    // kept connection dead before any byte of response and is sent again on a new one.
+    let (status, _, body) = get("/then-close");
+    assert_eq!((status, body.as_str()), (200, "once"));
+    let (status, _, _) = get("/echo");
+    assert_eq!(status, 200, "a stale kept connection failed a request");
+    assert_eq!(accepted.load(SeqCst), 2);
+
+    let (status, _, body) = get("/until-close");
+    assert_eq!((status, body.as_str()), (200, "until close"));
+    let (status, _, _) = get("/conflicting");
+    assert_eq!(status, 502, "conflicting lengths must not be forwarded");
+    let (status, _, _) = get("/echo");
+    assert_eq!(status, 200);
+    assert!(
+        heads.lock().unwrap().len() >= 10,
+        "the origin saw {:?}",
+        heads.lock().unwrap()
+    );
+}

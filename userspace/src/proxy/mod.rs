@@ -15,6 +15,7 @@
 //! response body ends (`Done`).
 
 pub mod backend;
+pub mod direct;
 pub mod error;
 pub mod health;
 pub mod pool;
@@ -50,7 +51,7 @@ use crate::{
     metrics::Metrics,
 };
 
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = BoxBody<Bytes, backend::BoxError>;
 
 thread_local! {
     /// Index of the worker thread running this code (0 on the main runtime).
@@ -68,6 +69,8 @@ pub struct Routing {
     /// Per backend, one upstream client per worker thread, so pooled connections stay on the
     /// thread that uses them (no cross-thread wakeups per request).
     clients: Vec<Vec<UpstreamClient>>,
+    /// Per backend, the idle server connections of the direct path (`direct.rs`).
+    direct: Vec<Arc<direct::Conns>>,
     server_timeout: Duration,
     passive: Vec<config::Passive>,
     /// Health checks and DNS discovery of this generation, stopped with it.
@@ -134,6 +137,14 @@ impl Routing {
                             backend::client(t.connect.0, t.client.0, timer)
                         })
                         .collect()
+                })
+                .collect(),
+            direct: cfg
+                .backends
+                .iter()
+                .map(|b| {
+                    let timer = metrics.map(|m| m.connect_histogram(&b.name));
+                    direct::Conns::new(workers, t.connect.0, t.client.0, timer)
                 })
                 .collect(),
             server_timeout: t.server.0,
@@ -608,6 +619,37 @@ async fn forward(
         let server = slot.server.addr;
         trace.server = Some(slot.server.clone());
         tried.push(server);
+        if up.body.is_none() && up.upgrade.is_none() {
+            let Some(conns) = routing.direct.get(backend) else {
+                return Err(ProxyError::Internal("unknown backend".into()));
+            };
+            let worker = WORKER.with(std::cell::Cell::get);
+            let sent = tokio::time::timeout(
+                routing.server_timeout,
+                direct::exchange(conns, worker, server, &slot.server.authority, &up.parts),
+            );
+            let err = match sent.await {
+                Ok(Ok(resp)) => {
+                    health::observe(pool, &slot.server, true, &passive);
+                    return Ok(downstream_response(resp, slot));
+                }
+                Ok(Err(e)) => e,
+                Err(_) => ProxyError::ServerTimeout {
+                    server: server.to_string(),
+                },
+            };
+            if err.retryable() {
+                health::observe(pool, &slot.server, false, &passive);
+            }
+            drop(slot);
+            let servers = pool.servers().len();
+            if !(err.retryable() && tried.len() < MAX_CONNECT_ATTEMPTS.min(servers)) {
+                return Err(err);
+            }
+            trace.retries += 1;
+            debug!(error = %err, "retrying on another server");
+            continue;
+        }
         let mut parts = up.parts.clone();
         // The target with the server as authority, from parts (no formatting, no parsing).
         let mut target = http::uri::Parts::default();
@@ -725,10 +767,17 @@ fn tunnel(
     Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed())
 }
 
-fn downstream_response(resp: Response<Incoming>, slot: Slot) -> Response<ProxyBody> {
+fn downstream_response<B>(resp: Response<B>, slot: Slot) -> Response<ProxyBody>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<backend::BoxError>,
+{
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Hold { body, guard: slot }.boxed())
+    Response::from_parts(
+        parts,
+        Hold { body, guard: slot }.map_err(Into::into).boxed(),
+    )
 }
 
 /// A body that keeps `G` alive until the body ends or is dropped, and tells it the data bytes

@@ -1,0 +1,723 @@
+//! The direct upstream path: a request without a body (most of them: GET, HEAD) written to a
+//! server connection owned by the client's own task, its response read by that task too.
+//!
+//! hyper's pooled client gives every server connection its own task, and hands each request
+//! and response across channels between that task and the client's: two task switches and
+//! their wakeups per request, about a third of floodgate's user time per proxied request.
+//! HAProxy moves a request from the client to the server connection in the same thread and
+//! stream. This does the same: the connection is taken from the worker's idle list, written
+//! and read in place, and put back when its response body ends.
+//!
+//! Requests with a body, and Upgrade requests, still take hyper's client (`backend.rs`): it
+//! streams bodies both ways at once, which a sequential exchange cannot.
+
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll, ready},
+    time::{Duration, Instant},
+};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
+use hyper::body::{Body, Frame, SizeHint};
+use prometheus::Histogram;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+use super::{backend::BoxError, error::ProxyError};
+
+/// hyper's limits for a response head, kept so both paths refuse the same servers.
+const MAX_HEADERS: usize = 100;
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// A chunk-size or trailer line longer than this is not HTTP.
+const MAX_LINE: usize = 4096;
+const READ_CHUNK: usize = 16 * 1024;
+/// Idle connections kept per server and worker; more are closed when they come back.
+const MAX_IDLE_PER_SERVER: usize = 1024;
+
+/// Idle server connections of one backend, one list per worker thread so a connection is only
+/// used by the runtime it is registered with.
+pub struct Conns {
+    per_worker: Vec<Mutex<HashMap<SocketAddr, Vec<Idle>>>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    connect_time: Option<Histogram>,
+}
+
+struct Idle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+impl Conns {
+    pub fn new(
+        workers: usize,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        connect_time: Option<Histogram>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            per_worker: (0..workers.max(1))
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            connect_timeout,
+            idle_timeout,
+            connect_time,
+        })
+    }
+
+    fn list(&self, worker: usize) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
+        let i = worker % self.per_worker.len().max(1);
+        // Only this worker's thread takes this lock; poison cannot leave the map inconsistent.
+        self.per_worker[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used idle connection (its server is the least likely to have closed
+    /// it), dropping the ones idle past `idle_timeout` on the way.
+    fn take(&self, worker: usize, server: SocketAddr) -> Option<TcpStream> {
+        let mut map = self.list(worker);
+        let idle = map.get_mut(&server)?;
+        while let Some(c) = idle.pop() {
+            if c.since.elapsed() < self.idle_timeout {
+                return Some(c.stream);
+            }
+            // Everything below is older still.
+            idle.clear();
+        }
+        None
+    }
+
+    fn put(&self, worker: usize, server: SocketAddr, stream: TcpStream) {
+        let mut map = self.list(worker);
+        let idle = map.entry(server).or_default();
+        // The oldest sit at the front; close the expired ones so their fds do not linger
+        // until the next quiet moment.
+        let expired = idle
+            .iter()
+            .take_while(|c| c.since.elapsed() >= self.idle_timeout)
+            .count();
+        idle.drain(..expired);
+        if idle.len() < MAX_IDLE_PER_SERVER {
+            idle.push(Idle {
+                stream,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self, server: SocketAddr) -> Result<TcpStream, ProxyError> {
+        let start = Instant::now();
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(server)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    return Err(ProxyError::Connect {
+                        server: server.to_string(),
+                        reason: e.to_string(),
+                    });
+                }
+                Err(_) => {
+                    return Err(ProxyError::ConnectTimeout {
+                        server: server.to_string(),
+                    });
+                }
+            };
+        if let Some(h) = &self.connect_time {
+            h.observe(start.elapsed().as_secs_f64());
+        }
+        // Heads are written whole; Nagle would only hold them back.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+/// Sends `parts` (no body) to `server` over this worker's idle connection or a new one, and
+/// reads the response head. A reused connection the server had closed (no byte of response
+/// came back) is replaced by a new one once, as hyper's client does: the request was not
+/// processed, so sending it again is safe whatever its method.
+pub async fn exchange(
+    conns: &Arc<Conns>,
+    worker: usize,
+    server: SocketAddr,
+    authority: &http::uri::Authority,
+    parts: &http::request::Parts,
+) -> Result<Response<DirectBody>, ProxyError> {
+    let head = encode_request(parts, authority);
+    let head_only = parts.method == http::Method::HEAD;
+    if let Some(stream) = conns.take(worker, server) {
+        match send(stream, &head, head_only).await {
+            Ok(r) => return Ok(r.finish(conns, worker, server)),
+            Err(Failure::Stale) => {}
+            Err(Failure::Broken(reason)) => return Err(upstream(server, reason)),
+        }
+    }
+    let stream = conns.connect(server).await?;
+    match send(stream, &head, head_only).await {
+        Ok(r) => Ok(r.finish(conns, worker, server)),
+        Err(Failure::Stale) => Err(upstream(
+            server,
+            "connection closed before a response".into(),
+        )),
+        Err(Failure::Broken(reason)) => Err(upstream(server, reason)),
+    }
+}
+
+fn upstream(server: SocketAddr, reason: String) -> ProxyError {
+    ProxyError::Upstream {
+        server: server.to_string(),
+        reason,
+    }
+}
+
+/// The request line and headers, HTTP/1.1, in origin form (the server is addressed by the
+/// connection, not the target).
+fn encode_request(parts: &http::request::Parts, authority: &http::uri::Authority) -> Vec<u8> {
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let mut out = Vec::with_capacity(256 + parts.headers.len() * 32);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !parts.headers.contains_key(header::HOST) {
+        // An HTTP/1.0 client may send no Host; HTTP/1.1 requires one.
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(authority.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+enum Failure {
+    /// Nothing came back: the connection was closed or reset before the response started.
+    Stale,
+    Broken(String),
+}
+
+/// A response head read from `stream`, with the body bytes that came with it.
+struct Received {
+    stream: TcpStream,
+    status: StatusCode,
+    headers: HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+    buf: BytesMut,
+}
+
+async fn send(mut stream: TcpStream, head: &[u8], head_only: bool) -> Result<Received, Failure> {
+    if let Err(e) = stream.write_all(head).await {
+        return Err(stale_or_broken(&e));
+    }
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    loop {
+        match stream.read_buf(&mut buf).await {
+            Ok(0) if buf.is_empty() => return Err(Failure::Stale),
+            Ok(0) => {
+                return Err(Failure::Broken(
+                    "connection closed in the response head".into(),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if buf.is_empty() => return Err(stale_or_broken(&e)),
+            Err(e) => return Err(Failure::Broken(e.to_string())),
+        }
+        // Interim responses (100 Continue, 103 Early Hints) are not forwarded: the client
+        // sent no body to continue and hyper's server has no way to relay them.
+        while let Some(parsed) = parse_head(&buf, head_only).map_err(Failure::Broken)? {
+            let rest = buf.split_off(parsed.len);
+            buf = rest;
+            if parsed.status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(Failure::Broken(
+                    "101 to a request that asked no upgrade".into(),
+                ));
+            }
+            if parsed.status.is_informational() {
+                continue;
+            }
+            return Ok(Received {
+                stream,
+                status: parsed.status,
+                headers: parsed.headers,
+                framing: parsed.framing,
+                keep_alive: parsed.keep_alive,
+                buf,
+            });
+        }
+        if buf.len() > MAX_HEAD_BYTES {
+            return Err(Failure::Broken("response head too large".into()));
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(8 * 1024);
+        }
+    }
+}
+
+fn stale_or_broken(e: &io::Error) -> Failure {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::UnexpectedEof => Failure::Stale,
+        _ => Failure::Broken(e.to_string()),
+    }
+}
+
+impl Received {
+    fn finish(self, conns: &Arc<Conns>, worker: usize, server: SocketAddr) -> Response<DirectBody> {
+        let mut body = DirectBody {
+            stream: Some(self.stream),
+            buf: self.buf,
+            framing: self.framing,
+            keep_alive: self.keep_alive,
+            home: Some((conns.clone(), worker, server)),
+        };
+        if body.framing.is_done() {
+            // Nothing to read: hyper may never poll an empty body, so it goes back now.
+            body.release();
+        }
+        let mut resp = Response::new(body);
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers;
+        resp
+    }
+}
+
+struct Head {
+    len: usize,
+    status: StatusCode,
+    headers: HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// One response head from the start of `buf`, `None` until it is complete. Body framing
+/// follows RFC 9112 section 6.3, in its order.
+fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, String> {
+    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut raw);
+    let len = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("invalid response head: {e}")),
+    };
+    let status = r
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or("invalid status code")?;
+    let http11 = r.version == Some(1);
+    let mut headers = HeaderMap::with_capacity(r.headers.len());
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut encoded = false;
+    let mut close = !http11;
+    for h in r.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| format!("invalid header name {:?}", h.name))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| format!("invalid value of header {name}"))?;
+        if name == header::CONTENT_LENGTH {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or("invalid content-length")?;
+            if length.is_some_and(|m| m != n) {
+                return Err("conflicting content-length headers".into());
+            }
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            encoded = true;
+            // Only the last coding frames the message.
+            chunked = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.rsplit(',').next())
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        } else if name == header::CONNECTION
+            && let Ok(v) = value.to_str()
+        {
+            for token in v.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") && !http11 {
+                    close = false;
+                }
+            }
+        }
+        headers.append(name, value);
+    }
+    let no_body = head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = if no_body {
+        Framing::Length(0)
+    } else if encoded && chunked {
+        Framing::Chunked(Chunked::Size)
+    } else if encoded {
+        Framing::Close
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::Close
+    };
+    let keep_alive = !close && !matches!(framing, Framing::Close);
+    Ok(Some(Head {
+        len,
+        status,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// Bytes still to come.
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the server closes.
+    Close,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    Data(u64),
+    /// Expecting the CRLF that ends a chunk's data.
+    DataEnd,
+    /// Expecting trailer lines, up to an empty one.
+    Trailers,
+}
+
+impl Framing {
+    fn is_done(&self) -> bool {
+        matches!(self, Framing::Done | Framing::Length(0))
+    }
+}
+
+/// A response body read from the server connection by the task that sends it to the client.
+/// Its end gives the connection back to the worker's idle list; dropped before its end, it
+/// closes the connection (the rest of the response is unread).
+pub struct DirectBody {
+    stream: Option<TcpStream>,
+    buf: BytesMut,
+    framing: Framing,
+    keep_alive: bool,
+    home: Option<(Arc<Conns>, usize, SocketAddr)>,
+}
+
+impl DirectBody {
+    fn release(&mut self) {
+        self.framing = Framing::Done;
+        let stream = self.stream.take();
+        // Bytes past the end of the response would be read as the next response's start.
+        if self.keep_alive
+            && self.buf.is_empty()
+            && let (Some(stream), Some((conns, worker, server))) = (stream, self.home.take())
+        {
+            conns.put(worker, server, stream);
+        }
+    }
+
+    /// Reads more from the server into `buf`; 0 is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(stream) = &self.stream else {
+            return Poll::Ready(Ok(0));
+        };
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        loop {
+            match stream.try_read_buf(&mut self.buf) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(stream.poll_read_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// The next step of the body from what is buffered: a frame, the end, or `None` when more
+    /// bytes are needed.
+    fn step(&mut self) -> Result<Option<Option<Bytes>>, BoxError> {
+        loop {
+            match self.framing {
+                Framing::Done | Framing::Length(0) => {
+                    self.release();
+                    return Ok(Some(None));
+                }
+                Framing::Length(n) => {
+                    if self.buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = self.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                    let data = self.buf.split_to(take).freeze();
+                    self.framing = Framing::Length(n - take as u64);
+                    if self.framing.is_done() {
+                        // hyper stops polling a body whose end it knows from its length, so
+                        // the connection goes back with the last bytes, not after them.
+                        self.release();
+                    }
+                    return Ok(Some(Some(data)));
+                }
+                Framing::Close => {
+                    if self.buf.is_empty() {
+                        return Ok(None);
+                    }
+                    return Ok(Some(Some(self.buf.split().freeze())));
+                }
+                Framing::Chunked(Chunked::Data(n)) => {
+                    if self.buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = self.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                    let left = n - take as u64;
+                    self.framing = Framing::Chunked(if left == 0 {
+                        Chunked::DataEnd
+                    } else {
+                        Chunked::Data(left)
+                    });
+                    return Ok(Some(Some(self.buf.split_to(take).freeze())));
+                }
+                Framing::Chunked(state) => {
+                    let Some(line) = self.line()? else {
+                        return Ok(None);
+                    };
+                    self.framing = match state {
+                        Chunked::Size => match chunk_size(&line)? {
+                            0 => Framing::Chunked(Chunked::Trailers),
+                            n => Framing::Chunked(Chunked::Data(n)),
+                        },
+                        Chunked::DataEnd if line.is_empty() => Framing::Chunked(Chunked::Size),
+                        Chunked::DataEnd => return Err("chunk data longer than its size".into()),
+                        // Trailers are dropped: hyper's server does not send them on HTTP/1.1.
+                        Chunked::Trailers if line.is_empty() => Framing::Done,
+                        Chunked::Trailers => Framing::Chunked(Chunked::Trailers),
+                        Chunked::Data(n) => Framing::Chunked(Chunked::Data(n)),
+                    };
+                }
+            }
+        }
+    }
+
+    /// One line from `buf` without its CRLF (or bare LF), `None` until it is whole.
+    fn line(&mut self) -> Result<Option<Bytes>, BoxError> {
+        let Some(end) = self.buf.iter().position(|b| *b == b'\n') else {
+            if self.buf.len() > MAX_LINE {
+                return Err("chunk line too long".into());
+            }
+            return Ok(None);
+        };
+        let mut line = self.buf.split_to(end + 1);
+        line.truncate(end);
+        if line.last() == Some(&b'\r') {
+            line.truncate(end - 1);
+        }
+        Ok(Some(line.freeze()))
+    }
+}
+
+/// The size of a chunk-size line, hex, before any `;extension`.
+fn chunk_size(line: &[u8]) -> Result<u64, BoxError> {
+    let digits = line.split(|b| *b == b';').next().unwrap_or_default();
+    let digits = std::str::from_utf8(digits)
+        .map_err(|_| "invalid chunk size")?
+        .trim_matches([' ', '\t']);
+    if digits.is_empty() || digits.len() > 15 {
+        return Err("invalid chunk size".into());
+    }
+    Ok(u64::from_str_radix(digits, 16).map_err(|_| "invalid chunk size")?)
+}
+
+impl Body for DirectBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            match this.step() {
+                Ok(Some(Some(data))) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Some(None)) => return Poll::Ready(None),
+                Ok(None) => {}
+                Err(e) => {
+                    this.stream = None;
+                    this.framing = Framing::Done;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            match ready!(this.poll_fill(cx)) {
+                Ok(0) if this.framing == Framing::Close => {
+                    this.keep_alive = false;
+                    this.release();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.stream = None;
+                    this.framing = Framing::Done;
+                    return Poll::Ready(Some(Err("server closed the connection mid-body".into())));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.stream = None;
+                    this.framing = Framing::Done;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(s: &str) -> Head {
+        match parse_head(s.as_bytes(), false) {
+            Ok(Some(h)) => h,
+            other => panic!("{s:?}: {:?}", other.err()),
+        }
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112_order() {
+        let h = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n");
+        assert_eq!(h.framing, Framing::Length(5));
+        assert!(h.keep_alive);
+        let h = head(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 5\r\n\r\n",
+        );
+        assert_eq!(h.framing, Framing::Chunked(Chunked::Size));
+        let h = head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n");
+        assert_eq!(h.framing, Framing::Close);
+        assert!(!h.keep_alive);
+        let h = head("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n");
+        assert_eq!(h.framing, Framing::Length(0));
+        let h = head("HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!(h.framing, Framing::Close);
+        let h = head("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+        assert!(!h.keep_alive);
+        let h = head("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n");
+        assert!(!h.keep_alive);
+        let h = head("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n");
+        assert!(h.keep_alive);
+        let Ok(Some(h)) = parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", true) else {
+            panic!("HEAD response not parsed");
+        };
+        assert_eq!(h.framing, Framing::Length(0));
+    }
+
+    #[test]
+    fn bad_heads_are_refused() {
+        assert!(
+            parse_head(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+                false
+            )
+            .is_err()
+        );
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n", false).is_err());
+        assert!(parse_head(b"NOTHTTP\r\n\r\n", false).is_err());
+        assert!(matches!(
+            parse_head(b"HTTP/1.1 200 OK\r\ncontent-", false),
+            Ok(None)
+        ));
+    }
+
+    /// A body over a buffer only (no stream): what `step` yields for given bytes.
+    fn decode(framing: Framing, input: &[u8]) -> Result<(Vec<u8>, bool), BoxError> {
+        let mut b = DirectBody {
+            stream: None,
+            buf: BytesMut::from(input),
+            framing,
+            keep_alive: true,
+            home: None,
+        };
+        let mut out = Vec::new();
+        loop {
+            match b.step()? {
+                Some(Some(d)) => out.extend_from_slice(&d),
+                Some(None) => return Ok((out, true)),
+                None => return Ok((out, false)),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode() {
+        let c = Framing::Chunked(Chunked::Size);
+        let (out, done) =
+            decode(c, b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-t: 1\r\n\r\n").unwrap();
+        assert_eq!(out, b"hello world");
+        assert!(done);
+        // Cut anywhere, it waits for more rather than failing.
+        let (out, done) = decode(c, b"5\r\nhel").unwrap();
+        assert_eq!(out, b"hel");
+        assert!(!done);
+        let (_, done) = decode(c, b"5\r\nhello\r").unwrap();
+        assert!(!done);
+        assert!(decode(c, b"5\r\nhelloXX\r\n").is_err());
+        assert!(decode(c, b"zz\r\n").is_err());
+        assert!(decode(c, &[b'1'; MAX_LINE + 1]).is_err());
+    }
+
+    #[test]
+    fn length_bodies_stop_at_their_length() {
+        let (out, done) = decode(Framing::Length(3), b"abc").unwrap();
+        assert_eq!(out, b"abc");
+        assert!(done);
+        let (out, done) = decode(Framing::Length(4), b"abc").unwrap();
+        assert_eq!(out, b"abc");
+        assert!(!done);
+    }
+
+    #[test]
+    fn requests_are_written_in_origin_form_with_a_host() {
+        let (parts, ()) = http::Request::get("http://a.example/x?y=1")
+            .header("x-a", "1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let authority = http::uri::Authority::from_static("10.0.0.1:80");
+        let s = String::from_utf8(encode_request(&parts, &authority)).unwrap();
+        assert_eq!(
+            s,
+            "GET /x?y=1 HTTP/1.1\r\nhost: 10.0.0.1:80\r\nx-a: 1\r\n\r\n"
+        );
+    }
+}
