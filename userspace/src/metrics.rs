@@ -5,7 +5,7 @@
 use std::{
     fmt::Write as _,
     path::PathBuf,
-    sync::{Arc, atomic::AtomicU64},
+    sync::{Arc, OnceLock, atomic::AtomicU64},
     time::Duration,
 };
 
@@ -53,26 +53,69 @@ pub struct TimeoutCounters {
 }
 
 /// The method classes requests are counted by; anything else is `other`.
-pub fn method_class(m: &http::Method) -> &'static str {
+/// The `method` label values, indexed by `method_index`.
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other",
+];
+/// The `code` label values, indexed by `status_index`.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+pub fn method_index(m: &http::Method) -> usize {
     match *m {
-        http::Method::GET => "GET",
-        http::Method::HEAD => "HEAD",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::DELETE => "DELETE",
-        http::Method::PATCH => "PATCH",
-        http::Method::OPTIONS => "OPTIONS",
-        _ => "other",
+        http::Method::GET => 0,
+        http::Method::HEAD => 1,
+        http::Method::POST => 2,
+        http::Method::PUT => 3,
+        http::Method::DELETE => 4,
+        http::Method::PATCH => 5,
+        http::Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+fn status_index(status: u16) -> usize {
+    match status / 100 {
+        1 => 0,
+        2 => 1,
+        3 => 2,
+        4 => 3,
+        _ => 4,
     }
 }
 
 pub fn status_class(status: u16) -> &'static str {
-    match status / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        _ => "5xx",
+    STATUS_CLASSES[status_index(status)]
+}
+
+/// One listener's metric handles for one backend, made on its first request. Finding a
+/// labelled metric hashes every label value and takes a lock: that was five times per request.
+pub struct Handles {
+    requests_vec: IntCounterVec,
+    listener: String,
+    backend: String,
+    requests: [[OnceLock<IntCounter>; STATUS_CLASSES.len()]; METHODS.len()],
+    duration: Histogram,
+    pub queue: Histogram,
+    pub bytes_in: IntCounter,
+    pub bytes_out: IntCounter,
+}
+
+impl Handles {
+    /// A request answered: `floodgate_http_requests_total` and its duration.
+    pub fn observe(&self, method: usize, status: u16, took: Duration) {
+        let m = method.min(METHODS.len() - 1);
+        let s = status_index(status);
+        self.requests[m][s]
+            .get_or_init(|| {
+                self.requests_vec.with_label_values(&[
+                    self.listener.as_str(),
+                    self.backend.as_str(),
+                    METHODS[m],
+                    STATUS_CLASSES[s],
+                ])
+            })
+            .inc();
+        self.duration.observe(took.as_secs_f64());
     }
 }
 
@@ -192,20 +235,35 @@ impl Metrics {
 
     /// Records one answered request (at its response headers). `backend` is empty when no route
     /// matched.
+    /// A request answered, for requests no backend was chosen for (see `Handles`).
     pub fn observe(
         &self,
         listener: &str,
         backend: &str,
-        method: &'static str,
+        method: usize,
         status: u16,
         took: Duration,
     ) {
+        let m = method.min(METHODS.len() - 1);
         self.requests
-            .with_label_values(&[listener, backend, method, status_class(status)])
+            .with_label_values(&[listener, backend, METHODS[m], status_class(status)])
             .inc();
         self.duration
             .with_label_values(&[listener, backend])
             .observe(took.as_secs_f64());
+    }
+
+    pub fn handles(&self, listener: &str, backend: &str) -> Handles {
+        Handles {
+            requests_vec: self.requests.clone(),
+            listener: listener.to_owned(),
+            backend: backend.to_owned(),
+            requests: Default::default(),
+            duration: self.duration.with_label_values(&[listener, backend]),
+            queue: self.queue.with_label_values(&[backend]),
+            bytes_in: self.bytes_in(listener, backend),
+            bytes_out: self.bytes_out(listener, backend),
+        }
     }
 
     /// The answer to a request a server was chosen for (its own, or floodgate's 502/504).
@@ -225,12 +283,6 @@ impl Metrics {
         self.retries
             .with_label_values(&[backend])
             .inc_by(u64::from(n));
-    }
-
-    pub fn queued(&self, backend: &str, waited: Duration) {
-        self.queue
-            .with_label_values(&[backend])
-            .observe(waited.as_secs_f64());
     }
 
     /// The connect-time histogram of one backend, for its upstream connector.
@@ -653,9 +705,9 @@ mod tests {
     fn classes() {
         assert_eq!(status_class(204), "2xx");
         assert_eq!(status_class(503), "5xx");
-        assert_eq!(method_class(&http::Method::GET), "GET");
+        assert_eq!(METHODS[method_index(&http::Method::GET)], "GET");
         assert_eq!(
-            method_class(&http::Method::from_bytes(b"PROPFIND").unwrap()),
+            METHODS[method_index(&http::Method::from_bytes(b"PROPFIND").unwrap())],
             "other"
         );
     }
