@@ -237,6 +237,19 @@ fn the_production_policy_with_real_clients() {
         has(&out, "Cipher is (NONE)"),
         "a cipher outside the list is refused:\n{out}"
     );
+    // floodgate's order decides, as HAProxy's does (no `prefer-client-ciphers`).
+    let out = s_client(
+        a,
+        &[
+            "-tls1_3",
+            "-ciphersuites",
+            "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
+        ],
+    );
+    assert!(
+        has(&out, "Cipher is TLS_AES_128_GCM_SHA256"),
+        "the server's first TLS 1.3 suite:\n{out}"
+    );
     for (args, cipher) in [
         (
             ["-tls1_2", "-sigalgs", "ECDSA+SHA256"],

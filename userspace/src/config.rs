@@ -449,6 +449,9 @@ pub struct TlsPolicy {
     pub ciphers: String,
     /// TLS 1.3 suites, colon-separated.
     pub ciphersuites: String,
+    /// Follow the client's order of suites instead of ours (HAProxy's `prefer-client-ciphers`;
+    /// off, as in HAProxy: the first suite of our lists that the client offers is chosen).
+    pub prefer_client_ciphers: bool,
     /// Sessions kept for resumption.
     pub session_cache: usize,
     pub handshake_timeout: HDuration,
@@ -464,6 +467,7 @@ impl Default for TlsPolicy {
             ciphers: "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256".into(),
             ciphersuites:
                 "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256".into(),
+            prefer_client_ciphers: false,
             session_cache: 20_000,
             handshake_timeout: HDuration::secs(10),
             ssl_options: None,
@@ -482,6 +486,7 @@ impl TlsPolicy {
             match o {
                 "no-sslv3" | "no-tlsv10" | "no-tlsv11" | "force-tlsv12" => {}
                 "no-tls-tickets" => self.tickets = false,
+                "prefer-client-ciphers" => self.prefer_client_ciphers = true,
                 "no-tlsv12" | "force-tlsv13" => self.min_version = TlsVersion::V1_3,
                 other => {
                     return Err(invalid(
@@ -1153,6 +1158,26 @@ xdp: { enabled: false }
             Duration::from_millis(2500),
             "bare numbers are ms"
         );
+    }
+
+    #[test]
+    fn haproxy_ssl_options_map_onto_the_policy() {
+        let mut p = TlsPolicy {
+            ssl_options: Some(
+                "no-sslv3 no-tls-tickets no-tlsv10 no-tlsv11 prefer-client-ciphers".into(),
+            ),
+            tickets: true,
+            ..TlsPolicy::default()
+        };
+        p.apply_ssl_options().expect("known options");
+        assert!(!p.tickets && p.prefer_client_ciphers);
+        assert!(
+            !TlsPolicy::default().prefer_client_ciphers,
+            "server order, as HAProxy"
+        );
+        p.ssl_options = Some("no-sslv3 strict-sni".into());
+        let e = p.apply_ssl_options().expect_err("unknown option");
+        assert!(e.to_string().contains("strict-sni"), "{e}");
     }
 
     #[test]

@@ -94,6 +94,7 @@ fn select(
     key: &'static str,
     tls13: bool,
 ) -> Result<Vec<SupportedCipherSuite>, TlsError> {
+    // In the list's order: it is the order of preference (see `prefer-client-ciphers`).
     let mut wanted = Vec::new();
     for name in list.split(':').map(str::trim).filter(|n| !n.is_empty()) {
         let suite = suite_by_name(name).ok_or_else(|| TlsError::UnknownCipher {
@@ -105,7 +106,12 @@ fn select(
             .find(|s| s.suite() == suite);
         match supported {
             Some(s) if (s.version().version == ProtocolVersion::TLSv1_3) == tls13 => {
-                wanted.push(suite)
+                if !wanted
+                    .iter()
+                    .any(|w: &SupportedCipherSuite| w.suite() == suite)
+                {
+                    wanted.push(*s);
+                }
             }
             _ => {
                 return Err(TlsError::UnknownCipher {
@@ -115,11 +121,7 @@ fn select(
             }
         }
     }
-    Ok(aws_lc_rs::ALL_CIPHER_SUITES
-        .iter()
-        .filter(|s| wanted.contains(&s.suite()))
-        .copied()
-        .collect())
+    Ok(wanted)
 }
 
 /// Checks a policy's cipher lists (for `floodgate check` and reload).
@@ -417,6 +419,9 @@ impl Acceptor {
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         cfg.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        // HAProxy chooses by its own order unless told `prefer-client-ciphers`; rustls by
+        // the client's unless told otherwise.
+        cfg.ignore_client_order = !policy.prefer_client_ciphers;
         // Resumption through the server-side cache; tickets only when the policy allows them.
         cfg.session_storage = ServerSessionMemoryCache::new(policy.session_cache);
         if policy.tickets {
@@ -524,12 +529,21 @@ mod tests {
             CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
         );
         let s = select(
-            "TLS_AES_128_GCM_SHA256:TLS13_AES_256_GCM_SHA384",
+            "TLS_AES_128_GCM_SHA256:TLS13_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
             "tls.ciphersuites",
             true,
         )
         .unwrap();
         assert_eq!(s.len(), 2);
+        // The list's order is the order of preference, not rustls's.
+        assert_eq!(s[0].suite(), CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let s = select(
+            "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
+            "tls.ciphersuites",
+            true,
+        )
+        .unwrap();
+        assert_eq!(s[0].suite(), CipherSuite::TLS13_AES_256_GCM_SHA384);
         let e = select("ECDHE-RSA-DES-CBC3-SHA", "tls.ciphers", false).unwrap_err();
         assert!(
             e.to_string().contains("ECDHE-RSA-DES-CBC3-SHA")
