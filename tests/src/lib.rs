@@ -494,8 +494,11 @@ pub fn undocumented_families(exposition: &str) -> Vec<String> {
     missing
 }
 
-/// Writes `text` to a fresh file in a per-process temp directory.
+/// Writes `text` to a fresh file in a per-process temp directory. The directory stays after
+/// the run (its logs explain a failure) and is removed by the next run once its process is gone.
 pub fn temp_file(name: &str, text: &str) -> PathBuf {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(sweep_temp_dirs);
     let dir = std::env::temp_dir().join(format!("floodgate-tests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join(name);
@@ -504,6 +507,26 @@ pub fn temp_file(name: &str, text: &str) -> PathBuf {
     }
     std::fs::write(&path, text).expect("write temp file");
     path
+}
+
+/// Removes the temp directories of earlier test processes that have exited.
+fn sweep_temp_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("floodgate-tests-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Runs `f` on a thread that joined network namespace `ns` (setns affects only that thread).
