@@ -845,3 +845,38 @@ fn bodiless_requests_reuse_server_connections_and_read_every_framing() {
         heads.lock().unwrap()
     );
 }
+
+/// Sockets of this host in CLOSE_WAIT towards `server` (their peer closed; ours not yet).
+fn close_wait_to(server: SocketAddr) -> usize {
+    let out = Command::new("ss")
+        .args(["-Htn", "state", "close-wait", "dst", &server.to_string()])
+        .output()
+        .expect("ss (iproute2, installed by cargo xtask setup)");
+    assert!(out.status.success(), "ss failed");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// A kept server connection that its server closes is closed by floodgate's sweep within a
+/// few seconds, not left in CLOSE_WAIT until the server is chosen again.
+#[test]
+fn idle_server_connections_closed_by_the_server_are_swept() {
+    use floodgate_tests::{http_raw, wait_until};
+    let (origin, accepted, _) = scripted_origin();
+    let (_fg, addr) = floodgate(
+        "sweep.yaml",
+        "nbthread: 1",
+        &format!("    servers: ['{origin}']"),
+    );
+    let (status, _, body) = http_raw(addr, b"GET /then-close HTTP/1.0\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!((status, body.as_str()), (200, "once"));
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Kept for reuse (the response did not say close), then closed by the server.
+    assert!(
+        wait_until(Duration::from_secs(1), || close_wait_to(origin) == 1),
+        "the kept connection never reached CLOSE_WAIT"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || close_wait_to(origin) == 0),
+        "the connection its server closed is still open after 5 s"
+    );
+}

@@ -554,6 +554,19 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
         }
         family(
             &mut out,
+            "floodgate_backend_idle_connections",
+            "gauge",
+            "Idle keep-alive connections to the backend's servers, kept for reuse (HAProxy idle_conn_cur), as of the last 2 s sweep",
+        );
+        for (i, (b, _, _)) in loads.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "floodgate_backend_idle_connections{{backend=\"{b}\"}} {}",
+                routing.idle_connections(i)
+            );
+        }
+        family(
+            &mut out,
             "floodgate_server_active_requests",
             "gauge",
             "Requests in flight per server",

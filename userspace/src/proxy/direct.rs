@@ -16,7 +16,10 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll, ready},
     time::{Duration, Instant},
 };
@@ -45,6 +48,8 @@ const MAX_IDLE_PER_SERVER: usize = 1024;
 /// used by the runtime it is registered with.
 pub struct Conns {
     per_worker: Vec<Mutex<HashMap<SocketAddr, Vec<Idle>>>>,
+    /// Open idle connections as of the last reap, for metrics.
+    idle: AtomicUsize,
     connect_timeout: Duration,
     idle_timeout: Duration,
     connect_time: Option<Histogram>,
@@ -66,6 +71,7 @@ impl Conns {
             per_worker: (0..workers.max(1))
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
+            idle: AtomicUsize::new(0),
             connect_timeout,
             idle_timeout,
             connect_time,
@@ -113,6 +119,29 @@ impl Conns {
         }
     }
 
+    /// Closes the idle connections past `idle_timeout` and those their server has closed (a
+    /// read gives EOF, or bytes nobody asked for), so neither lingers as an fd in CLOSE_WAIT
+    /// until its server is chosen again, or forever when discovery removed the server.
+    /// Returns how many stay open.
+    pub fn reap(&self) -> usize {
+        let mut open = 0;
+        for list in &self.per_worker {
+            let mut map = list.lock().unwrap_or_else(PoisonError::into_inner);
+            map.retain(|_, idle| {
+                idle.retain(|c| c.since.elapsed() < self.idle_timeout && still_open(&c.stream));
+                open += idle.len();
+                !idle.is_empty()
+            });
+        }
+        self.idle.store(open, Ordering::Relaxed);
+        open
+    }
+
+    /// Open idle connections as of the last reap.
+    pub fn idle(&self) -> usize {
+        self.idle.load(Ordering::Relaxed)
+    }
+
     async fn connect(&self, server: SocketAddr) -> Result<TcpStream, ProxyError> {
         let start = Instant::now();
         let stream =
@@ -137,6 +166,13 @@ impl Conns {
         let _ = stream.set_nodelay(true);
         Ok(stream)
     }
+}
+
+/// An idle connection is still usable while reading it would block: nothing has arrived,
+/// not even the server's FIN.
+fn still_open(s: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// Sends `parts` (no body) to `server` over this worker's idle connection or a new one, and

@@ -120,6 +120,15 @@ impl Routing {
             }
             pools.push(pool);
         }
+        let direct: Vec<Arc<direct::Conns>> = cfg
+            .backends
+            .iter()
+            .map(|b| {
+                let timer = metrics.map(|m| m.connect_histogram(&b.name));
+                direct::Conns::new(workers, t.connect.0, t.client.0, timer)
+            })
+            .collect();
+        tasks.push(spawn_reaper(direct.clone()));
         let router = Router::new(&cfg.routes, |name| {
             pools.iter().position(|p| p.name == name)
         });
@@ -139,14 +148,7 @@ impl Routing {
                         .collect()
                 })
                 .collect(),
-            direct: cfg
-                .backends
-                .iter()
-                .map(|b| {
-                    let timer = metrics.map(|m| m.connect_histogram(&b.name));
-                    direct::Conns::new(workers, t.connect.0, t.client.0, timer)
-                })
-                .collect(),
+            direct,
             server_timeout: t.server.0,
             tasks,
         }
@@ -160,11 +162,30 @@ impl Routing {
         &self.pools
     }
 
+    /// Idle server connections the direct path keeps for `backend` (as of the last reap).
+    pub fn idle_connections(&self, backend: usize) -> usize {
+        self.direct.get(backend).map_or(0, |c| c.idle())
+    }
+
     fn client(&self, backend: usize) -> Option<&UpstreamClient> {
         let w = WORKER.with(std::cell::Cell::get);
         let per_worker = self.clients.get(backend)?;
         per_worker.get(w % per_worker.len().max(1))
     }
+}
+
+/// Every 2 s, closes idle server connections that expired or that their server closed.
+fn spawn_reaper(conns: Vec<Arc<direct::Conns>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for c in &conns {
+                c.reap();
+            }
+        }
+    })
 }
 
 /// Per-listener request context.
