@@ -1,5 +1,6 @@
-//! The direct upstream path: a request without a body (most of them: GET, HEAD) written to a
-//! server connection owned by the client's own task, its response read by that task too.
+//! The direct upstream path: a request of an idempotent method without a body (most of them:
+//! GET, HEAD) written to a server connection the client's own task takes from its worker's
+//! idle list, its response read by that task too.
 //!
 //! hyper's pooled client gives every server connection its own task, and hands each request
 //! and response across channels between that task and the client's: two task switches and
@@ -8,8 +9,9 @@
 //! stream. This does the same: the connection is taken from the worker's idle list, written
 //! and read in place, and put back when its response body ends.
 //!
-//! Requests with a body, and Upgrade requests, still take hyper's client (`backend.rs`): it
-//! streams bodies both ways at once, which a sequential exchange cannot.
+//! Requests with a body, Upgrade requests and non-idempotent methods still take hyper's client
+//! (`backend.rs`): it streams bodies both ways at once, which a sequential exchange cannot, and
+//! it never resends a request the server may have received.
 
 use std::{
     collections::HashMap,
@@ -177,8 +179,8 @@ fn still_open(s: &TcpStream) -> bool {
 
 /// Sends `parts` (no body) to `server` over this worker's idle connection or a new one, and
 /// reads the response head. A reused connection the server had closed (no byte of response
-/// came back) is replaced by a new one once, as hyper's client does: the request was not
-/// processed, so sending it again is safe whatever its method.
+/// came back) is replaced by a new one once. The server may have seen the request, so only
+/// idempotent methods come here (RFC 9110 section 9.2.2 allows resending those).
 pub async fn exchange(
     conns: &Arc<Conns>,
     worker: usize,

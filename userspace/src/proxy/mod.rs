@@ -685,7 +685,9 @@ async fn forward(
         let server = slot.server.addr;
         trace.server = Some(slot.server.clone());
         tried.push(server);
-        if up.body.is_none() && up.upgrade.is_none() {
+        // Only idempotent methods: the direct path resends a request whose kept connection
+        // died before any response byte, and the server may have acted on it meanwhile.
+        if up.body.is_none() && up.upgrade.is_none() && up.parts.method.is_idempotent() {
             let Some(conns) = routing.direct.get(backend) else {
                 return Err(ProxyError::Internal("unknown backend".into()));
             };
