@@ -5,9 +5,11 @@
 //! 1. `route`: host and path select a backend (`route.rs`), else the listener's default, else 404.
 //! 2. `upstream_request`: hop-by-hop headers stripped, `X-Forwarded-*` and `X-Request-Id` added.
 //! 3. `forward`: a slot on a server is taken from the backend's pool (`pool.rs`: balancing,
-//!    per-server maxconn, FIFO queue with `timeout queue`); a connect failure is retried on
-//!    another server when the request has no body, so it can be sent again safely, and feeds
-//!    passive health (`health.rs`).
+//!    per-server maxconn, FIFO queue with `timeout queue`); `attempt` sends the request there,
+//!    over the direct path (`direct.rs`) for an idempotent request without a body, else over
+//!    hyper's pooled client (`backend.rs`); a connect failure is retried on another server when
+//!    the request has no body, so it can be sent again safely, and feeds passive health
+//!    (`health.rs`).
 //! 4. `downstream_response`: hop-by-hop headers stripped from the response.
 //!
 //! Errors from any phase are `ProxyError`s, turned into a status in one place (`error.rs`).
@@ -685,78 +687,27 @@ async fn forward(
         let server = slot.server.addr;
         trace.server = Some(slot.server.clone());
         tried.push(server);
-        // Only idempotent methods: the direct path resends a request whose kept connection
-        // died before any response byte, and the server may have acted on it meanwhile.
-        if up.body.is_none() && up.upgrade.is_none() && up.parts.method.is_idempotent() {
-            let Some(conns) = routing.direct.get(backend) else {
-                return Err(ProxyError::Internal("unknown backend".into()));
-            };
-            let worker = WORKER.with(std::cell::Cell::get);
-            let sent = tokio::time::timeout(
-                routing.server_timeout,
-                direct::exchange(conns, worker, server, &slot.server.authority, &up.parts),
-            );
-            let err = match sent.await {
-                Ok(Ok(resp)) => {
-                    health::observe(pool, &slot.server, true, &passive);
-                    return Ok(downstream_response(resp, slot));
-                }
-                Ok(Err(e)) => e,
-                Err(_) => ProxyError::ServerTimeout {
-                    server: server.to_string(),
-                },
-            };
-            if err.retryable() {
-                health::observe(pool, &slot.server, false, &passive);
-            }
-            drop(slot);
-            let servers = pool.servers().len();
-            if !(err.retryable() && tried.len() < MAX_CONNECT_ATTEMPTS.min(servers)) {
-                return Err(err);
-            }
-            trace.retries += 1;
-            debug!(error = %err, "retrying on another server");
-            continue;
-        }
-        let mut parts = up.parts.clone();
-        // The target with the server as authority, from parts (no formatting, no parsing).
-        let mut target = http::uri::Parts::default();
-        target.scheme = Some(http::uri::Scheme::HTTP);
-        target.authority = Some(slot.server.authority.clone());
-        target.path_and_query = Some(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        );
-        parts.uri = Uri::from_parts(target)
-            .map_err(|e| ProxyError::BadRequest(format!("bad target: {e}")))?;
-        let body: UpstreamBody = match up.body.take() {
-            Some(b) => b,
-            None => Empty::<Bytes>::new()
-                .map_err(|never| match never {})
-                .boxed(),
-        };
         let sent = tokio::time::timeout(
             routing.server_timeout,
-            client.request(Request::from_parts(parts, body)),
+            attempt(routing, backend, client, &mut up, &slot.server),
         );
         let err = match sent.await {
-            Ok(Ok(resp))
-                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
-                    && up.upgrade.is_some() =>
-            {
-                health::observe(pool, &slot.server, true, &passive);
-                return Ok(tunnel(resp, up.upgrade.take(), slot, inflight.start()));
-            }
-            Ok(Ok(resp)) => {
+            Ok(Ok(reply)) => {
                 health::observe(pool, &slot.server, true, &passive);
                 // The server's place is held until its response body is done, as HAProxy
                 // counts a connection until the response ends.
-                return Ok(downstream_response(resp, slot));
+                return Ok(match reply {
+                    Reply::Pooled(resp)
+                        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                            && up.upgrade.is_some() =>
+                    {
+                        tunnel(resp, up.upgrade.take(), slot, inflight.start())
+                    }
+                    Reply::Pooled(resp) => downstream_response(resp, slot),
+                    Reply::Direct(resp) => downstream_response(resp, slot),
+                });
             }
-            Ok(Err(e)) => classify(server, &e),
+            Ok(Err(e)) => e,
             Err(_) => ProxyError::ServerTimeout {
                 server: server.to_string(),
             },
@@ -772,6 +723,60 @@ async fn forward(
         trace.retries += 1;
         debug!(error = %err, "retrying on another server");
     }
+}
+
+/// A server's response head, from either upstream path.
+enum Reply {
+    Direct(Response<direct::DirectBody>),
+    Pooled(Response<Incoming>),
+}
+
+/// One try of the request on `server`: the direct path (`direct.rs`) for an idempotent
+/// request without a body, hyper's pooled client for the rest.
+async fn attempt(
+    routing: &Routing,
+    backend: usize,
+    client: &UpstreamClient,
+    up: &mut Upstream,
+    server: &pool::Server,
+) -> Result<Reply, ProxyError> {
+    // Only idempotent methods: the direct path resends a request whose kept connection died
+    // before any response byte, and the server may have acted on it meanwhile.
+    if up.body.is_none() && up.upgrade.is_none() && up.parts.method.is_idempotent() {
+        let conns = routing
+            .direct
+            .get(backend)
+            .ok_or_else(|| ProxyError::Internal("unknown backend".into()))?;
+        let worker = WORKER.with(std::cell::Cell::get);
+        return direct::exchange(conns, worker, server.addr, &server.authority, &up.parts)
+            .await
+            .map(Reply::Direct);
+    }
+    let mut parts = up.parts.clone();
+    // The target with the server as authority, from parts (no formatting, no parsing).
+    let mut target = http::uri::Parts::default();
+    target.scheme = Some(http::uri::Scheme::HTTP);
+    target.authority = Some(server.authority.clone());
+    target.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    parts.uri =
+        Uri::from_parts(target).map_err(|e| ProxyError::BadRequest(format!("bad target: {e}")))?;
+    let body: UpstreamBody = match up.body.take() {
+        Some(b) => b,
+        None => Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    };
+    client
+        .request(Request::from_parts(parts, body))
+        .await
+        .map(Reply::Pooled)
+        .map_err(|e| classify(server.addr, &e))
 }
 
 fn classify(server: SocketAddr, e: &hyper_util::client::legacy::Error) -> ProxyError {
