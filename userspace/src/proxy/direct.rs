@@ -400,6 +400,11 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, String> {
         }
         headers.append(name, value);
     }
+    if encoded {
+        // Transfer-Encoding overrides Content-Length, and a proxy must drop the latter before
+        // forwarding (RFC 9112 section 6.3): the body the client gets is decoded.
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let no_body = head_only
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -661,6 +666,10 @@ mod tests {
             "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 5\r\n\r\n",
         );
         assert_eq!(h.framing, Framing::Chunked(Chunked::Size));
+        assert!(
+            !h.headers.contains_key(header::CONTENT_LENGTH),
+            "dropped under chunked"
+        );
         let h = head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n");
         assert_eq!(h.framing, Framing::Close);
         assert!(!h.keep_alive);
