@@ -252,6 +252,12 @@ async fn serve(
     mut cfg: Config,
     maxconn: u32,
 ) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM while starting (a pod deleted right after it was created) is
+    // kept and answered with a clean shutdown once serving starts, instead of the default
+    // action killing the process with XDP attached and its maps pinned.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let workers = match cfg.global.nbthread {
         0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         n => n,
@@ -377,9 +383,6 @@ async fn serve(
     }
     info!(maxconn, workers, "floodgate ready");
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(PUBLISH_INTERVAL);
     let mut watch_tick = tokio::time::interval(RELOAD_POLL);
     let watched = std::iter::once(path)
