@@ -746,6 +746,12 @@ fn scripted_origin() -> (
                             b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nonce".to_vec(),
                             true,
                         ),
+                        // Part of the body, then silence longer than `timeout server`.
+                        "/stall" => {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc");
+                            std::thread::sleep(Duration::from_secs(6));
+                            return;
+                        }
                         "/conflicting" => (
                             b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab".to_vec(),
                             true,
@@ -878,5 +884,26 @@ fn idle_server_connections_closed_by_the_server_are_swept() {
     assert!(
         wait_until(Duration::from_secs(5), || close_wait_to(origin) == 0),
         "the connection its server closed is still open after 5 s"
+    );
+}
+
+/// `timeout server` bounds the server's silence mid-body too (HAProxy's server-side
+/// inactivity), not only the wait for the response header.
+#[test]
+fn a_server_silent_mid_body_is_cut_at_timeout_server() {
+    use floodgate_tests::http_raw;
+    let (origin, _, _) = scripted_origin();
+    let (_fg, addr) = floodgate(
+        "stall.yaml",
+        "nbthread: 1, timeouts: { server: 1s }",
+        &format!("    servers: ['{origin}']"),
+    );
+    let start = Instant::now();
+    let (status, _, body) = http_raw(addr, b"GET /stall HTTP/1.0\r\nHost: t\r\n\r\n").unwrap();
+    let took = start.elapsed();
+    assert_eq!((status, body.as_str()), (200, "abc"));
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "cut after {took:?}, not at timeout server (1 s)"
     );
 }

@@ -94,6 +94,8 @@ pub struct Handles {
     listener: String,
     backend: String,
     requests: [[OnceLock<IntCounter>; STATUS_CLASSES.len()]; METHODS.len()],
+    errors_vec: IntCounterVec,
+    body_timeouts: OnceLock<IntCounter>,
     duration: Histogram,
     pub queue: Histogram,
     pub bytes_in: IntCounter,
@@ -101,6 +103,20 @@ pub struct Handles {
 }
 
 impl Handles {
+    /// `floodgate_http_errors_total{kind="server_body_timeout"}`, for a response body to count
+    /// itself into if its server falls silent (made on first use).
+    pub fn body_timeouts(&self) -> IntCounter {
+        self.body_timeouts
+            .get_or_init(|| {
+                self.errors_vec.with_label_values(&[
+                    self.listener.as_str(),
+                    self.backend.as_str(),
+                    "server_body_timeout",
+                ])
+            })
+            .clone()
+    }
+
     /// A request answered: `floodgate_http_requests_total` and its duration.
     pub fn observe(&self, method: usize, status: u16, took: Duration) {
         let m = method.min(METHODS.len() - 1);
@@ -259,6 +275,8 @@ impl Metrics {
             listener: listener.to_owned(),
             backend: backend.to_owned(),
             requests: Default::default(),
+            errors_vec: self.errors.clone(),
+            body_timeouts: OnceLock::new(),
             duration: self.duration.with_label_values(&[listener, backend]),
             queue: self.queue.with_label_values(&[backend]),
             bytes_in: self.bytes_in(listener, backend),

@@ -374,7 +374,18 @@ pub async fn handle(
                 .boxed()
             });
         }
-        forward(&generation.routing, backend, up, inflight, &mut trace).await
+        let body_timeouts = ctx
+            .handles(&generation, backend)
+            .map(metrics::Handles::body_timeouts);
+        forward(
+            &generation.routing,
+            backend,
+            up,
+            inflight,
+            body_timeouts,
+            &mut trace,
+        )
+        .await
     }
     .await;
     let pool = chosen.and_then(|b| generation.routing.pools.get(b));
@@ -670,6 +681,7 @@ async fn forward(
     backend: usize,
     mut up: Upstream,
     inflight: &Arc<timeout::InFlight>,
+    body_timeouts: Option<prometheus::IntCounter>,
     trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (Some(pool), Some(client)) = (routing.pools.get(backend), routing.client(backend)) else {
@@ -703,8 +715,12 @@ async fn forward(
                     {
                         tunnel(resp, up.upgrade.take(), slot, inflight.start())
                     }
-                    Reply::Pooled(resp) => downstream_response(resp, slot),
-                    Reply::Direct(resp) => downstream_response(resp, slot),
+                    Reply::Pooled(resp) => {
+                        downstream_response(resp, slot, routing.server_timeout, body_timeouts)
+                    }
+                    Reply::Direct(resp) => {
+                        downstream_response(resp, slot, routing.server_timeout, body_timeouts)
+                    }
                 });
             }
             Ok(Err(e)) => e,
@@ -840,17 +856,21 @@ fn tunnel(
     Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed())
 }
 
-fn downstream_response<B>(resp: Response<B>, slot: Slot) -> Response<ProxyBody>
+/// `idle` is `timeout server`, which also bounds the server's silence while the body streams.
+fn downstream_response<B>(
+    resp: Response<B>,
+    slot: Slot,
+    idle: Duration,
+    timeouts: Option<prometheus::IntCounter>,
+) -> Response<ProxyBody>
 where
     B: hyper::body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<backend::BoxError>,
 {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(
-        parts,
-        Hold { body, guard: slot }.map_err(Into::into).boxed(),
-    )
+    let body = timeout::ServerIdle::new(body, idle, timeouts);
+    Response::from_parts(parts, Hold { body, guard: slot }.boxed())
 }
 
 /// A body that keeps `G` alive until the body ends or is dropped, and tells it the data bytes

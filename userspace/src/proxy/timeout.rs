@@ -240,6 +240,78 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Timed<T> {
     }
 }
 
+/// A response body under `timeout server` (HAProxy's server-side inactivity): when the server
+/// sends nothing for `idle` while the body streams, the body fails, which closes the client's
+/// connection (the status has been sent), and the failure is counted. The timer is made only
+/// when the body first has to wait: a body that came with its head, most of them, costs none.
+pub struct ServerIdle<B> {
+    body: B,
+    idle: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// Data came since the timer was last set.
+    progressed: bool,
+    expired: Option<prometheus::IntCounter>,
+}
+
+impl<B> ServerIdle<B> {
+    pub fn new(body: B, idle: Duration, expired: Option<prometheus::IntCounter>) -> Self {
+        Self {
+            body,
+            idle,
+            sleep: None,
+            progressed: false,
+            expired,
+        }
+    }
+}
+
+impl<B> hyper::body::Body for ServerIdle<B>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: Into<super::backend::BoxError>,
+{
+    type Data = bytes::Bytes;
+    type Error = super::backend::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
+            self.progressed = true;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let idle = self.idle;
+        let progressed = std::mem::take(&mut self.progressed);
+        let sleep = match &mut self.sleep {
+            Some(s) => {
+                if progressed {
+                    s.as_mut().reset(Instant::now() + idle);
+                }
+                s
+            }
+            None => self.sleep.insert(Box::pin(tokio::time::sleep(idle))),
+        };
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if let Some(c) = &self.expired {
+            c.inc();
+        }
+        Poll::Ready(Some(Err(
+            "timeout server: the server fell silent mid-body".into()
+        )))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -251,6 +323,61 @@ mod tests {
         client: Duration::from_secs(50),
         http_request: Duration::from_secs(10),
     };
+
+    /// A body whose server sends a frame after each of `gaps`, then falls silent for good.
+    struct Trickle {
+        gaps: std::collections::VecDeque<Duration>,
+        sleep: Option<Pin<Box<Sleep>>>,
+    }
+
+    impl hyper::body::Body for Trickle {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+            let Some(gap) = self.gaps.front().copied() else {
+                return Poll::Pending;
+            };
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleep = None;
+            self.gaps.pop_front();
+            Poll::Ready(Some(Ok(hyper::body::Frame::data(
+                bytes::Bytes::from_static(b"x"),
+            ))))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeout_server_bounds_the_servers_silence_mid_body() {
+        use http_body_util::BodyExt as _;
+        let expired = prometheus::IntCounter::new("t", "t").unwrap();
+        let gaps = [0, 900, 900, 900].map(Duration::from_millis).into();
+        let mut body = ServerIdle::new(
+            Trickle { gaps, sleep: None },
+            Duration::from_secs(1),
+            Some(expired.clone()),
+        );
+        let start = Instant::now();
+        // Gaps under the timeout add up past it: the timer restarts with each frame.
+        for _ in 0..4 {
+            let f = body.frame().await.unwrap().unwrap();
+            assert!(f.is_data());
+        }
+        assert_eq!(start.elapsed(), Duration::from_millis(2700));
+        assert_eq!(expired.get(), 0);
+        let e = body.frame().await.unwrap().unwrap_err();
+        assert!(e.to_string().contains("timeout server"), "{e}");
+        assert_eq!(start.elapsed(), Duration::from_millis(3700));
+        assert_eq!(expired.get(), 1);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn keep_alive_applies_between_requests_and_client_timeout_while_in_flight() {
