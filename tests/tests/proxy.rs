@@ -780,6 +780,17 @@ fn scripted_origin() -> (
     (addr, accepted, heads)
 }
 
+/// floodgate with one worker (so one list of idle server connections) in front of `origin`
+/// alone; `global` adds settings.
+fn floodgate_before(origin: SocketAddr, name: &str, global: &str) -> (Proc, SocketAddr) {
+    let global = if global.is_empty() {
+        "nbthread: 1".to_owned()
+    } else {
+        format!("nbthread: 1, {global}")
+    };
+    floodgate(name, &global, &format!("    servers: ['{origin}']"))
+}
+
 /// Requests without a body take the direct path (`direct.rs`): its response framing, its
 /// reuse of server connections and its recovery from a server that closed one.
 #[test]
@@ -787,11 +798,7 @@ fn bodiless_requests_reuse_server_connections_and_read_every_framing() {
     use floodgate_tests::http_raw;
     use std::sync::atomic::Ordering::SeqCst;
     let (origin, accepted, heads) = scripted_origin();
-    let (_fg, addr) = floodgate(
-        "direct.yaml",
-        "nbthread: 1",
-        &format!("    servers: ['{origin}']"),
-    );
+    let (_fg, addr) = floodgate_before(origin, "direct.yaml", "");
     let get = |path: &str| {
         http_raw(
             addr,
@@ -868,11 +875,7 @@ fn close_wait_to(server: SocketAddr) -> usize {
 fn idle_server_connections_closed_by_the_server_are_swept() {
     use floodgate_tests::{http_raw, wait_until};
     let (origin, accepted, _) = scripted_origin();
-    let (_fg, addr) = floodgate(
-        "sweep.yaml",
-        "nbthread: 1",
-        &format!("    servers: ['{origin}']"),
-    );
+    let (_fg, addr) = floodgate_before(origin, "sweep.yaml", "");
     let (status, _, body) = http_raw(addr, b"GET /then-close HTTP/1.0\r\nHost: t\r\n\r\n").unwrap();
     assert_eq!((status, body.as_str()), (200, "once"));
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -893,11 +896,7 @@ fn idle_server_connections_closed_by_the_server_are_swept() {
 fn a_server_silent_mid_body_is_cut_at_timeout_server() {
     use floodgate_tests::http_raw;
     let (origin, _, _) = scripted_origin();
-    let (_fg, addr) = floodgate(
-        "stall.yaml",
-        "nbthread: 1, timeouts: { server: 1s }",
-        &format!("    servers: ['{origin}']"),
-    );
+    let (_fg, addr) = floodgate_before(origin, "stall.yaml", "timeouts: { server: 1s }");
     let start = Instant::now();
     let (status, _, body) = http_raw(addr, b"GET /stall HTTP/1.0\r\nHost: t\r\n\r\n").unwrap();
     let took = start.elapsed();

@@ -343,6 +343,8 @@ pub async fn handle(
         .and_then(|a| a.begin(&ctx.name, peer, &req));
     let mut trace = Trace::default();
     let mut chosen: Option<usize> = None;
+    // This listener's metric handles for the chosen backend, looked up once per request.
+    let mut handles: Option<&metrics::Handles> = None;
     let result = async {
         if let Some(r) = &generation.redirect
             && let Some(resp) = redirect(r, &req)
@@ -355,6 +357,7 @@ pub async fn handle(
         check_limits(&ctx.limits, &req)?;
         let backend = route(&generation, &req)?;
         chosen = Some(backend);
+        handles = ctx.handles(&generation, backend);
         let mut up = upstream_request(&ctx, &conn, req)?;
         if let Some(e) = log.as_mut() {
             e.request_id = up
@@ -364,7 +367,7 @@ pub async fn handle(
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
         }
-        if let Some(h) = ctx.handles(&generation, backend) {
+        if let Some(h) = handles {
             let counter = h.bytes_in.clone();
             up.body = up.body.map(|body| {
                 Hold {
@@ -374,9 +377,7 @@ pub async fn handle(
                 .boxed()
             });
         }
-        let body_timeouts = ctx
-            .handles(&generation, backend)
-            .map(metrics::Handles::body_timeouts);
+        let body_timeouts = handles.map(metrics::Handles::body_timeouts);
         forward(
             &generation.routing,
             backend,
@@ -390,7 +391,6 @@ pub async fn handle(
     .await;
     let pool = chosen.and_then(|b| generation.routing.pools.get(b));
     let backend = pool.map_or("", |p| p.name.as_str());
-    let handles = chosen.and_then(|b| ctx.handles(&generation, b));
     let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
