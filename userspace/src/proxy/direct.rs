@@ -106,13 +106,7 @@ impl Conns {
     fn put(&self, worker: usize, server: SocketAddr, stream: TcpStream) {
         let mut map = self.list(worker);
         let idle = map.entry(server).or_default();
-        // The oldest sit at the front; close the expired ones so their fds do not linger
-        // until the next quiet moment.
-        let expired = idle
-            .iter()
-            .take_while(|c| c.since.elapsed() >= self.idle_timeout)
-            .count();
-        idle.drain(..expired);
+        // Expired ones are the sweep's (`reap`), not every request's.
         if idle.len() < MAX_IDLE_PER_SERVER {
             idle.push(Idle {
                 stream,
