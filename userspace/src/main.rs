@@ -128,9 +128,31 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The log filter: `FLOODGATE_LOG`, default `info`, with rustls held at `error` unless the
+/// variable names it. rustls warns once per handshake about things clients do (an IP address
+/// sent as SNI, the alert ending a failed handshake): at a few thousand handshakes a second
+/// that is a log line and a write(2) each, for events `floodgate_tls_handshakes_total` counts.
+fn log_directives(env: Option<&str>) -> String {
+    let base = env
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("info");
+    if base.contains("rustls") {
+        base.to_owned()
+    } else {
+        format!("{base},rustls=error")
+    }
+}
+
 fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOODGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let env = std::env::var("FLOODGATE_LOG").ok();
+    let directives = log_directives(env.as_deref());
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        eprintln!(
+            "floodgate: FLOODGATE_LOG={directives:?} is not a valid filter ({e}); using info"
+        );
+        tracing_subscriber::EnvFilter::new("info,rustls=error")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -577,4 +599,20 @@ fn publish_capacity(
     let backends: Vec<_> = routing.pools().iter().map(|p| p.load()).collect();
     dp.publish_backends(&backends)?;
     dp.publish(&loads)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_directives;
+
+    #[test]
+    fn rustls_is_held_at_error_unless_named() {
+        assert_eq!(log_directives(None), "info,rustls=error");
+        assert_eq!(log_directives(Some("  ")), "info,rustls=error");
+        assert_eq!(log_directives(Some("debug")), "debug,rustls=error");
+        assert_eq!(
+            log_directives(Some("info,rustls=debug")),
+            "info,rustls=debug"
+        );
+    }
 }

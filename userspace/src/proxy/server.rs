@@ -50,6 +50,9 @@ pub fn bind(cfg: &config::Listener, reuseport: bool) -> Result<std::net::TcpList
     }
     .map_err(err)?;
     sock.set_reuseaddr(true).map_err(err)?;
+    // Linux copies TCP_NODELAY to every accepted socket: set once here instead of one
+    // setsockopt per connection (a syscall in every TLS handshake's budget).
+    sock.set_nodelay(true).map_err(err)?;
     // One socket per worker thread: the kernel spreads connections over them, and each worker
     // accepts on its own without contention.
     if reuseport {
@@ -238,7 +241,6 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
             },
             _ = shutdown.changed() => break,
         };
-        let _ = stream.set_nodelay(true);
         if let Some(v) = &s.verified {
             // Full channel: the source is already queued or will be on its next connection.
             let _ = v.try_send(peer.ip());
@@ -275,5 +277,23 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
     tokio::select! {
         () = graceful.shutdown() => info!(listener = ?addr, "drained"),
         () = tokio::time::sleep(grace) => warn!(listener = ?addr, "drain grace period over; closing remaining connections"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `serve` no longer sets TCP_NODELAY per connection: this kernel must hand it down.
+    #[tokio::test]
+    async fn accepted_connections_inherit_nodelay_from_the_listener() {
+        let cfg: config::Listener =
+            serde_yaml::from_str("{name: t, bind: '127.0.0.1:0'}").expect("a minimal listener");
+        let listener =
+            TcpListener::from_std(bind(&cfg, false).expect("bind")).expect("register the listener");
+        let addr = listener.local_addr().expect("bound address");
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        assert!(accepted.nodelay().expect("getsockopt"));
     }
 }
