@@ -861,8 +861,13 @@ fn bodiless_requests_reuse_server_connections_and_read_every_framing() {
 
 /// Sockets of this host in CLOSE_WAIT towards `server` (their peer closed; ours not yet).
 fn close_wait_to(server: SocketAddr) -> usize {
+    sockets_to("close-wait", server)
+}
+
+/// Sockets of this host in TCP `state` whose peer is `server`.
+fn sockets_to(state: &str, server: SocketAddr) -> usize {
     let out = Command::new("ss")
-        .args(["-Htn", "state", "close-wait", "dst", &server.to_string()])
+        .args(["-Htn", "state", state, "dst", &server.to_string()])
         .output()
         .expect("ss (iproute2, installed by cargo xtask setup)");
     assert!(out.status.success(), "ss failed");
@@ -888,6 +893,36 @@ fn idle_server_connections_closed_by_the_server_are_swept() {
         wait_until(Duration::from_secs(5), || close_wait_to(origin) == 0),
         "the connection its server closed is still open after 5 s"
     );
+}
+
+/// An idle server connection is reused within `timeouts.server-keep-alive`, then closed by
+/// floodgate (before a backend's own, shorter keep-alive timeout can race a request).
+#[test]
+fn idle_server_connections_close_after_server_keep_alive() {
+    use floodgate_tests::{http_raw, wait_until};
+    use std::sync::atomic::Ordering::SeqCst;
+    let (origin, accepted, _) = scripted_origin();
+    let (_fg, addr) = floodgate_before(
+        origin,
+        "server-keep-alive.yaml",
+        "timeouts: { server-keep-alive: 1s }",
+    );
+    let get = || {
+        http_raw(addr, b"GET /echo HTTP/1.0\r\nHost: t\r\n\r\n")
+            .unwrap()
+            .0
+    };
+    assert_eq!((get(), get()), (200, 200));
+    assert_eq!(accepted.load(SeqCst), 1, "reused within server-keep-alive");
+    assert_eq!(sockets_to("established", origin), 1);
+    // Expired after 1 s, closed by the next 2 s sweep.
+    assert!(
+        wait_until(Duration::from_secs(5), || sockets_to("established", origin)
+            == 0),
+        "an idle server connection is still open 5 s after server-keep-alive (1 s)"
+    );
+    assert_eq!(get(), 200);
+    assert_eq!(accepted.load(SeqCst), 2, "an expired connection was reused");
 }
 
 /// `timeout server` bounds the server's silence mid-body too (HAProxy's server-side

@@ -148,6 +148,10 @@ pub struct Timeouts {
     pub http_keep_alive: HDuration,
     #[serde(alias = "timeout-server")]
     pub server: HDuration,
+    /// How long an idle server connection is kept for reuse. Below the 5 s keep-alive timeout
+    /// of Node.js, uvicorn and Apache by default: a connection the server closes just as a
+    /// request is written to it fails that request (a 502 when it cannot be resent).
+    pub server_keep_alive: HDuration,
 }
 
 impl Default for Timeouts {
@@ -159,6 +163,7 @@ impl Default for Timeouts {
             http_request: HDuration::secs(10),
             http_keep_alive: HDuration::secs(1),
             server: HDuration::secs(50),
+            server_keep_alive: HDuration::secs(4),
         }
     }
 }
@@ -739,6 +744,7 @@ impl Config {
             ("global.timeouts.http-request", t.http_request),
             ("global.timeouts.http-keep-alive", t.http_keep_alive),
             ("global.timeouts.server", t.server),
+            ("global.timeouts.server-keep-alive", t.server_keep_alive),
         ] {
             if d.0.is_zero() {
                 return Err(invalid(key, "must be greater than 0"));
@@ -1143,6 +1149,17 @@ xdp: { enabled: false }
         assert_eq!(t.queue.0, Duration::from_secs(5));
         assert_eq!(t.http_request.0, Duration::from_secs(10));
         assert_eq!(t.http_keep_alive.0, Duration::from_secs(1));
+        assert_eq!(t.server.0, Duration::from_secs(50));
+        // floodgate's own: below the common 5 s keep-alive timeout of backends.
+        assert_eq!(t.server_keep_alive.0, Duration::from_secs(4));
+        let e = parse(&format!(
+            "{MINIMAL}global: {{ timeouts: {{ server-keep-alive: 0s }} }}"
+        ))
+        .expect_err("zero");
+        assert!(
+            e.to_string().contains("global.timeouts.server-keep-alive"),
+            "{e}"
+        );
     }
 
     #[test]

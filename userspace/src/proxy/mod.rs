@@ -127,7 +127,7 @@ impl Routing {
             .iter()
             .map(|b| {
                 let timer = metrics.map(|m| m.connect_histogram(&b.name));
-                direct::Conns::new(workers, t.connect.0, t.client.0, timer)
+                direct::Conns::new(workers, t.connect.0, t.server_keep_alive.0, timer)
             })
             .collect();
         tasks.push(spawn_reaper(direct.clone()));
@@ -145,7 +145,7 @@ impl Routing {
                     (0..workers.max(1))
                         .map(|_| {
                             let timer = metrics.map(|m| m.connect_histogram(&b.name));
-                            backend::client(t.connect.0, t.client.0, timer)
+                            backend::client(t.connect.0, t.server_keep_alive.0, timer)
                         })
                         .collect()
                 })
