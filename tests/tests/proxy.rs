@@ -941,3 +941,159 @@ fn a_server_silent_mid_body_is_cut_at_timeout_server() {
         "cut after {took:?}, not at timeout server (1 s)"
     );
 }
+
+/// A response body of one data frame then trailers, as a gRPC server sends.
+struct WithTrailers {
+    data: Option<bytes::Bytes>,
+    trailers: Option<hyper::HeaderMap>,
+}
+
+impl hyper::body::Body for WithTrailers {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        let frame = match self.data.take() {
+            Some(d) => Some(hyper::body::Frame::data(d)),
+            None => self.trailers.take().map(hyper::body::Frame::trailers),
+        };
+        std::task::Poll::Ready(frame.map(Ok))
+    }
+}
+
+/// `proto: h2` (gRPC) backends: requests reach the server over HTTP/2 with the client's host
+/// as `:authority` and `te: trailers`, multiplexed on one connection, and the server's
+/// trailers reach the client; an HTTP/1.1 client's request is translated too.
+#[test]
+fn h2_backends_get_http2_and_their_trailers_reach_the_client() {
+    use http_body_util::{BodyExt as _, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use std::sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    // (version, authority, te) of every request the origin got.
+    let seen: Arc<Mutex<Vec<(hyper::Version, String, String)>>> = Arc::default();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let origin = listener.local_addr().unwrap();
+    let (a, s) = (accepted.clone(), seen.clone());
+    rt.spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            a.fetch_add(1, SeqCst);
+            let s = s.clone();
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let s = s.clone();
+                    async move {
+                        let header = |n: &str| {
+                            req.headers()
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned()
+                        };
+                        s.lock().unwrap().push((
+                            req.version(),
+                            req.uri()
+                                .authority()
+                                .map(ToString::to_string)
+                                .unwrap_or_default(),
+                            header("te"),
+                        ));
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let mut trailers = hyper::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(WithTrailers {
+                            data: Some(body),
+                            trailers: Some(trailers),
+                        }))
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc),
+            );
+        }
+    });
+    let (_fg, addr) = floodgate(
+        "h2-backend.yaml",
+        "nbthread: 1",
+        &format!("    proto: h2\n    servers: ['{origin}']"),
+    );
+
+    // An HTTP/2 client, 20 calls at once on one connection.
+    rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http2::handshake::<_, _, Full<bytes::Bytes>>(
+            TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..20 {
+            let mut sender = sender.clone();
+            calls.spawn(async move {
+                let req = hyper::Request::post("http://grpc.example/pkg.Svc/Call")
+                    .header("te", "trailers")
+                    .header("content-type", "application/grpc")
+                    .body(Full::new(bytes::Bytes::from(format!("call {i}"))))
+                    .unwrap();
+                let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+                    .await
+                    .expect("no answer in 10 s")
+                    .unwrap();
+                assert_eq!(resp.status(), 200);
+                let got = resp.into_body().collect().await.unwrap();
+                let trailers = got.trailers().cloned();
+                assert_eq!(got.to_bytes(), format!("call {i}").as_bytes());
+                assert_eq!(
+                    trailers.and_then(|t| t.get("grpc-status").cloned()),
+                    Some("0".parse().unwrap()),
+                    "the server's trailers did not reach the client"
+                );
+            });
+        }
+        while let Some(r) = calls.join_next().await {
+            r.unwrap();
+        }
+    });
+    assert_eq!(
+        accepted.load(SeqCst),
+        1,
+        "calls not multiplexed on one connection"
+    );
+    for (version, authority, te) in seen.lock().unwrap().iter() {
+        assert_eq!(*version, hyper::Version::HTTP_2);
+        assert_eq!(authority, "grpc.example");
+        assert_eq!(te, "trailers");
+    }
+
+    // An HTTP/1.1 client: the same backend, over the same HTTP/2 connection.
+    let (status, _, body) = floodgate_tests::http_raw(
+        addr,
+        b"POST /h1 HTTP/1.1\r\nHost: web.example\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .unwrap();
+    // Chunked (HTTP/2 declares no length); the trailers stay out, as the client did not
+    // send `TE: trailers`.
+    assert_eq!((status, body.as_str()), (200, "5\r\nhello\r\n0\r\n\r\n"));
+    let last = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        (last.0, last.1.as_str(), last.2.as_str()),
+        (hyper::Version::HTTP_2, "web.example", "")
+    );
+    assert_eq!(accepted.load(SeqCst), 1);
+}

@@ -538,12 +538,26 @@ pub enum Balance {
     RandomTwoChoices,
 }
 
+/// The protocol spoken to a backend's servers (HAProxy's server `proto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Proto {
+    /// HTTP/1.1 with keep-alive, whatever the client spoke.
+    #[default]
+    H1,
+    /// HTTP/2 in clear with prior knowledge (h2c), one multiplexed connection per server and
+    /// worker thread: gRPC and other HTTP/2-only servers. Trailers pass both ways.
+    H2,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Backend {
     pub name: String,
     #[serde(default)]
     pub balance: Balance,
+    #[serde(default)]
+    pub proto: Proto,
     /// Requests one server takes at once; 0 is no limit (HAProxy's server `maxconn`).
     #[serde(default = "default_maxconn_server")]
     pub maxconn_server: u32,
@@ -832,6 +846,12 @@ impl Config {
                 }
                 if !h.path.starts_with('/') {
                     return Err(invalid(format!("{key}.path"), "must start with `/`"));
+                }
+                if h.kind == CheckKind::Http && b.proto == Proto::H2 {
+                    return Err(invalid(
+                        format!("{key}.type"),
+                        "http checks speak HTTP/1.1, which a `proto: h2` backend may refuse; use tcp",
+                    ));
                 }
             }
             if b.resolve_interval.0 < Duration::from_millis(100) {
@@ -1160,6 +1180,21 @@ xdp: { enabled: false }
             e.to_string().contains("global.timeouts.server-keep-alive"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn h2_backends_take_tcp_checks_only() {
+        let h2 = MINIMAL.replace("name: app,", "name: app, proto: h2,");
+        assert_eq!(parse(&h2).expect("proto h2").backends[0].proto, Proto::H2);
+        let e = parse(&h2.replace("name: app,", "name: app, health-check: { type: http },"))
+            .expect_err("http check on h2");
+        assert!(
+            e.to_string().contains("backends[0].health-check.type"),
+            "{e}"
+        );
+        let e = parse(&MINIMAL.replace("name: app,", "name: app, proto: h3,"))
+            .expect_err("unknown proto");
+        assert!(e.to_string().contains("h3"), "{e}");
     }
 
     #[test]

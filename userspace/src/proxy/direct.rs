@@ -139,29 +139,37 @@ impl Conns {
     }
 
     async fn connect(&self, server: SocketAddr) -> Result<TcpStream, ProxyError> {
-        let start = Instant::now();
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(server)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    return Err(ProxyError::Connect {
-                        server: server.to_string(),
-                        reason: e.to_string(),
-                    });
-                }
-                Err(_) => {
-                    return Err(ProxyError::ConnectTimeout {
-                        server: server.to_string(),
-                    });
-                }
-            };
-        if let Some(h) = &self.connect_time {
-            h.observe(start.elapsed().as_secs_f64());
-        }
-        // Heads are written whole; Nagle would only hold them back.
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+        connect(server, self.connect_timeout, self.connect_time.as_ref()).await
     }
+}
+
+/// A new connection to `server` within `timeout connect`, its connect time observed.
+pub(super) async fn connect(
+    server: SocketAddr,
+    timeout: Duration,
+    connect_time: Option<&Histogram>,
+) -> Result<TcpStream, ProxyError> {
+    let start = Instant::now();
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(server)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Err(ProxyError::Connect {
+                server: server.to_string(),
+                reason: e.to_string(),
+            });
+        }
+        Err(_) => {
+            return Err(ProxyError::ConnectTimeout {
+                server: server.to_string(),
+            });
+        }
+    };
+    if let Some(h) = connect_time {
+        h.observe(start.elapsed().as_secs_f64());
+    }
+    // Heads are written whole; Nagle would only hold them back.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// An idle connection is still usable while reading it would block: nothing has arrived,

@@ -19,6 +19,7 @@
 pub mod backend;
 pub mod direct;
 pub mod error;
+pub mod h2c;
 pub mod health;
 pub mod pool;
 pub mod route;
@@ -73,6 +74,8 @@ pub struct Routing {
     clients: Vec<Vec<UpstreamClient>>,
     /// Per backend, the idle server connections of the direct path (`direct.rs`).
     direct: Vec<Arc<direct::Conns>>,
+    /// Per backend, its HTTP/2 connections when it is `proto: h2` (`h2c.rs`).
+    h2: Vec<Option<Arc<h2c::Conns>>>,
     server_timeout: Duration,
     passive: Vec<config::Passive>,
     /// Health checks and DNS discovery of this generation, stopped with it.
@@ -130,7 +133,20 @@ impl Routing {
                 direct::Conns::new(workers, t.connect.0, t.server_keep_alive.0, timer)
             })
             .collect();
-        tasks.push(spawn_reaper(direct.clone()));
+        let h2: Vec<Option<Arc<h2c::Conns>>> = cfg
+            .backends
+            .iter()
+            .map(|b| {
+                (b.proto == config::Proto::H2).then(|| {
+                    let timer = metrics.map(|m| m.connect_histogram(&b.name));
+                    h2c::Conns::new(workers, t.connect.0, t.server_keep_alive.0, timer)
+                })
+            })
+            .collect();
+        tasks.push(spawn_reaper(
+            direct.clone(),
+            h2.iter().flatten().cloned().collect(),
+        ));
         let router = Router::new(&cfg.routes, |name| {
             pools.iter().position(|p| p.name == name)
         });
@@ -151,6 +167,7 @@ impl Routing {
                 })
                 .collect(),
             direct,
+            h2,
             server_timeout: t.server.0,
             tasks,
         }
@@ -177,13 +194,19 @@ impl Routing {
 }
 
 /// Every 2 s, closes idle server connections that expired or that their server closed.
-fn spawn_reaper(conns: Vec<Arc<direct::Conns>>) -> tokio::task::JoinHandle<()> {
+fn spawn_reaper(
+    conns: Vec<Arc<direct::Conns>>,
+    h2: Vec<Arc<h2c::Conns>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             for c in &conns {
+                c.reap();
+            }
+            for c in &h2 {
                 c.reap();
             }
         }
@@ -562,6 +585,9 @@ struct Upstream {
     body: Option<UpstreamBody>,
     /// The client's side of an HTTP/1.1 Upgrade (WebSocket), resolved once the backend agrees.
     upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The client sent `TE: trailers` (gRPC does): passed on to HTTP/2 servers only, the one
+    /// TE value HTTP/2 carries; hop-by-hop for HTTP/1.1.
+    te_trailers: bool,
 }
 
 /// An HTTP/1.1 `Connection: upgrade` request with an `Upgrade` header: its protocol.
@@ -595,6 +621,13 @@ fn upstream_request(
         Some(a) => Some(hv(a.as_str())?),
         None => parts.headers.get(header::HOST).cloned(),
     };
+    let te_trailers = parts
+        .headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(&mut parts.headers);
     if let Some(p) = protocol {
         // The one hop-by-hop exchange that must reach the backend.
@@ -625,7 +658,7 @@ fn upstream_request(
         let id = ctx.request_ids.fetch_add(1, Ordering::Relaxed);
         h.insert("x-request-id", request_id(&ctx.request_id_prefix, id)?);
     }
-    // Backends speak HTTP/1.1 whatever the client spoke.
+    // Backends speak HTTP/1.1 whatever the client spoke (`proto: h2` ones: `h2c::request`).
     parts.version = http::Version::HTTP_11;
     // A body-less request (no length, not chunked) can be replayed on another server.
     // Asked of the body itself: the headers say nothing once Transfer-Encoding (hop-by-hop)
@@ -641,6 +674,7 @@ fn upstream_request(
             _ => body.map_err(Into::into).boxed(),
         }),
         upgrade,
+        te_trailers,
     })
 }
 
@@ -756,6 +790,14 @@ async fn attempt(
     up: &mut Upstream,
     server: &pool::Server,
 ) -> Result<Reply, ProxyError> {
+    let worker = WORKER.with(std::cell::Cell::get);
+    if let Some(h2) = routing.h2.get(backend).and_then(Option::as_ref) {
+        // No HTTP/1.1 Upgrade over HTTP/2: the request goes as a plain one.
+        up.upgrade = None;
+        let body = up.body.take().unwrap_or_else(empty_body);
+        let req = h2c::request(up.parts.clone(), body, &server.authority, up.te_trailers)?;
+        return h2.send(worker, server.addr, req).await.map(Reply::Pooled);
+    }
     // Only idempotent methods: the direct path resends a request whose kept connection died
     // before any response byte, and the server may have acted on it meanwhile.
     if up.body.is_none() && up.upgrade.is_none() && up.parts.method.is_idempotent() {
@@ -763,7 +805,6 @@ async fn attempt(
             .direct
             .get(backend)
             .ok_or_else(|| ProxyError::Internal("unknown backend".into()))?;
-        let worker = WORKER.with(std::cell::Cell::get);
         return direct::exchange(conns, worker, server.addr, &server.authority, &up.parts)
             .await
             .map(Reply::Direct);
@@ -782,17 +823,18 @@ async fn attempt(
     );
     parts.uri =
         Uri::from_parts(target).map_err(|e| ProxyError::BadRequest(format!("bad target: {e}")))?;
-    let body: UpstreamBody = match up.body.take() {
-        Some(b) => b,
-        None => Empty::<Bytes>::new()
-            .map_err(|never| match never {})
-            .boxed(),
-    };
+    let body = up.body.take().unwrap_or_else(empty_body);
     client
         .request(Request::from_parts(parts, body))
         .await
         .map(Reply::Pooled)
         .map_err(|e| classify(server.addr, &e))
+}
+
+fn empty_body() -> UpstreamBody {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 fn classify(server: SocketAddr, e: &hyper_util::client::legacy::Error) -> ProxyError {
