@@ -964,25 +964,28 @@ impl hyper::body::Body for WithTrailers {
     }
 }
 
-/// `proto: h2` (gRPC) backends: requests reach the server over HTTP/2 with the client's host
-/// as `:authority` and `te: trailers`, multiplexed on one connection, and the server's
-/// trailers reach the client; an HTTP/1.1 client's request is translated too.
-#[test]
-fn h2_backends_get_http2_and_their_trailers_reach_the_client() {
-    use http_body_util::{BodyExt as _, Full};
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(hyper::Version, String, String)>>>;
+
+/// An HTTP/2 (h2c) origin on `rt` that echoes the request body and ends with a
+/// `grpc-status: 0` trailer. It counts the connections it accepts and records (version,
+/// authority, te) of every request. With `close_after`, each connection is dropped that long
+/// after it was accepted, as by a server that restarts.
+fn h2_origin(
+    rt: &tokio::runtime::Runtime,
+    close_after: Option<Duration>,
+) -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    Seen,
+) {
+    use http_body_util::BodyExt as _;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use std::sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicUsize, Ordering::SeqCst},
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
-    // (version, authority, te) of every request the origin got.
-    let seen: Arc<Mutex<Vec<(hyper::Version, String, String)>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
@@ -1020,12 +1023,33 @@ fn h2_backends_get_http2_and_their_trailers_reach_the_client() {
                         }))
                     }
                 });
-            tokio::spawn(
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc),
-            );
+            let serving = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::spawn(async move {
+                match close_after {
+                    None => drop(serving.await),
+                    Some(d) => drop(tokio::time::timeout(d, serving).await),
+                }
+            });
         }
     });
+    (origin, accepted, seen)
+}
+
+/// `proto: h2` (gRPC) backends: requests reach the server over HTTP/2 with the client's host
+/// as `:authority` and `te: trailers`, multiplexed on one connection, and the server's
+/// trailers reach the client; an HTTP/1.1 client's request is translated too.
+#[test]
+fn h2_backends_get_http2_and_their_trailers_reach_the_client() {
+    use http_body_util::{BodyExt as _, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use std::sync::atomic::Ordering::SeqCst;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (origin, accepted, seen) = h2_origin(&rt, None);
     let (_fg, addr) = floodgate(
         "h2-backend.yaml",
         "nbthread: 1",
@@ -1096,4 +1120,37 @@ fn h2_backends_get_http2_and_their_trailers_reach_the_client() {
         (hyper::Version::HTTP_2, "web.example", "")
     );
     assert_eq!(accepted.load(SeqCst), 1);
+}
+
+/// A `proto: h2` server that drops its connection (a restart) costs no request: the next one
+/// goes out on a new connection.
+#[test]
+fn h2_backends_survive_a_server_dropping_its_connection() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (origin, accepted, _) = h2_origin(&rt, Some(Duration::from_millis(300)));
+    let (_fg, addr) = floodgate(
+        "h2-restart.yaml",
+        "nbthread: 1",
+        &format!("    proto: h2\n    servers: ['{origin}']"),
+    );
+    for round in 1..=3 {
+        let (status, _, body) = floodgate_tests::http_raw(
+            addr,
+            b"POST /call HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+        )
+        .unwrap();
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "2\r\nhi\r\n0\r\n\r\n"),
+            "round {round}"
+        );
+        assert_eq!(accepted.load(SeqCst), round, "one connection per round");
+        // Past the origin's 300 ms: it has dropped this round's connection.
+        std::thread::sleep(Duration::from_millis(600));
+    }
 }

@@ -67,21 +67,24 @@ impl Conns {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A handle on this worker's connection to `server`; a new connection when there is
-    /// none, or the last one closed (GOAWAY, server gone) or sat idle too long.
+    /// A handle on this worker's connection to `server`, and whether that connection was
+    /// already open; a new connection when there is none, the last one closed (GOAWAY,
+    /// server gone) or sat idle too long, or `fresh` asks for one.
     async fn sender(
         &self,
         worker: usize,
         server: SocketAddr,
-    ) -> Result<http2::SendRequest<UpstreamBody>, ProxyError> {
+        fresh: bool,
+    ) -> Result<(http2::SendRequest<UpstreamBody>, bool), ProxyError> {
         let slot = self.map(worker).entry(server).or_default().clone();
         let mut slot = slot.lock().await;
-        if let Some(s) = slot.as_mut()
+        if !fresh
+            && let Some(s) = slot.as_mut()
             && !s.sender.is_closed()
             && s.last_used.elapsed() < self.idle_timeout
         {
             s.last_used = Instant::now();
-            return Ok(s.sender.clone());
+            return Ok((s.sender.clone(), true));
         }
         // Dropped here, the old handle lets its connection close after its last stream.
         *slot = None;
@@ -106,7 +109,7 @@ impl Conns {
             sender: sender.clone(),
             last_used: Instant::now(),
         });
-        Ok(sender)
+        Ok((sender, false))
     }
 
     /// Sends `req` (its URI carrying the client's authority and the path) to `server`.
@@ -116,7 +119,7 @@ impl Conns {
         server: SocketAddr,
         req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let mut sender = self.sender(worker, server).await?;
+        let (mut sender, reused) = self.sender(worker, server, false).await?;
         let failed = |e: hyper::Error| {
             if e.is_canceled() {
                 // Never sent (the connection went away first): safe to try elsewhere, which
@@ -132,8 +135,22 @@ impl Conns {
                 }
             }
         };
-        sender.ready().await.map_err(failed)?;
-        sender.send_request(req).await.map_err(failed)
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(mut e) => match e.take_message() {
+                // The kept connection went away before the request left (the server restarted,
+                // its close not yet seen): once more on a new connection, body and all, since
+                // nothing of it was sent.
+                Some(req) if reused => {
+                    let (mut sender, _) = self.sender(worker, server, true).await?;
+                    sender
+                        .try_send_request(req)
+                        .await
+                        .map_err(|e| failed(e.into_error()))
+                }
+                _ => Err(failed(e.into_error())),
+            },
+        }
     }
 
     /// Lets go of connections that closed or sat idle past `server-keep-alive`; each one
