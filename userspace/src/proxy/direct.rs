@@ -19,7 +19,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll, ready},
@@ -35,7 +35,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::{backend::BoxError, error::ProxyError};
+use super::{PerWorker, backend::BoxError, error::ProxyError};
 
 /// hyper's limits for a response head, kept so both paths refuse the same servers.
 const MAX_HEADERS: usize = 100;
@@ -49,12 +49,20 @@ const MAX_IDLE_PER_SERVER: usize = 1024;
 /// Idle server connections of one backend, one list per worker thread so a connection is only
 /// used by the runtime it is registered with.
 pub struct Conns {
-    per_worker: Vec<Mutex<HashMap<SocketAddr, Vec<Idle>>>>,
+    per_worker: PerWorker<HashMap<SocketAddr, Vec<Idle>>>,
     /// Open idle connections as of the last reap, for metrics.
     idle: AtomicUsize,
-    connect_timeout: Duration,
+    dial: Dial,
     idle_timeout: Duration,
-    connect_time: Option<Histogram>,
+}
+
+/// How a backend opens server connections, on either upstream path.
+#[derive(Clone)]
+pub struct Dial {
+    /// `timeouts.connect`.
+    pub timeout: Duration,
+    /// New connections' connect time (reused ones cost none).
+    pub connect_time: Option<Histogram>,
 }
 
 struct Idle {
@@ -63,35 +71,19 @@ struct Idle {
 }
 
 impl Conns {
-    pub fn new(
-        workers: usize,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
-        connect_time: Option<Histogram>,
-    ) -> Arc<Self> {
+    pub fn new(workers: usize, dial: Dial, idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
-            per_worker: (0..workers.max(1))
-                .map(|_| Mutex::new(HashMap::new()))
-                .collect(),
+            per_worker: PerWorker::new(workers),
             idle: AtomicUsize::new(0),
-            connect_timeout,
+            dial,
             idle_timeout,
-            connect_time,
         })
-    }
-
-    fn list(&self, worker: usize) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
-        let i = worker % self.per_worker.len().max(1);
-        // Only this worker's thread takes this lock; poison cannot leave the map inconsistent.
-        self.per_worker[i]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The most recently used idle connection (its server is the least likely to have closed
     /// it), dropping the ones idle past `idle_timeout` on the way.
     fn take(&self, worker: usize, server: SocketAddr) -> Option<TcpStream> {
-        let mut map = self.list(worker);
+        let mut map = self.per_worker.get(worker);
         let idle = map.get_mut(&server)?;
         while let Some(c) = idle.pop() {
             if c.since.elapsed() < self.idle_timeout {
@@ -104,7 +96,7 @@ impl Conns {
     }
 
     fn put(&self, worker: usize, server: SocketAddr, stream: TcpStream) {
-        let mut map = self.list(worker);
+        let mut map = self.per_worker.get(worker);
         let idle = map.entry(server).or_default();
         // Expired ones are the sweep's (`reap`), not every request's.
         if idle.len() < MAX_IDLE_PER_SERVER {
@@ -121,8 +113,7 @@ impl Conns {
     /// Returns how many stay open.
     pub fn reap(&self) -> usize {
         let mut open = 0;
-        for list in &self.per_worker {
-            let mut map = list.lock().unwrap_or_else(PoisonError::into_inner);
+        for mut map in self.per_worker.each() {
             map.retain(|_, idle| {
                 idle.retain(|c| c.since.elapsed() < self.idle_timeout && still_open(&c.stream));
                 open += idle.len();
@@ -137,39 +128,33 @@ impl Conns {
     pub fn idle(&self) -> usize {
         self.idle.load(Ordering::Relaxed)
     }
-
-    async fn connect(&self, server: SocketAddr) -> Result<TcpStream, ProxyError> {
-        connect(server, self.connect_timeout, self.connect_time.as_ref()).await
-    }
 }
 
-/// A new connection to `server` within `timeout connect`, its connect time observed.
-pub(super) async fn connect(
-    server: SocketAddr,
-    timeout: Duration,
-    connect_time: Option<&Histogram>,
-) -> Result<TcpStream, ProxyError> {
-    let start = Instant::now();
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(server)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return Err(ProxyError::Connect {
-                server: server.to_string(),
-                reason: e.to_string(),
-            });
+impl Dial {
+    /// A new connection to `server` within `timeout connect`, its connect time observed.
+    pub async fn connect(&self, server: SocketAddr) -> Result<TcpStream, ProxyError> {
+        let start = Instant::now();
+        let stream = match tokio::time::timeout(self.timeout, TcpStream::connect(server)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(ProxyError::Connect {
+                    server: server.to_string(),
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(ProxyError::ConnectTimeout {
+                    server: server.to_string(),
+                });
+            }
+        };
+        if let Some(h) = &self.connect_time {
+            h.observe(start.elapsed().as_secs_f64());
         }
-        Err(_) => {
-            return Err(ProxyError::ConnectTimeout {
-                server: server.to_string(),
-            });
-        }
-    };
-    if let Some(h) = connect_time {
-        h.observe(start.elapsed().as_secs_f64());
+        // Heads are written whole; Nagle would only hold them back.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
     }
-    // Heads are written whole; Nagle would only hold them back.
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
 }
 
 /// An idle connection is still usable while reading it would block: nothing has arrived,
@@ -199,7 +184,7 @@ pub async fn exchange(
             Err(Failure::Broken(reason)) => return Err(upstream(server, reason)),
         }
     }
-    let stream = conns.connect(server).await?;
+    let stream = conns.dial.connect(server).await?;
     match send(stream, &head, head_only).await {
         Ok(r) => Ok(r.finish(conns, worker, server)),
         Err(Failure::Stale) => Err(upstream(

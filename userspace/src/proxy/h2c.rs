@@ -10,17 +10,16 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex, PoisonError},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use http::{HeaderValue, Request, Response, Uri, header};
+use http::{HeaderValue, Request, Response, header};
 use hyper::{body::Incoming, client::conn::http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use prometheus::Histogram;
 use tracing::debug;
 
-use super::{backend::UpstreamBody, direct, error::ProxyError};
+use super::{PerWorker, backend::UpstreamBody, direct::Dial, error::ProxyError};
 
 /// One server's connection on one worker. The async lock is held while connecting, so the
 /// requests that arrive meanwhile wait for that connection instead of each opening one.
@@ -29,11 +28,10 @@ type Slot = Arc<tokio::sync::Mutex<Option<Shared>>>;
 /// One backend's HTTP/2 connections, one map per worker thread so a connection is driven by
 /// the runtime its requests run on.
 pub struct Conns {
-    per_worker: Vec<Mutex<HashMap<SocketAddr, Slot>>>,
-    connect_timeout: Duration,
+    per_worker: PerWorker<HashMap<SocketAddr, Slot>>,
+    dial: Dial,
     /// `timeouts.server-keep-alive`: a connection unused this long is let go.
     idle_timeout: Duration,
-    connect_time: Option<Histogram>,
 }
 
 struct Shared {
@@ -42,29 +40,12 @@ struct Shared {
 }
 
 impl Conns {
-    pub fn new(
-        workers: usize,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
-        connect_time: Option<Histogram>,
-    ) -> Arc<Self> {
+    pub fn new(workers: usize, dial: Dial, idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
-            per_worker: (0..workers.max(1))
-                .map(|_| Mutex::new(HashMap::new()))
-                .collect(),
-            connect_timeout,
+            per_worker: PerWorker::new(workers),
+            dial,
             idle_timeout,
-            connect_time,
         })
-    }
-
-    fn map(&self, worker: usize) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Slot>> {
-        let i = worker % self.per_worker.len().max(1);
-        // Only this worker's thread and the sweep take this lock; a poisoned map is still
-        // a map of senders.
-        self.per_worker[i]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A handle on this worker's connection to `server`, and whether that connection was
@@ -76,7 +57,12 @@ impl Conns {
         server: SocketAddr,
         fresh: bool,
     ) -> Result<(http2::SendRequest<UpstreamBody>, bool), ProxyError> {
-        let slot = self.map(worker).entry(server).or_default().clone();
+        let slot = self
+            .per_worker
+            .get(worker)
+            .entry(server)
+            .or_default()
+            .clone();
         let mut slot = slot.lock().await;
         if !fresh
             && let Some(s) = slot.as_mut()
@@ -88,8 +74,7 @@ impl Conns {
         }
         // Dropped here, the old handle lets its connection close after its last stream.
         *slot = None;
-        let stream =
-            direct::connect(server, self.connect_timeout, self.connect_time.as_ref()).await?;
+        let stream = self.dial.connect(server).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))
@@ -156,8 +141,8 @@ impl Conns {
     /// Lets go of connections that closed or sat idle past `server-keep-alive`; each one
     /// closes when its last request is done.
     pub fn reap(&self) {
-        for w in 0..self.per_worker.len() {
-            for slot in self.map(w).values() {
+        for map in self.per_worker.each() {
+            for slot in map.values() {
                 // A slot in use is connecting or handing out its sender: next sweep.
                 if let Ok(mut s) = slot.try_lock()
                     && s.as_ref().is_some_and(|s| {
@@ -185,18 +170,7 @@ pub fn request(
         .remove(header::HOST)
         .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
         .unwrap_or_else(|| server.clone());
-    let mut target = http::uri::Parts::default();
-    target.scheme = Some(http::uri::Scheme::HTTP);
-    target.authority = Some(authority);
-    target.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    parts.uri =
-        Uri::from_parts(target).map_err(|e| ProxyError::BadRequest(format!("bad target: {e}")))?;
+    parts.uri = super::absolute_uri(authority, &parts.uri)?;
     parts.version = http::Version::HTTP_2;
     // Upgrade is HTTP/1.1's; the server answers such a request as a plain one.
     parts.headers.remove(header::CONNECTION);

@@ -5,9 +5,10 @@
 //! 1. `route`: host and path select a backend (`route.rs`), else the listener's default, else 404.
 //! 2. `upstream_request`: hop-by-hop headers stripped, `X-Forwarded-*` and `X-Request-Id` added.
 //! 3. `forward`: a slot on a server is taken from the backend's pool (`pool.rs`: balancing,
-//!    per-server maxconn, FIFO queue with `timeout queue`); `attempt` sends the request there,
-//!    over the direct path (`direct.rs`) for an idempotent request without a body, else over
-//!    hyper's pooled client (`backend.rs`); a connect failure is retried on another server when
+//!    per-server maxconn, FIFO queue with `timeout queue`); `attempt` sends the request there:
+//!    over HTTP/2 for a `proto: h2` backend (`h2c.rs`); else over the direct path (`direct.rs`)
+//!    for an idempotent request without a body, else over hyper's pooled client
+//!    (`backend.rs`); a connect failure is retried on another server when
 //!    the request has no body, so it can be sent again safely, and feeds passive health
 //!    (`health.rs`).
 //! 4. `downstream_response`: hop-by-hop headers stripped from the response.
@@ -125,22 +126,21 @@ impl Routing {
             }
             pools.push(pool);
         }
+        let dial = |b: &config::Backend| direct::Dial {
+            timeout: t.connect.0,
+            connect_time: metrics.map(|m| m.connect_histogram(&b.name)),
+        };
         let direct: Vec<Arc<direct::Conns>> = cfg
             .backends
             .iter()
-            .map(|b| {
-                let timer = metrics.map(|m| m.connect_histogram(&b.name));
-                direct::Conns::new(workers, t.connect.0, t.server_keep_alive.0, timer)
-            })
+            .map(|b| direct::Conns::new(workers, dial(b), t.server_keep_alive.0))
             .collect();
         let h2: Vec<Option<Arc<h2c::Conns>>> = cfg
             .backends
             .iter()
             .map(|b| {
-                (b.proto == config::Proto::H2).then(|| {
-                    let timer = metrics.map(|m| m.connect_histogram(&b.name));
-                    h2c::Conns::new(workers, t.connect.0, t.server_keep_alive.0, timer)
-                })
+                (b.proto == config::Proto::H2)
+                    .then(|| h2c::Conns::new(workers, dial(b), t.server_keep_alive.0))
             })
             .collect();
         tasks.push(spawn_reaper(
@@ -211,6 +211,44 @@ fn spawn_reaper(
             }
         }
     })
+}
+
+/// One value per worker thread, so server connections stay on the runtime that drives them.
+/// Each lock is taken by its own thread and by the 2 s sweep only, so it is never contended
+/// for long, and a poisoned one still holds consistent connection lists.
+pub struct PerWorker<T>(Vec<std::sync::Mutex<T>>);
+
+impl<T: Default> PerWorker<T> {
+    fn new(workers: usize) -> Self {
+        Self((0..workers.max(1)).map(|_| Default::default()).collect())
+    }
+}
+
+impl<T> PerWorker<T> {
+    fn get(&self, worker: usize) -> std::sync::MutexGuard<'_, T> {
+        let i = worker % self.0.len().max(1);
+        self.0[i]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Every worker's value in turn, for the sweep.
+    fn each(&self) -> impl Iterator<Item = std::sync::MutexGuard<'_, T>> {
+        (0..self.0.len()).map(|w| self.get(w))
+    }
+}
+
+/// `uri`'s path and query on `http://authority`, built from parts (no formatting, no parsing).
+fn absolute_uri(authority: http::uri::Authority, uri: &Uri) -> Result<Uri, ProxyError> {
+    let mut target = http::uri::Parts::default();
+    target.scheme = Some(http::uri::Scheme::HTTP);
+    target.authority = Some(authority);
+    target.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(target).map_err(|e| ProxyError::BadRequest(format!("bad target: {e}")))
 }
 
 /// Per-listener request context.
@@ -810,19 +848,7 @@ async fn attempt(
             .map(Reply::Direct);
     }
     let mut parts = up.parts.clone();
-    // The target with the server as authority, from parts (no formatting, no parsing).
-    let mut target = http::uri::Parts::default();
-    target.scheme = Some(http::uri::Scheme::HTTP);
-    target.authority = Some(server.authority.clone());
-    target.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    parts.uri =
-        Uri::from_parts(target).map_err(|e| ProxyError::BadRequest(format!("bad target: {e}")))?;
+    parts.uri = absolute_uri(server.authority.clone(), &parts.uri)?;
     let body = up.body.take().unwrap_or_else(empty_body);
     client
         .request(Request::from_parts(parts, body))
