@@ -968,8 +968,9 @@ type Seen = std::sync::Arc<std::sync::Mutex<Vec<(hyper::Version, String, String)
 
 /// An HTTP/2 (h2c) origin on `rt` that echoes the request body and ends with a
 /// `grpc-status: 0` trailer. It counts the connections it accepts and records (version,
-/// authority, te) of every request. With `close_after`, each connection is dropped that long
-/// after it was accepted, as by a server that restarts.
+/// authority, te) of every request. It answers the gRPC health protocol's Check with SERVING
+/// or NOT_SERVING as the returned flag says (not recorded). With `close_after`, each
+/// connection is dropped that long after it was accepted, as by a server that restarts.
 fn h2_origin(
     rt: &tokio::runtime::Runtime,
     close_after: Option<Duration>,
@@ -977,15 +978,18 @@ fn h2_origin(
     SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
     Seen,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     use http_body_util::BodyExt as _;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use std::sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering::SeqCst},
+        atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
     };
     let accepted = Arc::new(AtomicUsize::new(0));
     let seen: Seen = Arc::default();
+    let healthy = Arc::new(AtomicBool::new(true));
+    let h = healthy.clone();
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
@@ -994,11 +998,21 @@ fn h2_origin(
     rt.spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             a.fetch_add(1, SeqCst);
-            let s = s.clone();
+            let (s, h) = (s.clone(), h.clone());
             let svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let s = s.clone();
+                    let (s, h) = (s.clone(), h.clone());
                     async move {
+                        let mut trailers = hyper::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        if req.uri().path() == "/grpc.health.v1.Health/Check" {
+                            // HealthCheckResponse { status: SERVING (1) or NOT_SERVING (2) }
+                            let status = if h.load(SeqCst) { 1 } else { 2 };
+                            return Ok(hyper::Response::new(WithTrailers {
+                                data: Some(bytes::Bytes::from(vec![0, 0, 0, 0, 2, 0x08, status])),
+                                trailers: Some(trailers),
+                            }));
+                        }
                         let header = |n: &str| {
                             req.headers()
                                 .get(n)
@@ -1015,8 +1029,6 @@ fn h2_origin(
                             header("te"),
                         ));
                         let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let mut trailers = hyper::HeaderMap::new();
-                        trailers.insert("grpc-status", "0".parse().unwrap());
                         Ok::<_, std::convert::Infallible>(hyper::Response::new(WithTrailers {
                             data: Some(body),
                             trailers: Some(trailers),
@@ -1033,7 +1045,7 @@ fn h2_origin(
             });
         }
     });
-    (origin, accepted, seen)
+    (origin, accepted, seen, healthy)
 }
 
 /// `proto: h2` (gRPC) backends: requests reach the server over HTTP/2 with the client's host
@@ -1049,7 +1061,7 @@ fn h2_backends_get_http2_and_their_trailers_reach_the_client() {
         .enable_all()
         .build()
         .unwrap();
-    let (origin, accepted, seen) = h2_origin(&rt, None);
+    let (origin, accepted, seen, _) = h2_origin(&rt, None);
     let (_fg, addr) = floodgate(
         "h2-backend.yaml",
         "nbthread: 1",
@@ -1132,7 +1144,7 @@ fn h2_backends_survive_a_server_dropping_its_connection() {
         .enable_all()
         .build()
         .unwrap();
-    let (origin, accepted, _) = h2_origin(&rt, Some(Duration::from_millis(300)));
+    let (origin, accepted, _, _) = h2_origin(&rt, Some(Duration::from_millis(300)));
     let (_fg, addr) = floodgate(
         "h2-restart.yaml",
         "nbthread: 1",
@@ -1153,4 +1165,44 @@ fn h2_backends_survive_a_server_dropping_its_connection() {
         // Past the origin's 300 ms: it has dropped this round's connection.
         std::thread::sleep(Duration::from_millis(600));
     }
+}
+
+/// `health-check: { type: grpc }`: a server answering NOT_SERVING to the gRPC health protocol
+/// gets no traffic (its backend, with no other server, answers 503) until it serves again.
+#[test]
+fn grpc_health_checks_follow_the_servers_serving_status() {
+    use floodgate_tests::{http_raw, wait_until};
+    use std::sync::atomic::Ordering::SeqCst;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (origin, _, _, healthy) = h2_origin(&rt, None);
+    let (_fg, addr) = floodgate(
+        "grpc-check.yaml",
+        "nbthread: 1",
+        &format!(
+            "    proto: h2\n    health-check: {{ type: grpc, service: pkg.Svc, interval: 200ms, rise: 1, fall: 1 }}\n    servers: ['{origin}']"
+        ),
+    );
+    let call = || {
+        http_raw(
+            addr,
+            b"POST /pkg.Svc/Call HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+        )
+        .unwrap()
+        .0
+    };
+    assert!(wait_until(Duration::from_secs(5), || call() == 200));
+    healthy.store(false, SeqCst);
+    assert!(
+        wait_until(Duration::from_secs(5), || call() == 503),
+        "a NOT_SERVING server still gets traffic"
+    );
+    healthy.store(true, SeqCst);
+    assert!(
+        wait_until(Duration::from_secs(5), || call() == 200),
+        "a server serving again does not come back"
+    );
 }

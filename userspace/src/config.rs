@@ -595,6 +595,9 @@ pub enum CheckKind {
     Tcp,
     /// `GET <path>`; a 2xx or 3xx status is healthy.
     Http,
+    /// The gRPC health protocol (`grpc.health.v1.Health/Check` for `service`) over HTTP/2 in
+    /// clear: healthy when the server answers SERVING. For `proto: h2` backends.
+    Grpc,
 }
 
 /// HAProxy's `check inter rise fall`.
@@ -604,6 +607,8 @@ pub struct HealthCheck {
     #[serde(rename = "type")]
     pub kind: CheckKind,
     pub path: String,
+    /// The service a `grpc` check asks about; empty asks about the server as a whole.
+    pub service: String,
     pub interval: HDuration,
     pub timeout: HDuration,
     /// Consecutive successes that bring a down server up.
@@ -617,6 +622,7 @@ impl Default for HealthCheck {
         Self {
             kind: CheckKind::Tcp,
             path: "/".into(),
+            service: String::new(),
             interval: HDuration::secs(2),
             timeout: HDuration::secs(1),
             rise: 2,
@@ -847,11 +853,20 @@ impl Config {
                 if !h.path.starts_with('/') {
                     return Err(invalid(format!("{key}.path"), "must start with `/`"));
                 }
-                if h.kind == CheckKind::Http && b.proto == Proto::H2 {
-                    return Err(invalid(
-                        format!("{key}.type"),
-                        "http checks speak HTTP/1.1, which a `proto: h2` backend may refuse; use tcp",
-                    ));
+                match (h.kind, b.proto) {
+                    (CheckKind::Http, Proto::H2) => {
+                        return Err(invalid(
+                            format!("{key}.type"),
+                            "http checks speak HTTP/1.1, which a `proto: h2` backend may refuse; use grpc or tcp",
+                        ));
+                    }
+                    (CheckKind::Grpc, Proto::H1) => {
+                        return Err(invalid(
+                            format!("{key}.type"),
+                            "grpc checks speak HTTP/2; the backend needs `proto: h2`",
+                        ));
+                    }
+                    _ => {}
                 }
             }
             if b.resolve_interval.0 < Duration::from_millis(100) {
@@ -1183,7 +1198,7 @@ xdp: { enabled: false }
     }
 
     #[test]
-    fn h2_backends_take_tcp_checks_only() {
+    fn checks_match_the_backend_protocol() {
         let h2 = MINIMAL.replace("name: app,", "name: app, proto: h2,");
         assert_eq!(parse(&h2).expect("proto h2").backends[0].proto, Proto::H2);
         let e = parse(&h2.replace("name: app,", "name: app, health-check: { type: http },"))
@@ -1192,6 +1207,19 @@ xdp: { enabled: false }
             e.to_string().contains("backends[0].health-check.type"),
             "{e}"
         );
+        let grpc = h2.replace(
+            "name: app,",
+            "name: app, health-check: { type: grpc, service: pkg.Svc },",
+        );
+        let c = parse(&grpc).expect("grpc check on h2");
+        let check = c.backends[0].health_check.as_ref().expect("a check");
+        assert_eq!(
+            (check.kind, check.service.as_str()),
+            (CheckKind::Grpc, "pkg.Svc")
+        );
+        let e = parse(&MINIMAL.replace("name: app,", "name: app, health-check: { type: grpc },"))
+            .expect_err("grpc check on h1");
+        assert!(e.to_string().contains("proto: h2"), "{e}");
         let e = parse(&MINIMAL.replace("name: app,", "name: app, proto: h3,"))
             .expect_err("unknown proto");
         assert!(e.to_string().contains("h3"), "{e}");

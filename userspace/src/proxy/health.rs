@@ -1,4 +1,5 @@
-//! Server health and discovery, per backend: active checks (TCP connect or HTTP GET) with
+//! Server health and discovery, per backend: active checks (TCP connect, HTTP GET, or the gRPC
+//! health protocol) with
 //! HAProxy's `inter`/`rise`/`fall`, passive ejection after consecutive connect failures, and DNS
 //! names re-resolved to all their A/AAAA records. Each runs as a task owned by the config
 //! generation that started it, and stops with it.
@@ -86,12 +87,122 @@ async fn check_once(addr: SocketAddr, check: &config::HealthCheck) -> bool {
                 // "HTTP/1.1 200": 2xx and 3xx are healthy, as in HAProxy.
                 Some(n >= 12 && matches!(buf[9], b'2' | b'3'))
             }
+            CheckKind::Grpc => grpc_serving(stream, addr, &check.service).await,
         }
     };
     matches!(
         tokio::time::timeout(check.timeout.0, attempt).await,
         Ok(Some(true))
     )
+}
+
+/// The gRPC health protocol's Check call (`grpc.health.v1`) over HTTP/2 in clear: `Some(true)`
+/// when the server answers SERVING with grpc-status 0; `None` when it does not answer.
+async fn grpc_serving(stream: TcpStream, addr: SocketAddr, service: &str) -> Option<bool> {
+    use http_body_util::{BodyExt as _, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .ok()?;
+    // Ends when `send` is dropped and the call is done, or with the check's timeout.
+    let conn = tokio::spawn(conn);
+    let req = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .header(http::header::USER_AGENT, "floodgate-health")
+        .body(Full::new(grpc_health_request(service)))
+        .ok()?;
+    let resp = send.send_request(req).await.ok()?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.ok()?;
+    conn.abort();
+    // A call that fails at once may answer in headers only ("trailers-only").
+    let status = body
+        .trailers()
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| parts.headers.get("grpc-status"));
+    Some(
+        parts.status == http::StatusCode::OK
+            && status.is_some_and(|s| s == "0")
+            && grpc_health_serving(&body.to_bytes()),
+    )
+}
+
+/// A gRPC message (uncompressed, length-prefixed) holding `HealthCheckRequest { service = 1 }`.
+fn grpc_health_request(service: &str) -> bytes::Bytes {
+    let mut msg = Vec::with_capacity(service.len() + 8);
+    if !service.is_empty() {
+        msg.push(0x0a); // field 1, length-delimited
+        let mut n = service.len();
+        while n >= 0x80 {
+            msg.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        msg.push(n as u8);
+        msg.extend_from_slice(service.as_bytes());
+    }
+    let mut out = Vec::with_capacity(msg.len() + 5);
+    out.push(0); // not compressed
+    out.extend_from_slice(&u32::try_from(msg.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(&msg);
+    out.into()
+}
+
+/// Whether a gRPC response body is one uncompressed `HealthCheckResponse` whose `status`
+/// (field 1) is SERVING (1). Anything else, unknown or malformed, is not healthy.
+fn grpc_health_serving(body: &[u8]) -> bool {
+    let Some((&0, rest)) = body.split_first() else {
+        return false;
+    };
+    let Some((len, msg)) = rest.split_first_chunk::<4>() else {
+        return false;
+    };
+    let Some(msg) = msg.get(..u32::from_be_bytes(*len) as usize) else {
+        return false;
+    };
+    let mut fields = msg;
+    let mut status = 0; // UNKNOWN when absent
+    while !fields.is_empty() {
+        let Some((tag, rest)) = varint(fields) else {
+            return false;
+        };
+        fields = rest;
+        match tag & 7 {
+            0 => {
+                let Some((v, rest)) = varint(fields) else {
+                    return false;
+                };
+                if tag >> 3 == 1 {
+                    status = v;
+                }
+                fields = rest;
+            }
+            2 => {
+                let Some((n, rest)) = varint(fields) else {
+                    return false;
+                };
+                let Some(rest) = usize::try_from(n).ok().and_then(|n| rest.get(n..)) else {
+                    return false;
+                };
+                fields = rest;
+            }
+            _ => return false,
+        }
+    }
+    status == 1
+}
+
+/// A protobuf varint and what follows it.
+fn varint(b: &[u8]) -> Option<(u64, &[u8])> {
+    let mut v = 0u64;
+    for (i, byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, &b[i + 1..]));
+        }
+    }
+    None
 }
 
 /// Active checks of every server of `pool`, forever (the caller aborts the task).
@@ -214,5 +325,41 @@ mod tests {
             "one failure resets nothing yet"
         );
         assert_eq!(s.record(true, 2, 3, true), None);
+    }
+
+    #[test]
+    fn grpc_health_messages() {
+        assert_eq!(&grpc_health_request("")[..], &[0, 0, 0, 0, 0]);
+        assert_eq!(
+            &grpc_health_request("pkg.Svc")[..],
+            &[
+                0, 0, 0, 0, 9, 0x0a, 7, b'p', b'k', b'g', b'.', b'S', b'v', b'c'
+            ]
+        );
+        let long = "s".repeat(200);
+        let req = grpc_health_request(&long);
+        assert_eq!(&req[..8], &[0, 0, 0, 0, 203, 0x0a, 0xc8, 0x01]);
+
+        assert!(grpc_health_serving(&[0, 0, 0, 0, 2, 0x08, 1]), "SERVING");
+        assert!(
+            !grpc_health_serving(&[0, 0, 0, 0, 2, 0x08, 2]),
+            "NOT_SERVING"
+        );
+        assert!(!grpc_health_serving(&[0, 0, 0, 0, 0]), "UNKNOWN (empty)");
+        assert!(
+            !grpc_health_serving(&[1, 0, 0, 0, 2, 0x08, 1]),
+            "compressed"
+        );
+        assert!(!grpc_health_serving(&[0, 0, 0, 0, 3, 0x08, 1]), "truncated");
+        assert!(!grpc_health_serving(&[0, 0, 0]), "no prefix");
+        assert!(!grpc_health_serving(&[0, 0, 0, 0, 1, 0x08]), "cut varint");
+        // Unknown fields are skipped: a string field 2, then status.
+        assert!(grpc_health_serving(&[
+            0, 0, 0, 0, 6, 0x12, 2, b'h', b'i', 0x08, 1
+        ]));
+        assert!(
+            !grpc_health_serving(&[0, 0, 0, 0, 5, 0x12, 2, b'h', b'i', 0x08, 1]),
+            "the prefix cuts the status off"
+        );
     }
 }
