@@ -394,9 +394,18 @@ pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<(u1
 /// Sends `request` as it is on a new connection and reads until the server closes; returns
 /// the status, the header block and the body.
 pub fn http_raw(addr: SocketAddr, request: &[u8]) -> std::io::Result<(u16, String, String)> {
+    http_raw_within(addr, request, Duration::from_secs(10))
+}
+
+/// [`http_raw`], waiting up to `wait` for each read.
+pub fn http_raw_within(
+    addr: SocketAddr,
+    request: &[u8],
+    wait: Duration,
+) -> std::io::Result<(u16, String, String)> {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(wait))?;
     s.write_all(request)?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;

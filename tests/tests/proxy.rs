@@ -1206,3 +1206,49 @@ fn grpc_health_checks_follow_the_servers_serving_status() {
         "a server serving again does not come back"
     );
 }
+
+/// A `proto: h2` server that stops answering, PINGs included (its host vanished: no RST), has
+/// its connection closed by floodgate's keep-alive PING (10 s, 5 s to answer), not kept for
+/// every request until `timeouts.server` or TCP's own timeout of about 15 minutes.
+#[test]
+fn h2_connections_to_a_silent_server_are_closed_by_ping() {
+    use std::io::Read as _;
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    };
+    // Accepts and reads everything, answers nothing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let a = accepted.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { return };
+            a.fetch_add(1, SeqCst);
+            std::thread::spawn(move || {
+                let mut sink = [0u8; 4096];
+                while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let (_fg, addr) = floodgate(
+        "h2-silent.yaml",
+        "nbthread: 1, timeouts: { server: 60s }",
+        &format!("    proto: h2\n    servers: ['{origin}']"),
+    );
+    let start = Instant::now();
+    let (status, _, _) = floodgate_tests::http_raw_within(
+        addr,
+        b"GET /hang HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(40),
+    )
+    .unwrap();
+    let took = start.elapsed();
+    assert_eq!(status, 502, "the dead connection's request");
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(30),
+        "closed after {took:?}, not by the PING (10 s + 5 s) nor timeouts.server (60 s)"
+    );
+    assert_eq!(accepted.load(SeqCst), 1);
+}

@@ -21,6 +21,12 @@ use tracing::debug;
 
 use super::{PerWorker, backend::UpstreamBody, direct::Dial, error::ProxyError};
 
+/// While a connection has requests open, a PING this often, and no answer within
+/// `PING_TIMEOUT` closes it: a server whose host vanished sends no RST, and without this every
+/// request on the connection would wait out `timeouts.server` (TCP gives up after ~15 min).
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// One server's connection on one worker. The async lock is held while connecting, so the
 /// requests that arrive meanwhile wait for that connection instead of each opening one.
 type Slot = Arc<tokio::sync::Mutex<Option<Shared>>>;
@@ -77,6 +83,9 @@ impl Conns {
         let stream = self.dial.connect(server).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .keep_alive_interval(PING_INTERVAL)
+            .keep_alive_timeout(PING_TIMEOUT)
+            .keep_alive_while_idle(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ProxyError::Connect {
