@@ -23,11 +23,17 @@ fn origin(port: u16, name: &str) -> Proc {
 
 /// floodgate with XDP off on a free port; `backend` is the YAML of one backend named `app`.
 fn floodgate(name: &str, global: &str, backend: &str) -> (Proc, SocketAddr) {
+    floodgate_with(name, global, backend, "")
+}
+
+/// [`floodgate`] with `extra` top-level YAML (an `admin` listener, say).
+fn floodgate_with(name: &str, global: &str, backend: &str, extra: &str) -> (Proc, SocketAddr) {
     let port = free_port();
     let yaml = format!(
         "
 global: {{ {global} }}
 xdp: {{ enabled: false }}
+{extra}
 listeners: [{{ name: http, bind: '127.0.0.1:{port}', default-backend: app }}]
 backends:
   - name: app
@@ -1062,10 +1068,12 @@ fn h2_backends_get_http2_and_their_trailers_reach_the_client() {
         .build()
         .unwrap();
     let (origin, accepted, seen, _) = h2_origin(&rt, None);
-    let (_fg, addr) = floodgate(
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (_fg, addr) = floodgate_with(
         "h2-backend.yaml",
         "nbthread: 1",
         &format!("    proto: h2\n    servers: ['{origin}']"),
+        &format!("admin: {{ bind: '{admin}' }}"),
     );
 
     // An HTTP/2 client, 20 calls at once on one connection.
@@ -1110,6 +1118,16 @@ fn h2_backends_get_http2_and_their_trailers_reach_the_client() {
         accepted.load(SeqCst),
         1,
         "calls not multiplexed on one connection"
+    );
+    // The gauge counts it once the 2 s sweep has run.
+    let h2_conns = || {
+        let (_, m) = http_get(admin, "a", "/metrics").unwrap();
+        floodgate_tests::metric(&m, "floodgate_backend_h2_connections{backend=\"app\"}")
+    };
+    assert!(
+        floodgate_tests::wait_until(Duration::from_secs(5), || h2_conns() == Some(1.0)),
+        "floodgate_backend_h2_connections is {:?}",
+        h2_conns()
     );
     for (version, authority, te) in seen.lock().unwrap().iter() {
         assert_eq!(*version, hyper::Version::HTTP_2);

@@ -585,6 +585,20 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
         }
         family(
             &mut out,
+            "floodgate_backend_h2_connections",
+            "gauge",
+            "HTTP/2 connections open to the servers of a proto h2 backend, one per server and worker, as of the last 2 s sweep",
+        );
+        for (i, (b, _, _)) in loads.iter().enumerate() {
+            if let Some(n) = routing.h2_connections(i) {
+                let _ = writeln!(
+                    out,
+                    "floodgate_backend_h2_connections{{backend=\"{b}\"}} {n}"
+                );
+            }
+        }
+        family(
+            &mut out,
             "floodgate_server_active_requests",
             "gauge",
             "Requests in flight per server",

@@ -10,7 +10,10 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -38,6 +41,8 @@ pub struct Conns {
     dial: Dial,
     /// `timeouts.server-keep-alive`: a connection unused this long is let go.
     idle_timeout: Duration,
+    /// Connections kept as of the last sweep, for metrics.
+    open: AtomicUsize,
 }
 
 struct Shared {
@@ -51,7 +56,13 @@ impl Conns {
             per_worker: PerWorker::new(workers),
             dial,
             idle_timeout,
+            open: AtomicUsize::new(0),
         })
+    }
+
+    /// Connections kept, as of the last sweep.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// A handle on this worker's connection to `server`, and whether that connection was
@@ -150,18 +161,23 @@ impl Conns {
     /// Lets go of connections that closed or sat idle past `server-keep-alive`; each one
     /// closes when its last request is done.
     pub fn reap(&self) {
+        let mut open = 0;
         for map in self.per_worker.each() {
             for slot in map.values() {
-                // A slot in use is connecting or handing out its sender: next sweep.
-                if let Ok(mut s) = slot.try_lock()
-                    && s.as_ref().is_some_and(|s| {
-                        s.sender.is_closed() || s.last_used.elapsed() >= self.idle_timeout
-                    })
-                {
+                // A slot in use is connecting or handing out its sender: kept, next sweep.
+                let Ok(mut s) = slot.try_lock() else {
+                    open += 1;
+                    continue;
+                };
+                if s.as_ref().is_some_and(|s| {
+                    s.sender.is_closed() || s.last_used.elapsed() >= self.idle_timeout
+                }) {
                     *s = None;
                 }
+                open += usize::from(s.is_some());
             }
         }
+        self.open.store(open, Ordering::Relaxed);
     }
 }
 

@@ -181,6 +181,12 @@ impl Routing {
         &self.pools
     }
 
+    /// HTTP/2 connections kept to the servers of `backend`, when it is `proto: h2` (as of the
+    /// last reap).
+    pub fn h2_connections(&self, backend: usize) -> Option<usize> {
+        self.h2.get(backend)?.as_ref().map(|c| c.open())
+    }
+
     /// Idle server connections the direct path keeps for `backend` (as of the last reap).
     pub fn idle_connections(&self, backend: usize) -> usize {
         self.direct.get(backend).map_or(0, |c| c.idle())
