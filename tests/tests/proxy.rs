@@ -948,6 +948,27 @@ fn a_server_silent_mid_body_is_cut_at_timeout_server() {
     );
 }
 
+/// A backend's own `timeouts.server` wins over the global one (HAProxy sets timeouts per
+/// backend): 1 s on this backend cuts the stalled body although the global one is 30 s.
+#[test]
+fn a_backends_own_timeout_server_applies_to_it() {
+    use floodgate_tests::http_raw;
+    let (origin, _, _) = scripted_origin();
+    let (_fg, addr) = floodgate(
+        "stall-backend.yaml",
+        "nbthread: 1, timeouts: { server: 30s }",
+        &format!("    timeouts: {{ server: 1s }}\n    servers: ['{origin}']"),
+    );
+    let start = Instant::now();
+    let (status, _, body) = http_raw(addr, b"GET /stall HTTP/1.0\r\nHost: t\r\n\r\n").unwrap();
+    let took = start.elapsed();
+    assert_eq!((status, body.as_str()), (200, "abc"));
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "cut after {took:?}, not at the backend's timeout server (1 s)"
+    );
+}
+
 /// A response body of one data frame then trailers, as a gRPC server sends.
 struct WithTrailers {
     data: Option<bytes::Bytes>,

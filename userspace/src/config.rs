@@ -538,6 +538,35 @@ pub enum Balance {
     RandomTwoChoices,
 }
 
+/// Per-backend overrides of `global.timeouts`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BackendTimeouts {
+    #[serde(default)]
+    pub server: Option<HDuration>,
+    #[serde(default)]
+    pub connect: Option<HDuration>,
+    #[serde(default)]
+    pub queue: Option<HDuration>,
+}
+
+impl Backend {
+    /// `timeouts.server` for this backend.
+    pub fn server_timeout(&self, global: &Timeouts) -> Duration {
+        self.timeouts.server.unwrap_or(global.server).0
+    }
+
+    /// `timeouts.connect` for this backend.
+    pub fn connect_timeout(&self, global: &Timeouts) -> Duration {
+        self.timeouts.connect.unwrap_or(global.connect).0
+    }
+
+    /// `timeouts.queue` for this backend.
+    pub fn queue_timeout(&self, global: &Timeouts) -> Duration {
+        self.timeouts.queue.unwrap_or(global.queue).0
+    }
+}
+
 /// The protocol spoken to a backend's servers (HAProxy's server `proto`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -558,6 +587,10 @@ pub struct Backend {
     pub balance: Balance,
     #[serde(default)]
     pub proto: Proto,
+    /// This backend's own `timeout server`, `connect` and `queue` (HAProxy sets them per
+    /// backend too); each absent one is `global.timeouts`'.
+    #[serde(default)]
+    pub timeouts: BackendTimeouts,
     /// Requests one server takes at once; 0 is no limit (HAProxy's server `maxconn`).
     #[serde(default = "default_maxconn_server")]
     pub maxconn_server: u32,
@@ -839,6 +872,18 @@ impl Config {
                     return Err(invalid(
                         format!("backends[{i}].servers[{j}].weight"),
                         "must be between 1 and 256",
+                    ));
+                }
+            }
+            for (name, d) in [
+                ("server", b.timeouts.server),
+                ("connect", b.timeouts.connect),
+                ("queue", b.timeouts.queue),
+            ] {
+                if d.is_some_and(|d| d.0.is_zero()) {
+                    return Err(invalid(
+                        format!("backends[{i}].timeouts.{name}"),
+                        "must be greater than 0",
                     ));
                 }
             }
@@ -1220,6 +1265,28 @@ xdp: { enabled: false }
         let e = parse(&MINIMAL.replace("name: app,", "name: app, health-check: { type: grpc },"))
             .expect_err("grpc check on h1");
         assert!(e.to_string().contains("proto: h2"), "{e}");
+        let own = parse(&MINIMAL.replace(
+            "name: app,",
+            "name: app, timeouts: { server: 1h, queue: 500 },",
+        ))
+        .expect("backend timeouts");
+        let (b, g) = (&own.backends[0], &own.global.timeouts);
+        assert_eq!(b.server_timeout(g), Duration::from_secs(3600));
+        assert_eq!(b.queue_timeout(g), Duration::from_millis(500));
+        assert_eq!(
+            b.connect_timeout(g),
+            Duration::from_secs(5),
+            "the global one"
+        );
+        let e = parse(&MINIMAL.replace("name: app,", "name: app, timeouts: { connect: 0 },"))
+            .expect_err("zero");
+        assert!(
+            e.to_string().contains("backends[0].timeouts.connect"),
+            "{e}"
+        );
+        let e = parse(&MINIMAL.replace("name: app,", "name: app, timeouts: { client: 1s },"))
+            .expect_err("not a backend timeout");
+        assert!(e.to_string().contains("client"), "{e}");
         let e = parse(&MINIMAL.replace("name: app,", "name: app, proto: h3,"))
             .expect_err("unknown proto");
         assert!(e.to_string().contains("h3"), "{e}");

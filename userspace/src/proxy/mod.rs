@@ -77,7 +77,8 @@ pub struct Routing {
     direct: Vec<Arc<direct::Conns>>,
     /// Per backend, its HTTP/2 connections when it is `proto: h2` (`h2c.rs`).
     h2: Vec<Option<Arc<h2c::Conns>>>,
-    server_timeout: Duration,
+    /// Per backend, `timeouts.server`.
+    server_timeouts: Vec<Duration>,
     passive: Vec<config::Passive>,
     /// Health checks and DNS discovery of this generation, stopped with it.
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -107,7 +108,7 @@ impl Routing {
             let reusable = previous.and_then(|p| {
                 p.pools
                     .iter()
-                    .find(|x| x.same_settings(&b.name, b.balance, t.queue.0, b.queue_max))
+                    .find(|x| x.same_settings(&b.name, b.balance, b.queue_timeout(t), b.queue_max))
             });
             let old = reusable.map(|p| p.servers()).unwrap_or_default();
             let servers = health::resolve(b, &old).await;
@@ -116,7 +117,7 @@ impl Routing {
                     p.set_servers(servers);
                     p.clone()
                 }
-                None => Pool::new(&b.name, b.balance, t.queue.0, b.queue_max, servers),
+                None => Pool::new(&b.name, b.balance, b.queue_timeout(t), b.queue_max, servers),
             };
             if b.servers.iter().any(|s| s.socket_addr().is_none()) {
                 tasks.push(health::spawn_discovery(pool.clone(), b.clone()));
@@ -127,7 +128,7 @@ impl Routing {
             pools.push(pool);
         }
         let dial = |b: &config::Backend| direct::Dial {
-            timeout: t.connect.0,
+            timeout: b.connect_timeout(t),
             connect_time: metrics.map(|m| m.connect_histogram(&b.name)),
         };
         let direct: Vec<Arc<direct::Conns>> = cfg
@@ -161,14 +162,14 @@ impl Routing {
                     (0..workers.max(1))
                         .map(|_| {
                             let timer = metrics.map(|m| m.connect_histogram(&b.name));
-                            backend::client(t.connect.0, t.server_keep_alive.0, timer)
+                            backend::client(b.connect_timeout(t), t.server_keep_alive.0, timer)
                         })
                         .collect()
                 })
                 .collect(),
             direct,
             h2,
-            server_timeout: t.server.0,
+            server_timeouts: cfg.backends.iter().map(|b| b.server_timeout(t)).collect(),
             tasks,
         }
     }
@@ -768,6 +769,11 @@ async fn forward(
     let passive = routing.passive.get(backend).cloned().unwrap_or_default();
     let mut tried = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
     let replayable = up.body.is_none();
+    let server_timeout = routing
+        .server_timeouts
+        .get(backend)
+        .copied()
+        .unwrap_or(Duration::MAX);
     loop {
         // Waits in the backend's FIFO queue when every server is at its maxconn.
         let asked = Instant::now();
@@ -778,7 +784,7 @@ async fn forward(
         trace.server = Some(slot.server.clone());
         tried.push(server);
         let sent = tokio::time::timeout(
-            routing.server_timeout,
+            server_timeout,
             attempt(routing, backend, client, &mut up, &slot.server),
         );
         let err = match sent.await {
@@ -794,10 +800,10 @@ async fn forward(
                         tunnel(resp, up.upgrade.take(), slot, inflight.start())
                     }
                     Reply::Pooled(resp) => {
-                        downstream_response(resp, slot, routing.server_timeout, body_timeouts)
+                        downstream_response(resp, slot, server_timeout, body_timeouts)
                     }
                     Reply::Direct(resp) => {
-                        downstream_response(resp, slot, routing.server_timeout, body_timeouts)
+                        downstream_response(resp, slot, server_timeout, body_timeouts)
                     }
                 });
             }
