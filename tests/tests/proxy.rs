@@ -935,16 +935,22 @@ fn idle_server_connections_close_after_server_keep_alive() {
 /// inactivity), not only the wait for the response header.
 #[test]
 fn a_server_silent_mid_body_is_cut_at_timeout_server() {
-    use floodgate_tests::http_raw;
     let (origin, _, _) = scripted_origin();
     let (_fg, addr) = floodgate_before(origin, "stall.yaml", "timeouts: { server: 1s }");
+    assert_stall_cut_after_1s(addr, "timeout server");
+}
+
+/// `/stall` of the scripted origin (3 of 10 body bytes, then 6 s of silence) reaches the
+/// client as those 3 bytes, cut by a 1 s `what`.
+fn assert_stall_cut_after_1s(addr: SocketAddr, what: &str) {
     let start = Instant::now();
-    let (status, _, body) = http_raw(addr, b"GET /stall HTTP/1.0\r\nHost: t\r\n\r\n").unwrap();
+    let (status, _, body) =
+        floodgate_tests::http_raw(addr, b"GET /stall HTTP/1.0\r\nHost: t\r\n\r\n").unwrap();
     let took = start.elapsed();
     assert_eq!((status, body.as_str()), (200, "abc"));
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(4),
-        "cut after {took:?}, not at timeout server (1 s)"
+        "cut after {took:?}, not at {what} (1 s)"
     );
 }
 
@@ -952,21 +958,13 @@ fn a_server_silent_mid_body_is_cut_at_timeout_server() {
 /// backend): 1 s on this backend cuts the stalled body although the global one is 30 s.
 #[test]
 fn a_backends_own_timeout_server_applies_to_it() {
-    use floodgate_tests::http_raw;
     let (origin, _, _) = scripted_origin();
     let (_fg, addr) = floodgate(
         "stall-backend.yaml",
         "nbthread: 1, timeouts: { server: 30s }",
         &format!("    timeouts: {{ server: 1s }}\n    servers: ['{origin}']"),
     );
-    let start = Instant::now();
-    let (status, _, body) = http_raw(addr, b"GET /stall HTTP/1.0\r\nHost: t\r\n\r\n").unwrap();
-    let took = start.elapsed();
-    assert_eq!((status, body.as_str()), (200, "abc"));
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
-        "cut after {took:?}, not at the backend's timeout server (1 s)"
-    );
+    assert_stall_cut_after_1s(addr, "the backend's timeout server");
 }
 
 /// A response body of one data frame then trailers, as a gRPC server sends.

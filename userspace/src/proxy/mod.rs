@@ -426,7 +426,12 @@ pub async fn handle(
         let backend = route(&generation, &req)?;
         chosen = Some(backend);
         handles = ctx.handles(&generation, backend);
-        let mut up = upstream_request(&ctx, &conn, req)?;
+        let h2 = generation
+            .routing
+            .h2
+            .get(backend)
+            .is_some_and(Option::is_some);
+        let mut up = upstream_request(&ctx, &conn, req, h2)?;
         if let Some(e) = log.as_mut() {
             e.request_id = up
                 .parts
@@ -650,10 +655,12 @@ fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
         .flatten()
 }
 
+/// `h2`: the backend is `proto: h2` (`TE: trailers` is kept for it).
 fn upstream_request(
     ctx: &ListenerCtx,
     conn: &Conn,
     mut req: Request<Incoming>,
+    h2: bool,
 ) -> Result<Upstream, ProxyError> {
     let protocol = upgrade_protocol(&req);
     let upgrade = protocol.is_some().then(|| hyper::upgrade::on(&mut req));
@@ -666,13 +673,15 @@ fn upstream_request(
         Some(a) => Some(hv(a.as_str())?),
         None => parts.headers.get(header::HOST).cloned(),
     };
-    let te_trailers = parts
-        .headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    // Only an HTTP/2 backend gets it: no header lookup on the HTTP/1.1 path.
+    let te_trailers = h2
+        && parts
+            .headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(&mut parts.headers);
     if let Some(p) = protocol {
         // The one hop-by-hop exchange that must reach the backend.
