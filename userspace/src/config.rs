@@ -605,7 +605,61 @@ pub struct Backend {
     pub health_check: Option<HealthCheck>,
     #[serde(default)]
     pub passive: Passive,
+    /// TLS to the servers (HAProxy's server `ssl`); absent, they are spoken to in clear.
+    #[serde(default)]
+    pub tls: Option<BackendTls>,
     pub servers: Vec<ServerSpec>,
+}
+
+/// TLS to a backend's servers: HAProxy's server `ssl verify required ca-file <f> sni <n>
+/// crt <f>`. HTTP/2 backends ask for `h2` by ALPN, HTTP/1.1 ones for `http/1.1`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BackendTls {
+    /// Whether the server's certificate must chain to `ca-file` and carry its name.
+    #[serde(default)]
+    pub verify: Verify,
+    /// PEM file of the CAs server certificates must chain to; required with `verify:
+    /// required`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The name sent as SNI and looked for in the certificate. Default: the servers' DNS
+    /// name when they share one; for servers given as addresses, the address (no SNI).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// A client certificate and its key (PEM), for servers that ask for one (mutual TLS).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verify {
+    /// The certificate must chain to `ca-file` and carry the server's name.
+    #[default]
+    Required,
+    /// Any certificate is accepted: encryption without authentication, as ingress-nginx
+    /// does by default and HAProxy's `verify none`.
+    None,
+}
+
+impl Backend {
+    /// The name TLS connections to this backend's servers present and verify: `None` means
+    /// each connection's own address.
+    pub fn tls_server_name(&self) -> Option<String> {
+        let tls = self.tls.as_ref()?;
+        if let Some(n) = &tls.server_name {
+            return Some(n.clone());
+        }
+        let mut hosts = self
+            .servers
+            .iter()
+            .filter(|s| s.socket_addr().is_none())
+            .filter_map(|s| split_host_port(s.address()).ok().map(|(h, _)| h.to_owned()));
+        hosts.next()
+    }
 }
 
 fn default_maxconn_server() -> u32 {
@@ -914,6 +968,50 @@ impl Config {
                     _ => {}
                 }
             }
+            if let Some(t) = &b.tls {
+                let key = format!("backends[{i}].tls");
+                if t.verify == Verify::Required && t.ca_file.is_none() {
+                    return Err(invalid(
+                        format!("{key}.ca-file"),
+                        "required with `verify: required` (or set `verify: none`)",
+                    ));
+                }
+                if t.cert.is_some() != t.key.is_some() {
+                    return Err(invalid(
+                        format!("{key}.cert"),
+                        "`cert` and `key` go together",
+                    ));
+                }
+                if let Some(n) = &t.server_name {
+                    if rustls::pki_types::ServerName::try_from(n.as_str()).is_err() {
+                        return Err(invalid(
+                            format!("{key}.server-name"),
+                            format!("`{n}` is not a DNS name or an IP address"),
+                        ));
+                    }
+                } else {
+                    // One name for every connection: servers named differently, or names
+                    // mixed with addresses, would each need their own.
+                    let mut hosts: Vec<&str> = b
+                        .servers
+                        .iter()
+                        .filter_map(|s| split_host_port(s.address()).ok().map(|(h, _)| h))
+                        .collect();
+                    let named = b
+                        .servers
+                        .iter()
+                        .filter(|s| s.socket_addr().is_none())
+                        .count();
+                    hosts.sort_unstable();
+                    hosts.dedup();
+                    if named > 0 && hosts.len() > 1 {
+                        return Err(invalid(
+                            format!("{key}.server-name"),
+                            "required when the servers are not all given by one DNS name or all by address",
+                        ));
+                    }
+                }
+            }
             if b.resolve_interval.0 < Duration::from_millis(100) {
                 return Err(invalid(
                     format!("backends[{i}].resolve-interval"),
@@ -1207,6 +1305,39 @@ xdp: { enabled: false }
         })?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    #[test]
+    fn backend_tls_is_checked_and_names_its_server() {
+        let with = |servers: &str, tls: &str| {
+            parse(&MINIMAL.replace(
+                "servers: ['127.0.0.1:9101']",
+                &format!("servers: {servers}, tls: {tls}"),
+            ))
+        };
+        let err = |servers: &str, tls: &str| with(servers, tls).expect_err(tls).to_string();
+        let name =
+            |servers: &str, tls: &str| with(servers, tls).expect(tls).backends[0].tls_server_name();
+        let ips = "['10.0.0.1:443', '10.0.0.2:443']";
+        assert!(err(ips, "{}").contains("backends[0].tls.ca-file"));
+        assert!(err(ips, "{ verify: none, cert: c.pem }").contains("backends[0].tls.cert"));
+        assert!(err(ips, "{ verify: none, server-name: 'a b' }").contains("tls.server-name"));
+        assert!(err(ips, "{ verify: maybe }").contains("verify"));
+        // One name for every connection, or the address of each.
+        assert_eq!(name(ips, "{ ca-file: ca.pem }"), None);
+        assert_eq!(
+            name("['api.ns.svc:443']", "{ ca-file: ca.pem }").as_deref(),
+            Some("api.ns.svc")
+        );
+        assert_eq!(
+            name(ips, "{ verify: none, server-name: api.internal }").as_deref(),
+            Some("api.internal")
+        );
+        let mixed = "['api.ns.svc:443', '10.0.0.1:443']";
+        assert!(err(mixed, "{ ca-file: ca.pem }").contains("backends[0].tls.server-name"));
+        assert!(err("['a.svc:443', 'b.svc:443']", "{ ca-file: ca.pem }").contains("server-name"));
+        with(mixed, "{ ca-file: ca.pem, server-name: api.internal }").expect("named");
+        assert!(parse(MINIMAL).expect("minimal").backends[0].tls.is_none());
     }
 
     #[test]

@@ -165,6 +165,8 @@ fn init_tracing(format: &str) {
 
 fn check(path: &std::path::Path, haproxy_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
     let cfg = Config::load_with(path, haproxy_dir)?;
+    // The files a backend's `tls` names are read when the config is applied; read them now.
+    floodgate::proxy::client_tls(&cfg)?;
     if !cfg.ignored_haproxy_keys.is_empty() {
         println!(
             "HAProxy keys floodgate does not implement (ignored): {}",
@@ -322,7 +324,7 @@ async fn serve(
     };
 
     let metrics = Arc::new(floodgate::metrics::Metrics::new()?);
-    let mut routing = Arc::new(Routing::build(&cfg, None, workers, Some(&metrics)).await);
+    let mut routing = Arc::new(Routing::build(&cfg, None, workers, Some(&metrics)).await?);
     let reloads = Arc::new(reload::Counts::default());
     let mut ctxs = Vec::new();
     let mut acceptors: Vec<Arc<tls::Acceptor>> = Vec::new();
@@ -546,12 +548,13 @@ async fn apply_reload(
     dp: Option<&mut Dataplane>,
 ) -> anyhow::Result<(Config, Arc<Routing>)> {
     let new = reload::next(path, haproxy_dir, current)?;
+    let metrics = ctxs.first().and_then(|c| c.metrics.clone());
+    // First, as it can still refuse the config (a backend's TLS files) before XDP changes.
+    let next = Arc::new(Routing::build(&new, Some(routing), workers, metrics.as_deref()).await?);
     if let Some(dp) = dp {
         let binds: Vec<_> = new.listeners.iter().map(|l| l.bind).collect();
         dp.configure(&new.xdp, &binds)?;
     }
-    let metrics = ctxs.first().and_then(|c| c.metrics.clone());
-    let next = Arc::new(Routing::build(&new, Some(routing), workers, metrics.as_deref()).await);
     for (ctx, l) in ctxs.iter().zip(&new.listeners) {
         ctx.swap(next.clone(), l, &new);
     }

@@ -1,7 +1,8 @@
-//! TLS termination with rustls (aws-lc-rs provider): the policy from config (HAProxy's
+//! TLS with rustls (aws-lc-rs provider). On listeners: the policy from config (HAProxy's
 //! `ssl-options` / `ssl-ciphers` accepted as they are), certificates chosen by SNI (exact, then
 //! wildcard, then the default) and by what the client can verify (ECDSA or RSA), and
-//! certificates reloaded from disk when their content changes.
+//! certificates reloaded from disk when their content changes. To servers: `ClientTls`, a
+//! backend's `tls` (CA, verification, server name, client certificate).
 
 use std::{
     collections::HashMap,
@@ -11,8 +12,11 @@ use std::{
 };
 
 use rustls::{
-    CipherSuite, ProtocolVersion, ServerConfig, SupportedCipherSuite,
+    CipherSuite, ClientConfig, DigitallySignedStruct, ProtocolVersion, RootCertStore, ServerConfig,
+    SignatureScheme, SupportedCipherSuite,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::{CryptoProvider, aws_lc_rs},
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime},
     server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache},
     sign::CertifiedKey,
 };
@@ -40,6 +44,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("listener `{0}`: no usable certificate")]
     NoCertificate(String),
+    #[error("{key}: {reason}")]
+    Backend { key: String, reason: String },
 }
 
 /// OpenSSL names of the TLS 1.2 suites floodgate supports, and their IANA names.
@@ -261,12 +267,7 @@ fn load_entries(sources: &[config::CertSource]) -> Result<Vec<Entry>, TlsError> 
     let mut out = Vec::new();
     for s in sources {
         let (cert, key) = s.paths();
-        let certs: Vec<_> = rustls_pemfile::certs(&mut read(&cert)?.as_slice())
-            .collect::<Result<_, _>>()
-            .map_err(|e| TlsError::Pem {
-                path: cert.clone(),
-                reason: e.to_string(),
-            })?;
+        let certs = read_certs(&cert)?;
         let first = certs.first().ok_or_else(|| TlsError::Pem {
             path: cert.clone(),
             reason: "no certificate in it".into(),
@@ -275,15 +276,7 @@ fn load_entries(sources: &[config::CertSource]) -> Result<Vec<Entry>, TlsError> 
             path: cert.clone(),
             reason,
         })?;
-        let der = rustls_pemfile::private_key(&mut read(&key)?.as_slice())
-            .map_err(|e| TlsError::Pem {
-                path: key.clone(),
-                reason: e.to_string(),
-            })?
-            .ok_or_else(|| TlsError::Pem {
-                path: key.clone(),
-                reason: "no private key in it".into(),
-            })?;
+        let der = read_key(&key)?;
         let signing = aws_lc_rs::sign::any_supported_type(&der).map_err(|e| TlsError::Pem {
             path: key.clone(),
             reason: e.to_string(),
@@ -304,6 +297,29 @@ fn load_entries(sources: &[config::CertSource]) -> Result<Vec<Entry>, TlsError> 
         });
     }
     Ok(out)
+}
+
+/// Every certificate of a PEM file, in order (a chain, or a CA bundle).
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    rustls_pemfile::certs(&mut read(path)?.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+/// The first private key of a PEM file.
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    rustls_pemfile::private_key(&mut read(path)?.as_slice())
+        .map_err(|e| TlsError::Pem {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?
+        .ok_or_else(|| TlsError::Pem {
+            path: path.to_path_buf(),
+            reason: "no private key in it".into(),
+        })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -489,6 +505,137 @@ fn digest_of(sources: &[config::CertSource]) -> u64 {
         std::fs::read(s.ocsp_path()).ok().hash(&mut h);
     }
     h.finish()
+}
+
+/// TLS to a backend's servers (`backends[].tls`). Built with the config generation, so a CA
+/// file or client key that cannot be used refuses the config, as a bad certificate does.
+pub struct ClientTls {
+    connector: tokio_rustls::TlsConnector,
+    /// `None`: each connection's own address (checked against the certificate's IP names; no
+    /// SNI is sent for an address).
+    name: Option<ServerName<'static>>,
+}
+
+impl ClientTls {
+    /// `key` names the backend in errors (`backends[2].tls`). `None` when it has no `tls`.
+    pub fn new(key: &str, backend: &config::Backend) -> Result<Option<Self>, TlsError> {
+        let Some(tls) = &backend.tls else {
+            return Ok(None);
+        };
+        let at = |field: &str, e: &dyn std::fmt::Display| TlsError::Backend {
+            key: format!("{key}.{field}"),
+            reason: e.to_string(),
+        };
+        let provider = Arc::new(aws_lc_rs::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let builder = match (tls.verify, &tls.ca_file) {
+            (config::Verify::Required, Some(path)) => {
+                let mut roots = RootCertStore::empty();
+                let certs = read_certs(path).map_err(|e| at("ca-file", &e))?;
+                let (added, _) = roots.add_parsable_certificates(certs);
+                if added == 0 {
+                    return Err(at(
+                        "ca-file",
+                        &format!("{}: no CA certificate in it", path.display()),
+                    ));
+                }
+                builder.with_root_certificates(roots)
+            }
+            (config::Verify::Required, None) => {
+                return Err(at("ca-file", &"required with `verify: required`"));
+            }
+            (config::Verify::None, _) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider))),
+        };
+        let mut cfg = match (&tls.cert, &tls.key) {
+            (Some(cert), Some(k)) => {
+                let chain = read_certs(cert).map_err(|e| at("cert", &e))?;
+                let der = read_key(k).map_err(|e| at("key", &e))?;
+                builder
+                    .with_client_auth_cert(chain, der)
+                    .map_err(|e| at("key", &e))?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        cfg.alpn_protocols = vec![match backend.proto {
+            config::Proto::H1 => b"http/1.1".to_vec(),
+            config::Proto::H2 => b"h2".to_vec(),
+        }];
+        let name = backend
+            .tls_server_name()
+            .map(|n| ServerName::try_from(n).map_err(|e| at("server-name", &e)))
+            .transpose()?;
+        Ok(Some(Self {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
+            name,
+        }))
+    }
+
+    /// The TLS handshake on a connected `tcp` to `addr`.
+    pub async fn handshake(
+        &self,
+        tcp: tokio::net::TcpStream,
+        addr: std::net::SocketAddr,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        self.connector.connect(name, tcp).await
+    }
+}
+
+/// `verify: none`: any certificate is taken, but the handshake's signatures are still checked
+/// against it, so the connection is at least encrypted to whoever holds that certificate's
+/// key.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 #[cfg(test)]

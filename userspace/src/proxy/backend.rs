@@ -3,76 +3,67 @@
 
 use std::{
     future::Future,
+    net::SocketAddr,
     pin::Pin,
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use http::Uri;
 use http_body_util::combinators::BoxBody;
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioTimer},
+    client::legacy::Client,
+    rt::{TokioExecutor, TokioIo, TokioTimer},
 };
-use prometheus::Histogram;
 use tower_service::Service;
+
+use super::{
+    connect::{Dial, ServerStream},
+    error::ProxyError,
+};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Request bodies on their way to a server: the client's body, maybe cut at `max-body-bytes`.
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 pub type UpstreamClient = Client<Connector, UpstreamBody>;
 
-/// `connect_timeout` is `timeout connect`; idle pooled connections close after `idle_timeout`.
-/// New connections' connect time goes to `connect_time` (reused ones cost none).
-pub fn client(
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-    connect_time: Option<Histogram>,
-) -> UpstreamClient {
-    let mut inner = HttpConnector::new();
-    inner.set_connect_timeout(Some(connect_timeout));
-    inner.set_nodelay(true);
-    inner.enforce_http(true);
+/// Idle pooled connections close after `idle_timeout`; new ones are opened by `dial`.
+pub fn client(dial: Dial, idle_timeout: Duration) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(idle_timeout)
         .pool_max_idle_per_host(1024)
         .pool_timer(TokioTimer::new())
-        .build(Connector {
-            inner,
-            connect_time,
-        })
+        .build(Connector { dial })
 }
 
-/// hyper's connector, timed.
+/// hyper's connector: the request target's authority is always the server's address
+/// (`pool::Server::authority`), so there is nothing to resolve; `Dial` connects, times and
+/// speaks TLS when the backend asks for it.
 #[derive(Clone)]
 pub struct Connector {
-    inner: HttpConnector,
-    connect_time: Option<Histogram>,
+    dial: Dial,
 }
 
-type Inner = <HttpConnector as Service<Uri>>::Future;
-type Connected = <Inner as Future>::Output;
+type Connecting = Pin<Box<dyn Future<Output = Result<TokioIo<ServerStream>, ProxyError>> + Send>>;
 
 impl Service<Uri> for Connector {
-    type Response = <HttpConnector as Service<Uri>>::Response;
-    type Error = <HttpConnector as Service<Uri>>::Error;
-    type Future = Pin<Box<dyn Future<Output = Connected> + Send>>;
+    type Response = TokioIo<ServerStream>;
+    type Error = ProxyError;
+    type Future = Connecting;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, dst: Uri) -> Self::Future {
-        let connecting = self.inner.call(dst);
-        let timer = self.connect_time.clone();
-        let start = Instant::now();
+        let dial = self.dial.clone();
         Box::pin(async move {
-            let r = connecting.await;
-            if let (Ok(_), Some(h)) = (&r, timer) {
-                h.observe(start.elapsed().as_secs_f64());
-            }
-            r
+            let authority = dst.authority().map_or("", http::uri::Authority::as_str);
+            let server: SocketAddr = authority
+                .parse()
+                .map_err(|_| ProxyError::Internal(format!("`{authority}` is not an address")))?;
+            dial.connect(server).await.map(TokioIo::new)
         })
     }
 }

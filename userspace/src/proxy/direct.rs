@@ -29,13 +29,14 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 use hyper::body::{Body, Frame, SizeHint};
-use prometheus::Histogram;
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::{PerWorker, backend::BoxError, error::ProxyError};
+use super::{
+    PerWorker,
+    backend::BoxError,
+    connect::{Dial, ServerStream},
+    error::ProxyError,
+};
 
 /// hyper's limits for a response head, kept so both paths refuse the same servers.
 const MAX_HEADERS: usize = 100;
@@ -56,17 +57,8 @@ pub struct Conns {
     idle_timeout: Duration,
 }
 
-/// How a backend opens server connections, on either upstream path.
-#[derive(Clone)]
-pub struct Dial {
-    /// `timeouts.connect`.
-    pub timeout: Duration,
-    /// New connections' connect time (reused ones cost none).
-    pub connect_time: Option<Histogram>,
-}
-
 struct Idle {
-    stream: TcpStream,
+    stream: ServerStream,
     since: Instant,
 }
 
@@ -82,7 +74,7 @@ impl Conns {
 
     /// The most recently used idle connection (its server is the least likely to have closed
     /// it), dropping the ones idle past `idle_timeout` on the way.
-    fn take(&self, worker: usize, server: SocketAddr) -> Option<TcpStream> {
+    fn take(&self, worker: usize, server: SocketAddr) -> Option<ServerStream> {
         let mut map = self.per_worker.get(worker);
         let idle = map.get_mut(&server)?;
         while let Some(c) = idle.pop() {
@@ -95,7 +87,7 @@ impl Conns {
         None
     }
 
-    fn put(&self, worker: usize, server: SocketAddr, stream: TcpStream) {
+    fn put(&self, worker: usize, server: SocketAddr, stream: ServerStream) {
         let mut map = self.per_worker.get(worker);
         let idle = map.entry(server).or_default();
         // Expired ones are the sweep's (`reap`), not every request's.
@@ -115,7 +107,7 @@ impl Conns {
         let mut open = 0;
         for mut map in self.per_worker.each() {
             map.retain(|_, idle| {
-                idle.retain(|c| c.since.elapsed() < self.idle_timeout && still_open(&c.stream));
+                idle.retain_mut(|c| c.since.elapsed() < self.idle_timeout && c.stream.still_open());
                 open += idle.len();
                 !idle.is_empty()
             });
@@ -128,40 +120,6 @@ impl Conns {
     pub fn idle(&self) -> usize {
         self.idle.load(Ordering::Relaxed)
     }
-}
-
-impl Dial {
-    /// A new connection to `server` within `timeout connect`, its connect time observed.
-    pub async fn connect(&self, server: SocketAddr) -> Result<TcpStream, ProxyError> {
-        let start = Instant::now();
-        let stream = match tokio::time::timeout(self.timeout, TcpStream::connect(server)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return Err(ProxyError::Connect {
-                    server: server.to_string(),
-                    reason: e.to_string(),
-                });
-            }
-            Err(_) => {
-                return Err(ProxyError::ConnectTimeout {
-                    server: server.to_string(),
-                });
-            }
-        };
-        if let Some(h) = &self.connect_time {
-            h.observe(start.elapsed().as_secs_f64());
-        }
-        // Heads are written whole; Nagle would only hold them back.
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
-    }
-}
-
-/// An idle connection is still usable while reading it would block: nothing has arrived,
-/// not even the server's FIN.
-fn still_open(s: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// Sends `parts` (no body) to `server` over this worker's idle connection or a new one, and
@@ -238,7 +196,7 @@ enum Failure {
 
 /// A response head read from `stream`, with the body bytes that came with it.
 struct Received {
-    stream: TcpStream,
+    stream: ServerStream,
     status: StatusCode,
     headers: HeaderMap,
     framing: Framing,
@@ -246,8 +204,14 @@ struct Received {
     buf: BytesMut,
 }
 
-async fn send(mut stream: TcpStream, head: &[u8], head_only: bool) -> Result<Received, Failure> {
-    if let Err(e) = stream.write_all(head).await {
+async fn send(mut stream: ServerStream, head: &[u8], head_only: bool) -> Result<Received, Failure> {
+    // Over TLS the flush is what sends the record; in clear it costs nothing.
+    if let Err(e) = async {
+        stream.write_all(head).await?;
+        stream.flush().await
+    }
+    .await
+    {
         return Err(stale_or_broken(&e));
     }
     let mut buf = BytesMut::with_capacity(8 * 1024);
@@ -448,7 +412,7 @@ impl Framing {
 /// Its end gives the connection back to the worker's idle list; dropped before its end, it
 /// closes the connection (the rest of the response is unread).
 pub struct DirectBody {
-    stream: Option<TcpStream>,
+    stream: Option<ServerStream>,
     buf: BytesMut,
     framing: Framing,
     keep_alive: bool,
@@ -470,21 +434,10 @@ impl DirectBody {
 
     /// Reads more from the server into `buf`; 0 is the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let Some(stream) = &self.stream else {
+        let Some(stream) = &mut self.stream else {
             return Poll::Ready(Ok(0));
         };
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(READ_CHUNK);
-        }
-        loop {
-            match stream.try_read_buf(&mut self.buf) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(stream.poll_read_ready(cx))?;
-                }
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        stream.poll_read_buf(cx, &mut self.buf, READ_CHUNK)
     }
 
     /// The next step of the body from what is buffered: a frame, the end, or `None` when more

@@ -1,5 +1,5 @@
-//! HTTP/2 to servers, in clear with prior knowledge (`proto: h2`, HAProxy's `proto h2`): gRPC
-//! and other servers that speak only HTTP/2.
+//! HTTP/2 to servers (`proto: h2`, HAProxy's `proto h2`): gRPC and other servers that speak
+//! only HTTP/2; in clear with prior knowledge, or over TLS with ALPN `h2`.
 //!
 //! Each worker thread keeps one connection per server and multiplexes every request to that
 //! server over it, as streams. The server's SETTINGS_MAX_CONCURRENT_STREAMS bounds the streams
@@ -22,7 +22,7 @@ use hyper::{body::Incoming, client::conn::http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
 
-use super::{PerWorker, backend::UpstreamBody, direct::Dial, error::ProxyError};
+use super::{PerWorker, backend::UpstreamBody, connect::Dial, error::ProxyError};
 
 /// While a connection has requests open, a PING this often, and no answer within
 /// `PING_TIMEOUT` closes it: a server whose host vanished sends no RST, and without this every
@@ -92,6 +92,12 @@ impl Conns {
         // Dropped here, the old handle lets its connection close after its last stream.
         *slot = None;
         let stream = self.dial.connect(server).await?;
+        if !stream.speaks_h2() {
+            return Err(ProxyError::Connect {
+                server: server.to_string(),
+                reason: "the server did not agree to HTTP/2 (ALPN h2)".into(),
+            });
+        }
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(PING_INTERVAL)

@@ -15,8 +15,14 @@ use std::{
 use tokio::{io::AsyncWriteExt as _, net::TcpStream, task::JoinHandle};
 use tracing::{info, warn};
 
-use super::pool::{Pool, Server};
-use crate::config::{self, CheckKind};
+use super::{
+    connect::ServerStream,
+    pool::{Pool, Server},
+};
+use crate::{
+    config::{self, CheckKind},
+    tls::ClientTls,
+};
 
 /// Consecutive results per server, for rise/fall and passive ejection.
 #[derive(Debug, Default)]
@@ -63,9 +69,19 @@ pub fn observe(pool: &Pool, server: &Arc<Server>, connected: bool, passive: &con
     }
 }
 
-async fn check_once(addr: SocketAddr, check: &config::HealthCheck) -> bool {
+/// Over TLS when the backend has `tls` (HAProxy checks a server with `ssl` over SSL too): a
+/// TCP check then passes once the handshake does.
+async fn check_once(
+    addr: SocketAddr,
+    check: &config::HealthCheck,
+    tls: Option<&ClientTls>,
+) -> bool {
     let attempt = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
+        let tcp = TcpStream::connect(addr).await.ok()?;
+        let mut stream = match tls {
+            None => ServerStream::Tcp(tcp),
+            Some(tls) => ServerStream::Tls(Box::new(tls.handshake(tcp, addr).await.ok()?)),
+        };
         match &check.kind {
             CheckKind::Tcp => Some(true),
             CheckKind::Http => {
@@ -74,6 +90,7 @@ async fn check_once(addr: SocketAddr, check: &config::HealthCheck) -> bool {
                     check.path
                 );
                 stream.write_all(req.as_bytes()).await.ok()?;
+                stream.flush().await.ok()?;
                 let mut buf = [0u8; 16];
                 let mut n = 0;
                 while n < 12 {
@@ -96,11 +113,14 @@ async fn check_once(addr: SocketAddr, check: &config::HealthCheck) -> bool {
     )
 }
 
-/// The gRPC health protocol's Check call (`grpc.health.v1`) over HTTP/2 in clear: `Some(true)`
-/// when the server answers SERVING with grpc-status 0; `None` when it does not answer.
-async fn grpc_serving(stream: TcpStream, addr: SocketAddr, service: &str) -> Option<bool> {
+/// The gRPC health protocol's Check call (`grpc.health.v1`) over HTTP/2: `Some(true)` when
+/// the server answers SERVING with grpc-status 0; `None` when it does not answer.
+async fn grpc_serving(stream: ServerStream, addr: SocketAddr, service: &str) -> Option<bool> {
     use http_body_util::{BodyExt as _, Full};
     use hyper_util::rt::{TokioExecutor, TokioIo};
+    if !stream.speaks_h2() {
+        return None;
+    }
     let (mut send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
@@ -206,7 +226,11 @@ fn varint(b: &[u8]) -> Option<(u64, &[u8])> {
 }
 
 /// Active checks of every server of `pool`, forever (the caller aborts the task).
-pub fn spawn_checks(pool: Arc<Pool>, check: config::HealthCheck) -> JoinHandle<()> {
+pub fn spawn_checks(
+    pool: Arc<Pool>,
+    check: config::HealthCheck,
+    tls: Option<Arc<ClientTls>>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(check.interval.0);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -216,8 +240,8 @@ pub fn spawn_checks(pool: Arc<Pool>, check: config::HealthCheck) -> JoinHandle<(
             // Checked together, a round takes at most one timeout.
             let mut set = tokio::task::JoinSet::new();
             for (i, s) in servers.iter().enumerate() {
-                let (addr, check) = (s.addr, check.clone());
-                set.spawn(async move { (i, check_once(addr, &check).await) });
+                let (addr, check, tls) = (s.addr, check.clone(), tls.clone());
+                set.spawn(async move { (i, check_once(addr, &check, tls.as_deref()).await) });
             }
             let mut results = vec![false; servers.len()];
             while let Some(Ok((i, ok))) = set.join_next().await {

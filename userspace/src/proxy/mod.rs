@@ -18,6 +18,7 @@
 //! response body ends (`Done`).
 
 pub mod backend;
+pub mod connect;
 pub mod direct;
 pub mod error;
 pub mod h2c;
@@ -95,16 +96,18 @@ impl Drop for Routing {
 impl Routing {
     /// Resolves servers and starts health checks and discovery. A backend of `previous` with
     /// the same name and queue settings keeps its pool (in-flight counts, queue, health).
+    /// Fails when a backend's `tls` files cannot be used.
     pub async fn build(
         cfg: &Config,
         previous: Option<&Routing>,
         workers: usize,
         metrics: Option<&Metrics>,
-    ) -> Self {
+    ) -> Result<Self, crate::tls::TlsError> {
         let t = &cfg.global.timeouts;
+        let tls = client_tls(cfg)?;
         let mut pools = Vec::with_capacity(cfg.backends.len());
         let mut tasks = Vec::new();
-        for b in &cfg.backends {
+        for (b, tls) in cfg.backends.iter().zip(&tls) {
             let reusable = previous.and_then(|p| {
                 p.pools
                     .iter()
@@ -123,25 +126,35 @@ impl Routing {
                 tasks.push(health::spawn_discovery(pool.clone(), b.clone()));
             }
             if let Some(check) = &b.health_check {
-                tasks.push(health::spawn_checks(pool.clone(), check.clone()));
+                tasks.push(health::spawn_checks(
+                    pool.clone(),
+                    check.clone(),
+                    tls.clone(),
+                ));
             }
             pools.push(pool);
         }
-        let dial = |b: &config::Backend| direct::Dial {
-            timeout: b.connect_timeout(t),
-            connect_time: metrics.map(|m| m.connect_histogram(&b.name)),
-        };
-        let direct: Vec<Arc<direct::Conns>> = cfg
+        let dials: Vec<connect::Dial> = cfg
             .backends
             .iter()
-            .map(|b| direct::Conns::new(workers, dial(b), t.server_keep_alive.0))
+            .zip(tls)
+            .map(|(b, tls)| connect::Dial {
+                timeout: b.connect_timeout(t),
+                connect_time: metrics.map(|m| m.connect_histogram(&b.name)),
+                tls,
+            })
+            .collect();
+        let direct: Vec<Arc<direct::Conns>> = dials
+            .iter()
+            .map(|d| direct::Conns::new(workers, d.clone(), t.server_keep_alive.0))
             .collect();
         let h2: Vec<Option<Arc<h2c::Conns>>> = cfg
             .backends
             .iter()
-            .map(|b| {
+            .zip(&dials)
+            .map(|(b, d)| {
                 (b.proto == config::Proto::H2)
-                    .then(|| h2c::Conns::new(workers, dial(b), t.server_keep_alive.0))
+                    .then(|| h2c::Conns::new(workers, d.clone(), t.server_keep_alive.0))
             })
             .collect();
         tasks.push(spawn_reaper(
@@ -151,19 +164,15 @@ impl Routing {
         let router = Router::new(&cfg.routes, |name| {
             pools.iter().position(|p| p.name == name)
         });
-        Self {
+        Ok(Self {
             router,
             passive: cfg.backends.iter().map(|b| b.passive.clone()).collect(),
             pools,
-            clients: cfg
-                .backends
+            clients: dials
                 .iter()
-                .map(|b| {
+                .map(|d| {
                     (0..workers.max(1))
-                        .map(|_| {
-                            let timer = metrics.map(|m| m.connect_histogram(&b.name));
-                            backend::client(b.connect_timeout(t), t.server_keep_alive.0, timer)
-                        })
+                        .map(|_| backend::client(d.clone(), t.server_keep_alive.0))
                         .collect()
                 })
                 .collect(),
@@ -171,7 +180,7 @@ impl Routing {
             h2,
             server_timeouts: cfg.backends.iter().map(|b| b.server_timeout(t)).collect(),
             tasks,
-        }
+        })
     }
 
     pub fn backend_index(&self, name: &str) -> Option<usize> {
@@ -198,6 +207,20 @@ impl Routing {
         let per_worker = self.clients.get(backend)?;
         per_worker.get(w % per_worker.len().max(1))
     }
+}
+
+/// Every backend's `tls`, in order: built once per generation, shared by its connections and
+/// health checks. `floodgate check` builds them too, so bad files are found before a reload.
+pub fn client_tls(
+    cfg: &Config,
+) -> Result<Vec<Option<Arc<crate::tls::ClientTls>>>, crate::tls::TlsError> {
+    cfg.backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            Ok(crate::tls::ClientTls::new(&format!("backends[{i}].tls"), b)?.map(Arc::new))
+        })
+        .collect()
 }
 
 /// Every 2 s, closes idle server connections that expired or that their server closed.
@@ -887,12 +910,20 @@ fn empty_body() -> UpstreamBody {
 fn classify(server: SocketAddr, e: &hyper_util::client::legacy::Error) -> ProxyError {
     let server = server.to_string();
     if e.is_connect() {
+        // `connect::Dial` said what went wrong.
         let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
         while let Some(s) = src {
-            if let Some(io) = s.downcast_ref::<std::io::Error>()
-                && io.kind() == std::io::ErrorKind::TimedOut
-            {
-                return ProxyError::ConnectTimeout { server };
+            match s.downcast_ref::<ProxyError>() {
+                Some(ProxyError::ConnectTimeout { .. }) => {
+                    return ProxyError::ConnectTimeout { server };
+                }
+                Some(ProxyError::Connect { reason, .. }) => {
+                    return ProxyError::Connect {
+                        server,
+                        reason: reason.clone(),
+                    };
+                }
+                _ => {}
             }
             src = s.source();
         }
