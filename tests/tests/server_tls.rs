@@ -32,6 +32,29 @@ fn openssl(args: &[&str]) {
     assert!(st.success(), "openssl {args:?}");
 }
 
+/// `openssl req` for a new P-256 key in `key`, CN `name`: a signing request in `out`, or with
+/// `-x509` a self-signed certificate.
+fn new_key(extra: &[&str], name: &str, key: &str, out: &str) {
+    let subject = format!("/CN={name}");
+    let mut args = vec![
+        "req",
+        "-new",
+        "-nodes",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-subj",
+        &subject,
+        "-keyout",
+        key,
+        "-out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    openssl(&args);
+}
+
 /// A CA, and certificates it signed: (dir, ca.crt). `leaf(name, san)` makes `<name>.crt` and
 /// `<name>.key`, usable by servers and by clients.
 struct Ca {
@@ -49,24 +72,7 @@ impl Ca {
             ca.path(&format!("{name}.crt")),
             ca.path(&format!("{name}.key")),
         );
-        openssl(&[
-            "req",
-            "-x509",
-            "-new",
-            "-nodes",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &key,
-            "-out",
-            &crt,
-        ]);
+        new_key(&["-x509", "-days", "2"], name, &key, &crt);
         ca
     }
 
@@ -92,21 +98,7 @@ impl Ca {
             ),
         )
         .unwrap();
-        openssl(&[
-            "req",
-            "-new",
-            "-nodes",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-        ]);
+        new_key(&[], name, &key, &csr);
         openssl(&[
             "x509",
             "-req",

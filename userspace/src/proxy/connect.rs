@@ -120,9 +120,10 @@ impl ServerStream {
                     Err(e) => return Poll::Ready(Err(e)),
                 }
             },
+            // rustls copies out of its own buffer: one chunk's room, zeroed (safe code only).
             ServerStream::Tls(s) => {
                 let start = buf.len();
-                buf.resize(buf.capacity(), 0);
+                buf.resize((start + chunk).min(buf.capacity()), 0);
                 let mut rb = ReadBuf::new(&mut buf[start..]);
                 let r = Pin::new(s.as_mut()).poll_read(cx, &mut rb);
                 let n = rb.filled().len();
