@@ -166,6 +166,7 @@ listeners: [{{ name: http, bind: '127.0.0.1:{fg_port}', default-backend: web }}]
 routes:
   - {{ host: '*.example.com', path-prefix: /api, backend: api }}
   - {{ path: /exact, backend: api }}
+  - {{ path-prefix: /shop/, rewrite-prefix: /, backend: api }}
 backends:
   - {{ name: web, servers: ['127.0.0.1:{origin_port}'] }}
   - {{ name: api, servers: ['127.0.0.1:{other_port}'] }}
@@ -194,6 +195,27 @@ backends:
     );
     let (status, body) = http_get(addr, "other.org", "/exact").unwrap();
     assert_eq!((status, body.as_str()), (200, "api /exact xff=127.0.0.1\n"));
+    // `rewrite-prefix` strips the prefix, keeps the query and says what it took off, on the
+    // direct path (GET) and hyper's (POST); `/shopping` is not under `/shop/`.
+    let (status, body) = http_get(addr, "other.org", "/shop/cart?id=3").unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "api /cart?id=3 xff=127.0.0.1 prefix=/shop\n")
+    );
+    let (status, _, body) = floodgate_tests::http_raw(
+        addr,
+        b"POST /shop/ HTTP/1.1\r\nHost: other.org\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    )
+    .unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "api / xff=127.0.0.1 body=2 prefix=/shop\n")
+    );
+    let (status, body) = http_get(addr, "other.org", "/shopping").unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "web /shopping xff=127.0.0.1\n")
+    );
     // A client's own X-Forwarded-For is extended with its address, not replaced.
     let (status, _, body) = floodgate_tests::http_raw(
         addr,
@@ -220,7 +242,8 @@ backends:
         fg.status
     );
     let served = origin.stop();
-    assert!(served.contains("requests=1 "), "{served}");
+    // `/api/users` from other.org and `/shopping`.
+    assert!(served.contains("requests=2 "), "{served}");
 }
 
 #[test]

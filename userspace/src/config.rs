@@ -523,6 +523,10 @@ pub struct Route {
     pub path: Option<String>,
     #[serde(default)]
     pub path_prefix: Option<String>,
+    /// Replaces the matched `path-prefix` before the request goes to the backend (HAProxy's
+    /// `http-request replace-path`, ingress-nginx's `rewrite-target`): `/` strips it.
+    #[serde(default)]
+    pub rewrite_prefix: Option<String>,
     pub backend: String,
 }
 
@@ -1097,11 +1101,30 @@ impl Config {
                     "set `path` or `path-prefix`, not both",
                 ));
             }
-            for (key, p) in [("path", &r.path), ("path-prefix", &r.path_prefix)] {
+            for (key, p) in [
+                ("path", &r.path),
+                ("path-prefix", &r.path_prefix),
+                ("rewrite-prefix", &r.rewrite_prefix),
+            ] {
                 if let Some(p) = p
                     && !p.starts_with('/')
                 {
                     return Err(invalid(format!("routes[{i}].{key}"), "must start with `/`"));
+                }
+            }
+            if let Some(p) = &r.rewrite_prefix {
+                if r.path_prefix.is_none() {
+                    return Err(invalid(
+                        format!("routes[{i}].rewrite-prefix"),
+                        "needs `path-prefix`: it replaces the matched prefix",
+                    ));
+                }
+                if p.contains(['?', '#']) || http::uri::PathAndQuery::try_from(p.as_str()).is_err()
+                {
+                    return Err(invalid(
+                        format!("routes[{i}].rewrite-prefix"),
+                        format!("`{p}` is not a URL path"),
+                    ));
                 }
             }
             if let Some(h) = &r.host
@@ -1506,5 +1529,33 @@ xdp: { enabled: false }
             "{MINIMAL}routes: [{{ host: 'a*.b', backend: app }}]"
         ));
         assert!(e.contains("routes[0].host"), "{e}");
+        for (route, why) in [
+            (
+                "{ path: /a, rewrite-prefix: /, backend: app }",
+                "needs `path-prefix`",
+            ),
+            (
+                "{ path-prefix: /a, rewrite-prefix: b, backend: app }",
+                "must start with",
+            ),
+            (
+                "{ path-prefix: /a, rewrite-prefix: '/b?c', backend: app }",
+                "not a URL path",
+            ),
+            (
+                "{ path-prefix: /a, rewrite-prefix: '/b c', backend: app }",
+                "not a URL path",
+            ),
+        ] {
+            let e = error_of(&format!("{MINIMAL}routes: [{route}]"));
+            assert!(
+                e.contains("routes[0].rewrite-prefix") && e.contains(why),
+                "{e}"
+            );
+        }
+        parse(&format!(
+            "{MINIMAL}routes: [{{ path-prefix: /a, rewrite-prefix: /v2/b, backend: app }}]"
+        ))
+        .expect("a prefix rewrite");
     }
 }

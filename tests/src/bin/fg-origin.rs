@@ -71,6 +71,17 @@ async fn answer(
     let now = c.current.fetch_add(1, Ordering::Relaxed) + 1;
     c.peak.fetch_max(now, Ordering::Relaxed);
     let path = req.uri().path().to_owned();
+    // What the application was asked for: the path and query as they arrived.
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| path.clone(), |p| p.as_str().to_owned());
+    let prefix = req
+        .headers()
+        .get("x-forwarded-prefix")
+        .and_then(|v| v.to_str().ok())
+        .map(|p| format!(" prefix={p}"))
+        .unwrap_or_default();
     if let Some(ms) = path
         .strip_prefix("/delay/")
         .and_then(|m| m.parse::<u64>().ok())
@@ -100,7 +111,7 @@ async fn answer(
         String::new()
     };
     Ok(Response::new(Full::new(Bytes::from(format!(
-        "{name} {path} xff={xff}{body}\n"
+        "{name} {target} xff={xff}{body}{prefix}\n"
     )))))
 }
 

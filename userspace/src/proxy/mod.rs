@@ -3,7 +3,8 @@
 //! Request phases, in order (each is one function below):
 //! 0. `redirect`: a listener with `redirect-to-https` answers plain HTTP with a redirect.
 //! 1. `route`: host and path select a backend (`route.rs`), else the listener's default, else 404.
-//! 2. `upstream_request`: hop-by-hop headers stripped, `X-Forwarded-*` and `X-Request-Id` added.
+//! 2. `upstream_request`: hop-by-hop headers stripped, `X-Forwarded-*` and `X-Request-Id` added,
+//!    the path rewritten when the route has `rewrite-prefix`.
 //! 3. `forward`: a slot on a server is taken from the backend's pool (`pool.rs`: balancing,
 //!    per-server maxconn, FIFO queue with `timeout queue`); `attempt` sends the request there:
 //!    over HTTP/2 for a `proto: h2` backend (`h2c.rs`); else over the direct path (`direct.rs`)
@@ -446,7 +447,8 @@ pub async fn handle(
             return Ok(resp);
         }
         check_limits(&ctx.limits, &req)?;
-        let backend = route(&generation, &req)?;
+        let routed = route(&generation, &req)?;
+        let backend = routed.backend;
         chosen = Some(backend);
         handles = ctx.handles(&generation, backend);
         let h2 = generation
@@ -454,7 +456,7 @@ pub async fn handle(
             .h2
             .get(backend)
             .is_some_and(Option::is_some);
-        let mut up = upstream_request(&ctx, &conn, req, h2)?;
+        let mut up = upstream_request(&ctx, &conn, req, h2, routed.rewrite)?;
         if let Some(e) = log.as_mut() {
             e.request_id = up
                 .parts
@@ -609,7 +611,10 @@ fn check_limits(l: &config::Limits, req: &Request<Incoming>) -> Result<(), Proxy
     Ok(())
 }
 
-fn route(ctx: &Generation, req: &Request<Incoming>) -> Result<usize, ProxyError> {
+fn route<'g>(
+    ctx: &'g Generation,
+    req: &Request<Incoming>,
+) -> Result<route::Routed<'g>, ProxyError> {
     let host = req
         .uri()
         .authority()
@@ -622,7 +627,10 @@ fn route(ctx: &Generation, req: &Request<Incoming>) -> Result<usize, ProxyError>
     ctx.routing
         .router
         .route(host, req.uri().path())
-        .or(ctx.default_backend)
+        .or(ctx.default_backend.map(|backend| route::Routed {
+            backend,
+            rewrite: None,
+        }))
         .ok_or(ProxyError::NoRoute)
 }
 
@@ -678,12 +686,14 @@ fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
         .flatten()
 }
 
-/// `h2`: the backend is `proto: h2` (`TE: trailers` is kept for it).
+/// `h2`: the backend is `proto: h2` (`TE: trailers` is kept for it). `rewrite`: the matched
+/// route's `rewrite-prefix`.
 fn upstream_request(
     ctx: &ListenerCtx,
     conn: &Conn,
     mut req: Request<Incoming>,
     h2: bool,
+    rewrite: Option<&route::Rewrite>,
 ) -> Result<Upstream, ProxyError> {
     let protocol = upgrade_protocol(&req);
     let upgrade = protocol.is_some().then(|| hyper::upgrade::on(&mut req));
@@ -735,6 +745,12 @@ fn upstream_request(
         let id = ctx.request_ids.fetch_add(1, Ordering::Relaxed);
         h.insert("x-request-id", request_id(&ctx.request_id_prefix, id)?);
     }
+    if let Some(rw) = rewrite {
+        // Tells the application where it is mounted, for the links it makes (as Traefik's
+        // StripPrefix does).
+        h.insert("x-forwarded-prefix", hv(rw.prefix())?);
+        parts.uri = rewritten(&parts.uri, rw)?;
+    }
     // Backends speak HTTP/1.1 whatever the client spoke (`proto: h2` ones: `h2c::request`).
     parts.version = http::Version::HTTP_11;
     // A body-less request (no length, not chunked) can be replayed on another server.
@@ -753,6 +769,22 @@ fn upstream_request(
         upgrade,
         te_trailers,
     })
+}
+
+/// `uri` with its path rewritten by `rw`; the query, and scheme and authority when present,
+/// are kept.
+fn rewritten(uri: &Uri, rw: &route::Rewrite) -> Result<Uri, ProxyError> {
+    let mut path = rw.apply(uri.path());
+    if let Some(q) = uri.query() {
+        path.push('?');
+        path.push_str(q);
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        http::uri::PathAndQuery::try_from(path)
+            .map_err(|e| ProxyError::BadRequest(format!("rewritten path: {e}")))?,
+    );
+    Uri::from_parts(parts).map_err(|e| ProxyError::BadRequest(format!("rewritten target: {e}")))
 }
 
 /// `<pid>-<n>` in hex, written without the formatting machinery (it showed in profiles).

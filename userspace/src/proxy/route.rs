@@ -23,6 +23,54 @@ struct Rule {
     host: HostMatch,
     path: PathMatch,
     backend: usize,
+    rewrite: Option<Rewrite>,
+}
+
+/// `rewrite-prefix`: the matched prefix of the path replaced before the request leaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    /// The route's `path-prefix`, without a trailing `/`.
+    from: String,
+    /// `rewrite-prefix`, without a trailing `/` (`/` becomes empty).
+    to: String,
+}
+
+impl Rewrite {
+    fn new(from: &str, to: &str) -> Self {
+        Self {
+            from: from.trim_end_matches('/').to_owned(),
+            to: to.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// `path`, which the route's prefix matched, with that prefix replaced: with `/api` to
+    /// `/`, `/api/users` becomes `/users` and `/api` becomes `/`.
+    pub fn apply(&self, path: &str) -> String {
+        let rest = path.get(self.from.len()..).unwrap_or_default();
+        let mut out = String::with_capacity(self.to.len() + rest.len() + 1);
+        out.push_str(&self.to);
+        out.push_str(rest);
+        if out.is_empty() {
+            out.push('/');
+        }
+        out
+    }
+
+    /// The prefix taken off, for `X-Forwarded-Prefix` (`/` when it was the root).
+    pub fn prefix(&self) -> &str {
+        if self.from.is_empty() {
+            "/"
+        } else {
+            &self.from
+        }
+    }
+}
+
+/// Where a request goes: its backend, and the path rewrite of the route that matched.
+#[derive(Debug, Clone, Copy)]
+pub struct Routed<'a> {
+    pub backend: usize,
+    pub rewrite: Option<&'a Rewrite>,
 }
 
 #[derive(Debug, Clone)]
@@ -48,10 +96,15 @@ impl Router {
                     (None, Some(p)) => PathMatch::Prefix(p.clone()),
                     (None, None) => PathMatch::Any,
                 };
+                let rewrite = match (&r.path_prefix, &r.rewrite_prefix) {
+                    (Some(from), Some(to)) => Some(Rewrite::new(from, to)),
+                    _ => None,
+                };
                 Some(Rule {
                     host,
                     path,
                     backend: backend_index(&r.backend)?,
+                    rewrite,
                 })
             })
             .collect();
@@ -64,12 +117,15 @@ impl Router {
     }
 
     /// `host` is the request's authority or Host header, with or without a port.
-    pub fn route(&self, host: Option<&str>, path: &str) -> Option<usize> {
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<Routed<'_>> {
         let host = host.map(strip_port).map(str::to_ascii_lowercase);
         self.rules
             .iter()
             .find(|r| host_matches(&r.host, host.as_deref()) && path_matches(&r.path, path))
-            .map(|r| r.backend)
+            .map(|r| Routed {
+                backend: r.backend,
+                rewrite: r.rewrite.as_ref(),
+            })
     }
 }
 
@@ -118,6 +174,7 @@ mod tests {
             host: host.map(Into::into),
             path: path.map(Into::into),
             path_prefix: prefix.map(Into::into),
+            rewrite_prefix: None,
             backend: backend.into(),
         }
     }
@@ -134,7 +191,7 @@ mod tests {
             ],
             |n| names.iter().position(|x| *x == n),
         );
-        let name = |h: Option<&str>, p: &str| r.route(h, p).map(|i| names[i]);
+        let name = |h: Option<&str>, p: &str| r.route(h, p).map(|i| names[i.backend]);
         assert_eq!(
             name(Some("www.example.com"), "/api/x"),
             Some("exact"),
@@ -161,5 +218,37 @@ mod tests {
         assert_eq!(name(Some("other.org"), "/login/x"), None, "exact path");
         assert_eq!(name(None, "/login"), Some("login"));
         assert_eq!(name(Some("[::1]:80"), "/x"), None);
+    }
+
+    #[test]
+    fn rewrites_replace_the_matched_prefix_by_segment() {
+        let cases = [
+            // (path-prefix, rewrite-prefix, path, rewritten)
+            ("/api", "/", "/api", "/"),
+            ("/api", "/", "/api/", "/"),
+            ("/api", "/", "/api/users/7", "/users/7"),
+            ("/api/", "/", "/api/users", "/users"),
+            ("/api", "/v2", "/api/users", "/v2/users"),
+            ("/api", "/v2/", "/api", "/v2"),
+            ("/api", "/v2/", "/api/", "/v2/"),
+            ("/", "/app", "/x", "/app/x"),
+            ("/", "/app", "/", "/app/"),
+        ];
+        for (from, to, path, want) in cases {
+            let r = Router::new(
+                &[config::Route {
+                    rewrite_prefix: Some(to.into()),
+                    ..route(None, None, Some(from), "b")
+                }],
+                |_| Some(0),
+            );
+            let routed = r.route(None, path).expect("the prefix matches");
+            let rw = routed.rewrite.expect("a rewrite");
+            assert_eq!(rw.apply(path), want, "{from} -> {to} on {path}");
+        }
+        let r = Router::new(&[route(None, None, Some("/api"), "b")], |_| Some(0));
+        assert!(r.route(None, "/api/x").unwrap().rewrite.is_none());
+        assert_eq!(Rewrite::new("/api/", "/").prefix(), "/api");
+        assert_eq!(Rewrite::new("/", "/app").prefix(), "/");
     }
 }
