@@ -1289,3 +1289,67 @@ fn h2_connections_to_a_silent_server_are_closed_by_ping() {
     );
     assert_eq!(accepted.load(SeqCst), 1);
 }
+
+/// `rate-limit`: a source gets its burst, then 429 with `Retry-After`, counted; a keep-alive
+/// connection is limited the same as new ones; after the wait it is served again, and
+/// another listener without a limit is not affected.
+#[test]
+fn a_source_over_its_request_rate_gets_429_until_its_bucket_refills() {
+    let op = free_port();
+    let _origin = origin(op, "o");
+    let (limited, open, admin) = (free_port(), free_port(), free_port());
+    let config = temp_file(
+        "ratelimit.yaml",
+        &format!(
+            "
+xdp: {{ enabled: false }}
+admin: {{ bind: '127.0.0.1:{admin}' }}
+listeners:
+  - {{ name: limited, bind: '127.0.0.1:{limited}', default-backend: app, rate-limit: {{ per-source: 1, burst: 4 }} }}
+  - {{ name: open, bind: '127.0.0.1:{open}', default-backend: app }}
+backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
+"
+        ),
+    );
+    let _fg = spawn_floodgate(&config);
+    let at = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    for p in [limited, open, admin] {
+        assert!(wait_for_port(at(p), Duration::from_secs(10)));
+    }
+    // Four requests on one keep-alive connection, then the fifth on a new one.
+    let keep_alive = "GET / HTTP/1.1\r\nHost: t\r\n\r\n".repeat(3)
+        + "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let (first, _, rest) = floodgate_tests::http_raw(at(limited), keep_alive.as_bytes()).unwrap();
+    assert_eq!(first, 200);
+    assert_eq!(rest.matches("HTTP/1.1 200").count(), 3, "{rest}");
+    let (status, head, body) = floodgate_tests::http_raw(
+        at(limited),
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(status, 429, "burst of 4 spent: {head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+    assert_eq!(body, "429 Too Many Requests\n");
+    for _ in 0..3 {
+        assert_eq!(
+            http_get(at(open), "t", "/").unwrap().0,
+            200,
+            "no limit there"
+        );
+    }
+    // 1 per second: after the advertised second, one more goes through.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(http_get(at(limited), "t", "/").unwrap().0, 200);
+    let m = http_get(at(admin), "t", "/metrics").unwrap().1;
+    assert_eq!(
+        floodgate_tests::metric(
+            &m,
+            r#"floodgate_http_errors_total{backend="",kind="rate_limited",listener="limited"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}

@@ -288,6 +288,36 @@ pub struct Listener {
     /// Answer every plain HTTP request with a redirect to HTTPS (not on TLS listeners).
     #[serde(default)]
     pub redirect_to_https: Option<RedirectToHttps>,
+    /// Requests per client source; past it, 429.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Requests per client source (`listeners[].rate-limit`): a token bucket per source prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RateLimit {
+    /// Sustained requests per second one source may send.
+    pub per_source: u32,
+    /// Requests a source may send at once after being idle; 0 is `per-source`.
+    pub burst: u32,
+    /// Sources are counted per prefix of this length.
+    pub source_prefix_v4: u8,
+    pub source_prefix_v6: u8,
+    /// Sources tracked at most.
+    pub table_size: usize,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            per_source: 0,
+            burst: 0,
+            source_prefix_v4: 32,
+            source_prefix_v6: 64,
+            table_size: 65_536,
+        }
+    }
 }
 
 /// HAProxy's `redirect scheme https`: the same host and path on `https://`.
@@ -1079,6 +1109,30 @@ impl Config {
                     return Err(invalid(format!("{key}.port"), "must not be 0"));
                 }
             }
+            if let Some(r) = &l.rate_limit {
+                let key = format!("listeners[{i}].rate-limit");
+                if r.per_source == 0 {
+                    return Err(invalid(
+                        format!("{key}.per-source"),
+                        "requests per second, at least 1",
+                    ));
+                }
+                if !(1..=32).contains(&r.source_prefix_v4) {
+                    return Err(invalid(
+                        format!("{key}.source-prefix-v4"),
+                        "must be between 1 and 32",
+                    ));
+                }
+                if !(1..=128).contains(&r.source_prefix_v6) {
+                    return Err(invalid(
+                        format!("{key}.source-prefix-v6"),
+                        "must be between 1 and 128",
+                    ));
+                }
+                if r.table_size == 0 {
+                    return Err(invalid(format!("{key}.table-size"), "must be at least 1"));
+                }
+            }
             if let Some(b) = &l.default_backend
                 && !backends.contains(b.as_str())
             {
@@ -1557,5 +1611,38 @@ xdp: { enabled: false }
             "{MINIMAL}routes: [{{ path-prefix: /a, rewrite-prefix: /v2/b, backend: app }}]"
         ))
         .expect("a prefix rewrite");
+        let limited = |r: &str| {
+            MINIMAL.replace(
+                "default-backend: app",
+                &format!("default-backend: app, rate-limit: {r}"),
+            )
+        };
+        for (r, key) in [
+            ("{ burst: 5 }", "rate-limit.per-source"),
+            (
+                "{ per-source: 5, source-prefix-v4: 33 }",
+                "rate-limit.source-prefix-v4",
+            ),
+            (
+                "{ per-source: 5, source-prefix-v6: 0 }",
+                "rate-limit.source-prefix-v6",
+            ),
+            ("{ per-source: 5, table-size: 0 }", "rate-limit.table-size"),
+            ("{ per-source: 5, rate: 1 }", "rate"),
+        ] {
+            let e = error_of(&limited(r));
+            assert!(e.contains(key), "{r}: {e}");
+        }
+        let c = parse(&limited("{ per-source: 100 }")).expect("a rate limit");
+        let r = c.listeners[0].rate_limit.as_ref().expect("set");
+        assert_eq!(
+            (
+                r.burst,
+                r.source_prefix_v4,
+                r.source_prefix_v6,
+                r.table_size
+            ),
+            (0, 32, 64, 65_536)
+        );
     }
 }

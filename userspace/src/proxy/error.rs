@@ -38,6 +38,9 @@ pub enum ProxyError {
     BodyOverLimit,
     #[error("internal error: {0}")]
     Internal(String),
+    /// The client's source is over `rate-limit.per-source`; it may try again after this long.
+    #[error("over the request rate of this source; next in {retry_after:?}")]
+    RateLimited { retry_after: std::time::Duration },
 }
 
 impl From<super::pool::PoolError> for ProxyError {
@@ -58,7 +61,8 @@ impl ProxyError {
             | ProxyError::BadRequest(_)
             | ProxyError::UriTooLong { .. }
             | ProxyError::BodyTooLarge { .. }
-            | ProxyError::BodyOverLimit => Origin::Client,
+            | ProxyError::BodyOverLimit
+            | ProxyError::RateLimited { .. } => Origin::Client,
             ProxyError::NoServer { .. }
             | ProxyError::QueueFull { .. }
             | ProxyError::QueueTimeout { .. }
@@ -85,6 +89,7 @@ impl ProxyError {
             ProxyError::UriTooLong { .. } => "uri_too_long",
             ProxyError::BodyTooLarge { .. } | ProxyError::BodyOverLimit => "body_too_large",
             ProxyError::Internal(_) => "internal",
+            ProxyError::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -112,6 +117,7 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -125,6 +131,7 @@ impl ProxyError {
             StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable\n",
             StatusCode::BAD_GATEWAY => "502 Bad Gateway\n",
             StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout\n",
+            StatusCode::TOO_MANY_REQUESTS => "429 Too Many Requests\n",
             _ => "500 Internal Server Error\n",
         }
     }

@@ -1,7 +1,8 @@
 //! The L7 proxy: accept -> HTTP (h1, h2c) -> route -> backend -> response.
 //!
 //! Request phases, in order (each is one function below):
-//! 0. `redirect`: a listener with `redirect-to-https` answers plain HTTP with a redirect.
+//! 0. `redirect`: a listener with `redirect-to-https` answers plain HTTP with a redirect; a
+//!    listener with `rate-limit` answers 429 to a source over its rate (`ratelimit.rs`).
 //! 1. `route`: host and path select a backend (`route.rs`), else the listener's default, else 404.
 //! 2. `upstream_request`: hop-by-hop headers stripped, `X-Forwarded-*` and `X-Request-Id` added,
 //!    the path rewritten when the route has `rewrite-prefix`.
@@ -25,6 +26,7 @@ pub mod error;
 pub mod h2c;
 pub mod health;
 pub mod pool;
+pub mod ratelimit;
 pub mod route;
 pub mod server;
 pub mod timeout;
@@ -303,14 +305,29 @@ struct Generation {
     routing: Arc<Routing>,
     default_backend: Option<usize>,
     redirect: Option<Arc<config::RedirectToHttps>>,
+    rate_limit: Option<Arc<ratelimit::Limiter>>,
     access: Option<Arc<access::Policy>>,
     /// Per backend of `routing`, this listener's metric handles, made on first use.
     handles: Arc<[OnceLock<metrics::Handles>]>,
 }
 
 impl Generation {
-    fn new(routing: Arc<Routing>, listener: &config::Listener, cfg: &Config) -> Self {
+    /// `previous`: the generation being replaced, whose rate-limit table (every source's
+    /// bucket) carries over when its settings are unchanged.
+    fn new(
+        routing: Arc<Routing>,
+        listener: &config::Listener,
+        cfg: &Config,
+        previous: Option<&Generation>,
+    ) -> Self {
+        let rate_limit = listener.rate_limit.as_ref().map(|r| {
+            previous
+                .and_then(|p| p.rate_limit.clone())
+                .filter(|l| l.same_settings(r))
+                .unwrap_or_else(|| Arc::new(ratelimit::Limiter::new(r)))
+        });
         Self {
+            rate_limit,
             default_backend: listener
                 .default_backend
                 .as_deref()
@@ -331,7 +348,7 @@ impl ListenerCtx {
         metrics: Option<Arc<Metrics>>,
     ) -> Self {
         Self {
-            current: std::sync::RwLock::new(Generation::new(routing, listener, cfg)),
+            current: std::sync::RwLock::new(Generation::new(routing, listener, cfg, None)),
             scheme: if listener.tls.is_some() {
                 "https"
             } else {
@@ -353,12 +370,11 @@ impl ListenerCtx {
     /// Makes `routing` (and the listener's settings of `cfg`) the generation new requests use
     /// (config reload).
     pub fn swap(&self, routing: Arc<Routing>, listener: &config::Listener, cfg: &Config) {
-        let next = Generation::new(routing, listener, cfg);
         let mut cur = self
             .current
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *cur = next;
+        *cur = Generation::new(routing, listener, cfg, Some(&cur));
     }
 
     /// The listener's connection timeout counters (None without metrics).
@@ -445,6 +461,10 @@ pub async fn handle(
                 m.redirect(&ctx.name);
             }
             return Ok(resp);
+        }
+        if let Some(l) = &generation.rate_limit {
+            l.check(peer.ip(), Instant::now())
+                .map_err(|retry_after| ProxyError::RateLimited { retry_after })?;
         }
         check_limits(&ctx.limits, &req)?;
         let routed = route(&generation, &req)?;
@@ -1127,6 +1147,12 @@ pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let ProxyError::RateLimited { retry_after } = e {
+        // Whole seconds (RFC 9110), rounded up so a client that waits is let through.
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
     resp
 }
 
