@@ -1353,3 +1353,58 @@ backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
         "{m}"
     );
 }
+
+/// `sticky`: the first answer sets a cookie naming its server; requests with it go back to
+/// that server (round robin would alternate), and the server never sees it; when that server
+/// dies, the request goes to another and the cookie is set anew.
+#[test]
+fn a_sticky_cookie_keeps_a_client_on_its_server() {
+    let (p1, p2) = (free_port(), free_port());
+    let mut origins = [origin(p1, "o1"), origin(p2, "o2")];
+    let (_fg, addr) = floodgate(
+        "sticky.yaml",
+        "",
+        &format!(
+            "    sticky: {{ cookie: SRV, max-age: 1h }}\n    servers: ['127.0.0.1:{p1}', '127.0.0.1:{p2}']"
+        ),
+    );
+    let get = |cookie: &str| {
+        let req = format!("GET /p HTTP/1.1\r\nHost: t\r\n{cookie}Connection: close\r\n\r\n");
+        let (status, head, body) = floodgate_tests::http_raw(addr, req.as_bytes()).unwrap();
+        assert_eq!(status, 200, "{head}");
+        let set = head
+            .lines()
+            .find_map(|l| l.strip_prefix("set-cookie: "))
+            .map(str::to_owned);
+        (
+            body.split(' ').next().unwrap_or_default().to_owned(),
+            set,
+            head,
+            body,
+        )
+    };
+    let (first, set, head, _) = get("");
+    let set = set.unwrap_or_else(|| panic!("no cookie set: {head}"));
+    assert!(
+        set.starts_with("SRV=") && set.ends_with("; Path=/; HttpOnly; SameSite=Lax; Max-Age=3600"),
+        "{set}"
+    );
+    assert!(head.contains("cache-control: private"), "nocache: {head}");
+    let pair = set.split(';').next().unwrap().to_owned();
+    for _ in 0..6 {
+        let (server, set, _, body) = get(&format!("Cookie: theme=dark; {pair}\r\n"));
+        assert_eq!(server, first, "back to its server");
+        assert_eq!(set, None, "the cookie is not set again");
+        assert!(body.ends_with(" cookie=theme=dark\n"), "taken out: {body}");
+    }
+    // Without the cookie, round robin alternates.
+    let servers: std::collections::HashSet<String> = (0..4).map(|_| get("").0).collect();
+    assert_eq!(servers.len(), 2);
+    // Its server dies: another answers, and the client is moved there.
+    let i = usize::from(first == "o2");
+    origins[i].stop();
+    let (server, set, head, _) = get(&format!("Cookie: {pair}\r\n"));
+    assert_ne!(server, first);
+    let set = set.unwrap_or_else(|| panic!("moved without a new cookie: {head}"));
+    assert_ne!(set.split(';').next(), Some(pair.as_str()));
+}

@@ -642,7 +642,44 @@ pub struct Backend {
     /// TLS to the servers (HAProxy's server `ssl`); absent, they are spoken to in clear.
     #[serde(default)]
     pub tls: Option<BackendTls>,
+    /// Cookie persistence: a client keeps going to the server it was first sent to.
+    #[serde(default)]
+    pub sticky: Option<Sticky>,
     pub servers: Vec<ServerSpec>,
+}
+
+/// HAProxy's `cookie <name> insert indirect nocache`, ingress-nginx's `affinity: cookie`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Sticky {
+    /// The cookie's name.
+    pub cookie: String,
+    /// How long the browser keeps it; absent, until it closes (a session cookie).
+    pub max_age: Option<HDuration>,
+    pub path: String,
+    pub http_only: bool,
+    pub same_site: SameSite,
+}
+
+impl Default for Sticky {
+    fn default() -> Self {
+        Self {
+            cookie: String::new(),
+            max_age: None,
+            path: "/".into(),
+            http_only: true,
+            same_site: SameSite::Lax,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SameSite {
+    #[default]
+    Lax,
+    Strict,
+    None,
 }
 
 /// TLS to a backend's servers: HAProxy's server `ssl verify required ca-file <f> sni <n>
@@ -1044,6 +1081,25 @@ impl Config {
                             "required when the servers are not all given by one DNS name or all by address",
                         ));
                     }
+                }
+            }
+            if let Some(s) = &b.sticky {
+                let key = format!("backends[{i}].sticky");
+                // RFC 6265's cookie-name: a token.
+                let token = |c: char| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c);
+                if s.cookie.is_empty() || !s.cookie.chars().all(token) {
+                    return Err(invalid(
+                        format!("{key}.cookie"),
+                        "a cookie name: letters, digits and `!#$%&'*+-.^_`|~`",
+                    ));
+                }
+                if !s.path.starts_with('/')
+                    || s.path.chars().any(|c| c == ';' || c.is_ascii_control())
+                {
+                    return Err(invalid(
+                        format!("{key}.path"),
+                        "must start with `/` and hold no `;`",
+                    ));
                 }
             }
             if b.resolve_interval.0 < Duration::from_millis(100) {
@@ -1633,6 +1689,25 @@ xdp: { enabled: false }
             let e = error_of(&limited(r));
             assert!(e.contains(key), "{r}: {e}");
         }
+        let sticky = |s: &str| MINIMAL.replace("servers:", &format!("sticky: {s}, servers:"));
+        for (s, key) in [
+            ("{ max-age: 1h }", "sticky.cookie"),
+            ("{ cookie: 'a b' }", "sticky.cookie"),
+            ("{ cookie: 'a;b' }", "sticky.cookie"),
+            ("{ cookie: SRV, path: x }", "sticky.path"),
+            ("{ cookie: SRV, same-site: sometimes }", "same-site"),
+        ] {
+            let e = error_of(&sticky(s));
+            assert!(e.contains(key), "{s}: {e}");
+        }
+        let c = parse(&sticky("{ cookie: SRV }")).expect("sticky");
+        assert_eq!(
+            c.backends[0].sticky,
+            Some(Sticky {
+                cookie: "SRV".into(),
+                ..Sticky::default()
+            })
+        );
         let c = parse(&limited("{ per-source: 100 }")).expect("a rate limit");
         let r = c.listeners[0].rate_limit.as_ref().expect("set");
         assert_eq!(

@@ -82,6 +82,17 @@ async fn answer(
         .and_then(|v| v.to_str().ok())
         .map(|p| format!(" prefix={p}"))
         .unwrap_or_default();
+    let cookies: Vec<&str> = req
+        .headers()
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let cookie = if cookies.is_empty() {
+        String::new()
+    } else {
+        format!(" cookie={}", cookies.join("; "))
+    };
     if let Some(ms) = path
         .strip_prefix("/delay/")
         .and_then(|m| m.parse::<u64>().ok())
@@ -111,7 +122,7 @@ async fn answer(
         String::new()
     };
     Ok(Response::new(Full::new(Bytes::from(format!(
-        "{name} {target} xff={xff}{body}{prefix}\n"
+        "{name} {target} xff={xff}{body}{prefix}{cookie}\n"
     )))))
 }
 

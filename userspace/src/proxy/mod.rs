@@ -7,7 +7,8 @@
 //! 2. `upstream_request`: hop-by-hop headers stripped, `X-Forwarded-*` and `X-Request-Id` added,
 //!    the path rewritten when the route has `rewrite-prefix`.
 //! 3. `forward`: a slot on a server is taken from the backend's pool (`pool.rs`: balancing,
-//!    per-server maxconn, FIFO queue with `timeout queue`); `attempt` sends the request there:
+//!    per-server maxconn, FIFO queue with `timeout queue`; the server a `sticky` cookie names,
+//!    `sticky.rs`); `attempt` sends the request there:
 //!    over HTTP/2 for a `proto: h2` backend (`h2c.rs`); else over the direct path (`direct.rs`)
 //!    for an idempotent request without a body, else over hyper's pooled client
 //!    (`backend.rs`); a connect failure is retried on another server when
@@ -29,6 +30,7 @@ pub mod pool;
 pub mod ratelimit;
 pub mod route;
 pub mod server;
+pub mod sticky;
 pub mod timeout;
 
 use std::{
@@ -83,6 +85,8 @@ pub struct Routing {
     h2: Vec<Option<Arc<h2c::Conns>>>,
     /// Per backend, `timeouts.server`.
     server_timeouts: Vec<Duration>,
+    /// Per backend, its cookie persistence (`sticky`).
+    sticky: Vec<Option<sticky::Persist>>,
     passive: Vec<config::Passive>,
     /// Health checks and DNS discovery of this generation, stopped with it.
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -182,6 +186,11 @@ impl Routing {
             direct,
             h2,
             server_timeouts: cfg.backends.iter().map(|b| b.server_timeout(t)).collect(),
+            sticky: cfg
+                .backends
+                .iter()
+                .map(|b| b.sticky.as_ref().map(sticky::Persist::new))
+                .collect(),
             tasks,
         })
     }
@@ -477,6 +486,15 @@ pub async fn handle(
             .get(backend)
             .is_some_and(Option::is_some);
         let mut up = upstream_request(&ctx, &conn, req, h2, routed.rewrite)?;
+        let persist = generation
+            .routing
+            .sticky
+            .get(backend)
+            .and_then(Option::as_ref);
+        if let Some(p) = persist {
+            up.sticky = p.take(&mut up.parts.headers);
+        }
+        let asked_for = up.sticky;
         if let Some(e) = log.as_mut() {
             e.request_id = up
                 .parts
@@ -496,7 +514,7 @@ pub async fn handle(
             });
         }
         let body_timeouts = handles.map(metrics::Handles::body_timeouts);
-        forward(
+        let mut resp = forward(
             &generation.routing,
             backend,
             up,
@@ -504,7 +522,13 @@ pub async fn handle(
             body_timeouts,
             &mut trace,
         )
-        .await
+        .await?;
+        if let (Some(p), Some(s)) = (persist, &trace.server)
+            && asked_for != Some(s.cookie)
+        {
+            p.set(resp.headers_mut(), s.cookie, ctx.scheme == "https");
+        }
+        Ok::<_, ProxyError>(resp)
     }
     .await;
     let pool = chosen.and_then(|b| generation.routing.pools.get(b));
@@ -689,6 +713,8 @@ struct Upstream {
     /// The client sent `TE: trailers` (gRPC does): passed on to HTTP/2 servers only, the one
     /// TE value HTTP/2 carries; hop-by-hop for HTTP/1.1.
     te_trailers: bool,
+    /// The server the client's `sticky` cookie names.
+    sticky: Option<u64>,
 }
 
 /// An HTTP/1.1 `Connection: upgrade` request with an `Upgrade` header: its protocol.
@@ -788,6 +814,7 @@ fn upstream_request(
         }),
         upgrade,
         te_trailers,
+        sticky: None,
     })
 }
 
@@ -861,7 +888,7 @@ async fn forward(
     loop {
         // Waits in the backend's FIFO queue when every server is at its maxconn.
         let asked = Instant::now();
-        let slot = pool.acquire(&tried).await;
+        let slot = pool.acquire_sticky(&tried, up.sticky).await;
         trace.queued = Some(trace.queued.unwrap_or_default() + asked.elapsed());
         let slot = slot.map_err(ProxyError::from)?;
         let server = slot.server.addr;

@@ -4,9 +4,14 @@
 //!
 //! A [`Slot`] is the right to send one request to one server. It is released on drop, and the
 //! release hands the freed capacity to the oldest waiter, so the queue is strictly FIFO.
+//!
+//! A request that persists on one server (`sticky`) and finds it full waits in that server's
+//! own queue, as in HAProxy: freed capacity goes to the oldest waiter that can use it, whether
+//! it waits for the backend or for that server. Waiters of a server that went down or away go
+//! back to the backend's queue, in their place.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
     sync::{
         Arc, Mutex, MutexGuard,
@@ -66,12 +71,23 @@ pub struct Server {
     active: AtomicU32,
     /// Consecutive check or connect results, for rise/fall.
     pub streak: super::health::Streak,
+    /// The value of a `sticky` cookie naming this server: a hash of its address, the same in
+    /// every floodgate replica and after restarts, that does not show the address.
+    pub cookie: u64,
+}
+
+/// FNV-1a: stable across processes and versions, unlike std's hasher.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl Server {
     pub fn new(addr: SocketAddr, weight: u32, maxconn: u32) -> Self {
         let label = addr.to_string();
         Self {
+            cookie: fnv1a(label.as_bytes()),
             addr,
             // A SocketAddr's text (`1.2.3.4:80`, `[::1]:80`) is always a valid authority.
             authority: http::uri::Authority::try_from(label.as_str())
@@ -105,6 +121,15 @@ impl Server {
 struct Waiter {
     tx: oneshot::Sender<Slot>,
     skip: Vec<SocketAddr>,
+    /// Arrival order across the backend's queue and the servers' ones.
+    seq: u64,
+}
+
+impl State {
+    /// Waiters in every queue, closed ones included.
+    fn waiting(&self) -> usize {
+        self.queue.len() + self.pinned.values().map(VecDeque::len).sum::<usize>()
+    }
 }
 
 struct State {
@@ -112,6 +137,9 @@ struct State {
     /// Smooth weighted round robin state, one per server (nginx's algorithm).
     current: Vec<i64>,
     queue: VecDeque<Waiter>,
+    /// Requests waiting for one server (`sticky`), per server.
+    pinned: HashMap<SocketAddr, VecDeque<Waiter>>,
+    next_seq: u64,
     rng: u64,
 }
 
@@ -182,6 +210,8 @@ impl Pool {
                 servers,
                 current,
                 queue: VecDeque::new(),
+                pinned: HashMap::new(),
+                next_seq: 0,
                 rng: seed,
             }),
             queued: AtomicU32::new(0),
@@ -263,38 +293,89 @@ impl Pool {
     /// A slot on a server with room, waiting in the FIFO queue when every server is full.
     /// `skip` lists servers this request already failed on (retries go elsewhere).
     pub async fn acquire(self: &Arc<Self>, skip: &[SocketAddr]) -> Result<Slot, PoolError> {
+        self.acquire_sticky(skip, None).await
+    }
+
+    /// [`acquire`](Self::acquire), on the server whose `cookie` is `sticky` when it is up and
+    /// not skipped: at once when it has room and nobody waits for it, else in its own queue.
+    /// Otherwise (no such server, or down) the request is balanced as any other.
+    pub async fn acquire_sticky(
+        self: &Arc<Self>,
+        skip: &[SocketAddr],
+        sticky: Option<u64>,
+    ) -> Result<Slot, PoolError> {
         let rx = {
             let mut st = self.lock();
-            if let Some(server) = self.pick(&mut st, skip) {
-                return Ok(self.take(server));
-            }
-            if !st
-                .servers
-                .iter()
-                .any(|s| s.is_up() && !skip.contains(&s.addr))
-            {
-                return Err(PoolError::NoServer(self.name.clone()));
-            }
-            if st.queue.len() >= self.queue_max {
-                return Err(PoolError::QueueFull(self.name.clone()));
-            }
-            let (tx, rx) = oneshot::channel();
-            st.queue.push_back(Waiter {
-                tx,
-                skip: skip.to_vec(),
+            let pinned = sticky.and_then(|c| {
+                st.servers
+                    .iter()
+                    .find(|s| s.cookie == c && s.is_up() && !skip.contains(&s.addr))
+                    .cloned()
             });
-            self.queued.fetch_add(1, Ordering::Relaxed);
-            rx
+            match pinned {
+                // Behind those already waiting for it, if any.
+                Some(server) if server.has_room() && !st.pinned.contains_key(&server.addr) => {
+                    return Ok(self.take(server));
+                }
+                Some(server) => self.wait_in(&mut st, skip, Some(server.addr))?,
+                None => {
+                    if let Some(server) = self.pick(&mut st, skip) {
+                        return Ok(self.take(server));
+                    }
+                    if !st
+                        .servers
+                        .iter()
+                        .any(|s| s.is_up() && !skip.contains(&s.addr))
+                    {
+                        return Err(PoolError::NoServer(self.name.clone()));
+                    }
+                    self.wait_in(&mut st, skip, None)?
+                }
+            }
         };
+        self.wait(rx).await
+    }
+
+    /// A place in the backend's queue, or in `server`'s own.
+    fn wait_in(
+        &self,
+        st: &mut State,
+        skip: &[SocketAddr],
+        server: Option<SocketAddr>,
+    ) -> Result<oneshot::Receiver<Slot>, PoolError> {
+        if self.queued() as usize >= self.queue_max {
+            return Err(PoolError::QueueFull(self.name.clone()));
+        }
+        let (tx, rx) = oneshot::channel();
+        let w = Waiter {
+            tx,
+            skip: skip.to_vec(),
+            seq: st.next_seq,
+        };
+        st.next_seq += 1;
+        match server {
+            Some(addr) => st.pinned.entry(addr).or_default().push_back(w),
+            None => st.queue.push_back(w),
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        Ok(rx)
+    }
+
+    /// Waits in a queue for at most `timeout queue`.
+    async fn wait(self: &Arc<Self>, rx: oneshot::Receiver<Slot>) -> Result<Slot, PoolError> {
         match tokio::time::timeout(self.queue_timeout, rx).await {
             Ok(Ok(slot)) => Ok(slot),
             // Timed out (or the pool went away): leave the queue. A slot handed over in the
             // meantime is dropped with the receiver and passes on to the next waiter.
             _ => {
                 let mut st = self.lock();
-                let before = st.queue.len();
+                let before = st.waiting();
                 st.queue.retain(|w| !w.tx.is_closed());
-                let left = before - st.queue.len();
+                st.pinned.retain(|_, q| {
+                    q.retain(|w| !w.tx.is_closed());
+                    !q.is_empty()
+                });
+                let left = before - st.waiting();
                 self.queued
                     .fetch_sub(u32::try_from(left).unwrap_or(0), Ordering::Relaxed);
                 Err(PoolError::QueueTimeout {
@@ -314,21 +395,48 @@ impl Pool {
         }
     }
 
-    /// Gives freed capacity to the oldest waiters that can use it.
+    /// Gives freed capacity to the oldest waiters that can use it: the backend queue's head,
+    /// or the head of the queue of a server with room, whichever came first.
     fn hand_over(self: &Arc<Self>, st: &mut State) {
-        while let Some(front) = st.queue.front() {
-            if front.tx.is_closed() {
+        self.unpin_unavailable(st);
+        loop {
+            while st.queue.front().is_some_and(|w| w.tx.is_closed()) {
                 st.queue.pop_front();
                 self.queued.fetch_sub(1, Ordering::Relaxed);
-                continue;
             }
-            let skip = front.skip.clone();
-            let Some(server) = self.pick(st, &skip) else {
-                return;
+            // The oldest waiter of a server that has room.
+            let mut pinned: Option<(u64, Arc<Server>)> = None;
+            if !st.pinned.is_empty() {
+                for s in st.servers.iter().filter(|s| s.has_room()) {
+                    let Some(q) = st.pinned.get_mut(&s.addr) else {
+                        continue;
+                    };
+                    while q.front().is_some_and(|w| w.tx.is_closed()) {
+                        q.pop_front();
+                        self.queued.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    if let Some(w) = q.front()
+                        && pinned.as_ref().is_none_or(|(seq, _)| w.seq < *seq)
+                    {
+                        pinned = Some((w.seq, s.clone()));
+                    }
+                }
+                st.pinned.retain(|_, q| !q.is_empty());
+            }
+            let head = st.queue.front().map(|w| (w.seq, w.skip.clone()));
+            let (w, server) = match (pinned, head) {
+                (Some((seq, server)), head) if head.as_ref().is_none_or(|(h, _)| seq < *h) => {
+                    (Self::pop_pinned(st, server.addr), server)
+                }
+                (pinned, Some((_, skip))) => match (self.pick(st, &skip), pinned) {
+                    (Some(server), _) => (st.queue.pop_front(), server),
+                    // The queue's head can use no server with room; a pinned waiter can.
+                    (None, Some((_, server))) => (Self::pop_pinned(st, server.addr), server),
+                    (None, None) => return,
+                },
+                _ => return,
             };
-            let Some(w) = st.queue.pop_front() else {
-                return;
-            };
+            let Some(w) = w else { return };
             self.queued.fetch_sub(1, Ordering::Relaxed);
             let slot = self.take(server);
             if let Err(mut slot) = w.tx.send(slot) {
@@ -336,6 +444,35 @@ impl Pool {
                 // take the lock we hold.
                 slot.server.active.fetch_sub(1, Ordering::Relaxed);
                 slot.armed = false;
+            }
+        }
+    }
+
+    fn pop_pinned(st: &mut State, addr: SocketAddr) -> Option<Waiter> {
+        let q = st.pinned.get_mut(&addr)?;
+        let w = q.pop_front();
+        if q.is_empty() {
+            st.pinned.remove(&addr);
+        }
+        w
+    }
+
+    /// Waiters of a server that is down or no longer in the backend go back to the backend's
+    /// queue, in arrival order (HAProxy redispatches them too).
+    fn unpin_unavailable(&self, st: &mut State) {
+        if st.pinned.is_empty() {
+            return;
+        }
+        let gone: Vec<SocketAddr> = st
+            .pinned
+            .keys()
+            .filter(|a| !st.servers.iter().any(|s| s.addr == **a && s.is_up()))
+            .copied()
+            .collect();
+        for addr in gone {
+            for w in st.pinned.remove(&addr).unwrap_or_default() {
+                let at = st.queue.partition_point(|q| q.seq < w.seq);
+                st.queue.insert(at, w);
             }
         }
     }
@@ -545,6 +682,121 @@ mod tests {
             p.acquire(&[first]).await.unwrap_err(),
             PoolError::QueueFull("b".into())
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sticky_requests_wait_for_their_server_in_its_own_queue() {
+        let p = pool(Balance::Roundrobin, vec![server(1, 1, 1), server(2, 1, 0)]);
+        let s1 = p.servers()[0].clone();
+        // Round robin would alternate; the cookie keeps every request on server 1.
+        let held = p.acquire_sticky(&[], Some(s1.cookie)).await.unwrap();
+        assert_eq!(held.server.addr.port(), 1);
+        // Server 1 is full (maxconn 1): the sticky request waits for it although server 2
+        // has room, and an unpinned one goes to server 2 meanwhile.
+        let waiting = tokio::spawn({
+            let p = p.clone();
+            async move {
+                p.acquire_sticky(&[], Some(s1.cookie))
+                    .await
+                    .unwrap()
+                    .server
+                    .addr
+            }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(p.queued(), 1);
+        assert_eq!(p.acquire(&[]).await.unwrap().server.addr.port(), 2);
+        assert!(!waiting.is_finished());
+        drop(held);
+        assert_eq!(
+            waiting.await.unwrap().port(),
+            1,
+            "handed server 1 when it freed"
+        );
+        assert_eq!(p.queued(), 0);
+        // An unknown cookie, or a down server's, is balanced as usual.
+        assert!(p.acquire_sticky(&[], Some(42)).await.is_ok());
+        p.servers()[0].set_up(false);
+        let c = p.servers()[0].cookie;
+        assert_eq!(
+            p.acquire_sticky(&[], Some(c))
+                .await
+                .unwrap()
+                .server
+                .addr
+                .port(),
+            2
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_of_a_server_that_went_down_are_redispatched_in_order() {
+        let p = pool(Balance::Roundrobin, vec![server(1, 1, 1), server(2, 1, 1)]);
+        let (s1, s2) = (p.servers()[0].clone(), p.servers()[1].clone());
+        let a = p.acquire_sticky(&[], Some(s1.cookie)).await.unwrap();
+        let b = p.acquire_sticky(&[], Some(s2.cookie)).await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        // 0 waits for server 1, 1 for any server, 2 for server 1.
+        for (i, sticky) in [(0, Some(s1.cookie)), (1, None), (2, Some(s1.cookie))] {
+            let (p, order) = (p.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                let slot = p.acquire_sticky(&[], sticky).await.unwrap();
+                order.lock().unwrap().push((i, slot.server.addr.port()));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }));
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(p.queued(), 3);
+        // Server 1 goes down; server 2's slot frees: its waiters are now the backend's, and
+        // the oldest goes first.
+        s1.set_up(false);
+        drop(b);
+        drop(a);
+        for w in waiters {
+            w.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), [(0, 2), (1, 2), (2, 2)]);
+        assert_eq!(p.queued(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_oldest_waiter_gets_a_freed_slot_across_queues() {
+        let p = pool(Balance::Roundrobin, vec![server(1, 1, 1)]);
+        let s1 = p.servers()[0].clone();
+        let held = p.acquire(&[]).await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for (i, sticky) in [
+            (0, None),
+            (1, Some(s1.cookie)),
+            (2, None),
+            (3, Some(s1.cookie)),
+        ] {
+            let (p, order) = (p.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                let _slot = p.acquire_sticky(&[], sticky).await.unwrap();
+                order.lock().unwrap().push(i);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }));
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        for w in waiters {
+            w.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn cookies_are_stable_and_distinct() {
+        let a = Server::new(SocketAddr::from(([10, 0, 0, 1], 80)), 1, 0);
+        let b = Server::new(SocketAddr::from(([10, 0, 0, 2], 80)), 1, 0);
+        assert_ne!(a.cookie, b.cookie);
+        // FNV-1a of "10.0.0.1:80": the same in every process and replica.
+        assert_eq!(a.cookie, fnv1a(b"10.0.0.1:80"));
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 
     #[tokio::test]
