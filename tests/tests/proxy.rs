@@ -1408,3 +1408,60 @@ fn a_sticky_cookie_keeps_a_client_on_its_server() {
     let set = set.unwrap_or_else(|| panic!("moved without a new cookie: {head}"));
     assert_ne!(set.split(';').next(), Some(pair.as_str()));
 }
+
+/// Header rules: a backend's `request-headers` reach its server, its `response-headers` the
+/// client; a listener's `response-headers` (HSTS here) are on every response it sends,
+/// floodgate's own 404 included.
+#[test]
+fn header_rules_apply_to_requests_responses_and_errors() {
+    let op = free_port();
+    let _origin = origin(op, "o");
+    let port = free_port();
+    let config = temp_file(
+        "headers.yaml",
+        &format!(
+            "
+xdp: {{ enabled: false }}
+listeners:
+  - name: http
+    bind: '127.0.0.1:{port}'
+    response-headers: {{ set: {{ Strict-Transport-Security: max-age=31536000 }} }}
+routes: [{{ path-prefix: /app, backend: app }}]
+backends:
+  - name: app
+    request-headers: {{ set: {{ X-Forwarded-Prefix: /mounted }}, remove: [X-Forwarded-For] }}
+    response-headers: {{ set: {{ X-Frame-Options: DENY }} }}
+    servers: ['127.0.0.1:{op}']
+"
+        ),
+    );
+    let _fg = spawn_floodgate(&config);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(wait_for_port(addr, Duration::from_secs(10)));
+    let (status, head, body) = floodgate_tests::http_raw(
+        addr,
+        b"GET /app HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, "o /app xff=- prefix=/mounted\n", "request rules");
+    assert!(head.contains("x-frame-options: DENY"), "{head}");
+    assert!(
+        head.contains("strict-transport-security: max-age=31536000"),
+        "{head}"
+    );
+    let (status, head, _) = floodgate_tests::http_raw(
+        addr,
+        b"GET /nowhere HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(status, 404);
+    assert!(
+        head.contains("strict-transport-security: max-age=31536000"),
+        "{head}"
+    );
+    assert!(
+        !head.contains("x-frame-options"),
+        "backend rules only on its responses: {head}"
+    );
+}

@@ -2,7 +2,7 @@
 //! HAProxy ingress ConfigMap names as aliases, and validation that names the offending key.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -291,6 +291,61 @@ pub struct Listener {
     /// Requests per client source; past it, 429.
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
+    /// Header rules for every response this listener sends, floodgate's own included (HSTS,
+    /// security headers).
+    #[serde(default)]
+    pub response_headers: HeaderRules,
+}
+
+/// Headers to remove, then headers to set (each replacing every earlier value).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderRules {
+    pub set: BTreeMap<String, String>,
+    pub remove: Vec<String>,
+}
+
+impl HeaderRules {
+    /// Names that parse, values that parse, and none that floodgate itself must own (framing
+    /// and hop-by-hop headers).
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        const OWNED: [&str; 9] = [
+            "connection",
+            "keep-alive",
+            "transfer-encoding",
+            "te",
+            "trailer",
+            "upgrade",
+            "content-length",
+            "proxy-authenticate",
+            "proxy-authorization",
+        ];
+        let names = self
+            .set
+            .keys()
+            .map(|n| (format!("{key}.set"), n))
+            .chain(self.remove.iter().map(|n| (format!("{key}.remove"), n)));
+        for (k, n) in names {
+            if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
+                return Err(invalid(k, format!("`{n}` is not a header name")));
+            }
+            if OWNED.contains(&n.to_ascii_lowercase().as_str()) {
+                return Err(invalid(
+                    k,
+                    format!("`{n}` describes the connection or the framing; floodgate sets it"),
+                ));
+            }
+        }
+        for (n, v) in &self.set {
+            if http::HeaderValue::from_str(v).is_err() {
+                return Err(invalid(
+                    format!("{key}.set.{n}"),
+                    "not a header value (visible ASCII, spaces and tabs)",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Requests per client source (`listeners[].rate-limit`): a token bucket per source prefix.
@@ -645,6 +700,12 @@ pub struct Backend {
     /// Cookie persistence: a client keeps going to the server it was first sent to.
     #[serde(default)]
     pub sticky: Option<Sticky>,
+    /// Header rules for requests on their way to this backend's servers.
+    #[serde(default)]
+    pub request_headers: HeaderRules,
+    /// Header rules for this backend's servers' responses.
+    #[serde(default)]
+    pub response_headers: HeaderRules,
     pub servers: Vec<ServerSpec>,
 }
 
@@ -1083,6 +1144,10 @@ impl Config {
                     }
                 }
             }
+            b.request_headers
+                .validate(&format!("backends[{i}].request-headers"))?;
+            b.response_headers
+                .validate(&format!("backends[{i}].response-headers"))?;
             if let Some(s) = &b.sticky {
                 let key = format!("backends[{i}].sticky");
                 // RFC 6265's cookie-name: a token.
@@ -1165,6 +1230,8 @@ impl Config {
                     return Err(invalid(format!("{key}.port"), "must not be 0"));
                 }
             }
+            l.response_headers
+                .validate(&format!("listeners[{i}].response-headers"))?;
             if let Some(r) = &l.rate_limit {
                 let key = format!("listeners[{i}].rate-limit");
                 if r.per_source == 0 {
@@ -1700,6 +1767,19 @@ xdp: { enabled: false }
             let e = error_of(&sticky(s));
             assert!(e.contains(key), "{s}: {e}");
         }
+        let rules =
+            |r: &str| MINIMAL.replace("servers:", &format!("request-headers: {r}, servers:"));
+        for (r, key) in [
+            ("{ set: { 'a b': x } }", "request-headers.set"),
+            ("{ set: { X-A: \"x\\ny\" } }", "request-headers.set.X-A"),
+            ("{ remove: [Transfer-Encoding] }", "request-headers.remove"),
+            ("{ set: { Content-Length: '1' } }", "request-headers.set"),
+            ("{ add: { X-A: x } }", "add"),
+        ] {
+            let e = error_of(&rules(r));
+            assert!(e.contains(key), "{r}: {e}");
+        }
+        parse(&rules("{ set: { X-Env: prod }, remove: [X-Request-Id] }")).expect("rules");
         let c = parse(&sticky("{ cookie: SRV }")).expect("sticky");
         assert_eq!(
             c.backends[0].sticky,

@@ -5,7 +5,8 @@
 //!    listener with `rate-limit` answers 429 to a source over its rate (`ratelimit.rs`).
 //! 1. `route`: host and path select a backend (`route.rs`), else the listener's default, else 404.
 //! 2. `upstream_request`: hop-by-hop headers stripped, `X-Forwarded-*` and `X-Request-Id` added,
-//!    the path rewritten when the route has `rewrite-prefix`.
+//!    the path rewritten when the route has `rewrite-prefix`, then the backend's
+//!    `request-headers` (`headers.rs`).
 //! 3. `forward`: a slot on a server is taken from the backend's pool (`pool.rs`: balancing,
 //!    per-server maxconn, FIFO queue with `timeout queue`; the server a `sticky` cookie names,
 //!    `sticky.rs`); `attempt` sends the request there:
@@ -14,7 +15,8 @@
 //!    (`backend.rs`); a connect failure is retried on another server when
 //!    the request has no body, so it can be sent again safely, and feeds passive health
 //!    (`health.rs`).
-//! 4. `downstream_response`: hop-by-hop headers stripped from the response.
+//! 4. `downstream_response`: hop-by-hop headers stripped from the response; then the backend's
+//!    `response-headers`, the `sticky` cookie, and the listener's `response-headers`.
 //!
 //! Errors from any phase are `ProxyError`s, turned into a status in one place (`error.rs`).
 //! Metrics are recorded at the response headers; bytes sent and the access log line when the
@@ -25,6 +27,7 @@ pub mod connect;
 pub mod direct;
 pub mod error;
 pub mod h2c;
+pub mod headers;
 pub mod health;
 pub mod pool;
 pub mod ratelimit;
@@ -87,6 +90,8 @@ pub struct Routing {
     server_timeouts: Vec<Duration>,
     /// Per backend, its cookie persistence (`sticky`).
     sticky: Vec<Option<sticky::Persist>>,
+    /// Per backend, its `request-headers` and `response-headers` rules.
+    header_rules: Vec<(Option<headers::Rules>, Option<headers::Rules>)>,
     passive: Vec<config::Passive>,
     /// Health checks and DNS discovery of this generation, stopped with it.
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -190,6 +195,16 @@ impl Routing {
                 .backends
                 .iter()
                 .map(|b| b.sticky.as_ref().map(sticky::Persist::new))
+                .collect(),
+            header_rules: cfg
+                .backends
+                .iter()
+                .map(|b| {
+                    (
+                        headers::Rules::new(&b.request_headers),
+                        headers::Rules::new(&b.response_headers),
+                    )
+                })
                 .collect(),
             tasks,
         })
@@ -315,6 +330,8 @@ struct Generation {
     default_backend: Option<usize>,
     redirect: Option<Arc<config::RedirectToHttps>>,
     rate_limit: Option<Arc<ratelimit::Limiter>>,
+    /// The listener's `response-headers`, for every response it sends.
+    response_headers: Option<Arc<headers::Rules>>,
     access: Option<Arc<access::Policy>>,
     /// Per backend of `routing`, this listener's metric handles, made on first use.
     handles: Arc<[OnceLock<metrics::Handles>]>,
@@ -337,6 +354,7 @@ impl Generation {
         });
         Self {
             rate_limit,
+            response_headers: headers::Rules::new(&listener.response_headers).map(Arc::new),
             default_backend: listener
                 .default_backend
                 .as_deref()
@@ -495,6 +513,13 @@ pub async fn handle(
             up.sticky = p.take(&mut up.parts.headers);
         }
         let asked_for = up.sticky;
+        let (request_rules, response_rules) = match generation.routing.header_rules.get(backend) {
+            Some((req, resp)) => (req.as_ref(), resp.as_ref()),
+            None => (None, None),
+        };
+        if let Some(r) = request_rules {
+            r.apply(&mut up.parts.headers);
+        }
         if let Some(e) = log.as_mut() {
             e.request_id = up
                 .parts
@@ -523,6 +548,9 @@ pub async fn handle(
             &mut trace,
         )
         .await?;
+        if let Some(r) = response_rules {
+            r.apply(resp.headers_mut());
+        }
         if let (Some(p), Some(s)) = (persist, &trace.server)
             && asked_for != Some(s.cookie)
         {
@@ -533,7 +561,7 @@ pub async fn handle(
     .await;
     let pool = chosen.and_then(|b| generation.routing.pools.get(b));
     let backend = pool.map_or("", |p| p.name.as_str());
-    let resp = match result {
+    let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
             debug!(error = %e, %peer, "request failed");
@@ -543,6 +571,9 @@ pub async fn handle(
             error_response(&e)
         }
     };
+    if let Some(r) = &generation.response_headers {
+        r.apply(resp.headers_mut());
+    }
     let status = resp.status().as_u16();
     let bytes_out = ctx.metrics.as_ref().map(|m| {
         if let Some(q) = trace.queued
