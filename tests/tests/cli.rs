@@ -167,6 +167,8 @@ routes:
   - {{ host: '*.example.com', path-prefix: /api, backend: api }}
   - {{ path: /exact, backend: api }}
   - {{ path-prefix: /shop/, rewrite-prefix: /, backend: api }}
+  - {{ path: /office, allow: [10.0.0.0/8], backend: api }}
+  - {{ path: /local, allow: [127.0.0.0/8, '::1/128'], backend: api }}
 backends:
   - {{ name: web, servers: ['127.0.0.1:{origin_port}'] }}
   - {{ name: api, servers: ['127.0.0.1:{other_port}'] }}
@@ -216,6 +218,12 @@ backends:
         (status, body.as_str()),
         (200, "web /shopping xff=127.0.0.1\n")
     );
+    // `allow`: a client outside the list gets 403 from the matching route (not the default
+    // backend); one inside is served.
+    let (status, body) = http_get(addr, "other.org", "/office").unwrap();
+    assert_eq!((status, body.as_str()), (403, "403 Forbidden\n"));
+    let (status, body) = http_get(addr, "other.org", "/local").unwrap();
+    assert_eq!((status, body.as_str()), (200, "api /local xff=127.0.0.1\n"));
     // A client's own X-Forwarded-For is extended with its address, not replaced.
     let (status, _, body) = floodgate_tests::http_raw(
         addr,

@@ -612,6 +612,10 @@ pub struct Route {
     /// `http-request replace-path`, ingress-nginx's `rewrite-target`): `/` strips it.
     #[serde(default)]
     pub rewrite_prefix: Option<String>,
+    /// Client addresses this route serves; others get 403 (ingress-nginx's
+    /// `whitelist-source-range`). Empty: everyone.
+    #[serde(default)]
+    pub allow: Vec<IpNet>,
     pub backend: String,
 }
 

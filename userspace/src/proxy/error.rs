@@ -14,6 +14,8 @@ pub enum Origin {
 pub enum ProxyError {
     #[error("no route matches this request")]
     NoRoute,
+    #[error("the client's address is not in the route's allow list")]
+    Forbidden,
     #[error("backend `{backend}` has no server available")]
     NoServer { backend: String },
     #[error("backend `{backend}`: queue full")]
@@ -58,6 +60,7 @@ impl ProxyError {
     pub fn origin(&self) -> Origin {
         match self {
             ProxyError::NoRoute
+            | ProxyError::Forbidden
             | ProxyError::BadRequest(_)
             | ProxyError::UriTooLong { .. }
             | ProxyError::BodyTooLarge { .. }
@@ -78,6 +81,7 @@ impl ProxyError {
     pub fn kind(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "no_route",
+            ProxyError::Forbidden => "forbidden",
             ProxyError::NoServer { .. } => "no_server",
             ProxyError::QueueFull { .. } => "queue_full",
             ProxyError::QueueTimeout { .. } => "queue_timeout",
@@ -104,6 +108,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::BodyTooLarge { .. } | ProxyError::BodyOverLimit => {
@@ -125,6 +130,7 @@ impl ProxyError {
     pub fn body(&self) -> &'static str {
         match self.status() {
             StatusCode::NOT_FOUND => "404 Not Found\n",
+            StatusCode::FORBIDDEN => "403 Forbidden\n",
             StatusCode::BAD_REQUEST => "400 Bad Request\n",
             StatusCode::URI_TOO_LONG => "414 URI Too Long\n",
             StatusCode::PAYLOAD_TOO_LARGE => "413 Content Too Large\n",

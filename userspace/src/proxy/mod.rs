@@ -494,9 +494,12 @@ pub async fn handle(
                 .map_err(|retry_after| ProxyError::RateLimited { retry_after })?;
         }
         check_limits(&ctx.limits, &req)?;
-        let routed = route(&generation, &req)?;
+        let routed = route(&generation, &req, peer.ip())?;
         let backend = routed.backend;
         chosen = Some(backend);
+        if routed.forbidden {
+            return Err(ProxyError::Forbidden);
+        }
         handles = ctx.handles(&generation, backend);
         let h2 = generation
             .routing
@@ -689,6 +692,7 @@ fn check_limits(l: &config::Limits, req: &Request<Incoming>) -> Result<(), Proxy
 fn route<'g>(
     ctx: &'g Generation,
     req: &Request<Incoming>,
+    client: std::net::IpAddr,
 ) -> Result<route::Routed<'g>, ProxyError> {
     let host = req
         .uri()
@@ -701,10 +705,11 @@ fn route<'g>(
         });
     ctx.routing
         .router
-        .route(host, req.uri().path())
+        .route(host, req.uri().path(), client)
         .or(ctx.default_backend.map(|backend| route::Routed {
             backend,
             rewrite: None,
+            forbidden: false,
         }))
         .ok_or(ProxyError::NoRoute)
 }

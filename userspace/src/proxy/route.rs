@@ -1,6 +1,8 @@
 //! Host and path routing. Rules are tried in config order and the first match wins; a request
 //! no rule matches goes to the listener's default backend, or gets 404.
 
+use std::net::IpAddr;
+
 use crate::config;
 
 #[derive(Debug, Clone)]
@@ -24,6 +26,8 @@ struct Rule {
     path: PathMatch,
     backend: usize,
     rewrite: Option<Rewrite>,
+    /// Client networks the rule serves; empty: all.
+    allow: Vec<ipnet::IpNet>,
 }
 
 /// `rewrite-prefix`: the matched prefix of the path replaced before the request leaves.
@@ -71,6 +75,8 @@ impl Rewrite {
 pub struct Routed<'a> {
     pub backend: usize,
     pub rewrite: Option<&'a Rewrite>,
+    /// The client's address is outside the route's `allow` list: the answer is 403.
+    pub forbidden: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +111,7 @@ impl Router {
                     path,
                     backend: backend_index(&r.backend)?,
                     rewrite,
+                    allow: r.allow.clone(),
                 })
             })
             .collect();
@@ -116,8 +123,9 @@ impl Router {
         self.rules.iter().map(|r| r.backend)
     }
 
-    /// `host` is the request's authority or Host header, with or without a port.
-    pub fn route(&self, host: Option<&str>, path: &str) -> Option<Routed<'_>> {
+    /// `host` is the request's authority or Host header, with or without a port; `client`
+    /// the peer's address, checked against the matching rule's `allow` list.
+    pub fn route(&self, host: Option<&str>, path: &str, client: IpAddr) -> Option<Routed<'_>> {
         let host = host.map(strip_port).map(str::to_ascii_lowercase);
         self.rules
             .iter()
@@ -125,6 +133,10 @@ impl Router {
             .map(|r| Routed {
                 backend: r.backend,
                 rewrite: r.rewrite.as_ref(),
+                forbidden: !r.allow.is_empty() && {
+                    let ip = client.to_canonical();
+                    !r.allow.iter().any(|n| n.contains(&ip))
+                },
             })
     }
 }
@@ -175,6 +187,7 @@ mod tests {
             path: path.map(Into::into),
             path_prefix: prefix.map(Into::into),
             rewrite_prefix: None,
+            allow: Vec::new(),
             backend: backend.into(),
         }
     }
@@ -191,7 +204,8 @@ mod tests {
             ],
             |n| names.iter().position(|x| *x == n),
         );
-        let name = |h: Option<&str>, p: &str| r.route(h, p).map(|i| names[i.backend]);
+        let any = IpAddr::from([192, 0, 2, 1]);
+        let name = |h: Option<&str>, p: &str| r.route(h, p, any).map(|i| names[i.backend]);
         assert_eq!(
             name(Some("www.example.com"), "/api/x"),
             Some("exact"),
@@ -242,13 +256,50 @@ mod tests {
                 }],
                 |_| Some(0),
             );
-            let routed = r.route(None, path).expect("the prefix matches");
+            let routed = r
+                .route(None, path, IpAddr::from([192, 0, 2, 1]))
+                .expect("the prefix matches");
             let rw = routed.rewrite.expect("a rewrite");
             assert_eq!(rw.apply(path), want, "{from} -> {to} on {path}");
         }
         let r = Router::new(&[route(None, None, Some("/api"), "b")], |_| Some(0));
-        assert!(r.route(None, "/api/x").unwrap().rewrite.is_none());
+        let any = IpAddr::from([192, 0, 2, 1]);
+        assert!(r.route(None, "/api/x", any).unwrap().rewrite.is_none());
         assert_eq!(Rewrite::new("/api/", "/").prefix(), "/api");
         assert_eq!(Rewrite::new("/", "/app").prefix(), "/");
+    }
+
+    #[test]
+    fn allow_lists_forbid_other_clients_of_the_matching_rule() {
+        let r = Router::new(
+            &[
+                config::Route {
+                    allow: vec![
+                        "10.0.0.0/8".parse().unwrap(),
+                        "2001:db8::/32".parse().unwrap(),
+                    ],
+                    ..route(None, None, Some("/admin"), "admin")
+                },
+                route(None, None, None, "web"),
+            ],
+            |n| Some(usize::from(n == "web")),
+        );
+        let forbidden = |ip: &str, path: &str| {
+            let routed = r.route(None, path, ip.parse().unwrap()).unwrap();
+            (routed.backend, routed.forbidden)
+        };
+        assert_eq!(forbidden("10.1.2.3", "/admin"), (0, false));
+        assert_eq!(
+            forbidden("::ffff:10.1.2.3", "/admin"),
+            (0, false),
+            "mapped IPv4"
+        );
+        assert_eq!(forbidden("2001:db8::7", "/admin/x"), (0, false));
+        assert_eq!(
+            forbidden("192.0.2.1", "/admin"),
+            (0, true),
+            "403, not the next rule"
+        );
+        assert_eq!(forbidden("192.0.2.1", "/"), (1, false));
     }
 }
