@@ -169,6 +169,8 @@ routes:
   - {{ path-prefix: /shop/, rewrite-prefix: /, backend: api }}
   - {{ path: /office, allow: [10.0.0.0/8], backend: api }}
   - {{ path: /local, allow: [127.0.0.0/8, '::1/128'], backend: api }}
+  - {{ path: /canary, headers: {{ X-Canary: always }}, backend: api }}
+  - {{ path: /split, split: [{{ backend: web, weight: 0 }}, {{ backend: api, weight: 5 }}] }}
 backends:
   - {{ name: web, servers: ['127.0.0.1:{origin_port}'] }}
   - {{ name: api, servers: ['127.0.0.1:{other_port}'] }}
@@ -224,6 +226,31 @@ backends:
     assert_eq!((status, body.as_str()), (403, "403 Forbidden\n"));
     let (status, body) = http_get(addr, "other.org", "/local").unwrap();
     assert_eq!((status, body.as_str()), (200, "api /local xff=127.0.0.1\n"));
+    // A header match sends canary traffic to its backend, the rest falls through; a split
+    // follows its weights (0 never).
+    let (status, _, body) = floodgate_tests::http_raw(
+        addr,
+        b"GET /canary HTTP/1.1\r\nHost: o\r\nX-Canary: always\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "api /canary xff=127.0.0.1\n")
+    );
+    assert!(
+        http_get(addr, "other.org", "/canary")
+            .unwrap()
+            .1
+            .starts_with("web ")
+    );
+    for _ in 0..5 {
+        assert!(
+            http_get(addr, "other.org", "/split")
+                .unwrap()
+                .1
+                .starts_with("api ")
+        );
+    }
     // A client's own X-Forwarded-For is extended with its address, not replaced.
     let (status, _, body) = floodgate_tests::http_raw(
         addr,
@@ -250,8 +277,8 @@ backends:
         fg.status
     );
     let served = origin.stop();
-    // `/api/users` from other.org and `/shopping`.
-    assert!(served.contains("requests=2 "), "{served}");
+    // `/api/users` from other.org, `/shopping` and `/canary` without its header.
+    assert!(served.contains("requests=3 "), "{served}");
 }
 
 #[test]

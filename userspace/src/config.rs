@@ -616,7 +616,25 @@ pub struct Route {
     /// `whitelist-source-range`). Empty: everyone.
     #[serde(default)]
     pub allow: Vec<IpNet>,
+    /// Request headers that must all be present with these exact values (names are
+    /// case-insensitive): ingress-nginx's `canary-by-header`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The backend, or `split` instead.
+    #[serde(default)]
     pub backend: String,
+    /// Requests shared among backends by weight, each request drawn at random (ingress-nginx's
+    /// `canary-weight`).
+    #[serde(default)]
+    pub split: Vec<SplitTo>,
+}
+
+/// One backend of a route's `split`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SplitTo {
+    pub backend: String,
+    pub weight: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -1270,11 +1288,57 @@ impl Config {
             }
         }
         for (i, r) in self.routes.iter().enumerate() {
-            if !backends.contains(r.backend.as_str()) {
+            match (r.backend.is_empty(), r.split.is_empty()) {
+                (true, true) => {
+                    return Err(invalid(
+                        format!("routes[{i}].backend"),
+                        "required (or `split`)",
+                    ));
+                }
+                (false, false) => {
+                    return Err(invalid(
+                        format!("routes[{i}]"),
+                        "set `backend` or `split`, not both",
+                    ));
+                }
+                _ => {}
+            }
+            let targets = std::iter::once((format!("routes[{i}].backend"), &r.backend))
+                .filter(|(_, b)| !b.is_empty())
+                .chain(
+                    r.split
+                        .iter()
+                        .enumerate()
+                        .map(|(j, s)| (format!("routes[{i}].split[{j}].backend"), &s.backend)),
+                );
+            for (key, b) in targets {
+                if !backends.contains(b.as_str()) {
+                    return Err(invalid(key, format!("no backend named `{b}`")));
+                }
+            }
+            for (j, s) in r.split.iter().enumerate() {
+                if s.weight > 1000 {
+                    return Err(invalid(
+                        format!("routes[{i}].split[{j}].weight"),
+                        "must be between 0 and 1000",
+                    ));
+                }
+            }
+            if !r.split.is_empty() && r.split.iter().all(|s| s.weight == 0) {
                 return Err(invalid(
-                    format!("routes[{i}].backend"),
-                    format!("no backend named `{}`", r.backend),
+                    format!("routes[{i}].split"),
+                    "at least one weight must be above 0",
                 ));
+            }
+            for (n, v) in &r.headers {
+                if http::HeaderName::from_bytes(n.as_bytes()).is_err()
+                    || http::HeaderValue::from_str(v).is_err()
+                {
+                    return Err(invalid(
+                        format!("routes[{i}].headers.{n}"),
+                        "not a header name and value",
+                    ));
+                }
             }
             if r.path.is_some() && r.path_prefix.is_some() {
                 return Err(invalid(
@@ -1738,6 +1802,36 @@ xdp: { enabled: false }
             "{MINIMAL}routes: [{{ path-prefix: /a, rewrite-prefix: /v2/b, backend: app }}]"
         ))
         .expect("a prefix rewrite");
+        for (route, key) in [
+            ("{ path: /a }", "routes[0].backend"),
+            (
+                "{ backend: app, split: [{ backend: app, weight: 1 }] }",
+                "not both",
+            ),
+            (
+                "{ split: [{ backend: nope, weight: 1 }] }",
+                "routes[0].split[0].backend",
+            ),
+            (
+                "{ split: [{ backend: app, weight: 0 }] }",
+                "routes[0].split",
+            ),
+            (
+                "{ split: [{ backend: app, weight: 1001 }] }",
+                "routes[0].split[0].weight",
+            ),
+            (
+                "{ headers: { 'a b': x }, backend: app }",
+                "routes[0].headers",
+            ),
+        ] {
+            let e = error_of(&format!("{MINIMAL}routes: [{route}]"));
+            assert!(e.contains(key), "{route}: {e}");
+        }
+        parse(&format!(
+            "{MINIMAL}routes: [{{ headers: {{ X-Canary: always }}, split: [{{ backend: app, weight: 3 }}] }}]"
+        ))
+        .expect("a header match and a split");
         let limited = |r: &str| {
             MINIMAL.replace(
                 "default-backend: app",

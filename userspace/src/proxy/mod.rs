@@ -705,7 +705,7 @@ fn route<'g>(
         });
     ctx.routing
         .router
-        .route(host, req.uri().path(), client)
+        .route(host, req.uri().path(), req.headers(), client)
         .or(ctx.default_backend.map(|backend| route::Routed {
             backend,
             rewrite: None,

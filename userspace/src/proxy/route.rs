@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+use http::{HeaderMap, HeaderName, HeaderValue};
+
 use crate::config;
 
 #[derive(Debug, Clone)]
@@ -24,10 +26,62 @@ enum PathMatch {
 struct Rule {
     host: HostMatch,
     path: PathMatch,
-    backend: usize,
+    /// Headers that must all be there with these values.
+    headers: Vec<(HeaderName, HeaderValue)>,
+    target: Target,
     rewrite: Option<Rewrite>,
     /// Client networks the rule serves; empty: all.
     allow: Vec<ipnet::IpNet>,
+}
+
+#[derive(Debug, Clone)]
+enum Target {
+    One(usize),
+    /// Backends and their weights (`split`), with the weights' sum (above 0).
+    Split(Vec<(usize, u32)>, u32),
+}
+
+impl Target {
+    fn backend(&self) -> usize {
+        match self {
+            Target::One(b) => *b,
+            Target::Split(to, total) => {
+                let mut n = roll() % u64::from(*total);
+                for (b, w) in to {
+                    if n < u64::from(*w) {
+                        return *b;
+                    }
+                    n -= u64::from(*w);
+                }
+                // Unreachable: the weights sum to `total`.
+                to.last().map_or(0, |(b, _)| *b)
+            }
+        }
+    }
+}
+
+thread_local! {
+    static RNG: std::cell::Cell<u64> = std::cell::Cell::new(seed());
+}
+
+/// Each thread's own seed: its address mixed with the time.
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (t ^ (std::ptr::from_ref(&t).addr() as u64).rotate_left(32)) | 1
+}
+
+/// xorshift64: a split's draw needs to be cheap and even, not unpredictable.
+fn roll() -> u64 {
+    RNG.with(|r| {
+        let mut x = r.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        r.set(x);
+        x
+    })
 }
 
 /// `rewrite-prefix`: the matched prefix of the path replaced before the request leaves.
@@ -102,6 +156,27 @@ impl Router {
                     (None, Some(p)) => PathMatch::Prefix(p.clone()),
                     (None, None) => PathMatch::Any,
                 };
+                let target = if r.split.is_empty() {
+                    Target::One(backend_index(&r.backend)?)
+                } else {
+                    let to = r
+                        .split
+                        .iter()
+                        .map(|s| Some((backend_index(&s.backend)?, s.weight)))
+                        .collect::<Option<Vec<_>>>()?;
+                    let total = to.iter().map(|(_, w)| *w).sum::<u32>();
+                    (total > 0).then_some(Target::Split(to, total))?
+                };
+                let headers = r
+                    .headers
+                    .iter()
+                    .map(|(n, v)| {
+                        Some((
+                            HeaderName::from_bytes(n.as_bytes()).ok()?,
+                            HeaderValue::from_str(v).ok()?,
+                        ))
+                    })
+                    .collect::<Option<Vec<_>>>()?;
                 let rewrite = match (&r.path_prefix, &r.rewrite_prefix) {
                     (Some(from), Some(to)) => Some(Rewrite::new(from, to)),
                     _ => None,
@@ -109,7 +184,8 @@ impl Router {
                 Some(Rule {
                     host,
                     path,
-                    backend: backend_index(&r.backend)?,
+                    headers,
+                    target,
                     rewrite,
                     allow: r.allow.clone(),
                 })
@@ -120,18 +196,33 @@ impl Router {
 
     /// The backends some rule leads to.
     pub fn backends(&self) -> impl Iterator<Item = usize> + '_ {
-        self.rules.iter().map(|r| r.backend)
+        self.rules.iter().flat_map(|r| match &r.target {
+            Target::One(b) => vec![*b],
+            Target::Split(to, _) => to.iter().map(|(b, _)| *b).collect(),
+        })
     }
 
     /// `host` is the request's authority or Host header, with or without a port; `client`
     /// the peer's address, checked against the matching rule's `allow` list.
-    pub fn route(&self, host: Option<&str>, path: &str, client: IpAddr) -> Option<Routed<'_>> {
+    pub fn route(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        headers: &HeaderMap,
+        client: IpAddr,
+    ) -> Option<Routed<'_>> {
         let host = host.map(strip_port).map(str::to_ascii_lowercase);
         self.rules
             .iter()
-            .find(|r| host_matches(&r.host, host.as_deref()) && path_matches(&r.path, path))
+            .find(|r| {
+                host_matches(&r.host, host.as_deref())
+                    && path_matches(&r.path, path)
+                    && r.headers
+                        .iter()
+                        .all(|(n, v)| headers.get_all(n).iter().any(|h| h == v))
+            })
             .map(|r| Routed {
-                backend: r.backend,
+                backend: r.target.backend(),
                 rewrite: r.rewrite.as_ref(),
                 forbidden: !r.allow.is_empty() && {
                     let ip = client.to_canonical();
@@ -188,7 +279,9 @@ mod tests {
             path_prefix: prefix.map(Into::into),
             rewrite_prefix: None,
             allow: Vec::new(),
+            headers: Default::default(),
             backend: backend.into(),
+            split: Vec::new(),
         }
     }
 
@@ -205,7 +298,10 @@ mod tests {
             |n| names.iter().position(|x| *x == n),
         );
         let any = IpAddr::from([192, 0, 2, 1]);
-        let name = |h: Option<&str>, p: &str| r.route(h, p, any).map(|i| names[i.backend]);
+        let name = |h: Option<&str>, p: &str| {
+            r.route(h, p, &HeaderMap::new(), any)
+                .map(|i| names[i.backend])
+        };
         assert_eq!(
             name(Some("www.example.com"), "/api/x"),
             Some("exact"),
@@ -257,14 +353,19 @@ mod tests {
                 |_| Some(0),
             );
             let routed = r
-                .route(None, path, IpAddr::from([192, 0, 2, 1]))
+                .route(None, path, &HeaderMap::new(), IpAddr::from([192, 0, 2, 1]))
                 .expect("the prefix matches");
             let rw = routed.rewrite.expect("a rewrite");
             assert_eq!(rw.apply(path), want, "{from} -> {to} on {path}");
         }
         let r = Router::new(&[route(None, None, Some("/api"), "b")], |_| Some(0));
         let any = IpAddr::from([192, 0, 2, 1]);
-        assert!(r.route(None, "/api/x", any).unwrap().rewrite.is_none());
+        assert!(
+            r.route(None, "/api/x", &HeaderMap::new(), any)
+                .unwrap()
+                .rewrite
+                .is_none()
+        );
         assert_eq!(Rewrite::new("/api/", "/").prefix(), "/api");
         assert_eq!(Rewrite::new("/", "/app").prefix(), "/");
     }
@@ -285,7 +386,9 @@ mod tests {
             |n| Some(usize::from(n == "web")),
         );
         let forbidden = |ip: &str, path: &str| {
-            let routed = r.route(None, path, ip.parse().unwrap()).unwrap();
+            let routed = r
+                .route(None, path, &HeaderMap::new(), ip.parse().unwrap())
+                .unwrap();
             (routed.backend, routed.forbidden)
         };
         assert_eq!(forbidden("10.1.2.3", "/admin"), (0, false));
@@ -301,5 +404,54 @@ mod tests {
             "403, not the next rule"
         );
         assert_eq!(forbidden("192.0.2.1", "/"), (1, false));
+    }
+
+    #[test]
+    fn canaries_by_header_and_by_weight() {
+        let names = ["stable", "canary"];
+        let index = |n: &str| names.iter().position(|x| *x == n);
+        let r = Router::new(
+            &[
+                config::Route {
+                    headers: [("X-Canary".to_owned(), "always".to_owned())].into(),
+                    ..route(None, None, None, "canary")
+                },
+                config::Route {
+                    backend: String::new(),
+                    split: vec![
+                        config::SplitTo {
+                            backend: "stable".into(),
+                            weight: 90,
+                        },
+                        config::SplitTo {
+                            backend: "canary".into(),
+                            weight: 10,
+                        },
+                    ],
+                    ..route(None, None, None, "")
+                },
+            ],
+            index,
+        );
+        let any = IpAddr::from([192, 0, 2, 1]);
+        let mut h = HeaderMap::new();
+        h.insert("x-canary", HeaderValue::from_static("always"));
+        for _ in 0..100 {
+            assert_eq!(r.route(None, "/", &h, any).unwrap().backend, 1);
+        }
+        h.insert("x-canary", HeaderValue::from_static("never"));
+        let n = 20_000;
+        let canary = (0..n)
+            .filter(|_| r.route(None, "/", &h, any).unwrap().backend == 1)
+            .count();
+        // 10% of 20,000 is 2,000, with a standard deviation of about 42.
+        assert!(
+            (1_700..=2_300).contains(&canary),
+            "{canary} of {n} to the canary"
+        );
+        let mut both: Vec<usize> = r.backends().collect();
+        both.sort_unstable();
+        both.dedup();
+        assert_eq!(both, [0, 1]);
     }
 }
