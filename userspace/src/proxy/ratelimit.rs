@@ -19,6 +19,9 @@ use std::{
 use crate::config::RateLimit;
 
 const SHARDS: usize = 16;
+/// A full shard looks for refilled buckets at most this often: the sweep walks the whole
+/// shard under its lock, and a crowd of new sources must not make every request pay it.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -26,9 +29,15 @@ struct Bucket {
     last: Instant,
 }
 
+#[derive(Default)]
+struct Shard {
+    buckets: HashMap<u128, Bucket>,
+    swept: Option<Instant>,
+}
+
 pub struct Limiter {
     settings: RateLimit,
-    shards: Vec<Mutex<HashMap<u128, Bucket>>>,
+    shards: Vec<Mutex<Shard>>,
     per_shard: usize,
     hasher: RandomState,
 }
@@ -37,7 +46,7 @@ impl Limiter {
     pub fn new(settings: &RateLimit) -> Self {
         Self {
             settings: settings.clone(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: settings.table_size.div_ceil(SHARDS).max(1),
             hasher: RandomState::new(),
         }
@@ -84,17 +93,25 @@ impl Limiter {
         });
         let key = self.key(ip);
         let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
-        let mut map = shard
+        let mut shard = shard
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !map.contains_key(&key) && map.len() >= self.per_shard {
-            // Sources whose bucket is full again have nothing to remember.
-            map.retain(|_, b| b.tokens + now.duration_since(b.last).as_secs_f64() * rate < burst);
-            if map.len() >= self.per_shard {
+        if !shard.buckets.contains_key(&key) && shard.buckets.len() >= self.per_shard {
+            if shard
+                .swept
+                .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_EVERY)
+            {
+                // Sources whose bucket is full again have nothing to remember.
+                shard.swept = Some(now);
+                shard.buckets.retain(|_, b| {
+                    b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < burst
+                });
+            }
+            if shard.buckets.len() >= self.per_shard {
                 return Ok(());
             }
         }
-        let b = map.entry(key).or_insert(Bucket {
+        let b = shard.buckets.entry(key).or_insert(Bucket {
             tokens: burst,
             last: now,
         });
@@ -113,7 +130,7 @@ impl Limiter {
     pub fn tracked(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().map_or(0, |m| m.len()))
+            .map(|s| s.lock().map_or(0, |s| s.buckets.len()))
             .sum()
     }
 }
