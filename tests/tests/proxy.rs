@@ -1465,3 +1465,121 @@ backends:
         "backend rules only on its responses: {head}"
     );
 }
+
+/// `auth`: the auth service gets the client's headers and the original URL; its 2xx lets the
+/// request through with the user it names, 401 redirects to sign-in (or answers 401), 403
+/// answers 403, and a dead service answers 500; the backend sees only allowed requests.
+#[test]
+fn an_auth_service_decides_before_the_backend_sees_a_request() {
+    use std::sync::{Arc, Mutex};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let auth = listener.local_addr().unwrap();
+    let s = seen.clone();
+    rt.spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let s = s.clone();
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let h = |n: &str| {
+                        req.headers()
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned()
+                    };
+                    s.lock()
+                        .unwrap()
+                        .push((h("x-original-url"), h("x-original-method")));
+                    let resp = hyper::Response::builder();
+                    let resp = match h("cookie").as_str() {
+                        "session=alice" => resp
+                            .status(200)
+                            .header("x-auth-request-user", "alice")
+                            .header("x-other", "not copied"),
+                        "session=mallory" => resp.status(403),
+                        _ => resp
+                            .status(401)
+                            .header("www-authenticate", "Bearer realm=\"shop\""),
+                    };
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            resp.body(http_body_util::Empty::<bytes::Bytes>::new())
+                                .unwrap(),
+                        )
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+            );
+        }
+    });
+    let op = free_port();
+    let mut origin = origin(op, "o");
+    let port = free_port();
+    let config = temp_file(
+        "auth.yaml",
+        &format!(
+            "
+xdp: {{ enabled: false }}
+listeners: [{{ name: http, bind: '127.0.0.1:{port}' }}]
+routes:
+  - path-prefix: /app
+    auth: {{ url: 'http://{auth}/check', signin: 'https://login.example/start?rd={{url}}', response-headers: [X-Auth-Request-User] }}
+    backend: app
+  - path-prefix: /api
+    auth: {{ url: 'http://{auth}/check', response-headers: [X-Auth-Request-User] }}
+    backend: app
+  - path-prefix: /dead
+    auth: {{ url: 'http://127.0.0.1:1/check', timeout: 1s }}
+    backend: app
+backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
+"
+        ),
+    );
+    let _fg = spawn_floodgate(&config);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(wait_for_port(addr, Duration::from_secs(10)));
+    let get = |path: &str, cookie: &str| {
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: shop.example\r\nCookie: {cookie}\r\nX-Auth-Request-User: forged\r\nConnection: close\r\n\r\n"
+        );
+        floodgate_tests::http_raw(addr, req.as_bytes()).unwrap()
+    };
+    let (status, _, body) = get("/app/headers", "session=alice");
+    assert_eq!(status, 200);
+    assert!(body.contains("x-auth-request-user: alice\n"), "{body}");
+    assert!(
+        !body.contains("forged") && !body.contains("x-other"),
+        "{body}"
+    );
+    assert_eq!(
+        seen.lock().unwrap().last().cloned(),
+        Some(("http://shop.example/app/headers".into(), "GET".into()))
+    );
+    let (status, head, _) = get("/app/x?a=1", "session=none");
+    assert_eq!(status, 302, "{head}");
+    assert!(
+        head.contains(
+            "location: https://login.example/start?rd=http%3A%2F%2Fshop.example%2Fapp%2Fx%3Fa%3D1"
+        ),
+        "{head}"
+    );
+    let (status, head, _) = get("/api/x", "session=none");
+    assert_eq!(status, 401);
+    assert!(
+        head.contains("www-authenticate: Bearer realm=\"shop\""),
+        "{head}"
+    );
+    assert_eq!(get("/api/x", "session=mallory").0, 403);
+    assert_eq!(get("/dead/x", "session=alice").0, 500);
+    let served = origin.stop();
+    assert!(
+        served.contains("requests=1 "),
+        "only the allowed request: {served}"
+    );
+}

@@ -620,6 +620,9 @@ pub struct Route {
     /// case-insensitive): ingress-nginx's `canary-by-header`.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// An auth service asked before each request goes on (ingress-nginx's `auth-url`).
+    #[serde(default)]
+    pub auth: Option<Auth>,
     /// The backend, or `split` instead.
     #[serde(default)]
     pub backend: String,
@@ -627,6 +630,27 @@ pub struct Route {
     /// `canary-weight`).
     #[serde(default)]
     pub split: Vec<SplitTo>,
+}
+
+/// External authentication: a GET to `url` with the client's headers decides.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Auth {
+    /// `http://host:port/path` of the auth service.
+    pub url: String,
+    /// Where a client the service answered 401 is redirected (302); `{url}` is replaced by
+    /// the URL it asked for, percent-encoded. Absent: the 401 itself.
+    #[serde(default)]
+    pub signin: Option<String>,
+    /// Headers of the service's 2xx answer added to the request for the backend.
+    #[serde(default)]
+    pub response_headers: Vec<String>,
+    #[serde(default = "default_auth_timeout")]
+    pub timeout: HDuration,
+}
+
+fn default_auth_timeout() -> HDuration {
+    HDuration::secs(5)
 }
 
 /// One backend of a route's `split`.
@@ -1330,6 +1354,35 @@ impl Config {
                     "at least one weight must be above 0",
                 ));
             }
+            if let Some(a) = &r.auth {
+                let key = format!("routes[{i}].auth");
+                match a.url.parse::<http::Uri>() {
+                    Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {}
+                    _ => {
+                        return Err(invalid(
+                            format!("{key}.url"),
+                            "an http:// URL with a host (the auth service, in the cluster)",
+                        ));
+                    }
+                }
+                if let Some(s) = &a.signin
+                    && (!(s.starts_with("https://") || s.starts_with("http://"))
+                        || http::HeaderValue::from_str(s).is_err())
+                {
+                    return Err(invalid(format!("{key}.signin"), "an http(s):// URL"));
+                }
+                for n in &a.response_headers {
+                    if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
+                        return Err(invalid(
+                            format!("{key}.response-headers"),
+                            format!("`{n}` is not a header name"),
+                        ));
+                    }
+                }
+                if a.timeout.0.is_zero() {
+                    return Err(invalid(format!("{key}.timeout"), "must be greater than 0"));
+                }
+            }
             for (n, v) in &r.headers {
                 if http::HeaderName::from_bytes(n.as_bytes()).is_err()
                     || http::HeaderValue::from_str(v).is_err()
@@ -1823,6 +1876,30 @@ xdp: { enabled: false }
             (
                 "{ headers: { 'a b': x }, backend: app }",
                 "routes[0].headers",
+            ),
+            (
+                "{ auth: { url: 'https://a/b' }, backend: app }",
+                "routes[0].auth.url",
+            ),
+            (
+                "{ auth: { url: /check }, backend: app }",
+                "routes[0].auth.url",
+            ),
+            (
+                "{ auth: { url: 'http://a/b', signin: /x }, backend: app }",
+                "auth.signin",
+            ),
+            (
+                "{ auth: { url: 'http://a/b', timeout: 0s }, backend: app }",
+                "auth.timeout",
+            ),
+            (
+                "{ auth: { url: 'http://a/b', response-headers: ['a b'] }, backend: app }",
+                "auth.response-headers",
+            ),
+            (
+                "{ auth: { url: 'http://a/b', cache: 1m }, backend: app }",
+                "cache",
             ),
         ] {
             let e = error_of(&format!("{MINIMAL}routes: [{route}]"));

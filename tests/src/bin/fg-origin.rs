@@ -68,6 +68,16 @@ async fn answer(
         return Ok(resp);
     }
     c.requests.fetch_add(1, Ordering::Relaxed);
+    // `.../headers`: the request's headers as the origin got them, a line each, sorted.
+    if req.uri().path().ends_with("/headers") {
+        let mut lines: Vec<String> = req
+            .headers()
+            .iter()
+            .map(|(n, v)| format!("{n}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+            .collect();
+        lines.sort();
+        return Ok(Response::new(Full::new(Bytes::from(lines.concat()))));
+    }
     let now = c.current.fetch_add(1, Ordering::Relaxed) + 1;
     c.peak.fetch_max(now, Ordering::Relaxed);
     let path = req.uri().path().to_owned();

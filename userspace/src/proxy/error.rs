@@ -16,6 +16,16 @@ pub enum ProxyError {
     NoRoute,
     #[error("the client's address is not in the route's allow list")]
     Forbidden,
+    /// The auth service answered 401: 401 with its challenge, or a redirect to sign in.
+    #[error("the auth service asks the client to sign in")]
+    Unauthorized {
+        challenge: Option<http::HeaderValue>,
+        signin: Option<http::HeaderValue>,
+    },
+    #[error("the auth service refused the request")]
+    AuthForbidden,
+    #[error("the auth service failed: {0}")]
+    AuthFailed(String),
     #[error("backend `{backend}` has no server available")]
     NoServer { backend: String },
     #[error("backend `{backend}`: queue full")]
@@ -61,6 +71,8 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute
             | ProxyError::Forbidden
+            | ProxyError::Unauthorized { .. }
+            | ProxyError::AuthForbidden
             | ProxyError::BadRequest(_)
             | ProxyError::UriTooLong { .. }
             | ProxyError::BodyTooLarge { .. }
@@ -72,7 +84,8 @@ impl ProxyError {
             | ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::ServerTimeout { .. }
-            | ProxyError::Upstream { .. } => Origin::Upstream,
+            | ProxyError::Upstream { .. }
+            | ProxyError::AuthFailed(_) => Origin::Upstream,
             ProxyError::Internal(_) => Origin::Internal,
         }
     }
@@ -82,6 +95,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => "no_route",
             ProxyError::Forbidden => "forbidden",
+            ProxyError::Unauthorized { .. } => "unauthorized",
+            ProxyError::AuthForbidden => "auth_forbidden",
+            ProxyError::AuthFailed(_) => "auth_failed",
             ProxyError::NoServer { .. } => "no_server",
             ProxyError::QueueFull { .. } => "queue_full",
             ProxyError::QueueTimeout { .. } => "queue_timeout",
@@ -108,7 +124,12 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::Forbidden | ProxyError::AuthForbidden => StatusCode::FORBIDDEN,
+            ProxyError::Unauthorized {
+                signin: Some(_), ..
+            } => StatusCode::FOUND,
+            ProxyError::Unauthorized { signin: None, .. } => StatusCode::UNAUTHORIZED,
+            ProxyError::AuthFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::BodyTooLarge { .. } | ProxyError::BodyOverLimit => {
@@ -131,6 +152,8 @@ impl ProxyError {
         match self.status() {
             StatusCode::NOT_FOUND => "404 Not Found\n",
             StatusCode::FORBIDDEN => "403 Forbidden\n",
+            StatusCode::UNAUTHORIZED => "401 Unauthorized\n",
+            StatusCode::FOUND => "302 Found\n",
             StatusCode::BAD_REQUEST => "400 Bad Request\n",
             StatusCode::URI_TOO_LONG => "414 URI Too Long\n",
             StatusCode::PAYLOAD_TOO_LARGE => "413 Content Too Large\n",

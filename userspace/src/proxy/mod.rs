@@ -3,7 +3,9 @@
 //! Request phases, in order (each is one function below):
 //! 0. `redirect`: a listener with `redirect-to-https` answers plain HTTP with a redirect; a
 //!    listener with `rate-limit` answers 429 to a source over its rate (`ratelimit.rs`).
-//! 1. `route`: host and path select a backend (`route.rs`), else the listener's default, else 404.
+//! 1. `route`: host, path and headers select a backend (`route.rs`), else the listener's
+//!    default, else 404; the route's `allow` list (403) and `auth` service (`auth.rs`) decide
+//!    whether the request goes on.
 //! 2. `upstream_request`: hop-by-hop headers stripped, `X-Forwarded-*` and `X-Request-Id` added,
 //!    the path rewritten when the route has `rewrite-prefix`, then the backend's
 //!    `request-headers` (`headers.rs`).
@@ -22,6 +24,7 @@
 //! Metrics are recorded at the response headers; bytes sent and the access log line when the
 //! response body ends (`Done`).
 
+pub mod auth;
 pub mod backend;
 pub mod connect;
 pub mod direct;
@@ -500,6 +503,10 @@ pub async fn handle(
         if routed.forbidden {
             return Err(ProxyError::Forbidden);
         }
+        let authorized = match routed.auth {
+            Some(a) => a.check(&req, ctx.scheme, &conn.peer_ip).await?,
+            None => Vec::new(),
+        };
         handles = ctx.handles(&generation, backend);
         let h2 = generation
             .routing
@@ -507,6 +514,10 @@ pub async fn handle(
             .get(backend)
             .is_some_and(Option::is_some);
         let mut up = upstream_request(&ctx, &conn, req, h2, routed.rewrite)?;
+        for (n, v) in authorized {
+            // What the auth service says of the client replaces anything the client sent.
+            up.parts.headers.insert(n, v);
+        }
         let persist = generation
             .routing
             .sticky
@@ -710,6 +721,7 @@ fn route<'g>(
             backend,
             rewrite: None,
             forbidden: false,
+            auth: None,
         }))
         .ok_or(ProxyError::NoRoute)
 }
@@ -1210,6 +1222,15 @@ pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let ProxyError::Unauthorized { challenge, signin } = e {
+        let h = resp.headers_mut();
+        if let Some(c) = challenge {
+            h.insert(header::WWW_AUTHENTICATE, c.clone());
+        }
+        if let Some(s) = signin {
+            h.insert(header::LOCATION, s.clone());
+        }
+    }
     if let ProxyError::RateLimited { retry_after } = e {
         // Whole seconds (RFC 9110), rounded up so a client that waits is let through.
         let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);

@@ -1,10 +1,11 @@
 //! Host and path routing. Rules are tried in config order and the first match wins; a request
 //! no rule matches goes to the listener's default backend, or gets 404.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use super::auth::Auth;
 use crate::config;
 
 #[derive(Debug, Clone)]
@@ -32,6 +33,7 @@ struct Rule {
     rewrite: Option<Rewrite>,
     /// Client networks the rule serves; empty: all.
     allow: Vec<ipnet::IpNet>,
+    auth: Option<Arc<Auth>>,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +133,8 @@ pub struct Routed<'a> {
     pub rewrite: Option<&'a Rewrite>,
     /// The client's address is outside the route's `allow` list: the answer is 403.
     pub forbidden: bool,
+    /// The route's auth service, to ask before the request goes on.
+    pub auth: Option<&'a Auth>,
 }
 
 #[derive(Debug, Clone)]
@@ -188,6 +192,10 @@ impl Router {
                     target,
                     rewrite,
                     allow: r.allow.clone(),
+                    auth: match &r.auth {
+                        Some(a) => Some(Arc::new(Auth::new(a)?)),
+                        None => None,
+                    },
                 })
             })
             .collect();
@@ -228,6 +236,7 @@ impl Router {
                     let ip = client.to_canonical();
                     !r.allow.iter().any(|n| n.contains(&ip))
                 },
+                auth: r.auth.as_deref(),
             })
     }
 }
@@ -280,6 +289,7 @@ mod tests {
             rewrite_prefix: None,
             allow: Vec::new(),
             headers: Default::default(),
+            auth: None,
             backend: backend.into(),
             split: Vec::new(),
         }
