@@ -1292,15 +1292,15 @@ fn h2_connections_to_a_silent_server_are_closed_by_ping() {
 
 /// `rate-limit`: a source gets its burst, then 429 with `Retry-After`, counted; a keep-alive
 /// connection is limited the same as new ones; after the wait it is served again, and
-/// another listener without a limit is not affected.
+/// another listener without a limit is not affected. A reload that keeps the settings keeps
+/// the source's bucket.
 #[test]
 fn a_source_over_its_request_rate_gets_429_until_its_bucket_refills() {
     let op = free_port();
     let _origin = origin(op, "o");
     let (limited, open, admin) = (free_port(), free_port(), free_port());
-    let config = temp_file(
-        "ratelimit.yaml",
-        &format!(
+    let yaml = |extra: &str| {
+        format!(
             "
 xdp: {{ enabled: false }}
 admin: {{ bind: '127.0.0.1:{admin}' }}
@@ -1308,10 +1308,19 @@ listeners:
   - {{ name: limited, bind: '127.0.0.1:{limited}', default-backend: app, rate-limit: {{ per-source: 1, burst: 4 }} }}
   - {{ name: open, bind: '127.0.0.1:{open}', default-backend: app }}
 backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
+{extra}
 "
-        ),
+        )
+    };
+    let config = temp_file("ratelimit.yaml", &yaml(""));
+    let log = temp_file("ratelimit.log", "");
+    let _fg = Proc::spawn(
+        "floodgate",
+        Command::new(bin("floodgate"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stderr(std::fs::File::create(&log).unwrap()),
     );
-    let _fg = spawn_floodgate(&config);
     let at = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
     for p in [limited, open, admin] {
         assert!(wait_for_port(at(p), Duration::from_secs(10)));
@@ -1351,6 +1360,22 @@ backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
         ),
         Some(1.0),
         "{m}"
+    );
+    // A reload (a route added, the limit the same) keeps the bucket: a couple of tokens at
+    // most have come back, where a fresh table would let all 4 of a new burst through.
+    write_atomically(&config, &yaml("routes: [{ path: /x, backend: app }]"));
+    assert!(
+        floodgate_tests::wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("config reloaded"))
+        }),
+        "no reload"
+    );
+    let after: Vec<u16> = (0..4)
+        .map(|_| http_get(at(limited), "t", "/").unwrap().0)
+        .collect();
+    assert!(
+        after.contains(&429),
+        "the bucket survived the reload: {after:?}"
     );
 }
 
