@@ -1558,6 +1558,7 @@ routes:
     backend: app
   - path-prefix: /api
     auth: {{ url: 'http://{auth}/check', response-headers: [X-Auth-Request-User] }}
+    cors: {{ allow-origins: ['https://app.example'], expose-headers: [X-Total] }}
     backend: app
   - path-prefix: /dead
     auth: {{ url: 'http://127.0.0.1:1/check', timeout: 1s }}
@@ -1602,9 +1603,60 @@ backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
     );
     assert_eq!(get("/api/x", "session=mallory").0, 403);
     assert_eq!(get("/dead/x", "session=alice").0, 500);
+    // CORS on /api: the preflight is answered here, before auth (it carries no cookie); the
+    // allowed origin's answers, an error included, carry the headers; another origin's not.
+    let asked = seen.lock().unwrap().len();
+    let (status, head, _) = floodgate_tests::http_raw(
+        addr,
+        b"OPTIONS /api/x HTTP/1.1\r\nHost: shop.example\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: PUT\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(status, 204, "{head}");
+    for h in [
+        "access-control-allow-origin: https://app.example",
+        "access-control-allow-credentials: true",
+        "access-control-max-age: 1728000",
+        "vary: Origin",
+    ] {
+        assert!(head.contains(h), "{h}: {head}");
+    }
+    assert!(
+        head.contains("access-control-allow-methods: GET, PUT, POST"),
+        "{head}"
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        asked,
+        "no auth call for a preflight"
+    );
+    let cors_get = |origin: &str, cookie: &str| {
+        let req = format!(
+            "GET /api/headers HTTP/1.1\r\nHost: shop.example\r\nOrigin: {origin}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+        );
+        floodgate_tests::http_raw(addr, req.as_bytes()).unwrap()
+    };
+    let (status, head, _) = cors_get("https://app.example", "session=alice");
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("access-control-allow-origin: https://app.example"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-expose-headers: X-Total"),
+        "{head}"
+    );
+    let (status, head, _) = cors_get("https://app.example", "session=none");
+    assert_eq!(status, 401);
+    assert!(
+        head.contains("access-control-allow-origin: https://app.example"),
+        "{head}"
+    );
+    let (status, head, _) = cors_get("https://evil.example", "session=alice");
+    assert_eq!(status, 200);
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
     let served = origin.stop();
     assert!(
-        served.contains("requests=1 "),
-        "only the allowed request: {served}"
+        served.contains("requests=3 "),
+        "only the allowed requests: {served}"
     );
 }

@@ -623,6 +623,9 @@ pub struct Route {
     /// An auth service asked before each request goes on (ingress-nginx's `auth-url`).
     #[serde(default)]
     pub auth: Option<Auth>,
+    /// CORS: preflights answered here, allowed origins' answers marked (`enable-cors`).
+    #[serde(default)]
+    pub cors: Option<Cors>,
     /// The backend, or `split` instead.
     #[serde(default)]
     pub backend: String,
@@ -630,6 +633,44 @@ pub struct Route {
     /// `canary-weight`).
     #[serde(default)]
     pub split: Vec<SplitTo>,
+}
+
+/// ingress-nginx's `enable-cors` and `cors-*` annotations, with their defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Cors {
+    /// `https://app.example.com` (scheme, host, port), or `*`.
+    pub allow_origins: Vec<String>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub allow_credentials: bool,
+    /// How long a browser may keep a preflight's answer.
+    pub max_age: HDuration,
+}
+
+impl Default for Cors {
+    fn default() -> Self {
+        let v = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect();
+        Self {
+            allow_origins: Vec::new(),
+            allow_methods: v(&["GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"]),
+            allow_headers: v(&[
+                "DNT",
+                "Keep-Alive",
+                "User-Agent",
+                "X-Requested-With",
+                "If-Modified-Since",
+                "Cache-Control",
+                "Content-Type",
+                "Range",
+                "Authorization",
+            ]),
+            expose_headers: Vec::new(),
+            allow_credentials: true,
+            max_age: HDuration::secs(1_728_000),
+        }
+    }
 }
 
 /// External authentication: a GET to `url` with the client's headers decides.
@@ -1354,6 +1395,44 @@ impl Config {
                     "at least one weight must be above 0",
                 ));
             }
+            if let Some(c) = &r.cors {
+                let key = format!("routes[{i}].cors");
+                if c.allow_origins.is_empty() {
+                    return Err(invalid(
+                        format!("{key}.allow-origins"),
+                        "at least one origin (`https://app.example.com`) or `*`",
+                    ));
+                }
+                for o in &c.allow_origins {
+                    let uri = o.parse::<http::Uri>().ok();
+                    let origin = uri.as_ref().is_some_and(|u| {
+                        matches!(u.scheme_str(), Some("http" | "https"))
+                            && u.authority().is_some()
+                            && u.path_and_query().is_none_or(|p| p.as_str() == "/")
+                            && !o.ends_with('/')
+                    });
+                    if o != "*" && !origin {
+                        return Err(invalid(
+                            format!("{key}.allow-origins"),
+                            format!("`{o}` is not an origin: scheme://host[:port], no path"),
+                        ));
+                    }
+                }
+                let names = c.allow_headers.iter().chain(&c.expose_headers);
+                for n in names {
+                    if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
+                        return Err(invalid(key.clone(), format!("`{n}` is not a header name")));
+                    }
+                }
+                for m in &c.allow_methods {
+                    if http::Method::from_bytes(m.as_bytes()).is_err() {
+                        return Err(invalid(
+                            format!("{key}.allow-methods"),
+                            format!("`{m}` is not a method"),
+                        ));
+                    }
+                }
+            }
             if let Some(a) = &r.auth {
                 let key = format!("routes[{i}].auth");
                 match a.url.parse::<http::Uri>() {
@@ -1900,6 +1979,27 @@ xdp: { enabled: false }
             (
                 "{ auth: { url: 'http://a/b', cache: 1m }, backend: app }",
                 "cache",
+            ),
+            ("{ cors: {}, backend: app }", "routes[0].cors.allow-origins"),
+            (
+                "{ cors: { allow-origins: ['https://a.example/'] }, backend: app }",
+                "allow-origins",
+            ),
+            (
+                "{ cors: { allow-origins: ['https://a.example/x'] }, backend: app }",
+                "allow-origins",
+            ),
+            (
+                "{ cors: { allow-origins: [a.example] }, backend: app }",
+                "allow-origins",
+            ),
+            (
+                "{ cors: { allow-origins: ['*'], allow-methods: ['G T'] }, backend: app }",
+                "allow-methods",
+            ),
+            (
+                "{ cors: { allow-origins: ['*'], allow-headers: ['a b'] }, backend: app }",
+                "routes[0].cors",
             ),
         ] {
             let e = error_of(&format!("{MINIMAL}routes: [{route}]"));

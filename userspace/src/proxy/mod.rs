@@ -4,8 +4,8 @@
 //! 0. `redirect`: a listener with `redirect-to-https` answers plain HTTP with a redirect; a
 //!    listener with `rate-limit` answers 429 to a source over its rate (`ratelimit.rs`).
 //! 1. `route`: host, path and headers select a backend (`route.rs`), else the listener's
-//!    default, else 404; the route's `allow` list (403) and `auth` service (`auth.rs`) decide
-//!    whether the request goes on.
+//!    default, else 404; the route's `allow` list (403), `cors` (a preflight is answered here,
+//!    `cors.rs`) and `auth` service (`auth.rs`) decide whether the request goes on.
 //! 2. `upstream_request`: hop-by-hop headers stripped, `X-Forwarded-*` and `X-Request-Id` added,
 //!    the path rewritten when the route has `rewrite-prefix`, then the backend's
 //!    `request-headers` (`headers.rs`).
@@ -27,6 +27,7 @@
 pub mod auth;
 pub mod backend;
 pub mod connect;
+pub mod cors;
 pub mod direct;
 pub mod error;
 pub mod h2c;
@@ -483,6 +484,8 @@ pub async fn handle(
     let mut chosen: Option<usize> = None;
     // This listener's metric handles for the chosen backend, looked up once per request.
     let mut handles: Option<&metrics::Handles> = None;
+    // The route's CORS settings and the request's allowed origin, for the answer's headers.
+    let mut cors: Option<(&cors::Cors, HeaderValue)> = None;
     let result = async {
         if let Some(r) = &generation.redirect
             && let Some(resp) = redirect(r, &req)
@@ -502,6 +505,19 @@ pub async fn handle(
         chosen = Some(backend);
         if routed.forbidden {
             return Err(ProxyError::Forbidden);
+        }
+        if let Some(c) = routed.cors {
+            cors = c.allowed(&req).map(|origin| (c, origin));
+            if cors::Cors::is_preflight(&req) {
+                // Answered here: the backend never sees a preflight, and it carries no
+                // credentials an auth service could check.
+                let mut resp = Response::new(empty_body());
+                *resp.status_mut() = http::StatusCode::NO_CONTENT;
+                if let Some((c, origin)) = cors.take() {
+                    c.apply(resp.headers_mut(), &origin, true);
+                }
+                return Ok(resp);
+            }
         }
         let authorized = match routed.auth {
             Some(a) => a.check(&req, ctx.scheme, &conn.peer_ip).await?,
@@ -585,6 +601,9 @@ pub async fn handle(
             error_response(&e)
         }
     };
+    if let Some((c, origin)) = &cors {
+        c.apply(resp.headers_mut(), origin, false);
+    }
     if let Some(r) = &generation.response_headers {
         r.apply(resp.headers_mut());
     }
@@ -722,6 +741,7 @@ fn route<'g>(
             rewrite: None,
             forbidden: false,
             auth: None,
+            cors: None,
         }))
         .ok_or(ProxyError::NoRoute)
 }

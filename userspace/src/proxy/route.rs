@@ -5,7 +5,7 @@ use std::{net::IpAddr, sync::Arc};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::auth::Auth;
+use super::{auth::Auth, cors::Cors};
 use crate::config;
 
 #[derive(Debug, Clone)]
@@ -34,6 +34,7 @@ struct Rule {
     /// Client networks the rule serves; empty: all.
     allow: Vec<ipnet::IpNet>,
     auth: Option<Arc<Auth>>,
+    cors: Option<Arc<Cors>>,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +136,7 @@ pub struct Routed<'a> {
     pub forbidden: bool,
     /// The route's auth service, to ask before the request goes on.
     pub auth: Option<&'a Auth>,
+    pub cors: Option<&'a Cors>,
 }
 
 #[derive(Debug, Clone)]
@@ -196,6 +198,10 @@ impl Router {
                         Some(a) => Some(Arc::new(Auth::new(a)?)),
                         None => None,
                     },
+                    cors: match &r.cors {
+                        Some(c) => Some(Arc::new(Cors::new(c)?)),
+                        None => None,
+                    },
                 })
             })
             .collect();
@@ -237,6 +243,7 @@ impl Router {
                     !r.allow.iter().any(|n| n.contains(&ip))
                 },
                 auth: r.auth.as_deref(),
+                cors: r.cors.as_deref(),
             })
     }
 }
@@ -290,6 +297,7 @@ mod tests {
             allow: Vec::new(),
             headers: Default::default(),
             auth: None,
+            cors: None,
             backend: backend.into(),
             split: Vec::new(),
         }
