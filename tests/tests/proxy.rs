@@ -1660,3 +1660,39 @@ backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
         "only the allowed requests: {served}"
     );
 }
+
+/// An HTTP/2 client's cookies, one field each as browsers send them, reach an HTTP/1.1
+/// server as one `Cookie` line (RFC 9113 section 8.2.3).
+#[test]
+fn http2_cookie_fields_reach_http1_servers_as_one_line() {
+    use http_body_util::BodyExt as _;
+    let op = free_port();
+    let _origin = origin(op, "o");
+    let (_fg, addr) = floodgate(
+        "cookies.yaml",
+        "",
+        &format!("    servers: ['127.0.0.1:{op}']"),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let body = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get("http://t/headers")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap().to_bytes()
+    });
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("cookie: a=1; b=2\n"), "{body}");
+    assert_eq!(body.matches("cookie:").count(), 1, "{body}");
+}

@@ -94,6 +94,8 @@ impl Auth {
             HeaderValue::from_str(s)
                 .map_err(|_| ProxyError::BadRequest("unrepresentable URL".into()))
         };
+        // The request goes in HTTP/1.1, with one Cookie line.
+        super::headers::join_cookies(h);
         h.insert("x-original-url", value(&original)?);
         h.insert("x-original-method", value(parts.method().as_str())?);
         h.insert("x-auth-request-redirect", value(&original)?);

@@ -7,6 +7,24 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config;
 
+/// Several `Cookie` fields made one, as RFC 9113 section 8.2.3 requires before an HTTP/2
+/// request goes on in HTTP/1.1: browsers send each cookie as its own field over HTTP/2, and
+/// many HTTP/1.1 servers read only the first `Cookie` line.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut all = headers.get_all(http::header::COOKIE).iter();
+    if all.nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(http::header::COOKIE, v);
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Rules {
     set: Vec<(HeaderName, HeaderValue)>,
@@ -48,6 +66,21 @@ impl Rules {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cookie_fields_are_joined() {
+        let mut h = HeaderMap::new();
+        h.insert("cookie", HeaderValue::from_static("a=1"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().collect::<Vec<_>>(), ["a=1"]);
+        h.append("cookie", HeaderValue::from_static("b=2"));
+        h.append("cookie", HeaderValue::from_static("c=3"));
+        join_cookies(&mut h);
+        assert_eq!(
+            h.get_all("cookie").iter().collect::<Vec<_>>(),
+            ["a=1; b=2; c=3"]
+        );
+    }
 
     #[test]
     fn removals_then_sets() {

@@ -830,6 +830,9 @@ fn upstream_request(
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(&mut parts.headers);
+    if !h2 {
+        headers::join_cookies(&mut parts.headers);
+    }
     if let Some(p) = protocol {
         // The one hop-by-hop exchange that must reach the backend.
         parts
