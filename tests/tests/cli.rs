@@ -171,6 +171,7 @@ routes:
   - {{ path: /local, allow: [127.0.0.0/8, '::1/128'], backend: api }}
   - {{ path: /canary, headers: {{ X-Canary: always }}, backend: api }}
   - {{ path: /split, split: [{{ backend: web, weight: 0 }}, {{ backend: api, weight: 5 }}] }}
+  - {{ path-regex: '^/v[0-9]+/items/([0-9]+)$', rewrite-target: '/item/$1', backend: api }}
 backends:
   - {{ name: web, servers: ['127.0.0.1:{origin_port}'] }}
   - {{ name: api, servers: ['127.0.0.1:{other_port}'] }}
@@ -251,6 +252,17 @@ backends:
                 .starts_with("api ")
         );
     }
+    // A regex path, its capture in the rewritten path, the query kept.
+    let (status, body) = http_get(addr, "other.org", "/v2/items/42?full=1").unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "api /item/42?full=1 xff=127.0.0.1\n")
+    );
+    let (_, body) = http_get(addr, "other.org", "/v2/items/x").unwrap();
+    assert!(
+        body.starts_with("web "),
+        "no match: the default backend: {body}"
+    );
     // A client's own X-Forwarded-For is extended with its address, not replaced.
     let (status, _, body) = floodgate_tests::http_raw(
         addr,
@@ -277,8 +289,9 @@ backends:
         fg.status
     );
     let served = origin.stop();
-    // `/api/users` from other.org, `/shopping` and `/canary` without its header.
-    assert!(served.contains("requests=3 "), "{served}");
+    // `/api/users` from other.org, `/shopping`, `/canary` without its header and
+    // `/v2/items/x`.
+    assert!(served.contains("requests=4 "), "{served}");
 }
 
 #[test]

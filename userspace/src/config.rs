@@ -608,10 +608,17 @@ pub struct Route {
     pub path: Option<String>,
     #[serde(default)]
     pub path_prefix: Option<String>,
+    /// A regular expression the path must match (ingress-nginx's `use-regex`).
+    #[serde(default)]
+    pub path_regex: Option<String>,
     /// Replaces the matched `path-prefix` before the request goes to the backend (HAProxy's
     /// `http-request replace-path`, ingress-nginx's `rewrite-target`): `/` strips it.
     #[serde(default)]
     pub rewrite_prefix: Option<String>,
+    /// With `path-regex`: the path sent to the backend, `$1`... standing for the captures
+    /// (ingress-nginx's `rewrite-target` with `use-regex`).
+    #[serde(default)]
+    pub rewrite_target: Option<String>,
     /// Client addresses this route serves; others get 403 (ingress-nginx's
     /// `whitelist-source-range`). Empty: everyone.
     #[serde(default)]
@@ -1472,11 +1479,32 @@ impl Config {
                     ));
                 }
             }
-            if r.path.is_some() && r.path_prefix.is_some() {
+            let paths = [&r.path, &r.path_prefix, &r.path_regex];
+            if paths.iter().filter(|p| p.is_some()).count() > 1 {
                 return Err(invalid(
                     format!("routes[{i}]"),
-                    "set `path` or `path-prefix`, not both",
+                    "set one of `path`, `path-prefix` and `path-regex`",
                 ));
+            }
+            if let Some(re) = &r.path_regex
+                && let Err(e) = regex_lite::Regex::new(re)
+            {
+                return Err(invalid(format!("routes[{i}].path-regex"), e.to_string()));
+            }
+            if let Some(t) = &r.rewrite_target {
+                let key = format!("routes[{i}].rewrite-target");
+                if r.path_regex.is_none() {
+                    return Err(invalid(key, "needs `path-regex`, whose captures it uses"));
+                }
+                if !t.starts_with('/')
+                    || t.contains(['?', '#'])
+                    || t.chars().any(char::is_whitespace)
+                {
+                    return Err(invalid(
+                        key,
+                        "a path starting with `/`, `$1`... for the captures",
+                    ));
+                }
             }
             for (key, p) in [
                 ("path", &r.path),
@@ -1981,6 +2009,22 @@ xdp: { enabled: false }
                 "cache",
             ),
             ("{ cors: {}, backend: app }", "routes[0].cors.allow-origins"),
+            (
+                "{ path-regex: '^/(a', backend: app }",
+                "routes[0].path-regex",
+            ),
+            (
+                "{ path: /a, path-regex: '^/a', backend: app }",
+                "set one of",
+            ),
+            (
+                "{ path-prefix: /a, rewrite-target: /b, backend: app }",
+                "rewrite-target",
+            ),
+            (
+                "{ path-regex: '^/(.*)', rewrite-target: 'b/$1', backend: app }",
+                "rewrite-target",
+            ),
             (
                 "{ cors: { allow-origins: ['https://a.example/'] }, backend: app }",
                 "allow-origins",

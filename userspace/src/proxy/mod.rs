@@ -7,7 +7,8 @@
 //!    default, else 404; the route's `allow` list (403), `cors` (a preflight is answered here,
 //!    `cors.rs`) and `auth` service (`auth.rs`) decide whether the request goes on.
 //! 2. `upstream_request`: hop-by-hop headers stripped, `X-Forwarded-*` and `X-Request-Id` added,
-//!    the path rewritten when the route has `rewrite-prefix`, then the backend's
+//!    the path rewritten when the route has `rewrite-prefix` or `rewrite-target`, then the
+//!    backend's
 //!    `request-headers` (`headers.rs`).
 //! 3. `forward`: a slot on a server is taken from the backend's pool (`pool.rs`: balancing,
 //!    per-server maxconn, FIFO queue with `timeout queue`; the server a `sticky` cookie names,
@@ -865,7 +866,9 @@ fn upstream_request(
     if let Some(rw) = rewrite {
         // Tells the application where it is mounted, for the links it makes (as Traefik's
         // StripPrefix does).
-        h.insert("x-forwarded-prefix", hv(rw.prefix())?);
+        if let Some(p) = rw.forwarded_prefix() {
+            h.insert("x-forwarded-prefix", hv(p)?);
+        }
         parts.uri = rewritten(&parts.uri, rw)?;
     }
     // Backends speak HTTP/1.1 whatever the client spoke (`proto: h2` ones: `h2c::request`).

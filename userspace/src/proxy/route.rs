@@ -21,6 +21,7 @@ enum PathMatch {
     Any,
     Exact(String),
     Prefix(String),
+    Regex(regex_lite::Regex),
 }
 
 #[derive(Debug, Clone)]
@@ -87,42 +88,66 @@ fn roll() -> u64 {
     })
 }
 
-/// `rewrite-prefix`: the matched prefix of the path replaced before the request leaves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rewrite {
-    /// The route's `path-prefix`, without a trailing `/`.
-    from: String,
-    /// `rewrite-prefix`, without a trailing `/` (`/` becomes empty).
-    to: String,
+/// How the path changes before the request leaves.
+#[derive(Debug, Clone)]
+pub enum Rewrite {
+    /// `rewrite-prefix`: the matched prefix replaced.
+    Prefix {
+        /// The route's `path-prefix`, without a trailing `/`.
+        from: String,
+        /// `rewrite-prefix`, without a trailing `/` (`/` becomes empty).
+        to: String,
+    },
+    /// `rewrite-target` with `path-regex`: the whole path becomes the target, its `$1`...
+    /// filled from the regex's captures (nginx's `rewrite`).
+    Regex {
+        regex: regex_lite::Regex,
+        target: String,
+    },
 }
 
 impl Rewrite {
-    fn new(from: &str, to: &str) -> Self {
-        Self {
+    fn prefix(from: &str, to: &str) -> Self {
+        Rewrite::Prefix {
             from: from.trim_end_matches('/').to_owned(),
             to: to.trim_end_matches('/').to_owned(),
         }
     }
 
-    /// `path`, which the route's prefix matched, with that prefix replaced: with `/api` to
-    /// `/`, `/api/users` becomes `/users` and `/api` becomes `/`.
+    /// `path`, which the route matched, rewritten: with `/api` to `/`, `/api/users` becomes
+    /// `/users` and `/api` becomes `/`; with `^/api/v[0-9]+/(.*)` to `/$1`, `/api/v2/users`
+    /// becomes `/users`.
     pub fn apply(&self, path: &str) -> String {
-        let rest = path.get(self.from.len()..).unwrap_or_default();
-        let mut out = String::with_capacity(self.to.len() + rest.len() + 1);
-        out.push_str(&self.to);
-        out.push_str(rest);
+        let mut out = match self {
+            Rewrite::Prefix { from, to } => {
+                let rest = path.get(from.len()..).unwrap_or_default();
+                let mut out = String::with_capacity(to.len() + rest.len() + 1);
+                out.push_str(to);
+                out.push_str(rest);
+                out
+            }
+            Rewrite::Regex { regex, target } => {
+                let mut out = String::with_capacity(target.len() + path.len());
+                match regex.captures(path) {
+                    Some(caps) => caps.expand(target, &mut out),
+                    None => out.push_str(path),
+                }
+                out
+            }
+        };
         if out.is_empty() {
             out.push('/');
         }
         out
     }
 
-    /// The prefix taken off, for `X-Forwarded-Prefix` (`/` when it was the root).
-    pub fn prefix(&self) -> &str {
-        if self.from.is_empty() {
-            "/"
-        } else {
-            &self.from
+    /// The prefix taken off, for `X-Forwarded-Prefix` (`/` when it was the root); none for a
+    /// regex rewrite, which may take anything off.
+    pub fn forwarded_prefix(&self) -> Option<&str> {
+        match self {
+            Rewrite::Prefix { from, .. } if from.is_empty() => Some("/"),
+            Rewrite::Prefix { from, .. } => Some(from),
+            Rewrite::Regex { .. } => None,
         }
     }
 }
@@ -157,10 +182,11 @@ impl Router {
                         None => HostMatch::Exact(h.to_ascii_lowercase()),
                     },
                 };
-                let path = match (&r.path, &r.path_prefix) {
-                    (Some(p), _) => PathMatch::Exact(p.clone()),
-                    (None, Some(p)) => PathMatch::Prefix(p.clone()),
-                    (None, None) => PathMatch::Any,
+                let path = match (&r.path, &r.path_prefix, &r.path_regex) {
+                    (Some(p), _, _) => PathMatch::Exact(p.clone()),
+                    (None, Some(p), _) => PathMatch::Prefix(p.clone()),
+                    (None, None, Some(re)) => PathMatch::Regex(regex_lite::Regex::new(re).ok()?),
+                    (None, None, None) => PathMatch::Any,
                 };
                 let target = if r.split.is_empty() {
                     Target::One(backend_index(&r.backend)?)
@@ -183,8 +209,12 @@ impl Router {
                         ))
                     })
                     .collect::<Option<Vec<_>>>()?;
-                let rewrite = match (&r.path_prefix, &r.rewrite_prefix) {
-                    (Some(from), Some(to)) => Some(Rewrite::new(from, to)),
+                let rewrite = match (&r.path_prefix, &r.rewrite_prefix, &path, &r.rewrite_target) {
+                    (Some(from), Some(to), _, _) => Some(Rewrite::prefix(from, to)),
+                    (_, _, PathMatch::Regex(re), Some(target)) => Some(Rewrite::Regex {
+                        regex: re.clone(),
+                        target: target.clone(),
+                    }),
                     _ => None,
                 };
                 Some(Rule {
@@ -271,6 +301,7 @@ fn path_matches(m: &PathMatch, path: &str) -> bool {
     match m {
         PathMatch::Any => true,
         PathMatch::Exact(p) => p == path,
+        PathMatch::Regex(re) => re.is_match(path),
         PathMatch::Prefix(p) => {
             // `/api` matches `/api` and `/api/x`, not `/apix`.
             path.strip_prefix(p.as_str())
@@ -294,6 +325,8 @@ mod tests {
             path: path.map(Into::into),
             path_prefix: prefix.map(Into::into),
             rewrite_prefix: None,
+            path_regex: None,
+            rewrite_target: None,
             allow: Vec::new(),
             headers: Default::default(),
             auth: None,
@@ -384,8 +417,42 @@ mod tests {
                 .rewrite
                 .is_none()
         );
-        assert_eq!(Rewrite::new("/api/", "/").prefix(), "/api");
-        assert_eq!(Rewrite::new("/", "/app").prefix(), "/");
+        assert_eq!(
+            Rewrite::prefix("/api/", "/").forwarded_prefix(),
+            Some("/api")
+        );
+        assert_eq!(Rewrite::prefix("/", "/app").forwarded_prefix(), Some("/"));
+    }
+
+    #[test]
+    fn regex_paths_and_their_rewrites() {
+        let r = Router::new(
+            &[config::Route {
+                path_regex: Some("^/api/v[0-9]+/(.*)$".into()),
+                rewrite_target: Some("/$1".into()),
+                ..route(None, None, None, "b")
+            }],
+            |_| Some(0),
+        );
+        let any = IpAddr::from([192, 0, 2, 1]);
+        let rewritten = |path: &str| {
+            r.route(None, path, &HeaderMap::new(), any)
+                .map(|routed| routed.rewrite.map(|rw| rw.apply(path)))
+        };
+        assert_eq!(rewritten("/api/v2/users/7"), Some(Some("/users/7".into())));
+        assert_eq!(
+            rewritten("/api/v10/"),
+            Some(Some("/".into())),
+            "an empty path is `/`"
+        );
+        assert_eq!(rewritten("/api/vx/users"), None, "no match, no route");
+        assert_eq!(rewritten("/x/api/v1/a"), None, "anchored by `^`");
+        let named = Rewrite::Regex {
+            regex: regex_lite::Regex::new("^/(?P<team>[a-z]+)/(?P<rest>.*)").unwrap(),
+            target: "/teams/${team}/${rest}".into(),
+        };
+        assert_eq!(named.apply("/blue/a/b"), "/teams/blue/a/b");
+        assert_eq!(named.forwarded_prefix(), None);
     }
 
     #[test]
