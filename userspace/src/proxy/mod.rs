@@ -8,8 +8,7 @@
 //!    `cors.rs`) and `auth` service (`auth.rs`) decide whether the request goes on.
 //! 2. `upstream_request`: hop-by-hop headers stripped, `X-Forwarded-*` and `X-Request-Id` added,
 //!    the path rewritten when the route has `rewrite-prefix` or `rewrite-target`, then the
-//!    backend's
-//!    `request-headers` (`headers.rs`).
+//!    backend's `request-headers` (`headers.rs`).
 //! 3. `forward`: a slot on a server is taken from the backend's pool (`pool.rs`: balancing,
 //!    per-server maxconn, FIFO queue with `timeout queue`; the server a `sticky` cookie names,
 //!    `sticky.rs`); `attempt` sends the request there:
