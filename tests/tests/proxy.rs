@@ -1442,11 +1442,13 @@ fn header_rules_apply_to_requests_responses_and_errors() {
     let op = free_port();
     let _origin = origin(op, "o");
     let port = free_port();
+    let page = temp_file("notfound.html", "<h1>Nothing here</h1>\n");
     let config = temp_file(
         "headers.yaml",
         &format!(
             "
 xdp: {{ enabled: false }}
+error-pages: {{ 404: '{}' }}
 listeners:
   - name: http
     bind: '127.0.0.1:{port}'
@@ -1457,7 +1459,8 @@ backends:
     request-headers: {{ set: {{ X-Forwarded-Prefix: /mounted }}, remove: [X-Forwarded-For] }}
     response-headers: {{ set: {{ X-Frame-Options: DENY }} }}
     servers: ['127.0.0.1:{op}']
-"
+",
+            page.display()
         ),
     );
     let _fg = spawn_floodgate(&config);
@@ -1475,12 +1478,18 @@ backends:
         head.contains("strict-transport-security: max-age=31536000"),
         "{head}"
     );
-    let (status, head, _) = floodgate_tests::http_raw(
+    let (status, head, body) = floodgate_tests::http_raw(
         addr,
         b"GET /nowhere HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     )
     .unwrap();
     assert_eq!(status, 404);
+    // `error-pages`: floodgate's own 404 wears the configured page.
+    assert_eq!(body, "<h1>Nothing here</h1>\n");
+    assert!(
+        head.contains("content-type: text/html; charset=utf-8"),
+        "{head}"
+    );
     assert!(
         head.contains("strict-transport-security: max-age=31536000"),
         "{head}"

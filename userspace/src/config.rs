@@ -56,6 +56,10 @@ pub struct Config {
     /// One structured log line per request (off by default).
     #[serde(default)]
     pub access_log: AccessLog,
+    /// Files served as the body of floodgate's own error answers, by status (HAProxy's
+    /// `errorfile`): `{ 503: /etc/floodgate/errors/503.html }`.
+    #[serde(default)]
+    pub error_pages: BTreeMap<u16, PathBuf>,
     /// The HAProxy ingress ConfigMap's keys as they are (see `haproxy.rs`); they override the
     /// equivalent settings above.
     #[serde(default, deserialize_with = "scalar_map")]

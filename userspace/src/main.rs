@@ -165,8 +165,10 @@ fn init_tracing(format: &str) {
 
 fn check(path: &std::path::Path, haproxy_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
     let cfg = Config::load_with(path, haproxy_dir)?;
-    // The files a backend's `tls` names are read when the config is applied; read them now.
+    // The files a backend's `tls` and `error-pages` name are read when the config is
+    // applied; read them now.
     floodgate::proxy::client_tls(&cfg)?;
+    floodgate::proxy::error::Pages::load(&cfg.error_pages)?;
     if !cfg.ignored_haproxy_keys.is_empty() {
         println!(
             "HAProxy keys floodgate does not implement (ignored): {}",

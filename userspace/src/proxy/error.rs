@@ -55,6 +55,58 @@ pub enum ProxyError {
     RateLimited { retry_after: std::time::Duration },
 }
 
+/// The statuses floodgate answers by itself, which `error-pages` may dress.
+pub const OWN_STATUSES: [u16; 12] = [302, 400, 401, 403, 404, 413, 414, 429, 500, 502, 503, 504];
+
+/// A page file is refused: the config naming it is refused with it.
+#[derive(Debug, thiserror::Error)]
+#[error("error-pages.{status}: {reason}")]
+pub struct PageError {
+    status: u16,
+    reason: String,
+}
+
+/// `error-pages`, read: per status, the body and its content type.
+#[derive(Debug, Default)]
+pub struct Pages(std::collections::HashMap<u16, (bytes::Bytes, http::HeaderValue)>);
+
+/// Pages are read into memory once; a bigger file is not a page.
+const MAX_PAGE: u64 = 64 * 1024;
+
+impl Pages {
+    pub fn load(
+        pages: &std::collections::BTreeMap<u16, std::path::PathBuf>,
+    ) -> Result<Self, PageError> {
+        let mut out = std::collections::HashMap::new();
+        for (&status, path) in pages {
+            let fail = |reason: String| PageError { status, reason };
+            if !OWN_STATUSES.contains(&status) {
+                return Err(fail(format!(
+                    "floodgate never answers {status} by itself; it can dress {OWN_STATUSES:?}"
+                )));
+            }
+            let meta =
+                std::fs::metadata(path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+            if meta.len() > MAX_PAGE {
+                return Err(fail(format!("{}: over {MAX_PAGE} bytes", path.display())));
+            }
+            let body = std::fs::read(path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+            let kind = match path.extension().and_then(|e| e.to_str()) {
+                Some("html" | "htm") => "text/html; charset=utf-8",
+                Some("json") => "application/json",
+                _ => "text/plain; charset=utf-8",
+            };
+            out.insert(status, (body.into(), http::HeaderValue::from_static(kind)));
+        }
+        Ok(Self(out))
+    }
+
+    /// The page for `status`, if one was configured.
+    pub fn get(&self, status: StatusCode) -> Option<&(bytes::Bytes, http::HeaderValue)> {
+        self.0.get(&status.as_u16())
+    }
+}
+
 impl From<super::pool::PoolError> for ProxyError {
     fn from(e: super::pool::PoolError) -> Self {
         use super::pool::PoolError;
@@ -169,6 +221,38 @@ impl ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_pages_are_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("fg-pages-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let html = dir.join("503.html");
+        std::fs::write(&html, "<h1>back soon</h1>").expect("write");
+        let big = dir.join("big.txt");
+        std::fs::write(&big, vec![b'x'; 70 * 1024]).expect("write");
+        let pages = |p: &[(u16, &std::path::Path)]| {
+            Pages::load(&p.iter().map(|(s, f)| (*s, f.to_path_buf())).collect())
+        };
+        let p = pages(&[(503, &html)]).expect("a page");
+        let (body, kind) = p.get(StatusCode::SERVICE_UNAVAILABLE).expect("503");
+        assert_eq!(
+            (&body[..], kind.as_bytes()),
+            (&b"<h1>back soon</h1>"[..], &b"text/html; charset=utf-8"[..])
+        );
+        assert!(p.get(StatusCode::BAD_GATEWAY).is_none());
+        for (status, path, why) in [
+            (200, html.as_path(), "never answers 200"),
+            (503, dir.join("missing.html").as_path(), "missing.html"),
+            (503, big.as_path(), "over 65536 bytes"),
+        ] {
+            let e = pages(&[(status, path)]).expect_err(why).to_string();
+            assert!(
+                e.starts_with(&format!("error-pages.{status}: ")) && e.contains(why),
+                "{e}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn statuses_and_retryability() {

@@ -92,6 +92,8 @@ pub struct Routing {
     h2: Vec<Option<Arc<h2c::Conns>>>,
     /// Per backend, `timeouts.server`.
     server_timeouts: Vec<Duration>,
+    /// `error-pages`, read.
+    error_pages: error::Pages,
     /// Per backend, its cookie persistence (`sticky`).
     sticky: Vec<Option<sticky::Persist>>,
     /// Per backend, its `request-headers` and `response-headers` rules.
@@ -112,15 +114,16 @@ impl Drop for Routing {
 impl Routing {
     /// Resolves servers and starts health checks and discovery. A backend of `previous` with
     /// the same name and queue settings keeps its pool (in-flight counts, queue, health).
-    /// Fails when a backend's `tls` files cannot be used.
+    /// Fails when a backend's `tls` files or an `error-pages` file cannot be used.
     pub async fn build(
         cfg: &Config,
         previous: Option<&Routing>,
         workers: usize,
         metrics: Option<&Metrics>,
-    ) -> Result<Self, crate::tls::TlsError> {
+    ) -> Result<Self, BuildError> {
         let t = &cfg.global.timeouts;
         let tls = client_tls(cfg)?;
+        let error_pages = error::Pages::load(&cfg.error_pages)?;
         let mut pools = Vec::with_capacity(cfg.backends.len());
         let mut tasks = Vec::new();
         for (b, tls) in cfg.backends.iter().zip(&tls) {
@@ -195,6 +198,7 @@ impl Routing {
             direct,
             h2,
             server_timeouts: cfg.backends.iter().map(|b| b.server_timeout(t)).collect(),
+            error_pages,
             sticky: cfg
                 .backends
                 .iter()
@@ -238,6 +242,15 @@ impl Routing {
         let per_worker = self.clients.get(backend)?;
         per_worker.get(w % per_worker.len().max(1))
     }
+}
+
+/// Files a config names that cannot be used: the config is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Page(#[from] error::PageError),
 }
 
 /// Every backend's `tls`, in order: built once per generation, shared by its connections and
@@ -598,7 +611,15 @@ pub async fn handle(
             if let Some(m) = &ctx.metrics {
                 m.error(&ctx.name, backend, e.kind());
             }
-            error_response(&e)
+            let mut resp = error_response(&e);
+            if let Some((body, kind)) = generation.routing.error_pages.get(resp.status()) {
+                *resp.body_mut() = Full::new(body.clone())
+                    .map_err(|never| match never {})
+                    .boxed();
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, kind.clone());
+            }
+            resp
         }
     };
     if let Some((c, origin)) = &cors {
