@@ -94,14 +94,14 @@ fn an_haproxy_ingress_configmap_is_accepted_as_it_is() {
     let inline = format!(
         "{GOOD}haproxy:\n  maxconn-global: 100000\n  maxconn-server: \"10000\"\n  nbthread: \"4\"\n  \
          timeout-client: 50s\n  timeout-connect: 5s\n  timeout-queue: 5s\n  timeout-http-request: 10s\n  \
-         timeout-http-keep-alive: 1s\n  ssl-options: no-sslv3 no-tls-tickets no-tlsv10 no-tlsv11\n  \
+         timeout-http-keep-alive: 1s\n  timeout-tunnel: 1h\n  ssl-options: no-sslv3 no-tls-tickets no-tlsv10 no-tlsv11\n  \
          ssl-ciphers: ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256\n  syslog-endpoint: 10.0.0.1:514\n"
     );
     let (ok, stdout, stderr) = check("configmap.yaml", &inline);
     assert!(ok, "{stderr}");
     assert!(
-        stdout.contains("ignored): syslog-endpoint"),
-        "unknown keys are reported: {stdout}"
+        stdout.contains("ignored): syslog-endpoint\n"),
+        "unknown keys are reported, known ones are not: {stdout}"
     );
 
     let dir = temp_file("cm/maxconn-global", "5000")

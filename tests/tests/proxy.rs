@@ -434,15 +434,20 @@ fn keep_alive_and_client_timeouts_have_haproxys_meaning() {
     assert!(t.elapsed() >= Duration::from_millis(1900));
 }
 
+/// A WebSocket-like upgrade passes through; once upgraded, `timeout tunnel` replaces the
+/// keep-alive and client timeouts: the tunnel outlives both, and is closed after the tunnel
+/// timeout without a byte either way, counted.
 #[test]
 fn upgrade_passes_through_and_the_tunnel_outlives_the_keep_alive_timeout() {
     use std::io::{Read as _, Write as _};
     let p = free_port();
     let _o = origin(p, "o");
-    let (_fg, addr) = floodgate(
+    let admin = free_port();
+    let (_fg, addr) = floodgate_with(
         "ws.yaml",
-        "timeouts: { http-keep-alive: 1s }",
+        "timeouts: { http-keep-alive: 1s, client: 1s, tunnel: 3s }",
         &format!("    servers: ['127.0.0.1:{p}']"),
+        &format!("admin: {{ bind: '127.0.0.1:{admin}' }}"),
     );
     assert!(wait_for_port(
         format!("127.0.0.1:{p}").parse().unwrap(),
@@ -480,7 +485,30 @@ fn upgrade_passes_through_and_the_tunnel_outlives_the_keep_alive_timeout() {
     assert_eq!(
         echo(&mut s, b"still there"),
         b"still there",
-        "the tunnel is in flight: no keep-alive timeout"
+        "a tunnel: no keep-alive or client timeout"
+    );
+    // Silent both ways: closed after `timeout tunnel` (3 s), not before.
+    let quiet = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(s.read(&mut b).unwrap_or(0), 0, "closed");
+    let took = quiet.elapsed();
+    assert!(
+        (Duration::from_millis(2900)..Duration::from_secs(6)).contains(&took),
+        "closed after {took:?}"
+    );
+    let m = http_get(
+        format!("127.0.0.1:{admin}").parse().unwrap(),
+        "t",
+        "/metrics",
+    )
+    .unwrap()
+    .1;
+    assert_eq!(
+        floodgate_tests::metric(
+            &m,
+            r#"floodgate_http_errors_total{backend="app",kind="tunnel_timeout",listener="http"}"#
+        ),
+        Some(1.0)
     );
 }
 

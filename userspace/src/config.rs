@@ -156,6 +156,11 @@ pub struct Timeouts {
     /// of Node.js, uvicorn and Apache by default: a connection the server closes just as a
     /// request is written to it fails that request (a 502 when it cannot be resent).
     pub server_keep_alive: HDuration,
+    /// How long an upgraded connection (WebSocket) may go without a byte either way
+    /// (HAProxy's `timeout tunnel`); it replaces `client` and `server` once the server has
+    /// answered 101.
+    #[serde(alias = "timeout-tunnel")]
+    pub tunnel: HDuration,
 }
 
 impl Default for Timeouts {
@@ -168,6 +173,8 @@ impl Default for Timeouts {
             http_keep_alive: HDuration::secs(1),
             server: HDuration::secs(50),
             server_keep_alive: HDuration::secs(4),
+            // haproxy-ingress's default: WebSockets idle for minutes are common.
+            tunnel: HDuration::secs(3600),
         }
     }
 }
@@ -732,6 +739,8 @@ pub struct BackendTimeouts {
     #[serde(default)]
     pub server: Option<HDuration>,
     #[serde(default)]
+    pub tunnel: Option<HDuration>,
+    #[serde(default)]
     pub connect: Option<HDuration>,
     #[serde(default)]
     pub queue: Option<HDuration>,
@@ -741,6 +750,11 @@ impl Backend {
     /// `timeouts.server` for this backend.
     pub fn server_timeout(&self, global: &Timeouts) -> Duration {
         self.timeouts.server.unwrap_or(global.server).0
+    }
+
+    /// `timeouts.tunnel` for this backend.
+    pub fn tunnel_timeout(&self, global: &Timeouts) -> Duration {
+        self.timeouts.tunnel.unwrap_or(global.tunnel).0
     }
 
     /// `timeouts.connect` for this backend.
@@ -1082,6 +1096,7 @@ impl Config {
             ("global.timeouts.http-keep-alive", t.http_keep_alive),
             ("global.timeouts.server", t.server),
             ("global.timeouts.server-keep-alive", t.server_keep_alive),
+            ("global.timeouts.tunnel", t.tunnel),
         ] {
             if d.0.is_zero() {
                 return Err(invalid(key, "must be greater than 0"));
@@ -1161,6 +1176,7 @@ impl Config {
             }
             for (name, d) in [
                 ("server", b.timeouts.server),
+                ("tunnel", b.timeouts.tunnel),
                 ("connect", b.timeouts.connect),
                 ("queue", b.timeouts.queue),
             ] {
@@ -1795,6 +1811,11 @@ xdp: { enabled: false }
         assert_eq!(t.server.0, Duration::from_secs(50));
         // floodgate's own: below the common 5 s keep-alive timeout of backends.
         assert_eq!(t.server_keep_alive.0, Duration::from_secs(4));
+        assert_eq!(
+            t.tunnel.0,
+            Duration::from_secs(3600),
+            "haproxy-ingress's timeout-tunnel"
+        );
         let e = parse(&format!(
             "{MINIMAL}global: {{ timeouts: {{ server-keep-alive: 0s }} }}"
         ))

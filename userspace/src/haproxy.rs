@@ -19,6 +19,7 @@ pub const KNOWN: &[(&str, &str)] = &[
     ("timeout-keep-alive", "global.timeouts.http-keep-alive"),
     ("timeout-http-keep-alive", "global.timeouts.http-keep-alive"),
     ("timeout-server", "global.timeouts.server"),
+    ("timeout-tunnel", "global.timeouts.tunnel"),
     ("ssl-options", "tls.ssl-options"),
     ("ssl-ciphers", "tls.ciphers"),
 ];
@@ -82,6 +83,7 @@ pub fn apply(
             "timeout-http-request" => t.http_request = dur()?,
             "timeout-keep-alive" | "timeout-http-keep-alive" => t.http_keep_alive = dur()?,
             "timeout-server" => t.server = dur()?,
+            "timeout-tunnel" => t.tunnel = dur()?,
             "ssl-options" => cfg.tls.ssl_options = Some(v.to_owned()),
             "ssl-ciphers" => cfg.tls.ciphers = v.to_owned(),
             _ => unknown.push(k.clone()),

@@ -117,6 +117,16 @@ impl Handles {
             .clone()
     }
 
+    /// `floodgate_http_errors_total{kind="tunnel_timeout"}`, for an upgraded connection cut by
+    /// `timeout tunnel` (rare: made when used).
+    pub fn tunnel_timeouts(&self) -> IntCounter {
+        self.errors_vec.with_label_values(&[
+            self.listener.as_str(),
+            self.backend.as_str(),
+            "tunnel_timeout",
+        ])
+    }
+
     /// A request answered: `floodgate_http_requests_total` and its duration.
     pub fn observe(&self, method: usize, status: u16, took: Duration) {
         let m = method.min(METHODS.len() - 1);

@@ -92,6 +92,8 @@ pub struct Routing {
     h2: Vec<Option<Arc<h2c::Conns>>>,
     /// Per backend, `timeouts.server`.
     server_timeouts: Vec<Duration>,
+    /// Per backend, `timeouts.tunnel`.
+    tunnel_timeouts: Vec<Duration>,
     /// `error-pages`, read.
     error_pages: error::Pages,
     /// Per backend, its cookie persistence (`sticky`).
@@ -198,6 +200,7 @@ impl Routing {
             direct,
             h2,
             server_timeouts: cfg.backends.iter().map(|b| b.server_timeout(t)).collect(),
+            tunnel_timeouts: cfg.backends.iter().map(|b| b.tunnel_timeout(t)).collect(),
             error_pages,
             sticky: cfg
                 .backends
@@ -582,12 +585,16 @@ pub async fn handle(
             });
         }
         let body_timeouts = handles.map(metrics::Handles::body_timeouts);
+        let upgrading = up.upgrade.is_some();
+        let tunnel_timeouts = handles
+            .filter(|_| upgrading)
+            .map(metrics::Handles::tunnel_timeouts);
         let mut resp = forward(
             &generation.routing,
             backend,
             up,
             inflight,
-            body_timeouts,
+            (body_timeouts, tunnel_timeouts),
             &mut trace,
         )
         .await?;
@@ -965,7 +972,10 @@ async fn forward(
     backend: usize,
     mut up: Upstream,
     inflight: &Arc<timeout::InFlight>,
-    body_timeouts: Option<prometheus::IntCounter>,
+    (body_timeouts, tunnel_timeouts): (
+        Option<prometheus::IntCounter>,
+        Option<prometheus::IntCounter>,
+    ),
     trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (Some(pool), Some(client)) = (routing.pools.get(backend), routing.client(backend)) else {
@@ -1002,7 +1012,19 @@ async fn forward(
                         if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
                             && up.upgrade.is_some() =>
                     {
-                        tunnel(resp, up.upgrade.take(), slot, inflight.start())
+                        let idle = routing
+                            .tunnel_timeouts
+                            .get(backend)
+                            .copied()
+                            .unwrap_or(Duration::MAX);
+                        tunnel(
+                            resp,
+                            up.upgrade.take(),
+                            slot,
+                            inflight.start(),
+                            idle,
+                            tunnel_timeouts,
+                        )
                     }
                     Reply::Pooled(resp) => {
                         downstream_response(resp, slot, server_timeout, body_timeouts)
@@ -1120,26 +1142,36 @@ fn classify(server: SocketAddr, e: &hyper_util::client::legacy::Error) -> ProxyE
 }
 
 /// The backend agreed to switch protocols: answer 101 and splice the two upgraded connections.
-/// The tunnel holds the server slot and counts as in flight (so `timeout client`, not the
-/// keep-alive timeout, bounds its silence) until either side closes.
+/// The tunnel holds the server slot and counts as in flight until either side closes, or until
+/// `timeout tunnel` passes without a byte either way (which replaces the client timeouts).
 fn tunnel(
     mut resp: Response<Incoming>,
     client: Option<hyper::upgrade::OnUpgrade>,
     slot: Slot,
     guard: timeout::InFlightGuard,
+    idle: Duration,
+    timeouts: Option<prometheus::IntCounter>,
 ) -> Response<ProxyBody> {
     let server = hyper::upgrade::on(&mut resp);
     tokio::spawn(async move {
-        let (_slot, _guard) = (slot, guard);
+        let (_slot, guard) = (slot, guard);
         let Some(client) = client else { return };
         match tokio::try_join!(client, server) {
             Ok((c, s)) => {
+                guard.tunnel();
                 let (mut c, mut s) = (
                     hyper_util::rt::TokioIo::new(c),
                     hyper_util::rt::TokioIo::new(s),
                 );
-                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
-                    debug!(error = %e, "upgraded connection ended");
+                match timeout::splice(&mut c, &mut s, idle).await {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        debug!(?idle, "upgraded connection closed by timeout tunnel");
+                        if let Some(t) = &timeouts {
+                            t.inc();
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "upgraded connection ended"),
                 }
             }
             Err(e) => debug!(error = %e, "upgrade failed"),

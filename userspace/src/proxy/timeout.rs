@@ -7,6 +7,9 @@
 //!
 //! A request is in flight from when hyper hands it over until its response body has been sent,
 //! so a slowly streamed response is never cut by the keep-alive timer.
+//!
+//! Once a connection is upgraded (WebSocket), `timeout tunnel` replaces them all: [`splice`]
+//! closes it when no byte has passed either way for that long.
 
 use std::{
     io,
@@ -29,6 +32,8 @@ use tokio::{
 pub struct InFlight {
     now: AtomicU32,
     served: AtomicU32,
+    /// Upgraded: `timeout tunnel`, enforced by [`splice`], replaces the client timeouts.
+    tunneled: std::sync::atomic::AtomicBool,
 }
 
 impl InFlight {
@@ -50,6 +55,13 @@ impl InFlight {
 
 pub struct InFlightGuard(Arc<InFlight>);
 
+impl InFlightGuard {
+    /// The connection became a tunnel: the client timeouts no longer apply to it.
+    pub fn tunnel(&self) {
+        self.0.tunneled.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.0.now.fetch_sub(1, Ordering::Relaxed);
@@ -63,6 +75,9 @@ pub struct Limits {
     pub client: Duration,
     pub http_request: Duration,
 }
+
+/// Far enough to never fire: a tunnel's own timeout is `splice`'s.
+const TUNNELED: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 const REQUEST_TIMEOUT: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 20\r\nconnection: close\r\n\r\n408 Request Timeout\n";
@@ -129,6 +144,10 @@ impl<T> Timed<T> {
             self.header = None;
         }
         let l = self.limits;
+        if self.inflight.tunneled.load(Ordering::Relaxed) {
+            // `splice` watches a tunnel's silence, both ways.
+            return (self.last + TUNNELED, Expired::Client);
+        }
         match self.header {
             Some((start, _)) if self.h2 != Some(true) => {
                 (start + l.http_request, Expired::HttpRequest)
@@ -309,6 +328,100 @@ where
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// Copies both ways between the two sides of an upgraded connection until either closes,
+/// or until no byte has passed either way for `idle` (`timeout tunnel`): `Ok(true)` then.
+pub async fn splice<A, B>(a: &mut A, b: &mut B, idle: Duration) -> io::Result<bool>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let base = Instant::now();
+    let last = std::sync::atomic::AtomicU64::new(0);
+    let (mut a, mut b) = (
+        Active {
+            io: a,
+            base,
+            last: &last,
+        },
+        Active {
+            io: b,
+            base,
+            last: &last,
+        },
+    );
+    let watch = async {
+        loop {
+            let Some(deadline) = base
+                .checked_add(Duration::from_millis(last.load(Ordering::Relaxed)))
+                .and_then(|t| t.checked_add(idle))
+            else {
+                // Too far to represent: never.
+                return std::future::pending().await;
+            };
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut a, &mut b) => r.map(|_| false),
+        () = watch => Ok(true),
+    }
+}
+
+/// One side of a tunnel, noting when bytes last passed.
+struct Active<'a, T> {
+    io: &'a mut T,
+    base: Instant,
+    /// Milliseconds since `base`.
+    last: &'a std::sync::atomic::AtomicU64,
+}
+
+impl<T> Active<'_, T> {
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.fetch_max(ms, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Active<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut *self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Active<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut *self.io).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.io).poll_shutdown(cx)
     }
 }
 
