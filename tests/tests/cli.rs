@@ -34,16 +34,23 @@ xdp: { enabled: false }
 
 #[test]
 fn check_accepts_the_quickstart_and_a_minimal_config() {
-    let quickstart = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/quickstart.yaml");
-    let out = Command::new(bin("floodgate"))
-        .args(["check", "--config", quickstart])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for example in ["quickstart.yaml", "ingress.yaml"] {
+        let path = format!("{}/../examples/{example}", env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(bin("floodgate"))
+            .args(["check", "--config", &path])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{example}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Every key of the HAProxy section is one floodgate applies.
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("ignored"),
+            "{example}"
+        );
+    }
     let (ok, stdout, _) = check("good.yaml", GOOD);
     assert!(ok && stdout.contains("ok"), "{stdout}");
 }
