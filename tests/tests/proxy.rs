@@ -1691,6 +1691,10 @@ backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
     let (status, head, _) = cors_get("https://evil.example", "session=alice");
     assert_eq!(status, 200);
     assert!(!head.contains("access-control-allow-origin"), "{head}");
+    assert!(
+        head.contains("vary: Origin"),
+        "one answer per origin in caches: {head}"
+    );
     let served = origin.stop();
     assert!(
         served.contains("requests=3 "),

@@ -56,9 +56,13 @@ impl Cors {
                 .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
     }
 
-    /// The headers of an answer to `origin` (one this route allows); `preflight` adds what a
-    /// preflight answer needs.
-    pub fn apply(&self, h: &mut HeaderMap, origin: &HeaderValue, preflight: bool) {
+    /// The headers of an answer on this route: `Vary: Origin` always, since the answer depends
+    /// on the origin; the `Access-Control-Allow-*` ones when `origin` is an allowed one, and
+    /// with `preflight` what a preflight answer needs.
+    pub fn apply(&self, h: &mut HeaderMap, origin: Option<&HeaderValue>, preflight: bool) {
+        // Caches must keep one answer per origin.
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+        let Some(origin) = origin else { return };
         // `*` cannot go with credentials: the origin itself is named then, as browsers demand.
         let allow = if self.any && !self.credentials {
             HeaderValue::from_static("*")
@@ -72,8 +76,6 @@ impl Cors {
                 HeaderValue::from_static("true"),
             );
         }
-        // The answer depends on the Origin: caches must keep one per origin.
-        h.append(header::VARY, HeaderValue::from_static("Origin"));
         if preflight {
             h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, self.methods.clone());
             h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, self.headers.clone());
@@ -126,7 +128,7 @@ mod tests {
         );
         assert_eq!(cors.allowed(&req(Method::GET, None, false)), None);
         let mut h = HeaderMap::new();
-        cors.apply(&mut h, &origin, true);
+        cors.apply(&mut h, Some(&origin), true);
         let get = |h: &HeaderMap, n| {
             h.get(n)
                 .map(|v: &HeaderValue| v.to_str().unwrap_or_default().to_owned())
@@ -150,11 +152,16 @@ mod tests {
             "not on preflights"
         );
         let mut h = HeaderMap::new();
-        cors.apply(&mut h, &origin, false);
+        cors.apply(&mut h, Some(&origin), false);
         assert_eq!(
             get(&h, header::ACCESS_CONTROL_EXPOSE_HEADERS).as_deref(),
             Some("X-Total")
         );
+        assert_eq!(get(&h, header::VARY).as_deref(), Some("Origin"));
+        // Another origin's answer: only `Vary`.
+        let mut h = HeaderMap::new();
+        cors.apply(&mut h, None, false);
+        assert_eq!(h.len(), 1);
         assert_eq!(get(&h, header::VARY).as_deref(), Some("Origin"));
         // `*` without credentials is sent as `*`; with them, the origin is named.
         for (credentials, want) in [(false, "*"), (true, "https://x.example")] {
@@ -167,7 +174,7 @@ mod tests {
             let r = req(Method::GET, Some("https://x.example"), false);
             let o = any.allowed(&r).expect("any origin");
             let mut h = HeaderMap::new();
-            any.apply(&mut h, &o, false);
+            any.apply(&mut h, Some(&o), false);
             assert_eq!(
                 get(&h, header::ACCESS_CONTROL_ALLOW_ORIGIN).as_deref(),
                 Some(want)

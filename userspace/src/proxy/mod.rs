@@ -500,8 +500,8 @@ pub async fn handle(
     let mut chosen: Option<usize> = None;
     // This listener's metric handles for the chosen backend, looked up once per request.
     let mut handles: Option<&metrics::Handles> = None;
-    // The route's CORS settings and the request's allowed origin, for the answer's headers.
-    let mut cors: Option<(&cors::Cors, HeaderValue)> = None;
+    // The route's CORS settings and the request's origin if allowed, for the answer's headers.
+    let mut cors: Option<(&cors::Cors, Option<HeaderValue>)> = None;
     let result = async {
         if let Some(r) = &generation.redirect
             && let Some(resp) = redirect(r, &req)
@@ -523,14 +523,14 @@ pub async fn handle(
             return Err(ProxyError::Forbidden);
         }
         if let Some(c) = routed.cors {
-            cors = c.allowed(&req).map(|origin| (c, origin));
+            cors = Some((c, c.allowed(&req)));
             if cors::Cors::is_preflight(&req) {
                 // Answered here: the backend never sees a preflight, and it carries no
                 // credentials an auth service could check.
                 let mut resp = Response::new(empty_body());
                 *resp.status_mut() = http::StatusCode::NO_CONTENT;
                 if let Some((c, origin)) = cors.take() {
-                    c.apply(resp.headers_mut(), &origin, true);
+                    c.apply(resp.headers_mut(), origin.as_ref(), true);
                 }
                 return Ok(resp);
             }
@@ -630,7 +630,7 @@ pub async fn handle(
         }
     };
     if let Some((c, origin)) = &cors {
-        c.apply(resp.headers_mut(), origin, false);
+        c.apply(resp.headers_mut(), origin.as_ref(), false);
     }
     if let Some(r) = &generation.response_headers {
         r.apply(resp.headers_mut());
