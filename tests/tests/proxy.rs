@@ -1737,3 +1737,77 @@ fn http2_cookie_fields_reach_http1_servers_as_one_line() {
     assert!(body.contains("cookie: a=1; b=2\n"), "{body}");
     assert_eq!(body.matches("cookie:").count(), 1, "{body}");
 }
+
+/// A sticky client whose server is at its maxconn waits for that server, as in HAProxy,
+/// although the other server is idle; a client without the cookie goes to the idle one.
+#[test]
+fn a_sticky_client_waits_for_its_full_server() {
+    let (p1, p2) = (free_port(), free_port());
+    let _origins = [origin(p1, "o1"), origin(p2, "o2")];
+    let (_fg, addr) = floodgate(
+        "sticky-full.yaml",
+        "timeouts: { queue: 10s }",
+        &format!(
+            "    sticky: {{ cookie: SRV }}\n    maxconn-server: 1\n    servers: ['127.0.0.1:{p1}', '127.0.0.1:{p2}']"
+        ),
+    );
+    // Learn each server's cookie.
+    let mut cookies = std::collections::HashMap::new();
+    for _ in 0..4 {
+        let (_, head, body) = floodgate_tests::http_raw(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let name = body.split(' ').next().unwrap().to_owned();
+        let cookie = head
+            .lines()
+            .find_map(|l| l.strip_prefix("set-cookie: "))
+            .and_then(|c| c.split(';').next())
+            .unwrap()
+            .to_owned();
+        cookies.insert(name, cookie);
+    }
+    let o1 = cookies["o1"].clone();
+    let get = move |cookie: String| {
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let req =
+                format!("GET /delay/600 HTTP/1.1\r\nHost: t\r\n{cookie}Connection: close\r\n\r\n");
+            let (status, _, body) = floodgate_tests::http_raw(addr, req.as_bytes()).unwrap();
+            (
+                status,
+                body.split(' ').next().unwrap().to_owned(),
+                t.elapsed(),
+            )
+        })
+    };
+    let first = get(format!("Cookie: {o1}\r\n"));
+    std::thread::sleep(Duration::from_millis(150));
+    let second = get(format!("Cookie: {o1}\r\n"));
+    std::thread::sleep(Duration::from_millis(150));
+    let other = get(String::new());
+    let (first, second, other) = (
+        first.join().unwrap(),
+        second.join().unwrap(),
+        other.join().unwrap(),
+    );
+    assert_eq!((first.0, first.1.as_str()), (200, "o1"));
+    assert_eq!(
+        (second.0, second.1.as_str()),
+        (200, "o1"),
+        "stayed on its server"
+    );
+    assert!(
+        second.2 >= Duration::from_millis(1000),
+        "waited for the first to finish: {:?}",
+        second.2
+    );
+    assert_eq!((other.0, other.1.as_str()), (200, "o2"), "the idle server");
+    assert!(
+        other.2 < second.2,
+        "not held behind the sticky waiter: {:?} against {:?}",
+        other.2,
+        second.2
+    );
+}
