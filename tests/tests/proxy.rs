@@ -1811,3 +1811,78 @@ fn a_sticky_client_waits_for_its_full_server() {
         second.2
     );
 }
+
+/// `mirror`: a copy of each body-less GET goes to the mirror backend and its answer is
+/// dropped; the client gets the route's backend's answer; a request with a body is not
+/// copied; a dead mirror changes nothing for the client.
+#[test]
+fn a_mirror_backend_gets_copies_of_body_less_requests() {
+    let (p1, p2) = (free_port(), free_port());
+    let mut live = origin(p1, "live");
+    let mut shadow = origin(p2, "shadow");
+    let (port, admin) = (free_port(), free_port());
+    let config = temp_file(
+        "mirror.yaml",
+        &format!(
+            "
+xdp: {{ enabled: false }}
+admin: {{ bind: '127.0.0.1:{admin}' }}
+listeners: [{{ name: http, bind: '127.0.0.1:{port}' }}]
+routes:
+  - {{ path-prefix: /m, mirror: shadow, backend: live }}
+  - {{ path-prefix: /dead, mirror: dead, backend: live }}
+backends:
+  - {{ name: live, servers: ['127.0.0.1:{p1}'] }}
+  - {{ name: shadow, servers: ['127.0.0.1:{p2}'] }}
+  - {{ name: dead, servers: ['127.0.0.1:1'] }}
+"
+        ),
+    );
+    let _fg = spawn_floodgate(&config);
+    let at = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    assert!(wait_for_port(at(port), Duration::from_secs(10)));
+    for i in 0..3 {
+        let (status, body) = http_get(at(port), "t", &format!("/m/{i}")).unwrap();
+        assert_eq!((status, body.split(' ').next()), (200, Some("live")));
+    }
+    let (status, _, body) = floodgate_tests::http_raw(
+        at(port),
+        b"POST /m/post HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    )
+    .unwrap();
+    assert_eq!((status, body.split(' ').next()), (200, Some("live")));
+    assert_eq!(
+        http_get(at(port), "t", "/dead/x").unwrap().0,
+        200,
+        "a dead mirror"
+    );
+    let sample = |result: &str| {
+        let m = http_get(at(admin), "t", "/metrics").unwrap().1;
+        floodgate_tests::metric(
+            &m,
+            &format!("floodgate_mirror_requests_total{{backend=\"shadow\",result=\"{result}\"}}"),
+        )
+    };
+    assert!(
+        floodgate_tests::wait_until(Duration::from_secs(5), || sample("sent") == Some(3.0)),
+        "three copies answered: {:?}",
+        sample("sent")
+    );
+    let m = http_get(at(admin), "t", "/metrics").unwrap().1;
+    assert!(
+        floodgate_tests::wait_until(Duration::from_secs(5), || {
+            let m = http_get(at(admin), "t", "/metrics").unwrap().1;
+            floodgate_tests::metric(
+                &m,
+                r#"floodgate_mirror_requests_total{backend="dead",result="failed"}"#,
+            ) == Some(1.0)
+        }),
+        "{m}"
+    );
+    let (live, shadow) = (live.stop(), shadow.stop());
+    assert!(live.contains("requests=5 "), "{live}");
+    assert!(
+        shadow.contains("requests=3 "),
+        "the POST was not copied: {shadow}"
+    );
+}

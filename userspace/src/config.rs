@@ -644,6 +644,10 @@ pub struct Route {
     /// CORS: preflights answered here, allowed origins' answers marked (`enable-cors`).
     #[serde(default)]
     pub cors: Option<Cors>,
+    /// A backend that gets a copy of each body-less GET, HEAD or OPTIONS request, its answer
+    /// ignored (ingress-nginx's `mirror-target`).
+    #[serde(default)]
+    pub mirror: Option<String>,
     /// The backend, or `split` instead.
     #[serde(default)]
     pub backend: String,
@@ -1406,6 +1410,19 @@ impl Config {
             for (key, b) in targets {
                 if !backends.contains(b.as_str()) {
                     return Err(invalid(key, format!("no backend named `{b}`")));
+                }
+            }
+            if let Some(m) = &r.mirror {
+                let key = format!("routes[{i}].mirror");
+                match self.backends.iter().find(|b| &b.name == m) {
+                    None => return Err(invalid(key, format!("no backend named `{m}`"))),
+                    Some(b) if b.proto == Proto::H2 => {
+                        return Err(invalid(
+                            key,
+                            "a mirror backend speaks HTTP/1.1 (`proto: h1`)",
+                        ));
+                    }
+                    Some(_) => {}
                 }
             }
             for (j, s) in r.split.iter().enumerate() {

@@ -41,6 +41,7 @@ pub struct Metrics {
     tls_handshakes: IntCounterVec,
     tls_duration: HistogramVec,
     redirects: IntCounterVec,
+    mirrors: IntCounterVec,
 }
 
 /// The connection-level timeouts of one listener, resolved once so the IO path only bumps an
@@ -255,6 +256,12 @@ impl Metrics {
                 "Plain HTTP requests redirected to HTTPS",
                 &["listener"],
             )?,
+            mirrors: counter(
+                &r,
+                "floodgate_mirror_requests_total",
+                "Copies of requests sent to a route's mirror backend, by result (sent, failed, skipped)",
+                &["backend", "result"],
+            )?,
             registry: r,
         })
     }
@@ -346,6 +353,12 @@ impl Metrics {
 
     pub fn redirect(&self, listener: &str) {
         self.redirects.with_label_values(&[listener]).inc();
+    }
+
+    /// One copy of a request for `backend`'s mirror: `sent` (it answered), `failed`, or
+    /// `skipped` (no server had room).
+    pub fn mirror(&self, backend: &str, result: &str) {
+        self.mirrors.with_label_values(&[backend, result]).inc();
     }
 
     pub fn timeouts(&self, listener: &str) -> TimeoutCounters {

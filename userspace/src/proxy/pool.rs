@@ -290,6 +290,18 @@ impl Pool {
         self.hand_over(&mut st);
     }
 
+    /// A slot on a server with room now, or none: for work that must not wait nor take a
+    /// place in the queue (a mirrored copy).
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        let mut st = self.lock();
+        if !st.queue.is_empty() || !st.pinned.is_empty() {
+            // Requests are waiting: a copy does not go before them.
+            return None;
+        }
+        let server = self.pick(&mut st, &[])?;
+        Some(self.take(server))
+    }
+
     /// A slot on a server with room, waiting in the FIFO queue when every server is full.
     /// `skip` lists servers this request already failed on (retries go elsewhere).
     pub async fn acquire(self: &Arc<Self>, skip: &[SocketAddr]) -> Result<Slot, PoolError> {

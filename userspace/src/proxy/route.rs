@@ -36,6 +36,7 @@ struct Rule {
     allow: Vec<ipnet::IpNet>,
     auth: Option<Arc<Auth>>,
     cors: Option<Arc<Cors>>,
+    mirror: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +163,8 @@ pub struct Routed<'a> {
     /// The route's auth service, to ask before the request goes on.
     pub auth: Option<&'a Auth>,
     pub cors: Option<&'a Cors>,
+    /// The backend that gets a copy of the request.
+    pub mirror: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +235,10 @@ impl Router {
                         Some(c) => Some(Arc::new(Cors::new(c)?)),
                         None => None,
                     },
+                    mirror: match &r.mirror {
+                        Some(m) => Some(backend_index(m)?),
+                        None => None,
+                    },
                 })
             })
             .collect();
@@ -274,6 +281,7 @@ impl Router {
                 },
                 auth: r.auth.as_deref(),
                 cors: r.cors.as_deref(),
+                mirror: r.mirror,
             })
     }
 }
@@ -331,6 +339,7 @@ mod tests {
             headers: Default::default(),
             auth: None,
             cors: None,
+            mirror: None,
             backend: backend.into(),
             split: Vec::new(),
         }
