@@ -1,7 +1,10 @@
 //! Host and path routing. Rules are tried in config order and the first match wins; a request
 //! no rule matches goes to the listener's default backend, or gets 404.
+//!
+//! A request only looks at the rules its host can match: rules are indexed by exact host and
+//! by wildcard suffix, so thousands of Ingress hosts cost a hash lookup, not a scan.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -170,7 +173,16 @@ pub struct Routed<'a> {
 #[derive(Debug, Clone)]
 pub struct Router {
     rules: Vec<Rule>,
+    /// Indices of the rules for an exact host, each list ascending (config order).
+    exact: HashMap<String, Vec<usize>>,
+    /// Indices of the `*.example.com` rules, keyed `.example.com`.
+    suffix: HashMap<String, Vec<usize>>,
+    /// Indices of the rules without a host.
+    any: Vec<usize>,
 }
+
+/// Rule lists one request merges; a host with more labels than this scans every rule.
+const MAX_LISTS: usize = 8;
 
 impl Router {
     /// `backend_index` resolves a backend name (validated by config) to its index.
@@ -241,8 +253,59 @@ impl Router {
                     },
                 })
             })
-            .collect();
-        Self { rules }
+            .collect::<Vec<Rule>>();
+        let (mut exact, mut suffix, mut any) = (HashMap::new(), HashMap::new(), Vec::new());
+        for (i, r) in rules.iter().enumerate() {
+            match &r.host {
+                HostMatch::Any => any.push(i),
+                HostMatch::Exact(h) => exact.entry(h.clone()).or_insert_with(Vec::new).push(i),
+                HostMatch::Suffix(s) => suffix.entry(s.clone()).or_insert_with(Vec::new).push(i),
+            }
+        }
+        Self {
+            rules,
+            exact,
+            suffix,
+            any,
+        }
+    }
+
+    /// The rule lists `host` can match: rules without a host, its exact ones, and those of
+    /// each of its wildcard suffixes; `None` when there are more than `MAX_LISTS`.
+    fn lists<'r>(&'r self, host: Option<&str>) -> Option<([&'r [usize]; MAX_LISTS], usize)> {
+        let mut lists: [&[usize]; MAX_LISTS] = [&[]; MAX_LISTS];
+        let mut n = 0;
+        let mut push = |l: &'r [usize]| {
+            if l.is_empty() {
+                return true;
+            }
+            if n == MAX_LISTS {
+                return false;
+            }
+            lists[n] = l;
+            n += 1;
+            true
+        };
+        push(&self.any);
+        if let Some(h) = host {
+            if let Some(l) = self.exact.get(h)
+                && !push(l)
+            {
+                return None;
+            }
+            if !self.suffix.is_empty() {
+                // `a.b.example.com`: `.b.example.com`, `.example.com`, `.com` (never the
+                // whole host: a wildcard needs a label before it).
+                for (i, _) in h.match_indices('.').filter(|(i, _)| *i > 0) {
+                    if let Some(l) = self.suffix.get(&h[i..])
+                        && !push(l)
+                    {
+                        return None;
+                    }
+                }
+            }
+        }
+        Some((lists, n))
     }
 
     /// The backends some rule leads to.
@@ -263,26 +326,41 @@ impl Router {
         client: IpAddr,
     ) -> Option<Routed<'_>> {
         let host = host.map(strip_port).map(str::to_ascii_lowercase);
-        self.rules
-            .iter()
-            .find(|r| {
-                host_matches(&r.host, host.as_deref())
-                    && path_matches(&r.path, path)
-                    && r.headers
-                        .iter()
-                        .all(|(n, v)| headers.get_all(n).iter().any(|h| h == v))
-            })
-            .map(|r| Routed {
-                backend: r.target.backend(),
-                rewrite: r.rewrite.as_ref(),
-                forbidden: !r.allow.is_empty() && {
-                    let ip = client.to_canonical();
-                    !r.allow.iter().any(|n| n.contains(&ip))
-                },
-                auth: r.auth.as_deref(),
-                cors: r.cors.as_deref(),
-                mirror: r.mirror,
-            })
+        let matches = |r: &Rule| {
+            host_matches(&r.host, host.as_deref())
+                && path_matches(&r.path, path)
+                && r.headers
+                    .iter()
+                    .all(|(n, v)| headers.get_all(n).iter().any(|h| h == v))
+        };
+        let found = match self.lists(host.as_deref()) {
+            // The lists merged in config order: the first rule that matches wins.
+            Some((lists, n)) => {
+                let mut at = [0usize; MAX_LISTS];
+                loop {
+                    let next = (0..n)
+                        .filter_map(|k| lists[k].get(at[k]).map(|i| (*i, k)))
+                        .min();
+                    let Some((i, k)) = next else { break None };
+                    at[k] += 1;
+                    if let Some(r) = self.rules.get(i).filter(|r| matches(r)) {
+                        break Some(r);
+                    }
+                }
+            }
+            None => self.rules.iter().find(|r| matches(r)),
+        };
+        found.map(|r| Routed {
+            backend: r.target.backend(),
+            rewrite: r.rewrite.as_ref(),
+            forbidden: !r.allow.is_empty() && {
+                let ip = client.to_canonical();
+                !r.allow.iter().any(|n| n.contains(&ip))
+            },
+            auth: r.auth.as_deref(),
+            cors: r.cors.as_deref(),
+            mirror: r.mirror,
+        })
     }
 }
 
@@ -431,6 +509,60 @@ mod tests {
             Some("/api")
         );
         assert_eq!(Rewrite::prefix("/", "/app").forwarded_prefix(), Some("/"));
+    }
+
+    /// The host index gives the same answer as trying every rule in order, on a mix of exact,
+    /// wildcard and host-less rules, deep hosts included.
+    #[test]
+    fn the_host_index_answers_as_a_scan_of_every_rule() {
+        let hosts = [
+            Some("a.example.com"),
+            Some("*.example.com"),
+            Some("*.y.example.com"),
+            Some("x.y.example.com"),
+            Some("*.j.y.example.com"),
+            None,
+        ];
+        let paths = [(None, None), (None, Some("/api")), (Some("/login"), None)];
+        let mut routes = Vec::new();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for i in 0..60 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let (h, p) = (
+                hosts[(seed % 6) as usize],
+                paths[((seed >> 8) % 3) as usize],
+            );
+            // Backend `i` for rule `i`: the answer names the rule.
+            routes.push(route(h, p.0, p.1, &i.to_string()));
+        }
+        let r = Router::new(&routes, |name| name.parse().ok());
+        let any = IpAddr::from([192, 0, 2, 1]);
+        let mut hits = 0;
+        for host in [
+            Some("a.example.com"),
+            Some("A.Example.COM:8443"),
+            Some("x.y.example.com"),
+            Some("z.y.example.com"),
+            Some("example.com"),
+            Some("other.org"),
+            Some("a.b.c.d.e.f.g.h.i.j.y.example.com"),
+            None,
+        ] {
+            for path in ["/", "/api", "/api/x", "/login", "/apix"] {
+                let got = r
+                    .route(host, path, &HeaderMap::new(), any)
+                    .map(|x| x.backend);
+                let lower = host.map(strip_port).map(str::to_ascii_lowercase);
+                let scan = r.rules.iter().position(|rule| {
+                    host_matches(&rule.host, lower.as_deref()) && path_matches(&rule.path, path)
+                });
+                assert_eq!(got, scan, "{host:?} {path}");
+                hits += usize::from(got.is_some());
+            }
+        }
+        assert!(hits > 10, "the rules match something: {hits}");
     }
 
     #[test]
