@@ -1741,6 +1741,16 @@ fn http2_cookie_fields_reach_http1_servers_as_one_line() {
     let body = String::from_utf8_lossy(&body);
     assert!(body.contains("cookie: a=1; b=2\n"), "{body}");
     assert_eq!(body.matches("cookie:").count(), 1, "{body}");
+    // The forwarding headers ingress-nginx users' applications read.
+    for h in [
+        "x-forwarded-for: 127.0.0.1\n".to_owned(),
+        "x-real-ip: 127.0.0.1\n".to_owned(),
+        "x-forwarded-proto: http\n".to_owned(),
+        format!("x-forwarded-port: {}\n", addr.port()),
+        "x-forwarded-host: t\n".to_owned(),
+    ] {
+        assert!(body.contains(&h), "{h}: {body}");
+    }
 }
 
 /// A sticky client whose server is at its maxconn waits for that server, as in HAProxy,

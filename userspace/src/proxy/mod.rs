@@ -335,6 +335,8 @@ pub struct ListenerCtx {
     /// swaps it; a request reads it once when it starts and keeps that generation to its end.
     current: std::sync::RwLock<Generation>,
     pub scheme: &'static str,
+    /// The listener's port, for `X-Forwarded-Port`.
+    port: HeaderValue,
     request_ids: AtomicU64,
     /// The pid part of generated request ids, formatted once: getpid() is a real syscall, and
     /// it was one of five per proxied request.
@@ -402,6 +404,7 @@ impl ListenerCtx {
             } else {
                 "http"
             },
+            port: HeaderValue::from(listener.bind.port()),
             request_ids: AtomicU64::new(0),
             request_id_prefix: format!("{:08x}", std::process::id()),
             limits: cfg.global.limits.clone(),
@@ -891,6 +894,9 @@ fn upstream_request(
     };
     h.insert("x-forwarded-for", xff);
     h.insert("x-forwarded-proto", HeaderValue::from_static(ctx.scheme));
+    h.insert("x-forwarded-port", ctx.port.clone());
+    // ingress-nginx sets it, and applications behind it read it.
+    h.insert("x-real-ip", conn.peer_ip.clone());
     if let Some(host) = &host {
         h.insert("x-forwarded-host", host.clone());
         // HTTP/2 carries the host in :authority; HTTP/1.1 backends need a Host header.
