@@ -2,7 +2,7 @@
 //! the bytes sent and the whole duration, as HAProxy's log line does). Events go through
 //! `tracing` with target `floodgate::access`, so they follow the process's log format.
 
-use std::{cell::Cell, net::SocketAddr, time::Instant};
+use std::{net::SocketAddr, time::Instant};
 
 use crate::config::{ACCESS_LOG_FIELDS, AccessLog};
 
@@ -59,7 +59,7 @@ impl Policy {
         client: SocketAddr,
         req: &http::Request<B>,
     ) -> Option<Box<Entry>> {
-        let sampled = self.threshold == u64::MAX || next_random() <= self.threshold;
+        let sampled = self.threshold == u64::MAX || crate::rng::next() <= self.threshold;
         if !sampled && !self.always_log_errors {
             return None;
         }
@@ -172,33 +172,6 @@ fn protocol_name(v: http::Version) -> &'static str {
         http::Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/1.1",
     }
-}
-
-thread_local! {
-    static RNG: Cell<u64> = Cell::new(seed());
-}
-
-fn seed() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    // Distinct per thread even when started in the same nanosecond.
-    let addr = std::ptr::from_ref(&t) as usize as u64;
-    #[allow(clippy::cast_possible_truncation)]
-    let s = (t as u64) ^ addr.rotate_left(32);
-    s | 1
-}
-
-/// xorshift64: sampling needs speed and spread, not unpredictability.
-fn next_random() -> u64 {
-    RNG.with(|r| {
-        let mut x = r.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        r.set(x);
-        x
-    })
 }
 
 #[cfg(test)]

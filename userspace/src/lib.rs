@@ -15,5 +15,6 @@ pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod rng;
 pub mod stats;
 pub mod tls;

@@ -22,7 +22,7 @@ use std::{
 
 use tokio::sync::oneshot;
 
-use crate::config::Balance;
+use crate::{config::Balance, rng::xorshift};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PoolError {
@@ -543,13 +543,6 @@ impl Pool {
             }
         }
     }
-}
-
-fn xorshift(x: &mut u64) -> u64 {
-    *x ^= *x << 13;
-    *x ^= *x >> 7;
-    *x ^= *x << 17;
-    *x
 }
 
 #[cfg(test)]

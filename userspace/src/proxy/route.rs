@@ -54,7 +54,7 @@ impl Target {
         match self {
             Target::One(b) => *b,
             Target::Split(to, total) => {
-                let mut n = roll() % u64::from(*total);
+                let mut n = crate::rng::next() % u64::from(*total);
                 for (b, w) in to {
                     if n < u64::from(*w) {
                         return *b;
@@ -66,30 +66,6 @@ impl Target {
             }
         }
     }
-}
-
-thread_local! {
-    static RNG: std::cell::Cell<u64> = std::cell::Cell::new(seed());
-}
-
-/// Each thread's own seed: its address mixed with the time.
-fn seed() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    (t ^ (std::ptr::from_ref(&t).addr() as u64).rotate_left(32)) | 1
-}
-
-/// xorshift64: a split's draw needs to be cheap and even, not unpredictable.
-fn roll() -> u64 {
-    RNG.with(|r| {
-        let mut x = r.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        r.set(x);
-        x
-    })
 }
 
 /// How the path changes before the request leaves.
