@@ -762,3 +762,24 @@ pub fn settled_stats(pin_dir: &str, tx: impl Fn() -> Vec<u64>) -> (serde_json::V
     }
     (last.0, last.1)
 }
+
+/// An HTTP/2 client connection to `addr` (prior knowledge, in clear), driven by a task on the
+/// current runtime.
+pub async fn h2_client<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to floodgate");
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    send
+}

@@ -1107,7 +1107,6 @@ fn h2_origin(
 #[test]
 fn h2_backends_get_http2_and_their_trailers_reach_the_client() {
     use http_body_util::{BodyExt as _, Full};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     use std::sync::atomic::Ordering::SeqCst;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -1125,14 +1124,7 @@ fn h2_backends_get_http2_and_their_trailers_reach_the_client() {
 
     // An HTTP/2 client, 20 calls at once on one connection.
     rt.block_on(async {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http2::handshake::<_, _, Full<bytes::Bytes>>(
-            TokioExecutor::new(),
-            TokioIo::new(stream),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let sender = floodgate_tests::h2_client::<Full<bytes::Bytes>>(addr).await;
         let mut calls = tokio::task::JoinSet::new();
         for i in 0..20 {
             let mut sender = sender.clone();
@@ -1721,14 +1713,7 @@ fn http2_cookie_fields_reach_http1_servers_as_one_line() {
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let body = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let mut send = floodgate_tests::h2_client(addr).await;
         let req = hyper::Request::get("http://t/headers")
             .header("cookie", "a=1")
             .header("cookie", "b=2")

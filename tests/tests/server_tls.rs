@@ -403,14 +403,7 @@ fn h2_servers_over_tls_get_alpn_h2_and_grpc_checks() {
     let (_fg, addr, _) = floodgate(&dir, &backends, "  - { backend: grpc }");
     let call = || {
         rt.block_on(async {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (mut send, conn) = hyper::client::conn::http2::handshake(
-                hyper_util::rt::TokioExecutor::new(),
-                hyper_util::rt::TokioIo::new(tcp),
-            )
-            .await
-            .unwrap();
-            tokio::spawn(conn);
+            let mut send = floodgate_tests::h2_client(addr).await;
             let req = hyper::Request::post("http://grpc.example/pkg.Svc/Call")
                 .header("te", "trailers")
                 .header("content-type", "application/grpc")
