@@ -12,11 +12,11 @@ use std::{
     },
 };
 
-use tokio::{io::AsyncWriteExt as _, net::TcpStream, task::JoinHandle};
+use tokio::{io::AsyncWriteExt as _, task::JoinHandle};
 use tracing::{info, warn};
 
 use super::{
-    connect::ServerStream,
+    connect::{Dial, ServerStream},
     pool::{Pool, Server},
 };
 use crate::{
@@ -69,19 +69,11 @@ pub fn observe(pool: &Pool, server: &Arc<Server>, connected: bool, passive: &con
     }
 }
 
-/// Over TLS when the backend has `tls` (HAProxy checks a server with `ssl` over SSL too): a
-/// TCP check then passes once the handshake does.
-async fn check_once(
-    addr: SocketAddr,
-    check: &config::HealthCheck,
-    tls: Option<&ClientTls>,
-) -> bool {
+/// `dial` connects as requests do: over TLS when the backend has `tls` (HAProxy checks a
+/// server with `ssl` over SSL too), so a TCP check then passes once the handshake does.
+async fn check_once(addr: SocketAddr, check: &config::HealthCheck, dial: &Dial) -> bool {
     let attempt = async {
-        let tcp = TcpStream::connect(addr).await.ok()?;
-        let mut stream = match tls {
-            None => ServerStream::Tcp(tcp),
-            Some(tls) => ServerStream::Tls(Box::new(tls.handshake(tcp, addr).await.ok()?)),
-        };
+        let mut stream = dial.connect(addr).await.ok()?;
         match &check.kind {
             CheckKind::Tcp => Some(true),
             CheckKind::Http => {
@@ -231,6 +223,12 @@ pub fn spawn_checks(
     check: config::HealthCheck,
     tls: Option<Arc<ClientTls>>,
 ) -> JoinHandle<()> {
+    // Checks are not connects of live traffic: no connect-time histogram.
+    let dial = Dial {
+        timeout: check.timeout.0,
+        connect_time: None,
+        tls,
+    };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(check.interval.0);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -240,8 +238,8 @@ pub fn spawn_checks(
             // Checked together, a round takes at most one timeout.
             let mut set = tokio::task::JoinSet::new();
             for (i, s) in servers.iter().enumerate() {
-                let (addr, check, tls) = (s.addr, check.clone(), tls.clone());
-                set.spawn(async move { (i, check_once(addr, &check, tls.as_deref()).await) });
+                let (addr, check, dial) = (s.addr, check.clone(), dial.clone());
+                set.spawn(async move { (i, check_once(addr, &check, &dial).await) });
             }
             let mut results = vec![false; servers.len()];
             while let Some(Ok((i, ok))) = set.join_next().await {
