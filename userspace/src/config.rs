@@ -306,6 +306,42 @@ pub struct Listener {
     /// security headers).
     #[serde(default)]
     pub response_headers: HeaderRules,
+    /// Connections open with a PROXY protocol header naming the client (behind a load balancer
+    /// that replaces client addresses).
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// `listeners[].proxy-protocol`: HAProxy's `accept-proxy`, or with `from`, its
+/// `tcp-request connection expect-proxy layer4 if { src ... }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ProxyProtocol {
+    /// Peers that must send the header; connections from others are their own clients.
+    pub from: Vec<IpNet>,
+}
+
+impl Default for ProxyProtocol {
+    fn default() -> Self {
+        Self {
+            from: vec![
+                IpNet::V4(ipnet::Ipv4Net::default()),
+                IpNet::V6(ipnet::Ipv6Net::default()),
+            ],
+        }
+    }
+}
+
+impl ProxyProtocol {
+    /// Whether a connection from `peer` must start with the header.
+    pub fn expected_from(&self, peer: std::net::IpAddr) -> bool {
+        let peer = match peer {
+            // An IPv4 client of a dual-stack socket, for the IPv4 networks.
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.from.iter().any(|n| n.contains(&peer))
+    }
 }
 
 /// Headers to remove, then headers to set (each replacing every earlier value).
@@ -1374,6 +1410,12 @@ impl Config {
                     return Err(invalid(format!("{key}.table-size"), "must be at least 1"));
                 }
             }
+            if l.proxy_protocol.as_ref().is_some_and(|p| p.from.is_empty()) {
+                return Err(invalid(
+                    format!("listeners[{i}].proxy-protocol.from"),
+                    "is empty; leave it out to expect the header from every peer",
+                ));
+            }
             if let Some(b) = &l.default_backend
                 && !backends.contains(b.as_str())
             {
@@ -1906,6 +1948,25 @@ xdp: { enabled: false }
             Duration::from_millis(2500),
             "bare numbers are ms"
         );
+        let mut c = parse(MINIMAL).expect("minimal");
+        let keys = |k: &[(&str, &str)]| {
+            k.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let ignored = crate::haproxy::apply(
+            &mut c,
+            &keys(&[("use-proxy-protocol", "\"true\""), ("ssl-dh-param", "x")]),
+        )
+        .expect("a ConfigMap's keys");
+        assert_eq!(
+            c.listeners[0].proxy_protocol,
+            Some(ProxyProtocol::default())
+        );
+        assert_eq!(ignored, ["ssl-dh-param"]);
+        let e = crate::haproxy::apply(&mut c, &keys(&[("use-proxy-protocol", "yes")]))
+            .expect_err("not a boolean");
+        assert!(e.to_string().contains("haproxy.use-proxy-protocol"), "{e}");
     }
 
     #[test]
@@ -2117,6 +2178,30 @@ xdp: { enabled: false }
             let e = error_of(&limited(r));
             assert!(e.contains(key), "{r}: {e}");
         }
+        let proxied = |p: &str| {
+            MINIMAL.replace(
+                "default-backend: app",
+                &format!("default-backend: app, proxy-protocol: {p}"),
+            )
+        };
+        for (p, key) in [
+            ("{ from: [] }", "proxy-protocol.from"),
+            ("{ from: [10.0.0.300/8] }", "proxy-protocol"),
+            ("{ version: 2 }", "version"),
+        ] {
+            let e = error_of(&proxied(p));
+            assert!(e.contains(key), "{p}: {e}");
+        }
+        let c = parse(&proxied("{}")).expect("from every peer");
+        let p = c.listeners[0].proxy_protocol.as_ref().expect("set");
+        for peer in ["192.0.2.1", "2001:db8::1", "::ffff:192.0.2.1"] {
+            assert!(p.expected_from(peer.parse().unwrap()), "{peer}");
+        }
+        let c = parse(&proxied("{ from: [10.0.0.0/8] }")).expect("from one network");
+        let p = c.listeners[0].proxy_protocol.as_ref().expect("set");
+        assert!(p.expected_from("10.1.2.3".parse().unwrap()));
+        assert!(p.expected_from("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!p.expected_from("192.0.2.1".parse().unwrap()));
         let sticky = |s: &str| MINIMAL.replace("servers:", &format!("sticky: {s}, servers:"));
         for (s, key) in [
             ("{ max-age: 1h }", "sticky.cookie"),

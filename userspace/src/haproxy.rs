@@ -22,6 +22,7 @@ pub const KNOWN: &[(&str, &str)] = &[
     ("timeout-tunnel", "global.timeouts.tunnel"),
     ("ssl-options", "tls.ssl-options"),
     ("ssl-ciphers", "tls.ciphers"),
+    ("use-proxy-protocol", "listeners[*].proxy-protocol"),
 ];
 
 fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -86,6 +87,17 @@ pub fn apply(
             "timeout-tunnel" => t.tunnel = dur()?,
             "ssl-options" => cfg.tls.ssl_options = Some(v.to_owned()),
             "ssl-ciphers" => cfg.tls.ciphers = v.to_owned(),
+            // haproxy-ingress's and ingress-nginx's switch: every listener, from every peer.
+            "use-proxy-protocol" => {
+                let on = match v {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad(k, format!("`{v}` is not true or false"))),
+                };
+                for l in &mut cfg.listeners {
+                    l.proxy_protocol = on.then(Default::default);
+                }
+            }
             _ => unknown.push(k.clone()),
         }
     }

@@ -42,6 +42,7 @@ pub struct Metrics {
     tls_duration: HistogramVec,
     redirects: IntCounterVec,
     mirrors: IntCounterVec,
+    proxy_headers: IntCounterVec,
 }
 
 /// The connection-level timeouts of one listener, resolved once so the IO path only bumps an
@@ -256,6 +257,12 @@ impl Metrics {
                 "Plain HTTP requests redirected to HTTPS",
                 &["listener"],
             )?,
+            proxy_headers: counter(
+                &r,
+                "floodgate_proxy_protocol_headers_total",
+                "PROXY protocol headers read at accept, by result (proxied, local, invalid, timeout, closed)",
+                &["listener", "result"],
+            )?,
             mirrors: counter(
                 &r,
                 "floodgate_mirror_requests_total",
@@ -349,6 +356,14 @@ impl Metrics {
                 .with_label_values(&[listener])
                 .observe(t.as_secs_f64());
         }
+    }
+
+    /// One PROXY protocol header read on `listener`: `proxied`, `local` (the sender's own
+    /// connection), or why the connection was closed (`invalid`, `timeout`, `closed`).
+    pub fn proxy_header(&self, listener: &str, result: &str) {
+        self.proxy_headers
+            .with_label_values(&[listener, result])
+            .inc();
     }
 
     pub fn redirect(&self, listener: &str) {

@@ -183,6 +183,48 @@ fn tls_version(v: Option<rustls::ProtocolVersion>) -> &'static str {
     }
 }
 
+/// The connection's client and the port it connected to: the peer's own, or those of its PROXY
+/// protocol header when this listener expects one from it (read within `timeout`, HAProxy's
+/// `timeout http-request` being the budget for a connection's first bytes). `None` when that
+/// header is missing or bad: the connection is closed, as HAProxy's `accept-proxy` does.
+async fn client_of(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    ctx: &ListenerCtx,
+    timeout: Duration,
+) -> Option<(SocketAddr, Option<u16>)> {
+    let expected = ctx
+        .proxy_protocol()
+        .is_some_and(|p| p.expected_from(peer.ip()));
+    if !expected {
+        return Some((peer, None));
+    }
+    let read = super::proxyproto::read_header(stream, timeout).await;
+    let count = |result| {
+        if let Some(m) = &ctx.metrics {
+            m.proxy_header(&ctx.name, result);
+        }
+    };
+    match read {
+        Ok(super::proxyproto::Header::Proxied {
+            source,
+            destination,
+        }) => {
+            count("proxied");
+            Some((source, Some(destination.port())))
+        }
+        Ok(super::proxyproto::Header::Local) => {
+            count("local");
+            Some((peer, None))
+        }
+        Err(e) => {
+            count(e.label());
+            debug!(%peer, error = %e, "closing a connection without a usable PROXY protocol header");
+            None
+        }
+    }
+}
+
 /// Accepts until `shutdown` flips, then waits up to `grace` for open connections to finish.
 pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duration) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -252,12 +294,19 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
             client: s.timeouts.client.0,
             http_request: s.timeouts.http_request.0,
         };
-        let conn = super::Conn::new(peer, Arc::new(super::timeout::InFlight::default()));
         let (watcher, builder, tls) = (graceful.watcher(), builder.clone(), s.tls.clone());
         let counters = counters.clone();
         tokio::spawn(async move {
             let _permit = (permit, listener_permit);
             let _guard = guard;
+            let mut stream = stream;
+            let Some((client, port)) =
+                client_of(&mut stream, peer, &ctx, limits.http_request).await
+            else {
+                return;
+            };
+            let conn =
+                super::Conn::new(client, port, Arc::new(super::timeout::InFlight::default()));
             let served = match tls {
                 None => serve_http(stream, watcher, &builder, ctx, conn, limits, counters).await,
                 Some(tls) => match handshake(&tls, stream, &ctx, peer).await {
