@@ -56,7 +56,7 @@ impl Policy {
     pub fn begin<B>(
         &self,
         listener: &str,
-        client: SocketAddr,
+        client: Client,
         req: &http::Request<B>,
     ) -> Option<Box<Entry>> {
         let sampled = self.threshold == u64::MAX || crate::rng::next() <= self.threshold;
@@ -108,13 +108,30 @@ impl Policy {
     }
 }
 
+/// The `client` field: the address and port of the connection's client, or only the address
+/// of a client a trusted proxy's header named (its port there is unknown).
+#[derive(Clone, Copy)]
+pub struct Client {
+    pub ip: std::net::IpAddr,
+    pub port: Option<u16>,
+}
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(port) => SocketAddr::new(self.ip, port).fmt(f),
+            None => self.ip.fmt(f),
+        }
+    }
+}
+
 /// What is known of one request so far; logged on drop of the response body.
 pub struct Entry {
     fields: Fields,
     sampled: bool,
     started: Instant,
     listener: String,
-    client: SocketAddr,
+    client: Client,
     method: http::Method,
     host: Option<String>,
     path: String,
@@ -197,7 +214,16 @@ mod tests {
     fn sampling_keeps_about_the_configured_fraction() {
         let p = policy(0.1, false);
         let req = http::Request::new(());
-        let client: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let client = Client {
+            ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            port: Some(1),
+        };
+        assert_eq!(client.to_string(), "127.0.0.1:1");
+        let named = Client {
+            ip: "2001:db8::7".parse().unwrap(),
+            port: None,
+        };
+        assert_eq!(named.to_string(), "2001:db8::7");
         let kept = (0..20_000)
             .filter(|_| p.begin("l", client, &req).is_some())
             .count();
@@ -216,7 +242,14 @@ mod tests {
         let p = policy(0.0, true);
         let req = http::Request::new(());
         let e = p
-            .begin("l", "127.0.0.1:1".parse().unwrap(), &req)
+            .begin(
+                "l",
+                Client {
+                    ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                    port: Some(1),
+                },
+                &req,
+            )
             .expect("an entry is started in case the answer is an error");
         assert!(!e.sampled);
         assert!(e.fields.has("status") && !e.fields.has("user_agent"));

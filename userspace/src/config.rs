@@ -310,6 +310,25 @@ pub struct Listener {
     /// that replaces client addresses).
     #[serde(default)]
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// Forwarding headers believed from these peers (a CDN, an L7 load balancer).
+    #[serde(default)]
+    pub forwarded_headers: Option<ForwardedHeaders>,
+}
+
+/// `listeners[].forwarded-headers`: ingress-nginx's `use-forwarded-headers` with
+/// `proxy-real-ip-cidr` and `forwarded-for-header`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ForwardedHeaders {
+    /// Peers whose forwarding headers are believed; required.
+    pub from: Vec<IpNet>,
+    /// The header naming the client, a list of addresses with the nearest hop last.
+    #[serde(default = "default_client_header")]
+    pub client_header: String,
+}
+
+fn default_client_header() -> String {
+    "X-Forwarded-For".into()
 }
 
 /// `listeners[].proxy-protocol`: HAProxy's `accept-proxy`, or with `from`, its
@@ -1410,6 +1429,21 @@ impl Config {
                     return Err(invalid(format!("{key}.table-size"), "must be at least 1"));
                 }
             }
+            if let Some(f) = &l.forwarded_headers {
+                let key = format!("listeners[{i}].forwarded-headers");
+                if f.from.is_empty() {
+                    return Err(invalid(
+                        format!("{key}.from"),
+                        "name the proxies whose headers are believed",
+                    ));
+                }
+                if http::HeaderName::from_bytes(f.client_header.as_bytes()).is_err() {
+                    return Err(invalid(
+                        format!("{key}.client-header"),
+                        format!("`{}` is not a header name", f.client_header),
+                    ));
+                }
+            }
             if l.proxy_protocol.as_ref().is_some_and(|p| p.from.is_empty()) {
                 return Err(invalid(
                     format!("listeners[{i}].proxy-protocol.from"),
@@ -2192,6 +2226,31 @@ xdp: { enabled: false }
             let e = error_of(&proxied(p));
             assert!(e.contains(key), "{p}: {e}");
         }
+        let trusting = |p: &str| {
+            MINIMAL.replace(
+                "default-backend: app",
+                &format!("default-backend: app, forwarded-headers: {p}"),
+            )
+        };
+        for (p, key) in [
+            ("{}", "from"),
+            ("{ from: [] }", "forwarded-headers.from"),
+            (
+                "{ from: [10.0.0.0/8], client-header: 'a b' }",
+                "client-header",
+            ),
+        ] {
+            let e = error_of(&trusting(p));
+            assert!(e.contains(key), "{p}: {e}");
+        }
+        let c = parse(&trusting("{ from: [10.0.0.0/8] }")).expect("a trusted network");
+        assert_eq!(
+            c.listeners[0]
+                .forwarded_headers
+                .as_ref()
+                .map(|f| f.client_header.as_str()),
+            Some("X-Forwarded-For")
+        );
         let c = parse(&proxied("{}")).expect("from every peer");
         let p = c.listeners[0].proxy_protocol.as_ref().expect("set");
         for peer in ["192.0.2.1", "2001:db8::1", "::ffff:192.0.2.1"] {

@@ -31,6 +31,7 @@ pub mod connect;
 pub mod cors;
 pub mod direct;
 pub mod error;
+pub mod forwarded;
 pub mod h2c;
 pub mod headers;
 pub mod health;
@@ -44,7 +45,7 @@ pub mod timeout;
 
 use std::{
     convert::Infallible,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
@@ -359,6 +360,8 @@ struct Generation {
     access: Option<Arc<access::Policy>>,
     /// Who opens connections with a PROXY protocol header.
     proxy_protocol: Option<Arc<config::ProxyProtocol>>,
+    /// Whose forwarding headers name the client.
+    forwarded: Option<Arc<forwarded::Trust>>,
     /// Per backend of `routing`, this listener's metric handles, made on first use.
     handles: Arc<[OnceLock<metrics::Handles>]>,
 }
@@ -388,6 +391,11 @@ impl Generation {
             redirect: listener.redirect_to_https.clone().map(Arc::new),
             access: access::Policy::new(&cfg.access_log).map(Arc::new),
             proxy_protocol: listener.proxy_protocol.clone().map(Arc::new),
+            forwarded: listener
+                .forwarded_headers
+                .as_ref()
+                .and_then(forwarded::Trust::new)
+                .map(Arc::new),
             handles: routing.pools.iter().map(|_| OnceLock::new()).collect(),
             routing,
         }
@@ -514,10 +522,28 @@ pub async fn handle(
     let started = Instant::now();
     let generation = ctx.generation();
     let method = metrics::method_index(req.method());
-    let mut log = generation
-        .access
-        .as_ref()
-        .and_then(|a| a.begin(&ctx.name, peer, &req));
+    // The client: the connection's, or the one a trusted proxy's forwarding header names.
+    let trusted = generation
+        .forwarded
+        .as_deref()
+        .filter(|t| t.trusts(peer.ip()));
+    let named = trusted.and_then(|t| t.client(req.headers()));
+    let client = Client {
+        ip: named.as_ref().map_or(peer.ip(), |c| c.ip),
+        value: named.as_ref().map_or(&conn.peer_ip, |c| &c.value),
+        trusted: trusted.is_some(),
+    };
+    let mut log = generation.access.as_ref().and_then(|a| {
+        let port = named.is_none().then_some(peer.port());
+        a.begin(
+            &ctx.name,
+            access::Client {
+                ip: client.ip,
+                port,
+            },
+            &req,
+        )
+    });
     let mut trace = Trace::default();
     let mut chosen: Option<usize> = None;
     // This listener's metric handles for the chosen backend, looked up once per request.
@@ -534,11 +560,11 @@ pub async fn handle(
             return Ok(resp);
         }
         if let Some(l) = &generation.rate_limit {
-            l.check(peer.ip(), Instant::now())
+            l.check(client.ip, Instant::now())
                 .map_err(|retry_after| ProxyError::RateLimited { retry_after })?;
         }
         check_limits(&ctx.limits, &req)?;
-        let routed = route(&generation, &req, peer.ip())?;
+        let routed = route(&generation, &req, client.ip)?;
         let backend = routed.backend;
         chosen = Some(backend);
         if routed.forbidden {
@@ -558,7 +584,7 @@ pub async fn handle(
             }
         }
         let authorized = match routed.auth {
-            Some(a) => a.check(&req, ctx.scheme, &conn.peer_ip).await?,
+            Some(a) => a.check(&req, ctx.scheme, client.value).await?,
             None => Vec::new(),
         };
         handles = ctx.handles(&generation, backend);
@@ -567,7 +593,7 @@ pub async fn handle(
             .h2
             .get(backend)
             .is_some_and(Option::is_some);
-        let mut up = upstream_request(&ctx, &conn, req, h2, routed.rewrite)?;
+        let mut up = upstream_request(&ctx, &conn, &client, req, h2, routed.rewrite)?;
         for (n, v) in authorized {
             // What the auth service says of the client replaces anything the client sent.
             up.parts.headers.insert(n, v);
@@ -863,9 +889,20 @@ fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
 
 /// `h2`: the backend is `proto: h2` (`TE: trailers` is kept for it). `rewrite`: the matched
 /// route's `rewrite-prefix`.
+/// Who a request is from, for everything that looks at its client.
+struct Client<'a> {
+    ip: IpAddr,
+    /// `ip` as a header value.
+    value: &'a HeaderValue,
+    /// The connection's peer is a trusted proxy (`forwarded-headers`): its `X-Forwarded-Proto`,
+    /// `-Host` and `-Port` stand.
+    trusted: bool,
+}
+
 fn upstream_request(
     ctx: &ListenerCtx,
     conn: &Conn,
+    client: &Client<'_>,
     mut req: Request<Incoming>,
     h2: bool,
     rewrite: Option<&route::Rewrite>,
@@ -911,15 +948,23 @@ fn upstream_request(
         Some(Err(_)) | None => conn.peer_ip.clone(),
     };
     h.insert("x-forwarded-for", xff);
-    h.insert("x-forwarded-proto", HeaderValue::from_static(ctx.scheme));
-    h.insert(
-        "x-forwarded-port",
-        conn.port.as_ref().unwrap_or(&ctx.port).clone(),
-    );
+    // A trusted proxy's word on how the client reached it stands (it may have terminated TLS).
+    let keep = |h: &HeaderMap, name: &str| client.trusted && h.contains_key(name);
+    if !keep(h, "x-forwarded-proto") {
+        h.insert("x-forwarded-proto", HeaderValue::from_static(ctx.scheme));
+    }
+    if !keep(h, "x-forwarded-port") {
+        h.insert(
+            "x-forwarded-port",
+            conn.port.as_ref().unwrap_or(&ctx.port).clone(),
+        );
+    }
     // ingress-nginx sets it, and applications behind it read it.
-    h.insert("x-real-ip", conn.peer_ip.clone());
+    h.insert("x-real-ip", client.value.clone());
     if let Some(host) = &host {
-        h.insert("x-forwarded-host", host.clone());
+        if !keep(h, "x-forwarded-host") {
+            h.insert("x-forwarded-host", host.clone());
+        }
         // HTTP/2 carries the host in :authority; HTTP/1.1 backends need a Host header.
         if !h.contains_key(header::HOST) {
             h.insert(header::HOST, host.clone());

@@ -1,7 +1,9 @@
-//! `listeners[].proxy-protocol` through the real binary: clients named by PROXY protocol v1 and
-//! v2 headers become the connection's client for the forwarding headers, route `allow` lists
-//! and the access to the route; a header is read before TLS; connections without a usable
-//! header are closed and counted, and peers outside `from` cannot name another client. No root.
+//! Who the client is, through the real binary. `listeners[].proxy-protocol`: clients named by
+//! PROXY protocol v1 and v2 headers become the connection's client for the forwarding headers
+//! and route `allow` lists; a header is read before TLS; connections without a usable header
+//! are closed and counted, and peers outside `from` cannot name another client.
+//! `listeners[].forwarded-headers`: a trusted proxy's `X-Forwarded-For` names the client for
+//! the same, and for rate limits. No root.
 
 #![allow(
     clippy::unwrap_used,
@@ -294,4 +296,92 @@ backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
     let tls_proxied =
         "floodgate_proxy_protocol_headers_total{listener=\"lb-tls\",result=\"proxied\"}";
     assert_eq!(metric(&m, tls_proxied), Some(2.0), "{m}");
+}
+
+/// A GET of `/headers` (or `path`) with `extra` header lines; the status and the body.
+fn get_with(addr: SocketAddr, path: &str, extra: &str) -> (u16, String) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra}Connection: close\r\n\r\n");
+    let (status, _, body) = http_raw(addr, req.as_bytes()).unwrap();
+    (status, body)
+}
+
+#[test]
+fn a_trusted_proxys_forwarded_for_names_the_client() {
+    let (op, port, other_port) = (free_port(), free_port(), free_port());
+    let _origin = spawn_origin(op, "o");
+    let config = temp_file(
+        "fwd/fg.yaml",
+        &format!(
+            "
+xdp: {{ enabled: false }}
+listeners:
+  - name: cdn
+    bind: '127.0.0.1:{port}'
+    default-backend: app
+    forwarded-headers: {{ from: [127.0.0.0/8, 10.0.0.0/8] }}
+    rate-limit: {{ per-source: 1, burst: 1 }}
+  - name: open
+    bind: '127.0.0.1:{other_port}'
+    default-backend: app
+    forwarded-headers: {{ from: [10.0.0.0/8] }}
+routes:
+  - {{ path-prefix: /office, allow: [192.0.2.0/24], backend: app }}
+backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
+"
+        ),
+    );
+    let _fg = spawn_floodgate(&config);
+    let at = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    let (addr, open) = (at(port), at(other_port));
+    for a in [addr, open, at(op)] {
+        assert!(
+            wait_for_port(a, Duration::from_secs(10)),
+            "{a} is not listening"
+        );
+    }
+
+    // The rightmost address that is not a trusted proxy is the client; what the client wrote
+    // at the left is passed on but not believed. The proxy's scheme and host stand.
+    let (status, body) = get_with(
+        addr,
+        "/headers",
+        "X-Forwarded-For: 198.51.100.1, 192.0.2.7, 10.9.9.9\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: shop.example.com\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    for line in [
+        "x-real-ip: 192.0.2.7",
+        "x-forwarded-for: 198.51.100.1, 192.0.2.7, 10.9.9.9, 127.0.0.1",
+        "x-forwarded-proto: https",
+        "x-forwarded-host: shop.example.com",
+    ] {
+        assert!(has(&body, line), "{line}: {body}");
+    }
+
+    // Rate limits count the named client: 192.0.2.7 spent its one request above.
+    let (status, _) = get_with(addr, "/", "X-Forwarded-For: 192.0.2.7\r\n");
+    assert_eq!(status, 429);
+    let (status, _) = get_with(addr, "/", "X-Forwarded-For: 192.0.2.8\r\n");
+    assert_eq!(status, 200);
+
+    // Route `allow` lists too.
+    let (status, _) = get_with(addr, "/office/x", "X-Forwarded-For: 192.0.2.9\r\n");
+    assert_eq!(status, 200);
+    let (status, _) = get_with(addr, "/office/x", "X-Forwarded-For: 203.0.113.5\r\n");
+    assert_eq!(status, 403);
+
+    // A peer that is not a trusted proxy is the client, whatever its headers say.
+    let (status, body) = get_with(
+        open,
+        "/headers",
+        "X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: https\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    for line in [
+        "x-real-ip: 127.0.0.1",
+        "x-forwarded-for: 192.0.2.7, 127.0.0.1",
+        "x-forwarded-proto: http",
+        "x-forwarded-host: t",
+    ] {
+        assert!(has(&body, line), "{line}: {body}");
+    }
 }
