@@ -1886,3 +1886,93 @@ backends:
         "the POST was not copied: {shadow}"
     );
 }
+
+/// `curl -u user:password` to `path`: the status and the `WWW-Authenticate` it got.
+fn curl_as(addr: SocketAddr, path: &str, user: Option<&str>) -> (u16, String) {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-o", "/dev/null", "-D", "-", "--max-time", "10"]);
+    if let Some(u) = user {
+        c.args(["-u", u]);
+    }
+    let out = c.arg(format!("http://{addr}{path}")).output().unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let challenge = head
+        .lines()
+        .find_map(|l| l.strip_prefix("www-authenticate: "))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    (status, challenge)
+}
+
+fn openssl_passwd(args: &[&str], password: &str) -> String {
+    let out = Command::new("openssl")
+        .arg("passwd")
+        .args(args)
+        .arg(password)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl passwd");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Basic auth against an htpasswd file with hashes made by real tools; the file replaced on
+/// disk (a Secret updated) takes effect without a reload signal.
+#[test]
+fn basic_auth_lets_the_files_users_through_and_follows_the_file() {
+    let op = free_port();
+    let _origin = origin(op, "o");
+    // apr1 is `htpasswd`'s default; bcrypt is OpenBSD's test vector (bob, `U*U`).
+    let users = temp_file(
+        "basic/htpasswd",
+        &format!(
+            "alice:{}\nbob:$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW\n",
+            openssl_passwd(&["-apr1"], "alice-pw")
+        ),
+    );
+    let (_fg, addr) = floodgate_with(
+        "basic.yaml",
+        "",
+        &format!("    servers: ['127.0.0.1:{op}']"),
+        &format!(
+            "routes: [{{ path-prefix: /admin, basic-auth: {{ users-file: {}, realm: Staff }}, backend: app }}]",
+            users.display()
+        ),
+    );
+    let challenge = "Basic realm=\"Staff\"";
+    assert_eq!(curl_as(addr, "/admin/x", None), (401, challenge.into()));
+    assert_eq!(curl_as(addr, "/admin/x", Some("alice:wrong")), (401, challenge.into()));
+    assert_eq!(curl_as(addr, "/admin/x", Some("mallory:alice-pw")).0, 401);
+    assert_eq!(curl_as(addr, "/admin/x", Some("alice:alice-pw")).0, 200);
+    // Twice: the second is answered from the remembered pass.
+    assert_eq!(curl_as(addr, "/admin/x", Some("bob:U*U")).0, 200);
+    assert_eq!(curl_as(addr, "/admin/x", Some("bob:U*U")).0, 200);
+    assert_eq!(curl_as(addr, "/elsewhere", None).0, 200, "other routes are open");
+
+    // alice is removed and carol added (SHA-512-crypt): no signal, the file is watched.
+    write_atomically(
+        &users,
+        &format!(
+            "bob:$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW\ncarol:{}\n",
+            openssl_passwd(&["-6"], "carol-pw")
+        ),
+    );
+    assert!(
+        floodgate_tests::wait_until(Duration::from_secs(10), || {
+            curl_as(addr, "/admin/x", Some("carol:carol-pw")).0 == 200
+        }),
+        "the new users file was not applied"
+    );
+    assert_eq!(curl_as(addr, "/admin/x", Some("alice:alice-pw")).0, 401);
+    assert_eq!(curl_as(addr, "/admin/x", Some("bob:U*U")).0, 200);
+
+    // A broken file is refused and the last good users keep working.
+    write_atomically(&users, "carol\n");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(curl_as(addr, "/admin/x", Some("carol:carol-pw")).0, 200);
+}

@@ -696,6 +696,9 @@ pub struct Route {
     /// An auth service asked before each request goes on (ingress-nginx's `auth-url`).
     #[serde(default)]
     pub auth: Option<Auth>,
+    /// Basic authentication against an htpasswd file (ingress-nginx's `auth-type: basic`).
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuth>,
     /// CORS: preflights answered here, allowed origins' answers marked (`enable-cors`).
     #[serde(default)]
     pub cors: Option<Cors>,
@@ -748,6 +751,21 @@ impl Default for Cors {
             max_age: HDuration::secs(1_728_000),
         }
     }
+}
+
+/// Basic authentication: users and password hashes in an htpasswd file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BasicAuth {
+    /// `user:hash` lines, as `htpasswd` writes them (a Kubernetes Secret's `auth` key).
+    pub users_file: PathBuf,
+    /// Shown by browsers in the sign-in prompt.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+}
+
+fn default_realm() -> String {
+    "Authentication Required".into()
 }
 
 /// External authentication: a GET to `url` with the client's headers decides.
@@ -1138,6 +1156,28 @@ impl Config {
         cfg.tls.apply_ssl_options()?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The files this config names that are read when it is applied (routes' users files,
+    /// error pages, backends' CA, certificate and key): a change of one reloads the config like
+    /// a change of the config file. Listener certificates reload on their own (`tls.rs`).
+    pub fn files(&self) -> Vec<PathBuf> {
+        let users = self
+            .routes
+            .iter()
+            .filter_map(|r| r.basic_auth.as_ref().map(|b| b.users_file.clone()));
+        let pages = self.error_pages.values().cloned();
+        let tls = self
+            .backends
+            .iter()
+            .filter_map(|b| b.tls.as_ref())
+            .flat_map(|t| [&t.ca_file, &t.cert, &t.key])
+            .flatten()
+            .cloned();
+        let mut files: Vec<PathBuf> = users.chain(pages).chain(tls).collect();
+        files.sort();
+        files.dedup();
+        files
     }
 
     /// Checks what serde cannot: cross references, ranges and uniqueness.

@@ -165,10 +165,11 @@ fn init_tracing(format: &str) {
 
 fn check(path: &std::path::Path, haproxy_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
     let cfg = Config::load_with(path, haproxy_dir)?;
-    // The files a backend's `tls` and `error-pages` name are read when the config is
+    // The files a backend's `tls`, `error-pages` and routes' `basic-auth` name are read when the config is
     // applied; read them now.
     floodgate::proxy::client_tls(&cfg)?;
     floodgate::proxy::error::Pages::load(&cfg.error_pages)?;
+    floodgate::proxy::basic_auth(&cfg)?;
     if !cfg.ignored_haproxy_keys.is_empty() {
         println!(
             "HAProxy keys floodgate does not implement (ignored): {}",
@@ -411,10 +412,15 @@ async fn serve(
 
     let mut tick = tokio::time::interval(PUBLISH_INTERVAL);
     let mut watch_tick = tokio::time::interval(RELOAD_POLL);
-    let watched = std::iter::once(path)
-        .chain(haproxy_dir)
-        .map(std::path::Path::to_path_buf);
-    let mut watcher = reload::Watcher::new(watched.collect());
+    // The config file, the ConfigMap directory, and the files the config names.
+    let watched = |cfg: &Config| {
+        std::iter::once(path)
+            .chain(haproxy_dir)
+            .map(std::path::Path::to_path_buf)
+            .chain(cfg.files())
+            .collect::<Vec<_>>()
+    };
+    let mut watcher = reload::Watcher::new(watched(&cfg));
     let mut ticks: u64 = 0;
     let flows = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut drops = floodgate::stats::DropBursts::default();
@@ -508,6 +514,7 @@ async fn serve(
                 Ok((new_cfg, new_routing)) => {
                     cfg = new_cfg;
                     routing = new_routing;
+                    watcher.watch(watched(&cfg));
                     info!(
                         ok = reloads.ok.load(std::sync::atomic::Ordering::Relaxed),
                         "config reloaded: new requests use it"

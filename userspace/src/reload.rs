@@ -129,6 +129,15 @@ impl Watcher {
         Some(h.finish())
     }
 
+    /// Watches `paths` from now on, their content as it is now being the baseline (after a
+    /// reload, the files the new config names).
+    pub fn watch(&mut self, paths: Vec<PathBuf>) {
+        if paths != self.paths {
+            self.paths = paths;
+            self.last = self.digest();
+        }
+    }
+
     /// True once per change of content; a file that cannot be read is not a change (a
     /// ConfigMap update replaces it atomically, so this is a transient state at most).
     pub fn changed(&mut self) -> bool {
@@ -204,6 +213,15 @@ backends: [{ name: a, servers: ['127.0.0.1:1'] }, { name: b, servers: ['127.0.0.
         assert!(!w.changed());
         write(&dir, "b");
         assert!(!w.changed(), "rewritten with the same content");
+        let other = dir.join("users");
+        std::fs::write(&other, "a:x").unwrap();
+        w.watch(vec![p.clone(), other.clone()]);
+        assert!(
+            !w.changed(),
+            "what is there when watching starts is no change"
+        );
+        std::fs::write(&other, "a:y").unwrap();
+        assert!(w.changed(), "a named file changed");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

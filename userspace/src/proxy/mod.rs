@@ -27,6 +27,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod basic;
 pub mod connect;
 pub mod cors;
 pub mod direct;
@@ -129,6 +130,7 @@ impl Routing {
         let t = &cfg.global.timeouts;
         let tls = client_tls(cfg)?;
         let error_pages = error::Pages::load(&cfg.error_pages)?;
+        let basic = basic_auth(cfg)?;
         let mut pools = Vec::with_capacity(cfg.backends.len());
         let mut tasks = Vec::new();
         for (b, tls) in cfg.backends.iter().zip(&tls) {
@@ -185,7 +187,7 @@ impl Routing {
             direct.clone(),
             h2.iter().flatten().cloned().collect(),
         ));
-        let router = Router::new(&cfg.routes, |name| {
+        let router = Router::with_users(&cfg.routes, &basic, |name| {
             pools.iter().position(|p| p.name == name)
         });
         Ok(Self {
@@ -257,6 +259,26 @@ pub enum BuildError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Page(#[from] error::PageError),
+    #[error(transparent)]
+    BasicAuth(#[from] basic::BasicAuthError),
+}
+
+/// Every route's `basic-auth`, its users file read. `floodgate check` reads them too.
+pub fn basic_auth(
+    cfg: &Config,
+) -> Result<Vec<Option<Arc<basic::BasicAuth>>>, basic::BasicAuthError> {
+    cfg.routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.basic_auth
+                .as_ref()
+                .map(|b| {
+                    basic::BasicAuth::load(&format!("routes[{i}].basic-auth"), b).map(Arc::new)
+                })
+                .transpose()
+        })
+        .collect()
 }
 
 /// Every backend's `tls`, in order: built once per generation, shared by its connections and
@@ -583,6 +605,9 @@ pub async fn handle(
                 return Ok(resp);
             }
         }
+        if let Some(b) = routed.basic {
+            b.check(req.headers()).await?;
+        }
         let authorized = match routed.auth {
             Some(a) => a.check(&req, ctx.scheme, client.value).await?,
             None => Vec::new(),
@@ -827,6 +852,7 @@ fn route<'g>(
             rewrite: None,
             forbidden: false,
             auth: None,
+            basic: None,
             cors: None,
             mirror: None,
         }))

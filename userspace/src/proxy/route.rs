@@ -8,7 +8,7 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::{auth::Auth, cors::Cors};
+use super::{auth::Auth, basic::BasicAuth, cors::Cors};
 use crate::config;
 
 #[derive(Debug, Clone)]
@@ -38,6 +38,7 @@ struct Rule {
     /// Client networks the rule serves; empty: all.
     allow: Vec<ipnet::IpNet>,
     auth: Option<Arc<Auth>>,
+    basic: Option<Arc<BasicAuth>>,
     cors: Option<Arc<Cors>>,
     mirror: Option<usize>,
 }
@@ -141,6 +142,8 @@ pub struct Routed<'a> {
     pub forbidden: bool,
     /// The route's auth service, to ask before the request goes on.
     pub auth: Option<&'a Auth>,
+    /// The route's htpasswd users, checked before that.
+    pub basic: Option<&'a BasicAuth>,
     pub cors: Option<&'a Cors>,
     /// The backend that gets a copy of the request.
     pub mirror: Option<usize>,
@@ -161,11 +164,23 @@ pub struct Router {
 const MAX_LISTS: usize = 8;
 
 impl Router {
-    /// `backend_index` resolves a backend name (validated by config) to its index.
+    /// A router without basic auth users (tests).
+    #[cfg(test)]
     pub fn new(routes: &[config::Route], backend_index: impl Fn(&str) -> Option<usize>) -> Self {
+        Self::with_users(routes, &[], backend_index)
+    }
+
+    /// `backend_index` resolves a backend name (validated by config) to its index; `basic` is
+    /// each route's `basic-auth`, loaded (`basic::load`).
+    pub fn with_users(
+        routes: &[config::Route],
+        basic: &[Option<Arc<BasicAuth>>],
+        backend_index: impl Fn(&str) -> Option<usize>,
+    ) -> Self {
         let rules = routes
             .iter()
-            .filter_map(|r| {
+            .enumerate()
+            .filter_map(|(i, r)| {
                 let host = match r.host.as_deref() {
                     None => HostMatch::Any,
                     Some(h) => match h.strip_prefix('*') {
@@ -219,6 +234,7 @@ impl Router {
                         Some(a) => Some(Arc::new(Auth::new(a)?)),
                         None => None,
                     },
+                    basic: basic.get(i).cloned().flatten(),
                     cors: match &r.cors {
                         Some(c) => Some(Arc::new(Cors::new(c)?)),
                         None => None,
@@ -334,6 +350,7 @@ impl Router {
                 !r.allow.iter().any(|n| n.contains(&ip))
             },
             auth: r.auth.as_deref(),
+            basic: r.basic.as_deref(),
             cors: r.cors.as_deref(),
             mirror: r.mirror,
         })
@@ -392,6 +409,7 @@ mod tests {
             allow: Vec::new(),
             headers: Default::default(),
             auth: None,
+            basic_auth: None,
             cors: None,
             mirror: None,
             backend: backend.into(),
