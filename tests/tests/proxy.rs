@@ -1946,13 +1946,20 @@ fn basic_auth_lets_the_files_users_through_and_follows_the_file() {
     );
     let challenge = "Basic realm=\"Staff\"";
     assert_eq!(curl_as(addr, "/admin/x", None), (401, challenge.into()));
-    assert_eq!(curl_as(addr, "/admin/x", Some("alice:wrong")), (401, challenge.into()));
+    assert_eq!(
+        curl_as(addr, "/admin/x", Some("alice:wrong")),
+        (401, challenge.into())
+    );
     assert_eq!(curl_as(addr, "/admin/x", Some("mallory:alice-pw")).0, 401);
     assert_eq!(curl_as(addr, "/admin/x", Some("alice:alice-pw")).0, 200);
     // Twice: the second is answered from the remembered pass.
     assert_eq!(curl_as(addr, "/admin/x", Some("bob:U*U")).0, 200);
     assert_eq!(curl_as(addr, "/admin/x", Some("bob:U*U")).0, 200);
-    assert_eq!(curl_as(addr, "/elsewhere", None).0, 200, "other routes are open");
+    assert_eq!(
+        curl_as(addr, "/elsewhere", None).0,
+        200,
+        "other routes are open"
+    );
 
     // alice is removed and carol added (SHA-512-crypt): no signal, the file is watched.
     write_atomically(
