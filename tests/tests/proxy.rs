@@ -1983,3 +1983,41 @@ fn basic_auth_lets_the_files_users_through_and_follows_the_file() {
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(curl_as(addr, "/admin/x", Some("carol:carol-pw")).0, 200);
 }
+
+/// Routes that answer with a redirect: a whole host moved (path and query kept), an app root,
+/// and the route's `allow` list still deciding first.
+#[test]
+fn redirect_routes_answer_without_a_backend() {
+    let op = free_port();
+    let _origin = origin(op, "o");
+    let (_fg, addr) = floodgate_with(
+        "redirects.yaml",
+        "",
+        &format!("    servers: ['127.0.0.1:{op}']"),
+        "routes:
+  - { host: old.example.com, redirect: { prefix: 'https://new.example.com/', code: 301 } }
+  - { host: t, path: /, redirect: { location: /app/ } }
+  - { path-prefix: /internal, allow: [10.0.0.0/8], redirect: { location: /x } }",
+    );
+    let get = |host: &str, target: &str| {
+        let req = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let (status, head, _) = floodgate_tests::http_raw(addr, req.as_bytes()).unwrap();
+        let location = head
+            .lines()
+            .find_map(|l| l.strip_prefix("location: "))
+            .unwrap_or_default()
+            .to_owned();
+        (status, location)
+    };
+    assert_eq!(
+        get("old.example.com", "/a/b?x=1"),
+        (301, "https://new.example.com/a/b?x=1".into())
+    );
+    assert_eq!(get("t", "/"), (302, "/app/".into()));
+    assert_eq!(get("t", "/internal/y"), (403, String::new()));
+    assert_eq!(
+        get("t", "/app/"),
+        (200, String::new()),
+        "to the default backend"
+    );
+}

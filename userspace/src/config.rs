@@ -706,13 +706,39 @@ pub struct Route {
     /// ignored (ingress-nginx's `mirror-target`).
     #[serde(default)]
     pub mirror: Option<String>,
-    /// The backend, or `split` instead.
+    /// The backend, or `split` or `redirect` instead.
     #[serde(default)]
     pub backend: String,
     /// Requests shared among backends by weight, each request drawn at random (ingress-nginx's
     /// `canary-weight`).
     #[serde(default)]
     pub split: Vec<SplitTo>,
+    /// Answer with a redirect instead of going to a backend.
+    #[serde(default)]
+    pub redirect: Option<Redirect>,
+}
+
+/// A route's redirect: HAProxy's `http-request redirect location|prefix ... code N`,
+/// ingress-nginx's `permanent-redirect`, `temporal-redirect` and `app-root`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Redirect {
+    /// The `Location`, as it is.
+    #[serde(default)]
+    pub location: Option<String>,
+    /// The `Location` is this followed by the request's path (and query).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// With `prefix`: leave the query out.
+    #[serde(default)]
+    pub drop_query: bool,
+    /// 301, 302, 303, 307 or 308.
+    #[serde(default = "default_redirect_code")]
+    pub code: u16,
+}
+
+fn default_redirect_code() -> u16 {
+    302
 }
 
 /// ingress-nginx's `enable-cors` and `cors-*` annotations, with their defaults.
@@ -1500,20 +1526,66 @@ impl Config {
             }
         }
         for (i, r) in self.routes.iter().enumerate() {
-            match (r.backend.is_empty(), r.split.is_empty()) {
-                (true, true) => {
+            let targets = [
+                !r.backend.is_empty(),
+                !r.split.is_empty(),
+                r.redirect.is_some(),
+            ];
+            match targets.iter().filter(|t| **t).count() {
+                0 => {
                     return Err(invalid(
                         format!("routes[{i}].backend"),
-                        "required (or `split`)",
+                        "required (or `split`, or `redirect`)",
                     ));
                 }
-                (false, false) => {
+                1 => {}
+                _ => {
                     return Err(invalid(
                         format!("routes[{i}]"),
-                        "set `backend` or `split`, not both",
+                        "set one of `backend`, `split` and `redirect`",
                     ));
                 }
-                _ => {}
+            }
+            if let Some(d) = &r.redirect {
+                let key = format!("routes[{i}].redirect");
+                let target = match (&d.location, &d.prefix) {
+                    (Some(l), None) => l,
+                    (None, Some(p)) => p,
+                    _ => {
+                        return Err(invalid(key, "set one of `location` and `prefix`"));
+                    }
+                };
+                if target.is_empty() || http::HeaderValue::from_str(target).is_err() {
+                    return Err(invalid(
+                        key,
+                        format!("`{target}` cannot be a Location header"),
+                    ));
+                }
+                if d.drop_query && d.prefix.is_none() {
+                    return Err(invalid(format!("{key}.drop-query"), "only with `prefix`"));
+                }
+                if !matches!(d.code, 301 | 302 | 303 | 307 | 308) {
+                    return Err(invalid(
+                        format!("{key}.code"),
+                        format!(
+                            "{} is not a redirect code (301, 302, 303, 307, 308)",
+                            d.code
+                        ),
+                    ));
+                }
+                // These act on a request that goes to a backend, which this one never does.
+                for (set, name) in [
+                    (r.mirror.is_some(), "mirror"),
+                    (r.rewrite_prefix.is_some(), "rewrite-prefix"),
+                    (r.rewrite_target.is_some(), "rewrite-target"),
+                ] {
+                    if set {
+                        return Err(invalid(
+                            format!("routes[{i}].{name}"),
+                            "has no effect on a `redirect` route",
+                        ));
+                    }
+                }
             }
             let targets = std::iter::once((format!("routes[{i}].backend"), &r.backend))
                 .filter(|(_, b)| !b.is_empty())
@@ -2143,7 +2215,30 @@ xdp: { enabled: false }
             ("{ path: /a }", "routes[0].backend"),
             (
                 "{ backend: app, split: [{ backend: app, weight: 1 }] }",
-                "not both",
+                "one of `backend`, `split` and `redirect`",
+            ),
+            (
+                "{ backend: app, redirect: { location: /x } }",
+                "one of `backend`, `split` and `redirect`",
+            ),
+            ("{ redirect: { code: 301 } }", "routes[0].redirect"),
+            (
+                "{ redirect: { location: /x, prefix: /y } }",
+                "one of `location` and `prefix`",
+            ),
+            ("{ redirect: { location: /x, code: 200 } }", "redirect.code"),
+            (
+                "{ redirect: { location: /x, drop-query: true } }",
+                "drop-query",
+            ),
+            ("{ redirect: { location: \"/a\\nb\" } }", "Location"),
+            (
+                "{ path-prefix: /a, rewrite-prefix: /, redirect: { location: /x } }",
+                "routes[0].rewrite-prefix",
+            ),
+            (
+                "{ mirror: app, redirect: { location: /x } }",
+                "routes[0].mirror",
             ),
             (
                 "{ split: [{ backend: nope, weight: 1 }] }",

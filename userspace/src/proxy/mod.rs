@@ -39,6 +39,7 @@ pub mod health;
 pub mod pool;
 pub mod proxyproto;
 pub mod ratelimit;
+pub mod redirect;
 pub mod route;
 pub mod server;
 pub mod sticky;
@@ -574,7 +575,7 @@ pub async fn handle(
     let mut cors: Option<(&cors::Cors, Option<HeaderValue>)> = None;
     let result = async {
         if let Some(r) = &generation.redirect
-            && let Some(resp) = redirect(r, &req)
+            && let Some(resp) = redirect::to_https(r, &req)
         {
             if let Some(m) = &ctx.metrics {
                 m.redirect(&ctx.name);
@@ -587,11 +588,16 @@ pub async fn handle(
         }
         check_limits(&ctx.limits, &req)?;
         let routed = route(&generation, &req, client.ip)?;
-        let backend = routed.backend;
-        chosen = Some(backend);
         if routed.forbidden {
             return Err(ProxyError::Forbidden);
         }
+        let Some(backend) = routed.backend else {
+            return match routed.redirect {
+                Some(d) => d.answer(req.uri()),
+                None => Err(ProxyError::NoRoute),
+            };
+        };
+        chosen = Some(backend);
         if let Some(c) = routed.cors {
             cors = Some((c, c.allowed(&req)));
             if cors::Cors::is_preflight(&req) {
@@ -776,40 +782,6 @@ struct Trace {
 }
 
 /// `redirect-to-https`: the same host and target on `https://`, unless the path is exempt.
-fn redirect(r: &config::RedirectToHttps, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
-    let path = req.uri().path();
-    if r.except_prefixes
-        .iter()
-        .any(|p| path.starts_with(p.as_str()))
-    {
-        return None;
-    }
-    let host = req.uri().host().map(str::to_owned).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.parse::<http::uri::Authority>().ok())
-            .map(|a| a.host().to_owned())
-    })?;
-    let target = req
-        .uri()
-        .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str);
-    let location = if r.port == 443 {
-        format!("https://{host}{target}")
-    } else {
-        format!("https://{host}:{}{target}", r.port)
-    };
-    let location = HeaderValue::from_str(&location).ok()?;
-    let mut resp = Response::new(Empty::new().map_err(|never| match never {}).boxed());
-    *resp.status_mut() =
-        http::StatusCode::from_u16(r.code).unwrap_or(http::StatusCode::PERMANENT_REDIRECT);
-    resp.headers_mut().insert(header::LOCATION, location);
-    resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-    Some(resp)
-}
-
 /// 414 and 413 here; 431 (too many or too large headers) is hyper's, from the same limits.
 fn check_limits(l: &config::Limits, req: &Request<Incoming>) -> Result<(), ProxyError> {
     let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
@@ -848,7 +820,8 @@ fn route<'g>(
         .router
         .route(host, req.uri().path(), req.headers(), client)
         .or(ctx.default_backend.map(|backend| route::Routed {
-            backend,
+            backend: Some(backend),
+            redirect: None,
             rewrite: None,
             forbidden: false,
             auth: None,

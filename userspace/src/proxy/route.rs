@@ -8,7 +8,7 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::{auth::Auth, basic::BasicAuth, cors::Cors};
+use super::{auth::Auth, basic::BasicAuth, cors::Cors, redirect::RouteRedirect};
 use crate::config;
 
 #[derive(Debug, Clone)]
@@ -48,24 +48,27 @@ enum Target {
     One(usize),
     /// Backends and their weights (`split`), with the weights' sum (above 0).
     Split(Vec<(usize, u32)>, u32),
+    /// No backend: a redirect answers.
+    Redirect(Arc<RouteRedirect>),
 }
 
 impl Target {
-    fn backend(&self) -> usize {
-        match self {
+    fn backend(&self) -> Option<usize> {
+        Some(match self {
             Target::One(b) => *b,
+            Target::Redirect(_) => return None,
             Target::Split(to, total) => {
                 let mut n = crate::rng::next() % u64::from(*total);
                 for (b, w) in to {
                     if n < u64::from(*w) {
-                        return *b;
+                        return Some(*b);
                     }
                     n -= u64::from(*w);
                 }
                 // Unreachable: the weights sum to `total`.
                 to.last().map_or(0, |(b, _)| *b)
             }
-        }
+        })
     }
 }
 
@@ -136,7 +139,9 @@ impl Rewrite {
 /// Where a request goes: its backend, and the path rewrite of the route that matched.
 #[derive(Debug, Clone, Copy)]
 pub struct Routed<'a> {
-    pub backend: usize,
+    /// `None` for a `redirect` route.
+    pub backend: Option<usize>,
+    pub redirect: Option<&'a RouteRedirect>,
     pub rewrite: Option<&'a Rewrite>,
     /// The client's address is outside the route's `allow` list: the answer is 403.
     pub forbidden: bool,
@@ -194,7 +199,9 @@ impl Router {
                     (None, None, Some(re)) => PathMatch::Regex(regex_lite::Regex::new(re).ok()?),
                     (None, None, None) => PathMatch::Any,
                 };
-                let target = if r.split.is_empty() {
+                let target = if let Some(d) = &r.redirect {
+                    Target::Redirect(Arc::new(RouteRedirect::new(d)?))
+                } else if r.split.is_empty() {
                     Target::One(backend_index(&r.backend)?)
                 } else {
                     let to = r
@@ -305,6 +312,7 @@ impl Router {
         self.rules.iter().flat_map(|r| match &r.target {
             Target::One(b) => vec![*b],
             Target::Split(to, _) => to.iter().map(|(b, _)| *b).collect(),
+            Target::Redirect(_) => Vec::new(),
         })
     }
 
@@ -344,6 +352,10 @@ impl Router {
         };
         found.map(|r| Routed {
             backend: r.target.backend(),
+            redirect: match &r.target {
+                Target::Redirect(d) => Some(d),
+                _ => None,
+            },
             rewrite: r.rewrite.as_ref(),
             forbidden: !r.allow.is_empty() && {
                 let ip = client.to_canonical();
@@ -414,6 +426,7 @@ mod tests {
             mirror: None,
             backend: backend.into(),
             split: Vec::new(),
+            redirect: None,
         }
     }
 
@@ -432,7 +445,8 @@ mod tests {
         let any = IpAddr::from([192, 0, 2, 1]);
         let name = |h: Option<&str>, p: &str| {
             r.route(h, p, &HeaderMap::new(), any)
-                .map(|i| names[i.backend])
+                .and_then(|i| i.backend)
+                .map(|b| names[b])
         };
         assert_eq!(
             name(Some("www.example.com"), "/api/x"),
@@ -547,7 +561,7 @@ mod tests {
             for path in ["/", "/api", "/api/x", "/login", "/apix"] {
                 let got = r
                     .route(host, path, &HeaderMap::new(), any)
-                    .map(|x| x.backend);
+                    .and_then(|x| x.backend);
                 let lower = host.map(strip_port).map(str::to_ascii_lowercase);
                 let scan = r.rules.iter().position(|rule| {
                     host_matches(&rule.host, lower.as_deref()) && path_matches(&rule.path, path)
@@ -591,6 +605,31 @@ mod tests {
     }
 
     #[test]
+    fn redirect_rules_have_no_backend() {
+        let r = Router::new(
+            &[
+                config::Route {
+                    redirect: Some(config::Redirect {
+                        location: Some("/app/".into()),
+                        prefix: None,
+                        drop_query: false,
+                        code: 302,
+                    }),
+                    ..route(None, Some("/"), None, "")
+                },
+                route(None, None, None, "b"),
+            ],
+            |n| (n == "b").then_some(7),
+        );
+        let any = IpAddr::from([192, 0, 2, 1]);
+        let root = r.route(None, "/", &HeaderMap::new(), any).unwrap();
+        assert!(root.backend.is_none() && root.redirect.is_some());
+        let other = r.route(None, "/x", &HeaderMap::new(), any).unwrap();
+        assert_eq!((other.backend, other.redirect.is_none()), (Some(7), true));
+        assert_eq!(r.backends().collect::<Vec<_>>(), [7]);
+    }
+
+    #[test]
     fn allow_lists_forbid_other_clients_of_the_matching_rule() {
         let r = Router::new(
             &[
@@ -609,7 +648,7 @@ mod tests {
             let routed = r
                 .route(None, path, &HeaderMap::new(), ip.parse().unwrap())
                 .unwrap();
-            (routed.backend, routed.forbidden)
+            (routed.backend.unwrap(), routed.forbidden)
         };
         assert_eq!(forbidden("10.1.2.3", "/admin"), (0, false));
         assert_eq!(
@@ -657,12 +696,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-canary", HeaderValue::from_static("always"));
         for _ in 0..100 {
-            assert_eq!(r.route(None, "/", &h, any).unwrap().backend, 1);
+            assert_eq!(r.route(None, "/", &h, any).unwrap().backend, Some(1));
         }
         h.insert("x-canary", HeaderValue::from_static("never"));
         let n = 20_000;
         let canary = (0..n)
-            .filter(|_| r.route(None, "/", &h, any).unwrap().backend == 1)
+            .filter(|_| r.route(None, "/", &h, any).unwrap().backend == Some(1))
             .count();
         // 10% of 20,000 is 2,000, with a standard deviation of about 42.
         assert!(
