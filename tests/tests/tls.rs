@@ -480,3 +480,145 @@ fn ocsp_is_stapled_from_a_file_and_handshakes_are_counted() {
         "not in docs/observability.md: {undocumented:?}"
     );
 }
+
+/// `listeners[].passthrough`: a ClientHello naming a passthrough host reaches the backend's own
+/// TLS server untouched (its certificate, its answer); other names are terminated here, on the
+/// same port; a backend that cannot be reached closes the connection, counted.
+#[test]
+fn passthrough_hosts_reach_their_own_tls_server() {
+    let dir = temp_file("passthrough/x", "")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let (ours, our_key) = cert(&dir, "ours", "ec", "a.example.com", "DNS:a.example.com");
+    let (theirs, their_key) = cert(
+        &dir,
+        "theirs",
+        "ec",
+        "vault.example.com",
+        "DNS:vault.example.com",
+    );
+    let (vault_port, dead_port, port, admin_port, op) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let _vault = Proc::spawn(
+        "openssl s_server",
+        Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(vault_port.to_string())
+            .arg("-cert")
+            .arg(&theirs)
+            .arg("-key")
+            .arg(&their_key)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let _origin = spawn_origin(op, "origin");
+    let config = temp_file(
+        "passthrough/fg.yaml",
+        &format!(
+            "
+xdp: {{ enabled: false }}
+admin: {{ bind: '127.0.0.1:{admin_port}' }}
+listeners:
+  - name: https
+    bind: 127.0.0.1:{port}
+    default-backend: app
+    tls: {{ certificates: [{{ cert: {}, key: {} }}] }}
+    passthrough:
+      - {{ host: vault.example.com, backend: vault }}
+      - {{ host: '*.gone.example.com', backend: gone }}
+backends:
+  - {{ name: app, servers: ['127.0.0.1:{op}'] }}
+  - {{ name: vault, servers: ['127.0.0.1:{vault_port}'] }}
+  - {{ name: gone, servers: ['127.0.0.1:{dead_port}'] }}
+",
+            ours.display(),
+            our_key.display()
+        ),
+    );
+    let _fg = spawn_floodgate(&config);
+    let at = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    let (addr, admin) = (at(port), at(admin_port));
+    for a in [addr, admin, at(vault_port), at(op)] {
+        assert!(
+            wait_for_port(a, Duration::from_secs(10)),
+            "{a} is not listening"
+        );
+    }
+
+    // The backend's own server answers, with its own certificate.
+    let out = s_client(addr, &["-servername", "vault.example.com"]);
+    assert!(
+        has(&out, "CN = vault.example.com") || has(&out, "CN=vault.example.com"),
+        "{out}"
+    );
+    assert!(out.contains("s_server"), "s_server's -www page: {out}");
+    let curl = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(&theirs)
+        .args(["--resolve", &format!("vault.example.com:{port}:127.0.0.1")])
+        .arg(format!("https://vault.example.com:{port}/"))
+        .output()
+        .unwrap();
+    assert!(
+        curl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
+    assert!(String::from_utf8_lossy(&curl.stdout).contains("s_server"));
+
+    // Another name on the same port is terminated here and proxied.
+    let out = s_client(addr, &["-servername", "a.example.com"]);
+    assert!(
+        has(&out, "CN = a.example.com") || has(&out, "CN=a.example.com"),
+        "{out}"
+    );
+    let (status, _) = http_get_tls(addr, &ours, "a.example.com", port);
+    assert_eq!(status, 200);
+
+    // A passthrough host whose server is gone: the connection closes, counted.
+    let out = s_client(addr, &["-servername", "x.gone.example.com"]);
+    assert!(!out.contains("BEGIN CERTIFICATE"), "{out}");
+
+    let scrape = || http_get(admin, "a", "/metrics").unwrap().1;
+    let closed = r#"floodgate_tls_passthrough_connections_total{backend="vault",listener="https",result="closed"}"#;
+    let failed = r#"floodgate_tls_passthrough_connections_total{backend="gone",listener="https",result="connect_failed"}"#;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let m = scrape();
+            metric(&m, closed) == Some(2.0) && metric(&m, failed) == Some(1.0)
+        }),
+        "{}",
+        scrape()
+    );
+}
+
+/// An HTTPS GET of `/` with curl, trusting `ca`, for `host` resolved to `addr`.
+fn http_get_tls(addr: SocketAddr, ca: &Path, host: &str, port: u16) -> (u16, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+        ])
+        .arg(ca)
+        .args(["--resolve", &format!("{host}:{port}:{}", addr.ip())])
+        .arg(format!("https://{host}:{port}/"))
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    (code, String::from_utf8_lossy(&out.stderr).into_owned())
+}

@@ -313,6 +313,19 @@ pub struct Listener {
     /// Forwarding headers believed from these peers (a CDN, an L7 load balancer).
     #[serde(default)]
     pub forwarded_headers: Option<ForwardedHeaders>,
+    /// Hosts whose TLS connections go to their backend as they are, not terminated here.
+    #[serde(default)]
+    pub passthrough: Vec<PassthroughHost>,
+}
+
+/// One `listeners[].passthrough` entry: connections whose ClientHello names `host` are carried
+/// to `backend` without being terminated (ingress-nginx's `ssl-passthrough`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PassthroughHost {
+    /// Exact (`vault.example.com`) or wildcard (`*.example.com`).
+    pub host: String,
+    pub backend: String,
 }
 
 /// `listeners[].forwarded-headers`: ingress-nginx's `use-forwarded-headers` with
@@ -1510,6 +1523,42 @@ impl Config {
                     ));
                 }
             }
+            for (j, p) in l.passthrough.iter().enumerate() {
+                let key = format!("listeners[{i}].passthrough[{j}]");
+                if l.tls.is_none() {
+                    return Err(invalid(
+                        key,
+                        "only on a TLS listener (the host is read from the ClientHello)",
+                    ));
+                }
+                let name = p.host.strip_prefix("*.").unwrap_or(&p.host);
+                if name.is_empty()
+                    || name.contains('*')
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                {
+                    return Err(invalid(
+                        format!("{key}.host"),
+                        format!("`{}` is not a host name or `*.` wildcard", p.host),
+                    ));
+                }
+                match self.backends.iter().find(|b| b.name == p.backend) {
+                    None => {
+                        return Err(invalid(
+                            format!("{key}.backend"),
+                            format!("no backend named `{}`", p.backend),
+                        ));
+                    }
+                    Some(b) if b.tls.is_some() => {
+                        return Err(invalid(
+                            format!("{key}.backend"),
+                            "the client's TLS goes to the servers as it is: the backend must not have `tls`",
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
             if l.proxy_protocol.as_ref().is_some_and(|p| p.from.is_empty()) {
                 return Err(invalid(
                     format!("listeners[{i}].proxy-protocol.from"),
@@ -2378,6 +2427,36 @@ xdp: { enabled: false }
             let e = error_of(&trusting(p));
             assert!(e.contains(key), "{p}: {e}");
         }
+        let passing = |p: &str, tls: &str| {
+            MINIMAL.replace(
+                "default-backend: app",
+                &format!("default-backend: app, {tls} passthrough: [{p}]"),
+            )
+        };
+        let tls = "tls: { certificates: [/nonexistent] },";
+        for (p, tls, key) in [
+            (
+                "{ host: a.example.com, backend: app }",
+                "",
+                "only on a TLS listener",
+            ),
+            ("{ host: 'a b', backend: app }", tls, "passthrough[0].host"),
+            (
+                "{ host: '*.*.example.com', backend: app }",
+                tls,
+                "passthrough[0].host",
+            ),
+            (
+                "{ host: a.example.com, backend: nope }",
+                tls,
+                "passthrough[0].backend",
+            ),
+            ("{ host: a.example.com }", tls, "backend"),
+        ] {
+            let e = error_of(&passing(p, tls));
+            assert!(e.contains(key), "{p}: {e}");
+        }
+        parse(&passing("{ host: '*.example.com', backend: app }", tls)).expect("a passthrough");
         let c = parse(&trusting("{ from: [10.0.0.0/8] }")).expect("a trusted network");
         assert_eq!(
             c.listeners[0]

@@ -43,6 +43,7 @@ pub struct Metrics {
     redirects: IntCounterVec,
     mirrors: IntCounterVec,
     proxy_headers: IntCounterVec,
+    passthrough: IntCounterVec,
 }
 
 /// The connection-level timeouts of one listener, resolved once so the IO path only bumps an
@@ -257,6 +258,12 @@ impl Metrics {
                 "Plain HTTP requests redirected to HTTPS",
                 &["listener"],
             )?,
+            passthrough: counter(
+                &r,
+                "floodgate_tls_passthrough_connections_total",
+                "TLS connections carried to a backend without termination, by how they ended (closed, tunnel_timeout, no_server, connect_failed)",
+                &["listener", "backend", "result"],
+            )?,
             proxy_headers: counter(
                 &r,
                 "floodgate_proxy_protocol_headers_total",
@@ -363,6 +370,13 @@ impl Metrics {
     pub fn proxy_header(&self, listener: &str, result: &str) {
         self.proxy_headers
             .with_label_values(&[listener, result])
+            .inc();
+    }
+
+    /// One passthrough connection to `backend` ended with `result`.
+    pub fn passthrough(&self, listener: &str, backend: &str, result: &str) {
+        self.passthrough
+            .with_label_values(&[listener, backend, result])
             .inc();
     }
 

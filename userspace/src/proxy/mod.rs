@@ -36,6 +36,7 @@ pub mod forwarded;
 pub mod h2c;
 pub mod headers;
 pub mod health;
+pub mod passthrough;
 pub mod pool;
 pub mod proxyproto;
 pub mod ratelimit;
@@ -93,6 +94,8 @@ pub struct Routing {
     clients: Vec<Vec<UpstreamClient>>,
     /// Per backend, the idle server connections of the direct path (`direct.rs`).
     direct: Vec<Arc<direct::Conns>>,
+    /// Per backend, how its servers are connected to.
+    dials: Vec<connect::Dial>,
     /// Per backend, its HTTP/2 connections when it is `proto: h2` (`h2c.rs`).
     h2: Vec<Option<Arc<h2c::Conns>>>,
     /// Per backend, `timeouts.server`.
@@ -205,6 +208,7 @@ impl Routing {
                 .collect(),
             direct,
             h2,
+            dials,
             server_timeouts: cfg.backends.iter().map(|b| b.server_timeout(t)).collect(),
             tunnel_timeouts: cfg.backends.iter().map(|b| b.tunnel_timeout(t)).collect(),
             error_pages,
@@ -385,6 +389,8 @@ struct Generation {
     proxy_protocol: Option<Arc<config::ProxyProtocol>>,
     /// Whose forwarding headers name the client.
     forwarded: Option<Arc<forwarded::Trust>>,
+    /// Hosts whose TLS connections are carried to a backend as they are.
+    passthrough: Option<Arc<passthrough::Passthrough>>,
     /// Per backend of `routing`, this listener's metric handles, made on first use.
     handles: Arc<[OnceLock<metrics::Handles>]>,
 }
@@ -414,6 +420,8 @@ impl Generation {
             redirect: listener.redirect_to_https.clone().map(Arc::new),
             access: access::Policy::new(&cfg.access_log).map(Arc::new),
             proxy_protocol: listener.proxy_protocol.clone().map(Arc::new),
+            passthrough: passthrough::Passthrough::new(&listener.passthrough, &routing)
+                .map(Arc::new),
             forwarded: listener
                 .forwarded_headers
                 .as_ref()
@@ -470,6 +478,16 @@ impl ListenerCtx {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .proxy_protocol
             .clone()
+    }
+
+    /// The current passthrough hosts and the routing their backends are in, read once per
+    /// accepted TLS connection; `None` when the listener has none.
+    pub fn passthrough(&self) -> Option<(Arc<passthrough::Passthrough>, Arc<Routing>)> {
+        let g = self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some((g.passthrough.clone()?, g.routing.clone()))
     }
 
     /// The listener's connection timeout counters (None without metrics).

@@ -136,12 +136,15 @@ where
 
 /// The TLS handshake under `handshake-timeout`, counted by result, version and cipher; `None`
 /// when it failed (the connection is dropped).
-async fn handshake(
+async fn handshake<S>(
     tls: &crate::tls::Acceptor,
-    stream: TcpStream,
+    stream: S,
     ctx: &ListenerCtx,
     peer: SocketAddr,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+) -> Option<tokio_rustls::server::TlsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let started = std::time::Instant::now();
     let shaken = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await;
     let record = |result, version, cipher, took| {
@@ -307,14 +310,48 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
             };
             let conn =
                 super::Conn::new(client, port, Arc::new(super::timeout::InFlight::default()));
-            let served = match tls {
-                None => serve_http(stream, watcher, &builder, ctx, conn, limits, counters).await,
-                Some(tls) => match handshake(&tls, stream, &ctx, peer).await {
+            let served = match (tls, ctx.passthrough()) {
+                (None, _) => {
+                    serve_http(stream, watcher, &builder, ctx, conn, limits, counters).await
+                }
+                (Some(tls), None) => match handshake(&tls, stream, &ctx, peer).await {
                     Some(stream) => {
                         serve_http(stream, watcher, &builder, ctx, conn, limits, counters).await
                     }
                     None => return,
                 },
+                (Some(tls), Some((pass, routing))) => {
+                    let mut stream = stream;
+                    let (hello, sni) =
+                        match super::passthrough::read_hello(&mut stream, tls.handshake_timeout)
+                            .await
+                        {
+                            Ok(h) => h,
+                            Err(e) => {
+                                debug!(%peer, error = %e, "no ClientHello");
+                                if let Some(m) = &ctx.metrics {
+                                    m.tls_handshake(&ctx.name, "timeout", "", "", None);
+                                }
+                                return;
+                            }
+                        };
+                    if let Some(backend) = sni.as_deref().and_then(|s| pass.backend_for(s)) {
+                        let outcome =
+                            super::passthrough::carry(&routing, backend, stream, &hello).await;
+                        if let (Some(m), Some(pool)) = (&ctx.metrics, routing.pools().get(backend))
+                        {
+                            m.passthrough(&ctx.name, &pool.name, outcome.label());
+                        }
+                        return;
+                    }
+                    let stream = super::passthrough::Prefixed::new(hello, stream);
+                    match handshake(&tls, stream, &ctx, peer).await {
+                        Some(stream) => {
+                            serve_http(stream, watcher, &builder, ctx, conn, limits, counters).await
+                        }
+                        None => return,
+                    }
+                }
             };
             if let Err(e) = served {
                 debug!(%peer, error = %e, "connection ended with an error");
@@ -323,8 +360,16 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
     }
     drop(listener);
     info!(listener = ?addr, "stopped accepting; draining");
+    // HTTP connections are watched by `graceful`; TLS passthrough tunnels are only counted
+    // in `active`, so wait for that to reach zero too.
+    let drained = async {
+        graceful.shutdown().await;
+        while s.active.get() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
     tokio::select! {
-        () = graceful.shutdown() => info!(listener = ?addr, "drained"),
+        () = drained => info!(listener = ?addr, "drained"),
         () = tokio::time::sleep(grace) => warn!(listener = ?addr, "drain grace period over; closing remaining connections"),
     }
 }

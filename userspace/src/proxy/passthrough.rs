@@ -1,0 +1,423 @@
+//! TLS passthrough (`listeners[].passthrough`): connections whose ClientHello names one of the
+//! listed hosts are not terminated here but carried, bytes as they are, to a server of the
+//! host's backend, which terminates TLS itself (ingress-nginx's `ssl-passthrough`, HAProxy's
+//! `mode tcp` with `req.ssl_sni`). Vault, Argo CD, or anything that must see the client's own
+//! handshake (mutual TLS with its own CA) sits behind such a host.
+//!
+//! The ClientHello is read, not peeked: with post-quantum key shares it spans two TCP segments
+//! on a 1500-byte path, and a peek cannot wait for the second one. What was read is replayed:
+//! to the server for a passthrough host, to the TLS acceptor (`Prefixed`) for the others.
+//!
+//! The backend's `maxconn-server`, queue, balance, health and passive ejection apply as for
+//! HTTP; a tunnel holds its server slot until it closes or stays silent for `timeouts.tunnel`.
+
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    net::TcpStream,
+};
+
+use super::{MAX_CONNECT_ATTEMPTS, Routing, health};
+use crate::config;
+
+/// A TLS record's header: type, version, length.
+const RECORD_HEADER: usize = 5;
+/// The largest record a ClientHello may come in (RFC 8446 section 5.1).
+const MAX_RECORD: usize = 16_384;
+
+/// One listener's passthrough hosts, resolved against a routing generation.
+#[derive(Debug)]
+pub struct Passthrough {
+    /// Lowercase exact hosts, and `*.example.com` as `.example.com`, with their backends.
+    hosts: Vec<(String, bool, usize)>,
+}
+
+impl Passthrough {
+    /// `None` without hosts, or when a backend is unknown (validation refuses that first).
+    pub fn new(cfg: &[config::PassthroughHost], routing: &Routing) -> Option<Self> {
+        if cfg.is_empty() {
+            return None;
+        }
+        let hosts = cfg
+            .iter()
+            .map(|h| {
+                let backend = routing.backend_index(&h.backend)?;
+                let host = h.host.to_ascii_lowercase();
+                Some(match host.strip_prefix('*') {
+                    Some(suffix) => (suffix.to_owned(), true, backend),
+                    None => (host, false, backend),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self { hosts })
+    }
+
+    /// The backend for a ClientHello's server name: the first listed host that matches.
+    pub fn backend_for(&self, sni: &str) -> Option<usize> {
+        let sni = sni.to_ascii_lowercase();
+        self.hosts
+            .iter()
+            .find(|(h, wildcard, _)| {
+                if *wildcard {
+                    sni.len() > h.len() && sni.ends_with(h.as_str())
+                } else {
+                    sni == *h
+                }
+            })
+            .map(|(_, _, b)| *b)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PassthroughError {
+    #[error("no ClientHello within the handshake timeout")]
+    Timeout,
+    #[error("reading the ClientHello: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Reads the first TLS record (the ClientHello) within `timeout`: the bytes read, and the
+/// server name it asks for. Bytes that are not a TLS handshake are returned as they are, with
+/// no name, for the TLS acceptor to refuse.
+pub async fn read_hello(
+    stream: &mut TcpStream,
+    timeout: Duration,
+) -> Result<(Vec<u8>, Option<String>), PassthroughError> {
+    let work = async {
+        let mut buf = Vec::with_capacity(2048);
+        loop {
+            let want = match buf.get(..RECORD_HEADER) {
+                Some(h) if h[0] == 0x16 => {
+                    RECORD_HEADER + usize::from(u16::from_be_bytes([h[3], h[4]])).min(MAX_RECORD)
+                }
+                Some(_) => return Ok((buf, None)),
+                None => RECORD_HEADER,
+            };
+            if buf.len() >= want {
+                let sni = server_name(&buf[RECORD_HEADER..want]);
+                return Ok((buf, sni));
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream
+                .read(&mut chunk[..(want - buf.len()).min(4096)])
+                .await?;
+            if n == 0 {
+                return Ok((buf, None));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or(Err(PassthroughError::Timeout))
+}
+
+/// The `server_name` of a ClientHello handshake message (RFC 8446 section 4.1.2, RFC 6066
+/// section 3); `None` when there is none or the message does not parse.
+fn server_name(msg: &[u8]) -> Option<String> {
+    let mut r = Reader(msg);
+    if r.u8()? != 1 {
+        return None; // not a ClientHello
+    }
+    let len = r.u24()?;
+    // A ClientHello fragmented over records is parsed as far as this record goes.
+    let mut r = Reader(r.0.get(..len.min(r.0.len()))?);
+    r.skip(2 + 32)?; // legacy_version, random
+    let n = usize::from(r.u8()?);
+    r.skip(n)?; // legacy_session_id
+    let n = r.u16()?;
+    r.skip(n)?; // cipher_suites
+    let n = usize::from(r.u8()?);
+    r.skip(n)?; // legacy_compression_methods
+    let n = r.u16()?;
+    let mut exts = Reader(r.take(n)?);
+    while !exts.0.is_empty() {
+        let (kind, n) = (exts.u16()?, exts.u16()?);
+        let mut ext = Reader(exts.take(n)?);
+        if kind != 0 {
+            continue;
+        }
+        let n = ext.u16()?;
+        let mut list = Reader(ext.take(n)?);
+        while !list.0.is_empty() {
+            let (name_type, n) = (list.u8()?, list.u16()?);
+            let name = list.take(n)?;
+            if name_type == 0 {
+                return std::str::from_utf8(name).ok().map(str::to_owned);
+            }
+        }
+        return None;
+    }
+    None
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = rest;
+        Some(head)
+    }
+    fn skip(&mut self, n: usize) -> Option<()> {
+        self.take(n).map(|_| ())
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<usize> {
+        self.take(2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    }
+    fn u24(&mut self) -> Option<usize> {
+        self.take(3)
+            .map(|b| (usize::from(b[0]) << 16) | (usize::from(b[1]) << 8) | usize::from(b[2]))
+    }
+}
+
+/// How a passthrough connection ended, the `result` label of
+/// `floodgate_tls_passthrough_connections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Carried until either side closed.
+    Closed,
+    /// Silent both ways for `timeouts.tunnel`.
+    TunnelTimeout,
+    /// No server slot: none up, the queue full, or `timeouts.queue` passed.
+    NoServer,
+    /// Connecting failed on every server tried.
+    ConnectFailed,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::TunnelTimeout => "tunnel_timeout",
+            Self::NoServer => "no_server",
+            Self::ConnectFailed => "connect_failed",
+        }
+    }
+}
+
+/// Carries `client`, whose first bytes were `hello`, to a server of `backend`. A failed
+/// connect is retried on another server (nothing was sent yet) and counts for passive health.
+pub async fn carry(
+    routing: &Routing,
+    backend: usize,
+    mut client: TcpStream,
+    hello: &[u8],
+) -> Outcome {
+    let (Some(pool), Some(dial)) = (routing.pools.get(backend), routing.dials.get(backend)) else {
+        return Outcome::NoServer;
+    };
+    let passive = routing.passive.get(backend).cloned().unwrap_or_default();
+    let idle = routing
+        .tunnel_timeouts
+        .get(backend)
+        .copied()
+        .unwrap_or(Duration::MAX);
+    let mut tried = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
+    loop {
+        let Ok(slot) = pool.acquire(&tried).await else {
+            return Outcome::NoServer;
+        };
+        tried.push(slot.server.addr);
+        match dial.connect(slot.server.addr).await {
+            Ok(mut server) => {
+                health::observe(pool, &slot.server, true, &passive);
+                if server.write_all(hello).await.is_err() {
+                    return Outcome::Closed;
+                }
+                let started = Instant::now();
+                let timed_out = super::timeout::splice(&mut client, &mut server, idle).await;
+                tracing::debug!(server = %slot.server.addr, took = ?started.elapsed(), "passthrough connection ended");
+                return match timed_out {
+                    Ok(true) => Outcome::TunnelTimeout,
+                    _ => Outcome::Closed,
+                };
+            }
+            Err(e) => {
+                health::observe(pool, &slot.server, false, &passive);
+                tracing::debug!(error = %e, "passthrough connect failed");
+                if tried.len() >= MAX_CONNECT_ATTEMPTS.min(pool.servers().len()) {
+                    return Outcome::ConnectFailed;
+                }
+            }
+        }
+    }
+}
+
+/// A stream whose first reads return bytes already read from it (the ClientHello of a host
+/// that is not passed through), then the stream itself.
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Self {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Some(rest) = this.prefix.get(this.at..).filter(|r| !r.is_empty()) {
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A ClientHello as rustls writes it, for `name` (or without SNI).
+    fn client_hello(name: Option<&str>) -> Vec<u8> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let server = match name {
+            Some(n) => rustls::pki_types::ServerName::try_from(n.to_owned()).unwrap(),
+            None => {
+                cfg.enable_sni = false;
+                rustls::pki_types::ServerName::try_from("x.invalid").unwrap()
+            }
+        };
+        let mut conn = rustls::ClientConnection::new(Arc::new(cfg), server).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn the_server_name_is_read_from_a_real_client_hello() {
+        let hello = client_hello(Some("Vault.Example.com"));
+        assert_eq!(
+            server_name(&hello[RECORD_HEADER..]).as_deref(),
+            Some("Vault.Example.com"),
+            "as the client wrote it; `backend_for` ignores case"
+        );
+        assert_eq!(server_name(&client_hello(None)[RECORD_HEADER..]), None);
+        // Truncated anywhere: no name, no panic.
+        for cut in 0..hello.len() {
+            let _ = server_name(&hello[RECORD_HEADER.min(cut)..cut]);
+        }
+        assert_eq!(server_name(b"GET / HTTP/1.1\r\n"), None);
+    }
+
+    #[tokio::test]
+    async fn the_hello_is_read_whole_when_it_arrives_in_parts_and_replayed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hello = client_hello(Some("vault.example.com"));
+        let sent = hello.clone();
+        let client = tokio::spawn(async move {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            for part in sent.chunks(100) {
+                c.write_all(part).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            c.write_all(b"after").await.unwrap();
+            c
+        });
+        let (mut s, _) = listener.accept().await.unwrap();
+        let (read, sni) = read_hello(&mut s, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(read, hello, "exactly the first record");
+        assert_eq!(sni.as_deref(), Some("vault.example.com"));
+        let mut replay = Prefixed::new(read, s);
+        let mut all = vec![0u8; hello.len() + 5];
+        replay.read_exact(&mut all).await.unwrap();
+        assert_eq!(&all[..hello.len()], &hello[..]);
+        assert_eq!(&all[hello.len()..], b"after");
+        drop(client.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn bytes_that_are_not_tls_come_back_without_a_name() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let (mut s, _) = listener.accept().await.unwrap();
+        let (read, sni) = read_hello(&mut s, Duration::from_secs(5)).await.unwrap();
+        assert!(read.starts_with(b"GET /") && sni.is_none());
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        silent.write_all(&[0x16, 3, 1]).await.unwrap();
+        let (mut s, _) = listener.accept().await.unwrap();
+        let e = read_hello(&mut s, Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PassthroughError::Timeout), "{e}");
+    }
+
+    #[test]
+    fn hosts_match_exactly_or_by_wildcard_in_order() {
+        let p = Passthrough {
+            hosts: vec![
+                ("vault.example.com".into(), false, 1),
+                (".example.com".into(), true, 2),
+            ],
+        };
+        assert_eq!(p.backend_for("VAULT.example.com"), Some(1));
+        assert_eq!(p.backend_for("argo.example.com"), Some(2));
+        assert_eq!(p.backend_for("example.com"), None);
+        assert_eq!(p.backend_for("example.org"), None);
+    }
+}
