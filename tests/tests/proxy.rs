@@ -2021,3 +2021,73 @@ fn redirect_routes_answer_without_a_backend() {
         "to the default backend"
     );
 }
+
+/// `mode: tcp`: connections are carried to the backend as bytes (no request is read: the origin
+/// sees the client's request as sent, without floodgate's headers), within the backend's
+/// maxconn, and counted when they end.
+#[test]
+fn tcp_listeners_carry_bytes_to_their_backend() {
+    use floodgate_tests::metric;
+    use std::io::{Read as _, Write as _};
+    let (op, port, admin_port) = (free_port(), free_port(), free_port());
+    let _origin = origin(op, "o");
+    let config = temp_file(
+        "tcp.yaml",
+        &format!(
+            "
+xdp: {{ enabled: false }}
+admin: {{ bind: '127.0.0.1:{admin_port}' }}
+listeners: [{{ name: db, bind: '127.0.0.1:{port}', mode: tcp, default-backend: app }}]
+backends: [{{ name: app, maxconn-server: 1, servers: ['127.0.0.1:{op}'] }}]
+"
+        ),
+    );
+    let _fg = spawn_floodgate(&config);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    assert!(wait_for_port(addr, Duration::from_secs(10)));
+    assert!(wait_for_port(admin, Duration::from_secs(10)));
+    let (status, _, body) = floodgate_tests::http_raw(
+        addr,
+        b"GET /headers HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: as-sent\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("x-forwarded-for: as-sent\n"), "{body}");
+    assert!(!body.contains("x-request-id"), "no HTTP processing: {body}");
+
+    // maxconn-server 1: a second connection waits in the queue while the first is open.
+    let mut first = std::net::TcpStream::connect(addr).unwrap();
+    first
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 12];
+    first.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    let waiting = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = floodgate_tests::http_raw(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        );
+        (r.map(|r| r.0).unwrap_or(0), t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    drop(first);
+    let (status, waited) = waiting.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        waited >= Duration::from_millis(400),
+        "it did not wait: {waited:?}"
+    );
+
+    // The three above and `wait_for_port`'s probe, each carried to the origin.
+    let sample = r#"floodgate_tcp_connections_total{backend="app",listener="db",result="closed"}"#;
+    assert!(
+        floodgate_tests::wait_until(Duration::from_secs(5), || {
+            metric(&http_get(admin, "a", "/metrics").unwrap().1, sample) == Some(4.0)
+        }),
+        "{}",
+        http_get(admin, "a", "/metrics").unwrap().1
+    );
+}

@@ -586,8 +586,9 @@ backends:
     assert!(!out.contains("BEGIN CERTIFICATE"), "{out}");
 
     let scrape = || http_get(admin, "a", "/metrics").unwrap().1;
-    let closed = r#"floodgate_tls_passthrough_connections_total{backend="vault",listener="https",result="closed"}"#;
-    let failed = r#"floodgate_tls_passthrough_connections_total{backend="gone",listener="https",result="connect_failed"}"#;
+    let closed =
+        r#"floodgate_tcp_connections_total{backend="vault",listener="https",result="closed"}"#;
+    let failed = r#"floodgate_tcp_connections_total{backend="gone",listener="https",result="connect_failed"}"#;
     assert!(
         wait_until(Duration::from_secs(5), || {
             let m = scrape();

@@ -316,6 +316,20 @@ pub struct Listener {
     /// Hosts whose TLS connections go to their backend as they are, not terminated here.
     #[serde(default)]
     pub passthrough: Vec<PassthroughHost>,
+    /// `http` (the default) or `tcp`: every connection carried to `default-backend` as bytes.
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+/// What a listener speaks (HAProxy's `mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    #[default]
+    Http,
+    /// Connections carried to the default backend's servers as they are (after TLS, when
+    /// the listener has `tls`): databases, MQTT, anything over TCP.
+    Tcp,
 }
 
 /// One `listeners[].passthrough` entry: connections whose ClientHello names `host` are carried
@@ -1565,6 +1579,43 @@ impl Config {
                     "is empty; leave it out to expect the header from every peer",
                 ));
             }
+            if l.mode == Mode::Tcp {
+                if l.default_backend.is_none() {
+                    return Err(invalid(
+                        format!("listeners[{i}].default-backend"),
+                        "required with `mode: tcp`: every connection goes there",
+                    ));
+                }
+                // These act on HTTP requests, which a TCP listener never reads.
+                for (set, name) in [
+                    (l.redirect_to_https.is_some(), "redirect-to-https"),
+                    (l.rate_limit.is_some(), "rate-limit"),
+                    (l.forwarded_headers.is_some(), "forwarded-headers"),
+                    (!l.passthrough.is_empty(), "passthrough"),
+                    (
+                        !l.response_headers.set.is_empty() || !l.response_headers.remove.is_empty(),
+                        "response-headers",
+                    ),
+                ] {
+                    if set {
+                        return Err(invalid(
+                            format!("listeners[{i}].{name}"),
+                            "is for HTTP; this listener has `mode: tcp`",
+                        ));
+                    }
+                }
+                if let Some(b) = self
+                    .backends
+                    .iter()
+                    .find(|b| Some(&b.name) == l.default_backend.as_ref())
+                    && (b.tls.is_some() || b.proto == Proto::H2)
+                {
+                    return Err(invalid(
+                        format!("listeners[{i}].default-backend"),
+                        "a TCP listener carries bytes as they are: its backend can have neither `tls` nor `proto: h2`",
+                    ));
+                }
+            }
             if let Some(b) = &l.default_backend
                 && !backends.contains(b.as_str())
             {
@@ -2457,6 +2508,31 @@ xdp: { enabled: false }
             assert!(e.contains(key), "{p}: {e}");
         }
         parse(&passing("{ host: '*.example.com', backend: app }", tls)).expect("a passthrough");
+        let tcp = |extra: &str| {
+            MINIMAL.replace(
+                "default-backend: app",
+                &format!("default-backend: app, mode: tcp{extra}"),
+            )
+        };
+        parse(&tcp("")).expect("a TCP listener");
+        for (extra, key) in [
+            (", rate-limit: { per-source: 1 }", "listeners[0].rate-limit"),
+            (
+                ", response-headers: { remove: [Server] }",
+                "response-headers",
+            ),
+            (
+                ", forwarded-headers: { from: [10.0.0.0/8] }",
+                "forwarded-headers",
+            ),
+        ] {
+            let e = error_of(&tcp(extra));
+            assert!(e.contains(key) && e.contains("mode: tcp"), "{extra}: {e}");
+        }
+        let e = error_of(&MINIMAL.replace("default-backend: app", "mode: tcp"));
+        assert!(e.contains("listeners[0].default-backend"), "{e}");
+        let e = error_of(&MINIMAL.replace("default-backend: app", "mode: udp"));
+        assert!(e.contains("udp"), "{e}");
         let c = parse(&trusting("{ from: [10.0.0.0/8] }")).expect("a trusted network");
         assert_eq!(
             c.listeners[0]

@@ -260,8 +260,8 @@ impl Metrics {
             )?,
             passthrough: counter(
                 &r,
-                "floodgate_tls_passthrough_connections_total",
-                "TLS connections carried to a backend without termination, by how they ended (closed, tunnel_timeout, no_server, connect_failed)",
+                "floodgate_tcp_connections_total",
+                "Connections carried to a backend as bytes (mode: tcp listeners, TLS passthrough), by how they ended (closed, tunnel_timeout, no_server, connect_failed)",
                 &["listener", "backend", "result"],
             )?,
             proxy_headers: counter(
@@ -373,8 +373,8 @@ impl Metrics {
             .inc();
     }
 
-    /// One passthrough connection to `backend` ended with `result`.
-    pub fn passthrough(&self, listener: &str, backend: &str, result: &str) {
+    /// One connection carried to `backend` as bytes ended with `result`.
+    pub fn carried(&self, listener: &str, backend: &str, result: &str) {
         self.passthrough
             .with_label_values(&[listener, backend, result])
             .inc();

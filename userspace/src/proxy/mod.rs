@@ -391,6 +391,8 @@ struct Generation {
     forwarded: Option<Arc<forwarded::Trust>>,
     /// Hosts whose TLS connections are carried to a backend as they are.
     passthrough: Option<Arc<passthrough::Passthrough>>,
+    /// `mode: tcp`: every connection is carried to the default backend.
+    tcp: bool,
     /// Per backend of `routing`, this listener's metric handles, made on first use.
     handles: Arc<[OnceLock<metrics::Handles>]>,
 }
@@ -422,6 +424,7 @@ impl Generation {
             proxy_protocol: listener.proxy_protocol.clone().map(Arc::new),
             passthrough: passthrough::Passthrough::new(&listener.passthrough, &routing)
                 .map(Arc::new),
+            tcp: listener.mode == config::Mode::Tcp,
             forwarded: listener
                 .forwarded_headers
                 .as_ref()
@@ -490,6 +493,16 @@ impl ListenerCtx {
         Some((g.passthrough.clone()?, g.routing.clone()))
     }
 
+    /// For a `mode: tcp` listener, its backend and the routing it is in, read once per
+    /// accepted connection.
+    pub fn tcp(&self) -> Option<(usize, Arc<Routing>)> {
+        let g = self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some((g.default_backend.filter(|_| g.tcp)?, g.routing.clone()))
+    }
+
     /// The listener's connection timeout counters (None without metrics).
     pub fn timeout_counters(&self) -> Option<crate::metrics::TimeoutCounters> {
         self.metrics.as_ref().map(|m| m.timeouts(&self.name))
@@ -498,7 +511,12 @@ impl ListenerCtx {
     /// The backends a request on this listener may reach: every route's and the default.
     pub fn backends_behind(&self) -> Vec<Arc<Pool>> {
         let g = self.generation();
-        let mut idx: Vec<usize> = g.routing.router.backends().collect();
+        // A TCP listener's connections all go to its default backend.
+        let mut idx: Vec<usize> = if g.tcp {
+            Vec::new()
+        } else {
+            g.routing.router.backends().collect()
+        };
         idx.extend(g.default_backend);
         idx.sort_unstable();
         idx.dedup();

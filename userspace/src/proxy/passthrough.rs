@@ -181,8 +181,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// How a passthrough connection ended, the `result` label of
-/// `floodgate_tls_passthrough_connections_total`.
+/// How a carried connection ended, the `result` label of `floodgate_tcp_connections_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Carried until either side closed.
@@ -206,14 +205,13 @@ impl Outcome {
     }
 }
 
-/// Carries `client`, whose first bytes were `hello`, to a server of `backend`. A failed
-/// connect is retried on another server (nothing was sent yet) and counts for passive health.
-pub async fn carry(
-    routing: &Routing,
-    backend: usize,
-    mut client: TcpStream,
-    hello: &[u8],
-) -> Outcome {
+/// Carries `client`, whose first bytes were `hello` (none for a `mode: tcp` listener), to a
+/// server of `backend`. A failed connect is retried on another server (nothing was sent yet)
+/// and counts for passive health.
+pub async fn carry<C>(routing: &Routing, backend: usize, mut client: C, hello: &[u8]) -> Outcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     let (Some(pool), Some(dial)) = (routing.pools.get(backend), routing.dials.get(backend)) else {
         return Outcome::NoServer;
     };
@@ -232,7 +230,7 @@ pub async fn carry(
         match dial.connect(slot.server.addr).await {
             Ok(mut server) => {
                 health::observe(pool, &slot.server, true, &passive);
-                if server.write_all(hello).await.is_err() {
+                if !hello.is_empty() && server.write_all(hello).await.is_err() {
                     return Outcome::Closed;
                 }
                 let started = Instant::now();

@@ -186,6 +186,17 @@ fn tls_version(v: Option<rustls::ProtocolVersion>) -> &'static str {
     }
 }
 
+fn count_carried(
+    ctx: &ListenerCtx,
+    routing: &super::Routing,
+    backend: usize,
+    outcome: super::passthrough::Outcome,
+) {
+    if let (Some(m), Some(pool)) = (&ctx.metrics, routing.pools().get(backend)) {
+        m.carried(&ctx.name, &pool.name, outcome.label());
+    }
+}
+
 /// The connection's client and the port it connected to: the peer's own, or those of its PROXY
 /// protocol header when this listener expects one from it (read within `timeout`, HAProxy's
 /// `timeout http-request` being the budget for a connection's first bytes). `None` when that
@@ -308,6 +319,19 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
             else {
                 return;
             };
+            if let Some((backend, routing)) = ctx.tcp() {
+                let outcome = match tls {
+                    None => super::passthrough::carry(&routing, backend, stream, &[]).await,
+                    Some(tls) => match handshake(&tls, stream, &ctx, peer).await {
+                        Some(stream) => {
+                            super::passthrough::carry(&routing, backend, stream, &[]).await
+                        }
+                        None => return,
+                    },
+                };
+                count_carried(&ctx, &routing, backend, outcome);
+                return;
+            }
             let conn =
                 super::Conn::new(client, port, Arc::new(super::timeout::InFlight::default()));
             let served = match (tls, ctx.passthrough()) {
@@ -338,10 +362,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                     if let Some(backend) = sni.as_deref().and_then(|s| pass.backend_for(s)) {
                         let outcome =
                             super::passthrough::carry(&routing, backend, stream, &hello).await;
-                        if let (Some(m), Some(pool)) = (&ctx.metrics, routing.pools().get(backend))
-                        {
-                            m.passthrough(&ctx.name, &pool.name, outcome.label());
-                        }
+                        count_carried(&ctx, &routing, backend, outcome);
                         return;
                     }
                     let stream = super::passthrough::Prefixed::new(hello, stream);
