@@ -2091,3 +2091,48 @@ backends: [{{ name: app, maxconn-server: 1, servers: ['127.0.0.1:{op}'] }}]
         http_get(admin, "a", "/metrics").unwrap().1
     );
 }
+
+/// `backends[].compression` with curl as the client: gzip when asked for (and the body is the
+/// same once decoded), none otherwise, none for small bodies.
+#[test]
+fn responses_are_gzipped_for_clients_that_accept_it() {
+    let op = free_port();
+    let _origin = origin(op, "o");
+    let (_fg, addr) = floodgate(
+        "gzip.yaml",
+        "",
+        &format!(
+            "    compression: {{ min-size: 1024, offload: true }}\n    servers: ['127.0.0.1:{op}']"
+        ),
+    );
+    let curl = |args: &[&str], path: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-D", "/dev/stderr"])
+            .args(args)
+            .arg(format!("http://{addr}{path}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        (
+            String::from_utf8_lossy(&out.stderr).to_lowercase(),
+            out.stdout,
+        )
+    };
+    let (plain_head, plain) = curl(&[], "/text/100000");
+    assert_eq!(plain.len(), 100_000);
+    assert!(!plain_head.contains("content-encoding"), "{plain_head}");
+    let (head, raw) = curl(&["-H", "Accept-Encoding: gzip"], "/text/100000");
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    assert!(head.contains("vary: accept-encoding"), "{head}");
+    assert!(head.contains("etag: w/\"t1\""), "{head}");
+    assert!(raw.len() < 10_000, "compressed to {} bytes", raw.len());
+    let (_, decoded) = curl(&["--compressed"], "/text/100000");
+    assert_eq!(decoded, plain, "the same body once decoded");
+    let (head, small) = curl(&["-H", "Accept-Encoding: gzip"], "/text/500");
+    assert!(!head.contains("content-encoding"), "{head}");
+    assert_eq!(small.len(), 500);
+    // `offload`: the server never sees the client's Accept-Encoding.
+    let (_, headers) = curl(&["-H", "Accept-Encoding: gzip"], "/headers");
+    let headers = String::from_utf8_lossy(&headers);
+    assert!(!headers.contains("accept-encoding"), "{headers}");
+}

@@ -942,6 +942,9 @@ pub struct Backend {
     /// Cookie persistence: a client keeps going to the server it was first sent to.
     #[serde(default)]
     pub sticky: Option<Sticky>,
+    /// Compress this backend's responses for clients that accept gzip.
+    #[serde(default)]
+    pub compression: Option<Compression>,
     /// Header rules for requests on their way to this backend's servers.
     #[serde(default)]
     pub request_headers: HeaderRules,
@@ -949,6 +952,52 @@ pub struct Backend {
     #[serde(default)]
     pub response_headers: HeaderRules,
     pub servers: Vec<ServerSpec>,
+}
+
+/// `backends[].compression`: HAProxy's `compression algo gzip`, ingress-nginx's `use-gzip`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Compression {
+    /// Media types compressed (`text/html`, without parameters).
+    pub types: Vec<String>,
+    /// Responses that declare a smaller length are left alone.
+    pub min_size: u64,
+    /// zlib level, 1 (fastest) to 9 (smallest).
+    pub level: u32,
+    /// Remove `Accept-Encoding` from requests, so servers never compress themselves.
+    pub offload: bool,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        // ingress-nginx's `gzip-types`, and text/html, which nginx always compresses.
+        let types = [
+            "text/html",
+            "application/atom+xml",
+            "application/javascript",
+            "application/x-javascript",
+            "application/json",
+            "application/rss+xml",
+            "application/vnd.ms-fontobject",
+            "application/x-font-ttf",
+            "application/x-web-app-manifest+json",
+            "application/xhtml+xml",
+            "application/xml",
+            "font/opentype",
+            "image/svg+xml",
+            "image/x-icon",
+            "text/css",
+            "text/javascript",
+            "text/plain",
+            "text/x-component",
+        ];
+        Self {
+            types: types.iter().map(|t| (*t).to_owned()).collect(),
+            min_size: 256,
+            level: 1,
+            offload: false,
+        }
+    }
 }
 
 /// HAProxy's `cookie <name> insert indirect nocache`, ingress-nginx's `affinity: cookie`.
@@ -1414,6 +1463,35 @@ impl Config {
                 .validate(&format!("backends[{i}].request-headers"))?;
             b.response_headers
                 .validate(&format!("backends[{i}].response-headers"))?;
+            if let Some(c) = &b.compression {
+                let key = format!("backends[{i}].compression");
+                if !(1..=9).contains(&c.level) {
+                    return Err(invalid(
+                        format!("{key}.level"),
+                        "from 1 (fastest) to 9 (smallest)",
+                    ));
+                }
+                if c.types.is_empty() {
+                    return Err(invalid(
+                        format!("{key}.types"),
+                        "list the media types to compress",
+                    ));
+                }
+                for t in &c.types {
+                    let ok = t.split_once('/').is_some_and(|(a, b)| {
+                        !a.is_empty()
+                            && !b.is_empty()
+                            && t.bytes()
+                                .all(|c| c.is_ascii_alphanumeric() || b"/+-.".contains(&c))
+                    });
+                    if !ok {
+                        return Err(invalid(
+                            format!("{key}.types"),
+                            format!("`{t}` is not a media type such as `text/html`"),
+                        ));
+                    }
+                }
+            }
             if let Some(s) = &b.sticky {
                 let key = format!("backends[{i}].sticky");
                 // RFC 6265's cookie-name: a token.

@@ -44,6 +44,7 @@ pub struct Metrics {
     mirrors: IntCounterVec,
     proxy_headers: IntCounterVec,
     passthrough: IntCounterVec,
+    compressed: IntCounterVec,
 }
 
 /// The connection-level timeouts of one listener, resolved once so the IO path only bumps an
@@ -103,9 +104,20 @@ pub struct Handles {
     pub queue: Histogram,
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
+    compressed_vec: IntCounterVec,
+    compressed: OnceLock<IntCounter>,
 }
 
 impl Handles {
+    /// `floodgate_http_compressed_responses_total`, made on first use (only backends with
+    /// `compression` have the series).
+    pub fn compressed(&self) -> &IntCounter {
+        self.compressed.get_or_init(|| {
+            self.compressed_vec
+                .with_label_values(&[self.listener.as_str(), self.backend.as_str()])
+        })
+    }
+
     /// `floodgate_http_errors_total{kind="server_body_timeout"}`, for a response body to count
     /// itself into if its server falls silent (made on first use).
     pub fn body_timeouts(&self) -> IntCounter {
@@ -258,6 +270,12 @@ impl Metrics {
                 "Plain HTTP requests redirected to HTTPS",
                 &["listener"],
             )?,
+            compressed: counter(
+                &r,
+                "floodgate_http_compressed_responses_total",
+                "Responses compressed with gzip by floodgate (backends[].compression)",
+                &["listener", "backend"],
+            )?,
             passthrough: counter(
                 &r,
                 "floodgate_tcp_connections_total",
@@ -312,6 +330,8 @@ impl Metrics {
             queue: self.queue.with_label_values(&[backend]),
             bytes_in: self.bytes_in(listener, backend),
             bytes_out: self.bytes_out(listener, backend),
+            compressed_vec: self.compressed.clone(),
+            compressed: OnceLock::new(),
         }
     }
 

@@ -78,6 +78,24 @@ async fn answer(
         lines.sort();
         return Ok(Response::new(Full::new(Bytes::from(lines.concat()))));
     }
+    // `/text/N`: N bytes of HTML (at most 16 MiB) with a strong ETag, for compression tests.
+    if let Some(n) = req
+        .uri()
+        .path()
+        .strip_prefix("/text/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        let line = b"<p>floodgate compresses what its servers send</p>\n";
+        let body: Vec<u8> = line.iter().copied().cycle().take(n.min(16 << 20)).collect();
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        let h = resp.headers_mut();
+        h.insert(
+            "content-type",
+            hyper::header::HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        h.insert("etag", hyper::header::HeaderValue::from_static("\"t1\""));
+        return Ok(resp);
+    }
     let now = c.current.fetch_add(1, Ordering::Relaxed) + 1;
     c.peak.fetch_max(now, Ordering::Relaxed);
     let path = req.uri().path().to_owned();

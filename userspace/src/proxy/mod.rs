@@ -28,6 +28,7 @@
 pub mod auth;
 pub mod backend;
 pub mod basic;
+pub mod compress;
 pub mod connect;
 pub mod cors;
 pub mod direct;
@@ -106,6 +107,8 @@ pub struct Routing {
     error_pages: error::Pages,
     /// Per backend, its cookie persistence (`sticky`).
     sticky: Vec<Option<sticky::Persist>>,
+    /// Per backend, its response compression.
+    compress: Vec<Option<compress::Compress>>,
     /// Per backend, its `request-headers` and `response-headers` rules.
     header_rules: Vec<(Option<headers::Rules>, Option<headers::Rules>)>,
     passive: Vec<config::Passive>,
@@ -216,6 +219,11 @@ impl Routing {
                 .backends
                 .iter()
                 .map(|b| b.sticky.as_ref().map(sticky::Persist::new))
+                .collect(),
+            compress: cfg
+                .backends
+                .iter()
+                .map(|b| b.compression.as_ref().map(compress::Compress::new))
                 .collect(),
             header_rules: cfg
                 .backends
@@ -660,7 +668,17 @@ pub async fn handle(
             .h2
             .get(backend)
             .is_some_and(Option::is_some);
+        let compress = generation
+            .routing
+            .compress
+            .get(backend)
+            .and_then(Option::as_ref);
+        let gzip = compress.is_some_and(|_| compress::accepts_gzip(req.headers()));
+        let head = req.method() == http::Method::HEAD;
         let mut up = upstream_request(&ctx, &conn, &client, req, h2, routed.rewrite)?;
+        if compress.is_some_and(|c| c.offload) {
+            up.parts.headers.remove(header::ACCEPT_ENCODING);
+        }
         for (n, v) in authorized {
             // What the auth service says of the client replaces anything the client sent.
             up.parts.headers.insert(n, v);
@@ -725,6 +743,13 @@ pub async fn handle(
         .await?;
         if let Some(r) = response_rules {
             r.apply(resp.headers_mut());
+        }
+        if let Some(c) = compress {
+            let (r, compressed) = c.apply(gzip, head, resp);
+            resp = r;
+            if compressed && let Some(h) = handles {
+                h.compressed().inc();
+            }
         }
         if let (Some(p), Some(s)) = (persist, &trace.server)
             && asked_for != Some(s.cookie)
