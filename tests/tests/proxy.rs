@@ -2136,3 +2136,67 @@ fn responses_are_gzipped_for_clients_that_accept_it() {
     let headers = String::from_utf8_lossy(&headers);
     assert!(!headers.contains("accept-encoding"), "{headers}");
 }
+
+/// `max-connections-per-source`: a third connection of one client is closed at once while two
+/// are open, and taken again once one closes.
+#[test]
+fn a_source_holds_at_most_its_connections() {
+    let (op, port, admin_port) = (free_port(), free_port(), free_port());
+    let _origin = origin(op, "o");
+    let config = temp_file(
+        "per-source.yaml",
+        &format!(
+            "
+xdp: {{ enabled: false }}
+admin: {{ bind: '127.0.0.1:{admin_port}' }}
+global: {{ timeouts: {{ http-keep-alive: 30s }} }}
+listeners:
+  - {{ name: web, bind: '127.0.0.1:{port}', default-backend: app, max-connections-per-source: 2 }}
+backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
+"
+        ),
+    );
+    let _fg = spawn_floodgate(&config);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    assert!(wait_for_port(addr, Duration::from_secs(10)));
+    assert!(wait_for_port(admin, Duration::from_secs(10)));
+    // wait_for_port's probe connection is held until floodgate sees it close.
+    std::thread::sleep(Duration::from_millis(300));
+    let open = || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let r = keepalive_get(&mut s, "/");
+        (s, r)
+    };
+    let (first, r) = open();
+    assert!(r.unwrap().starts_with("HTTP/1.1 200"));
+    let (mut second, r) = open();
+    assert!(r.unwrap().starts_with("HTTP/1.1 200"));
+    let (_third, r) = open();
+    assert!(
+        r.is_err() || r.unwrap().is_empty(),
+        "the third is closed unanswered"
+    );
+    // The two kept ones still serve; closing one makes room.
+    assert!(
+        keepalive_get(&mut second, "/")
+            .unwrap()
+            .starts_with("HTTP/1.1 200")
+    );
+    drop(first);
+    assert!(
+        floodgate_tests::wait_until(Duration::from_secs(5), || {
+            let (_s, r) = open();
+            r.is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
+        }),
+        "no room after a connection closed"
+    );
+    drop(second);
+    let m = http_get(admin, "a", "/metrics").unwrap().1;
+    let rejected = floodgate_tests::metric(
+        &m,
+        r#"floodgate_connections_rejected_total{listener="web",reason="per_source"}"#,
+    );
+    assert!(rejected >= Some(1.0), "{m}");
+}

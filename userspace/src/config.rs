@@ -319,6 +319,9 @@ pub struct Listener {
     /// `http` (the default) or `tcp`: every connection carried to `default-backend` as bytes.
     #[serde(default)]
     pub mode: Mode,
+    /// Connections one client address may hold at once; past it, new ones are closed.
+    #[serde(default)]
+    pub max_connections_per_source: Option<u32>,
 }
 
 /// What a listener speaks (HAProxy's `mode`).
@@ -1650,6 +1653,12 @@ impl Config {
                     }
                     Some(_) => {}
                 }
+            }
+            if l.max_connections_per_source == Some(0) {
+                return Err(invalid(
+                    format!("listeners[{i}].max-connections-per-source"),
+                    "at least 1 (leave it out for no limit)",
+                ));
             }
             if l.proxy_protocol.as_ref().is_some_and(|p| p.from.is_empty()) {
                 return Err(invalid(

@@ -45,6 +45,7 @@ pub struct Metrics {
     proxy_headers: IntCounterVec,
     passthrough: IntCounterVec,
     compressed: IntCounterVec,
+    rejected: IntCounterVec,
 }
 
 /// The connection-level timeouts of one listener, resolved once so the IO path only bumps an
@@ -270,6 +271,12 @@ impl Metrics {
                 "Plain HTTP requests redirected to HTTPS",
                 &["listener"],
             )?,
+            rejected: counter(
+                &r,
+                "floodgate_connections_rejected_total",
+                "Accepted connections closed at once, by reason (per_source: max-connections-per-source)",
+                &["listener", "reason"],
+            )?,
             compressed: counter(
                 &r,
                 "floodgate_http_compressed_responses_total",
@@ -398,6 +405,11 @@ impl Metrics {
         self.passthrough
             .with_label_values(&[listener, backend, result])
             .inc();
+    }
+
+    /// A connection closed at accept for `reason`.
+    pub fn rejected(&self, listener: &str, reason: &str) {
+        self.rejected.with_label_values(&[listener, reason]).inc();
     }
 
     pub fn redirect(&self, listener: &str) {

@@ -30,6 +30,7 @@ pub mod backend;
 pub mod basic;
 pub mod compress;
 pub mod connect;
+pub mod connlimit;
 pub mod cors;
 pub mod direct;
 pub mod error;
@@ -401,6 +402,8 @@ struct Generation {
     passthrough: Option<Arc<passthrough::Passthrough>>,
     /// `mode: tcp`: every connection is carried to the default backend.
     tcp: bool,
+    /// `max-connections-per-source`: the connections each client address holds.
+    per_source: Option<Arc<connlimit::PerSource>>,
     /// Per backend of `routing`, this listener's metric handles, made on first use.
     handles: Arc<[OnceLock<metrics::Handles>]>,
 }
@@ -433,6 +436,12 @@ impl Generation {
             passthrough: passthrough::Passthrough::new(&listener.passthrough, &routing)
                 .map(Arc::new),
             tcp: listener.mode == config::Mode::Tcp,
+            per_source: listener.max_connections_per_source.map(|max| {
+                previous
+                    .and_then(|p| p.per_source.clone())
+                    .filter(|t| t.same_settings(max))
+                    .unwrap_or_else(|| connlimit::PerSource::new(max))
+            }),
             forwarded: listener
                 .forwarded_headers
                 .as_ref()
@@ -499,6 +508,21 @@ impl ListenerCtx {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         Some((g.passthrough.clone()?, g.routing.clone()))
+    }
+
+    /// A place for one more connection from `client` under `max-connections-per-source`:
+    /// `Ok(None)` without a limit.
+    pub fn admit(&self, client: IpAddr) -> Result<Option<connlimit::Held>, connlimit::OverLimit> {
+        let table = self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .per_source
+            .clone();
+        match table {
+            None => Ok(None),
+            Some(t) => t.admit(client).map(Some).ok_or(connlimit::OverLimit),
+        }
     }
 
     /// For a `mode: tcp` listener, its backend and the routing it is in, read once per

@@ -319,6 +319,13 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
             else {
                 return;
             };
+            let Ok(_held) = ctx.admit(client.ip()) else {
+                if let Some(m) = &ctx.metrics {
+                    m.rejected(&ctx.name, "per_source");
+                }
+                debug!(%client, "closing a connection over max-connections-per-source");
+                return;
+            };
             if let Some((backend, routing)) = ctx.tcp() {
                 let outcome = match tls {
                     None => super::passthrough::carry(&routing, backend, stream, &[]).await,
