@@ -2200,3 +2200,57 @@ backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
     );
     assert!(rejected >= Some(1.0), "{m}");
 }
+
+/// `send-proxy` on a TCP listener's backend: the server (here floodgate's own listener with
+/// `proxy-protocol`) learns the client and the port it connected to, in both versions.
+#[test]
+fn carried_connections_name_their_client_to_send_proxy_backends() {
+    let (op, admin_port) = (free_port(), free_port());
+    let (v1_port, v2_port, inner_port) = (free_port(), free_port(), free_port());
+    let _origin = origin(op, "o");
+    let config = temp_file(
+        "send-proxy.yaml",
+        &format!(
+            "
+xdp: {{ enabled: false }}
+admin: {{ bind: '127.0.0.1:{admin_port}' }}
+listeners:
+  - {{ name: v1, bind: '127.0.0.1:{v1_port}', mode: tcp, default-backend: inner-v1 }}
+  - {{ name: v2, bind: '127.0.0.1:{v2_port}', mode: tcp, default-backend: inner-v2 }}
+  - {{ name: inner, bind: '127.0.0.1:{inner_port}', default-backend: app, proxy-protocol: {{}} }}
+backends:
+  - {{ name: app, servers: ['127.0.0.1:{op}'] }}
+  - {{ name: inner-v1, send-proxy: v1, servers: ['127.0.0.1:{inner_port}'] }}
+  - {{ name: inner-v2, send-proxy: v2, servers: ['127.0.0.1:{inner_port}'] }}
+"
+        ),
+    );
+    let _fg = spawn_floodgate(&config);
+    let at = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    for p in [v1_port, v2_port, admin_port] {
+        assert!(wait_for_port(at(p), Duration::from_secs(10)));
+    }
+    for port in [v1_port, v2_port] {
+        let (status, _, body) = floodgate_tests::http_raw(
+            at(port),
+            b"GET /headers HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains(&format!("x-forwarded-port: {port}\n")),
+            "{body}"
+        );
+        assert!(body.contains("x-real-ip: 127.0.0.1\n"), "{body}");
+    }
+    let scrape = || http_get(at(admin_port), "a", "/metrics").unwrap().1;
+    let sample = r#"floodgate_proxy_protocol_headers_total{listener="inner",result="proxied"}"#;
+    // The two requests, and wait_for_port's probes of v1 and v2, carried with their headers.
+    assert!(
+        floodgate_tests::wait_until(Duration::from_secs(5), || {
+            floodgate_tests::metric(&scrape(), sample) == Some(4.0)
+        }),
+        "{}",
+        scrape()
+    );
+}

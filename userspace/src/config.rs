@@ -948,6 +948,10 @@ pub struct Backend {
     /// Compress this backend's responses for clients that accept gzip.
     #[serde(default)]
     pub compression: Option<Compression>,
+    /// Open each connection carried as bytes (`mode: tcp`, passthrough) with a PROXY protocol
+    /// header naming the client.
+    #[serde(default)]
+    pub send_proxy: Option<ProxyVersion>,
     /// Header rules for requests on their way to this backend's servers.
     #[serde(default)]
     pub request_headers: HeaderRules,
@@ -955,6 +959,15 @@ pub struct Backend {
     #[serde(default)]
     pub response_headers: HeaderRules,
     pub servers: Vec<ServerSpec>,
+}
+
+/// The PROXY protocol version `send-proxy` writes: HAProxy's `send-proxy` (v1, text) and
+/// `send-proxy-v2` (binary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProxyVersion {
+    V1,
+    V2,
 }
 
 /// `backends[].compression`: HAProxy's `compression algo gzip`, ingress-nginx's `use-gzip`.
@@ -1466,6 +1479,16 @@ impl Config {
                 .validate(&format!("backends[{i}].request-headers"))?;
             b.response_headers
                 .validate(&format!("backends[{i}].response-headers"))?;
+            if b.send_proxy.is_some()
+                && b.health_check
+                    .as_ref()
+                    .is_some_and(|c| c.kind != CheckKind::Tcp)
+            {
+                return Err(invalid(
+                    format!("backends[{i}].health-check.type"),
+                    "with `send-proxy`, servers expect a PROXY header first: use `tcp` checks",
+                ));
+            }
             if let Some(c) = &b.compression {
                 let key = format!("backends[{i}].compression");
                 if !(1..=9).contains(&c.level) {
@@ -1654,6 +1677,20 @@ impl Config {
                     Some(_) => {}
                 }
             }
+            if let Some(b) = &l.default_backend
+                && l.mode == Mode::Http
+                && self
+                    .backends
+                    .iter()
+                    .any(|x| &x.name == b && x.send_proxy.is_some())
+            {
+                return Err(invalid(
+                    format!("listeners[{i}].default-backend"),
+                    format!(
+                        "`{b}` has `send-proxy`, which is for connections carried as bytes (`mode: tcp`, `passthrough`); HTTP requests share server connections among clients"
+                    ),
+                ));
+            }
             if l.max_connections_per_source == Some(0) {
                 return Err(invalid(
                     format!("listeners[{i}].max-connections-per-source"),
@@ -1785,6 +1822,23 @@ impl Config {
             for (key, b) in targets {
                 if !backends.contains(b.as_str()) {
                     return Err(invalid(key, format!("no backend named `{b}`")));
+                }
+            }
+            let http_targets = std::iter::once(&r.backend)
+                .chain(r.split.iter().map(|s| &s.backend))
+                .chain(r.mirror.as_ref());
+            for b in http_targets {
+                if self
+                    .backends
+                    .iter()
+                    .any(|x| &x.name == b && x.send_proxy.is_some())
+                {
+                    return Err(invalid(
+                        format!("routes[{i}]"),
+                        format!(
+                            "`{b}` has `send-proxy`, which is for connections carried as bytes (`mode: tcp`, `passthrough`); HTTP requests share server connections among clients"
+                        ),
+                    ));
                 }
             }
             if let Some(m) = &r.mirror {
@@ -2602,6 +2656,19 @@ xdp: { enabled: false }
             )
         };
         parse(&tcp("")).expect("a TCP listener");
+        let e = error_of(&MINIMAL.replace("servers:", "send-proxy: v2, servers:"));
+        assert!(
+            e.contains("listeners[0].default-backend") && e.contains("send-proxy"),
+            "{e}"
+        );
+        let e = error_of(&tcp("").replace(
+            "servers:",
+            "send-proxy: v1, health-check: { type: http }, servers:",
+        ));
+        assert!(e.contains("backends[0].health-check.type"), "{e}");
+        parse(&tcp("").replace("servers:", "send-proxy: v1, servers:")).expect("send-proxy on TCP");
+        let e = error_of(&tcp("").replace("servers:", "send-proxy: v3, servers:"));
+        assert!(e.contains("v3"), "{e}");
         for (extra, key) in [
             (", rate-limit: { per-source: 1 }", "listeners[0].rate-limit"),
             (

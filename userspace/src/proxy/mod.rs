@@ -108,6 +108,8 @@ pub struct Routing {
     error_pages: error::Pages,
     /// Per backend, its cookie persistence (`sticky`).
     sticky: Vec<Option<sticky::Persist>>,
+    /// Per backend, the PROXY protocol header its carried connections start with.
+    send_proxy: Vec<Option<config::ProxyVersion>>,
     /// Per backend, its response compression.
     compress: Vec<Option<compress::Compress>>,
     /// Per backend, its `request-headers` and `response-headers` rules.
@@ -221,6 +223,7 @@ impl Routing {
                 .iter()
                 .map(|b| b.sticky.as_ref().map(sticky::Persist::new))
                 .collect(),
+            send_proxy: cfg.backends.iter().map(|b| b.send_proxy).collect(),
             compress: cfg
                 .backends
                 .iter()

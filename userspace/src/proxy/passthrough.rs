@@ -207,11 +207,24 @@ impl Outcome {
 
 /// Carries `client`, whose first bytes were `hello` (none for a `mode: tcp` listener), to a
 /// server of `backend`. A failed connect is retried on another server (nothing was sent yet)
-/// and counts for passive health.
-pub async fn carry<C>(routing: &Routing, backend: usize, mut client: C, hello: &[u8]) -> Outcome
+/// and counts for passive health. `ends`: the client's address and the one it connected to,
+/// for the backend's `send-proxy` header.
+pub async fn carry<C>(
+    routing: &Routing,
+    backend: usize,
+    mut client: C,
+    hello: &[u8],
+    ends: (std::net::SocketAddr, std::net::SocketAddr),
+) -> Outcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
+    let proxy_header = routing
+        .send_proxy
+        .get(backend)
+        .copied()
+        .flatten()
+        .map(|v| super::proxyproto::encode(v, ends.0, ends.1));
     let (Some(pool), Some(dial)) = (routing.pools.get(backend), routing.dials.get(backend)) else {
         return Outcome::NoServer;
     };
@@ -230,7 +243,8 @@ where
         match dial.connect(slot.server.addr).await {
             Ok(mut server) => {
                 health::observe(pool, &slot.server, true, &passive);
-                if !hello.is_empty() && server.write_all(hello).await.is_err() {
+                let first = [proxy_header.as_deref().unwrap_or_default(), hello].concat();
+                if !first.is_empty() && server.write_all(&first).await.is_err() {
                     return Outcome::Closed;
                 }
                 let started = Instant::now();

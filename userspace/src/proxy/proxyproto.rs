@@ -236,6 +236,57 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, ProxyProtoError> {
     ))
 }
 
+/// A header naming `source` as the client of a connection to `destination`, for a server
+/// behind `backends[].send-proxy` (HAProxy's `send-proxy` and `send-proxy-v2`). Addresses of
+/// two families are both sent as IPv6 (IPv4-mapped), as one header has one family.
+pub fn encode(
+    version: crate::config::ProxyVersion,
+    source: SocketAddr,
+    destination: SocketAddr,
+) -> Vec<u8> {
+    let (src, dst) = match (source.ip(), destination.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (IpAddr::V4(s), IpAddr::V4(d)),
+        (s, d) => (IpAddr::V6(v6(s)), IpAddr::V6(v6(d))),
+    };
+    match version {
+        crate::config::ProxyVersion::V1 => {
+            let family = if src.is_ipv4() { "TCP4" } else { "TCP6" };
+            format!(
+                "PROXY {family} {src} {dst} {} {}\r\n",
+                source.port(),
+                destination.port()
+            )
+            .into_bytes()
+        }
+        crate::config::ProxyVersion::V2 => {
+            let mut b = V2_SIGNATURE.to_vec();
+            b.push(0x21); // version 2, PROXY
+            match (src, dst) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    b.extend_from_slice(&[0x11, 0, 12]);
+                    b.extend_from_slice(&s.octets());
+                    b.extend_from_slice(&d.octets());
+                }
+                (s, d) => {
+                    b.extend_from_slice(&[0x21, 0, 36]);
+                    b.extend_from_slice(&v6(s).octets());
+                    b.extend_from_slice(&v6(d).octets());
+                }
+            }
+            b.extend_from_slice(&source.port().to_be_bytes());
+            b.extend_from_slice(&destination.port().to_be_bytes());
+            b
+        }
+    }
+}
+
+fn v6(ip: IpAddr) -> Ipv6Addr {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
+}
+
 /// Reads the header off the start of `stream` within `timeout`, taking exactly its bytes so
 /// what follows (a TLS ClientHello, a request) is left for the next reader.
 ///
@@ -429,6 +480,33 @@ mod tests {
             let e = parse(&b).unwrap_err();
             assert!(e.to_string().contains(why), "{e}");
         }
+    }
+
+    #[test]
+    fn encoded_headers_read_back_in_both_versions() {
+        use crate::config::ProxyVersion;
+        for (src, dst) in [
+            ("192.0.2.7:51000", "10.0.0.1:443"),
+            ("[2001:db8::7]:51000", "[2001:db8::1]:443"),
+        ] {
+            let (s, d): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+            for v in [ProxyVersion::V1, ProxyVersion::V2] {
+                let b = encode(v, s, d);
+                assert_eq!(
+                    parse(&b).unwrap(),
+                    Parsed::Complete(proxied(src, dst), b.len()),
+                    "{v:?} {src}"
+                );
+            }
+        }
+        assert_eq!(
+            encode(
+                ProxyVersion::V1,
+                "192.0.2.7:1".parse().unwrap(),
+                "[::1]:2".parse().unwrap()
+            ),
+            b"PROXY TCP6 ::ffff:192.0.2.7 ::1 1 2\r\n"
+        );
     }
 
     /// Exactly the header's bytes are taken: the request after it is intact, whether it came in

@@ -206,7 +206,7 @@ async fn client_of(
     peer: SocketAddr,
     ctx: &ListenerCtx,
     timeout: Duration,
-) -> Option<(SocketAddr, Option<u16>)> {
+) -> Option<(SocketAddr, Option<SocketAddr>)> {
     let expected = ctx
         .proxy_protocol()
         .is_some_and(|p| p.expected_from(peer.ip()));
@@ -225,7 +225,7 @@ async fn client_of(
             destination,
         }) => {
             count("proxied");
-            Some((source, Some(destination.port())))
+            Some((source, Some(destination)))
         }
         Ok(super::proxyproto::Header::Local) => {
             count("local");
@@ -314,11 +314,19 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
             let _permit = (permit, listener_permit);
             let _guard = guard;
             let mut stream = stream;
-            let Some((client, port)) =
+            let Some((client, destination)) =
                 client_of(&mut stream, peer, &ctx, limits.http_request).await
             else {
                 return;
             };
+            // The client's and the address it connected to, for a backend's `send-proxy`.
+            let ends = (
+                client,
+                destination
+                    .or_else(|| stream.local_addr().ok())
+                    .unwrap_or(peer),
+            );
+            let port = destination.map(|d| d.port());
             let Ok(_held) = ctx.admit(client.ip()) else {
                 if let Some(m) = &ctx.metrics {
                     m.rejected(&ctx.name, "per_source");
@@ -328,10 +336,10 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
             };
             if let Some((backend, routing)) = ctx.tcp() {
                 let outcome = match tls {
-                    None => super::passthrough::carry(&routing, backend, stream, &[]).await,
+                    None => super::passthrough::carry(&routing, backend, stream, &[], ends).await,
                     Some(tls) => match handshake(&tls, stream, &ctx, peer).await {
                         Some(stream) => {
-                            super::passthrough::carry(&routing, backend, stream, &[]).await
+                            super::passthrough::carry(&routing, backend, stream, &[], ends).await
                         }
                         None => return,
                     },
@@ -368,7 +376,8 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                         };
                     if let Some(backend) = sni.as_deref().and_then(|s| pass.backend_for(s)) {
                         let outcome =
-                            super::passthrough::carry(&routing, backend, stream, &hello).await;
+                            super::passthrough::carry(&routing, backend, stream, &hello, ends)
+                                .await;
                         count_carried(&ctx, &routing, backend, outcome);
                         return;
                     }
