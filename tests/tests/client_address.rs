@@ -14,7 +14,7 @@ use std::{
     io::{Read as _, Write as _},
     net::{Ipv6Addr, SocketAddr, TcpStream},
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     sync::Arc,
     time::Duration,
 };
@@ -68,34 +68,6 @@ fn has(body: &str, line: &str) -> bool {
     body.lines().any(|l| l == line)
 }
 
-/// A self-signed ECDSA certificate for `a.example.com`, made with the openssl CLI.
-fn cert(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (crt, key) = (dir.join("pp.crt"), dir.join("pp.key"));
-    let st = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=a.example.com",
-        ])
-        .args(["-addext", "subjectAltName=DNS:a.example.com"])
-        // rustls refuses a CA certificate as the server's own.
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "openssl req");
-    (crt, key)
-}
-
 /// A v1 header naming `source`, then an HTTPS GET of `/headers` with rustls over the same
 /// connection, trusting `crt`: the body.
 fn tls_after_header(addr: SocketAddr, crt: &Path, source: &str) -> String {
@@ -135,7 +107,14 @@ fn clients_named_by_proxy_headers_are_the_clients() {
     );
     let _origin = spawn_origin(op, "o");
     let dir = temp_file("pp/x", "").parent().unwrap().to_path_buf();
-    let (crt, key) = cert(&dir);
+    let (crt, key) = floodgate_tests::self_signed(
+        &dir,
+        "pp",
+        "ec",
+        "a.example.com",
+        "DNS:a.example.com",
+        false,
+    );
     let config = temp_file(
         "pp/fg.yaml",
         &format!(
