@@ -494,48 +494,22 @@ impl ListenerCtx {
         *cur = Generation::new(routing, listener, cfg, Some(&cur));
     }
 
-    /// The current `proxy-protocol` setting, read once per accepted connection.
-    pub fn proxy_protocol(&self) -> Option<Arc<config::ProxyProtocol>> {
-        self.current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .proxy_protocol
-            .clone()
-    }
-
-    /// The current passthrough hosts and the routing their backends are in, read once per
-    /// accepted TLS connection; `None` when the listener has none.
-    pub fn passthrough(&self) -> Option<(Arc<passthrough::Passthrough>, Arc<Routing>)> {
+    /// What a new connection needs of the current generation, read once at accept.
+    pub fn on_accept(&self) -> Accepting {
         let g = self
             .current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Some((g.passthrough.clone()?, g.routing.clone()))
-    }
-
-    /// A place for one more connection from `client` under `max-connections-per-source`:
-    /// `Ok(None)` without a limit.
-    pub fn admit(&self, client: IpAddr) -> Result<Option<connlimit::Held>, connlimit::OverLimit> {
-        let table = self
-            .current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .per_source
-            .clone();
-        match table {
-            None => Ok(None),
-            Some(t) => t.admit(client).map(Some).ok_or(connlimit::OverLimit),
+        let tcp = g.default_backend.filter(|_| g.tcp);
+        Accepting {
+            proxy_protocol: g.proxy_protocol.clone(),
+            per_source: g.per_source.clone(),
+            carry: (tcp.is_some() || g.passthrough.is_some()).then(|| Carry {
+                routing: g.routing.clone(),
+                tcp,
+                passthrough: g.passthrough.clone(),
+            }),
         }
-    }
-
-    /// For a `mode: tcp` listener, its backend and the routing it is in, read once per
-    /// accepted connection.
-    pub fn tcp(&self) -> Option<(usize, Arc<Routing>)> {
-        let g = self
-            .current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Some((g.default_backend.filter(|_| g.tcp)?, g.routing.clone()))
     }
 
     /// The listener's connection timeout counters (None without metrics).
@@ -577,6 +551,36 @@ impl ListenerCtx {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
+}
+
+/// A listener's settings for one new connection (`ListenerCtx::on_accept`).
+pub struct Accepting {
+    /// Who must open with a PROXY protocol header.
+    pub proxy_protocol: Option<Arc<config::ProxyProtocol>>,
+    /// `max-connections-per-source`.
+    pub per_source: Option<Arc<connlimit::PerSource>>,
+    /// Set when connections may be carried as bytes rather than served as HTTP.
+    pub carry: Option<Carry>,
+}
+
+impl Accepting {
+    /// A place for one more connection from `client` under `max-connections-per-source`:
+    /// `Ok(None)` without a limit.
+    pub fn admit(&self, client: IpAddr) -> Result<Option<connlimit::Held>, connlimit::OverLimit> {
+        match &self.per_source {
+            None => Ok(None),
+            Some(t) => t.admit(client).map(Some).ok_or(connlimit::OverLimit),
+        }
+    }
+}
+
+/// Where carried connections go, in the routing generation they were accepted under.
+pub struct Carry {
+    pub routing: Arc<Routing>,
+    /// `mode: tcp`: the backend every connection goes to.
+    pub tcp: Option<usize>,
+    /// The TLS listener's passthrough hosts.
+    pub passthrough: Option<Arc<passthrough::Passthrough>>,
 }
 
 /// One client connection, shared by the requests on it.

@@ -82,6 +82,16 @@ pub enum PassthroughError {
     Io(#[from] io::Error),
 }
 
+impl PassthroughError {
+    /// The `result` label of `floodgate_tls_handshakes_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Io(_) => "failed",
+        }
+    }
+}
+
 /// Reads the first TLS record (the ClientHello) within `timeout`: the bytes read, and the
 /// server name it asks for. Bytes that are not a TLS handshake are returned as they are, with
 /// no name, for the TLS acceptor to refuse.

@@ -25,7 +25,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use super::ListenerCtx;
+use super::{ListenerCtx, passthrough};
 use crate::config::{self, Timeouts};
 
 #[derive(Debug, thiserror::Error)]
@@ -197,19 +197,19 @@ fn count_carried(
     }
 }
 
-/// The connection's client and the port it connected to: the peer's own, or those of its PROXY
-/// protocol header when this listener expects one from it (read within `timeout`, HAProxy's
-/// `timeout http-request` being the budget for a connection's first bytes). `None` when that
-/// header is missing or bad: the connection is closed, as HAProxy's `accept-proxy` does.
+/// The connection's client: the peer, or the client its PROXY protocol header names when
+/// `proxy_protocol` expects one from the peer (read within `timeout`, HAProxy's `timeout
+/// http-request` being the budget for a connection's first bytes), with the address that
+/// client connected to. `None` when the header is missing or bad: the connection is closed,
+/// as HAProxy's `accept-proxy` does.
 async fn client_of(
     stream: &mut TcpStream,
     peer: SocketAddr,
     ctx: &ListenerCtx,
+    proxy_protocol: Option<&config::ProxyProtocol>,
     timeout: Duration,
 ) -> Option<(SocketAddr, Option<SocketAddr>)> {
-    let expected = ctx
-        .proxy_protocol()
-        .is_some_and(|p| p.expected_from(peer.ip()));
+    let expected = proxy_protocol.is_some_and(|p| p.expected_from(peer.ip()));
     if !expected {
         return Some((peer, None));
     }
@@ -314,43 +314,32 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
             let _permit = (permit, listener_permit);
             let _guard = guard;
             let mut stream = stream;
-            let Some((client, destination)) =
-                client_of(&mut stream, peer, &ctx, limits.http_request).await
+            let accepting = ctx.on_accept();
+            let Some((client, destination)) = client_of(
+                &mut stream,
+                peer,
+                &ctx,
+                accepting.proxy_protocol.as_deref(),
+                limits.http_request,
+            )
+            .await
             else {
                 return;
             };
-            // The client's and the address it connected to, for a backend's `send-proxy`.
-            let ends = (
-                client,
-                destination
-                    .or_else(|| stream.local_addr().ok())
-                    .unwrap_or(peer),
-            );
-            let port = destination.map(|d| d.port());
-            let Ok(_held) = ctx.admit(client.ip()) else {
+            let Ok(_held) = accepting.admit(client.ip()) else {
                 if let Some(m) = &ctx.metrics {
                     m.rejected(&ctx.name, "per_source");
                 }
                 debug!(%client, "closing a connection over max-connections-per-source");
                 return;
             };
-            if let Some((backend, routing)) = ctx.tcp() {
-                let outcome = match tls {
-                    None => super::passthrough::carry(&routing, backend, stream, &[], ends).await,
-                    Some(tls) => match handshake(&tls, stream, &ctx, peer).await {
-                        Some(stream) => {
-                            super::passthrough::carry(&routing, backend, stream, &[], ends).await
-                        }
-                        None => return,
-                    },
-                };
-                count_carried(&ctx, &routing, backend, outcome);
-                return;
-            }
-            let conn =
-                super::Conn::new(client, port, Arc::new(super::timeout::InFlight::default()));
-            let served = match (tls, ctx.passthrough()) {
-                (None, _) => {
+            let conn = super::Conn::new(
+                client,
+                destination.map(|d| d.port()),
+                Arc::new(super::timeout::InFlight::default()),
+            );
+            let served = match (tls, accepting.carry) {
+                (None, None) => {
                     serve_http(stream, watcher, &builder, ctx, conn, limits, counters).await
                 }
                 (Some(tls), None) => match handshake(&tls, stream, &ctx, peer).await {
@@ -359,29 +348,49 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                     }
                     None => return,
                 },
-                (Some(tls), Some((pass, routing))) => {
-                    let mut stream = stream;
+                (tls, Some(carry)) => {
+                    // The client's address and the one it connected to, for `send-proxy`.
+                    let ends = match destination.or_else(|| stream.local_addr().ok()) {
+                        Some(d) => (client, d),
+                        None => return,
+                    };
+                    if let Some(backend) = carry.tcp {
+                        let outcome = match tls {
+                            None => {
+                                passthrough::carry(&carry.routing, backend, stream, &[], ends).await
+                            }
+                            Some(tls) => match handshake(&tls, stream, &ctx, peer).await {
+                                Some(s) => {
+                                    passthrough::carry(&carry.routing, backend, s, &[], ends).await
+                                }
+                                None => return,
+                            },
+                        };
+                        count_carried(&ctx, &carry.routing, backend, outcome);
+                        return;
+                    }
+                    // Passthrough hosts: only on TLS listeners (config validation).
+                    let (Some(tls), Some(pass)) = (tls, carry.passthrough) else {
+                        return;
+                    };
                     let (hello, sni) =
-                        match super::passthrough::read_hello(&mut stream, tls.handshake_timeout)
-                            .await
-                        {
+                        match passthrough::read_hello(&mut stream, tls.handshake_timeout).await {
                             Ok(h) => h,
                             Err(e) => {
                                 debug!(%peer, error = %e, "no ClientHello");
                                 if let Some(m) = &ctx.metrics {
-                                    m.tls_handshake(&ctx.name, "timeout", "", "", None);
+                                    m.tls_handshake(&ctx.name, e.label(), "", "", None);
                                 }
                                 return;
                             }
                         };
                     if let Some(backend) = sni.as_deref().and_then(|s| pass.backend_for(s)) {
                         let outcome =
-                            super::passthrough::carry(&routing, backend, stream, &hello, ends)
-                                .await;
-                        count_carried(&ctx, &routing, backend, outcome);
+                            passthrough::carry(&carry.routing, backend, stream, &hello, ends).await;
+                        count_carried(&ctx, &carry.routing, backend, outcome);
                         return;
                     }
-                    let stream = super::passthrough::Prefixed::new(hello, stream);
+                    let stream = passthrough::Prefixed::new(hello, stream);
                     match handshake(&tls, stream, &ctx, peer).await {
                         Some(stream) => {
                             serve_http(stream, watcher, &builder, ctx, conn, limits, counters).await
