@@ -517,7 +517,8 @@ impl ListenerCtx {
         self.metrics.as_ref().map(|m| m.timeouts(&self.name))
     }
 
-    /// The backends a request on this listener may reach: every route's and the default.
+    /// The backends a connection to this listener may reach: every route's, the default, and
+    /// the passthrough hosts'.
     pub fn backends_behind(&self) -> Vec<Arc<Pool>> {
         let g = self.generation();
         // A TCP listener's connections all go to its default backend.
@@ -527,6 +528,9 @@ impl ListenerCtx {
             g.routing.router.backends().collect()
         };
         idx.extend(g.default_backend);
+        if let Some(p) = &g.passthrough {
+            idx.extend(p.backends());
+        }
         idx.sort_unstable();
         idx.dedup();
         idx.into_iter()

@@ -58,6 +58,11 @@ impl Passthrough {
         Some(Self { hosts })
     }
 
+    /// The backends the hosts lead to.
+    pub fn backends(&self) -> impl Iterator<Item = usize> + '_ {
+        self.hosts.iter().map(|(_, _, b)| *b)
+    }
+
     /// The backend for a ClientHello's server name: the first listed host that matches.
     pub fn backend_for(&self, sni: &str) -> Option<usize> {
         let sni = sni.to_ascii_lowercase();
