@@ -1816,7 +1816,7 @@ fn a_sticky_client_waits_for_its_full_server() {
 /// dropped; the client gets the route's backend's answer; a request with a body is not
 /// copied; a dead mirror changes nothing for the client.
 #[test]
-fn a_mirror_backend_gets_copies_of_body_less_requests() {
+fn a_mirror_backend_gets_copies_of_requests_and_their_bodies() {
     let (p1, p2) = (free_port(), free_port());
     let mut live = origin(p1, "live");
     let mut shadow = origin(p2, "shadow");
@@ -1851,6 +1851,19 @@ backends:
     )
     .unwrap();
     assert_eq!((status, body.split(' ').next()), (200, Some("live")));
+    // Over mirror::MAX_BODY (1 MiB): the backend gets it, the mirror does not.
+    let big = vec![b'x'; (1 << 20) + 1];
+    let req = [
+        format!(
+            "POST /m/big HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            big.len()
+        )
+        .into_bytes(),
+        big,
+    ]
+    .concat();
+    let (status, _, body) = floodgate_tests::http_raw(at(port), &req).unwrap();
+    assert_eq!((status, body.split(' ').next()), (200, Some("live")));
     assert_eq!(
         http_get(at(port), "t", "/dead/x").unwrap().0,
         200,
@@ -1864,10 +1877,11 @@ backends:
         )
     };
     assert!(
-        floodgate_tests::wait_until(Duration::from_secs(5), || sample("sent") == Some(3.0)),
-        "three copies answered: {:?}",
+        floodgate_tests::wait_until(Duration::from_secs(5), || sample("sent") == Some(4.0)),
+        "four copies answered: {:?}",
         sample("sent")
     );
+    assert_eq!(sample("skipped"), Some(1.0), "the big body");
     let m = http_get(at(admin), "t", "/metrics").unwrap().1;
     assert!(
         floodgate_tests::wait_until(Duration::from_secs(5), || {
@@ -1880,10 +1894,10 @@ backends:
         "{m}"
     );
     let (live, shadow) = (live.stop(), shadow.stop());
-    assert!(live.contains("requests=5 "), "{live}");
+    assert!(live.contains("requests=6 "), "{live}");
     assert!(
-        shadow.contains("requests=3 "),
-        "the POST was not copied: {shadow}"
+        shadow.contains("requests=4 ") && shadow.contains("body_bytes=2"),
+        "the small POST and its body were copied, the big one not: {shadow}"
     );
 }
 

@@ -732,8 +732,8 @@ pub struct Route {
     /// CORS: preflights answered here, allowed origins' answers marked (`enable-cors`).
     #[serde(default)]
     pub cors: Option<Cors>,
-    /// A backend that gets a copy of each body-less GET, HEAD or OPTIONS request, its answer
-    /// ignored (ingress-nginx's `mirror-target`).
+    /// A backend that gets a copy of each request (bodies up to 1 MiB), its answer ignored
+    /// (ingress-nginx's `mirror-target`).
     #[serde(default)]
     pub mirror: Option<String>,
     /// The backend, or `split` or `redirect` instead.

@@ -39,6 +39,8 @@ struct Args {
 #[derive(Default)]
 struct Counters {
     requests: AtomicU64,
+    /// Request body bytes received, over all requests.
+    body_bytes: AtomicU64,
     current: AtomicU64,
     peak: AtomicU64,
 }
@@ -137,7 +139,11 @@ async fn answer(
     // Read the whole body before answering, as a real application does: a body that breaks
     // off (a proxy cutting it at its limit) gets no answer.
     let body = match http_body_util::BodyExt::collect(req.into_body()).await {
-        Ok(b) => b.to_bytes().len(),
+        Ok(b) => {
+            let n = b.to_bytes().len();
+            c.body_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            n
+        }
         Err(_) => {
             let mut resp = Response::new(Full::new(Bytes::from_static(b"broken body\n")));
             *resp.status_mut() = hyper::StatusCode::BAD_REQUEST;
@@ -179,9 +185,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
     }
     println!(
-        "requests={} peak={}",
+        "requests={} peak={} body_bytes={}",
         counters.requests.load(Ordering::Relaxed),
-        counters.peak.load(Ordering::Relaxed)
+        counters.peak.load(Ordering::Relaxed),
+        counters.body_bytes.load(Ordering::Relaxed)
     );
     Ok(())
 }

@@ -38,6 +38,7 @@ pub mod forwarded;
 pub mod h2c;
 pub mod headers;
 pub mod health;
+pub mod mirror;
 pub mod passthrough;
 pub mod pool;
 pub mod proxyproto;
@@ -719,14 +720,15 @@ pub async fn handle(
             up.parts.headers.insert(n, v);
         }
         if let Some(m) = routed.mirror
-            && up.body.is_none()
             && up.upgrade.is_none()
-            && matches!(
-                up.parts.method,
-                http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
-            )
         {
-            mirror(&generation.routing, m, &up.parts, ctx.metrics.clone());
+            up.body = mirror::copy(
+                &generation.routing,
+                m,
+                &up.parts,
+                up.body.take(),
+                ctx.metrics.clone(),
+            );
         }
         let persist = generation
             .routing
@@ -1318,63 +1320,6 @@ fn classify(server: SocketAddr, e: &hyper_util::client::legacy::Error) -> ProxyE
         server,
         reason: e.to_string(),
     }
-}
-
-/// Sends a copy of a body-less request to `backend` (a route's `mirror`), on its own task: the
-/// answer is read and dropped, and nothing of it reaches the client. The copy takes a server
-/// slot only when one is free and no request waits, so it never delays real traffic there.
-fn mirror(
-    routing: &Arc<Routing>,
-    backend: usize,
-    parts: &http::request::Parts,
-    metrics: Option<Arc<Metrics>>,
-) {
-    let (Some(pool), Some(conns)) = (routing.pools.get(backend), routing.direct.get(backend))
-    else {
-        return;
-    };
-    let name = pool.name.clone();
-    let count = move |result: &str| {
-        if let Some(m) = &metrics {
-            m.mirror(&name, result);
-        }
-    };
-    let Some(slot) = pool.try_acquire() else {
-        count("skipped");
-        return;
-    };
-    let mut copy = http::Request::new(());
-    *copy.method_mut() = parts.method.clone();
-    *copy.uri_mut() = parts.uri.clone();
-    *copy.headers_mut() = parts.headers.clone();
-    let (copy, ()) = copy.into_parts();
-    let (conns, idle) = (
-        conns.clone(),
-        routing
-            .server_timeouts
-            .get(backend)
-            .copied()
-            .unwrap_or(Duration::MAX),
-    );
-    let worker = WORKER.with(std::cell::Cell::get);
-    tokio::spawn(async move {
-        let server = slot.server.clone();
-        let exchange = async {
-            let resp =
-                direct::exchange(&conns, worker, server.addr, &server.authority, &copy).await?;
-            // Read to its end, so the connection goes back to the idle list.
-            resp.into_body()
-                .collect()
-                .await
-                .map_err(|e| ProxyError::Upstream {
-                    server: server.label.clone(),
-                    reason: e.to_string(),
-                })
-        };
-        let sent = matches!(tokio::time::timeout(idle, exchange).await, Ok(Ok(_)));
-        drop(slot);
-        count(if sent { "sent" } else { "failed" });
-    });
 }
 
 /// The backend agreed to switch protocols: answer 101 and splice the two upgraded connections.

@@ -1,0 +1,273 @@
+//! Copies of a route's requests to its `mirror` backend (ingress-nginx's `mirror-target`), on
+//! their own tasks: the answers are read and dropped, and nothing of them reaches the client.
+//!
+//! A copy takes a server slot only when one is free and no request waits, so it never delays
+//! the mirror's own traffic. A request with a body is copied as its body streams to the real
+//! backend (`Tee`): the real request is never held back, and the copy leaves once the whole
+//! body has passed, if it was at most `MAX_BODY`; larger bodies, and bodies that break off,
+//! are not copied.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Request, header};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::sync::oneshot;
+
+use super::{
+    Routing, WORKER, absolute_uri,
+    backend::{BoxError, UpstreamBody},
+    direct,
+    error::ProxyError,
+};
+use crate::metrics::Metrics;
+
+/// The largest request body copied, kept in memory until it has passed whole.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// Copies the request of `parts` (its body, if any, as `body` passes to the real backend) to
+/// `backend`. Returns the body to send to the real backend.
+pub fn copy(
+    routing: &Arc<Routing>,
+    backend: usize,
+    parts: &http::request::Parts,
+    body: Option<UpstreamBody>,
+    metrics: Option<Arc<Metrics>>,
+) -> Option<UpstreamBody> {
+    let Some(pool) = routing.pools.get(backend) else {
+        return body;
+    };
+    let name = pool.name.clone();
+    let count = move |result: &str| {
+        if let Some(m) = &metrics {
+            m.mirror(&name, result);
+        }
+    };
+    let mut head = Request::new(());
+    *head.method_mut() = parts.method.clone();
+    *head.uri_mut() = parts.uri.clone();
+    *head.headers_mut() = parts.headers.clone();
+    let (head, ()) = head.into_parts();
+    let idle = routing
+        .server_timeouts
+        .get(backend)
+        .copied()
+        .unwrap_or(Duration::MAX);
+    let routing = routing.clone();
+    let worker = WORKER.with(std::cell::Cell::get);
+    let (body, copied) = match body {
+        Some(b) => {
+            let (tee, rx) = Tee::new(b);
+            (Some(tee.boxed()), Some(rx))
+        }
+        None => (None, None),
+    };
+    tokio::spawn(async move {
+        let bytes = match copied {
+            None => None,
+            // Too large, or the client's body broke off: no copy.
+            Some(rx) => match rx.await {
+                Ok(b) => Some(b),
+                Err(_) => return count("skipped"),
+            },
+        };
+        let Some(slot) = routing.pools.get(backend).and_then(|p| p.try_acquire()) else {
+            return count("skipped");
+        };
+        let server = slot.server.clone();
+        let exchange =
+            async {
+                match bytes {
+                    // Body-less GET, HEAD, OPTIONS: the direct path, which may resend them.
+                    None if head.method.is_safe() => {
+                        let conns = routing
+                            .direct
+                            .get(backend)
+                            .ok_or_else(|| ProxyError::Internal("unknown backend".into()))?;
+                        let resp =
+                            direct::exchange(conns, worker, server.addr, &server.authority, &head)
+                                .await?;
+                        // Read to its end, so the connection goes back to the idle list.
+                        resp.into_body().collect().await.map(|_| ()).map_err(|e| {
+                            ProxyError::Upstream {
+                                server: server.label.clone(),
+                                reason: e.to_string(),
+                            }
+                        })
+                    }
+                    bytes => {
+                        let client = routing
+                            .client(backend)
+                            .cloned()
+                            .ok_or_else(|| ProxyError::Internal("unknown backend".into()))?;
+                        let bytes = bytes.unwrap_or_default();
+                        let mut parts = head;
+                        parts.uri = absolute_uri(server.authority.clone(), &parts.uri)?;
+                        parts.headers.remove(header::TRANSFER_ENCODING);
+                        parts
+                            .headers
+                            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                        let body = Full::new(bytes).map_err(|never| match never {}).boxed();
+                        let upstream = |e: &dyn std::error::Error| ProxyError::Upstream {
+                            server: server.label.clone(),
+                            reason: e.to_string(),
+                        };
+                        let resp = client
+                            .request(Request::from_parts(parts, body))
+                            .await
+                            .map_err(|e| upstream(&e))?;
+                        resp.into_body()
+                            .collect()
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| upstream(&e))
+                    }
+                }
+            };
+        let sent = matches!(tokio::time::timeout(idle, exchange).await, Ok(Ok(())));
+        drop(slot);
+        count(if sent { "sent" } else { "failed" });
+    });
+    body
+}
+
+/// A request body on its way to the real backend, kept aside for the mirror as it passes.
+struct Tee {
+    inner: UpstreamBody,
+    /// What passed so far, and where it goes once whole; `None` once given up (too large,
+    /// broken) or sent.
+    copy: Option<(BytesMut, oneshot::Sender<Bytes>)>,
+}
+
+impl Tee {
+    fn new(inner: UpstreamBody) -> (Self, oneshot::Receiver<Bytes>) {
+        let (tx, rx) = oneshot::channel();
+        let copy = match inner.size_hint().upper() {
+            // Declared too large: not worth keeping a byte.
+            Some(n) if n > MAX_BODY as u64 => None,
+            n => Some((BytesMut::with_capacity(n.map_or(0, |n| n as usize)), tx)),
+        };
+        (Self { inner, copy }, rx)
+    }
+}
+
+impl Body for Tee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(data) = f.data_ref() {
+                    let fits = this
+                        .copy
+                        .as_ref()
+                        .is_some_and(|(b, _)| b.len() + data.len() <= MAX_BODY);
+                    match (&mut this.copy, fits) {
+                        (Some((buf, _)), true) => buf.extend_from_slice(data),
+                        _ => this.copy = None,
+                    }
+                }
+            }
+            Some(Err(_)) => this.copy = None,
+            None => {}
+        }
+        // A reader stops polling once the body says it ended, often right after its last
+        // data frame: the copy is complete then, not only at `None`.
+        if (frame.is_none() || this.inner.is_end_stream())
+            && let Some((buf, tx)) = this.copy.take()
+        {
+            let _ = tx.send(buf.freeze());
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body of ready chunks without a declared length, as a chunked request's.
+    struct Chunks(Vec<Bytes>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready((!self.0.is_empty()).then(|| Ok(Frame::data(self.0.remove(0)))))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_whole_body_reaches_both_sides() {
+        let parts = vec![
+            Bytes::from_static(b"order=42"),
+            Bytes::from_static(b"&qty=1"),
+        ];
+        let (tee, rx) = Tee::new(Chunks(parts).boxed());
+        let real = tee.collect().await.unwrap().to_bytes();
+        assert_eq!(&real[..], b"order=42&qty=1");
+        assert_eq!(&rx.await.unwrap()[..], b"order=42&qty=1");
+    }
+
+    /// hyper's client stops at a body's last data frame when the body says it ended.
+    #[tokio::test]
+    async fn the_copy_is_complete_at_the_last_frame() {
+        let (mut tee, rx) = Tee::new(
+            Full::new(Bytes::from_static(b"hi"))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        let first = tee.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "hi");
+        assert!(tee.is_end_stream());
+        assert_eq!(
+            &rx.await.unwrap()[..],
+            b"hi",
+            "without polling past the end"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_reaches_the_backend_but_is_not_copied() {
+        // Declared too large.
+        let big = Bytes::from(vec![b'x'; MAX_BODY + 1]);
+        let (tee, rx) = Tee::new(
+            Full::new(big.clone())
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        assert_eq!(tee.collect().await.unwrap().to_bytes(), big);
+        assert!(rx.await.is_err(), "no copy");
+        // Found too large as it streams.
+        let half = Bytes::from(vec![b'y'; MAX_BODY / 2 + 1]);
+        let (tee, rx) = Tee::new(Chunks(vec![half.clone(), half.clone()]).boxed());
+        assert_eq!(
+            tee.collect().await.unwrap().to_bytes().len(),
+            half.len() * 2
+        );
+        assert!(rx.await.is_err(), "no copy");
+    }
+}
