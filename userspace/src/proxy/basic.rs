@@ -272,9 +272,14 @@ impl BasicAuth {
             signin: None,
         };
         let (user, password) = credentials(headers).ok_or_else(refuse)?;
-        let hash = self.users.get(&user).ok_or_else(refuse)?;
+        // An unknown user is checked against another user's hash all the same, and refused
+        // after: answering at once would tell which user names exist, by the time taken.
+        let (hash, known) = match self.users.get(&user) {
+            Some(h) => (h, true),
+            None => (self.users.values().next().ok_or_else(refuse)?, false),
+        };
         let digest = self.digest(&user, &password);
-        if self.remembered().contains(&digest) {
+        if known && self.remembered().contains(&digest) {
             return Ok(());
         }
         let permit = checks()
@@ -286,7 +291,7 @@ impl BasicAuth {
             .await
             .map_err(|e| ProxyError::Internal(format!("basic auth check: {e}")))?;
         drop(permit);
-        if !ok {
+        if !(ok && known) {
             return Err(refuse());
         }
         let mut r = self.remembered();
