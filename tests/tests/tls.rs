@@ -468,6 +468,7 @@ fn passthrough_hosts_reach_their_own_tls_server() {
         "vault.example.com",
         "DNS:vault.example.com",
     );
+    let sni_port = free_port();
     let (vault_port, dead_port, port, admin_port, op) = (
         free_port(),
         free_port(),
@@ -502,6 +503,10 @@ listeners:
     passthrough:
       - {{ host: vault.example.com, backend: vault }}
       - {{ host: '*.gone.example.com', backend: gone }}
+  # No certificates: only carries TLS by SNI.
+  - name: sni
+    bind: 127.0.0.1:{sni_port}
+    passthrough: [{{ host: vault.example.com, backend: vault }}]
 backends:
   - {{ name: app, servers: ['127.0.0.1:{op}'] }}
   - {{ name: vault, servers: ['127.0.0.1:{vault_port}'] }}
@@ -514,7 +519,7 @@ backends:
     let _fg = spawn_floodgate(&config);
     let at = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
     let (addr, admin) = (at(port), at(admin_port));
-    for a in [addr, admin, at(vault_port), at(op)] {
+    for a in [addr, admin, at(vault_port), at(op), at(sni_port)] {
         assert!(
             wait_for_port(a, Duration::from_secs(10)),
             "{a} is not listening"
@@ -551,6 +556,15 @@ backends:
     let (status, _) = http_get_tls(addr, &ours, "a.example.com", port);
     assert_eq!(status, 200);
 
+    // A listener without certificates carries its host, and closes on any other name.
+    let out = s_client(at(sni_port), &["-servername", "vault.example.com"]);
+    assert!(
+        has(&out, "CN = vault.example.com") || has(&out, "CN=vault.example.com"),
+        "{out}"
+    );
+    let out = s_client(at(sni_port), &["-servername", "a.example.com"]);
+    assert!(!out.contains("BEGIN CERTIFICATE"), "{out}");
+
     // A passthrough host whose server is gone: the connection closes, counted.
     let out = s_client(addr, &["-servername", "x.gone.example.com"]);
     assert!(!out.contains("BEGIN CERTIFICATE"), "{out}");
@@ -562,7 +576,11 @@ backends:
     assert!(
         wait_until(Duration::from_secs(5), || {
             let m = scrape();
-            metric(&m, closed) == Some(2.0) && metric(&m, failed) == Some(1.0)
+            let unknown = r#"floodgate_tcp_connections_total{backend="",listener="sni",result="unknown_host"}"#;
+            metric(&m, closed) == Some(2.0)
+                && metric(&m, failed) == Some(1.0)
+                // The other name, and wait_for_port's probe, which sent none.
+                && metric(&m, unknown) == Some(2.0)
         }),
         "{}",
         scrape()

@@ -1643,12 +1643,6 @@ impl Config {
             }
             for (j, p) in l.passthrough.iter().enumerate() {
                 let key = format!("listeners[{i}].passthrough[{j}]");
-                if l.tls.is_none() {
-                    return Err(invalid(
-                        key,
-                        "only on a TLS listener (the host is read from the ClientHello)",
-                    ));
-                }
                 let name = p.host.strip_prefix("*.").unwrap_or(&p.host);
                 if name.is_empty()
                     || name.contains('*')
@@ -1703,19 +1697,33 @@ impl Config {
                     "is empty; leave it out to expect the header from every peer",
                 ));
             }
-            if l.mode == Mode::Tcp {
-                if l.default_backend.is_none() {
+            // Without certificates, a listener with passthrough hosts only carries TLS by SNI.
+            let passthrough_only = l.tls.is_none() && !l.passthrough.is_empty();
+            if l.mode == Mode::Tcp || passthrough_only {
+                let what = if passthrough_only {
+                    "has `passthrough` and no `tls`: it only carries TLS connections by SNI"
+                } else {
+                    "has `mode: tcp`"
+                };
+                if l.mode == Mode::Tcp && l.default_backend.is_none() {
                     return Err(invalid(
                         format!("listeners[{i}].default-backend"),
                         "required with `mode: tcp`: every connection goes there",
                     ));
                 }
-                // These act on HTTP requests, which a TCP listener never reads.
+                // These act on HTTP requests, which such a listener never reads.
                 for (set, name) in [
+                    (
+                        passthrough_only && l.default_backend.is_some(),
+                        "default-backend",
+                    ),
                     (l.redirect_to_https.is_some(), "redirect-to-https"),
                     (l.rate_limit.is_some(), "rate-limit"),
                     (l.forwarded_headers.is_some(), "forwarded-headers"),
-                    (!l.passthrough.is_empty(), "passthrough"),
+                    (
+                        l.mode == Mode::Tcp && !l.passthrough.is_empty(),
+                        "passthrough",
+                    ),
                     (
                         !l.response_headers.set.is_empty() || !l.response_headers.remove.is_empty(),
                         "response-headers",
@@ -1724,7 +1732,7 @@ impl Config {
                     if set {
                         return Err(invalid(
                             format!("listeners[{i}].{name}"),
-                            "is for HTTP; this listener has `mode: tcp`",
+                            format!("is for HTTP; this listener {what}"),
                         ));
                     }
                 }
@@ -2630,7 +2638,7 @@ xdp: { enabled: false }
             (
                 "{ host: a.example.com, backend: app }",
                 "",
-                "only on a TLS listener",
+                "listeners[0].default-backend: is for HTTP; this listener has `passthrough` and no `tls`",
             ),
             ("{ host: 'a b', backend: app }", tls, "passthrough[0].host"),
             (

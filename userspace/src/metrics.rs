@@ -286,7 +286,7 @@ impl Metrics {
             passthrough: counter(
                 &r,
                 "floodgate_tcp_connections_total",
-                "Connections carried to a backend as bytes (mode: tcp listeners, TLS passthrough), by how they ended (closed, tunnel_timeout, no_server, connect_failed)",
+                "Connections carried to a backend as bytes (mode: tcp listeners, TLS passthrough), by how they ended (closed, tunnel_timeout, no_server, connect_failed; unknown_host, backend empty, on a passthrough listener without certificates)",
                 &["listener", "backend", "result"],
             )?,
             proxy_headers: counter(

@@ -369,27 +369,37 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                         count_carried(&ctx, &carry.routing, backend, outcome);
                         return;
                     }
-                    // Passthrough hosts: only on TLS listeners (config validation).
-                    let (Some(tls), Some(pass)) = (tls, carry.passthrough) else {
+                    let Some(pass) = carry.passthrough else {
                         return;
                     };
-                    let (hello, sni) =
-                        match passthrough::read_hello(&mut stream, tls.handshake_timeout).await {
-                            Ok(h) => h,
-                            Err(e) => {
-                                debug!(%peer, error = %e, "no ClientHello");
-                                if let Some(m) = &ctx.metrics {
-                                    m.tls_handshake(&ctx.name, e.label(), "", "", None);
-                                }
-                                return;
+                    let wait = tls
+                        .as_ref()
+                        .map_or(limits.http_request, |t| t.handshake_timeout);
+                    let (hello, sni) = match passthrough::read_hello(&mut stream, wait).await {
+                        Ok(h) => h,
+                        Err(e) => {
+                            debug!(%peer, error = %e, "no ClientHello");
+                            if let Some(m) = &ctx.metrics {
+                                m.tls_handshake(&ctx.name, e.label(), "", "", None);
                             }
-                        };
+                            return;
+                        }
+                    };
                     if let Some(backend) = sni.as_deref().and_then(|s| pass.backend_for(s)) {
                         let outcome =
                             passthrough::carry(&carry.routing, backend, stream, &hello, ends).await;
                         count_carried(&ctx, &carry.routing, backend, outcome);
                         return;
                     }
+                    // Another name: terminated here, or closed on a listener without
+                    // certificates of its own.
+                    let Some(tls) = tls else {
+                        if let Some(m) = &ctx.metrics {
+                            m.carried(&ctx.name, "", "unknown_host");
+                        }
+                        debug!(%peer, sni = ?sni, "no passthrough host for this name");
+                        return;
+                    };
                     let stream = passthrough::Prefixed::new(hello, stream);
                     match handshake(&tls, stream, &ctx, peer).await {
                         Some(stream) => {
