@@ -133,28 +133,7 @@ fn floodgate_check(docs: &[Value], tag: &str) -> serde_yaml::Value {
         .parent()
         .unwrap()
         .to_path_buf();
-    let st = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=deploy.test",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-keyout",
-        ])
-        .arg(dir.join("tls.key"))
-        .arg("-out")
-        .arg(dir.join("tls.crt"))
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    floodgate_tests::self_signed(&dir, "tls", "ec", "deploy.test", "DNS:deploy.test", true);
     let config = temp_file(
         &format!("deploy-{tag}/floodgate.yaml"),
         &text.replace("/etc/floodgate/tls/default", dir.to_str().unwrap()),
