@@ -584,7 +584,7 @@ pub struct Carry {
     pub routing: Arc<Routing>,
     /// `mode: tcp`: the backend every connection goes to.
     pub tcp: Option<usize>,
-    /// The TLS listener's passthrough hosts.
+    /// The listener's passthrough hosts.
     pub passthrough: Option<Arc<passthrough::Passthrough>>,
 }
 
