@@ -384,13 +384,15 @@ impl Default for ProxyProtocol {
 impl ProxyProtocol {
     /// Whether a connection from `peer` must start with the header.
     pub fn expected_from(&self, peer: std::net::IpAddr) -> bool {
-        let peer = match peer {
-            // An IPv4 client of a dual-stack socket, for the IPv4 networks.
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, std::net::IpAddr::V4),
-            v4 => v4,
-        };
-        self.from.iter().any(|n| n.contains(&peer))
+        cidrs_contain(&self.from, peer)
     }
+}
+
+/// Whether one of `nets` holds `ip`; an IPv4 client of a dual-stack socket (`::ffff:a.b.c.d`)
+/// is looked up as its IPv4 address.
+pub fn cidrs_contain(nets: &[IpNet], ip: std::net::IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    nets.iter().any(|n| n.contains(&ip))
 }
 
 /// Headers to remove, then headers to set (each replacing every earlier value).

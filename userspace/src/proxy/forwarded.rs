@@ -38,11 +38,7 @@ impl Trust {
 
     /// Whether `peer`'s forwarding headers are believed.
     pub fn trusts(&self, peer: IpAddr) -> bool {
-        let peer = match peer {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
-            v4 => v4,
-        };
-        self.from.iter().any(|n| n.contains(&peer))
+        config::cidrs_contain(&self.from, peer)
     }
 
     /// The client named in a trusted peer's header: the rightmost address not itself trusted,

@@ -357,10 +357,7 @@ impl Router {
                 _ => None,
             },
             rewrite: r.rewrite.as_ref(),
-            forbidden: !r.allow.is_empty() && {
-                let ip = client.to_canonical();
-                !r.allow.iter().any(|n| n.contains(&ip))
-            },
+            forbidden: !r.allow.is_empty() && !config::cidrs_contain(&r.allow, client),
             auth: r.auth.as_deref(),
             basic: r.basic.as_deref(),
             cors: r.cors.as_deref(),
