@@ -23,7 +23,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::{MAX_CONNECT_ATTEMPTS, Routing, health};
+use super::{MAX_CONNECT_ATTEMPTS, Routing, health, route::HostMatch};
 use crate::config;
 
 /// A TLS record's header: type, version, length.
@@ -34,8 +34,8 @@ const MAX_RECORD: usize = 16_384;
 /// One listener's passthrough hosts, resolved against a routing generation.
 #[derive(Debug)]
 pub struct Passthrough {
-    /// Lowercase exact hosts, and `*.example.com` as `.example.com`, with their backends.
-    hosts: Vec<(String, bool, usize)>,
+    /// The hosts, in config order, with their backends.
+    hosts: Vec<(HostMatch, usize)>,
 }
 
 impl Passthrough {
@@ -47,12 +47,10 @@ impl Passthrough {
         let hosts = cfg
             .iter()
             .map(|h| {
-                let backend = routing.backend_index(&h.backend)?;
-                let host = h.host.to_ascii_lowercase();
-                Some(match host.strip_prefix('*') {
-                    Some(suffix) => (suffix.to_owned(), true, backend),
-                    None => (host, false, backend),
-                })
+                Some((
+                    HostMatch::new(Some(&h.host)),
+                    routing.backend_index(&h.backend)?,
+                ))
             })
             .collect::<Option<Vec<_>>>()?;
         Some(Self { hosts })
@@ -60,7 +58,7 @@ impl Passthrough {
 
     /// The backends the hosts lead to.
     pub fn backends(&self) -> impl Iterator<Item = usize> + '_ {
-        self.hosts.iter().map(|(_, _, b)| *b)
+        self.hosts.iter().map(|(_, b)| *b)
     }
 
     /// The backend for a ClientHello's server name: the first listed host that matches.
@@ -68,14 +66,8 @@ impl Passthrough {
         let sni = sni.to_ascii_lowercase();
         self.hosts
             .iter()
-            .find(|(h, wildcard, _)| {
-                if *wildcard {
-                    sni.len() > h.len() && sni.ends_with(h.as_str())
-                } else {
-                    sni == *h
-                }
-            })
-            .map(|(_, _, b)| *b)
+            .find(|(h, _)| h.matches(Some(&sni)))
+            .map(|(_, b)| *b)
     }
 }
 
@@ -438,8 +430,8 @@ mod tests {
     fn hosts_match_exactly_or_by_wildcard_in_order() {
         let p = Passthrough {
             hosts: vec![
-                ("vault.example.com".into(), false, 1),
-                (".example.com".into(), true, 2),
+                (HostMatch::new(Some("vault.example.com")), 1),
+                (HostMatch::new(Some("*.example.com")), 2),
             ],
         };
         assert_eq!(p.backend_for("VAULT.example.com"), Some(1));

@@ -11,12 +11,36 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use super::{auth::Auth, basic::BasicAuth, cors::Cors, redirect::RouteRedirect};
 use crate::config;
 
+/// A rule's host, also a passthrough host's (`passthrough.rs`).
 #[derive(Debug, Clone)]
-enum HostMatch {
+pub(super) enum HostMatch {
     Any,
     Exact(String),
     /// `*.example.com` stored as `.example.com`: matches `a.example.com`, not `example.com`.
     Suffix(String),
+}
+
+impl HostMatch {
+    /// An exact host or `*.` wildcard, in any case; `None` matches every host.
+    pub(super) fn new(host: Option<&str>) -> Self {
+        match host {
+            None => Self::Any,
+            Some(h) => match h.strip_prefix('*') {
+                Some(suffix) => Self::Suffix(suffix.to_ascii_lowercase()),
+                None => Self::Exact(h.to_ascii_lowercase()),
+            },
+        }
+    }
+
+    /// `host` lowercase, without a port.
+    pub(super) fn matches(&self, host: Option<&str>) -> bool {
+        match (self, host) {
+            (Self::Any, _) => true,
+            (Self::Exact(e), Some(h)) => e == h,
+            (Self::Suffix(s), Some(h)) => h.len() > s.len() && h.ends_with(s.as_str()),
+            (_, None) => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -186,13 +210,7 @@ impl Router {
             .iter()
             .enumerate()
             .filter_map(|(i, r)| {
-                let host = match r.host.as_deref() {
-                    None => HostMatch::Any,
-                    Some(h) => match h.strip_prefix('*') {
-                        Some(suffix) => HostMatch::Suffix(suffix.to_ascii_lowercase()),
-                        None => HostMatch::Exact(h.to_ascii_lowercase()),
-                    },
-                };
+                let host = HostMatch::new(r.host.as_deref());
                 let path = match (&r.path, &r.path_prefix, &r.path_regex) {
                     (Some(p), _, _) => PathMatch::Exact(p.clone()),
                     (None, Some(p), _) => PathMatch::Prefix(p.clone()),
@@ -327,7 +345,7 @@ impl Router {
     ) -> Option<Routed<'_>> {
         let host = host.map(strip_port).map(str::to_ascii_lowercase);
         let matches = |r: &Rule| {
-            host_matches(&r.host, host.as_deref())
+            r.host.matches(host.as_deref())
                 && path_matches(&r.path, path)
                 && r.headers
                     .iter()
@@ -374,15 +392,6 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':')
         .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
         .map_or(host, |(h, _)| h)
-}
-
-fn host_matches(m: &HostMatch, host: Option<&str>) -> bool {
-    match (m, host) {
-        (HostMatch::Any, _) => true,
-        (HostMatch::Exact(e), Some(h)) => e == h,
-        (HostMatch::Suffix(s), Some(h)) => h.len() > s.len() && h.ends_with(s.as_str()),
-        (_, None) => false,
-    }
 }
 
 fn path_matches(m: &PathMatch, path: &str) -> bool {
@@ -561,7 +570,7 @@ mod tests {
                     .and_then(|x| x.backend);
                 let lower = host.map(strip_port).map(str::to_ascii_lowercase);
                 let scan = r.rules.iter().position(|rule| {
-                    host_matches(&rule.host, lower.as_deref()) && path_matches(&rule.path, path)
+                    rule.host.matches(lower.as_deref()) && path_matches(&rule.path, path)
                 });
                 assert_eq!(got, scan, "{host:?} {path}");
                 hits += usize::from(got.is_some());
