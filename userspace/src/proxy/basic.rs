@@ -109,13 +109,8 @@ impl Hash {
             Self::ShaCrypt(h) => pwhash::unix::verify(password, h),
             Self::Md5Crypt { magic, salt, full } => {
                 let ours = md5_crypt(password, magic, salt);
-                // Equal length by construction; compare without an early exit.
-                ours.len() == full.len()
-                    && ours
-                        .bytes()
-                        .zip(full.bytes())
-                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                        == 0
+                aws_lc_rs::constant_time::verify_slices_are_equal(ours.as_bytes(), full.as_bytes())
+                    .is_ok()
             }
             Self::Sha1(d) => {
                 let ours = aws_lc_rs::digest::digest(
