@@ -54,7 +54,8 @@ enum Cmd {
         #[arg(long)]
         no_lint: bool,
     },
-    /// Benchmarks: `xdp` (ns per packet through BPF_PROG_TEST_RUN) or `http` (vs HAProxy).
+    /// Benchmarks: `xdp` (ns per packet through BPF_PROG_TEST_RUN), `flood` (goodput during a
+    /// SYN flood), `http` and `tls` (vs HAProxy), `floor` (vs a bare relay and a bare hyper).
     Bench {
         #[arg(default_value = "xdp")]
         what: String,

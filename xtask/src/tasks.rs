@@ -257,7 +257,7 @@ pub fn bench(what: &str) -> Result<()> {
                 ]),
             )
         }
-        "http" | "tls" => {
+        "http" | "tls" | "floor" => {
             // Side by side with HAProxy through the shared harness (../shared/bench/run.sh),
             // floodgate started by examples/bench/floodgate-under-test.sh. Knobs (THREADS,
             // REPEATS, DURATION, SCENARIOS) pass through the environment.
@@ -294,7 +294,31 @@ pub fn bench(what: &str) -> Result<()> {
                 }
                 step(label, &mut c)
             };
-            if what == "http" {
+            let compare = |mode: &str| {
+                step(
+                    &format!("{mode}: examples/bench/compare.sh"),
+                    Command::new("bash")
+                        .arg(root().join("examples/bench/compare.sh"))
+                        .arg(mode),
+                )
+            };
+            if what == "floor" {
+                // compare.sh reuses the harness's HAProxy launcher, certificate and shim: a
+                // short HAProxy-only pass of the harness sets them up on a fresh machine.
+                let bench_dir = std::env::var_os("BENCH_DIR")
+                    .map_or_else(|| PathBuf::from("/tmp/floodgate-bench"), PathBuf::from);
+                if !bench_dir.join("examples/haproxy-proxy.sh").exists() {
+                    let mut c = Command::new("bash");
+                    c.arg(&harness).envs([
+                        ("THREADS", "1"),
+                        ("REPEATS", "1"),
+                        ("DURATION", "2"),
+                        ("SCENARIOS", "http-c64"),
+                    ]);
+                    step("the shared harness's set-up (HAProxy alone)", &mut c)?;
+                }
+                compare("floor")
+            } else if what == "http" {
                 harness_run(
                     "http: floodgate vs HAProxy (shared harness)",
                     "http-c64 http-c256 h2-c64m10",
@@ -316,9 +340,12 @@ pub fn bench(what: &str) -> Result<()> {
                     "tlsfull-c64",
                     "1",
                     true,
-                )
+                )?;
+                // Full handshakes per second with both proxies held to the same CPU budget: the
+                // harness's load generator saturates before either proxy does.
+                compare("equal-cpu")
             }
         }
-        other => bail!("unknown benchmark `{other}` (available: xdp, flood, http, tls)"),
+        other => bail!("unknown benchmark `{other}` (available: xdp, flood, http, tls, floor)"),
     }
 }
