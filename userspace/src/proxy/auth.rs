@@ -23,7 +23,7 @@ use crate::config;
 /// or body, and the auth request is a body-less GET on a connection of its own.
 const NOT_FORWARDED: [HeaderName; 8] = [
     header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
+    super::headers::KEEP_ALIVE,
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
@@ -99,10 +99,10 @@ impl Auth {
         h.insert("x-original-url", value(&original)?);
         h.insert("x-original-method", value(parts.method().as_str())?);
         h.insert("x-auth-request-redirect", value(&original)?);
-        h.insert("x-forwarded-for", client.clone());
-        h.insert("x-forwarded-proto", value(scheme)?);
+        h.insert(super::headers::X_FORWARDED_FOR, client.clone());
+        h.insert(super::headers::X_FORWARDED_PROTO, value(scheme)?);
         if let Some(host) = host_of(parts.uri(), parts.headers()) {
-            h.insert("x-forwarded-host", value(host)?);
+            h.insert(super::headers::X_FORWARDED_HOST, value(host)?);
         }
         let resp = tokio::time::timeout(self.timeout, self.client.request(req))
             .await

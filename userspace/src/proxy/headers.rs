@@ -7,6 +7,17 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config;
 
+// The headers floodgate adds to every request, named once: a `&str` name is validated and
+// looked up among the standard names at every use, which showed in profiles of this path.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
 /// Several `Cookie` fields made one, as RFC 9113 section 8.2.3 requires before an HTTP/2
 /// request goes on in HTTP/1.1: browsers send each cookie as its own field over HTTP/2, and
 /// many HTTP/1.1 servers read only the first `Cookie` line.

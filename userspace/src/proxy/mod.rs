@@ -750,7 +750,7 @@ pub async fn handle(
             e.request_id = up
                 .parts
                 .headers
-                .get("x-request-id")
+                .get(headers::X_REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
         }
@@ -933,7 +933,7 @@ fn route<'g>(
 /// Headers that describe one hop and must not be forwarded (RFC 9110 section 7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
+    headers::KEEP_ALIVE,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
@@ -943,17 +943,26 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for h in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(h);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for h in &named {
+            headers.remove(h);
+        }
     }
-    headers.remove(header::UPGRADE);
+    // One pass over the (few) fields instead of a lookup per hop-by-hop name, most of which
+    // are absent.
+    let hop = |n: &HeaderName| *n == header::UPGRADE || HOP_BY_HOP.contains(n);
+    if headers.keys().any(hop) {
+        for h in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
+            headers.remove(h);
+        }
+    }
 }
 
 /// A request prepared for a backend; kept as parts so it can be rebuilt for a retry.
@@ -1036,7 +1045,9 @@ fn upstream_request(
         parts.headers.insert(header::UPGRADE, p);
     }
     let h = &mut parts.headers;
-    let xff = match h.get("x-forwarded-for").map(HeaderValue::to_str) {
+    // Room for the headers added below at once, not a regrowth per insert.
+    h.reserve(8);
+    let xff = match h.get(headers::X_FORWARDED_FOR).map(HeaderValue::to_str) {
         Some(Ok(prior)) => hv(&format!(
             "{prior}, {}",
             conn.peer_ip.to_str().unwrap_or_default()
@@ -1044,38 +1055,44 @@ fn upstream_request(
         // A prior value that is not text is replaced, not extended.
         Some(Err(_)) | None => conn.peer_ip.clone(),
     };
-    h.insert("x-forwarded-for", xff);
+    h.insert(headers::X_FORWARDED_FOR, xff);
     // A trusted proxy's word on how the client reached it stands (it may have terminated TLS).
-    let keep = |h: &HeaderMap, name: &str| client.trusted && h.contains_key(name);
-    if !keep(h, "x-forwarded-proto") {
-        h.insert("x-forwarded-proto", HeaderValue::from_static(ctx.scheme));
-    }
-    if !keep(h, "x-forwarded-port") {
+    let keep = |h: &HeaderMap, name: &HeaderName| client.trusted && h.contains_key(name);
+    if !keep(h, &headers::X_FORWARDED_PROTO) {
         h.insert(
-            "x-forwarded-port",
+            headers::X_FORWARDED_PROTO,
+            HeaderValue::from_static(ctx.scheme),
+        );
+    }
+    if !keep(h, &headers::X_FORWARDED_PORT) {
+        h.insert(
+            headers::X_FORWARDED_PORT,
             conn.port.as_ref().unwrap_or(&ctx.port).clone(),
         );
     }
     // ingress-nginx sets it, and applications behind it read it.
-    h.insert("x-real-ip", client.value.clone());
+    h.insert(headers::X_REAL_IP, client.value.clone());
     if let Some(host) = &host {
-        if !keep(h, "x-forwarded-host") {
-            h.insert("x-forwarded-host", host.clone());
+        if !keep(h, &headers::X_FORWARDED_HOST) {
+            h.insert(headers::X_FORWARDED_HOST, host.clone());
         }
         // HTTP/2 carries the host in :authority; HTTP/1.1 backends need a Host header.
         if !h.contains_key(header::HOST) {
             h.insert(header::HOST, host.clone());
         }
     }
-    if !h.contains_key("x-request-id") {
+    if !h.contains_key(headers::X_REQUEST_ID) {
         let id = ctx.request_ids.fetch_add(1, Ordering::Relaxed);
-        h.insert("x-request-id", request_id(&ctx.request_id_prefix, id)?);
+        h.insert(
+            headers::X_REQUEST_ID,
+            request_id(&ctx.request_id_prefix, id)?,
+        );
     }
     if let Some(rw) = rewrite {
         // Tells the application where it is mounted, for the links it makes (as Traefik's
         // StripPrefix does).
         if let Some(p) = rw.forwarded_prefix() {
-            h.insert("x-forwarded-prefix", hv(p)?);
+            h.insert(headers::X_FORWARDED_PREFIX, hv(p)?);
         }
         parts.uri = rewritten(&parts.uri, rw)?;
     }

@@ -161,13 +161,24 @@ impl<T> Timed<T> {
     }
 
     /// The timeout that has passed, if any; counted once here.
+    ///
+    /// The timer is only ever moved earlier here. Every request pushes the deadline later
+    /// (`last` moves), and moving a tokio timer is a removal and an insertion in its wheel;
+    /// instead a timer left at an earlier deadline fires, finds the deadline not reached and is
+    /// moved then: about once per keep-alive period per connection, not once per request.
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<Expired> {
         let (deadline, which) = self.deadline();
-        if self.sleep.deadline() != deadline {
+        if deadline < self.sleep.deadline() {
             self.sleep.as_mut().reset(deadline);
         }
         if self.sleep.as_mut().poll(cx).is_pending() {
             return None;
+        }
+        if Instant::now() < deadline {
+            self.sleep.as_mut().reset(deadline);
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return None;
+            }
         }
         if let Some(c) = &self.counters {
             match which {
