@@ -208,6 +208,6 @@ fi
 for s in $SCENARIOS; do
   for p in floodgate relay hyper; do
     m=$(awk -F'\t' -v s="$s" -v p="$p" '$1 == s && $2 == p {print $3}' "$RESULTS" | median)
-    [ -n "$m" ] && printf '%-11s %-9s %s\n' "$s" "$p" "$m"
+    if [ -n "$m" ]; then printf '%-11s %-9s %s\n' "$s" "$p" "$m"; fi
   done
 done

@@ -510,6 +510,17 @@ fn upgrade_passes_through_and_the_tunnel_outlives_the_keep_alive_timeout() {
         ),
         Some(1.0)
     );
+    // The tunnel's bytes each way ("hello" and "still there", echoed), as body bytes.
+    for family in [
+        "floodgate_http_request_body_bytes_total",
+        "floodgate_http_response_body_bytes_total",
+    ] {
+        assert_eq!(
+            floodgate_tests::metric(&m, &format!(r#"{family}{{backend="app",listener="http"}}"#)),
+            Some(16.0),
+            "{m}"
+        );
+    }
 }
 
 /// Sends `raw` on a new connection and returns the status of the response.
@@ -2051,21 +2062,27 @@ fn tcp_listeners_carry_bytes_to_their_backend() {
             "
 xdp: {{ enabled: false }}
 admin: {{ bind: '127.0.0.1:{admin_port}' }}
+access-log: {{ enabled: true }}
 listeners: [{{ name: db, bind: '127.0.0.1:{port}', mode: tcp, default-backend: app }}]
 backends: [{{ name: app, maxconn-server: 1, servers: ['127.0.0.1:{op}'] }}]
 "
         ),
     );
-    let _fg = spawn_floodgate(&config);
+    let log_path = temp_file("tcp.log", "");
+    let mut fg = Proc::spawn(
+        "floodgate",
+        Command::new(bin("floodgate"))
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&config)
+            .stderr(std::fs::File::create(&log_path).unwrap()),
+    );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     assert!(wait_for_port(addr, Duration::from_secs(10)));
     assert!(wait_for_port(admin, Duration::from_secs(10)));
-    let (status, _, body) = floodgate_tests::http_raw(
-        addr,
-        b"GET /headers HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: as-sent\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
+    let first_request: &[u8] =
+        b"GET /headers HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: as-sent\r\nConnection: close\r\n\r\n";
+    let (status, _, body) = floodgate_tests::http_raw(addr, first_request).unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("x-forwarded-for: as-sent\n"), "{body}");
     assert!(!body.contains("x-request-id"), "no HTTP processing: {body}");
@@ -2103,6 +2120,53 @@ backends: [{{ name: app, maxconn-server: 1, servers: ['127.0.0.1:{op}'] }}]
         }),
         "{}",
         http_get(admin, "a", "/metrics").unwrap().1
+    );
+    // Every byte the clients sent, counted when each connection closed; answers came back.
+    let sent = first_request.len()
+        + b"GET / HTTP/1.1\r\nHost: t\r\n\r\n".len()
+        + b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".len();
+    let m = http_get(admin, "a", "/metrics").unwrap().1;
+    assert_eq!(
+        metric(
+            &m,
+            r#"floodgate_tcp_bytes_total{backend="app",direction="in",listener="db"}"#
+        ),
+        Some(sent as f64),
+        "{m}"
+    );
+    let out = metric(
+        &m,
+        r#"floodgate_tcp_bytes_total{backend="app",direction="out",listener="db"}"#,
+    )
+    .unwrap_or(0.0);
+    assert!(out > 200.0, "three answers: {m}");
+
+    // One access log line per connection, as HAProxy's tcplog.
+    fg.stop();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|j| j["target"] == "floodgate::access")
+        .collect();
+    assert_eq!(lines.len(), 4, "{log}");
+    let first = lines
+        .iter()
+        .find(|j| j["fields"]["bytes_in"] == first_request.len())
+        .unwrap_or_else(|| panic!("the first connection's line: {log}"));
+    let f = &first["fields"];
+    assert_eq!(f["message"], "connection");
+    assert_eq!(f["listener"], "db");
+    assert_eq!(f["backend"], "app");
+    assert_eq!(f["result"], "closed");
+    assert_eq!(f["server"], format!("127.0.0.1:{op}"));
+    assert!(f["bytes"].as_u64().is_some_and(|b| b > 100), "{f}");
+    assert!(f["duration_ms"].as_f64().is_some(), "{f}");
+    assert!(
+        f["client"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("127.0.0.1:")),
+        "{f}"
     );
 }
 

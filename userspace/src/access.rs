@@ -19,6 +19,21 @@ impl Fields {
     }
 }
 
+/// A connection carried as bytes (a `mode: tcp` listener, TLS passthrough) that ended.
+pub struct CarriedLine<'a> {
+    pub listener: &'a str,
+    pub client: Client,
+    /// The name a passthrough connection's ClientHello asked for.
+    pub host: Option<&'a str>,
+    pub backend: &'a str,
+    pub server: Option<SocketAddr>,
+    /// `floodgate_tcp_connections_total`'s `result`.
+    pub result: &'static str,
+    pub duration: std::time::Duration,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
 /// The access log policy of one config generation.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -50,6 +65,30 @@ impl Policy {
             threshold,
             always_log_errors: cfg.always_log_errors,
         })
+    }
+
+    /// Writes the line of a carried connection when it ends (HAProxy's `option tcplog`), with
+    /// the message `connection`: `result` stands for `status` (and is an error unless
+    /// `closed`), `bytes` is what went to the client and `bytes_in` what came from it.
+    pub fn carried(&self, c: &CarriedLine<'_>) {
+        let sampled = self.threshold == u64::MAX || crate::rng::next() <= self.threshold;
+        if !(sampled || (self.always_log_errors && c.result != "closed")) {
+            return;
+        }
+        let on = |name| self.fields.has(name);
+        tracing::info!(
+            target: "floodgate::access",
+            listener = on("listener").then_some(c.listener),
+            client = on("client").then_some(tracing::field::display(c.client)),
+            host = c.host.filter(|_| on("host")),
+            result = on("status").then_some(c.result),
+            backend = on("backend").then_some(c.backend),
+            server = c.server.filter(|_| on("server")).map(tracing::field::display),
+            duration_ms = on("duration_ms").then_some(round3(c.duration.as_secs_f64() * 1000.0)),
+            bytes = on("bytes").then_some(c.bytes_out),
+            bytes_in = on("bytes").then_some(c.bytes_in),
+            "connection"
+        );
     }
 
     /// Starts an entry for a request, or `None` when it cannot be logged whatever its status.

@@ -44,6 +44,7 @@ pub struct Metrics {
     mirrors: IntCounterVec,
     proxy_headers: IntCounterVec,
     passthrough: IntCounterVec,
+    tcp_bytes: IntCounterVec,
     compressed: IntCounterVec,
     rejected: IntCounterVec,
 }
@@ -92,6 +93,15 @@ pub fn status_class(status: u16) -> &'static str {
     STATUS_CLASSES[status_index(status)]
 }
 
+/// What the tunnel of an upgraded (WebSocket) connection counts: `timeout tunnel` expiries,
+/// and its bytes each way as body bytes of its listener and backend (HAProxy counts a
+/// tunnel's bytes in its `bytes_in` and `bytes_out` too).
+pub struct TunnelCounters {
+    pub timeouts: IntCounter,
+    pub bytes_in: IntCounter,
+    pub bytes_out: IntCounter,
+}
+
 /// One listener's metric handles for one backend, made on its first request. Finding a
 /// labelled metric hashes every label value and takes a lock: that was five times per request.
 pub struct Handles {
@@ -135,12 +145,16 @@ impl Handles {
 
     /// `floodgate_http_errors_total{kind="tunnel_timeout"}`, for an upgraded connection cut by
     /// `timeout tunnel` (rare: made when used).
-    pub fn tunnel_timeouts(&self) -> IntCounter {
-        self.errors_vec.with_label_values(&[
-            self.listener.as_str(),
-            self.backend.as_str(),
-            "tunnel_timeout",
-        ])
+    pub fn tunnel(&self) -> TunnelCounters {
+        TunnelCounters {
+            timeouts: self.errors_vec.with_label_values(&[
+                self.listener.as_str(),
+                self.backend.as_str(),
+                "tunnel_timeout",
+            ]),
+            bytes_in: self.bytes_in.clone(),
+            bytes_out: self.bytes_out.clone(),
+        }
     }
 
     /// A request answered: `floodgate_http_requests_total` and its duration.
@@ -289,6 +303,12 @@ impl Metrics {
                 "Connections carried to a backend as bytes (mode: tcp listeners, TLS passthrough), by how they ended (closed, tunnel_timeout, no_server, connect_failed; unknown_host, backend empty, on a passthrough listener without certificates)",
                 &["listener", "backend", "result"],
             )?,
+            tcp_bytes: counter(
+                &r,
+                "floodgate_tcp_bytes_total",
+                "Bytes of connections carried as bytes (mode: tcp listeners, TLS passthrough), counted when each closes: in from clients (a passthrough ClientHello included), out to them",
+                &["listener", "backend", "direction"],
+            )?,
             proxy_headers: counter(
                 &r,
                 "floodgate_proxy_protocol_headers_total",
@@ -405,6 +425,16 @@ impl Metrics {
         self.passthrough
             .with_label_values(&[listener, backend, result])
             .inc();
+    }
+
+    /// Bytes a carried connection passed: `from_client` to its server, `to_client` back.
+    pub fn carried_bytes(&self, listener: &str, backend: &str, from_client: u64, to_client: u64) {
+        self.tcp_bytes
+            .with_label_values(&[listener, backend, "in"])
+            .inc_by(from_client);
+        self.tcp_bytes
+            .with_label_values(&[listener, backend, "out"])
+            .inc_by(to_client);
     }
 
     /// A connection closed at accept for `reason`.

@@ -509,6 +509,7 @@ impl ListenerCtx {
                 routing: g.routing.clone(),
                 tcp,
                 passthrough: g.passthrough.clone(),
+                access: g.access.clone(),
             }),
         }
     }
@@ -586,6 +587,8 @@ pub struct Carry {
     pub tcp: Option<usize>,
     /// The listener's passthrough hosts.
     pub passthrough: Option<Arc<passthrough::Passthrough>>,
+    /// The access log policy, for the line each carried connection gets when it ends.
+    pub access: Option<Arc<access::Policy>>,
 }
 
 /// One client connection, shared by the requests on it.
@@ -766,15 +769,13 @@ pub async fn handle(
         }
         let body_timeouts = handles.map(metrics::Handles::body_timeouts);
         let upgrading = up.upgrade.is_some();
-        let tunnel_timeouts = handles
-            .filter(|_| upgrading)
-            .map(metrics::Handles::tunnel_timeouts);
+        let tunnel_counters = handles.filter(|_| upgrading).map(metrics::Handles::tunnel);
         let mut resp = forward(
             &generation.routing,
             backend,
             up,
             inflight,
-            (body_timeouts, tunnel_timeouts),
+            (body_timeouts, tunnel_counters),
             &mut trace,
         )
         .await?;
@@ -1170,9 +1171,9 @@ async fn forward(
     backend: usize,
     mut up: Upstream,
     inflight: &Arc<timeout::InFlight>,
-    (body_timeouts, tunnel_timeouts): (
+    (body_timeouts, tunnel_counters): (
         Option<prometheus::IntCounter>,
-        Option<prometheus::IntCounter>,
+        Option<metrics::TunnelCounters>,
     ),
     trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -1221,7 +1222,7 @@ async fn forward(
                             slot,
                             inflight.start(),
                             idle,
-                            tunnel_timeouts,
+                            tunnel_counters,
                         )
                     }
                     Reply::Pooled(resp) => {
@@ -1348,7 +1349,7 @@ fn tunnel(
     slot: Slot,
     guard: timeout::InFlightGuard,
     idle: Duration,
-    timeouts: Option<prometheus::IntCounter>,
+    counters: Option<metrics::TunnelCounters>,
 ) -> Response<ProxyBody> {
     let server = hyper::upgrade::on(&mut resp);
     tokio::spawn(async move {
@@ -1361,15 +1362,19 @@ fn tunnel(
                     hyper_util::rt::TokioIo::new(c),
                     hyper_util::rt::TokioIo::new(s),
                 );
-                match timeout::splice(&mut c, &mut s, idle).await {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        debug!(?idle, "upgraded connection closed by timeout tunnel");
-                        if let Some(t) = &timeouts {
-                            t.inc();
-                        }
+                let spliced = timeout::splice(&mut c, &mut s, idle).await;
+                if let Some(t) = &counters {
+                    t.bytes_in.inc_by(spliced.from_a);
+                    t.bytes_out.inc_by(spliced.from_b);
+                    if spliced.timed_out {
+                        t.timeouts.inc();
                     }
-                    Err(e) => debug!(error = %e, "upgraded connection ended"),
+                }
+                if spliced.timed_out {
+                    debug!(?idle, "upgraded connection closed by timeout tunnel");
+                }
+                if let Some(e) = spliced.error {
+                    debug!(error = %e, "upgraded connection ended");
                 }
             }
             Err(e) => debug!(error = %e, "upgrade failed"),

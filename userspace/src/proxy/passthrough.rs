@@ -212,6 +212,28 @@ impl Outcome {
     }
 }
 
+/// What became of a carried connection, for its metrics and access log line.
+#[derive(Debug)]
+pub struct Carried {
+    pub outcome: Outcome,
+    /// The server it went to (the last one tried when none could be reached).
+    pub server: Option<std::net::SocketAddr>,
+    /// Bytes from the client (the ClientHello of a passthrough connection included) and to it.
+    pub from_client: u64,
+    pub to_client: u64,
+}
+
+impl Carried {
+    fn failed(outcome: Outcome, server: Option<std::net::SocketAddr>) -> Self {
+        Self {
+            outcome,
+            server,
+            from_client: 0,
+            to_client: 0,
+        }
+    }
+}
+
 /// Carries `client`, whose first bytes were `hello` (none for a `mode: tcp` listener), to a
 /// server of `backend`. A failed connect is retried on another server (nothing was sent yet)
 /// and counts for passive health. `ends`: the client's address and the one it connected to,
@@ -222,7 +244,7 @@ pub async fn carry<C>(
     mut client: C,
     hello: &[u8],
     ends: (std::net::SocketAddr, std::net::SocketAddr),
-) -> Outcome
+) -> Carried
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -233,7 +255,7 @@ where
         .flatten()
         .map(|v| super::proxyproto::encode(v, ends.0, ends.1));
     let (Some(pool), Some(dial)) = (routing.pools.get(backend), routing.dials.get(backend)) else {
-        return Outcome::NoServer;
+        return Carried::failed(Outcome::NoServer, None);
     };
     let passive = routing.passive.get(backend).cloned().unwrap_or_default();
     let idle = routing
@@ -244,7 +266,7 @@ where
     let mut tried = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
     loop {
         let Ok(slot) = pool.acquire(&tried).await else {
-            return Outcome::NoServer;
+            return Carried::failed(Outcome::NoServer, tried.last().copied());
         };
         tried.push(slot.server.addr);
         match dial.connect(slot.server.addr).await {
@@ -252,21 +274,27 @@ where
                 health::observe(pool, &slot.server, true, &passive);
                 let first = [proxy_header.as_deref().unwrap_or_default(), hello].concat();
                 if !first.is_empty() && server.write_all(&first).await.is_err() {
-                    return Outcome::Closed;
+                    return Carried::failed(Outcome::Closed, Some(slot.server.addr));
                 }
                 let started = Instant::now();
-                let timed_out = super::timeout::splice(&mut client, &mut server, idle).await;
-                tracing::debug!(server = %slot.server.addr, took = ?started.elapsed(), "passthrough connection ended");
-                return match timed_out {
-                    Ok(true) => Outcome::TunnelTimeout,
-                    _ => Outcome::Closed,
+                let spliced = super::timeout::splice(&mut client, &mut server, idle).await;
+                tracing::debug!(server = %slot.server.addr, took = ?started.elapsed(), error = ?spliced.error, "passthrough connection ended");
+                return Carried {
+                    outcome: if spliced.timed_out {
+                        Outcome::TunnelTimeout
+                    } else {
+                        Outcome::Closed
+                    },
+                    server: Some(slot.server.addr),
+                    from_client: spliced.from_a + hello.len() as u64,
+                    to_client: spliced.from_b,
                 };
             }
             Err(e) => {
                 health::observe(pool, &slot.server, false, &passive);
                 tracing::debug!(error = %e, "passthrough connect failed");
                 if tried.len() >= MAX_CONNECT_ATTEMPTS.min(pool.servers().len()) {
-                    return Outcome::ConnectFailed;
+                    return Carried::failed(Outcome::ConnectFailed, Some(slot.server.addr));
                 }
             }
         }

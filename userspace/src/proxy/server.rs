@@ -186,14 +186,43 @@ fn tls_version(v: Option<rustls::ProtocolVersion>) -> &'static str {
     }
 }
 
+/// Counts a carried connection that ended, and writes its access log line.
 fn count_carried(
     ctx: &ListenerCtx,
-    routing: &super::Routing,
+    carry: &super::Carry,
     backend: usize,
-    outcome: super::passthrough::Outcome,
+    (client, sni): (SocketAddr, Option<&str>),
+    started: std::time::Instant,
+    carried: &super::passthrough::Carried,
 ) {
-    if let (Some(m), Some(pool)) = (&ctx.metrics, routing.pools().get(backend)) {
-        m.carried(&ctx.name, &pool.name, outcome.label());
+    let Some(pool) = carry.routing.pools().get(backend) else {
+        return;
+    };
+    let result = carried.outcome.label();
+    if let Some(m) = &ctx.metrics {
+        m.carried(&ctx.name, &pool.name, result);
+        m.carried_bytes(
+            &ctx.name,
+            &pool.name,
+            carried.from_client,
+            carried.to_client,
+        );
+    }
+    if let Some(a) = &carry.access {
+        a.carried(&crate::access::CarriedLine {
+            listener: &ctx.name,
+            client: crate::access::Client {
+                ip: client.ip(),
+                port: Some(client.port()),
+            },
+            host: sni,
+            backend: &pool.name,
+            server: carried.server,
+            result,
+            duration: started.elapsed(),
+            bytes_in: carried.from_client,
+            bytes_out: carried.to_client,
+        });
     }
 }
 
@@ -354,8 +383,9 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                         Some(d) => (client, d),
                         None => return,
                     };
+                    let started = std::time::Instant::now();
                     if let Some(backend) = carry.tcp {
-                        let outcome = match tls {
+                        let carried = match tls {
                             None => {
                                 passthrough::carry(&carry.routing, backend, stream, &[], ends).await
                             }
@@ -366,10 +396,10 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                                 None => return,
                             },
                         };
-                        count_carried(&ctx, &carry.routing, backend, outcome);
+                        count_carried(&ctx, &carry, backend, (client, None), started, &carried);
                         return;
                     }
-                    let Some(pass) = carry.passthrough else {
+                    let Some(pass) = carry.passthrough.clone() else {
                         return;
                     };
                     let wait = tls
@@ -386,9 +416,10 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                         }
                     };
                     if let Some(backend) = sni.as_deref().and_then(|s| pass.backend_for(s)) {
-                        let outcome =
+                        let carried =
                             passthrough::carry(&carry.routing, backend, stream, &hello, ends).await;
-                        count_carried(&ctx, &carry.routing, backend, outcome);
+                        let who = (client, sni.as_deref());
+                        count_carried(&ctx, &carry, backend, who, started, &carried);
                         return;
                     }
                     // Another name: terminated here, or closed on a listener without

@@ -342,9 +342,21 @@ where
     }
 }
 
+/// How a [`splice`] ended, and the bytes read from each side (each one was written to the
+/// other, but for what a failed write lost).
+#[derive(Debug)]
+pub struct Spliced {
+    /// `timeout tunnel` passed with no byte either way.
+    pub timed_out: bool,
+    /// A side failed (a reset, a TLS error); `None` when one closed or the timeout passed.
+    pub error: Option<io::Error>,
+    pub from_a: u64,
+    pub from_b: u64,
+}
+
 /// Copies both ways between the two sides of an upgraded connection until either closes,
-/// or until no byte has passed either way for `idle` (`timeout tunnel`): `Ok(true)` then.
-pub async fn splice<A, B>(a: &mut A, b: &mut B, idle: Duration) -> io::Result<bool>
+/// or until no byte has passed either way for `idle` (`timeout tunnel`).
+pub async fn splice<A, B>(a: &mut A, b: &mut B, idle: Duration) -> Spliced
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -356,11 +368,13 @@ where
             io: a,
             base,
             last: &last,
+            read: 0,
         },
         Active {
             io: b,
             base,
             last: &last,
+            read: 0,
         },
     );
     let watch = async {
@@ -378,18 +392,25 @@ where
             tokio::time::sleep_until(deadline).await;
         }
     };
-    tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut a, &mut b) => r.map(|_| false),
-        () = watch => Ok(true),
+    let (timed_out, error) = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut a, &mut b) => (false, r.err()),
+        () = watch => (true, None),
+    };
+    Spliced {
+        timed_out,
+        error,
+        from_a: a.read,
+        from_b: b.read,
     }
 }
 
-/// One side of a tunnel, noting when bytes last passed.
+/// One side of a tunnel, noting when bytes last passed and how many were read from it.
 struct Active<'a, T> {
     io: &'a mut T,
     base: Instant,
     /// Milliseconds since `base`.
     last: &'a std::sync::atomic::AtomicU64,
+    read: u64,
 }
 
 impl<T> Active<'_, T> {
@@ -407,7 +428,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Active<'_, T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut *self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        let n = buf.filled().len().saturating_sub(before);
+        if n > 0 {
+            self.read += n as u64;
             self.touch();
         }
         r
