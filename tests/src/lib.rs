@@ -480,6 +480,26 @@ pub fn spawn_floodgate(config: &Path) -> Proc {
     )
 }
 
+/// floodgate on `config` with its log written to `log` as JSON lines, to read the access log
+/// back with [`access_lines`].
+pub fn spawn_floodgate_logging(config: &Path, log: &Path) -> Proc {
+    Proc::spawn(
+        "floodgate",
+        Command::new(bin("floodgate"))
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(config)
+            .stderr(std::fs::File::create(log).expect("the log file")),
+    )
+}
+
+/// The access log's events (target `floodgate::access`) in a JSON log.
+pub fn access_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|j| j["target"] == "floodgate::access")
+        .collect()
+}
+
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

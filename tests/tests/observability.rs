@@ -9,13 +9,12 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    process::Command,
     time::Duration,
 };
 
 use floodgate_tests::{
-    Proc, bin, free_port, http_get, http_raw, metric, promtool_check_metrics, spawn_origin,
-    temp_file, wait_for_port,
+    free_port, http_get, http_raw, metric, promtool_check_metrics, spawn_origin, temp_file,
+    wait_for_port,
 };
 
 fn addr(port: u16) -> SocketAddr {
@@ -54,13 +53,7 @@ backends:
         ),
     );
     let log_path = temp_file("observability.log", "");
-    let mut fg = Proc::spawn(
-        "floodgate",
-        Command::new(bin("floodgate"))
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(&config)
-            .stderr(std::fs::File::create(&log_path).unwrap()),
-    );
+    let mut fg = floodgate_tests::spawn_floodgate_logging(&config, &log_path);
     let admin = addr(admin_port);
     assert!(wait_for_port(addr(web), Duration::from_secs(10)));
     assert!(wait_for_port(admin, Duration::from_secs(5)));
@@ -239,11 +232,7 @@ backends:
     fg.stop();
     assert!(fg.status.is_some_and(|s| s.success()), "{:?}", fg.status);
     let log = std::fs::read_to_string(&log_path).unwrap();
-    let access: Vec<serde_json::Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|j| j["target"] == "floodgate::access")
-        .collect();
+    let access = floodgate_tests::access_lines(&log);
     // Every answered request: 7 + 3 + 2 + 1 + 2 + 1 (408 is hyper's, before any request).
     assert_eq!(access.len(), 16, "{log}");
     let post = access

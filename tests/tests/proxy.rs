@@ -2069,13 +2069,7 @@ backends: [{{ name: app, maxconn-server: 1, servers: ['127.0.0.1:{op}'] }}]
         ),
     );
     let log_path = temp_file("tcp.log", "");
-    let mut fg = Proc::spawn(
-        "floodgate",
-        Command::new(bin("floodgate"))
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(&config)
-            .stderr(std::fs::File::create(&log_path).unwrap()),
-    );
+    let mut fg = floodgate_tests::spawn_floodgate_logging(&config, &log_path);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     assert!(wait_for_port(addr, Duration::from_secs(10)));
@@ -2144,11 +2138,7 @@ backends: [{{ name: app, maxconn-server: 1, servers: ['127.0.0.1:{op}'] }}]
     // One access log line per connection, as HAProxy's tcplog.
     fg.stop();
     let log = std::fs::read_to_string(&log_path).unwrap();
-    let lines: Vec<serde_json::Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|j| j["target"] == "floodgate::access")
-        .collect();
+    let lines = floodgate_tests::access_lines(&log);
     assert_eq!(lines.len(), 4, "{log}");
     let first = lines
         .iter()
