@@ -372,3 +372,95 @@ backends: [{{ name: app, servers: ['127.0.0.1:{origin_port}'] }}]
     assert!(metrics.contains("floodgate_config_reloads_total{result=\"ok\"} 0"));
     fg.stop();
 }
+
+/// A memory cgroup of its own (v2 `memory.max`, or v1 `memory.limit_in_bytes`), removed when
+/// dropped.
+struct MemoryCgroup(std::path::PathBuf);
+
+impl MemoryCgroup {
+    fn new(name: &str, limit: u64) -> Self {
+        let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers");
+        let (dir, file) = if v2.exists() {
+            // The memory controller has to be enabled for children of the root.
+            let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
+            (
+                std::path::Path::new("/sys/fs/cgroup").join(name),
+                "memory.max",
+            )
+        } else {
+            (
+                std::path::Path::new("/sys/fs/cgroup/memory").join(name),
+                "memory.limit_in_bytes",
+            )
+        };
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        std::fs::write(dir.join(file), limit.to_string()).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // Its processes are gone by now; a cgroup is removed with rmdir.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// In a cgroup whose memory limit cannot hold `global.maxconn` busy connections, floodgate says
+/// so at start, with how many it can hold; with room for them, it says the limit covers them.
+#[test]
+fn a_memory_limit_too_small_for_maxconn_is_reported_at_start() {
+    if !floodgate_tests::require_root("a_memory_limit_too_small_for_maxconn_is_reported_at_start") {
+        return;
+    }
+    // (limit, what the log must say): 256 MiB holds (256 - 64) MiB / 64 KiB = 3072 busy
+    // connections, fewer than maxconn 9000; 2 GiB holds 31744.
+    for (limit, expected) in [
+        (256u64 << 20, "\"connections_within_limit\":3072"),
+        (2 << 30, "memory limit covers maxconn"),
+    ] {
+        let port = free_port();
+        let config = temp_file(
+            "memory.yaml",
+            &format!(
+                "
+global: {{ maxconn: 9000 }}
+xdp: {{ enabled: false }}
+listeners: [{{ name: web, bind: '127.0.0.1:{port}', default-backend: app }}]
+backends: [{{ name: app, servers: ['127.0.0.1:9'] }}]
+"
+            ),
+        );
+        let cgroup = MemoryCgroup::new(&format!("floodgate-test-{}", std::process::id()), limit);
+        let log_path = temp_file("memory.log", "");
+        let mut fg = floodgate_tests::Proc::spawn(
+            "floodgate",
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "echo $$ > {}/cgroup.procs && exec {} --log-format json run --config {}",
+                    cgroup.0.display(),
+                    bin("floodgate").display(),
+                    config.display()
+                ))
+                .stderr(std::fs::File::create(&log_path).unwrap()),
+        );
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert!(wait_for_port(addr, Duration::from_secs(10)));
+        fg.stop();
+        drop(cgroup);
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        assert!(log.contains(expected), "limit {limit}: {log}");
+        if limit < 1 << 30 {
+            assert!(log.contains("may be OOM-killed"), "{log}");
+        } else {
+            assert!(!log.contains("OOM"), "{log}");
+        }
+    }
+}

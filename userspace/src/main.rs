@@ -263,6 +263,7 @@ fn run(path: &std::path::Path, haproxy_dir: Option<&std::path::Path>) -> anyhow:
         warn!(keys = ?cfg.ignored_haproxy_keys, "HAProxy ConfigMap keys floodgate does not implement are ignored");
     }
     let maxconn = limits::effective_maxconn(cfg.global.maxconn, cfg.listeners.len());
+    limits::check_memory(maxconn, limits::cgroup_memory_limit());
     // Every thread runs tokio's current-thread scheduler, as HAProxy runs one event loop per
     // thread: no work stealing, no cross-thread wakeups on the request path. Measured: 33-38 us
     // of CPU per proxied request against 62 with a one-worker multi-thread runtime.

@@ -770,14 +770,17 @@ pub async fn handle(
         let body_timeouts = handles.map(metrics::Handles::body_timeouts);
         let upgrading = up.upgrade.is_some();
         let tunnel_counters = handles.filter(|_| upgrading).map(metrics::Handles::tunnel);
-        let mut resp = forward(
+        // Boxed: hyper keeps one allocation of this function's future per connection, sized
+        // for its largest state, for the connection's whole life; the exchange with the
+        // server (4 KB of state) is allocated per request instead, and only while it runs.
+        let mut resp = Box::pin(forward(
             &generation.routing,
             backend,
             up,
             inflight,
             (body_timeouts, tunnel_counters),
             &mut trace,
-        )
+        ))
         .await?;
         if let Some(r) = response_rules {
             r.apply(resp.headers_mut());
