@@ -226,6 +226,79 @@ fn count_carried(
     }
 }
 
+/// A connection of a listener that carries some connections as bytes (`mode: tcp`,
+/// `passthrough`): carried to its backend, or, for a passthrough listener's other names,
+/// terminated and served as HTTP.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the connection's state, handed whole to a future of its own"
+)]
+async fn serve_carried(
+    mut stream: TcpStream,
+    tls: Option<Arc<crate::tls::Acceptor>>,
+    carry: super::Carry,
+    (peer, client, destination): (SocketAddr, SocketAddr, Option<SocketAddr>),
+    watcher: Watcher,
+    builder: &auto::Builder<TokioExecutor>,
+    ctx: Arc<ListenerCtx>,
+    conn: Arc<super::Conn>,
+    limits: super::timeout::Limits,
+    counters: Option<crate::metrics::TimeoutCounters>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // The client's address and the one it connected to, for `send-proxy`.
+    let ends = match destination.or_else(|| stream.local_addr().ok()) {
+        Some(d) => (client, d),
+        None => return Ok(()),
+    };
+    let started = std::time::Instant::now();
+    if let Some(backend) = carry.tcp {
+        let carried = match tls {
+            None => passthrough::carry(&carry.routing, backend, stream, &[], ends).await,
+            Some(tls) => match handshake(&tls, stream, &ctx, peer).await {
+                Some(s) => passthrough::carry(&carry.routing, backend, s, &[], ends).await,
+                None => return Ok(()),
+            },
+        };
+        count_carried(&ctx, &carry, backend, (client, None), started, &carried);
+        return Ok(());
+    }
+    let Some(pass) = carry.passthrough.clone() else {
+        return Ok(());
+    };
+    let wait = tls
+        .as_ref()
+        .map_or(limits.http_request, |t| t.handshake_timeout);
+    let (hello, sni) = match passthrough::read_hello(&mut stream, wait).await {
+        Ok(h) => h,
+        Err(e) => {
+            debug!(%peer, error = %e, "no ClientHello");
+            if let Some(m) = &ctx.metrics {
+                m.tls_handshake(&ctx.name, e.label(), "", "", None);
+            }
+            return Ok(());
+        }
+    };
+    if let Some(backend) = sni.as_deref().and_then(|s| pass.backend_for(s)) {
+        let carried = passthrough::carry(&carry.routing, backend, stream, &hello, ends).await;
+        let who = (client, sni.as_deref());
+        count_carried(&ctx, &carry, backend, who, started, &carried);
+        return Ok(());
+    }
+    // Another name: terminated here, or closed on a listener without certificates of its own.
+    let Some(tls) = tls else {
+        if let Some(m) = &ctx.metrics {
+            m.carried(&ctx.name, "", "unknown_host");
+        }
+        debug!(%peer, sni = ?sni, "no passthrough host for this name");
+        return Ok(());
+    };
+    let stream = passthrough::Prefixed::new(hello, stream);
+    match handshake(&tls, stream, &ctx, peer).await {
+        Some(stream) => serve_http(stream, watcher, builder, ctx, conn, limits, counters).await,
+        None => Ok(()),
+    }
+}
+
 /// The connection's client: the peer, or the client its PROXY protocol header names when
 /// `proxy_protocol` expects one from the peer (read within `timeout`, HAProxy's `timeout
 /// http-request` being the budget for a connection's first bytes), with the address that
@@ -378,66 +451,21 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                     None => return,
                 },
                 (tls, Some(carry)) => {
-                    // The client's address and the one it connected to, for `send-proxy`.
-                    let ends = match destination.or_else(|| stream.local_addr().ok()) {
-                        Some(d) => (client, d),
-                        None => return,
-                    };
-                    let started = std::time::Instant::now();
-                    if let Some(backend) = carry.tcp {
-                        let carried = match tls {
-                            None => {
-                                passthrough::carry(&carry.routing, backend, stream, &[], ends).await
-                            }
-                            Some(tls) => match handshake(&tls, stream, &ctx, peer).await {
-                                Some(s) => {
-                                    passthrough::carry(&carry.routing, backend, s, &[], ends).await
-                                }
-                                None => return,
-                            },
-                        };
-                        count_carried(&ctx, &carry, backend, (client, None), started, &carried);
-                        return;
-                    }
-                    let Some(pass) = carry.passthrough.clone() else {
-                        return;
-                    };
-                    let wait = tls
-                        .as_ref()
-                        .map_or(limits.http_request, |t| t.handshake_timeout);
-                    let (hello, sni) = match passthrough::read_hello(&mut stream, wait).await {
-                        Ok(h) => h,
-                        Err(e) => {
-                            debug!(%peer, error = %e, "no ClientHello");
-                            if let Some(m) = &ctx.metrics {
-                                m.tls_handshake(&ctx.name, e.label(), "", "", None);
-                            }
-                            return;
-                        }
-                    };
-                    if let Some(backend) = sni.as_deref().and_then(|s| pass.backend_for(s)) {
-                        let carried =
-                            passthrough::carry(&carry.routing, backend, stream, &hello, ends).await;
-                        let who = (client, sni.as_deref());
-                        count_carried(&ctx, &carry, backend, who, started, &carried);
-                        return;
-                    }
-                    // Another name: terminated here, or closed on a listener without
-                    // certificates of its own.
-                    let Some(tls) = tls else {
-                        if let Some(m) = &ctx.metrics {
-                            m.carried(&ctx.name, "", "unknown_host");
-                        }
-                        debug!(%peer, sni = ?sni, "no passthrough host for this name");
-                        return;
-                    };
-                    let stream = passthrough::Prefixed::new(hello, stream);
-                    match handshake(&tls, stream, &ctx, peer).await {
-                        Some(stream) => {
-                            serve_http(stream, watcher, &builder, ctx, conn, limits, counters).await
-                        }
-                        None => return,
-                    }
+                    // Boxed: this path's state (the ClientHello buffer above all) would
+                    // otherwise size every connection's task, HTTP ones included.
+                    Box::pin(serve_carried(
+                        stream,
+                        tls,
+                        carry,
+                        (peer, client, destination),
+                        watcher,
+                        &builder,
+                        ctx,
+                        conn,
+                        limits,
+                        counters,
+                    ))
+                    .await
                 }
             };
             if let Err(e) = served {
