@@ -108,6 +108,16 @@ pub struct Serve {
     pub tls: Option<Arc<crate::tls::Acceptor>>,
 }
 
+/// What serving a connection as HTTP takes besides the connection, for `serve_carried`.
+struct Http {
+    watcher: Watcher,
+    builder: auto::Builder<TokioExecutor>,
+    ctx: Arc<ListenerCtx>,
+    conn: Arc<super::Conn>,
+    limits: super::timeout::Limits,
+    counters: Option<crate::metrics::TimeoutCounters>,
+}
+
 /// Serves HTTP/1.1 and HTTP/2 on one accepted connection, plain or TLS, under the client-side
 /// timeouts (`Timed`) until it ends or the drain closes it.
 async fn serve_http<I>(
@@ -229,22 +239,21 @@ fn count_carried(
 /// A connection of a listener that carries some connections as bytes (`mode: tcp`,
 /// `passthrough`): carried to its backend, or, for a passthrough listener's other names,
 /// terminated and served as HTTP.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the connection's state, handed whole to a future of its own"
-)]
 async fn serve_carried(
     mut stream: TcpStream,
     tls: Option<Arc<crate::tls::Acceptor>>,
     carry: super::Carry,
     (peer, client, destination): (SocketAddr, SocketAddr, Option<SocketAddr>),
-    watcher: Watcher,
-    builder: &auto::Builder<TokioExecutor>,
-    ctx: Arc<ListenerCtx>,
-    conn: Arc<super::Conn>,
-    limits: super::timeout::Limits,
-    counters: Option<crate::metrics::TimeoutCounters>,
+    http: Http,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let Http {
+        watcher,
+        builder,
+        ctx,
+        conn,
+        limits,
+        counters,
+    } = http;
     // The client's address and the one it connected to, for `send-proxy`.
     let ends = match destination.or_else(|| stream.local_addr().ok()) {
         Some(d) => (client, d),
@@ -294,7 +303,7 @@ async fn serve_carried(
     };
     let stream = passthrough::Prefixed::new(hello, stream);
     match handshake(&tls, stream, &ctx, peer).await {
-        Some(stream) => serve_http(stream, watcher, builder, ctx, conn, limits, counters).await,
+        Some(stream) => serve_http(stream, watcher, &builder, ctx, conn, limits, counters).await,
         None => Ok(()),
     }
 }
@@ -453,19 +462,16 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                 (tls, Some(carry)) => {
                     // Boxed: this path's state (the ClientHello buffer above all) would
                     // otherwise size every connection's task, HTTP ones included.
-                    Box::pin(serve_carried(
-                        stream,
-                        tls,
-                        carry,
-                        (peer, client, destination),
+                    let addrs = (peer, client, destination);
+                    let http = Http {
                         watcher,
-                        &builder,
+                        builder,
                         ctx,
                         conn,
                         limits,
                         counters,
-                    ))
-                    .await
+                    };
+                    Box::pin(serve_carried(stream, tls, carry, addrs, http)).await
                 }
             };
             if let Err(e) = served {
