@@ -67,11 +67,16 @@ impl Policy {
         })
     }
 
+    /// Whether this request or connection falls in the `sample`.
+    fn sampled(&self) -> bool {
+        self.threshold == u64::MAX || crate::rng::next() <= self.threshold
+    }
+
     /// Writes the line of a carried connection when it ends (HAProxy's `option tcplog`), with
     /// the message `connection`: `result` stands for `status` (and is an error unless
     /// `closed`), `bytes` is what went to the client and `bytes_in` what came from it.
     pub fn carried(&self, c: &CarriedLine<'_>) {
-        let sampled = self.threshold == u64::MAX || crate::rng::next() <= self.threshold;
+        let sampled = self.sampled();
         if !(sampled || (self.always_log_errors && c.result != "closed")) {
             return;
         }
@@ -98,7 +103,7 @@ impl Policy {
         client: Client,
         req: &http::Request<B>,
     ) -> Option<Box<Entry>> {
-        let sampled = self.threshold == u64::MAX || crate::rng::next() <= self.threshold;
+        let sampled = self.sampled();
         if !sampled && !self.always_log_errors {
             return None;
         }
