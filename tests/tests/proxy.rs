@@ -1571,6 +1571,8 @@ fn an_auth_service_decides_before_the_backend_sees_a_request() {
                             .header("x-auth-request-user", "alice")
                             .header("x-other", "not copied"),
                         "session=mallory" => resp.status(403),
+                        // Signed in, but the service names no user.
+                        "session=anonymous" => resp.status(204),
                         _ => resp
                             .status(401)
                             .header("www-authenticate", "Bearer realm=\"shop\""),
@@ -1631,6 +1633,14 @@ backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
     assert_eq!(
         seen.lock().unwrap().last().cloned(),
         Some(("http://shop.example/app/headers".into(), "GET".into()))
+    );
+    // A header named in response-headers never comes from the client, even when the auth
+    // service's answer does not carry it.
+    let (status, _, body) = get("/app/headers", "session=anonymous");
+    assert_eq!(status, 200);
+    assert!(
+        !body.contains("forged") && !body.contains("x-auth-request-user"),
+        "{body}"
     );
     let (status, head, _) = get("/app/x?a=1", "session=none");
     assert_eq!(status, 302, "{head}");
@@ -1705,7 +1715,7 @@ backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
     );
     let served = origin.stop();
     assert!(
-        served.contains("requests=3 "),
+        served.contains("requests=4 "),
         "only the allowed requests: {served}"
     );
 }

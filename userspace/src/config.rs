@@ -98,6 +98,19 @@ pub struct Global {
     pub nbthread: usize,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// The path backends get: normalised (as routing and auth saw it) or as received.
+    pub forward_path: ForwardPath,
+}
+
+/// `global.forward-path`: what path a backend gets (see `proxy::normalize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardPath {
+    /// The path routing, `allow`, `auth` and the access log saw: one meaning end to end.
+    #[default]
+    Normalized,
+    /// The client's bytes, for backends that tell `/a%2Fb` from `/a/b` or keep `//`.
+    AsReceived,
 }
 
 /// Request limits; past them a request gets 431, 414 or 413 with the reason.
@@ -132,6 +145,7 @@ impl Default for Global {
             nbthread: 0,
             timeouts: Timeouts::default(),
             limits: Limits::default(),
+            forward_path: ForwardPath::default(),
         }
     }
 }
@@ -1915,6 +1929,17 @@ impl Config {
                         ));
                     }
                 }
+                // Any origin with credentials lets every site on the web read the user's
+                // answers with their cookies: the origin would have to be reflected, which is
+                // exactly the hole CORS exists to close.
+                if c.allow_credentials && c.allow_origins.iter().any(|o| o == "*") {
+                    return Err(invalid(
+                        format!("{key}.allow-origins"),
+                        "`*` with allow-credentials: true (the default) would let any site read \
+                         answers made with the user's credentials; list the origins, or set \
+                         allow-credentials: false",
+                    ));
+                }
             }
             if let Some(a) = &r.auth {
                 let key = format!("routes[{i}].auth");
@@ -2533,6 +2558,10 @@ xdp: { enabled: false }
             ),
             ("{ cors: {}, backend: app }", "routes[0].cors.allow-origins"),
             (
+                "{ cors: { allow-origins: ['*'] }, backend: app }",
+                "routes[0].cors.allow-origins: `*` with allow-credentials",
+            ),
+            (
                 "{ path-regex: '^/(a', backend: app }",
                 "routes[0].path-regex",
             ),
@@ -2561,11 +2590,11 @@ xdp: { enabled: false }
                 "allow-origins",
             ),
             (
-                "{ cors: { allow-origins: ['*'], allow-methods: ['G T'] }, backend: app }",
+                "{ cors: { allow-origins: ['https://a.example'], allow-methods: ['G T'] }, backend: app }",
                 "allow-methods",
             ),
             (
-                "{ cors: { allow-origins: ['*'], allow-headers: ['a b'] }, backend: app }",
+                "{ cors: { allow-origins: ['https://a.example'], allow-headers: ['a b'] }, backend: app }",
                 "routes[0].cors",
             ),
         ] {

@@ -71,6 +71,14 @@ impl Auth {
         })
     }
 
+    /// Removes the headers the auth service's answer hands to the backend
+    /// (`response-headers`) from the client's request, whether or not the answer carries them.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        for n in &self.copy {
+            headers.remove(n);
+        }
+    }
+
     /// Asks the auth service about `req` (`scheme` is the listener's, `client` the peer's
     /// address as a header value). `Ok`: let it through, with these headers for the backend.
     pub async fn check<B>(

@@ -7,12 +7,22 @@ use http::{HeaderMap, HeaderValue, Method, Request, header};
 
 use crate::config;
 
+/// Who may read the route's answers. Any origin never goes with credentials (config refuses
+/// it), so an origin is reflected with `Access-Control-Allow-Credentials` only when listed.
+#[derive(Debug)]
+enum Origins {
+    /// `*`: answered `Access-Control-Allow-Origin: *`, without credentials.
+    Any,
+    /// Origins as sent by browsers (`https://app.example.com`).
+    Listed {
+        origins: Vec<HeaderValue>,
+        credentials: bool,
+    },
+}
+
 #[derive(Debug)]
 pub struct Cors {
-    /// Allowed origins as sent by browsers (`https://app.example.com`); empty with `any`.
-    origins: Vec<HeaderValue>,
-    any: bool,
-    credentials: bool,
+    origins: Origins,
     methods: HeaderValue,
     headers: HeaderValue,
     expose: Option<HeaderValue>,
@@ -20,18 +30,27 @@ pub struct Cors {
 }
 
 impl Cors {
-    /// `None` when a value does not fit a header; config validation refused that already.
+    /// `None` when a value does not fit a header, or for `*` with credentials; config
+    /// validation refused both already.
     pub fn new(c: &config::Cors) -> Option<Self> {
         let join = |v: &[String]| HeaderValue::from_str(&v.join(", ")).ok();
+        let origins = if c.allow_origins.iter().any(|o| o == "*") {
+            if c.allow_credentials {
+                return None;
+            }
+            Origins::Any
+        } else {
+            Origins::Listed {
+                origins: c
+                    .allow_origins
+                    .iter()
+                    .map(|o| HeaderValue::from_str(o).ok())
+                    .collect::<Option<_>>()?,
+                credentials: c.allow_credentials,
+            }
+        };
         Some(Self {
-            origins: c
-                .allow_origins
-                .iter()
-                .filter(|o| *o != "*")
-                .map(|o| HeaderValue::from_str(o).ok())
-                .collect::<Option<_>>()?,
-            any: c.allow_origins.iter().any(|o| o == "*"),
-            credentials: c.allow_credentials,
+            origins,
             methods: join(&c.allow_methods)?,
             headers: join(&c.allow_headers)?,
             expose: (!c.expose_headers.is_empty())
@@ -44,7 +63,11 @@ impl Cors {
     /// The request's `Origin` when this route allows it.
     pub fn allowed<B>(&self, req: &Request<B>) -> Option<HeaderValue> {
         let origin = req.headers().get(header::ORIGIN)?;
-        (self.any || self.origins.contains(origin)).then(|| origin.clone())
+        let listed = match &self.origins {
+            Origins::Any => true,
+            Origins::Listed { origins, .. } => origins.contains(origin),
+        };
+        listed.then(|| origin.clone())
     }
 
     /// A preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
@@ -63,14 +86,12 @@ impl Cors {
         // Caches must keep one answer per origin.
         h.append(header::VARY, HeaderValue::from_static("Origin"));
         let Some(origin) = origin else { return };
-        // `*` cannot go with credentials: the origin itself is named then, as browsers demand.
-        let allow = if self.any && !self.credentials {
-            HeaderValue::from_static("*")
-        } else {
-            origin.clone()
+        let (allow, credentials) = match &self.origins {
+            Origins::Any => (HeaderValue::from_static("*"), false),
+            Origins::Listed { credentials, .. } => (origin.clone(), *credentials),
         };
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
-        if self.credentials {
+        if credentials {
             h.insert(
                 header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
                 HeaderValue::from_static("true"),
@@ -163,22 +184,24 @@ mod tests {
         cors.apply(&mut h, None, false);
         assert_eq!(h.len(), 1);
         assert_eq!(get(&h, header::VARY).as_deref(), Some("Origin"));
-        // `*` without credentials is sent as `*`; with them, the origin is named.
-        for (credentials, want) in [(false, "*"), (true, "https://x.example")] {
-            let any = Cors::new(&config::Cors {
+        // `*` is sent as `*`, never with credentials; `*` with credentials cannot be built.
+        let any = |credentials| {
+            Cors::new(&config::Cors {
                 allow_origins: vec!["*".into()],
                 allow_credentials: credentials,
                 ..config::Cors::default()
             })
-            .expect("cors");
-            let r = req(Method::GET, Some("https://x.example"), false);
-            let o = any.allowed(&r).expect("any origin");
-            let mut h = HeaderMap::new();
-            any.apply(&mut h, Some(&o), false);
-            assert_eq!(
-                get(&h, header::ACCESS_CONTROL_ALLOW_ORIGIN).as_deref(),
-                Some(want)
-            );
-        }
+        };
+        assert!(any(true).is_none(), "an origin reflected with credentials");
+        let any = any(false).expect("cors");
+        let r = req(Method::GET, Some("https://x.example"), false);
+        let o = any.allowed(&r).expect("any origin");
+        let mut h = HeaderMap::new();
+        any.apply(&mut h, Some(&o), false);
+        assert_eq!(
+            get(&h, header::ACCESS_CONTROL_ALLOW_ORIGIN).as_deref(),
+            Some("*")
+        );
+        assert_eq!(get(&h, header::ACCESS_CONTROL_ALLOW_CREDENTIALS), None);
     }
 }

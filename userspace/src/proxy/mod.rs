@@ -39,6 +39,7 @@ pub mod h2c;
 pub mod headers;
 pub mod health;
 pub mod mirror;
+pub mod normalize;
 pub mod passthrough;
 pub mod pool;
 pub mod proxyproto;
@@ -384,6 +385,8 @@ pub struct ListenerCtx {
     /// it was one of five per proxied request.
     request_id_prefix: String,
     limits: config::Limits,
+    /// `global.forward-path: as-received`: the path as the client sent it goes to backends.
+    forward_received: bool,
     /// The listener's name, for metrics labels.
     pub name: String,
     pub metrics: Option<Arc<Metrics>>,
@@ -475,6 +478,7 @@ impl ListenerCtx {
             request_ids: AtomicU64::new(0),
             request_id_prefix: format!("{:08x}", std::process::id()),
             limits: cfg.global.limits.clone(),
+            forward_received: cfg.global.forward_path == config::ForwardPath::AsReceived,
             name: listener.name.clone(),
             metrics,
         }
@@ -620,7 +624,7 @@ impl Conn {
 pub async fn handle(
     ctx: Arc<ListenerCtx>,
     conn: Arc<Conn>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let (peer, inflight) = (conn.peer, &conn.inflight);
     // In flight until the response body is sent (see timeout.rs).
@@ -639,6 +643,8 @@ pub async fn handle(
         value: named.as_ref().map_or(&conn.peer_ip, |c| &c.value),
         trusted: trusted.is_some(),
     };
+    // Before anything reads the request, so routing, auth, the log and the backend see one.
+    let normalized = normalize::request(&mut req, ctx.forward_received);
     let mut log = generation.access.as_ref().and_then(|a| {
         let port = named.is_none().then_some(peer.port());
         a.begin(
@@ -657,6 +663,8 @@ pub async fn handle(
     // The route's CORS settings and the request's origin if allowed, for the answer's headers.
     let mut cors: Option<(&cors::Cors, Option<HeaderValue>)> = None;
     let result = async {
+        normalized?;
+        let mut req = req;
         if let Some(r) = &generation.redirect
             && let Some(resp) = redirect::to_https(r, &req)
         {
@@ -698,7 +706,12 @@ pub async fn handle(
             b.check(req.headers()).await?;
         }
         let authorized = match routed.auth {
-            Some(a) => a.check(&req, ctx.scheme, client.value).await?,
+            Some(a) => {
+                // The backend believes these headers because only the auth service sets them:
+                // a client's own copies go before anyone reads them.
+                a.strip(req.headers_mut());
+                a.check(&req, ctx.scheme, client.value).await?
+            }
             None => Vec::new(),
         };
         handles = ctx.handles(&generation, backend);
@@ -1099,6 +1112,13 @@ fn upstream_request(
             h.insert(headers::X_FORWARDED_PREFIX, hv(p)?);
         }
         parts.uri = rewritten(&parts.uri, rw)?;
+    } else if let Some(normalize::Received(received)) = parts.extensions.remove() {
+        // `forward-path: as-received`: the backend gets the client's bytes; everything before
+        // it decided on the normalised path.
+        let mut target = std::mem::take(&mut parts.uri).into_parts();
+        target.path_and_query = Some(received);
+        parts.uri = Uri::from_parts(target)
+            .map_err(|e| ProxyError::BadRequest(format!("bad target: {e}")))?;
     }
     // Backends speak HTTP/1.1 whatever the client spoke (`proto: h2` ones: `h2c::request`).
     parts.version = http::Version::HTTP_11;

@@ -1,0 +1,326 @@
+//! One meaning per request: the authority and path floodgate routes, authorises, logs and
+//! forwards are the same, decided here once, before anything reads the request.
+//!
+//! The policy (Envoy's `normalize_path: true` with `merge_slashes: true` is the reference):
+//! - **Authority** (RFC 9112 section 3.2, RFC 9110 section 7.2): an HTTP/1.1 request without
+//!   `Host`, or with more than one, is 400. A request target in absolute form names the
+//!   authority, which replaces `Host`. In HTTP/2, `:authority` and `host` must agree. The host is
+//!   lowercased and a trailing dot dropped (`Shop.Example.COM.` is `shop.example.com`); an
+//!   authority with userinfo (`user@host`) is 400. The result is the one `Host` the request
+//!   carries, and the URI's authority when it has one.
+//! - **Path** (RFC 3986 section 6.2.2): percent-encoded unreserved characters are decoded
+//!   (`/%61dmin` is `/admin`), other escapes uppercased, dot segments removed (`/x/../admin`),
+//!   and repeated slashes merged (`//admin`). An escape that is not `%` and two hex digits is
+//!   400. `%2F` stays encoded: decoding it would join segments the client kept apart. The
+//!   query is not touched.
+//!
+//! `global.forward-path` says what reaches the backend: the normalised path (the default), or
+//! the path as received, for backends that need the client's bytes. Routing, `allow`, `auth`,
+//! `basic-auth` and the access log always see the normalised one.
+
+use http::{HeaderValue, Request, Uri, header, uri::PathAndQuery};
+
+use super::error::ProxyError;
+
+/// The path and query the client sent, kept in the request's extensions when
+/// `forward-path: as-received` forwards them instead of the normalised ones.
+#[derive(Debug, Clone)]
+pub struct Received(pub PathAndQuery);
+
+fn bad(reason: &str) -> ProxyError {
+    ProxyError::BadRequest(reason.to_owned())
+}
+
+/// Puts `req` in its one canonical form (see the module doc). `keep_received`: remember the
+/// path as received when normalisation changes it.
+pub fn request<B>(req: &mut Request<B>, keep_received: bool) -> Result<(), ProxyError> {
+    let authority = authority(req)?;
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    if let (Some(a), Some(canonical)) = (&parts.authority, &authority)
+        && a.as_str() != canonical
+    {
+        parts.authority = Some(
+            canonical
+                .parse()
+                .map_err(|_| bad("the request's authority is not valid"))?,
+        );
+    }
+    if let Some(pq) = &parts.path_and_query
+        && let Some(path) = normalize_path(pq.path())?
+    {
+        let mut normalized = path;
+        if let Some(q) = pq.query() {
+            normalized.push('?');
+            normalized.push_str(q);
+        }
+        let normalized =
+            PathAndQuery::try_from(normalized).map_err(|_| bad("the request target is not valid"))?;
+        let received = parts.path_and_query.replace(normalized);
+        if keep_received && let Some(received) = received {
+            req.extensions_mut().insert(Received(received));
+        }
+    }
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| bad("the request target is not valid"))?;
+    if let Some(a) = authority {
+        let value = HeaderValue::try_from(a).map_err(|_| bad("the host is not valid"))?;
+        req.headers_mut().insert(header::HOST, value);
+    }
+    Ok(())
+}
+
+/// The request's canonical authority: `None` only for an HTTP/1.0 (or 0.9) request without
+/// one, which routes as a request without a host.
+fn authority<B>(req: &Request<B>) -> Result<Option<String>, ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(bad("more than one Host"));
+    }
+    let target = req.uri().authority();
+    let chosen = match (target, host) {
+        (Some(t), Some(h)) if req.version() == http::Version::HTTP_2 => {
+            // RFC 9113 section 8.3.1: both name the same origin, or the request is malformed.
+            let h = h.to_str().map_err(|_| bad("the Host is not valid"))?;
+            if !canonical_host(t.as_str())?.eq(&canonical_host(h)?) {
+                return Err(bad(":authority and Host disagree"));
+            }
+            t.as_str()
+        }
+        // Absolute form: the target's authority wins over any Host (RFC 9112 section 3.2.2).
+        (Some(t), _) => t.as_str(),
+        (None, Some(h)) => h.to_str().map_err(|_| bad("the Host is not valid"))?,
+        (None, None) if req.version() == http::Version::HTTP_11 => {
+            return Err(bad("an HTTP/1.1 request without Host"));
+        }
+        (None, None) => return Ok(None),
+    };
+    if req.version() == http::Version::HTTP_11 && host.is_none() {
+        return Err(bad("an HTTP/1.1 request without Host"));
+    }
+    canonical_host(chosen).map(Some)
+}
+
+/// `authority` lowercased, without a trailing dot on its host, checked to be a host with an
+/// optional port and no userinfo.
+fn canonical_host(authority: &str) -> Result<String, ProxyError> {
+    if authority.is_empty() {
+        return Err(bad("an empty Host"));
+    }
+    if authority.contains('@') {
+        return Err(bad("userinfo in the authority"));
+    }
+    let parsed: http::uri::Authority = authority
+        .parse()
+        .map_err(|_| bad("the Host is not a valid authority"))?;
+    let host = parsed.host();
+    if host.is_empty() {
+        return Err(bad("an empty Host"));
+    }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() || host.ends_with('.') {
+        return Err(bad("the Host is not a valid authority"));
+    }
+    let mut out = host.to_ascii_lowercase();
+    if let Some(port) = parsed.port() {
+        out.push(':');
+        out.push_str(port.as_str());
+    }
+    Ok(out)
+}
+
+/// `path` normalised, or `None` when it already is (the common case costs one scan and no
+/// allocation). Paths not starting with `/` (`*`, an authority-form CONNECT) are left alone.
+fn normalize_path(path: &str) -> Result<Option<String>, ProxyError> {
+    if !path.starts_with('/') || is_normal(path) {
+        return Ok(None);
+    }
+    let decoded = decode_unreserved(path)?;
+    let mut out = String::with_capacity(decoded.len());
+    // RFC 3986 section 5.2.4 over segments, with empty segments (repeated slashes) merged.
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split('/').skip(1) {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    // A trailing slash, `/.` or `/..` leaves the path naming a directory.
+    let last = decoded.rsplit('/').next().unwrap_or_default();
+    let dir = matches!(last, "" | "." | "..");
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if dir || segments.is_empty() {
+        out.push('/');
+    }
+    Ok((out != path).then_some(out))
+}
+
+/// True when `path` has no escape, no empty segment (but a trailing slash) and no dot segment.
+fn is_normal(path: &str) -> bool {
+    if path.contains('%') {
+        return false;
+    }
+    let mut segments = path.split('/').skip(1).peekable();
+    while let Some(s) = segments.next() {
+        if s == "." || s == ".." || (s.is_empty() && segments.peek().is_some()) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Decodes escapes of unreserved characters and uppercases the others; 400 for a `%` not
+/// followed by two hex digits.
+fn decode_unreserved(path: &str) -> Result<String, ProxyError> {
+    let b = path.as_bytes();
+    // Bytes, not chars: a path may hold UTF-8, which passes through untouched.
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'%' {
+            out.push(b[i]);
+            i += 1;
+            continue;
+        }
+        let hex = |j: usize| {
+            b.get(j)
+                .and_then(|c| char::from(*c).to_digit(16))
+                .ok_or_else(|| bad("a `%` in the path not followed by two hex digits"))
+        };
+        let (hi, lo) = (hex(i + 1)?, hex(i + 2)?);
+        // Two hex digits make a value below 256.
+        let v = u8::try_from(hi * 16 + lo).map_err(|_| bad("bad escape"))?;
+        if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
+            out.push(v);
+        } else {
+            out.extend_from_slice(format!("%{v:02X}").as_bytes());
+        }
+        i += 3;
+    }
+    // Only ASCII was put in place of escapes, so the UTF-8 around them is intact.
+    String::from_utf8(out).map_err(|_| bad("the path is not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(p: &str) -> String {
+        normalize_path(p)
+            .expect("valid")
+            .unwrap_or_else(|| p.to_owned())
+    }
+
+    #[test]
+    fn paths_that_mean_admin_are_admin() {
+        for p in [
+            "/admin",
+            "/%61dmin",
+            "/%61%64%6D%69%6E",
+            "//admin",
+            "///admin",
+            "/x/../admin",
+            "/./admin",
+            "/x/y/../../admin",
+            "/../admin",
+            "/%2e%2e/admin",
+            "/x/%2E%2E/admin",
+            "/x//..//admin",
+        ] {
+            assert_eq!(norm(p), "/admin", "{p}");
+        }
+        assert_eq!(norm("/admin/"), "/admin/");
+        assert_eq!(norm("/admin/."), "/admin/");
+        assert_eq!(norm("/admin/x/.."), "/admin/");
+        assert_eq!(norm("/"), "/");
+        assert_eq!(norm("/.."), "/");
+        assert_eq!(norm("//"), "/");
+        // Reserved escapes stay, uppercased; an encoded slash never becomes a separator.
+        assert_eq!(norm("/a%2fb"), "/a%2Fb");
+        assert_eq!(norm("/a%2a"), "/a%2A");
+        assert_eq!(norm("/caf%C3%A9/%7euser"), "/caf%C3%A9/~user");
+        assert_eq!(norm("/a%3f"), "/a%3F");
+        assert_eq!(normalize_path("*").expect("ok"), None);
+        assert_eq!(normalize_path("/plain/path").expect("ok"), None);
+        assert_eq!(normalize_path("/dir/").expect("ok"), None);
+        for p in ["/%", "/%4", "/%zz", "/a%g1"] {
+            assert!(normalize_path(p).is_err(), "{p}");
+        }
+    }
+
+    fn req(version: http::Version, target: &str, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::get(target).version(version);
+        for h in hosts {
+            b = b.header(header::HOST, *h);
+        }
+        b.body(()).expect("request")
+    }
+
+    fn host_of(r: &Request<()>) -> Option<&str> {
+        r.headers().get(header::HOST).and_then(|h| h.to_str().ok())
+    }
+
+    #[test]
+    fn one_authority_per_request() {
+        use http::Version;
+        let mut r = req(Version::HTTP_11, "/x", &["Shop.Example.COM."]);
+        request(&mut r, false).expect("ok");
+        assert_eq!(host_of(&r), Some("shop.example.com"));
+        let mut r = req(Version::HTTP_11, "/x", &["shop.example.com.:8080"]);
+        request(&mut r, false).expect("ok");
+        assert_eq!(host_of(&r), Some("shop.example.com:8080"));
+        // Absolute form: the target's authority replaces Host, in the URI and the header.
+        let mut r = req(
+            Version::HTTP_11,
+            "http://Admin.Example/x/../y",
+            &["public.example"],
+        );
+        request(&mut r, false).expect("ok");
+        assert_eq!(host_of(&r), Some("admin.example"));
+        assert_eq!(r.uri().to_string(), "http://admin.example/y");
+        for (target, hosts) in [
+            ("/x", &[][..]),
+            ("/x", &["a.example", "b.example"][..]),
+            ("/x", &[""][..]),
+            ("/x", &["a b"][..]),
+            ("/x", &["user@a.example"][..]),
+            ("http://user@a.example/x", &["a.example"][..]),
+            ("http://a.example/x", &[][..]),
+        ] {
+            let mut r = req(Version::HTTP_11, target, hosts);
+            assert!(request(&mut r, false).is_err(), "{target} {hosts:?}");
+        }
+        // HTTP/1.0 may go without Host.
+        let mut r = req(Version::HTTP_10, "/x", &[]);
+        request(&mut r, false).expect("ok");
+        assert_eq!(host_of(&r), None);
+        // HTTP/2: :authority and host must agree, in any case and with a trailing dot.
+        let mut r = req(Version::HTTP_2, "https://a.example/x", &["A.example."]);
+        request(&mut r, false).expect("agree");
+        assert_eq!(host_of(&r), Some("a.example"));
+        let mut r = req(Version::HTTP_2, "https://a.example/x", &["b.example"]);
+        assert!(request(&mut r, false).is_err());
+        let mut r = req(Version::HTTP_2, "https://a.example/x", &[]);
+        request(&mut r, false).expect("no host header");
+        assert_eq!(host_of(&r), Some("a.example"));
+    }
+
+    #[test]
+    fn the_received_path_is_kept_only_when_asked_and_changed() {
+        let mut r = req(http::Version::HTTP_11, "/%61dmin?q=%61", &["a.example"]);
+        request(&mut r, true).expect("ok");
+        assert_eq!(r.uri().path_and_query().map(|p| p.as_str()), Some("/admin?q=%61"));
+        assert_eq!(
+            r.extensions().get::<Received>().map(|p| p.0.as_str()),
+            Some("/%61dmin?q=%61")
+        );
+        let mut r = req(http::Version::HTTP_11, "/%61dmin", &["a.example"]);
+        request(&mut r, false).expect("ok");
+        assert!(r.extensions().get::<Received>().is_none());
+    }
+}
