@@ -84,7 +84,10 @@ fn every_spelling_of_a_protected_path_meets_its_rules() {
     let (status, _, body) = get("/public/x/..//%68eaders", "Shop.Example.Com.");
     assert_eq!(status, 200);
     assert!(body.contains("host: shop.example.com\n"), "{body}");
-    assert!(body.contains("x-forwarded-host: shop.example.com\n"), "{body}");
+    assert!(
+        body.contains("x-forwarded-host: shop.example.com\n"),
+        "{body}"
+    );
     let (status, _, body) = get("http://shop.example.com/public/headers", "evil.example");
     assert_eq!(status, 200);
     assert!(body.contains("host: shop.example.com\n"), "{body}");
@@ -109,7 +112,10 @@ fn a_request_without_one_host_is_refused() {
             "GET http://a.example/ HTTP/1.1\r\nConnection: close\r\n\r\n",
             "absolute form without Host",
         ),
-        ("GET /%zz HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n", "bad escape"),
+        (
+            "GET /%zz HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+            "bad escape",
+        ),
     ] {
         assert_eq!(raw(addr, req).0, 400, "{what}");
     }
@@ -119,7 +125,10 @@ fn a_request_without_one_host_is_refused() {
         "HTTP/1.0 may go without Host"
     );
     let served = origin.stop();
-    assert!(served.contains("requests=1 "), "only the HTTP/1.0 one: {served}");
+    assert!(
+        served.contains("requests=1 "),
+        "only the HTTP/1.0 one: {served}"
+    );
 }
 
 /// `forward-path: as-received` hands the backend the client's bytes; routing still decides

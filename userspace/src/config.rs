@@ -1247,6 +1247,32 @@ impl ServerSpec {
 }
 
 /// Splits `host:port`, checking the port; the host is an IP or a DNS name.
+/// A route's or passthrough entry's host: a DNS name (`shop.example.com`) or a `*.` wildcard
+/// over one (`*.example.com`), in ASCII, as requests' hosts are compared after
+/// normalisation (`proxy::normalize`): no port, no trailing dot.
+fn host_pattern(h: &str) -> Result<(), String> {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    if !h.is_ascii() {
+        return Err(format!(
+            "`{h}` is not ASCII: write an internationalised name in its `xn--` form"
+        ));
+    }
+    if name.ends_with('.') {
+        return Err(format!(
+            "`{h}` ends with a dot: write it without (requests' trailing dots are dropped)"
+        ));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "`{h}` is not a host name or `*.` followed by a domain"
+        ));
+    }
+    Ok(())
+}
+
 fn split_host_port(a: &str) -> Result<(&str, u16), String> {
     let (host, port) = a
         .rsplit_once(':')
@@ -1659,17 +1685,8 @@ impl Config {
             }
             for (j, p) in l.passthrough.iter().enumerate() {
                 let key = format!("listeners[{i}].passthrough[{j}]");
-                let name = p.host.strip_prefix("*.").unwrap_or(&p.host);
-                if name.is_empty()
-                    || name.contains('*')
-                    || !name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-                {
-                    return Err(invalid(
-                        format!("{key}.host"),
-                        format!("`{}` is not a host name or `*.` wildcard", p.host),
-                    ));
+                if let Err(why) = host_pattern(&p.host) {
+                    return Err(invalid(format!("{key}.host"), why));
                 }
                 match self.backends.iter().find(|b| b.name == p.backend) {
                     None => {
@@ -2034,14 +2051,9 @@ impl Config {
                 }
             }
             if let Some(h) = &r.host
-                && (h.is_empty()
-                    || h[1..].contains('*')
-                    || (h.starts_with('*') && !h.starts_with("*.")))
+                && let Err(why) = host_pattern(h)
             {
-                return Err(invalid(
-                    format!("routes[{i}].host"),
-                    "must be a host name or `*.` followed by a domain",
-                ));
+                return Err(invalid(format!("routes[{i}].host"), why));
             }
         }
         if let Err(e) = crate::tls::validate(&self.tls) {
@@ -2171,6 +2183,10 @@ impl fmt::Display for HDuration {
     }
 }
 
+/// The longest duration any key takes: far past any timeout, far below what a deadline can
+/// hold.
+const MAX_DURATION_DAYS: u64 = 3650;
+
 impl FromStr for HDuration {
     type Err = String;
 
@@ -2181,19 +2197,30 @@ impl FromStr for HDuration {
         let n: u64 = num
             .parse()
             .map_err(|_| format!("`{s}` is not a duration (expected e.g. 50s, 500ms, 1m)"))?;
+        let too_long = || format!("`{s}` is longer than {MAX_DURATION_DAYS} days");
+        let secs = |per: u64| {
+            n.checked_mul(per)
+                .map(Duration::from_secs)
+                .ok_or_else(too_long)
+        };
         let d = match unit {
             "us" => Duration::from_micros(n),
             "" | "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            "d" => Duration::from_secs(n * 86400),
+            "m" => secs(60)?,
+            "h" => secs(3600)?,
+            "d" => secs(86_400)?,
             _ => {
                 return Err(format!(
                     "`{s}` has an unknown unit `{unit}` (use us, ms, s, m, h or d)"
                 ));
             }
         };
+        // Deadlines are `now + d`: a duration near u64::MAX seconds would overflow the clock
+        // (a panic in std's Instant) instead of meaning "never".
+        if d > Duration::from_secs(MAX_DURATION_DAYS * 86_400) {
+            return Err(too_long());
+        }
         Ok(Self(d))
     }
 }
@@ -2455,10 +2482,35 @@ xdp: { enabled: false }
             "enabled: true, interfaces: [lo], deny: [10.0.0.0/33]",
         ));
         assert!(e.contains("xdp.deny"), "{e}");
-        let e = error_of(&format!(
-            "{MINIMAL}routes: [{{ host: 'a*.b', backend: app }}]"
-        ));
-        assert!(e.contains("routes[0].host"), "{e}");
+        // Bad hosts are refused with the key, never a panic (a non-ASCII first character
+        // once sliced a str in the middle of a char).
+        for host in [
+            "a*.b",
+            "é.example",
+            "shop.éxample",
+            "*.",
+            "a..b",
+            "a.b.",
+            "*",
+            "a b",
+            "**.b",
+        ] {
+            let e = error_of(&format!(
+                "{MINIMAL}routes: [{{ host: '{host}', backend: app }}]"
+            ));
+            assert!(e.contains("routes[0].host"), "{host}: {e}");
+        }
+        for d in [
+            "213503982334601m",
+            "5124095576030432h",
+            "213503982334601d",
+            "3651d",
+        ] {
+            let e = error_of(&format!(
+                "{MINIMAL}global: {{ timeouts: {{ client: {d} }} }}"
+            ));
+            assert!(e.contains("longer than"), "{d}: {e}");
+        }
         for (route, why) in [
             (
                 "{ path: /a, rewrite-prefix: /, backend: app }",

@@ -53,8 +53,8 @@ pub fn request<B>(req: &mut Request<B>, keep_received: bool) -> Result<(), Proxy
             normalized.push('?');
             normalized.push_str(q);
         }
-        let normalized =
-            PathAndQuery::try_from(normalized).map_err(|_| bad("the request target is not valid"))?;
+        let normalized = PathAndQuery::try_from(normalized)
+            .map_err(|_| bad("the request target is not valid"))?;
         let received = parts.path_and_query.replace(normalized);
         if keep_received && let Some(received) = received {
             req.extensions_mut().insert(Received(received));
@@ -314,7 +314,10 @@ mod tests {
     fn the_received_path_is_kept_only_when_asked_and_changed() {
         let mut r = req(http::Version::HTTP_11, "/%61dmin?q=%61", &["a.example"]);
         request(&mut r, true).expect("ok");
-        assert_eq!(r.uri().path_and_query().map(|p| p.as_str()), Some("/admin?q=%61"));
+        assert_eq!(
+            r.uri().path_and_query().map(|p| p.as_str()),
+            Some("/admin?q=%61")
+        );
         assert_eq!(
             r.extensions().get::<Received>().map(|p| p.0.as_str()),
             Some("/%61dmin?q=%61")
