@@ -364,6 +364,83 @@ backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
     );
 }
 
+/// On a Kubernetes node the ingress also routes pods' traffic: a connection to a Service IP on
+/// `:443` is DNATed by the node and needs conntrack for it. floodgate's NOTRACK rules, with a
+/// wildcard listener on that very port, must leave it tracked (and working) while its own
+/// listener's flows stay untracked.
+#[test]
+fn conntrack_bypass_leaves_forwarded_and_natted_traffic_alone() {
+    if !require_root("conntrack_bypass_leaves_forwarded_and_natted_traffic_alone") {
+        return;
+    }
+    // router (floodgate, XDP on the client side) between a client and a pod.
+    let net = NetPair::new("r", 206);
+    let pod = ThirdNs::new(&net, 206);
+    let pin_dir = format!("/sys/fs/bpf/fg-rt-{}", std::process::id());
+    let sh = |ns: &str, cmd: &str| {
+        let st = NetPair::exec(ns, "sh").args(["-c", cmd]).status().unwrap();
+        assert!(st.success(), "{ns}: {cmd}");
+    };
+    sh(&net.srv, "sysctl -qw net.ipv4.ip_forward=1");
+    // The Service IP 10.206.2.10:443 is the pod's 443, as kube-proxy would DNAT it.
+    let nat = floodgate_tests::temp_file(
+        "rt-nat.nft",
+        "table ip fgtestnat {\n  chain pre {\n    type nat hook prerouting priority dstnat; policy accept;\n    ip daddr 10.206.2.10 tcp dport 443 dnat to 10.206.1.2:443\n  }\n}\n",
+    );
+    sh(&net.srv, &format!("nft -f {}", nat.display()));
+    sh(&net.cli, "ip route add 10.206.0.0/16 via 10.206.0.1");
+    sh(&pod.ns, "ip route add default via 10.206.1.1");
+    let _own_origin = origin(&net);
+    let _pod_origin = Proc::spawn(
+        "fg-origin",
+        NetPair::exec(&pod.ns, bin("fg-origin"))
+            .args(["--listen", &format!("{}:443", pod.atk_v4), "--name", "pod"])
+            .stdout(Stdio::null()),
+    );
+    let yaml = format!(
+        "
+global: {{ nbthread: 1 }}
+xdp: {{ interfaces: [{iface}], mode: native, pin-dir: {pin_dir}, conntrack-bypass: true }}
+listeners: [{{ name: https, bind: '0.0.0.0:443', default-backend: origin }}]
+backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
+",
+        iface = net.srv_if,
+        srv = net.srv_v4
+    );
+    let mut fg = start_floodgate(&net.srv, "rt.yaml", &yaml, &pin_dir);
+    assert!(nft_tables(&net.srv).contains("inet floodgate"));
+    let service: SocketAddr = "10.206.2.10:443".parse().unwrap();
+    let own: SocketAddr = format!("{}:443", net.srv_v4).parse().unwrap();
+    let gets = |addr: SocketAddr, n: u32| {
+        in_netns(&net.cli, move || {
+            (0..n)
+                .filter_map(|_| http_get(addr, "svc", "/x").ok())
+                .filter(|(s, _)| *s == 200)
+                .map(|(_, body)| body)
+                .collect::<Vec<_>>()
+        })
+    };
+    // floodgate's own listener: answered by floodgate, and not tracked.
+    let before = conntrack_count(&net.srv);
+    let answered = gets(own, 20);
+    let after = conntrack_count(&net.srv);
+    assert_eq!(answered.len(), 20);
+    assert!(answered.iter().all(|b| b.contains("origin")), "{answered:?}");
+    assert!(
+        after <= before + 2,
+        "floodgate's own flows stay untracked: {before} -> {after}"
+    );
+    // The Service: DNATed through the router to the pod, every time.
+    let answered = gets(service, 20);
+    assert_eq!(answered.len(), 20, "forwarded connections to :443 keep working");
+    assert!(answered.iter().all(|b| b.contains("pod")), "{answered:?}");
+    assert!(
+        conntrack_count(&net.srv) >= after + 20,
+        "the forwarded connections are tracked"
+    );
+    fg.stop();
+}
+
 #[test]
 fn xdp_drops_show_in_metrics_and_stats_agree_with_them() {
     if !require_root("xdp_drops_show_in_metrics_and_stats_agree_with_them") {

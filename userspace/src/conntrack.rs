@@ -26,42 +26,70 @@ pub enum ConntrackError {
 /// The nftables table floodgate owns (family `inet`).
 pub const TABLE: &str = "floodgate";
 
-/// The ruleset for `binds`: NOTRACK for TCP to the listener ports, and from them on the way out.
-pub fn ruleset(table: &str, binds: &[SocketAddr]) -> String {
-    let mut v4 = Vec::new();
-    let mut v6 = Vec::new();
+/// The ruleset for `binds` on `interfaces` (the ones XDP is attached to).
+///
+/// A rule matches only floodgate's own flows, so the node's other traffic keeps its
+/// conntrack state (a Kubernetes node forwards pods' connections to Service IPs on the same
+/// ports, and those need conntrack for their DNAT and masquerade):
+/// - inbound: arriving on one of `interfaces`, to the listener's address (a wildcard bind: to
+///   an address of this node, `fib daddr type local`) and port. Forwarded packets, pods'
+///   traffic arriving on their own interfaces, and replies to connections the node opened to
+///   remote `:443` (their destination port is ephemeral) do not match;
+/// - outbound: leaving on one of `interfaces`, from the listener's address (wildcard: any)
+///   and port. The output hook sees only packets this node sends, never forwarded ones.
+pub fn ruleset(table: &str, binds: &[SocketAddr], interfaces: &[String]) -> String {
+    let mut rules: Vec<(&str, String, String, u16)> = Vec::new();
     for b in binds {
         let port = b.port();
         match b.ip() {
-            IpAddr::V4(_) => v4.push(port),
-            IpAddr::V6(a) if a.is_unspecified() => {
-                v4.push(port);
-                v6.push(port);
+            IpAddr::V4(a) if a.is_unspecified() => {
+                rules.push(("ipv4", String::new(), String::new(), port))
             }
-            IpAddr::V6(_) => v6.push(port),
+            IpAddr::V6(a) if a.is_unspecified() => {
+                // `[::]` is dual-stack: it takes IPv4 connections too.
+                rules.push(("ipv4", String::new(), String::new(), port));
+                rules.push(("ipv6", String::new(), String::new(), port));
+            }
+            IpAddr::V4(a) => rules.push((
+                "ipv4",
+                format!("ip daddr {a} "),
+                format!("ip saddr {a} "),
+                port,
+            )),
+            IpAddr::V6(a) => rules.push((
+                "ipv6",
+                format!("ip6 daddr {a} "),
+                format!("ip6 saddr {a} "),
+                port,
+            )),
         }
     }
-    let set = |ports: &mut Vec<u16>| {
-        ports.sort_unstable();
-        ports.dedup();
-        ports
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let (v4, v6) = (set(&mut v4), set(&mut v6));
+    rules.sort();
+    rules.dedup();
+    let ifaces = interfaces
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut pre = String::new();
     let mut out = String::new();
-    for (proto, ports) in [("ipv4", &v4), ("ipv6", &v6)] {
-        if !ports.is_empty() {
-            pre.push_str(&format!(
-                "    meta nfproto {proto} tcp dport {{ {ports} }} notrack\n"
-            ));
-            out.push_str(&format!(
-                "    meta nfproto {proto} tcp sport {{ {ports} }} notrack\n"
-            ));
-        }
+    for (proto, daddr, saddr, port) in &rules {
+        let local = if daddr.is_empty() {
+            "fib daddr type local "
+        } else {
+            ""
+        };
+        pre.push_str(&format!(
+            "    iifname {{ {ifaces} }} meta nfproto {proto} {daddr}{local}tcp dport {port} notrack\n"
+        ));
+        out.push_str(&format!(
+            "    oifname {{ {ifaces} }} meta nfproto {proto} {saddr}tcp sport {port} notrack\n"
+        ));
+    }
+    if interfaces.is_empty() {
+        // No interface to match on: no rule at all rather than one for every interface.
+        pre.clear();
+        out.clear();
     }
     // `add` then `delete` makes the script idempotent: a table left by a crash is replaced.
     format!(
@@ -99,17 +127,16 @@ pub struct Bypass {
 }
 
 impl Bypass {
-    pub fn install(table: &str, binds: &[SocketAddr]) -> Result<Self, ConntrackError> {
-        nft(&ruleset(table, binds))?;
+    pub fn install(
+        table: &str,
+        binds: &[SocketAddr],
+        interfaces: &[String],
+    ) -> Result<Self, ConntrackError> {
+        nft(&ruleset(table, binds, interfaces))?;
         info!(table = %format!("inet {table}"), "conntrack bypass: NOTRACK rules installed for the listeners");
         Ok(Self {
             table: table.to_owned(),
         })
-    }
-
-    /// Replaces the rules for a new set of listeners (config reload).
-    pub fn update(&self, binds: &[SocketAddr]) -> Result<(), ConntrackError> {
-        nft(&ruleset(&self.table, binds))
     }
 }
 
@@ -148,28 +175,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ruleset_covers_both_directions_per_family() {
+    fn rules_match_only_the_listeners_own_flows() {
         let binds: Vec<SocketAddr> = ["0.0.0.0:80", "10.0.0.1:443", "[::]:8080", "[fd00::1]:443"]
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
-        let r = ruleset("fg", &binds);
+        let r = ruleset("fg", &binds, &["eth0".into(), "eth1".into()]);
         assert!(
             r.starts_with("add table inet fg\ndelete table inet fg\n"),
             "{r}"
         );
-        assert!(
-            r.contains("meta nfproto ipv4 tcp dport { 80, 443, 8080 } notrack"),
-            "{r}"
-        );
-        assert!(
-            r.contains("meta nfproto ipv6 tcp dport { 443, 8080 } notrack"),
-            "{r}"
-        );
-        assert!(
-            r.contains("meta nfproto ipv4 tcp sport { 80, 443, 8080 } notrack"),
-            "{r}"
-        );
+        for rule in [
+            "iifname { \"eth0\", \"eth1\" } meta nfproto ipv4 fib daddr type local tcp dport 80 notrack",
+            "iifname { \"eth0\", \"eth1\" } meta nfproto ipv4 ip daddr 10.0.0.1 tcp dport 443 notrack",
+            "iifname { \"eth0\", \"eth1\" } meta nfproto ipv4 fib daddr type local tcp dport 8080 notrack",
+            "iifname { \"eth0\", \"eth1\" } meta nfproto ipv6 fib daddr type local tcp dport 8080 notrack",
+            "iifname { \"eth0\", \"eth1\" } meta nfproto ipv6 ip6 daddr fd00::1 tcp dport 443 notrack",
+            "oifname { \"eth0\", \"eth1\" } meta nfproto ipv4 ip saddr 10.0.0.1 tcp sport 443 notrack",
+            "oifname { \"eth0\", \"eth1\" } meta nfproto ipv4 tcp sport 80 notrack",
+        ] {
+            assert!(r.contains(rule), "{rule}\n{r}");
+        }
+        // Never a port alone: that would untrack what the node forwards.
+        for line in r.lines().filter(|l| l.contains("notrack")) {
+            assert!(line.contains("ifname"), "{line}");
+            assert!(
+                line.contains("fib daddr type local")
+                    || line.contains("daddr ")
+                    || line.contains("oifname"),
+                "{line}"
+            );
+        }
         assert!(r.contains("priority raw"), "{r}");
+        assert!(!ruleset("fg", &binds, &[]).contains("notrack"));
     }
 }

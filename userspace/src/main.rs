@@ -316,7 +316,11 @@ async fn serve(
     let binds: Vec<_> = cfg.listeners.iter().map(|l| l.bind).collect();
     // Conntrack bypass before XDP, so an attached program means everything is in place.
     let bypass = if cfg.xdp.enabled && cfg.xdp.conntrack_bypass {
-        Some(conntrack::Bypass::install(&cfg.xdp.nft_table, &binds)?)
+        Some(conntrack::Bypass::install(
+            &cfg.xdp.nft_table,
+            &binds,
+            &cfg.xdp.interfaces,
+        )?)
     } else {
         None
     };
