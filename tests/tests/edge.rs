@@ -152,3 +152,56 @@ fn forward_path_as_received_keeps_the_clients_bytes_for_the_backend() {
     assert_eq!(status, 200);
     assert!(body.contains("/a//b/%2e/x?q=1"), "{body}");
 }
+
+/// Only the upgrades a route allows open a tunnel (WebSocket by default), `h2c` and its
+/// `HTTP2-Settings` never reach a backend, and a route's `allow` is decided before a tunnel.
+#[test]
+fn only_allowed_upgrades_open_a_tunnel_and_rules_come_first() {
+    let (_fg, _origin, addr) = edge(
+        "edge-upgrades.yaml",
+        "",
+        "  - { path-prefix: /echo, upgrades: [echo], backend: app }
+  - { path-prefix: /private, allow: [10.0.0.0/8], backend: app }
+  - { backend: app }",
+    );
+    let upgrade = |path: &str, protocol: &str| {
+        raw(
+            addr,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: {protocol}\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+            ),
+        )
+    };
+    // Allowed: the server switches (101), and the connection is its tunnel.
+    let s101 = |path: &str, protocol: &str| {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        String::from_utf8_lossy(&head).into_owned()
+    };
+    assert_eq!(s101("/ws", "websocket"), "HTTP/1.1 101");
+    assert_eq!(s101("/echo", "echo"), "HTTP/1.1 101");
+    // Not allowed: served as plain HTTP, the Upgrade dropped on the way.
+    for (path, protocol) in [
+        ("/headers", "echo"),
+        ("/headers", "h2c"),
+        ("/echo/headers", "h2c"),
+    ] {
+        let (status, head, body) = upgrade(path, protocol);
+        assert_eq!(status, 200, "{path} {protocol}: {head}");
+        let lower = body.to_ascii_lowercase();
+        assert!(
+            !lower.contains("upgrade") && !lower.contains("http2-settings"),
+            "{path} {protocol}: {body}"
+        );
+    }
+    // A route's allow list answers before any tunnel opens.
+    assert_eq!(upgrade("/private/ws", "websocket").0, 403);
+}

@@ -425,14 +425,21 @@ backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
     let answered = gets(own, 20);
     let after = conntrack_count(&net.srv);
     assert_eq!(answered.len(), 20);
-    assert!(answered.iter().all(|b| b.contains("origin")), "{answered:?}");
+    assert!(
+        answered.iter().all(|b| b.contains("origin")),
+        "{answered:?}"
+    );
     assert!(
         after <= before + 2,
         "floodgate's own flows stay untracked: {before} -> {after}"
     );
     // The Service: DNATed through the router to the pod, every time.
     let answered = gets(service, 20);
-    assert_eq!(answered.len(), 20, "forwarded connections to :443 keep working");
+    assert_eq!(
+        answered.len(),
+        20,
+        "forwarded connections to :443 keep working"
+    );
     assert!(answered.iter().all(|b| b.contains("pod")), "{answered:?}");
     assert!(
         conntrack_count(&net.srv) >= after + 20,

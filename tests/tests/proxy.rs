@@ -457,7 +457,7 @@ fn upgrade_passes_through_and_the_tunnel_outlives_the_keep_alive_timeout() {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
         s,
-        "GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+        "GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
     )
     .unwrap();
     let mut head = Vec::new();
@@ -473,7 +473,7 @@ fn upgrade_passes_through_and_the_tunnel_outlives_the_keep_alive_timeout() {
     }
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains("upgrade: echo"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
     let echo = |s: &mut std::net::TcpStream, msg: &[u8]| {
         s.write_all(msg).unwrap();
         let mut got = vec![0u8; msg.len()];

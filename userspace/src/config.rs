@@ -762,6 +762,16 @@ pub struct Route {
     /// Answer with a redirect instead of going to a backend.
     #[serde(default)]
     pub redirect: Option<Redirect>,
+    /// Protocols a client may switch to with `Upgrade` on this route (its connection then
+    /// becomes a tunnel to the server); other upgrades are ignored and the request is served
+    /// as plain HTTP. `h2c` is refused: requests inside such a tunnel would pass routing.
+    #[serde(default = "default_upgrades")]
+    pub upgrades: Vec<String>,
+}
+
+/// WebSocket, which browsers need; nothing else unless a route names it.
+pub fn default_upgrades() -> Vec<String> {
+    vec!["websocket".to_owned()]
 }
 
 /// A route's redirect: HAProxy's `http-request redirect location|prefix ... code N`,
@@ -2055,6 +2065,22 @@ impl Config {
             {
                 return Err(invalid(format!("routes[{i}].host"), why));
             }
+            for u in &r.upgrades {
+                let token = |c: char| c.is_ascii_graphic() && !"()<>@,;:\\\"[]?={}".contains(c);
+                if u.is_empty() || !u.chars().all(token) {
+                    return Err(invalid(
+                        format!("routes[{i}].upgrades"),
+                        format!("`{u}` is not a protocol name (`websocket`)"),
+                    ));
+                }
+                if u.eq_ignore_ascii_case("h2c") {
+                    return Err(invalid(
+                        format!("routes[{i}].upgrades"),
+                        "`h2c` would tunnel HTTP/2 requests past routing and auth; clients get \
+                         HTTP/2 from floodgate itself (TLS with ALPN, or prior knowledge)",
+                    ));
+                }
+            }
         }
         if let Err(e) = crate::tls::validate(&self.tls) {
             return Err(invalid("tls", e.to_string()));
@@ -2609,6 +2635,11 @@ xdp: { enabled: false }
                 "cache",
             ),
             ("{ cors: {}, backend: app }", "routes[0].cors.allow-origins"),
+            (
+                "{ upgrades: [h2c], backend: app }",
+                "routes[0].upgrades: `h2c`",
+            ),
+            ("{ upgrades: ['a b'], backend: app }", "routes[0].upgrades"),
             (
                 "{ cors: { allow-origins: ['*'] }, backend: app }",
                 "routes[0].cors.allow-origins: `*` with allow-credentials",

@@ -50,8 +50,10 @@ async fn answer(
     name: Arc<str>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    // `Upgrade: echo`: switch protocols, then echo every byte back (WebSocket-like tests).
-    if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
+    // `Upgrade: echo` or `websocket`: switch protocols, then echo every byte back (no
+    // WebSocket framing: the tests look at the tunnel, not at the protocol inside).
+    let upgrade = req.headers().get("upgrade").cloned();
+    if let Some(protocol) = upgrade.filter(|v| v == "echo" || v == "websocket") {
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             if let Ok(up) = on.await {
@@ -61,8 +63,7 @@ async fn answer(
         });
         let mut resp = Response::new(Full::new(Bytes::new()));
         *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
-        resp.headers_mut()
-            .insert("upgrade", hyper::header::HeaderValue::from_static("echo"));
+        resp.headers_mut().insert("upgrade", protocol);
         resp.headers_mut().insert(
             "connection",
             hyper::header::HeaderValue::from_static("upgrade"),

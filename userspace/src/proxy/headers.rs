@@ -17,6 +17,7 @@ pub const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+pub const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Several `Cookie` fields made one, as RFC 9113 section 8.2.3 requires before an HTTP/2
 /// request goes on in HTTP/1.1: browsers send each cookie as its own field over HTTP/2, and

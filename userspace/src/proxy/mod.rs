@@ -727,7 +727,7 @@ pub async fn handle(
             .and_then(Option::as_ref);
         let gzip = compress.is_some_and(|_| compress::accepts_gzip(req.headers()));
         let head = req.method() == http::Method::HEAD;
-        let mut up = upstream_request(&ctx, &conn, &client, req, h2, routed.rewrite)?;
+        let mut up = upstream_request(&ctx, &conn, &client, req, h2, &routed)?;
         if compress.is_some_and(|c| c.offload) {
             up.parts.headers.remove(header::ACCEPT_ENCODING);
         }
@@ -943,13 +943,16 @@ fn route<'g>(
             basic: None,
             cors: None,
             mirror: None,
+            upgrades: &route::DEFAULT_UPGRADES,
         }))
         .ok_or(ProxyError::NoRoute)
 }
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
+    // Only meaningful with an h2c upgrade, which never reaches a backend.
+    headers::HTTP2_SETTINGS,
     headers::KEEP_ALIVE,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
@@ -1028,9 +1031,12 @@ fn upstream_request(
     client: &Client<'_>,
     mut req: Request<Incoming>,
     h2: bool,
-    rewrite: Option<&route::Rewrite>,
+    routed: &route::Routed<'_>,
 ) -> Result<Upstream, ProxyError> {
-    let protocol = upgrade_protocol(&req);
+    let rewrite = routed.rewrite;
+    // An upgrade the route does not allow is ignored (RFC 9110 section 7.8 lets a server do
+    // so): the request is served as plain HTTP and its Upgrade dropped as hop-by-hop.
+    let protocol = upgrade_protocol(&req).filter(|p| routed.upgrades.allows(p));
     let upgrade = protocol.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let hv = |s: &str| {

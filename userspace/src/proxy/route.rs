@@ -65,6 +65,7 @@ struct Rule {
     basic: Option<Arc<BasicAuth>>,
     cors: Option<Arc<Cors>>,
     mirror: Option<usize>,
+    upgrades: Upgrades,
 }
 
 #[derive(Debug, Clone)]
@@ -176,7 +177,31 @@ pub struct Routed<'a> {
     pub cors: Option<&'a Cors>,
     /// The backend that gets a copy of the request.
     pub mirror: Option<usize>,
+    /// The protocols `Upgrade` may switch to.
+    pub upgrades: &'a Upgrades,
 }
+
+/// The protocols a route lets clients switch to (`routes[].upgrades`).
+#[derive(Debug, Clone)]
+pub struct Upgrades(Vec<String>);
+
+impl Upgrades {
+    pub fn new(names: &[String]) -> Self {
+        Self(names.iter().map(|n| n.to_ascii_lowercase()).collect())
+    }
+
+    /// Whether an `Upgrade` value names one protocol, and an allowed one.
+    pub fn allows(&self, upgrade: &HeaderValue) -> bool {
+        upgrade.to_str().is_ok_and(|v| {
+            let v = v.trim();
+            !v.contains(',') && self.0.iter().any(|a| a.eq_ignore_ascii_case(v))
+        })
+    }
+}
+
+/// WebSocket only: the routes' default, and requests no route matches.
+pub static DEFAULT_UPGRADES: std::sync::LazyLock<Upgrades> =
+    std::sync::LazyLock::new(|| Upgrades::new(&config::default_upgrades()));
 
 #[derive(Debug, Clone)]
 pub struct Router {
@@ -268,6 +293,7 @@ impl Router {
                         Some(m) => Some(backend_index(m)?),
                         None => None,
                     },
+                    upgrades: Upgrades::new(&r.upgrades),
                 })
             })
             .collect::<Vec<Rule>>();
@@ -380,6 +406,7 @@ impl Router {
             basic: r.basic.as_deref(),
             cors: r.cors.as_deref(),
             mirror: r.mirror,
+            upgrades: &r.upgrades,
         })
     }
 }
@@ -433,6 +460,23 @@ mod tests {
             backend: backend.into(),
             split: Vec::new(),
             redirect: None,
+            upgrades: config::default_upgrades(),
+        }
+    }
+
+    #[test]
+    fn upgrades_name_one_allowed_protocol() {
+        let u = Upgrades::new(&["websocket".into(), "TLS/1.0".into()]);
+        for (v, ok) in [
+            ("websocket", true),
+            ("WebSocket", true),
+            (" websocket ", true),
+            ("tls/1.0", true),
+            ("h2c", false),
+            ("websocket, h2c", false),
+            ("echo", false),
+        ] {
+            assert_eq!(u.allows(&HeaderValue::from_static(v)), ok, "{v}");
         }
     }
 
