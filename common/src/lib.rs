@@ -10,9 +10,15 @@
 pub mod maps {
     /// `Array<XdpConfig, 1>`, written by userspace.
     pub const CONFIG: &str = "FG_CONFIG";
-    /// `Array<u32, LISTENER_SLOTS>` indexed by `ListenerKey::slot`: listener id + 1, or 0 for
-    /// an unprotected port. An array index costs a fraction of a hash lookup on every packet.
+    /// `Array<u32, LISTENER_SLOTS>` indexed by `ListenerKey::slot`: nonzero when some listener
+    /// has this family and port. An array index costs a fraction of a hash lookup, so a packet
+    /// to any other port (SSH, kubelet, pods' traffic) passes after it alone.
     pub const LISTENERS: &str = "FG_LISTENERS";
+    /// `HashMap<DestKey, u32>`: listener id + 1 of each address and port a listener takes
+    /// connections on: its bind address, or every address of the node for a wildcard bind
+    /// (refreshed by userspace). A packet to a listener port at another address (a pod's IP
+    /// on the node's NIC, a forwarded Service IP) is not floodgate's.
+    pub const DESTS: &str = "FG_DESTS";
     /// `Array<Capacity, MAX_LISTENERS>`: per-listener admission state, written by userspace.
     pub const CAPACITY: &str = "FG_CAPACITY";
     /// `Array<BackendSlot, MAX_BACKENDS>`: per-backend connection state, written by userspace.
@@ -73,6 +79,7 @@ pub mod maps {
         STATS,
         LISTENER_STATS,
         IFACE_SLOTS,
+        DESTS,
     ];
 }
 
@@ -306,6 +313,20 @@ pub const FLOW_CLOSING: u32 = 1 << 0;
 /// Default capacity of the verified-source LRU.
 pub const DEFAULT_VERIFIED: u32 = 65_536;
 
+/// Capacity of [`maps::DESTS`]: listeners times the node's addresses.
+pub const MAX_DESTS: u32 = 8_192;
+
+/// An address and port a listener takes connections on ([`maps::DESTS`]). IPv4 addresses are
+/// IPv4-mapped (`::ffff:a.b.c.d`), as the parser writes them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct DestKey {
+    pub addr: [u8; 16],
+    pub family: u16,
+    pub port: u16,
+}
+
 /// `ListenerKey::family` values.
 pub const FAMILY_V4: u16 = 4;
 pub const FAMILY_V6: u16 = 6;
@@ -421,6 +442,7 @@ mod user {
     unsafe impl aya::Pod for super::SrcKey {}
     unsafe impl aya::Pod for super::Bucket {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::DestKey {}
     unsafe impl aya::Pod for super::FlowState {}
 }
 

@@ -1,7 +1,7 @@
 //! floodgate's XDP program: connection admission in front of the kernel TCP stack.
 //!
 //! ```text
-//! parse -> listener? --no--> PASS (SSH, kubelet, DNS... untouched)
+//! parse -> listener port and address? --no--> PASS (SSH, kubelet, pods' traffic untouched)
 //!       -> CIDR deny / allow
 //!       -> not a SYN: count conntrack bypass, refresh or remove the flow -> PASS
 //!       -> SYN: source bucket -> global budget -> capacity (or fail open) -> flow insert -> PASS
@@ -14,7 +14,7 @@ mod parse;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     helpers::bpf_ktime_get_ns,
     macros::{btf_map, xdp},
     programs::XdpContext,
@@ -22,10 +22,10 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use floodgate_common::{
     BackendSlot, Bucket, COUNTER_COUNT, Capacity, Counter, DEFAULT_FLOWS, DEFAULT_SRC_BUCKETS,
-    DEFAULT_VERIFIED, FAMILY_V4, FLAG_ALLOW_MODE, FLAG_CAPACITY, FLAG_DENY_V4, FLAG_DENY_V6,
-    FLAG_FLOW_TABLE, FLOW_CLOSING, FlowKey, FlowState, IFACE_BUCKETS, IfaceSlot, LISTENER_SLOTS,
-    ListenerCounters, ListenerId, ListenerKey, MAX_BACKENDS, MAX_CIDRS, MAX_IFACES, MAX_LISTENERS,
-    NANOS, Reason, SrcKey, XdpConfig,
+    DEFAULT_VERIFIED, DestKey, FAMILY_V4, FLAG_ALLOW_MODE, FLAG_CAPACITY, FLAG_DENY_V4,
+    FLAG_DENY_V6, FLAG_FLOW_TABLE, FLOW_CLOSING, FlowKey, FlowState, IFACE_BUCKETS, IfaceSlot,
+    LISTENER_SLOTS, ListenerCounters, ListenerId, ListenerKey, MAX_BACKENDS, MAX_CIDRS, MAX_DESTS,
+    MAX_IFACES, MAX_LISTENERS, NANOS, Reason, SrcKey, XdpConfig,
 };
 use parse::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp};
 
@@ -35,6 +35,8 @@ use parse::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp};
 static FG_CONFIG: Array<XdpConfig, 1> = Array::new();
 #[btf_map]
 static FG_LISTENERS: Array<u32, { LISTENER_SLOTS as usize }> = Array::new();
+#[btf_map]
+static FG_DESTS: HashMap<DestKey, u32, { MAX_DESTS as usize }> = HashMap::new();
 #[btf_map]
 static FG_CAPACITY: Array<Capacity, { MAX_LISTENERS as usize }> = Array::new();
 #[btf_map]
@@ -117,29 +119,49 @@ fn decide(ctx: &XdpContext, len: u64, iface: u32) -> Reason {
         port: tcp.dport,
     }
     .slot();
-    let listener = match FG_LISTENERS.get(slot) {
-        Some(&id) if id != 0 => id - 1,
-        _ => return Reason::PassNotListener,
+    if !matches!(FG_LISTENERS.get(slot), Some(&on) if on != 0) {
+        return Reason::PassNotListener;
+    }
+    // The port is a listener's; the address must be one it listens on too.
+    let Some(listener) = dest_listener(&tcp) else {
+        return Reason::PassNotListener;
     };
     if !tcp.header_complete {
         return Reason::DropMalformed;
     }
-    let cfg = match FG_CONFIG.get(0) {
-        Some(c) => *c,
-        None => XdpConfig::default(),
+    // A one-entry array always has its entry; read in place, not copied, to spare the stack.
+    let Some(cfg) = FG_CONFIG.get(0) else {
+        return Reason::PassNotListener;
     };
-    if let Some(r) = cidr_verdict(&tcp, &cfg) {
+    if let Some(r) = cidr_verdict(&tcp, cfg) {
         return r;
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let reason = if tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        admit_syn(ctx, &tcp, &cfg, listener, now, iface)
+        admit_syn(ctx, &tcp, cfg, listener, now, iface)
     } else {
-        established(&tcp, &cfg, len, now, iface);
+        established(&tcp, cfg, len, now, iface);
         Reason::PassEstablished
     };
     listener_count(listener, reason, len);
     reason
+}
+
+/// The listener taking connections at the packet's destination address and port. Not inlined:
+/// its key lives in a frame of its own, since the program's own frame is at the verifier's
+/// 512-byte limit together with the log calls'.
+#[inline(never)]
+fn dest_listener(tcp: &Tcp) -> Option<ListenerId> {
+    let dest = DestKey {
+        addr: tcp.daddr,
+        family: tcp.family,
+        port: tcp.dport,
+    };
+    // SAFETY: a plain u32 read once.
+    match unsafe { FG_DESTS.get(&dest) } {
+        Some(&id) if id != 0 => Some(id - 1),
+        _ => None,
+    }
 }
 
 /// Deny list first, then the allow list in allow mode. Applies to every packet to a listener,

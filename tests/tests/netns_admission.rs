@@ -374,22 +374,22 @@ fn conntrack_bypass_leaves_forwarded_and_natted_traffic_alone() {
         return;
     }
     // router (floodgate, XDP on the client side) between a client and a pod.
-    let net = NetPair::new("r", 206);
-    let pod = ThirdNs::new(&net, 206);
+    let net = NetPair::new("n", 208);
+    let pod = ThirdNs::new(&net, 208);
     let pin_dir = format!("/sys/fs/bpf/fg-rt-{}", std::process::id());
     let sh = |ns: &str, cmd: &str| {
         let st = NetPair::exec(ns, "sh").args(["-c", cmd]).status().unwrap();
         assert!(st.success(), "{ns}: {cmd}");
     };
     sh(&net.srv, "sysctl -qw net.ipv4.ip_forward=1");
-    // The Service IP 10.206.2.10:443 is the pod's 443, as kube-proxy would DNAT it.
+    // The Service IP 10.208.2.10:443 is the pod's 443, as kube-proxy would DNAT it.
     let nat = floodgate_tests::temp_file(
         "rt-nat.nft",
-        "table ip fgtestnat {\n  chain pre {\n    type nat hook prerouting priority dstnat; policy accept;\n    ip daddr 10.206.2.10 tcp dport 443 dnat to 10.206.1.2:443\n  }\n}\n",
+        "table ip fgtestnat {\n  chain pre {\n    type nat hook prerouting priority dstnat; policy accept;\n    ip daddr 10.208.2.10 tcp dport 443 dnat to 10.208.1.2:443\n  }\n}\n",
     );
     sh(&net.srv, &format!("nft -f {}", nat.display()));
-    sh(&net.cli, "ip route add 10.206.0.0/16 via 10.206.0.1");
-    sh(&pod.ns, "ip route add default via 10.206.1.1");
+    sh(&net.cli, "ip route add 10.208.0.0/16 via 10.208.0.1");
+    sh(&pod.ns, "ip route add default via 10.208.1.1");
     let _own_origin = origin(&net);
     let _pod_origin = Proc::spawn(
         "fg-origin",
@@ -409,7 +409,7 @@ backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
     );
     let mut fg = start_floodgate(&net.srv, "rt.yaml", &yaml, &pin_dir);
     assert!(nft_tables(&net.srv).contains("inet floodgate"));
-    let service: SocketAddr = "10.206.2.10:443".parse().unwrap();
+    let service: SocketAddr = "10.208.2.10:443".parse().unwrap();
     let own: SocketAddr = format!("{}:443", net.srv_v4).parse().unwrap();
     let gets = |addr: SocketAddr, n: u32| {
         in_netns(&net.cli, move || {

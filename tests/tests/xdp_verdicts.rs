@@ -97,6 +97,63 @@ fn cases() -> Vec<Case> {
             steps: vec![Pkt(tcp6(src6(7), 40000, PORT, SYN), XDP_PASS, admitted)],
         },
         Case {
+            name: "a listener's port at another address (a pod's IP on the NIC) passes, even full and denied",
+            cfg: |c| c.deny = vec!["198.51.100.0/24".parse().expect("cidr")],
+            steps: vec![
+                Load(10, 10),
+                Pkt(
+                    frame(
+                        &[],
+                        ETH_IP,
+                        &v4(
+                            A,
+                            [10, 0, 0, 9],
+                            PROTO_TCP,
+                            0,
+                            0x4000,
+                            &tcp(40000, PORT, SYN, 0, 0),
+                        ),
+                    ),
+                    XDP_PASS,
+                    &[R::PassNotListener],
+                ),
+                Pkt(
+                    frame(
+                        &[],
+                        ETH_IP,
+                        &v4(
+                            A,
+                            [10, 0, 0, 9],
+                            PROTO_TCP,
+                            0,
+                            0x4000,
+                            &tcp(40000, PORT, ACK, 0, 0),
+                        ),
+                    ),
+                    XDP_PASS,
+                    &[R::PassNotListener],
+                ),
+                Pkt(
+                    frame(
+                        &[],
+                        ETH_IPV6,
+                        &v6(
+                            src6(7),
+                            [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9],
+                            &[],
+                            PROTO_TCP,
+                            0,
+                            &tcp(40000, PORT, SYN, 0, 0),
+                        ),
+                    ),
+                    XDP_PASS,
+                    &[R::PassNotListener],
+                ),
+                // The listener's own address, the same source: denied.
+                Pkt(syn4(A), XDP_DROP, &[R::DropDenyCidr]),
+            ],
+        },
+        Case {
             name: "IPv6 SYN to a port only bound for IPv4 passes",
             cfg: default_cfg,
             steps: vec![Pkt(

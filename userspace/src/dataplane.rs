@@ -16,8 +16,8 @@ use aya::{
     },
 };
 use floodgate_common::{
-    Capacity, FAMILY_V4, FAMILY_V6, FLAG_ALLOW_MODE, FLAG_CAPACITY, FLAG_DENY_V4, FLAG_DENY_V6,
-    FLAG_FLOW_TABLE, ListenerId, ListenerKey, PROGRAM_NAME, SrcKey, XdpConfig, maps,
+    Capacity, DestKey, FAMILY_V4, FAMILY_V6, FLAG_ALLOW_MODE, FLAG_CAPACITY, FLAG_DENY_V4,
+    FLAG_DENY_V6, FLAG_FLOW_TABLE, ListenerId, ListenerKey, PROGRAM_NAME, SrcKey, XdpConfig, maps,
 };
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -113,6 +113,12 @@ pub struct Dataplane {
     pub attachments: Vec<Attachment>,
     /// `FG_LISTENERS` slots this process set, so a reload can clear the ones it drops.
     listener_slots: Vec<u32>,
+    /// The listeners' binds, for the `FG_DESTS` of wildcard ones as the node's addresses change.
+    binds: Vec<SocketAddr>,
+    /// `FG_DESTS` as last written.
+    dests: std::collections::HashMap<DestKey, u32>,
+    /// The node's addresses, when set by hand (tests) rather than read from the interfaces.
+    fixed_addrs: Option<Vec<IpAddr>>,
 }
 
 impl Dataplane {
@@ -134,6 +140,9 @@ impl Dataplane {
             links: Vec::new(),
             attachments: Vec::new(),
             listener_slots: Vec::new(),
+            binds: Vec::new(),
+            dests: std::collections::HashMap::new(),
+            fixed_addrs: None,
         };
         dp.configure(cfg, binds)?;
         dp.program()?.load().map_err(DataplaneError::Verify)?;
@@ -189,6 +198,9 @@ impl Dataplane {
             links: Vec::new(),
             attachments: Vec::new(),
             listener_slots: Vec::new(),
+            binds: Vec::new(),
+            dests: std::collections::HashMap::new(),
+            fixed_addrs: None,
         };
         dp.configure(cfg, binds)?;
         dp.attach(cfg)?;
@@ -395,6 +407,8 @@ impl Dataplane {
                 .map_err(map_err(maps::LISTENERS))?;
         }
         self.listener_slots = wanted;
+        self.binds = binds.to_vec();
+        self.sync_dests()?;
 
         let ncpus = online_cpus();
         let s = &cfg.syn_rate;
@@ -550,6 +564,51 @@ impl Dataplane {
             .map_err(map_err(maps::HEARTBEAT))
     }
 
+    /// Uses `addrs` as the node's addresses from now on instead of the interfaces' (tests,
+    /// whose packets are addressed to made-up destinations).
+    pub fn set_local_addrs(&mut self, addrs: Vec<IpAddr>) -> Result<(), DataplaneError> {
+        self.fixed_addrs = Some(addrs);
+        self.sync_dests()
+    }
+
+    /// Rewrites `FG_DESTS` for the listeners and the node's current addresses: wildcard
+    /// listeners follow addresses added to or removed from the node. Called at configure and
+    /// every second; only the differences are written.
+    pub fn sync_dests(&mut self) -> Result<(), DataplaneError> {
+        let local = match &self.fixed_addrs {
+            Some(a) => a.clone(),
+            None => if_addrs::get_if_addrs()
+                .map(|ifs| ifs.into_iter().map(|i| i.ip()).collect())
+                .unwrap_or_else(|e| {
+                    warn!(error = %e, "cannot read the node's addresses; wildcard listeners keep the last known ones");
+                    self.dests
+                        .keys()
+                        .map(|k| dest_ip(k))
+                        .collect()
+                }),
+        };
+        let want = dests(&self.binds, &local);
+        if want == self.dests {
+            return Ok(());
+        }
+        let stale: Vec<DestKey> = self
+            .dests
+            .keys()
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect();
+        let mut map: aya::maps::HashMap<_, DestKey, u32> = self.map_mut(maps::DESTS)?;
+        // New entries first, then the stale ones: a destination that stays never disappears.
+        for (k, v) in &want {
+            map.insert(k, v, 0).map_err(map_err(maps::DESTS))?;
+        }
+        for k in &stale {
+            let _ = map.remove(k);
+        }
+        self.dests = want;
+        Ok(())
+    }
+
     pub fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, DataplaneError>
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
@@ -685,6 +744,7 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
         ),
         maps::IFACE_SLOTS => (4, s(size_of::<c::IfaceSlot>()), c::IFACE_BUCKETS),
         maps::LISTENER_STATS => (4, s(size_of::<c::ListenerCounters>()), c::MAX_LISTENERS),
+        maps::DESTS => (s(size_of::<DestKey>()), 4, c::MAX_DESTS),
         _ => return None,
     })
 }
@@ -706,6 +766,53 @@ fn sync_trie<K: aya::Pod + PartialEq>(
         }
     }
     Ok(())
+}
+
+/// The `FG_DESTS` entries for `binds` on a node with addresses `local`: a bind's own address,
+/// or for a wildcard bind every local address of its family (both for a dual-stack `[::]`).
+/// Earlier listeners win a destination two could claim, as the kernel's most specific socket
+/// would not tell them apart by address alone anyway.
+fn dests(binds: &[SocketAddr], local: &[IpAddr]) -> std::collections::HashMap<DestKey, u32> {
+    let mut out = std::collections::HashMap::new();
+    let key = |ip: IpAddr, port: u16| match ip {
+        IpAddr::V4(a) => DestKey {
+            addr: a.to_ipv6_mapped().octets(),
+            family: FAMILY_V4,
+            port,
+        },
+        IpAddr::V6(a) => DestKey {
+            addr: a.octets(),
+            family: FAMILY_V6,
+            port,
+        },
+    };
+    // Specific binds first: they are the most specific match, as in the kernel's lookup.
+    let mut order: Vec<(usize, &SocketAddr)> = binds.iter().enumerate().collect();
+    order.sort_by_key(|(_, b)| b.ip().is_unspecified());
+    for (id, bind) in order {
+        let value = u32::try_from(id).unwrap_or(u32::MAX - 1) + 1;
+        let port = bind.port();
+        let addrs: Vec<IpAddr> = match bind.ip() {
+            IpAddr::V4(a) if a.is_unspecified() => {
+                local.iter().filter(|a| a.is_ipv4()).copied().collect()
+            }
+            IpAddr::V6(a) if a.is_unspecified() => local.to_vec(),
+            ip => vec![ip],
+        };
+        for a in addrs {
+            out.entry(key(a, port)).or_insert(value);
+        }
+    }
+    out
+}
+
+/// The address of a `FG_DESTS` key.
+fn dest_ip(k: &DestKey) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(k.addr);
+    match (k.family, v6.to_ipv4_mapped()) {
+        (FAMILY_V4, Some(v4)) => IpAddr::V4(v4),
+        _ => IpAddr::V6(v6),
+    }
 }
 
 /// A wildcard bind protects the port for its family; a dual-stack `[::]` bind protects both.

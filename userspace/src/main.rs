@@ -495,6 +495,11 @@ async fn serve(
                     }
                     if ticks.is_multiple_of(DROP_CHECK_TICKS) {
                         drops.check(&cfg.xdp.pin_dir);
+                        // Wildcard listeners follow the node's addresses (a pod IP moved, an
+                        // address added) within a second.
+                        if let Err(e) = dp.sync_dests() {
+                            error!(error = %e, "cannot publish the listeners' addresses to XDP");
+                        }
                     }
                     if let Some(Err(e)) = verified.as_mut().map(|v| v.flush(dp)) {
                         error!(error = %e, "cannot publish verified sources to XDP");
