@@ -205,3 +205,273 @@ fn only_allowed_upgrades_open_a_tunnel_and_rules_come_first() {
     // A route's allow list answers before any tunnel opens.
     assert_eq!(upgrade("/private/ws", "websocket").0, 403);
 }
+
+/// A raw HTTP/2 client: frames written and read byte for byte, so a test can do what no
+/// well-behaved client library does (reset every stream, ping forever).
+struct H2 {
+    s: std::net::TcpStream,
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl H2 {
+    fn connect(addr: SocketAddr) -> Self {
+        use std::io::Write as _;
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(PREFACE).unwrap();
+        let mut h = Self { s };
+        h.frame(4, 0, 0, &[]);
+        h
+    }
+
+    fn frame(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        use std::io::Write as _;
+        let _ = self.s.write_all(&Self::bytes(kind, flags, stream, payload));
+    }
+
+    fn bytes(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// A GET's HEADERS frame (HPACK literals without indexing, static names).
+    fn get(stream: u32, path: &str) -> Vec<u8> {
+        let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+        for (name_index, value) in [(1u8, "a.example"), (4, path)] {
+            block.push(name_index);
+            block.push(u8::try_from(value.len()).unwrap());
+            block.extend_from_slice(value.as_bytes());
+        }
+        Self::bytes(1, 0x5, stream, &block) // END_STREAM | END_HEADERS
+    }
+
+    fn rst(stream: u32) -> Vec<u8> {
+        Self::bytes(3, 0, stream, &8u32.to_be_bytes()) // CANCEL
+    }
+
+    /// The next frame: (type, flags, stream, payload); `None` at the connection's end.
+    fn read(&mut self) -> Option<(u8, u8, u32, Vec<u8>)> {
+        use std::io::Read as _;
+        let mut head = [0u8; 9];
+        self.s.read_exact(&mut head).ok()?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        self.s.read_exact(&mut payload).ok()?;
+        Some((head[3], head[4], stream, payload))
+    }
+
+    /// Reads until a GOAWAY (true) or the end of the connection (false).
+    fn until_goaway(&mut self) -> bool {
+        while let Some((kind, ..)) = self.read() {
+            if kind == 7 {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+fn errors_of_kind(admin: SocketAddr, kind: &str) -> f64 {
+    let m = floodgate_tests::http_get(admin, "t", "/metrics").unwrap().1;
+    floodgate_tests::metric(
+        &m,
+        &format!(r#"floodgate_http_errors_total{{backend="",kind="{kind}",listener="http"}}"#),
+    )
+    .unwrap_or(0.0)
+}
+
+fn edge_with_admin(name: &str, global: &str) -> (Proc, Proc, SocketAddr, SocketAddr) {
+    let op = free_port();
+    let origin = spawn_origin(op, "app");
+    let (port, admin) = (free_port(), free_port());
+    let config = temp_file(
+        name,
+        &format!(
+            "
+global: {{ {global} }}
+xdp: {{ enabled: false }}
+admin: {{ bind: '127.0.0.1:{admin}' }}
+listeners: [{{ name: http, bind: '127.0.0.1:{port}', default-backend: app }}]
+backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
+"
+        ),
+    );
+    let fg = spawn_floodgate(&config);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    assert!(wait_for_port(addr, Duration::from_secs(10)));
+    assert!(wait_for_port(admin, Duration::from_secs(10)));
+    (fg, origin, addr, admin)
+}
+
+/// HTTP/2 connections get HAProxy's bounds (100 streams, 64 KiB windows), and a client that
+/// cancels streams faster than `max-resets` allows (rapid reset, CVE-2023-44487) gets GOAWAY,
+/// counted, whether h2 or floodgate catches it.
+#[test]
+fn http2_connections_are_bounded_and_rapid_reset_gets_goaway() {
+    let (_fg, _origin, addr, admin) = edge_with_admin("edge-h2.yaml", "");
+    let mut h = H2::connect(addr);
+    let (kind, _, _, settings) = h.read().expect("the server's SETTINGS");
+    assert_eq!(kind, 4);
+    let param = |id: u16| {
+        settings.chunks(6).find_map(|p| {
+            (u16::from_be_bytes([p[0], p[1]]) == id)
+                .then(|| u32::from_be_bytes([p[2], p[3], p[4], p[5]]))
+        })
+    };
+    assert_eq!(param(3), Some(100), "MAX_CONCURRENT_STREAMS: {settings:?}");
+    // INITIAL_WINDOW_SIZE left at the protocol's 65,535 (absent) or said to be it.
+    assert!(matches!(param(4), None | Some(65_535)), "{settings:?}");
+    // Streams the server took, then cancelled while their answers wait: floodgate's count.
+    let mut id = 1;
+    for _ in 0..5 {
+        let mut batch = Vec::new();
+        for i in 0..50 {
+            batch.extend(H2::get(id + 2 * i, "/delay/3000"));
+        }
+        h.s.set_nodelay(true).unwrap();
+        {
+            use std::io::Write as _;
+            let _ = h.s.write_all(&batch);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let mut resets = Vec::new();
+        for i in 0..50 {
+            resets.extend(H2::rst(id + 2 * i));
+        }
+        {
+            use std::io::Write as _;
+            let _ = h.s.write_all(&resets);
+        }
+        id += 100;
+    }
+    assert!(h.until_goaway(), "GOAWAY after 250 cancelled streams");
+    assert_eq!(errors_of_kind(admin, "http2_rapid_reset"), 1.0);
+    // HEADERS and RST_STREAM back to back, as the original attack sends them.
+    let mut h = H2::connect(addr);
+    let mut burst = Vec::new();
+    for i in 0..300u32 {
+        burst.extend(H2::get(1 + 2 * i, "/delay/3000"));
+        burst.extend(H2::rst(1 + 2 * i));
+    }
+    {
+        use std::io::Write as _;
+        let _ = h.s.write_all(&burst);
+    }
+    assert!(h.until_goaway(), "GOAWAY after 300 streams reset at once");
+    assert_eq!(errors_of_kind(admin, "http2_rapid_reset"), 2.0);
+    // A client that plays by the rules is served.
+    let mut h = H2::connect(addr);
+    {
+        use std::io::Write as _;
+        h.s.write_all(&H2::get(1, "/fine")).unwrap();
+    }
+    let got =
+        std::iter::from_fn(|| h.read()).find(|(kind, _, stream, _)| *kind == 1 && *stream == 1);
+    assert!(got.is_some(), "an answer to a well-behaved stream");
+}
+
+/// PING frames are not requests: an HTTP/2 connection with nothing in flight closes after
+/// `timeout http-keep-alive` however often its client pings.
+#[test]
+fn pings_do_not_keep_an_idle_http2_connection_open() {
+    let (_fg, _origin, addr, admin) =
+        edge_with_admin("edge-ping.yaml", "timeouts: { http-keep-alive: 1s }");
+    let mut h = H2::connect(addr);
+    {
+        use std::io::Write as _;
+        h.s.write_all(&H2::get(1, "/x")).unwrap();
+    }
+    let started = std::time::Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut writer = h.s.try_clone().unwrap();
+    let pinger = std::thread::spawn(move || {
+        use std::io::Write as _;
+        for i in 0..20u64 {
+            if rx.try_recv().is_ok() {
+                break;
+            }
+            let ping = H2::bytes(6, 0, 0, &i.to_be_bytes());
+            if writer.write_all(&ping).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    h.until_goaway();
+    while h.read().is_some() {}
+    let took = started.elapsed();
+    let _ = tx.send(());
+    pinger.join().unwrap();
+    assert!(
+        took < Duration::from_millis(3500),
+        "closed {took:?} after its last request, pings every 200 ms notwithstanding"
+    );
+    assert!(errors_of_kind(admin, "keep_alive_timeout") >= 1.0);
+}
+
+/// A client that asks for a large answer and stops reading is cut after `timeout client`,
+/// instead of holding its connection and buffers forever.
+#[test]
+fn a_client_that_stops_reading_is_cut_after_timeout_client() {
+    use std::io::{Read as _, Write as _};
+    let (_fg, _origin, addr, admin) =
+        edge_with_admin("edge-stall.yaml", "timeouts: { client: 1s }");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /big/200000000 HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+    assert!(
+        total < 200_000_000,
+        "the connection was cut, not served to the end ({total} bytes read)"
+    );
+    assert!(errors_of_kind(admin, "client_timeout") >= 1.0);
+}
+
+/// The same in HTTP/2, where the client keeps the connection busy with PINGs while it reads
+/// nothing: only a deadline on the writes themselves cuts it.
+#[test]
+fn an_http2_client_that_pings_but_stops_reading_is_cut_after_timeout_client() {
+    use std::io::Write as _;
+    let (_fg, _origin, addr, admin) =
+        edge_with_admin("edge-stall2.yaml", "timeouts: { client: 1s }");
+    let h = H2::connect(addr);
+    let mut w = h.s.try_clone().unwrap();
+    // Windows wide open, then a large answer that the client never reads.
+    let open = 0x7fff_0000u32.to_be_bytes();
+    let mut start = H2::bytes(8, 0, 0, &open);
+    start.extend(H2::get(1, "/big/200000000"));
+    start.extend(H2::bytes(8, 0, 1, &open));
+    w.write_all(&start).unwrap();
+    let started = std::time::Instant::now();
+    // PINGs every 200 ms for up to 8 s; the client's writes fail once the server has cut it.
+    let mut cut = None;
+    for i in 0..40u64 {
+        std::thread::sleep(Duration::from_millis(200));
+        if w.write_all(&H2::bytes(6, 0, 0, &i.to_be_bytes())).is_err() {
+            cut = Some(started.elapsed());
+            break;
+        }
+        if errors_of_kind(admin, "client_timeout") >= 1.0 {
+            cut = Some(started.elapsed());
+            break;
+        }
+    }
+    let cut = cut.expect("the connection was never cut");
+    assert!(cut < Duration::from_secs(6), "cut after {cut:?}");
+    drop(h);
+}

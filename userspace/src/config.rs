@@ -100,6 +100,40 @@ pub struct Global {
     pub limits: Limits,
     /// The path backends get: normalised (as routing and auth saw it) or as received.
     pub forward_path: ForwardPath,
+    /// Bounds on each client HTTP/2 connection.
+    pub http2: Http2,
+}
+
+/// `global.http2`: what one client HTTP/2 connection may hold. HAProxy's defaults (100
+/// streams, 64 KiB windows, 16 KiB buffers) keep a busy connection within the ~64 KiB that
+/// `limits::check_memory` counts per connection.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Http2 {
+    /// Streams open at once (`tune.h2.max-concurrent-streams`).
+    pub max_concurrent_streams: u32,
+    /// Bytes a client may send on one stream before floodgate reads them
+    /// (`tune.h2.initial-window-size`).
+    pub stream_window: u32,
+    /// Bytes a client may send on the whole connection before floodgate reads them.
+    pub connection_window: u32,
+    /// Bytes of response queued per stream for a client that does not read.
+    pub max_send_buffer: u32,
+    /// Streams the client may cancel within 10 s before the connection gets GOAWAY (rapid
+    /// reset, CVE-2023-44487).
+    pub max_resets: u32,
+}
+
+impl Default for Http2 {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 100,
+            stream_window: 65_535,
+            connection_window: 65_535,
+            max_send_buffer: 16_384,
+            max_resets: 200,
+        }
+    }
 }
 
 /// `global.forward-path`: what path a backend gets (see `proxy::normalize`).
@@ -146,6 +180,7 @@ impl Default for Global {
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             forward_path: ForwardPath::default(),
+            http2: Http2::default(),
         }
     }
 }
@@ -1383,6 +1418,29 @@ impl Config {
                 "global.limits",
                 "max-header-count and max-uri-bytes must be at least 1",
             ));
+        }
+        let h = &g.http2;
+        // RFC 9113 section 6.5.2: windows run from 65,535 (the protocol's initial one, below
+        // which a client's first bytes already overrun) to 2^31 - 1.
+        for (key, v) in [
+            ("global.http2.stream-window", h.stream_window),
+            ("global.http2.connection-window", h.connection_window),
+        ] {
+            if !(65_535..=0x7fff_ffff).contains(&v) {
+                return Err(invalid(key, "must be from 65535 to 2147483647"));
+            }
+        }
+        for (key, v) in [
+            (
+                "global.http2.max-concurrent-streams",
+                h.max_concurrent_streams,
+            ),
+            ("global.http2.max-send-buffer", h.max_send_buffer),
+            ("global.http2.max-resets", h.max_resets),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
         }
         if self.listeners.is_empty() {
             return Err(invalid("listeners", "at least one listener is required"));

@@ -380,6 +380,7 @@ async fn serve(
                 active: active.clone(),
                 timeouts: cfg.global.timeouts.clone(),
                 limits: cfg.global.limits.clone(),
+                http2: cfg.global.http2.clone(),
                 verified: verified_tx.clone(),
                 tls: tls.clone(),
             })

@@ -56,6 +56,8 @@ pub struct TimeoutCounters {
     pub http_request: IntCounter,
     pub keep_alive: IntCounter,
     pub client: IntCounter,
+    /// Not a timeout, but the other way a client connection is cut by floodgate.
+    pub rapid_reset: IntCounter,
 }
 
 /// The method classes requests are counted by; anything else is `other`.
@@ -458,6 +460,7 @@ impl Metrics {
             http_request: c("http_request_timeout"),
             keep_alive: c("keep_alive_timeout"),
             client: c("client_timeout"),
+            rapid_reset: c("http2_rapid_reset"),
         }
     }
 }

@@ -69,6 +69,12 @@ pub fn next(
     if new.global.limits != current.global.limits {
         fixed.push("global.limits");
     }
+    if new.global.http2 != current.global.http2 {
+        fixed.push("global.http2");
+    }
+    if new.global.forward_path != current.global.forward_path {
+        fixed.push("global.forward-path");
+    }
     if new.global.timeouts.http_request != current.global.timeouts.http_request {
         fixed.push("global.timeouts.http-request");
     }

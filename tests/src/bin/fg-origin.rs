@@ -1,7 +1,8 @@
 //! A test and demo origin: answers every request with 200 and a body naming itself and the
 //! path, records its peak concurrency, and on SIGTERM prints `requests=N peak=M` and exits.
 //!
-//! `/delay/<ms>` waits that long before answering (for timeout, queue and maxconn tests).
+//! `/delay/<ms>` waits that long before answering (for timeout, queue and maxconn tests);
+//! `/big/<bytes>` answers that many bytes.
 
 use std::{
     convert::Infallible,
@@ -98,6 +99,18 @@ async fn answer(
         );
         h.insert("etag", hyper::header::HeaderValue::from_static("\"t1\""));
         return Ok(resp);
+    }
+    // `/big/<bytes>`: that many bytes (up to 256 MiB), for clients that stop reading.
+    if let Some(n) = req
+        .uri()
+        .path()
+        .strip_prefix("/big/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        return Ok(Response::new(Full::new(Bytes::from(vec![
+            b'x';
+            n.min(256 << 20)
+        ]))));
     }
     let now = c.current.fetch_add(1, Ordering::Relaxed) + 1;
     c.peak.fetch_max(now, Ordering::Relaxed);

@@ -387,6 +387,8 @@ pub struct ListenerCtx {
     limits: config::Limits,
     /// `global.forward-path: as-received`: the path as the client sent it goes to backends.
     forward_received: bool,
+    /// `global.http2.max-resets`.
+    pub h2_max_resets: u32,
     /// The listener's name, for metrics labels.
     pub name: String,
     pub metrics: Option<Arc<Metrics>>,
@@ -479,6 +481,7 @@ impl ListenerCtx {
             request_id_prefix: format!("{:08x}", std::process::id()),
             limits: cfg.global.limits.clone(),
             forward_received: cfg.global.forward_path == config::ForwardPath::AsReceived,
+            h2_max_resets: cfg.global.http2.max_resets,
             name: listener.name.clone(),
             metrics,
         }

@@ -13,10 +13,7 @@ use std::{
 use hyper::service::service_fn;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{
-        conn::auto,
-        graceful::{GracefulShutdown, Watcher},
-    },
+    server::conn::auto,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -102,6 +99,7 @@ pub struct Serve {
     pub active: Arc<Active>,
     pub timeouts: Timeouts,
     pub limits: crate::config::Limits,
+    pub http2: crate::config::Http2,
     /// Peers of accepted connections, for the XDP verified-source table (None without XDP).
     pub verified: Option<tokio::sync::mpsc::Sender<std::net::IpAddr>>,
     /// TLS termination, for TLS listeners.
@@ -110,7 +108,7 @@ pub struct Serve {
 
 /// What serving a connection as HTTP takes besides the connection, for `serve_carried`.
 struct Http {
-    watcher: Watcher,
+    stop: watch::Receiver<bool>,
     builder: auto::Builder<TokioExecutor>,
     ctx: Arc<ListenerCtx>,
     conn: Arc<super::Conn>,
@@ -119,10 +117,12 @@ struct Http {
 }
 
 /// Serves HTTP/1.1 and HTTP/2 on one accepted connection, plain or TLS, under the client-side
-/// timeouts (`Timed`) until it ends or the drain closes it.
+/// timeouts (`Timed`) until it ends, the drain (`stop`) closes it, or, in HTTP/2, the client
+/// cancels more streams than `global.http2.max-resets` allows (rapid reset): then it gets
+/// GOAWAY, counted as `http2_rapid_reset`.
 async fn serve_http<I>(
     io: I,
-    watcher: Watcher,
+    mut stop: watch::Receiver<bool>,
     builder: &auto::Builder<TokioExecutor>,
     ctx: Arc<ListenerCtx>,
     conn: Arc<super::Conn>,
@@ -132,16 +132,123 @@ async fn serve_http<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let rapid_reset = counters.as_ref().map(|c| c.rapid_reset.clone());
+    let peer = conn.peer;
     let io = TokioIo::new(super::timeout::Timed::new(
         io,
         conn.inflight.clone(),
         limits,
         counters,
     ));
-    let svc = service_fn(move |req| super::handle(ctx.clone(), conn.clone(), req));
-    watcher
-        .watch(builder.serve_connection_with_upgrades(io, svc).into_owned())
-        .await
+    let resets = Arc::new(Resets::new(ctx.h2_max_resets));
+    let r = resets.clone();
+    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        // Only HTTP/2 streams: an HTTP/1.1 request is only ever abandoned with its connection.
+        let mut watch = Cancelled((req.version() == http::Version::HTTP_2).then(|| r.clone()));
+        let answer = super::handle(ctx.clone(), conn.clone(), req);
+        async move {
+            let resp = answer.await;
+            watch.answered();
+            resp
+        }
+    });
+    let served = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(served);
+    let (mut draining, mut cut) = (false, false);
+    loop {
+        tokio::select! {
+            r = served.as_mut() => {
+                // h2's own guard (streams reset before hyper took them) ends the connection
+                // with GOAWAY ENHANCE_YOUR_CALM: the same attack, counted the same.
+                if !cut
+                    && let Err(e) = &r
+                    && calmed(e.as_ref())
+                    && let Some(c) = &rapid_reset
+                {
+                    c.inc();
+                }
+                return r;
+            }
+            changed = stop.changed(), if !draining => {
+                if changed.is_err() || *stop.borrow() {
+                    draining = true;
+                    served.as_mut().graceful_shutdown();
+                }
+            }
+            () = resets.over.notified(), if !cut => {
+                cut = true;
+                if let Some(c) = &rapid_reset {
+                    c.inc();
+                }
+                debug!(%peer, "too many HTTP/2 streams reset: GOAWAY");
+                served.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// Whether `e` is h2 telling the client to calm down (GOAWAY ENHANCE_YOUR_CALM).
+fn calmed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM);
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Streams a client cancelled (reset before their answer was sent) in the current 10 s window.
+struct Resets {
+    budget: u32,
+    window: std::sync::Mutex<(std::time::Instant, u32)>,
+    over: tokio::sync::Notify,
+}
+
+/// The window over which `global.http2.max-resets` counts.
+const RESET_WINDOW: Duration = Duration::from_secs(10);
+
+impl Resets {
+    fn new(budget: u32) -> Self {
+        Self {
+            budget,
+            window: std::sync::Mutex::new((std::time::Instant::now(), 0)),
+            over: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn reset(&self) {
+        let mut w = self
+            .window
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if w.0.elapsed() > RESET_WINDOW {
+            *w = (std::time::Instant::now(), 0);
+        }
+        w.1 = w.1.saturating_add(1);
+        if w.1 > self.budget {
+            self.over.notify_one();
+        }
+    }
+}
+
+/// Counts a stream whose answer was dropped before it completed: hyper drops it when the
+/// client resets the stream.
+struct Cancelled(Option<Arc<Resets>>);
+
+impl Cancelled {
+    fn answered(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Cancelled {
+    fn drop(&mut self) {
+        if let Some(r) = &self.0 {
+            r.reset();
+        }
+    }
 }
 
 /// The TLS handshake under `handshake-timeout`, counted by result, version and cipher; `None`
@@ -247,7 +354,7 @@ async fn serve_carried(
     http: Http,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let Http {
-        watcher,
+        stop,
         builder,
         ctx,
         conn,
@@ -303,7 +410,7 @@ async fn serve_carried(
     };
     let stream = passthrough::Prefixed::new(hello, stream);
     match handshake(&tls, stream, &ctx, peer).await {
-        Some(stream) => serve_http(stream, watcher, &builder, ctx, conn, limits, counters).await,
+        Some(stream) => serve_http(stream, stop, &builder, ctx, conn, limits, counters).await,
         None => Ok(()),
     }
 }
@@ -362,12 +469,19 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
         // hyper answers 431 past either limit.
         .max_headers(s.limits.max_header_count)
         .max_buf_size(s.limits.max_header_bytes);
+    let h2 = &s.http2;
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(None)
-        .max_header_list_size(u32::try_from(s.limits.max_header_bytes).unwrap_or(u32::MAX));
-    let graceful = GracefulShutdown::new();
+        .max_header_list_size(u32::try_from(s.limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .initial_stream_window_size(h2.stream_window)
+        .initial_connection_window_size(h2.connection_window)
+        .max_send_buf_size(usize::try_from(h2.max_send_buffer).unwrap_or(usize::MAX))
+        // h2's own guard for streams reset before hyper took them (its default, said here);
+        // `Resets` counts those reset after.
+        .max_pending_accept_reset_streams(20);
     let addr = s.listener.local_addr().ok();
     let counters = s.ctx.timeout_counters();
     let listener = match TcpListener::from_std(s.listener) {
@@ -419,7 +533,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
             client: s.timeouts.client.0,
             http_request: s.timeouts.http_request.0,
         };
-        let (watcher, builder, tls) = (graceful.watcher(), builder.clone(), s.tls.clone());
+        let (stop, builder, tls) = (shutdown.clone(), builder.clone(), s.tls.clone());
         let counters = counters.clone();
         tokio::spawn(async move {
             let _permit = (permit, listener_permit);
@@ -451,11 +565,11 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
             );
             let served = match (tls, accepting.carry) {
                 (None, None) => {
-                    serve_http(stream, watcher, &builder, ctx, conn, limits, counters).await
+                    serve_http(stream, stop, &builder, ctx, conn, limits, counters).await
                 }
                 (Some(tls), None) => match handshake(&tls, stream, &ctx, peer).await {
                     Some(stream) => {
-                        serve_http(stream, watcher, &builder, ctx, conn, limits, counters).await
+                        serve_http(stream, stop, &builder, ctx, conn, limits, counters).await
                     }
                     None => return,
                 },
@@ -464,7 +578,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                     // otherwise size every connection's task, HTTP ones included.
                     let addrs = (peer, client, destination);
                     let http = Http {
-                        watcher,
+                        stop,
                         builder,
                         ctx,
                         conn,
@@ -481,10 +595,9 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
     }
     drop(listener);
     info!(listener = ?addr, "stopped accepting; draining");
-    // HTTP connections are watched by `graceful`; TLS passthrough tunnels are only counted
-    // in `active`, so wait for that to reach zero too.
+    // Every connection, HTTP or carried, is counted in `active`; HTTP ones got GOAWAY or
+    // `Connection: close` from the stop signal and end once their requests are answered.
     let drained = async {
-        graceful.shutdown().await;
         while s.active.get() > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

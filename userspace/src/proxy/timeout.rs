@@ -102,6 +102,13 @@ pub struct Timed<T> {
     header: Option<(Instant, u32)>,
     /// Whether the connection speaks HTTP/2 (its preface), known from its first bytes.
     h2: Option<bool>,
+    /// Since when a write has been waiting for the client to read: a client that stops reading
+    /// is cut after `timeout client`, as one that stops writing is.
+    write_stalled: Option<Instant>,
+    /// HTTP/2: since when the connection has had no request start or end, and the (served, in
+    /// flight) it had then. Only requests count as activity, so PING and empty frames do not
+    /// keep an idle connection open.
+    h2_idle: (Instant, u32, bool),
 }
 
 impl<T> Timed<T> {
@@ -121,6 +128,8 @@ impl<T> Timed<T> {
             sleep: Box::pin(tokio::time::sleep_until(now + limits.client)),
             header: None,
             h2: None,
+            write_stalled: None,
+            h2_idle: (now, 0, false),
         }
     }
 
@@ -148,15 +157,66 @@ impl<T> Timed<T> {
             // `splice` watches a tunnel's silence, both ways.
             return (self.last + TUNNELED, Expired::Client);
         }
-        match self.header {
+        let (served, in_flight) = (self.inflight.served(), self.inflight.in_flight());
+        let due = match self.header {
             Some((start, _)) if self.h2 != Some(true) => {
                 (start + l.http_request, Expired::HttpRequest)
             }
-            // Before the first request, hyper's header timer governs; after, the keep-alive.
-            _ if !self.inflight.in_flight() && self.inflight.served() > 0 => {
-                (self.last + l.keep_alive, Expired::KeepAlive)
+            _ if self.h2 == Some(true) && !in_flight => {
+                if (self.h2_idle.1, self.h2_idle.2) != (served, in_flight) {
+                    self.h2_idle = (Instant::now(), served, in_flight);
+                }
+                // Before the first request, as long as a request header may take.
+                let wait = if served == 0 {
+                    l.http_request
+                } else {
+                    l.keep_alive
+                };
+                (self.h2_idle.0 + wait, Expired::KeepAlive)
             }
+            // Before the first request, hyper's header timer governs; after, the keep-alive.
+            _ if !in_flight && served > 0 => (self.last + l.keep_alive, Expired::KeepAlive),
             _ => (self.last + l.client, Expired::Client),
+        };
+        if self.h2 == Some(true) && in_flight {
+            self.h2_idle = (Instant::now(), served, in_flight);
+        }
+        match self.write_stalled {
+            Some(since) if since + l.client < due.0 => (since + l.client, Expired::Client),
+            _ => due,
+        }
+    }
+
+    /// A write's outcome: progress clears the stall, waiting starts it; a stall past `timeout
+    /// client` fails the write.
+    fn on_write<R>(
+        &mut self,
+        r: Poll<io::Result<R>>,
+        cx: &mut Context<'_>,
+        wrote: bool,
+    ) -> Poll<io::Result<R>> {
+        match r {
+            Poll::Ready(Ok(v)) => {
+                self.write_stalled = None;
+                if wrote {
+                    // A response going out is activity: the keep-alive wait starts after it.
+                    self.last = Instant::now();
+                }
+                Poll::Ready(Ok(v))
+            }
+            Poll::Pending => {
+                if self.write_stalled.is_none() {
+                    self.write_stalled = Some(Instant::now());
+                }
+                match self.expired(cx) {
+                    Some(_) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "timeout client: the client stopped reading",
+                    ))),
+                    None => Poll::Pending,
+                }
+            }
+            other => other,
         }
     }
 
@@ -238,11 +298,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Timed<T> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write(cx, data);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            // A response going out is activity: the keep-alive wait starts after it.
-            self.last = Instant::now();
-        }
-        r
+        let wrote = matches!(r, Poll::Ready(Ok(n)) if n > 0);
+        self.on_write(r, cx, wrote)
     }
 
     fn poll_write_vectored(
@@ -251,10 +308,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Timed<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.last = Instant::now();
-        }
-        r
+        let wrote = matches!(r, Poll::Ready(Ok(n)) if n > 0);
+        self.on_write(r, cx, wrote)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -262,7 +317,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Timed<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        // TLS writes its records out on flush: a flush waiting on the client is a stall too.
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.on_write(r, cx, false)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
