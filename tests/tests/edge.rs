@@ -475,3 +475,81 @@ fn an_http2_client_that_pings_but_stops_reading_is_cut_after_timeout_client() {
     assert!(cut < Duration::from_secs(6), "cut after {cut:?}");
     drop(h);
 }
+
+/// The admin listener answers only its allowed networks, holds a bounded number of
+/// connections, and closes a client that dawdles over its header.
+#[test]
+fn the_admin_listener_is_bounded_and_answers_only_its_networks() {
+    use std::io::{Read as _, Write as _};
+    let spawn = |name: &str, admin_extra: &str| {
+        let op = free_port();
+        let origin = spawn_origin(op, "app");
+        let (port, admin) = (free_port(), free_port());
+        let config = temp_file(
+            name,
+            &format!(
+                "
+xdp: {{ enabled: false }}
+admin: {{ bind: '127.0.0.1:{admin}'{admin_extra} }}
+listeners: [{{ name: http, bind: '127.0.0.1:{port}', default-backend: app }}]
+backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
+"
+            ),
+        );
+        let fg = spawn_floodgate(&config);
+        let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+        assert!(wait_for_port(admin, Duration::from_secs(10)));
+        (fg, origin, admin)
+    };
+    // Closed at once, without an answer, when the client is not in `allow`.
+    let (_fg, _o, admin) = spawn("edge-admin-allow.yaml", ", allow: [10.0.0.0/8]");
+    assert!(
+        floodgate_tests::http_get(admin, "t", "/healthz").is_err()
+            || floodgate_tests::http_get(admin, "t", "/healthz").is_ok_and(|(s, _)| s == 0),
+        "a client outside admin.allow gets no answer"
+    );
+    // The defaults let loopback in; two connections at most; a slow header is cut.
+    let (_fg, _o, admin) = spawn(
+        "edge-admin-bounds.yaml",
+        ", max-connections: 2, header-timeout: 1s",
+    );
+    assert_eq!(
+        floodgate_tests::http_get(admin, "t", "/healthz").unwrap().0,
+        200
+    );
+    let mut held: Vec<_> = (0..2)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(admin).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = std::net::TcpStream::connect(admin).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let _ = third.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut buf = [0u8; 64];
+    assert!(
+        matches!(third.read(&mut buf), Ok(0) | Err(_)),
+        "a third connection is closed while two are held"
+    );
+    // The two held ones never finished their header: closed after header-timeout.
+    let started = std::time::Instant::now();
+    for s in &mut held {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "slow headers cut after 1 s, took {:?}",
+        started.elapsed()
+    );
+    // Room again.
+    assert_eq!(
+        floodgate_tests::http_get(admin, "t", "/healthz").unwrap().0,
+        200
+    );
+}

@@ -1,5 +1,10 @@
 //! The admin listener: `/healthz` (the process is alive), `/readyz` (config loaded, listeners
 //! bound, XDP attached as configured; 503 once draining), `/metrics` (Prometheus text format).
+//!
+//! It runs on a thread of its own, so a scrape's rendering or a flood of admin connections
+//! never takes time from a proxy worker. Clients outside `admin.allow` are closed at accept, at
+//! most `admin.max-connections` are open at once, and a request header (or an idle keep-alive
+//! wait) gets `admin.header-timeout`.
 
 use std::{
     convert::Infallible,
@@ -8,16 +13,20 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
-use tracing::{debug, info};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tracing::{debug, info, warn};
 
-use crate::metrics::{self, Metrics, Sources};
+use crate::{
+    config,
+    metrics::{self, Metrics, Sources},
+};
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
@@ -59,27 +68,74 @@ async fn answer(
     })
 }
 
+/// No admin connection lives longer than this, whatever it does: a scrape takes milliseconds.
+const MAX_CONNECTION_LIFE: Duration = Duration::from_secs(60);
+
 /// Serves until the process ends; `listener` is bound by the caller (bind errors are fatal).
-pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>) {
+pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, cfg: config::Admin) {
     info!(addr = ?listener.local_addr().ok(), "admin listening (/healthz /readyz /metrics)");
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections as usize));
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning on the error.
+                warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if !config::cidrs_contain(&cfg.allow, peer.ip()) {
+            debug!(%peer, "admin connection from outside admin.allow closed");
+            continue;
+        }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "admin.max-connections reached: connection closed");
             continue;
         };
         let admin = admin.clone();
+        let header_timeout = cfg.header_timeout.0;
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req| answer(admin.clone(), req));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                debug!(%peer, error = %e, "admin connection ended with an error");
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), svc);
+            match tokio::time::timeout(MAX_CONNECTION_LIFE, conn).await {
+                Ok(Err(e)) => debug!(%peer, error = %e, "admin connection ended with an error"),
+                Err(_) => debug!(%peer, "admin connection closed at its maximum life"),
+                Ok(Ok(())) => {}
             }
         });
     }
 }
 
 /// Binds the admin address.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Serves the admin listener on a thread and runtime of its own.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    admin: Arc<Admin>,
+    cfg: config::Admin,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("floodgate-admin".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => serve(l, admin, cfg).await,
+                    Err(e) => warn!(error = %e, "cannot serve the admin listener"),
+                }
+            });
+        })?;
+    Ok(())
 }

@@ -672,6 +672,43 @@ impl<'de> Deserialize<'de> for TlsVersion {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Admin {
     pub bind: SocketAddr,
+    /// Clients the admin listener answers; others are closed at once. On a hostNetwork pod
+    /// the bind address is the node's, so by default only private networks (where Prometheus
+    /// and the kubelet's probes come from) are let in, never the internet.
+    #[serde(default = "default_admin_allow")]
+    pub allow: Vec<IpNet>,
+    /// Admin connections open at once; more are closed at accept.
+    #[serde(default = "default_admin_connections")]
+    pub max_connections: u32,
+    /// How long a request header, and an idle keep-alive connection, may take.
+    #[serde(default = "default_admin_header_timeout")]
+    pub header_timeout: HDuration,
+}
+
+/// Loopback, RFC 1918, carrier-grade NAT (pod networks), IPv6 ULA and link-local.
+fn default_admin_allow() -> Vec<IpNet> {
+    [
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+    ]
+    .iter()
+    .filter_map(|n| n.parse().ok())
+    .collect()
+}
+
+fn default_admin_connections() -> u32 {
+    64
+}
+
+fn default_admin_header_timeout() -> HDuration {
+    HDuration::secs(5)
 }
 
 /// The TLS policy, defaulting to the production HAProxy ingress's: TLS 1.2 and 1.3, no session
@@ -1418,6 +1455,14 @@ impl Config {
                 "global.limits",
                 "max-header-count and max-uri-bytes must be at least 1",
             ));
+        }
+        if let Some(a) = &self.admin {
+            if a.max_connections == 0 {
+                return Err(invalid("admin.max-connections", "must be at least 1"));
+            }
+            if a.header_timeout.0.is_zero() {
+                return Err(invalid("admin.header-timeout", "must be greater than 0"));
+            }
         }
         let h = &g.http2;
         // RFC 9113 section 6.5.2: windows run from 65,535 (the protocol's initial one, below

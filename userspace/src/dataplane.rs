@@ -583,7 +583,7 @@ impl Dataplane {
                     warn!(error = %e, "cannot read the node's addresses; wildcard listeners keep the last known ones");
                     self.dests
                         .keys()
-                        .map(|k| dest_ip(k))
+                        .map(dest_ip)
                         .collect()
                 }),
         };

@@ -433,9 +433,8 @@ async fn serve(
     // Bound before traffic: an admin address in use is a start-up error, not a silent gap.
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(a) = &cfg.admin {
-        let listener = floodgate::admin::bind(a.bind)
-            .await
-            .with_context(|| format!("admin.bind {}", a.bind))?;
+        let listener =
+            floodgate::admin::bind(a.bind).with_context(|| format!("admin.bind {}", a.bind))?;
         let sources = floodgate::metrics::Sources {
             listeners: cfg
                 .listeners
@@ -461,7 +460,7 @@ async fn serve(
             sources,
             ready: ready.clone(),
         });
-        tokio::spawn(floodgate::admin::serve(listener, admin));
+        floodgate::admin::spawn(listener, admin, a.clone()).context("admin thread")?;
     }
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     loop {

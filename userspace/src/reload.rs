@@ -69,6 +69,9 @@ pub fn next(
     if new.global.limits != current.global.limits {
         fixed.push("global.limits");
     }
+    if new.admin != current.admin {
+        fixed.push("admin");
+    }
     if new.global.http2 != current.global.http2 {
         fixed.push("global.http2");
     }
