@@ -53,6 +53,29 @@ fn check_accepts_the_quickstart_and_a_minimal_config() {
     }
     let (ok, stdout, _) = check("good.yaml", GOOD);
     assert!(ok && stdout.contains("ok"), "{stdout}");
+    assert!(!stdout.contains("warning"), "{stdout}");
+}
+
+/// A PROXY protocol header believed from anyone lets a client name any address as its own:
+/// valid (HAProxy's `use-proxy-protocol` means it), but said out loud.
+#[test]
+fn check_warns_of_a_proxy_protocol_header_believed_from_anyone() {
+    let open = GOOD.replace(
+        "default-backend: app }",
+        "default-backend: app, proxy-protocol: {} }",
+    );
+    let (ok, stdout, _) = check("pp-open.yaml", &open);
+    assert!(ok, "{stdout}");
+    assert!(
+        stdout.contains("warning: listeners[0].proxy-protocol") && stdout.contains("set `from`"),
+        "{stdout}"
+    );
+    let scoped = GOOD.replace(
+        "default-backend: app }",
+        "default-backend: app, proxy-protocol: { from: [10.0.0.0/8] } }",
+    );
+    let (ok, stdout, _) = check("pp-scoped.yaml", &scoped);
+    assert!(ok && !stdout.contains("warning"), "{stdout}");
 }
 
 #[test]

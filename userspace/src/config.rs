@@ -1422,6 +1422,28 @@ impl Config {
         files
     }
 
+    /// Settings that are valid but open a hole someone should know about: logged at start and
+    /// on every reload, printed by `floodgate check`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let from_anyone = l
+                .proxy_protocol
+                .as_ref()
+                .is_some_and(|p| p.from.iter().any(|n| n.prefix_len() == 0));
+            if from_anyone {
+                out.push(format!(
+                    "listeners[{i}].proxy-protocol: the header is believed from every peer: a client \
+                     that reaches port {} directly can name any address as its own (routes' \
+                     `allow`, rate limits, the access log); set `from` to the load balancers' \
+                     networks",
+                    l.bind.port()
+                ));
+            }
+        }
+        out
+    }
+
     /// Checks what serde cannot: cross references, ranges and uniqueness.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let g = &self.global;

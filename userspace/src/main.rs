@@ -170,6 +170,9 @@ fn check(path: &std::path::Path, haproxy_dir: Option<&std::path::Path>) -> anyho
     floodgate::proxy::client_tls(&cfg)?;
     floodgate::proxy::error::Pages::load(&cfg.error_pages)?;
     floodgate::proxy::basic_auth(&cfg)?;
+    for w in cfg.warnings() {
+        println!("warning: {w}");
+    }
     if !cfg.ignored_haproxy_keys.is_empty() {
         println!(
             "HAProxy keys floodgate does not implement (ignored): {}",
@@ -261,6 +264,9 @@ fn run(path: &std::path::Path, haproxy_dir: Option<&std::path::Path>) -> anyhow:
     let cfg = Config::load_with(path, haproxy_dir)?;
     if !cfg.ignored_haproxy_keys.is_empty() {
         warn!(keys = ?cfg.ignored_haproxy_keys, "HAProxy ConfigMap keys floodgate does not implement are ignored");
+    }
+    for w in cfg.warnings() {
+        warn!("{w}");
     }
     let maxconn = limits::effective_maxconn(cfg.global.maxconn, cfg.listeners.len());
     limits::check_memory(maxconn, limits::cgroup_memory_limit());
@@ -522,6 +528,9 @@ async fn serve(
             reloads.record(&applied);
             match applied {
                 Ok((new_cfg, new_routing)) => {
+                    for w in new_cfg.warnings() {
+                        warn!("{w}");
+                    }
                     cfg = new_cfg;
                     routing = new_routing;
                     watcher.watch(watched(&cfg));

@@ -4,8 +4,10 @@
 //! bounds how many it keeps, which a slow client (slowloris) or a leaky pool grows without ever
 //! opening them fast.
 //!
-//! A count per address, in shards so workers rarely contend for a lock; an entry lives while
-//! its source has a connection open, so the table is bounded by `maxconn`.
+//! A count per source, in shards so workers rarely contend for a lock; an entry lives while
+//! its source has a connection open, so the table is bounded by `maxconn`. A source is an IPv4
+//! address, or an IPv6 /64: one host holds a whole /64 (SLAAC, privacy addresses), as XDP's
+//! per-source buckets count it.
 
 use std::{
     collections::HashMap,
@@ -54,9 +56,9 @@ impl PerSource {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A place for one more connection from `ip`, or `None` when it holds `max` already.
+    /// A place for one more connection from `ip`, or `None` when its source holds `max`.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Held> {
-        let ip = ip.to_canonical();
+        let ip = source(ip);
         let mut shard = self.shard(ip);
         let n = shard.entry(ip).or_insert(0);
         if *n >= self.max {
@@ -72,10 +74,21 @@ impl PerSource {
     /// Connections `ip` holds now.
     #[cfg(test)]
     fn held(&self, ip: IpAddr) -> u32 {
-        self.shard(ip.to_canonical())
-            .get(&ip.to_canonical())
+        self.shard(source(ip))
+            .get(&source(ip))
             .copied()
             .unwrap_or(0)
+    }
+}
+
+/// The source `ip` counts under: the IPv4 address (IPv4-mapped ones too), or the IPv6 /64.
+fn source(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
     }
 }
 
@@ -110,6 +123,16 @@ mod tests {
         drop(first);
         assert_eq!(t.held(a), 1);
         let _again = t.admit(a).expect("a place came free");
+        // A host rotating through its /64 is one source.
+        let c: IpAddr = "2001:db8::2".parse().unwrap();
+        let _c = t.admit(c).expect("a second address of the same /64");
+        let d: IpAddr = "2001:db8:0:0:ffff::9".parse().unwrap();
+        assert!(
+            t.admit(d).is_none(),
+            "a third of the same /64 is over the limit"
+        );
+        let e: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        assert!(t.admit(e).is_some(), "another /64 is another source");
         assert!(t.same_settings(2) && !t.same_settings(3));
     }
 
