@@ -23,6 +23,12 @@ use crate::config;
 
 /// Remembered credentials per route at most; past it the memory starts over.
 const REMEMBERED: usize = 4096;
+/// Longest password checked. MD5- and SHA-crypt cost grows with the password's length, so a
+/// megabyte-long one would be a CPU bomb; bcrypt reads 72 bytes. Longer is refused unhashed.
+pub const MAX_PASSWORD: usize = 256;
+/// Checks waiting for a CPU, process-wide; past it, a request is answered 429 at once rather
+/// than queued behind a guessing client's thousands.
+const MAX_WAITING: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BasicAuthError {
@@ -267,6 +273,9 @@ impl BasicAuth {
             signin: None,
         };
         let (user, password) = credentials(headers).ok_or_else(refuse)?;
+        if password.len() > MAX_PASSWORD {
+            return Err(refuse());
+        }
         // An unknown user is checked against another user's hash all the same, and refused
         // after: answering at once would tell which user names exist, by the time taken.
         let (hash, known) = match self.users.get(&user) {
@@ -277,10 +286,14 @@ impl BasicAuth {
         if known && self.remembered().contains(&digest) {
             return Ok(());
         }
+        let waiting = Waiting::enter(&WAITING, MAX_WAITING).ok_or(ProxyError::RateLimited {
+            retry_after: std::time::Duration::from_secs(1),
+        })?;
         let permit = checks()
             .acquire()
             .await
             .map_err(|_| ProxyError::Internal("basic auth checks closed".into()))?;
+        drop(waiting);
         let hash = hash.clone();
         let ok = tokio::task::spawn_blocking(move || hash.verify(&password))
             .await
@@ -312,6 +325,28 @@ impl BasicAuth {
         let mut out = [0u8; 32];
         out.copy_from_slice(c.finish().as_ref());
         out
+    }
+}
+
+static WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One check waiting for a CPU, counted in `count` until dropped.
+struct Waiting(&'static std::sync::atomic::AtomicUsize);
+
+impl Waiting {
+    /// `None` when `max` checks wait already.
+    fn enter(count: &'static std::sync::atomic::AtomicUsize, max: usize) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then(|| n + 1))
+            .ok()
+            .map(|_| Self(count))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -467,6 +502,25 @@ mod tests {
             }
         }
         assert_eq!(a.remembered().len(), 2, "failures are not remembered");
+        // A password past MAX_PASSWORD is refused without being hashed (a CPU bomb for
+        // SHA-crypt otherwise), even a remembered one.
+        let long = "p".repeat(MAX_PASSWORD + 1);
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            a.check(&with("alice", &long)).await,
+            Err(ProxyError::Unauthorized { .. })
+        ));
+        assert!(started.elapsed() < std::time::Duration::from_millis(50));
+    }
+
+    #[test]
+    fn waiting_checks_are_bounded() {
+        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let held: Vec<_> = (0..3).filter_map(|_| Waiting::enter(&COUNT, 3)).collect();
+        assert_eq!(held.len(), 3);
+        assert!(Waiting::enter(&COUNT, 3).is_none(), "a fourth waits for no one");
+        drop(held);
+        assert!(Waiting::enter(&COUNT, 3).is_some(), "room once they are done");
     }
 
     #[test]
