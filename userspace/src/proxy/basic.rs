@@ -338,7 +338,9 @@ impl Waiting {
     fn enter(count: &'static std::sync::atomic::AtomicUsize, max: usize) -> Option<Self> {
         use std::sync::atomic::Ordering;
         count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then(|| n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then(|| n + 1)
+            })
             .ok()
             .map(|_| Self(count))
     }
@@ -518,9 +520,15 @@ mod tests {
         static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let held: Vec<_> = (0..3).filter_map(|_| Waiting::enter(&COUNT, 3)).collect();
         assert_eq!(held.len(), 3);
-        assert!(Waiting::enter(&COUNT, 3).is_none(), "a fourth waits for no one");
+        assert!(
+            Waiting::enter(&COUNT, 3).is_none(),
+            "a fourth waits for no one"
+        );
         drop(held);
-        assert!(Waiting::enter(&COUNT, 3).is_some(), "room once they are done");
+        assert!(
+            Waiting::enter(&COUNT, 3).is_some(),
+            "room once they are done"
+        );
     }
 
     #[test]

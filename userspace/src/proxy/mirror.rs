@@ -30,6 +30,59 @@ use crate::metrics::Metrics;
 
 /// The largest request body copied, kept in memory until it has passed whole.
 pub const MAX_BODY: usize = 1 << 20;
+/// Body bytes kept for copies at once, process-wide: past it new bytes are not kept (the copy
+/// is skipped), so mirroring a burst of uploads cannot take the node's memory.
+pub const MAX_BUFFERED: usize = 64 << 20;
+
+/// A budget of bytes kept for copies.
+#[derive(Debug)]
+struct Budget {
+    used: std::sync::atomic::AtomicUsize,
+    cap: usize,
+}
+
+static BUFFERED: Budget = Budget {
+    used: std::sync::atomic::AtomicUsize::new(0),
+    cap: MAX_BUFFERED,
+};
+
+/// Body bytes counted in a budget while a copy holds them.
+#[derive(Debug)]
+struct Held {
+    budget: &'static Budget,
+    n: usize,
+}
+
+impl Held {
+    fn new(budget: &'static Budget) -> Self {
+        Self { budget, n: 0 }
+    }
+
+    /// Counts `n` more bytes, unless that would pass the budget.
+    fn grow(&mut self, n: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        let cap = self.budget.cap;
+        let ok = self
+            .budget
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                b.checked_add(n).filter(|t| *t <= cap)
+            })
+            .is_ok();
+        if ok {
+            self.n += n;
+        }
+        ok
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget
+            .used
+            .fetch_sub(self.n, std::sync::atomic::Ordering::AcqRel);
+    }
+}
 
 /// Copies the request of `parts` (its body, if any, as `body` passes to the real backend) to
 /// `backend`. Returns the body to send to the real backend.
@@ -76,6 +129,11 @@ pub fn copy(
                 Ok(b) => Some(b),
                 Err(_) => return count("skipped"),
             },
+        };
+        // The bytes stay counted until this copy is done with them.
+        let (bytes, _held) = match bytes {
+            Some((b, h)) => (Some(b), Some(h)),
+            None => (None, None),
         };
         let Some(slot) = routing.pools.get(backend).and_then(|p| p.try_acquire()) else {
             return count("skipped");
@@ -142,16 +200,27 @@ struct Tee {
     inner: UpstreamBody,
     /// What passed so far, and where it goes once whole; `None` once given up (too large,
     /// broken) or sent.
-    copy: Option<(BytesMut, oneshot::Sender<Bytes>)>,
+    copy: Option<(BytesMut, Held, oneshot::Sender<(Bytes, Held)>)>,
 }
 
 impl Tee {
-    fn new(inner: UpstreamBody) -> (Self, oneshot::Receiver<Bytes>) {
+    fn new(inner: UpstreamBody) -> (Self, oneshot::Receiver<(Bytes, Held)>) {
+        Self::within(inner, &BUFFERED)
+    }
+
+    fn within(
+        inner: UpstreamBody,
+        budget: &'static Budget,
+    ) -> (Self, oneshot::Receiver<(Bytes, Held)>) {
         let (tx, rx) = oneshot::channel();
         let copy = match inner.size_hint().upper() {
             // Declared too large: not worth keeping a byte.
             Some(n) if n > MAX_BODY as u64 => None,
-            n => Some((BytesMut::with_capacity(n.map_or(0, |n| n as usize)), tx)),
+            n => Some((
+                BytesMut::with_capacity(n.map_or(0, |n| n as usize)),
+                Held::new(budget),
+                tx,
+            )),
         };
         (Self { inner, copy }, rx)
     }
@@ -170,13 +239,18 @@ impl Body for Tee {
         match &frame {
             Some(Ok(f)) => {
                 if let Some(data) = f.data_ref() {
-                    let fits = this
-                        .copy
-                        .as_ref()
-                        .is_some_and(|(b, _)| b.len() + data.len() <= MAX_BODY);
-                    match (&mut this.copy, fits) {
-                        (Some((buf, _)), true) => buf.extend_from_slice(data),
-                        _ => this.copy = None,
+                    let kept = match &mut this.copy {
+                        Some((buf, held, _)) => {
+                            let ok = buf.len() + data.len() <= MAX_BODY && held.grow(data.len());
+                            if ok {
+                                buf.extend_from_slice(data);
+                            }
+                            ok
+                        }
+                        None => false,
+                    };
+                    if !kept {
+                        this.copy = None;
                     }
                 }
             }
@@ -186,9 +260,9 @@ impl Body for Tee {
         // A reader stops polling once the body says it ended, often right after its last
         // data frame: the copy is complete then, not only at `None`.
         if (frame.is_none() || this.inner.is_end_stream())
-            && let Some((buf, tx)) = this.copy.take()
+            && let Some((buf, held, tx)) = this.copy.take()
         {
-            let _ = tx.send(buf.freeze());
+            let _ = tx.send((buf.freeze(), held));
         }
         Poll::Ready(frame)
     }
@@ -229,7 +303,7 @@ mod tests {
         let (tee, rx) = Tee::new(Chunks(parts).boxed());
         let real = tee.collect().await.unwrap().to_bytes();
         assert_eq!(&real[..], b"order=42&qty=1");
-        assert_eq!(&rx.await.unwrap()[..], b"order=42&qty=1");
+        assert_eq!(&rx.await.unwrap().0[..], b"order=42&qty=1");
     }
 
     /// hyper's client stops at a body's last data frame when the body says it ended.
@@ -244,9 +318,38 @@ mod tests {
         assert_eq!(first.into_data().unwrap(), "hi");
         assert!(tee.is_end_stream());
         assert_eq!(
-            &rx.await.unwrap()[..],
+            &rx.await.unwrap().0[..],
             b"hi",
             "without polling past the end"
+        );
+    }
+
+    #[tokio::test]
+    async fn copies_stop_at_the_process_wide_budget_and_resume_when_bytes_go() {
+        static SMALL: Budget = Budget {
+            used: std::sync::atomic::AtomicUsize::new(0),
+            cap: 10,
+        };
+        let body = |b: &'static [u8]| {
+            Full::new(Bytes::from_static(b))
+                .map_err(|never| match never {})
+                .boxed()
+        };
+        let (tee, rx) = Tee::within(body(b"12345678"), &SMALL);
+        assert_eq!(tee.collect().await.unwrap().to_bytes().len(), 8);
+        let kept = rx.await.expect("within the budget: copied");
+        let (tee, rx) = Tee::within(body(b"abcd"), &SMALL);
+        assert_eq!(tee.collect().await.unwrap().to_bytes().len(), 4);
+        assert!(
+            rx.await.is_err(),
+            "8 + 4 bytes pass the budget of 10: no copy"
+        );
+        drop(kept);
+        let (tee, rx) = Tee::within(body(b"abcd"), &SMALL);
+        assert_eq!(tee.collect().await.unwrap().to_bytes().len(), 4);
+        assert!(
+            rx.await.is_ok(),
+            "the first copy's bytes went back to the budget"
         );
     }
 
