@@ -195,23 +195,23 @@ pub fn copy(
     body
 }
 
+/// A whole body kept for a copy, with the budget it holds until the copy is done.
+type Copied = (Bytes, Held);
+
 /// A request body on its way to the real backend, kept aside for the mirror as it passes.
 struct Tee {
     inner: UpstreamBody,
     /// What passed so far, and where it goes once whole; `None` once given up (too large,
     /// broken) or sent.
-    copy: Option<(BytesMut, Held, oneshot::Sender<(Bytes, Held)>)>,
+    copy: Option<(BytesMut, Held, oneshot::Sender<Copied>)>,
 }
 
 impl Tee {
-    fn new(inner: UpstreamBody) -> (Self, oneshot::Receiver<(Bytes, Held)>) {
+    fn new(inner: UpstreamBody) -> (Self, oneshot::Receiver<Copied>) {
         Self::within(inner, &BUFFERED)
     }
 
-    fn within(
-        inner: UpstreamBody,
-        budget: &'static Budget,
-    ) -> (Self, oneshot::Receiver<(Bytes, Held)>) {
+    fn within(inner: UpstreamBody, budget: &'static Budget) -> (Self, oneshot::Receiver<Copied>) {
         let (tx, rx) = oneshot::channel();
         let copy = match inner.size_hint().upper() {
             // Declared too large: not worth keeping a byte.
