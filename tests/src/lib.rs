@@ -178,6 +178,14 @@ impl Proc {
         }
     }
 
+    /// SIGKILL, as the OOM killer does: nothing of the process's own clean-up runs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            self.status = child.wait().ok();
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()

@@ -288,3 +288,85 @@ backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
     );
     assert!(!std::path::Path::new(&pin_dir).exists());
 }
+
+/// A floodgate killed outright (SIGKILL, the OOM killer) leaves its program attached and its
+/// NOTRACK table behind. The next floodgate takes over what its config names and detaches
+/// the rest; `floodgate detach` removes both the program and the table.
+#[test]
+fn what_a_killed_floodgate_leaves_is_reconciled_and_detach_removes_it() {
+    if !require_root("what_a_killed_floodgate_leaves_is_reconciled_and_detach_removes_it") {
+        return;
+    }
+    let net = NetPair::new("z", 209);
+    let other = floodgate_tests::ThirdNs::new(&net, 209);
+    let pin_dir = format!("/sys/fs/bpf/fg-killed-{}", std::process::id());
+    struct Detach(String, String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = NetPair::enter(&self.1, bin("floodgate"))
+                .args(["detach", "--pin-dir", &self.0])
+                .output();
+        }
+    }
+    let _detach = Detach(pin_dir.clone(), net.srv.clone());
+    let yaml = |ifaces: &str| {
+        format!(
+            "
+xdp: {{ interfaces: [{ifaces}], mode: native, pin-dir: {pin_dir} }}
+listeners: [{{ name: http, bind: '{srv}:8080', default-backend: origin }}]
+backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
+",
+            srv = net.srv_v4
+        )
+    };
+    let xdp_on = |dev: &str| {
+        let out = Command::new("ip")
+            .args(["-n", &net.srv, "link", "show", dev])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("xdp")
+    };
+    let table = || {
+        let out = NetPair::exec(&net.srv, "nft")
+            .args(["list", "tables"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("inet floodgate")
+    };
+    let both = format!("{}, {}", net.srv_if, other.srv_if);
+    let mut fg =
+        floodgate_tests::start_floodgate(&net.srv, "killed-1.yaml", &yaml(&both), &pin_dir);
+    fg.kill();
+    assert!(
+        xdp_on(&net.srv_if) && xdp_on(&other.srv_if),
+        "left attached by the kill"
+    );
+    assert!(table(), "the NOTRACK table is left too");
+    // The next one names only the first interface: the second is detached.
+    let mut fg =
+        floodgate_tests::start_floodgate(&net.srv, "killed-2.yaml", &yaml(&net.srv_if), &pin_dir);
+    assert!(xdp_on(&net.srv_if));
+    assert!(
+        !xdp_on(&other.srv_if),
+        "an interface no longer configured is detached"
+    );
+    assert!(
+        !std::path::Path::new(&format!("{pin_dir}/link_{}", other.srv_if)).exists(),
+        "and its link pin removed"
+    );
+    fg.kill();
+    assert!(xdp_on(&net.srv_if) && table());
+    let out = NetPair::enter(&net.srv, bin("floodgate"))
+        .args(["detach", "--pin-dir", &pin_dir])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("nftables table inet floodgate removed"),
+        "{said}"
+    );
+    assert!(!xdp_on(&net.srv_if), "detached");
+    assert!(!table(), "the NOTRACK table is gone");
+    assert!(!std::path::Path::new(&pin_dir).exists());
+}

@@ -149,6 +149,22 @@ impl Drop for Bypass {
     }
 }
 
+/// Removes floodgate's table `table` from this network namespace, as one left by a floodgate
+/// that was killed (`floodgate detach`). `Ok(false)` when there was none.
+pub fn remove_table(table: &str) -> Result<bool, ConntrackError> {
+    let exists = Command::new("nft")
+        .args(["list", "table", "inet", table])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(ConntrackError::Spawn)?
+        .success();
+    if exists {
+        nft(&format!("delete table inet {table}\n"))?;
+    }
+    Ok(exists)
+}
+
 /// The kernel's conntrack usage in this network namespace; `None` when conntrack is not loaded.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct Usage {

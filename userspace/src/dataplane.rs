@@ -316,7 +316,39 @@ impl Dataplane {
                 pid: std::process::id(),
             });
         }
+        self.detach_leftovers(&cfg.interfaces);
         Ok(())
+    }
+
+    /// Links pinned by an earlier floodgate (killed, or stopped with `keep-attached-on-exit`)
+    /// on interfaces this config no longer names: unpinned, which detaches their program, so a
+    /// node runs XDP only where the config says.
+    fn detach_leftovers(&self, interfaces: &[String]) {
+        let Ok(entries) = std::fs::read_dir(&self.pin_dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(iface) = name.to_str().and_then(|n| n.strip_prefix("link_")) else {
+                continue;
+            };
+            if interfaces.iter().any(|i| i == iface) {
+                continue;
+            }
+            match PinnedLink::from_pin(e.path()) {
+                Ok(link) => match link.unpin() {
+                    Ok(_) => {
+                        warn!(interface = %iface, "XDP link left by an earlier floodgate on an interface no longer configured: detached");
+                    }
+                    Err(err) => {
+                        warn!(interface = %iface, error = %err, "cannot detach a leftover XDP link");
+                    }
+                },
+                Err(_) => {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
     }
 
     fn attach_new(

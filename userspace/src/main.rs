@@ -67,10 +67,14 @@ enum Cmd {
         #[arg(long)]
         haproxy_configmap: Option<PathBuf>,
     },
-    /// Detach a program left attached by `xdp.keep-attached-on-exit` and remove its pins.
+    /// Detach a program left attached (by `xdp.keep-attached-on-exit`, or a floodgate that was
+    /// killed), remove its pins, and remove the NOTRACK table from this network namespace.
     Detach {
         #[arg(long, default_value = floodgate_common::PIN_DIR)]
         pin_dir: PathBuf,
+        /// The nftables table to remove (`xdp.nft-table` of the instance).
+        #[arg(long, default_value = conntrack::TABLE)]
+        nft_table: String,
     },
     /// Print the XDP counters from the pinned maps (works from another process).
     Stats {
@@ -113,9 +117,14 @@ fn main() -> std::process::ExitCode {
             watch: Some(every),
             count,
         } => watch_stats(&pin_dir, json, every, count),
-        Cmd::Detach { pin_dir } => {
+        Cmd::Detach { pin_dir, nft_table } => {
             dataplane::remove_pins(&pin_dir);
             println!("detached; pins under {} removed", pin_dir.display());
+            match conntrack::remove_table(&nft_table) {
+                Ok(true) => println!("nftables table inet {nft_table} removed"),
+                Ok(false) => println!("no nftables table inet {nft_table} here"),
+                Err(e) => eprintln!("cannot remove the nftables table inet {nft_table}: {e}"),
+            }
             Ok(())
         }
     };
