@@ -815,3 +815,50 @@ fn idle_flows_age_out_of_the_flow_table() {
         "B is gone"
     );
 }
+
+/// A reload that replaces a full CIDR list with another full one fits (stale entries go
+/// before new ones come), and turning allow mode off never leaves an emptied allow list
+/// enforced.
+#[test]
+fn a_reload_swaps_full_cidr_lists_and_turns_allow_mode_off_cleanly() {
+    if !require_root("a_reload_swaps_full_cidr_lists_and_turns_allow_mode_off_cleanly") {
+        return;
+    }
+    let binds = ["10.0.0.1:8080".parse().unwrap()];
+    let max = floodgate_common::MAX_CIDRS;
+    // /32s in 100.64.0.0/10 and then in 100.128.0.0/10: `max` each, none in common.
+    let list = |base: u32| -> Vec<ipnet::IpNet> {
+        (0..max)
+            .map(|i| {
+                let a = std::net::Ipv4Addr::from(base + i);
+                ipnet::IpNet::V4(ipnet::Ipv4Net::new(a, 32).unwrap())
+            })
+            .collect()
+    };
+    let first = u32::from(std::net::Ipv4Addr::new(100, 64, 0, 0));
+    let second = u32::from(std::net::Ipv4Addr::new(100, 128, 0, 0));
+    let mut xdp = TestProg::xdp_config();
+    xdp.deny = list(first);
+    let mut prog = TestProg::load(&xdp, &binds);
+    let syn_from = |a: u32| syn4(std::net::Ipv4Addr::from(a).octets());
+    assert_eq!(prog.run(&syn_from(first + 5)), XDP_DROP);
+    xdp.deny = list(second);
+    prog.dp
+        .configure(&xdp, &binds)
+        .expect("a full list replaced by another full one");
+    assert_eq!(prog.run(&syn_from(first + 5)), XDP_PASS, "no longer denied");
+    assert_eq!(prog.run(&syn_from(second + 5)), XDP_DROP, "newly denied");
+    // Allow mode on, then off.
+    xdp.deny.clear();
+    xdp.allow = vec!["198.51.100.0/24".parse().unwrap()];
+    prog.dp.configure(&xdp, &binds).unwrap();
+    assert_eq!(prog.run(&syn4(A)), XDP_PASS);
+    assert_eq!(prog.run(&syn4([203, 0, 113, 1])), XDP_DROP);
+    xdp.allow.clear();
+    prog.dp.configure(&xdp, &binds).unwrap();
+    assert_eq!(
+        prog.run(&syn4([203, 0, 113, 1])),
+        XDP_PASS,
+        "allow mode off"
+    );
+}

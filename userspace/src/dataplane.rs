@@ -416,8 +416,18 @@ impl Dataplane {
         cfg: &config::Xdp,
         binds: &[SocketAddr],
     ) -> Result<(), DataplaneError> {
-        // Order matters on reload: tries and listeners first, the config (which enables the
-        // deny lookups) last, so the program never reads a flag ahead of its data.
+        let xdp_cfg = xdp_config(cfg);
+        // Order matters on reload, so the program never reads a flag ahead of its data: a CIDR
+        // flag turning off goes off first (allow mode off must never leave an emptied allow
+        // list enforced), then the tries change, and a flag turning on goes on last.
+        let cidr_flags = FLAG_ALLOW_MODE | FLAG_DENY_V4 | FLAG_DENY_V6;
+        let mut arr: Array<_, XdpConfig> = self.map_mut(maps::CONFIG)?;
+        let old_flags = arr.get(&0, 0).map_or(0, |c| c.flags);
+        let narrowed = XdpConfig {
+            flags: (xdp_cfg.flags & !cidr_flags) | (xdp_cfg.flags & old_flags & cidr_flags),
+            ..xdp_cfg
+        };
+        arr.set(0, narrowed, 0).map_err(map_err(maps::CONFIG))?;
         self.sync_cidrs(maps::DENY_V4, maps::DENY_V6, &cfg.deny)?;
         self.sync_cidrs(maps::ALLOW_V4, maps::ALLOW_V6, &cfg.allow)?;
 
@@ -442,45 +452,14 @@ impl Dataplane {
         self.binds = binds.to_vec();
         self.sync_dests()?;
 
-        let ncpus = online_cpus();
-        let s = &cfg.syn_rate;
-        let mut flags = 0;
-        for (on, flag) in [
-            (!cfg.allow.is_empty(), FLAG_ALLOW_MODE),
-            (cfg.flow_table, FLAG_FLOW_TABLE),
-            (cfg.capacity_admission, FLAG_CAPACITY),
-            (
-                cfg.deny.iter().any(|n| matches!(n, IpNet::V4(_))),
-                FLAG_DENY_V4,
-            ),
-            (
-                cfg.deny.iter().any(|n| matches!(n, IpNet::V6(_))),
-                FLAG_DENY_V6,
-            ),
-        ] {
-            if on {
-                flags |= flag;
-            }
-        }
-        let xdp_cfg = XdpConfig {
-            src_rate: s.per_source,
-            src_burst: s.per_source_burst,
-            // The global budget is split evenly: each CPU keeps its own bucket, no locking.
-            global_rate_per_cpu: s.global.div_ceil(ncpus),
-            global_burst_per_cpu: s.global_burst.div_ceil(ncpus),
-            src_prefix_v4: s.source_prefix_v4,
-            src_prefix_v6: s.source_prefix_v6,
-            fail_open_after_ns: u64::try_from(cfg.fail_open_after.0.as_nanos()).unwrap_or(u64::MAX),
-            flags,
-            verified_ttl_s: u32::try_from(cfg.verified_ttl.0.as_secs()).unwrap_or(u32::MAX),
-        };
         let mut arr: Array<_, XdpConfig> = self.map_mut(maps::CONFIG)?;
         arr.set(0, xdp_cfg, 0).map_err(map_err(maps::CONFIG))?;
         Ok(())
     }
 
-    /// Makes the tries hold exactly `nets`: new entries are added before stale ones are removed,
-    /// so a reload never opens a window in which a still-listed range is not matched.
+    /// Makes the tries hold exactly `nets`: stale entries are removed before new ones are
+    /// added, so a trie never holds more than the larger of the two lists (a full trie
+    /// replaced by another full one fits), and an entry in both is never absent.
     fn sync_cidrs(
         &mut self,
         v4: &'static str,
@@ -785,19 +764,55 @@ fn sync_trie<K: aya::Pod + PartialEq>(
     trie: &mut LpmTrie<&mut MapData, K, u32>,
     want: &[Key<K>],
 ) -> Result<(), aya::maps::MapError> {
-    for k in want {
-        trie.insert(k, 1, 0)?;
-    }
     let have: Vec<Key<K>> = trie.keys().filter_map(Result::ok).collect();
-    for k in have {
+    for k in &have {
         let kept = want
             .iter()
             .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data());
         if !kept {
-            trie.remove(&k)?;
+            trie.remove(k)?;
         }
     }
+    for k in want {
+        trie.insert(k, 1, 0)?;
+    }
     Ok(())
+}
+
+/// What the program reads of `cfg` (`FG_CONFIG`).
+fn xdp_config(cfg: &config::Xdp) -> XdpConfig {
+    let ncpus = online_cpus();
+    let s = &cfg.syn_rate;
+    let mut flags = 0;
+    for (on, flag) in [
+        (!cfg.allow.is_empty(), FLAG_ALLOW_MODE),
+        (cfg.flow_table, FLAG_FLOW_TABLE),
+        (cfg.capacity_admission, FLAG_CAPACITY),
+        (
+            cfg.deny.iter().any(|n| matches!(n, IpNet::V4(_))),
+            FLAG_DENY_V4,
+        ),
+        (
+            cfg.deny.iter().any(|n| matches!(n, IpNet::V6(_))),
+            FLAG_DENY_V6,
+        ),
+    ] {
+        if on {
+            flags |= flag;
+        }
+    }
+    XdpConfig {
+        src_rate: s.per_source,
+        src_burst: s.per_source_burst,
+        // The global budget is split evenly: each CPU keeps its own bucket, no locking.
+        global_rate_per_cpu: s.global.div_ceil(ncpus),
+        global_burst_per_cpu: s.global_burst.div_ceil(ncpus),
+        src_prefix_v4: s.source_prefix_v4,
+        src_prefix_v6: s.source_prefix_v6,
+        fail_open_after_ns: u64::try_from(cfg.fail_open_after.0.as_nanos()).unwrap_or(u64::MAX),
+        flags,
+        verified_ttl_s: u32::try_from(cfg.verified_ttl.0.as_secs()).unwrap_or(u32::MAX),
+    }
 }
 
 /// The `FG_DESTS` entries for `binds` on a node with addresses `local`: a bind's own address,

@@ -348,6 +348,7 @@ async fn serve(
 
     let metrics = Arc::new(floodgate::metrics::Metrics::new()?);
     let mut routing = Arc::new(Routing::build(&cfg, None, workers, Some(&metrics)).await?);
+    routing.commit();
     let reloads = Arc::new(reload::Counts::default());
     let mut ctxs = Vec::new();
     let mut acceptors: Vec<Arc<tls::Acceptor>> = Vec::new();
@@ -590,8 +591,17 @@ async fn apply_reload(
     let next = Arc::new(Routing::build(&new, Some(routing), workers, metrics.as_deref()).await?);
     if let Some(dp) = dp {
         let binds: Vec<_> = new.listeners.iter().map(|l| l.bind).collect();
-        dp.configure(&new.xdp, &binds)?;
+        if let Err(e) = dp.configure(&new.xdp, &binds) {
+            // All or nothing: the maps go back to the running config.
+            let old: Vec<_> = current.listeners.iter().map(|l| l.bind).collect();
+            if let Err(restore) = dp.configure(&current.xdp, &old) {
+                error!(error = %restore, "cannot restore the XDP maps of the running config");
+            }
+            return Err(e.into());
+        }
     }
+    // Nothing can refuse the reload past this point.
+    next.commit();
     for (ctx, l) in ctxs.iter().zip(&new.listeners) {
         ctx.swap(next.clone(), l, &new);
     }

@@ -222,6 +222,7 @@ pub fn spawn_checks(
     pool: Arc<Pool>,
     check: config::HealthCheck,
     tls: Option<Arc<ClientTls>>,
+    mut committed: tokio::sync::watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     // Checks are not connects of live traffic: no connect-time histogram.
     let dial = Dial {
@@ -230,6 +231,10 @@ pub fn spawn_checks(
         tls,
     };
     tokio::spawn(async move {
+        // Not before the generation is committed: a refused reload's checks never run.
+        if committed.wait_for(|c| *c).await.is_err() {
+            return;
+        }
         let mut tick = tokio::time::interval(check.interval.0);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -301,8 +306,15 @@ pub async fn resolve(cfg: &config::Backend, previous: &[Arc<Server>]) -> Vec<Arc
 
 /// Re-resolves the backend's DNS names every `resolve-interval`; a changed address set replaces
 /// the pool's servers without touching requests in flight.
-pub fn spawn_discovery(pool: Arc<Pool>, cfg: config::Backend) -> JoinHandle<()> {
+pub fn spawn_discovery(
+    pool: Arc<Pool>,
+    cfg: config::Backend,
+    mut committed: tokio::sync::watch::Receiver<bool>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
+        if committed.wait_for(|c| *c).await.is_err() {
+            return;
+        }
         let mut tick = tokio::time::interval(cfg.resolve_interval.0);
         tick.tick().await;
         loop {

@@ -117,8 +117,14 @@ pub struct Routing {
     /// Per backend, its `request-headers` and `response-headers` rules.
     header_rules: Vec<(Option<headers::Rules>, Option<headers::Rules>)>,
     passive: Vec<config::Passive>,
-    /// Health checks and DNS discovery of this generation, stopped with it.
+    /// Health checks and DNS discovery of this generation, stopped with it. They start at
+    /// `commit`.
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Server lists for pools carried over from the previous generation, applied at `commit`:
+    /// a reload refused after this generation was built leaves the running pools as they were.
+    pending: std::sync::Mutex<Vec<(Arc<Pool>, Vec<Arc<pool::Server>>)>>,
+    /// Opens when the generation is committed; its tasks wait for it.
+    gate: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for Routing {
@@ -145,6 +151,8 @@ impl Routing {
         let basic = basic_auth(cfg)?;
         let mut pools = Vec::with_capacity(cfg.backends.len());
         let mut tasks = Vec::new();
+        let mut pending = Vec::new();
+        let (gate, opened) = tokio::sync::watch::channel(false);
         for (b, tls) in cfg.backends.iter().zip(&tls) {
             let reusable = previous.and_then(|p| {
                 p.pools
@@ -155,19 +163,24 @@ impl Routing {
             let servers = health::resolve(b, &old).await;
             let pool = match reusable {
                 Some(p) => {
-                    p.set_servers(servers);
+                    pending.push((p.clone(), servers));
                     p.clone()
                 }
                 None => Pool::new(&b.name, b.balance, b.queue_timeout(t), b.queue_max, servers),
             };
             if b.servers.iter().any(|s| s.socket_addr().is_none()) {
-                tasks.push(health::spawn_discovery(pool.clone(), b.clone()));
+                tasks.push(health::spawn_discovery(
+                    pool.clone(),
+                    b.clone(),
+                    opened.clone(),
+                ));
             }
             if let Some(check) = &b.health_check {
                 tasks.push(health::spawn_checks(
                     pool.clone(),
                     check.clone(),
                     tls.clone(),
+                    opened.clone(),
                 ));
             }
             pools.push(pool);
@@ -242,7 +255,25 @@ impl Routing {
                 })
                 .collect(),
             tasks,
+            pending: std::sync::Mutex::new(pending),
+            gate,
         })
+    }
+
+    /// Makes this generation's changes to pools it shares with the previous one (their server
+    /// lists), and starts its health checks and discovery: the last step of a reload, once
+    /// nothing else can refuse it.
+    pub fn commit(&self) {
+        let pending = std::mem::take(
+            &mut *self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for (pool, servers) in pending {
+            pool.set_servers(servers);
+        }
+        self.gate.send_replace(true);
     }
 
     pub fn backend_index(&self, name: &str) -> Option<usize> {
@@ -1555,6 +1586,51 @@ pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
 
 #[cfg(test)]
 mod tests {
+    /// A reload's new generation changes the pools it shares with the running one only when
+    /// committed: a reload refused after building leaves the running server lists alone.
+    #[tokio::test]
+    async fn a_built_generation_changes_shared_pools_only_when_committed() {
+        let cfg = |port: u16| -> crate::config::Config {
+            serde_yaml::from_str(&format!(
+                "
+listeners: [{{ name: http, bind: '127.0.0.1:8080', default-backend: app }}]
+backends: [{{ name: app, servers: ['127.0.0.1:{port}'] }}]
+xdp: {{ enabled: false }}
+"
+            ))
+            .expect("config")
+        };
+        let ports = |r: &super::Routing| -> Vec<u16> {
+            r.pools()[0]
+                .servers()
+                .iter()
+                .map(|s| s.addr.port())
+                .collect()
+        };
+        let running = super::Routing::build(&cfg(9101), None, 1, None)
+            .await
+            .expect("build");
+        running.commit();
+        assert_eq!(ports(&running), [9101]);
+        let next = super::Routing::build(&cfg(9102), Some(&running), 1, None)
+            .await
+            .expect("build");
+        assert!(
+            Arc::ptr_eq(&running.pools()[0], &next.pools()[0]),
+            "the pool is shared"
+        );
+        assert_eq!(ports(&running), [9101], "built, not committed: unchanged");
+        drop(next);
+        assert_eq!(ports(&running), [9101], "a refused reload changed nothing");
+        let next = super::Routing::build(&cfg(9102), Some(&running), 1, None)
+            .await
+            .expect("build");
+        next.commit();
+        assert_eq!(ports(&running), [9102]);
+    }
+
+    use std::sync::Arc;
+
     #[test]
     fn request_ids_are_the_pid_and_a_hex_counter() {
         let id = |n| super::request_id("0000abcd", n).ok();
