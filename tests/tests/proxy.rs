@@ -221,6 +221,117 @@ fn connect_failures_are_retried_elsewhere_and_eject_the_server() {
     }
 }
 
+/// A server SIGKILLed while requests are in flight on it: each GET it swallowed is sent again
+/// to another server (its connection closed before a response byte), as HAProxy's `retry-on
+/// conn-failure empty-response` does, so no client sees an error.
+#[test]
+fn a_server_killed_under_load_costs_no_get() {
+    let ports = [free_port(), free_port(), free_port()];
+    let mut origins: Vec<Proc> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| origin(*p, &format!("o{i}")))
+        .collect();
+    let servers = ports
+        .iter()
+        .map(|p| format!("'127.0.0.1:{p}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (_fg, addr) = floodgate("killed.yaml", "", &format!("    servers: [{servers}]"));
+    for p in ports {
+        assert!(wait_for_port(
+            format!("127.0.0.1:{p}").parse().unwrap(),
+            Duration::from_secs(5)
+        ));
+    }
+    let until = Instant::now() + Duration::from_secs(3);
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while Instant::now() < until {
+                    // 30 ms at the server: requests are in flight on it when it dies.
+                    match http_get(addr, "t", "/delay/30") {
+                        Ok((200, _)) => ok += 1,
+                        other => failed.push(format!("{other:?}")),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    origins[1].kill();
+    let (mut ok, mut failed) = (0, Vec::new());
+    for c in clients {
+        let (o, f) = c.join().unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(ok > 100, "the load ran: {ok} answered");
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+}
+
+/// A server that takes each request and dies before answering it (the connection closes
+/// without a byte): every GET is answered by another server, a POST is not resent.
+#[test]
+fn a_get_swallowed_by_a_dying_server_is_answered_by_another() {
+    use std::io::Read as _;
+    let p1 = free_port();
+    let _alive = origin(p1, "alive");
+    let dying = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dp = dying.local_addr().unwrap().port();
+    let swallowed = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let s = swallowed.clone();
+    std::thread::spawn(move || {
+        for mut c in dying.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            s.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            drop(c);
+        }
+    });
+    let (_fg, addr) = floodgate(
+        "dying.yaml",
+        "",
+        &format!(
+            "    passive: {{ fall: 1000 }}
+    servers: ['127.0.0.1:{dp}', '127.0.0.1:{p1}']"
+        ),
+    );
+    for i in 0..10 {
+        let (status, body) = http_get(addr, "t", &format!("/g{i}")).unwrap();
+        assert_eq!(
+            (status, body.starts_with("alive")),
+            (200, true),
+            "GET {i}: {body}"
+        );
+    }
+    assert!(
+        swallowed.load(std::sync::atomic::Ordering::Relaxed) >= 4,
+        "the dying server took its share first"
+    );
+    // Not idempotent: the server may have acted on it, so it is not sent again.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let (status, _, _) = floodgate_tests::http_raw(
+            addr,
+            b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        statuses.push(status);
+    }
+    assert!(
+        statuses.contains(&502),
+        "a swallowed POST is not resent: {statuses:?}"
+    );
+}
+
 /// Clients on new connections, in a loop until `until`: (answered 200, failed, bodies seen).
 fn load(
     addr: SocketAddr,

@@ -145,10 +145,9 @@ pub async fn exchange(
     let stream = conns.dial.connect(server).await?;
     match send(stream, &head, head_only).await {
         Ok(r) => Ok(r.finish(conns, worker, server)),
-        Err(Failure::Stale) => Err(upstream(
-            server,
-            "connection closed before a response".into(),
-        )),
+        Err(Failure::Stale) => Err(ProxyError::EmptyResponse {
+            server: server.to_string(),
+        }),
         Err(Failure::Broken(reason)) => Err(upstream(server, reason)),
     }
 }

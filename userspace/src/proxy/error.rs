@@ -40,6 +40,11 @@ pub enum ProxyError {
     ServerTimeout { server: String },
     #[error("{server} failed: {reason}")]
     Upstream { server: String, reason: String },
+    /// The server's connection closed or reset before any byte of a response: the request
+    /// may be sent again elsewhere when its method is idempotent (HAProxy's `retry-on
+    /// empty-response`, Envoy's `retry_on: reset`).
+    #[error("{server} closed the connection before any response")]
+    EmptyResponse { server: String },
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error("request target of {len} bytes, over the {max} allowed")]
@@ -137,6 +142,7 @@ impl ProxyError {
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::ServerTimeout { .. }
             | ProxyError::Upstream { .. }
+            | ProxyError::EmptyResponse { .. }
             | ProxyError::AuthFailed(_) => Origin::Upstream,
             ProxyError::Internal(_) => Origin::Internal,
         }
@@ -157,6 +163,7 @@ impl ProxyError {
             ProxyError::ConnectTimeout { .. } => "connect_timeout",
             ProxyError::ServerTimeout { .. } => "server_timeout",
             ProxyError::Upstream { .. } => "upstream",
+            ProxyError::EmptyResponse { .. } => "empty_response",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::UriTooLong { .. } => "uri_too_long",
             ProxyError::BodyTooLarge { .. } | ProxyError::BodyOverLimit => "body_too_large",
@@ -165,12 +172,14 @@ impl ProxyError {
         }
     }
 
-    /// True when the request never reached a server, so sending it to another is safe.
-    pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. }
-        )
+    /// True when sending the request to another server is safe: it never reached a server,
+    /// or (`idempotent` requests only) the server closed without answering a byte.
+    pub fn retryable(&self, idempotent: bool) -> bool {
+        match self {
+            ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. } => true,
+            ProxyError::EmptyResponse { .. } => idempotent,
+            _ => false,
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -190,7 +199,9 @@ impl ProxyError {
             ProxyError::NoServer { .. }
             | ProxyError::QueueFull { .. }
             | ProxyError::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::EmptyResponse { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. } | ProxyError::ServerTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -280,9 +291,13 @@ mod tests {
                 server: s(),
                 reason: String::new()
             }
-            .retryable()
+            .retryable(false)
         );
-        assert!(!ProxyError::ServerTimeout { server: s() }.retryable());
+        assert!(!ProxyError::ServerTimeout { server: s() }.retryable(true));
+        // A server that closed without a byte: again elsewhere, for idempotent methods only.
+        let empty = ProxyError::EmptyResponse { server: s() };
+        assert!(empty.retryable(true) && !empty.retryable(false));
+        assert_eq!(empty.status(), 502);
         assert!(
             !ProxyError::Upstream {
                 server: s(),

@@ -1301,12 +1301,13 @@ async fn forward(
                 server: server.to_string(),
             },
         };
-        if err.retryable() {
+        let retryable = err.retryable(up.parts.method.is_idempotent());
+        if retryable {
             health::observe(pool, &slot.server, false, &passive);
         }
         drop(slot);
         let servers = pool.servers().len();
-        if !(err.retryable() && replayable && tried.len() < MAX_CONNECT_ATTEMPTS.min(servers)) {
+        if !(retryable && replayable && tried.len() < MAX_CONNECT_ATTEMPTS.min(servers)) {
             return Err(err);
         }
         trace.retries += 1;
