@@ -253,7 +253,7 @@ impl Metrics {
             retries: counter(
                 &r,
                 "floodgate_backend_retries_total",
-                "Requests sent again to another server after a connect failure",
+                "Requests sent again to another server after a connect failure or an empty response",
                 &["backend"],
             )?,
             bytes_in: counter(
