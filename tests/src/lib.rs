@@ -199,6 +199,28 @@ impl Drop for Proc {
     }
 }
 
+/// The effective, permitted and bounding capability sets of every thread of `pid`.
+pub fn thread_caps(pid: u32) -> Vec<(u64, u64, u64)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(t.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(u64::MAX)
+        };
+        out.push((field("CapEff:"), field("CapPrm:"), field("CapBnd:")));
+    }
+    out
+}
+
 /// Two network namespaces joined by a veth pair: `srv` (`10.N.0.1`, `fd00:N::1`) and `cli`
 /// (`10.N.0.2`, `fd00:N::2`). Everything is removed on drop.
 pub struct NetPair {

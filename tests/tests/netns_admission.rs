@@ -337,6 +337,18 @@ backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
         nft_tables(&net.srv).contains("inet floodgate"),
         "NOTRACK table installed"
     );
+    // Started as root: once attached, every thread keeps CAP_NET_ADMIN (bit 12, for the
+    // table's removal below) and nothing else, in every set.
+    let pid = fg.child.as_ref().map(std::process::Child::id).unwrap();
+    let caps = floodgate_tests::thread_caps(pid);
+    assert!(!caps.is_empty());
+    for (eff, prm, bnd) in &caps {
+        assert_eq!(
+            (*eff, *prm, *bnd),
+            (1 << 12, 1 << 12, 1 << 12),
+            "capabilities of a thread: {caps:x?}"
+        );
+    }
     let s0 = stats(&pin_dir).unwrap();
     let before = conntrack_count(&net.srv);
     burst(&net.cli);

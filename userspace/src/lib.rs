@@ -13,6 +13,7 @@ pub mod dataplane;
 pub mod haproxy;
 pub mod limits;
 pub mod metrics;
+pub mod privileges;
 pub mod proxy;
 pub mod reload;
 pub mod rng;

@@ -328,6 +328,14 @@ async fn serve(
             }
         }
     }
+    // Bound with the listeners, before privileges are dropped (a port under 1024 needs them):
+    // an admin address in use is a start-up error, not a silent gap.
+    let admin_listener = match &cfg.admin {
+        Some(a) => {
+            Some(floodgate::admin::bind(a.bind).with_context(|| format!("admin.bind {}", a.bind))?)
+        }
+        None => None,
+    };
     let binds: Vec<_> = cfg.listeners.iter().map(|l| l.bind).collect();
     // Conntrack bypass before XDP, so an attached program means everything is in place.
     let bypass = if cfg.xdp.enabled && cfg.xdp.conntrack_bypass {
@@ -345,6 +353,13 @@ async fn serve(
         info!("xdp.enabled is false: running the proxy alone");
         None
     };
+    // Everything privileged is done: drop what is no longer needed, before any other thread
+    // starts (threads inherit the capabilities of the one that creates them).
+    let keep = floodgate::privileges::needed_after_start(cfg.xdp.enabled);
+    match floodgate::privileges::drop_all_but(&keep) {
+        Ok(kept) => info!(kept = ?kept, "capabilities dropped but those kept"),
+        Err(e) => warn!(error = %e, "cannot drop capabilities; running with those it started with"),
+    }
 
     let metrics = Arc::new(floodgate::metrics::Metrics::new()?);
     let mut routing = Arc::new(Routing::build(&cfg, None, workers, Some(&metrics)).await?);
@@ -446,11 +461,8 @@ async fn serve(
     let mut ticks: u64 = 0;
     let flows = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut drops = floodgate::stats::DropBursts::default();
-    // Bound before traffic: an admin address in use is a start-up error, not a silent gap.
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    if let Some(a) = &cfg.admin {
-        let listener =
-            floodgate::admin::bind(a.bind).with_context(|| format!("admin.bind {}", a.bind))?;
+    if let (Some(a), Some(listener)) = (&cfg.admin, admin_listener) {
         let sources = floodgate::metrics::Sources {
             listeners: cfg
                 .listeners
