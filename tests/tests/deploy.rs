@@ -23,6 +23,7 @@ use serde_yaml::Value;
 /// Every kustomization a user can apply.
 const TARGETS: &[&str] = &[
     "overlays/generic",
+    "overlays/generic-node-tuning",
     "overlays/aks",
     "overlays/aks-deployment",
     "daemonset",
@@ -197,37 +198,23 @@ fn the_daemonset_has_the_properties_production_needs() {
             strs(&sc["capabilities"]["add"]),
             ["BPF", "NET_ADMIN", "PERFMON", "NET_BIND_SERVICE"]
         );
-        // The only privileged container is the sysctl init container, and it only runs sysctl
-        // on the values of the one sysctl file.
-        for init in pod["initContainers"].as_sequence().unwrap() {
-            assert_eq!(init["name"], "sysctl");
-            assert_eq!(strs(&init["command"])[0], "sysctl");
-            assert!(strs(&init["command"]).contains(&"/etc/floodgate/sysctl/sysctls.conf".into()));
+        // No privileged container at all by default: node sysctls come from the node.
+        let all = pod["containers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .chain(pod["initContainers"].as_sequence().into_iter().flatten());
+        for c in all {
+            assert_ne!(c["securityContext"]["privileged"], true, "{target}: {c:?}");
         }
-        let sysctls = find_prefix(&docs, "ConfigMap", "floodgate-sysctls-");
-        let conf = sysctls["data"]["sysctls.conf"].as_str().unwrap();
-        assert_eq!(
-            conf,
-            std::fs::read_to_string(repo_root().join("deploy/base/node-tuning/sysctls.conf"))
-                .unwrap()
-        );
-        let keys: Vec<&str> = conf
-            .lines()
-            .filter(|l| !l.trim_start().starts_with('#') && l.contains('='))
-            .map(|l| l.split('=').next().unwrap().trim())
-            .collect();
-        for must in [
-            "net.netfilter.nf_conntrack_max",
-            "net.core.somaxconn",
-            "net.ipv4.tcp_max_syn_backlog",
-            "net.ipv4.ip_local_port_range",
-            "net.core.netdev_max_backlog",
-        ] {
-            assert!(keys.contains(&must), "{must} is tuned");
-        }
-        for k in &keys {
-            let path = Path::new("/proc/sys").join(k.replace('.', "/"));
-            assert!(path.exists(), "{k} is not a sysctl of this kernel");
+        // Images by a pinned tag or digest, never `latest` or none.
+        for c in pod["containers"].as_sequence().unwrap() {
+            let image = c["image"].as_str().unwrap();
+            let pinned = image.contains('@')
+                || image
+                    .rsplit_once(':')
+                    .is_some_and(|(_, t)| t != "latest" && !t.contains('/'));
+            assert!(pinned, "{target}: image {image} is not pinned");
         }
         // bpffs from the host, so pins survive a restart.
         let bpffs = pod["volumes"]
@@ -320,6 +307,94 @@ fn the_daemonset_has_the_properties_production_needs() {
         let dash = find(&docs, "ConfigMap", "floodgate-dashboard");
         assert_eq!(dash["metadata"]["labels"]["grafana_dashboard"], "1");
         find(&docs, "PrometheusRule", "floodgate");
+    }
+}
+
+/// Node tuning: the sysctls live in one file; AKS's node config carries the same values, and
+/// the opt-in component applies them with floodgate's only privileged container.
+#[test]
+fn node_sysctls_come_from_the_node_or_an_opt_in_component() {
+    let conf =
+        std::fs::read_to_string(repo_root().join("deploy/components/node-tuning/sysctls.conf"))
+            .unwrap();
+    let values: std::collections::BTreeMap<String, String> = conf
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains('='))
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            (k.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect();
+    // AKS `--linux-os-config`: every sysctl AKS lets a node pool set, with the file's value.
+    let aks: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("deploy/aks/linuxosconfig.json")).unwrap(),
+    )
+    .unwrap();
+    let aks = aks["sysctls"].as_object().unwrap();
+    for (aks_key, sysctl) in [
+        ("netCoreSomaxconn", "net.core.somaxconn"),
+        ("netIpv4TcpMaxSynBacklog", "net.ipv4.tcp_max_syn_backlog"),
+        ("netCoreNetdevMaxBacklog", "net.core.netdev_max_backlog"),
+        ("netIpv4IpLocalPortRange", "net.ipv4.ip_local_port_range"),
+        ("netIpv4TcpTwReuse", "net.ipv4.tcp_tw_reuse"),
+        ("netIpv4TcpFinTimeout", "net.ipv4.tcp_fin_timeout"),
+        (
+            "netNetfilterNfConntrackMax",
+            "net.netfilter.nf_conntrack_max",
+        ),
+        ("fsFileMax", "fs.file-max"),
+        ("fsNrOpen", "fs.nr_open"),
+        ("netCoreRmemMax", "net.core.rmem_max"),
+        ("netCoreWmemMax", "net.core.wmem_max"),
+    ] {
+        let want = values
+            .get(sysctl)
+            .unwrap_or_else(|| panic!("{sysctl} in sysctls.conf"));
+        let got = match &aks[aks_key] {
+            serde_json::Value::Bool(b) => u8::from(*b).to_string(),
+            serde_json::Value::String(s) => s.clone(),
+            v => v.to_string(),
+        };
+        assert_eq!(&got, want, "{aks_key} is {sysctl}");
+    }
+    let (_, docs) = render("overlays/generic-node-tuning");
+    let (ds, _) = workload(&docs, "DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    let inits = pod["initContainers"].as_sequence().unwrap();
+    assert_eq!(inits.len(), 1);
+    let init = &inits[0];
+    assert_eq!(init["name"], "sysctl");
+    assert_eq!(init["securityContext"]["privileged"], true);
+    assert_eq!(strs(&init["command"])[0], "sysctl");
+    assert!(strs(&init["command"]).contains(&"/etc/floodgate/sysctl/sysctls.conf".into()));
+    assert!(!init["image"].as_str().unwrap().ends_with(":latest"));
+    let cm = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "floodgate-sysctls")
+        .expect("the sysctls ConfigMap");
+    assert_eq!(cm["data"]["sysctls.conf"].as_str().unwrap(), conf);
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "sysctls")
+        .expect("the sysctls volume");
+    assert_eq!(volume["configMap"]["name"], "floodgate-sysctls");
+    let keys: Vec<&str> = values.keys().map(String::as_str).collect();
+    {
+        for must in [
+            "net.netfilter.nf_conntrack_max",
+            "net.core.somaxconn",
+            "net.ipv4.tcp_max_syn_backlog",
+            "net.ipv4.ip_local_port_range",
+            "net.core.netdev_max_backlog",
+        ] {
+            assert!(keys.contains(&must), "{must} is tuned");
+        }
+        for k in &keys {
+            let path = Path::new("/proc/sys").join(k.replace('.', "/"));
+            assert!(path.exists(), "{k} is not a sysctl of this kernel");
+        }
     }
 }
 
