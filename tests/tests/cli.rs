@@ -56,6 +56,34 @@ fn check_accepts_the_quickstart_and_a_minimal_config() {
     assert!(!stdout.contains("warning"), "{stdout}");
 }
 
+/// A private key other users can read is said out loud, naming the key; 0400 is quiet.
+#[test]
+fn check_warns_of_a_private_key_readable_by_others() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("fg-keymode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (crt, key) =
+        floodgate_tests::self_signed(&dir, "k", "ec", "a.example", "DNS:a.example", false);
+    let yaml = GOOD.replace(
+        "default-backend: app }",
+        &format!(
+            "default-backend: app, tls: {{ certificates: [{{ cert: {}, key: {} }}] }} }}",
+            crt.display(),
+            key.display()
+        ),
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, stdout, stderr) = check("key-644.yaml", &yaml);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("warning: listeners[0].tls.certificates[0]") && stdout.contains("mode 644"),
+        "{stdout}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let (ok, stdout, _) = check("key-400.yaml", &yaml);
+    assert!(ok && !stdout.contains("warning"), "{stdout}");
+}
+
 /// A PROXY protocol header believed from anyone lets a client name any address as its own:
 /// valid (HAProxy's `use-proxy-protocol` means it), but said out loud.
 #[test]

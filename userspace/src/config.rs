@@ -1427,6 +1427,16 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (i, l) in self.listeners.iter().enumerate() {
+            for (j, c) in l.tls.iter().flat_map(|t| t.certificates.iter()).enumerate() {
+                let (_, key) = c.paths();
+                if let Some(mode) = crate::tls::key_exposed(&key) {
+                    out.push(format!(
+                        "listeners[{i}].tls.certificates[{j}]: the private key {} is readable by \
+                         group or others (mode {mode:o}); make it 0400",
+                        key.display()
+                    ));
+                }
+            }
             let from_anyone = l
                 .proxy_protocol
                 .as_ref()

@@ -167,6 +167,9 @@ struct Entry {
     names: Vec<String>,
     /// The leaf's notAfter, seconds since the epoch.
     not_after: i64,
+    /// The stapled OCSP response's nextUpdate, seconds since the epoch: past it the staple is
+    /// dropped (the certificates are reloaded without it).
+    staple_until: Option<i64>,
 }
 
 /// One loaded certificate, for the expiry metric.
@@ -186,6 +189,8 @@ struct Table {
     wildcard: HashMap<String, Vec<Arc<CertifiedKey>>>,
     default: Vec<Arc<CertifiedKey>>,
     info: Vec<CertInfo>,
+    /// The earliest nextUpdate of the staples served.
+    staples_until: Option<i64>,
 }
 
 impl Table {
@@ -193,6 +198,10 @@ impl Table {
         let mut t = Table::default();
         let first_names = entries.first().map(|e| e.names.clone()).unwrap_or_default();
         for e in entries {
+            t.staples_until = match (t.staples_until, e.staple_until) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             t.info.push(CertInfo {
                 name: e.names.first().cloned().unwrap_or_default(),
                 not_after: e.not_after,
@@ -276,6 +285,7 @@ fn load_entries(sources: &[config::CertSource]) -> Result<Vec<Entry>, TlsError> 
             path: cert.clone(),
             reason,
         })?;
+        let leaf = first.as_ref().to_vec();
         let der = read_key(&key)?;
         let signing = aws_lc_rs::sign::any_supported_type(&der).map_err(|e| TlsError::Pem {
             path: key.clone(),
@@ -286,14 +296,34 @@ fn load_entries(sources: &[config::CertSource]) -> Result<Vec<Entry>, TlsError> 
             path: key.clone(),
             reason: format!("does not match {}: {e}", cert.display()),
         })?;
-        ck.ocsp = read_ocsp(
+        warn_if_key_exposed(&key);
+        let staple = read_ocsp(
             &s.ocsp_path(),
             matches!(s, config::CertSource::Pair { ocsp: Some(_), .. }),
         )?;
+        let mut staple_until = None;
+        if let Some(der) = staple {
+            let path = s.ocsp_path();
+            match check_staple(&der, &leaf, unix_now()) {
+                Ok(until) => {
+                    ck.ocsp = Some(der);
+                    staple_until = until;
+                }
+                Err(Staple::Stale(why)) => {
+                    // Served without it: a client fetches the status itself, which beats a
+                    // listener refused for a responder's hiccup.
+                    warn!(path = %path.display(), reason = %why, "OCSP response not stapled");
+                }
+                Err(Staple::Wrong(reason)) => {
+                    return Err(TlsError::Pem { path, reason });
+                }
+            }
+        }
         out.push(Entry {
             key: Arc::new(ck),
             names,
             not_after,
+            staple_until,
         });
     }
     Ok(out)
@@ -349,6 +379,109 @@ fn read_ocsp(path: &Path, required: bool) -> Result<Option<Vec<u8>>, TlsError> {
         });
     }
     Ok(Some(der))
+}
+
+/// Why a staple is not served.
+#[derive(Debug, PartialEq, Eq)]
+enum Staple {
+    /// Out of date or not yet valid: the certificate is served without it.
+    Stale(String),
+    /// Not about this certificate, revoked, or unreadable: the certificate is refused, as a
+    /// wrong file next to it is a deployment mistake to fix, not to serve.
+    Wrong(String),
+}
+
+/// Checks an OCSP response (already known `successful`) against the leaf certificate `cert`
+/// at `now` (seconds since the epoch): a basic response with a single response for this
+/// certificate (its serial number and issuer name hash), status good, `thisUpdate` not in the
+/// future (5 minutes of clock skew allowed) and `nextUpdate`, when present, not past. Returns
+/// `nextUpdate`.
+fn check_staple(der: &[u8], cert: &[u8], now: i64) -> Result<Option<i64>, Staple> {
+    use x509_cert::der::Decode as _;
+    let wrong = |why: &str| Staple::Wrong(why.to_owned());
+    let resp = x509_ocsp::OcspResponse::from_der(der)
+        .map_err(|e| Staple::Wrong(format!("not an OCSP response: {e}")))?;
+    let bytes = resp
+        .response_bytes
+        .ok_or_else(|| wrong("an OCSP response without its response"))?;
+    let basic = x509_ocsp::BasicOcspResponse::from_der(bytes.response.as_bytes())
+        .map_err(|e| Staple::Wrong(format!("not a basic OCSP response: {e}")))?;
+    let (_, leaf) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| Staple::Wrong(format!("certificate: {e}")))?;
+    let single = basic
+        .tbs_response_data
+        .responses
+        .iter()
+        .find(|r| r.cert_id.serial_number.as_bytes() == leaf.raw_serial())
+        .ok_or_else(|| wrong("the OCSP response is about another certificate (serial number)"))?;
+    let id = &single.cert_id;
+    let name = leaf.issuer().as_raw();
+    let hashed = match id.hash_algorithm.oid.to_string().as_str() {
+        "1.3.14.3.2.26" => {
+            ::aws_lc_rs::digest::digest(&::aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, name)
+        }
+        "2.16.840.1.101.3.4.2.1" => ::aws_lc_rs::digest::digest(&::aws_lc_rs::digest::SHA256, name),
+        other => return Err(Staple::Wrong(format!("unsupported CertID hash {other}"))),
+    };
+    if hashed.as_ref() != id.issuer_name_hash.as_bytes() {
+        return Err(wrong(
+            "the OCSP response is about another certificate (issuer)",
+        ));
+    }
+    match &single.cert_status {
+        x509_ocsp::CertStatus::Good(_) => {}
+        x509_ocsp::CertStatus::Revoked(_) => return Err(wrong("the certificate is revoked")),
+        x509_ocsp::CertStatus::Unknown(_) => {
+            return Err(wrong("the responder does not know the certificate"));
+        }
+    }
+    let secs = |t: &x509_ocsp::OcspGeneralizedTime| {
+        i64::try_from(t.0.to_unix_duration().as_secs()).unwrap_or(i64::MAX)
+    };
+    const SKEW: i64 = 300;
+    let this_update = secs(&single.this_update);
+    if this_update > now.saturating_add(SKEW) {
+        return Err(Staple::Stale(format!(
+            "thisUpdate is {} s in the future",
+            this_update - now
+        )));
+    }
+    let next_update = single.next_update.as_ref().map(secs);
+    if let Some(next) = next_update
+        && next <= now
+    {
+        return Err(Staple::Stale(format!(
+            "out of date: nextUpdate passed {} s ago",
+            now - next
+        )));
+    }
+    Ok(next_update)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The mode of a private key file that other users of the node can read (group or others
+/// bits), or `None`. A key they can read is one they can copy. (A Kubernetes Secret volume is
+/// 0644 unless its `defaultMode` says otherwise; the manifests set 0400.)
+pub fn key_exposed(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
+/// Said at every load, so a rotated key is checked too.
+fn warn_if_key_exposed(path: &Path) {
+    if let Some(mode) = key_exposed(path) {
+        warn!(
+            path = %path.display(),
+            mode = format!("{mode:o}"),
+            "private key readable by group or others; make it 0400 (a Secret volume's defaultMode)"
+        );
+    }
 }
 
 /// `OCSPResponse ::= SEQUENCE { responseStatus ENUMERATED, responseBytes [0] ... }` with
@@ -473,7 +606,15 @@ impl Acceptor {
             .digest
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if now == *last {
+        // A staple past its nextUpdate is dropped by loading the certificates again.
+        let staple_expired = self
+            .resolver
+            .table
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .staples_until
+            .is_some_and(|t| t <= unix_now());
+        if now == *last && !staple_expired {
             return None;
         }
         *last = now;
@@ -641,6 +782,133 @@ impl ServerCertVerifier for AnyCertificate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A self-signed certificate for `cn` in `dir`, with `openssl`; returns (cert DER, PEM
+    /// path, key path).
+    fn cert(dir: &Path, name: &str, cn: &str) -> (Vec<u8>, PathBuf, PathBuf) {
+        let (crt, key) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        let ok = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-nodes", "-days", "2", "-subj"])
+            .arg(format!("/CN={cn}"))
+            .args([
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "openssl req");
+        let der = read_certs(&crt).expect("cert").remove(0).as_ref().to_vec();
+        (der, crt, key)
+    }
+
+    /// An OCSP response about `crt` (self-issued) with `status` (`V` good, `R` revoked),
+    /// signed by `crt` itself, valid for a day.
+    fn ocsp(dir: &Path, crt: &Path, key: &Path, status: char) -> Vec<u8> {
+        let run = |args: &[&std::ffi::OsStr]| {
+            std::process::Command::new("openssl")
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let serial = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-serial", "-in"])
+            .arg(crt)
+            .output()
+            .expect("openssl x509");
+        let serial = String::from_utf8_lossy(&serial.stdout)
+            .trim()
+            .trim_start_matches("serial=")
+            .to_owned();
+        let revoked = if status == 'R' { "250101000000Z" } else { "" };
+        let index = dir.join("index.txt");
+        std::fs::write(
+            &index,
+            format!("{status}\t351231235959Z\t{revoked}\t{serial}\tunknown\t/CN=x\n"),
+        )
+        .expect("index");
+        let (req, resp) = (dir.join("req.der"), dir.join("resp.der"));
+        let os = |s: &'static str| std::ffi::OsStr::new(s);
+        assert!(run(&[
+            os("ocsp"),
+            os("-no_nonce"),
+            os("-issuer"),
+            crt.as_os_str(),
+            os("-cert"),
+            crt.as_os_str(),
+            os("-reqout"),
+            req.as_os_str(),
+        ]));
+        assert!(run(&[
+            os("ocsp"),
+            os("-index"),
+            index.as_os_str(),
+            os("-rsigner"),
+            crt.as_os_str(),
+            os("-rkey"),
+            key.as_os_str(),
+            os("-CA"),
+            crt.as_os_str(),
+            os("-reqin"),
+            req.as_os_str(),
+            os("-respout"),
+            resp.as_os_str(),
+            os("-ndays"),
+            os("1"),
+        ]));
+        std::fs::read(resp).expect("response")
+    }
+
+    /// A staple is served only when it is about this certificate, says good, and is current.
+    #[test]
+    fn staples_must_be_about_the_certificate_good_and_fresh() {
+        let dir = std::env::temp_dir().join(format!("fg-ocsp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (a, a_crt, a_key) = cert(&dir, "a", "a.example.com");
+        let (b, _, _) = cert(&dir, "b", "b.example.com");
+        let good = ocsp(&dir, &a_crt, &a_key, 'V');
+        let now = unix_now();
+        let until = check_staple(&good, &a, now)
+            .expect("a good, current response about a")
+            .expect("with nextUpdate");
+        assert!(
+            until > now + 3600 && until <= now + 86_400 + 60,
+            "{until} vs {now}"
+        );
+        assert!(matches!(
+            check_staple(&good, &a, until + 1),
+            Err(Staple::Stale(_))
+        ));
+        assert!(
+            matches!(check_staple(&good, &a, now - 3600), Err(Staple::Stale(_))),
+            "thisUpdate an hour ahead"
+        );
+        assert!(
+            matches!(check_staple(&good, &b, now), Err(Staple::Wrong(w)) if w.contains("another certificate")),
+            "about another certificate"
+        );
+        let revoked = ocsp(&dir, &a_crt, &a_key, 'R');
+        assert!(matches!(
+            check_staple(&revoked, &a, now),
+            Err(Staple::Wrong(w)) if w.contains("revoked")
+        ));
+        assert!(matches!(
+            check_staple(b"garbage", &a, now),
+            Err(Staple::Wrong(_))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn only_successful_ocsp_responses_are_stapled() {
