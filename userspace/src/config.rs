@@ -1386,13 +1386,25 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut cfg: Config = serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let extra = match haproxy_dir {
+            Some(dir) => crate::haproxy::read_dir(dir)?,
+            None => Default::default(),
+        };
+        Self::from_text(&text, path, extra)
+    }
+
+    /// A config from YAML `text` (read from `path`, for errors), with HAProxy ConfigMap keys
+    /// `extra` on top of its `haproxy:` section.
+    pub fn from_text(
+        text: &str,
+        path: &Path,
+        extra: std::collections::BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let mut cfg: Config = serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
             source,
         })?;
-        if let Some(dir) = haproxy_dir {
-            cfg.haproxy.extend(crate::haproxy::read_dir(dir)?);
-        }
+        cfg.haproxy.extend(extra);
         let keys = cfg.haproxy.clone();
         cfg.ignored_haproxy_keys = crate::haproxy::apply(&mut cfg, &keys)?;
         cfg.tls.apply_ssl_options()?;

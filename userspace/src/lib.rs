@@ -10,6 +10,8 @@ pub mod admin;
 pub mod config;
 pub mod conntrack;
 pub mod dataplane;
+#[cfg(feature = "fuzz")]
+pub mod fuzz;
 pub mod haproxy;
 pub mod limits;
 pub mod metrics;

@@ -1,4 +1,4 @@
-//! floodgate's task runner: `cargo xtask setup | build | run | test | bench`.
+//! floodgate's task runner: `cargo xtask setup | build | run | test | fuzz | bench`.
 //!
 //! It does what cargo cannot: install the eBPF toolchain, run root-only tests one at a time,
 //! start the quickstart, and drive the side-by-side benchmarks.
@@ -54,6 +54,14 @@ enum Cmd {
         #[arg(long)]
         no_lint: bool,
     },
+    /// Fuzz the hand-written parsers (cargo-fuzz, nightly): every target, or one, for SECONDS
+    /// each. New inputs go into fuzz/corpus/<target>; a crash is saved in fuzz/artifacts.
+    Fuzz {
+        /// proxy_protocol, client_hello, response_head, duration, config or request.
+        target: Option<String>,
+        #[arg(default_value_t = 60)]
+        seconds: u64,
+    },
     /// Benchmarks: `xdp` (ns per packet through BPF_PROG_TEST_RUN), `flood` (goodput during a
     /// SYN flood), `http` and `tls` (vs HAProxy), `floor` (vs a bare relay and a bare hyper).
     Bench {
@@ -71,6 +79,7 @@ fn main() -> Result<()> {
         Cmd::Build { release } => tasks::build(release),
         Cmd::Run { config } => tasks::run_quickstart(config),
         Cmd::Test { filter, no_lint } => tasks::test(filter.as_deref(), no_lint),
+        Cmd::Fuzz { target, seconds } => tasks::fuzz(target.as_deref(), seconds, true),
         Cmd::Bench { what } => tasks::bench(&what),
     }
 }

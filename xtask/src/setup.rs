@@ -46,6 +46,7 @@ pub fn setup(verbose: bool, build_only: bool) -> Result<()> {
         kubectl(&mut report)?;
         pip(&mut report)?;
         bpffs(&mut report)?;
+        cargo_fuzz(&mut report)?;
     }
     report.print(verbose);
     Ok(())
@@ -61,7 +62,8 @@ pub fn is_complete() -> bool {
             && APT_PACKAGES.iter().all(|(_, f)| Path::new(f).exists())
             && Path::new(KUBECTL).exists()
             && kubernetes_validate_ok()
-            && bpffs_mounted())
+            && bpffs_mounted()
+            && cargo_fuzz_ok())
     })()
     .unwrap_or(false)
 }
@@ -358,5 +360,35 @@ fn bpffs(report: &mut Report) -> Result<()> {
     run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
         .context("mounting bpffs needs root")?;
     report.done.push("mounted bpffs on /sys/fs/bpf".into());
+    Ok(())
+}
+
+/// cargo-fuzz, pinned, for `cargo xtask fuzz` and the short fuzz runs of `cargo xtask test`.
+const CARGO_FUZZ: &str = "0.13.2";
+
+fn cargo_fuzz_ok() -> bool {
+    Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ)
+        })
+}
+
+fn cargo_fuzz(report: &mut Report) -> Result<()> {
+    if cargo_fuzz_ok() {
+        report.skipped.push(format!("cargo-fuzz {CARGO_FUZZ}"));
+        return Ok(());
+    }
+    run(Command::new("cargo").args([
+        "install",
+        "--locked",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ,
+    ]))?;
+    report
+        .done
+        .push(format!("cargo install cargo-fuzz {CARGO_FUZZ}"));
     Ok(())
 }

@@ -156,12 +156,72 @@ pub fn test(filter: Option<&str>, no_lint: bool) -> Result<()> {
         "integration tests (BPF_PROG_TEST_RUN, network namespaces)",
         &mut integ,
     )?;
+    if filter.is_none() {
+        // A short run of every fuzz target over its committed corpus: a regression of a
+        // parser fails here, not in a long campaign.
+        fuzz(None, FUZZ_IN_TEST_SECONDS, false)?;
+    }
     println!(
         "\nall tests passed in {:.0}s",
         started.elapsed().as_secs_f64()
     );
     // The plain closing line CI reads, summed over both cargo test runs.
     println!("{} passed, {} failed", p1 + p2, f1 + f2);
+    Ok(())
+}
+
+/// The cargo-fuzz targets (fuzz/fuzz_targets), one per hand-written parser.
+pub const FUZZ_TARGETS: &[&str] = &[
+    "proxy_protocol",
+    "client_hello",
+    "response_head",
+    "duration",
+    "config",
+    "request",
+];
+
+/// Seconds each target runs in `cargo xtask test`.
+const FUZZ_IN_TEST_SECONDS: u64 = 10;
+
+/// Runs `target` (or every one) for `seconds` each. `grow`: new inputs are added to the
+/// committed corpus (`cargo xtask fuzz`); otherwise they go to a scratch directory and the
+/// committed corpus is only read (`cargo xtask test`).
+pub fn fuzz(target: Option<&str>, seconds: u64, grow: bool) -> Result<()> {
+    ensure_setup()?;
+    let targets: Vec<&str> = match target {
+        Some(t) if FUZZ_TARGETS.contains(&t) => vec![t],
+        Some(t) => bail!("no fuzz target `{t}`: one of {}", FUZZ_TARGETS.join(", ")),
+        None => FUZZ_TARGETS.to_vec(),
+    };
+    let dir = root().join("fuzz");
+    step(
+        "fuzz build",
+        Command::new("cargo")
+            .current_dir(&dir)
+            .args([&format!("+{EBPF_TOOLCHAIN}"), "fuzz", "build", "-O"])
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER"),
+    )?;
+    for t in targets {
+        let corpus = dir.join("corpus").join(t);
+        let mut c = Command::new("cargo");
+        c.current_dir(&dir)
+            .args([&format!("+{EBPF_TOOLCHAIN}"), "fuzz", "run", "-O", t])
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER");
+        if !grow {
+            let scratch = std::env::temp_dir().join(format!("fg-fuzz-{t}-{}", std::process::id()));
+            std::fs::create_dir_all(&scratch)?;
+            c.arg(&scratch).arg(&corpus);
+        }
+        c.args([
+            "--",
+            &format!("-max_total_time={seconds}"),
+            "-rss_limit_mb=2048",
+            "-print_final_stats=1",
+        ]);
+        step(&format!("fuzz {t} ({seconds} s)"), &mut c)?;
+    }
     Ok(())
 }
 

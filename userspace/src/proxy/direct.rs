@@ -295,6 +295,29 @@ struct Head {
     keep_alive: bool,
 }
 
+/// `crate::fuzz::response_head`: a complete head is within the bytes, and a head that
+/// parses keeps parsing the same with more bytes after it.
+#[cfg(feature = "fuzz")]
+pub fn fuzz(data: &[u8]) {
+    for head_only in [false, true] {
+        if let Ok(Some(h)) = parse_head(data, head_only) {
+            assert!(h.len <= data.len());
+            let mut more = data.to_vec();
+            more.extend_from_slice(b"trailing bytes");
+            let again = parse_head(&more, head_only);
+            assert!(
+                matches!(&again, Ok(Some(a)) if a.len == h.len && a.status == h.status),
+                "the same head parsed differently with bytes after it"
+            );
+        }
+    }
+    for line in data.split(|b| *b == b'\n') {
+        if let Ok(n) = chunk_size(line) {
+            assert!(n < 1 << 60);
+        }
+    }
+}
+
 /// One response head from the start of `buf`, `None` until it is complete. Body framing
 /// follows RFC 9112 section 6.3, in its order.
 fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, String> {

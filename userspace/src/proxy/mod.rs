@@ -122,10 +122,13 @@ pub struct Routing {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Server lists for pools carried over from the previous generation, applied at `commit`:
     /// a reload refused after this generation was built leaves the running pools as they were.
-    pending: std::sync::Mutex<Vec<(Arc<Pool>, Vec<Arc<pool::Server>>)>>,
+    pending: std::sync::Mutex<PendingServers>,
     /// Opens when the generation is committed; its tasks wait for it.
     gate: tokio::sync::watch::Sender<bool>,
 }
+
+/// Pools carried over from the previous generation, with the server lists they get at commit.
+type PendingServers = Vec<(Arc<Pool>, Vec<Arc<pool::Server>>)>;
 
 impl Drop for Routing {
     fn drop(&mut self) {

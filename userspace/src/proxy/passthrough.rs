@@ -125,6 +125,18 @@ pub async fn read_hello(
         .unwrap_or(Err(PassthroughError::Timeout))
 }
 
+/// `crate::fuzz::client_hello`.
+#[cfg(feature = "fuzz")]
+pub fn fuzz(data: &[u8]) {
+    if let Some(name) = server_name(data) {
+        assert!(!name.is_empty() && name.len() <= data.len(), "{name:?}");
+        assert!(
+            name.is_ascii() && name == name.to_ascii_lowercase(),
+            "{name:?}"
+        );
+    }
+}
+
 /// The `server_name` of a ClientHello handshake message (RFC 8446 section 4.1.2, RFC 6066
 /// section 3); `None` when there is none or the message does not parse.
 fn server_name(msg: &[u8]) -> Option<String> {
@@ -156,12 +168,25 @@ fn server_name(msg: &[u8]) -> Option<String> {
             let (name_type, n) = (list.u8()?, list.u16()?);
             let name = list.take(n)?;
             if name_type == 0 {
-                return std::str::from_utf8(name).ok().map(str::to_owned);
+                return host_name(name);
             }
         }
         return None;
     }
     None
+}
+
+/// A `HostName` as RFC 6066 section 3 has it: a DNS name in ASCII, not empty. Lowercased and
+/// without a trailing dot, as HTTP hosts are (`normalize.rs`), so passthrough hosts match the
+/// same names routes do. Anything else is no name.
+fn host_name(name: &[u8]) -> Option<String> {
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    ok.then(|| String::from_utf8_lossy(name).to_ascii_lowercase())
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -398,9 +423,15 @@ mod tests {
         let hello = client_hello(Some("Vault.Example.com"));
         assert_eq!(
             server_name(&hello[RECORD_HEADER..]).as_deref(),
-            Some("Vault.Example.com"),
-            "as the client wrote it; `backend_for` ignores case"
+            Some("vault.example.com"),
+            "lowercased, as HTTP hosts are"
         );
+        // RFC 6066 host names only (found by the client_hello fuzz target: an empty one).
+        assert_eq!(host_name(b""), None);
+        assert_eq!(host_name(b"."), None);
+        assert_eq!(host_name(b"a b"), None);
+        assert_eq!(host_name("é.example".as_bytes()), None);
+        assert_eq!(host_name(b"Shop.Example.").as_deref(), Some("shop.example"));
         assert_eq!(server_name(&client_hello(None)[RECORD_HEADER..]), None);
         // Truncated anywhere: no name, no panic.
         for cut in 0..hello.len() {

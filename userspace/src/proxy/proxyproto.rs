@@ -75,6 +75,23 @@ enum Parsed {
     Incomplete,
 }
 
+/// `crate::fuzz::proxy_protocol`.
+#[cfg(feature = "fuzz")]
+pub fn fuzz(data: &[u8]) {
+    // v1 is a line within what was read; v2 names its own length (TLVs may run past the
+    // bytes read, and are read next), within the 16 + 65535 its length field allows.
+    if let Ok(Parsed::Complete(_, n)) = parse(data) {
+        if data.first() == Some(&b'P') {
+            assert!(n <= data.len() && n <= V1_MAX, "a v1 header of {n} bytes");
+        } else {
+            assert!(
+                (V2_FIXED..=V2_FIXED + 0xffff).contains(&n),
+                "a v2 header of {n} bytes"
+            );
+        }
+    }
+}
+
 /// Parses the header at the start of `buf`. Nothing after it is looked at.
 fn parse(buf: &[u8]) -> Result<Parsed, ProxyProtoError> {
     if buf.first() == Some(&b'P') {
