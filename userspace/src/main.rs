@@ -369,7 +369,6 @@ async fn serve(
     let mut acceptors: Vec<Arc<tls::Acceptor>> = Vec::new();
     let permits = Arc::new(Semaphore::new(maxconn as usize));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
     let mut actives = Vec::new();
     let (mut verified, verified_tx) = match dp
         .as_ref()
@@ -416,13 +415,9 @@ async fn serve(
                 tls: tls.clone(),
             })
             .collect();
-        if w == 0 {
-            // The first worker shares the main thread with the control loop below.
-            for s in serves {
-                tasks.spawn(server::serve(s, stop_rx.clone(), DRAIN_GRACE));
-            }
-            continue;
-        }
+        // Every worker has a thread of its own: the control loop below (XDP publishing, flow
+        // aging, verified sources, reloads), whose work grows with a flood, never takes time
+        // from one that serves connections.
         let (stop, (done_tx, done_rx)) = (stop_rx.clone(), tokio::sync::oneshot::channel::<()>());
         worker_done.push(done_rx);
         std::thread::Builder::new()
@@ -572,7 +567,6 @@ async fn serve(
     info!("shutting down: draining connections");
     ready.store(false, std::sync::atomic::Ordering::Relaxed);
     let _ = stop_tx.send(true);
-    while tasks.join_next().await.is_some() {}
     for done in worker_done {
         let _ = done.await;
     }
