@@ -31,6 +31,10 @@ pub mod maps {
     /// `LpmTrie<[u8; 4], u32>` / `LpmTrie<[u8; 16], u32>`: the only sources admitted in allow mode.
     pub const ALLOW_V4: &str = "FG_ALLOW_V4";
     pub const ALLOW_V6: &str = "FG_ALLOW_V6";
+    /// `LpmTrie<[u8; 4], u32>` / `LpmTrie<[u8; 16], u32>`: sources never SYN rate limited
+    /// (`xdp.trusted`: health checkers, partners, the office).
+    pub const TRUSTED_V4: &str = "FG_TRUSTED_V4";
+    pub const TRUSTED_V6: &str = "FG_TRUSTED_V6";
     /// `LruHashMap<SrcKey, Bucket>`: per-source-prefix SYN token buckets, kernel-owned.
     pub const SRC_BUCKETS: &str = "FG_SRC_BUCKET";
     /// `PerCpuArray<Bucket, 1>`: the global SYN budget, one bucket per CPU.
@@ -80,6 +84,8 @@ pub mod maps {
         LISTENER_STATS,
         IFACE_SLOTS,
         DESTS,
+        TRUSTED_V4,
+        TRUSTED_V6,
     ];
 }
 
@@ -172,12 +178,14 @@ pub enum Reason {
     FlowRemoved = 14,
     /// Event: an established packet whose flow is not in the table (evicted, or older than us).
     FlowMiss = 15,
-    /// Event: a SYN from a verified source skipped the global budget.
+    /// Event: a SYN from a verified source skipped the SYN rate limits (under pressure).
     SynVerifiedBypass = 16,
+    /// Event: a SYN from an `xdp.trusted` source skipped the SYN rate limits (under pressure).
+    SynTrustedBypass = 17,
 }
 
 /// Number of slots in [`maps::STATS`].
-pub const COUNTER_COUNT: u32 = 17;
+pub const COUNTER_COUNT: u32 = Reason::ALL.len() as u32;
 /// Verdict reasons are `0..VERDICT_COUNT`; the rest are events.
 pub const VERDICT_COUNT: u32 = Reason::DropCapacity as u32 + 1;
 
@@ -190,7 +198,7 @@ pub enum Verdict {
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; COUNTER_COUNT as usize] = [
+    pub const ALL: [Reason; 18] = [
         Reason::PassNotIp,
         Reason::PassNotTcp,
         Reason::PassNotListener,
@@ -208,6 +216,7 @@ impl Reason {
         Reason::FlowRemoved,
         Reason::FlowMiss,
         Reason::SynVerifiedBypass,
+        Reason::SynTrustedBypass,
     ];
 
     /// `Pass` or `Drop` for verdict reasons, `None` for events.
@@ -241,6 +250,7 @@ impl Reason {
             Reason::FlowRemoved => "flows_removed",
             Reason::FlowMiss => "flow_miss",
             Reason::SynVerifiedBypass => "syn_verified_bypass",
+            Reason::SynTrustedBypass => "syn_trusted_bypass",
         }
     }
 }
@@ -278,6 +288,13 @@ pub const FLAG_CAPACITY: u32 = 1 << 2;
 pub const FLAG_DENY_V4: u32 = 1 << 3;
 /// `XdpConfig::flags`: the IPv6 deny trie has entries.
 pub const FLAG_DENY_V6: u32 = 1 << 4;
+/// `XdpConfig::flags`: the node is under SYN pressure (set and cleared by userspace, or always
+/// set with `pressure.mode: always`): the SYN rate limits apply. Without it a SYN skips them.
+pub const FLAG_PRESSURE: u32 = 1 << 5;
+/// `XdpConfig::flags`: the IPv4 trusted trie has entries.
+pub const FLAG_TRUSTED_V4: u32 = 1 << 6;
+/// `XdpConfig::flags`: the IPv6 trusted trie has entries.
+pub const FLAG_TRUSTED_V6: u32 = 1 << 7;
 
 /// Admission parameters, written by userspace to `FG_CONFIG[0]`.
 ///

@@ -4,7 +4,8 @@
 //! parse -> listener port and address? --no--> PASS (SSH, kubelet, pods' traffic untouched)
 //!       -> CIDR deny / allow
 //!       -> not a SYN: count conntrack bypass, refresh or remove the flow -> PASS
-//!       -> SYN: source bucket -> global budget -> capacity (or fail open) -> flow insert -> PASS
+//!       -> SYN: under pressure (trusted / verified skip; global budget -> source bucket)
+//!               -> capacity (or fail open) -> flow insert -> PASS
 //! ```
 //! Every packet is counted under exactly one verdict reason (`floodgate_common::Reason`).
 #![no_std]
@@ -23,9 +24,10 @@ use aya_log_ebpf::warn;
 use floodgate_common::{
     BackendSlot, Bucket, COUNTER_COUNT, Capacity, Counter, DEFAULT_FLOWS, DEFAULT_SRC_BUCKETS,
     DEFAULT_VERIFIED, DestKey, FAMILY_V4, FLAG_ALLOW_MODE, FLAG_CAPACITY, FLAG_DENY_V4,
-    FLAG_DENY_V6, FLAG_FLOW_TABLE, FLOW_CLOSING, FlowKey, FlowState, IFACE_BUCKETS, IfaceSlot,
-    LISTENER_SLOTS, ListenerCounters, ListenerId, ListenerKey, MAX_BACKENDS, MAX_CIDRS, MAX_DESTS,
-    MAX_IFACES, MAX_LISTENERS, NANOS, Reason, SrcKey, XdpConfig,
+    FLAG_DENY_V6, FLAG_FLOW_TABLE, FLAG_PRESSURE, FLAG_TRUSTED_V4, FLAG_TRUSTED_V6, FLOW_CLOSING,
+    FlowKey, FlowState, IFACE_BUCKETS, IfaceSlot, LISTENER_SLOTS, ListenerCounters, ListenerId,
+    ListenerKey, MAX_BACKENDS, MAX_CIDRS, MAX_DESTS, MAX_IFACES, MAX_LISTENERS, NANOS, Reason,
+    SrcKey, XdpConfig,
 };
 use parse::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp};
 
@@ -51,6 +53,10 @@ static FG_DENY_V6: LpmTrie<[u8; 16], u32, { MAX_CIDRS as usize }> = LpmTrie::new
 static FG_ALLOW_V4: LpmTrie<[u8; 4], u32, { MAX_CIDRS as usize }> = LpmTrie::new();
 #[btf_map]
 static FG_ALLOW_V6: LpmTrie<[u8; 16], u32, { MAX_CIDRS as usize }> = LpmTrie::new();
+#[btf_map]
+static FG_TRUSTED_V4: LpmTrie<[u8; 4], u32, { MAX_CIDRS as usize }> = LpmTrie::new();
+#[btf_map]
+static FG_TRUSTED_V6: LpmTrie<[u8; 16], u32, { MAX_CIDRS as usize }> = LpmTrie::new();
 #[btf_map]
 static FG_SRC_BUCKET: LruHashMap<SrcKey, Bucket, { DEFAULT_SRC_BUCKETS as usize }> =
     LruHashMap::new();
@@ -202,47 +208,11 @@ fn admit_syn(
     now: u64,
     iface: u32,
 ) -> Reason {
-    if cfg.src_rate != 0 {
-        let key = src_key(tcp, cfg);
-        let admitted = match FG_SRC_BUCKET.get_ptr_mut(key) {
-            // SAFETY: the LRU value stays valid for this program run. The read-modify-write is
-            // not atomic across CPUs: a source whose SYNs land on N CPUs at the same instant may
-            // be granted up to N-1 extra tokens, which is harmless for a rate limit.
-            Some(b) => unsafe { take_token(&mut *b, cfg.src_rate, cfg.src_burst, now) },
-            None => {
-                let mut b = Bucket {
-                    tokens: u64::from(cfg.src_burst) * NANOS,
-                    last_ns: now,
-                };
-                let ok = take_token(&mut b, cfg.src_rate, cfg.src_burst, now);
-                // A full LRU evicts its oldest source; nothing to do on failure.
-                let _ = FG_SRC_BUCKET.insert(key, b, 0);
-                ok
-            }
-        };
-        if !admitted {
-            log_drop(ctx, tcp, Reason::DropSynRateSource, iface);
-            return Reason::DropSynRateSource;
-        }
-    }
-    if cfg.global_rate_per_cpu != 0 && verified(tcp, cfg, now) {
-        count(iface, Reason::SynVerifiedBypass, 0);
-    } else if cfg.global_rate_per_cpu != 0 {
-        let admitted = match FG_GLOBAL_BKT.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot, no concurrent writer.
-            Some(b) => unsafe {
-                take_token(
-                    &mut *b,
-                    cfg.global_rate_per_cpu,
-                    cfg.global_burst_per_cpu,
-                    now,
-                )
-            },
-            None => true,
-        };
-        if !admitted {
-            log_drop(ctx, tcp, Reason::DropSynRateGlobal, iface);
-            return Reason::DropSynRateGlobal;
+    // The SYN rate limits apply only under SYN pressure (userspace's FLAG_PRESSURE): a busy
+    // legitimate address is never throttled in normal operation, and a SYN costs nothing here.
+    if cfg.flags & FLAG_PRESSURE != 0 {
+        if let Some(r) = rate_limits(ctx, tcp, cfg, now, iface) {
+            return r;
         }
     }
     let mut reason = Reason::PassSynAdmitted;
@@ -278,6 +248,91 @@ fn admit_syn(
         }
     }
     reason
+}
+
+/// Under pressure: trusted and verified sources skip the limits. For the others: a known
+/// source's bucket, then the global budget (a per-CPU array), then, for a source seen for the
+/// first time that the budget let through, its new bucket: a SYN the budget drops never
+/// inserts into the per-source LRU. `Some` is a drop.
+#[inline(always)]
+fn rate_limits(
+    ctx: &XdpContext,
+    tcp: &Tcp,
+    cfg: &XdpConfig,
+    now: u64,
+    iface: u32,
+) -> Option<Reason> {
+    if trusted(tcp, cfg) {
+        count(iface, Reason::SynTrustedBypass, 0);
+        return None;
+    }
+    if verified(tcp, cfg, now) {
+        count(iface, Reason::SynVerifiedBypass, 0);
+        return None;
+    }
+    // A source seen before is judged by its own bucket first, so one flooding address is
+    // stopped there without draining the budget everyone shares.
+    let key = src_key(tcp, cfg);
+    let mut known = false;
+    if cfg.src_rate != 0
+        && let Some(b) = FG_SRC_BUCKET.get_ptr_mut(key)
+    {
+        known = true;
+        // SAFETY: the LRU value stays valid for this program run. The read-modify-write is
+        // not atomic across CPUs: a source whose SYNs land on N CPUs at the same instant may
+        // be granted up to N-1 extra tokens, which is harmless for a rate limit.
+        if !unsafe { take_token(&mut *b, cfg.src_rate, cfg.src_burst, now) } {
+            log_drop(ctx, tcp, Reason::DropSynRateSource, iface);
+            return Some(Reason::DropSynRateSource);
+        }
+    }
+    if cfg.global_rate_per_cpu != 0 {
+        let admitted = match FG_GLOBAL_BKT.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, no concurrent writer.
+            Some(b) => unsafe {
+                take_token(
+                    &mut *b,
+                    cfg.global_rate_per_cpu,
+                    cfg.global_burst_per_cpu,
+                    now,
+                )
+            },
+            None => true,
+        };
+        if !admitted {
+            // An unknown source dropped here was never inserted: a spoofed flood from random
+            // addresses costs a per-CPU array read per SYN, not an LRU insert.
+            log_drop(ctx, tcp, Reason::DropSynRateGlobal, iface);
+            return Some(Reason::DropSynRateGlobal);
+        }
+    }
+    if cfg.src_rate != 0 && !known {
+        let mut b = Bucket {
+            tokens: u64::from(cfg.src_burst) * NANOS,
+            last_ns: now,
+        };
+        // The first SYN of a source always has a token (a burst is at least 1).
+        let _ = take_token(&mut b, cfg.src_rate, cfg.src_burst, now);
+        // A full LRU evicts its oldest source; nothing to do on failure.
+        let _ = FG_SRC_BUCKET.insert(key, b, 0);
+    }
+    None
+}
+
+/// `xdp.trusted`: sources never rate limited.
+#[inline(always)]
+fn trusted(tcp: &Tcp, cfg: &XdpConfig) -> bool {
+    if tcp.family == FAMILY_V4 {
+        cfg.flags & FLAG_TRUSTED_V4 != 0
+            && FG_TRUSTED_V4
+                .get(&Key::new(
+                    32,
+                    [tcp.saddr[12], tcp.saddr[13], tcp.saddr[14], tcp.saddr[15]],
+                ))
+                .is_some()
+    } else {
+        cfg.flags & FLAG_TRUSTED_V6 != 0 && FG_TRUSTED_V6.get(&Key::new(128, tcp.saddr)).is_some()
+    }
 }
 
 /// A source the kernel recently accepted a connection from cannot be spoofed: during a flood

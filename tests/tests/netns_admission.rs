@@ -98,6 +98,8 @@ xdp:
   mode: native
   pin-dir: {pin_dir}
   conntrack-bypass: false
+  # The limits' mechanics, engaged from the start (the policy has its own test below).
+  pressure: {{ mode: always }}
   syn-rate: {{ per-source: 1000, per-source-burst: 1000, global: 4000, global-burst: 4000, source-table-size: 8192 }}
 listeners: [{{ name: http, bind: '0.0.0.0:8080', default-backend: origin }}]
 backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
@@ -214,6 +216,161 @@ backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
         tried >= 5 && f64::from(ok) >= 0.9 * f64::from(tried),
         "legitimate success rate stays high: {ok}/{tried}"
     );
+}
+
+/// The default policy: no rate limit in normal operation (a busy address opens connections as
+/// fast as it likes), limits engaged by a spoofed flood the proxy measures (logged and counted),
+/// verified and trusted sources exempt while they are, and released once the flood is gone.
+#[test]
+fn syn_rate_limits_engage_under_pressure_only_and_exempt_verified_and_trusted_sources() {
+    if !require_root(
+        "syn_rate_limits_engage_under_pressure_only_and_exempt_verified_and_trusted_sources",
+    ) {
+        return;
+    }
+    let net = NetPair::new("p", 211);
+    let atk = ThirdNs::new(&net, 211);
+    let pin_dir = format!("/sys/fs/bpf/fg-pressure-{}", std::process::id());
+    let _origin = origin(&net);
+    let yaml = format!(
+        "
+global: {{ maxconn: 2000, nbthread: 1 }}
+admin: {{ bind: '{srv}:9190' }}
+xdp:
+  interfaces: [{a}, {b}]
+  mode: native
+  pin-dir: {pin_dir}
+  conntrack-bypass: false
+  # Tight limits, so that engaged they would throttle the busy client below.
+  syn-rate: {{ per-source: 5, per-source-burst: 5, source-table-size: 8192 }}
+  pressure: {{ hold: 2s }}
+  trusted: [198.19.0.0/24]
+listeners: [{{ name: http, bind: '0.0.0.0:8080', default-backend: origin }}]
+backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
+",
+        a = net.srv_if,
+        b = atk.srv_if,
+        srv = net.srv_v4
+    );
+    let mut fg = start_floodgate(&net.srv, "pressure.yaml", &yaml, &pin_dir);
+    let addr: SocketAddr = format!("{}:8080", net.srv_v4).parse().unwrap();
+    let admin: SocketAddr = format!("{}:9190", net.srv_v4).parse().unwrap();
+    let pressure = || {
+        let m = in_netns(&net.cli, move || {
+            http_get(admin, "t", "/metrics").unwrap().1
+        });
+        (
+            floodgate_tests::metric(&m, "floodgate_xdp_pressure").unwrap_or(-1.0),
+            floodgate_tests::metric(&m, "floodgate_xdp_pressure_engagements_total").unwrap_or(-1.0),
+        )
+    };
+    // Normal operation: one busy address opens 200 connections as fast as it can, far past
+    // the 5 per second the limits would allow: none is dropped, nothing engages.
+    let s0 = stats(&pin_dir).unwrap();
+    let (ok, tried) = legit_client(
+        &net.cli,
+        addr,
+        Instant::now() + Duration::from_secs(20),
+        200,
+    );
+    let s1 = stats(&pin_dir).unwrap();
+    let d = |a: &serde_json::Value, b: &serde_json::Value, name: &str| {
+        reason(b, name) - reason(a, name)
+    };
+    assert_eq!((ok, tried), (200, 200));
+    assert_eq!(
+        d(&s0, &s1, "syn_rate_source") + d(&s0, &s1, "syn_rate_global"),
+        0
+    );
+    assert_eq!(pressure(), (0.0, 0.0), "no pressure from a busy client");
+
+    // A flood from random spoofed sources: admitted SYNs nobody answers engage the limits.
+    let srv_mac = mac_of(&net.srv, &atk.srv_if);
+    let atk_mac = mac_of(&atk.ns, &atk.atk_if);
+    let dst = octets(&atk.srv_v4);
+    let random = |i: u32| {
+        let x = i.wrapping_mul(2_654_435_761);
+        [198, 18, (x >> 8) as u8, x as u8 | 1]
+    };
+    let until = Instant::now() + Duration::from_secs(3);
+    let cli_ns = net.cli.clone();
+    let legit = std::thread::spawn(move || legit_client(&cli_ns, addr, until, 300));
+    let mut sent = 0;
+    let flood_until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < flood_until {
+        sent += send_frames(
+            &atk.ns,
+            &atk.atk_if,
+            syn_frames(srv_mac, atk_mac, dst, 2000, |i| random(i + sent as u32)),
+        );
+    }
+    let engaged = pressure();
+    // Within the hold: a trusted source's SYNs all pass, unlimited.
+    let s2 = stats(&pin_dir).unwrap();
+    let trusted = send_frames(
+        &atk.ns,
+        &atk.atk_if,
+        syn_frames(srv_mac, atk_mac, dst, 100, |_| [198, 19, 0, 7]),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let s3 = stats(&pin_dir).unwrap();
+    let (ok, tried) = legit.join().unwrap();
+    let s4 = stats(&pin_dir).unwrap();
+    eprintln!(
+        "{sent} spoofed SYNs; pressure {engaged:?}; legit {ok}/{tried}; dropped source {} global {};          verified bypass {}; trusted bypass {} of {trusted}",
+        d(&s1, &s4, "syn_rate_source"),
+        d(&s1, &s4, "syn_rate_global"),
+        d(&s1, &s4, "syn_verified_bypass"),
+        d(&s2, &s3, "syn_trusted_bypass"),
+    );
+    assert_eq!(engaged, (1.0, 1.0), "engaged once, and counted");
+    assert!(
+        d(&s1, &s4, "syn_rate_source") + d(&s1, &s4, "syn_rate_global")
+            > u64::from(sent as u32) / 2,
+        "engaged, the limits dropped most of the flood"
+    );
+    assert_eq!(
+        d(&s2, &s3, "syn_trusted_bypass"),
+        trusted,
+        "every trusted SYN skipped the limits"
+    );
+    assert!(
+        d(&s1, &s4, "syn_verified_bypass") > 0,
+        "the busy client, verified, skipped them"
+    );
+    assert!(
+        tried >= 20 && f64::from(ok) >= 0.9 * f64::from(tried),
+        "the verified client kept connecting: {ok}/{tried}"
+    );
+    // Released once the flood has been gone for the hold (2 s).
+    let released = floodgate_tests::wait_until(Duration::from_secs(6), || pressure().0 == 0.0);
+    assert!(released, "released after the hold");
+    let s5 = stats(&pin_dir).unwrap();
+    let (ok, tried) = legit_client(
+        &net.cli,
+        addr,
+        Instant::now() + Duration::from_secs(20),
+        100,
+    );
+    let s6 = stats(&pin_dir).unwrap();
+    assert_eq!((ok, tried), (100, 100));
+    assert_eq!(
+        d(&s5, &s6, "syn_rate_source") + d(&s5, &s6, "syn_rate_global"),
+        0
+    );
+    fg.stop();
+    // start_floodgate logs beside the config.
+    let log = std::fs::read_to_string(
+        std::env::temp_dir()
+            .join(format!("floodgate-tests-{}", std::process::id()))
+            .join("pressure.log"),
+    )
+    .unwrap();
+    assert!(
+        log.contains("SYN pressure: XDP rate limits engaged"),
+        "{log}"
+    );
+    assert!(log.contains("XDP rate limits released"), "{log}");
 }
 
 #[test]

@@ -550,12 +550,87 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            name: "without SYN pressure (auto, the default) no source is rate limited",
+            cfg: |c| {
+                c.pressure.mode = floodgate::config::PressureMode::Auto;
+                c.syn_rate.per_source = 1;
+                c.syn_rate.per_source_burst = 1;
+                c.syn_rate.global = floodgate::config::Budget::Fixed(1);
+                c.syn_rate.global_burst = 1;
+            },
+            steps: vec![
+                Pkt(syn4(A), XDP_PASS, admitted),
+                Pkt(syn4(A), XDP_PASS, admitted),
+                Pkt(syn4(A), XDP_PASS, admitted),
+                Pkt(syn4(B), XDP_PASS, admitted),
+            ],
+        },
+        Case {
+            name: "mode never: no rate limit, whatever the settings",
+            cfg: |c| {
+                c.pressure.mode = floodgate::config::PressureMode::Never;
+                c.syn_rate.per_source = 1;
+                c.syn_rate.per_source_burst = 1;
+            },
+            steps: vec![
+                Pkt(syn4(A), XDP_PASS, admitted),
+                Pkt(syn4(A), XDP_PASS, admitted),
+            ],
+        },
+        Case {
+            name: "trusted sources skip the rate limits under pressure; others do not",
+            cfg: |c| {
+                c.syn_rate.per_source = 1;
+                c.syn_rate.per_source_burst = 1;
+                c.trusted = vec![
+                    "198.51.100.0/24".parse().expect("cidr"),
+                    "fd00:0:0:7::/64".parse().expect("cidr"),
+                ];
+            },
+            steps: vec![
+                Pkt(
+                    syn4(A),
+                    XDP_PASS,
+                    &[R::PassSynAdmitted, R::FlowInserted, R::SynTrustedBypass],
+                ),
+                Pkt(
+                    syn4(A),
+                    XDP_PASS,
+                    &[R::PassSynAdmitted, R::FlowInserted, R::SynTrustedBypass],
+                ),
+                Pkt(syn4([203, 0, 113, 1]), XDP_PASS, admitted),
+                Pkt(syn4([203, 0, 113, 1]), XDP_DROP, &[R::DropSynRateSource]),
+            ],
+        },
+        Case {
+            name: "verified sources skip the per-source bucket too",
+            cfg: |c| {
+                c.syn_rate.per_source = 1;
+                c.syn_rate.per_source_burst = 1;
+            },
+            steps: vec![
+                Verify(A),
+                Pkt(
+                    syn4(A),
+                    XDP_PASS,
+                    &[R::PassSynAdmitted, R::FlowInserted, R::SynVerifiedBypass],
+                ),
+                Pkt(
+                    syn4(A),
+                    XDP_PASS,
+                    &[R::PassSynAdmitted, R::FlowInserted, R::SynVerifiedBypass],
+                ),
+                Pkt(syn4(B), XDP_PASS, admitted),
+                Pkt(syn4(B), XDP_DROP, &[R::DropSynRateSource]),
+            ],
+        },
+        Case {
             name: "global budget caps SYNs from many sources",
             cfg: |c| {
                 // SAFETY: sysconf has no preconditions. Online CPUs, as floodgate divides the budget.
                 let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
                     .expect("cpus");
-                c.syn_rate.global = cpus; // one SYN per second per CPU
+                c.syn_rate.global = floodgate::config::Budget::Fixed(cpus); // one SYN per second per CPU
                 c.syn_rate.global_burst = 2 * cpus; // two per CPU
             },
             steps: vec![
@@ -570,7 +645,7 @@ fn cases() -> Vec<Case> {
                 // SAFETY: sysconf has no preconditions.
                 let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
                     .expect("cpus");
-                c.syn_rate.global = cpus;
+                c.syn_rate.global = floodgate::config::Budget::Fixed(cpus);
                 c.syn_rate.global_burst = cpus; // one SYN per CPU
             },
             steps: vec![
@@ -595,7 +670,7 @@ fn cases() -> Vec<Case> {
                 // SAFETY: sysconf has no preconditions.
                 let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
                     .expect("cpus");
-                c.syn_rate.global = cpus;
+                c.syn_rate.global = floodgate::config::Budget::Fixed(cpus);
                 c.syn_rate.global_burst = cpus;
                 c.verified_ttl = floodgate::config::HDuration::secs(0);
             },

@@ -250,6 +250,10 @@ pub struct Xdp {
     pub deny: Vec<IpNet>,
     /// When not empty, only these sources may open connections.
     pub allow: Vec<IpNet>,
+    /// Sources never SYN rate limited (health checkers, partners, the office).
+    pub trusted: Vec<IpNet>,
+    /// When the SYN rate limits apply.
+    pub pressure: Pressure,
     /// Keep floodgate's own flow table.
     pub flow_table: bool,
     pub flow_table_size: u32,
@@ -282,6 +286,8 @@ impl Default for Xdp {
             syn_rate: SynRate::default(),
             deny: Vec::new(),
             allow: Vec::new(),
+            trusted: Vec::new(),
+            pressure: Pressure::default(),
             flow_table: true,
             flow_table_size: floodgate_common::DEFAULT_FLOWS,
             flow_idle_timeout: HDuration::secs(300),
@@ -305,9 +311,87 @@ pub struct SynRate {
     pub source_prefix_v4: u32,
     pub source_prefix_v6: u32,
     pub source_table_size: u32,
-    /// SYNs per second for the whole node; 0 turns the global budget off.
-    pub global: u32,
+    /// SYNs per second for the whole node under pressure: `auto` (twice the connections per
+    /// second the node accepted at its busiest in the minute before), a number, or 0 (off).
+    pub global: Budget,
+    /// The bucket of a fixed `global` budget; `auto` takes one second's worth.
     pub global_burst: u32,
+}
+
+/// `xdp.syn-rate.global`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// Follows what the node accepts (`pressure.rs`).
+    Auto,
+    /// SYNs per second; 0 is no global budget.
+    Fixed(u32),
+}
+
+impl<'de> Deserialize<'de> for Budget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Budget;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`auto` or SYNs per second")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Budget, E> {
+                u32::try_from(v)
+                    .map(Budget::Fixed)
+                    .map_err(|_| E::custom(format!("{v} is over {}", u32::MAX)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Budget, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom("a budget cannot be negative"))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Budget, E> {
+                match v {
+                    "auto" => Ok(Budget::Auto),
+                    other => other
+                        .parse::<u32>()
+                        .map(Budget::Fixed)
+                        .map_err(|_| E::custom(format!("`{other}` is not `auto` or a number"))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `xdp.pressure`: when the SYN rate limits apply.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Pressure {
+    pub mode: PressureMode,
+    /// SYNs per second admitted but never completed into a connection (spoofed, or refused by
+    /// the kernel) above which the limits engage; half the accepted rate counts too, whichever
+    /// is larger.
+    pub unanswered_syn_rate: u32,
+    /// How long the limits stay engaged after the last sign of pressure.
+    pub hold: HDuration,
+}
+
+impl Default for Pressure {
+    fn default() -> Self {
+        Self {
+            mode: PressureMode::Auto,
+            unanswered_syn_rate: 1000,
+            hold: HDuration::secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PressureMode {
+    /// Engage under SYN pressure that the proxy measures, disengage after `hold`.
+    #[default]
+    Auto,
+    /// Always enforce the limits (floodgate before 0.2).
+    Always,
+    /// Never enforce them.
+    Never,
 }
 
 impl Default for SynRate {
@@ -318,7 +402,7 @@ impl Default for SynRate {
             source_prefix_v4: 32,
             source_prefix_v6: 64,
             source_table_size: floodgate_common::DEFAULT_SRC_BUCKETS,
-            global: 200_000,
+            global: Budget::Auto,
             global_burst: 400_000,
         }
     }
@@ -2297,7 +2381,7 @@ impl Xdp {
                 "must be at least 1 when per-source is set",
             ));
         }
-        if s.global != 0 && s.global_burst == 0 {
+        if matches!(s.global, Budget::Fixed(n) if n != 0) && s.global_burst == 0 {
             return Err(invalid(
                 "xdp.syn-rate.global-burst",
                 "must be at least 1 when global is set",
@@ -2308,6 +2392,9 @@ impl Xdp {
                 "xdp.syn-rate.source-table-size",
                 "must be at least 1",
             ));
+        }
+        if self.pressure.hold.0.is_zero() {
+            return Err(invalid("xdp.pressure.hold", "must be greater than 0"));
         }
         if self.nft_table.is_empty()
             || !self
@@ -2330,7 +2417,11 @@ impl Xdp {
             return Err(invalid("xdp.flow-table-size", "must be at least 1"));
         }
         let max = floodgate_common::MAX_CIDRS as usize;
-        for (key, list) in [("xdp.deny", &self.deny), ("xdp.allow", &self.allow)] {
+        for (key, list) in [
+            ("xdp.deny", &self.deny),
+            ("xdp.allow", &self.allow),
+            ("xdp.trusted", &self.trusted),
+        ] {
             if list.len() > max {
                 return Err(invalid(key, format!("at most {max} entries per list")));
             }

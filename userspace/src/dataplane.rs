@@ -119,6 +119,19 @@ pub struct Dataplane {
     dests: std::collections::HashMap<DestKey, u32>,
     /// The node's addresses, when set by hand (tests) rather than read from the interfaces.
     fixed_addrs: Option<Vec<IpAddr>>,
+    /// The config last written, for `set_pressure`.
+    cfg: Option<config::Xdp>,
+    /// Whether the SYN rate limits are engaged (`pressure.rs`), and the global budget an
+    /// `auto` one stands at.
+    pressure: Pressured,
+}
+
+/// The pressure state userspace publishes in `FG_CONFIG`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pressured {
+    pub engaged: bool,
+    /// SYNs per second of `syn-rate.global: auto`.
+    pub auto_global: u32,
 }
 
 impl Dataplane {
@@ -143,6 +156,8 @@ impl Dataplane {
             binds: Vec::new(),
             dests: std::collections::HashMap::new(),
             fixed_addrs: None,
+            cfg: None,
+            pressure: Pressured::default(),
         };
         dp.configure(cfg, binds)?;
         dp.program()?.load().map_err(DataplaneError::Verify)?;
@@ -201,6 +216,8 @@ impl Dataplane {
             binds: Vec::new(),
             dests: std::collections::HashMap::new(),
             fixed_addrs: None,
+            cfg: None,
+            pressure: Pressured::default(),
         };
         dp.configure(cfg, binds)?;
         dp.attach(cfg)?;
@@ -416,11 +433,15 @@ impl Dataplane {
         cfg: &config::Xdp,
         binds: &[SocketAddr],
     ) -> Result<(), DataplaneError> {
-        let xdp_cfg = xdp_config(cfg);
+        let xdp_cfg = xdp_config(cfg, self.pressure);
         // Order matters on reload, so the program never reads a flag ahead of its data: a CIDR
         // flag turning off goes off first (allow mode off must never leave an emptied allow
         // list enforced), then the tries change, and a flag turning on goes on last.
-        let cidr_flags = FLAG_ALLOW_MODE | FLAG_DENY_V4 | FLAG_DENY_V6;
+        let cidr_flags = FLAG_ALLOW_MODE
+            | FLAG_DENY_V4
+            | FLAG_DENY_V6
+            | floodgate_common::FLAG_TRUSTED_V4
+            | floodgate_common::FLAG_TRUSTED_V6;
         let mut arr: Array<_, XdpConfig> = self.map_mut(maps::CONFIG)?;
         let old_flags = arr.get(&0, 0).map_or(0, |c| c.flags);
         let narrowed = XdpConfig {
@@ -430,6 +451,8 @@ impl Dataplane {
         arr.set(0, narrowed, 0).map_err(map_err(maps::CONFIG))?;
         self.sync_cidrs(maps::DENY_V4, maps::DENY_V6, &cfg.deny)?;
         self.sync_cidrs(maps::ALLOW_V4, maps::ALLOW_V6, &cfg.allow)?;
+        self.sync_cidrs(maps::TRUSTED_V4, maps::TRUSTED_V6, &cfg.trusted)?;
+        self.cfg = Some(cfg.clone());
 
         let previous = std::mem::take(&mut self.listener_slots);
         let mut listeners: Array<_, u32> = self.map_mut(maps::LISTENERS)?;
@@ -573,6 +596,42 @@ impl Dataplane {
         let mut hb: Array<_, u64> = self.map_mut(maps::HEARTBEAT)?;
         hb.set(0, monotonic_ns(), 0)
             .map_err(map_err(maps::HEARTBEAT))
+    }
+
+    /// Engages or releases the SYN rate limits (`pressure.rs`), with the global budget an
+    /// `auto` one stands at. One array write; nothing when unchanged.
+    pub fn set_pressure(&mut self, p: Pressured) -> Result<(), DataplaneError> {
+        if p == self.pressure {
+            return Ok(());
+        }
+        self.pressure = p;
+        let Some(cfg) = &self.cfg else {
+            return Ok(());
+        };
+        let xdp_cfg = xdp_config(cfg, p);
+        let mut arr: Array<_, XdpConfig> = self.map_mut(maps::CONFIG)?;
+        arr.set(0, xdp_cfg, 0).map_err(map_err(maps::CONFIG))
+    }
+
+    /// SYNs admitted so far (syn_admitted and fail_open), summed over CPUs and interfaces.
+    pub fn syn_admitted(&mut self) -> Result<u64, DataplaneError> {
+        use floodgate_common::{Counter, Reason, stats_index};
+        let slots = u32::try_from(self.attachments.len())
+            .unwrap_or(floodgate_common::MAX_IFACES)
+            .min(floodgate_common::MAX_IFACES - 1);
+        let stats: aya::maps::PerCpuArray<_, Counter> = self.map_mut(maps::STATS)?;
+        let mut total = 0u64;
+        for slot in 0..=slots {
+            for reason in [Reason::PassSynAdmitted, Reason::PassFailOpen] {
+                let per_cpu = stats
+                    .get(&stats_index(slot, reason), 0)
+                    .map_err(map_err(maps::STATS))?;
+                total = per_cpu
+                    .iter()
+                    .fold(total, |t, c| t.saturating_add(c.packets));
+            }
+        }
+        Ok(total)
     }
 
     /// Uses `addrs` as the node's addresses from now on instead of the interfaces' (tests,
@@ -734,8 +793,8 @@ fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
         maps::CAPACITY => (4, s(size_of::<Capacity>()), c::MAX_LISTENERS),
         maps::BACKENDS => (4, s(size_of::<c::BackendSlot>()), c::MAX_BACKENDS),
         maps::HEARTBEAT => (4, 8, 1),
-        maps::DENY_V4 | maps::ALLOW_V4 => (8, 4, c::MAX_CIDRS),
-        maps::DENY_V6 | maps::ALLOW_V6 => (20, 4, c::MAX_CIDRS),
+        maps::DENY_V4 | maps::ALLOW_V4 | maps::TRUSTED_V4 => (8, 4, c::MAX_CIDRS),
+        maps::DENY_V6 | maps::ALLOW_V6 | maps::TRUSTED_V6 => (20, 4, c::MAX_CIDRS),
         maps::SRC_BUCKETS => (
             s(size_of::<c::SrcKey>()),
             s(size_of::<c::Bucket>()),
@@ -779,8 +838,8 @@ fn sync_trie<K: aya::Pod + PartialEq>(
     Ok(())
 }
 
-/// What the program reads of `cfg` (`FG_CONFIG`).
-fn xdp_config(cfg: &config::Xdp) -> XdpConfig {
+/// What the program reads of `cfg` (`FG_CONFIG`), under pressure state `p`.
+fn xdp_config(cfg: &config::Xdp, p: Pressured) -> XdpConfig {
     let ncpus = online_cpus();
     let s = &cfg.syn_rate;
     let mut flags = 0;
@@ -796,17 +855,38 @@ fn xdp_config(cfg: &config::Xdp) -> XdpConfig {
             cfg.deny.iter().any(|n| matches!(n, IpNet::V6(_))),
             FLAG_DENY_V6,
         ),
+        (
+            cfg.trusted.iter().any(|n| matches!(n, IpNet::V4(_))),
+            floodgate_common::FLAG_TRUSTED_V4,
+        ),
+        (
+            cfg.trusted.iter().any(|n| matches!(n, IpNet::V6(_))),
+            floodgate_common::FLAG_TRUSTED_V6,
+        ),
+        (
+            match cfg.pressure.mode {
+                config::PressureMode::Always => true,
+                config::PressureMode::Never => false,
+                config::PressureMode::Auto => p.engaged,
+            },
+            floodgate_common::FLAG_PRESSURE,
+        ),
     ] {
         if on {
             flags |= flag;
         }
     }
+    let (global, global_burst) = match s.global {
+        config::Budget::Fixed(n) => (n, s.global_burst),
+        // One second's worth of burst.
+        config::Budget::Auto => (p.auto_global, p.auto_global),
+    };
     XdpConfig {
         src_rate: s.per_source,
         src_burst: s.per_source_burst,
         // The global budget is split evenly: each CPU keeps its own bucket, no locking.
-        global_rate_per_cpu: s.global.div_ceil(ncpus),
-        global_burst_per_cpu: s.global_burst.div_ceil(ncpus),
+        global_rate_per_cpu: global.div_ceil(ncpus),
+        global_burst_per_cpu: global_burst.div_ceil(ncpus),
         src_prefix_v4: s.source_prefix_v4,
         src_prefix_v6: s.source_prefix_v6,
         fail_open_after_ns: u64::try_from(cfg.fail_open_after.0.as_nanos()).unwrap_or(u64::MAX),

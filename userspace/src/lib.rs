@@ -15,6 +15,7 @@ pub mod fuzz;
 pub mod haproxy;
 pub mod limits;
 pub mod metrics;
+pub mod pressure;
 pub mod privileges;
 pub mod proxy;
 pub mod reload;

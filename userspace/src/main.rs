@@ -454,6 +454,9 @@ async fn serve(
     };
     let mut watcher = reload::Watcher::new(watched(&cfg));
     let mut ticks: u64 = 0;
+    let mut monitor = dp
+        .as_ref()
+        .and_then(|_| floodgate::pressure::Monitor::new(&cfg.xdp.pressure));
     let flows = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut drops = floodgate::stats::DropBursts::default();
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -527,6 +530,9 @@ async fn serve(
                     if let Some(Err(e)) = verified.as_mut().map(|v| v.flush(dp)) {
                         error!(error = %e, "cannot publish verified sources to XDP");
                     }
+                    if let Some(m) = monitor.as_mut() {
+                        watch_pressure(m, dp, &metrics);
+                    }
                 }
                 false
             }
@@ -578,6 +584,37 @@ async fn serve(
         warn!("connections were still open at exit");
     }
     Ok(())
+}
+
+/// One reading of SYN pressure; engages or releases the XDP rate limits on a change.
+fn watch_pressure(
+    m: &mut floodgate::pressure::Monitor,
+    dp: &mut Dataplane,
+    metrics: &floodgate::metrics::Metrics,
+) {
+    use floodgate::pressure::{Change, Sample};
+    let syns = match dp.syn_admitted() {
+        Ok(n) => n,
+        Err(e) => {
+            error!(error = %e, "cannot read XDP's admitted SYNs");
+            return;
+        }
+    };
+    let sample = Sample {
+        at: std::time::Instant::now(),
+        syns,
+        accepted: server::ACCEPTED.load(std::sync::atomic::Ordering::Relaxed),
+        kernel: floodgate::pressure::kernel_signs(),
+    };
+    let state = match m.tick(sample) {
+        None => return,
+        Some(Change::Engaged(p)) => p,
+        Some(Change::Released) => floodgate::dataplane::Pressured::default(),
+    };
+    metrics.pressure(state.engaged);
+    if let Err(e) = dp.set_pressure(state) {
+        error!(error = %e, "cannot publish SYN pressure to XDP");
+    }
 }
 
 /// Builds the next generation and switches listeners to it; XDP maps get the new CIDRs and

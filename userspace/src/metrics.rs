@@ -47,6 +47,8 @@ pub struct Metrics {
     tcp_bytes: IntCounterVec,
     compressed: IntCounterVec,
     rejected: IntCounterVec,
+    pressure: prometheus::IntGauge,
+    pressure_engagements: prometheus::IntCounter,
 }
 
 /// The connection-level timeouts of one listener, resolved once so the IO path only bumps an
@@ -210,7 +212,19 @@ impl Metrics {
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
+        let pressure = prometheus::IntGauge::new(
+            "floodgate_xdp_pressure",
+            "1 while the XDP SYN rate limits are engaged (SYN pressure), 0 otherwise",
+        )?;
+        r.register(Box::new(pressure.clone()))?;
+        let pressure_engagements = prometheus::IntCounter::new(
+            "floodgate_xdp_pressure_engagements_total",
+            "Times SYN pressure engaged the XDP SYN rate limits",
+        )?;
+        r.register(Box::new(pressure_engagements.clone()))?;
         Ok(Self {
+            pressure,
+            pressure_engagements,
             requests: counter(
                 &r,
                 "floodgate_http_requests_total",
@@ -452,6 +466,14 @@ impl Metrics {
     /// `skipped` (no server had room).
     pub fn mirror(&self, backend: &str, result: &str) {
         self.mirrors.with_label_values(&[backend, result]).inc();
+    }
+
+    /// The SYN rate limits were engaged (`true`) or released.
+    pub fn pressure(&self, engaged: bool) {
+        self.pressure.set(i64::from(engaged));
+        if engaged {
+            self.pressure_engagements.inc();
+        }
     }
 
     pub fn timeouts(&self, listener: &str) -> TimeoutCounters {

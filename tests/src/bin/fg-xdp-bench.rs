@@ -83,14 +83,21 @@ fn main() {
             active: 0,
         },
         Path {
+            name: "SYN admitted, default config, no pressure (capacity, flow insert)",
+            want: XDP_PASS,
+            pkt: syn.clone(),
+            prog: prog(|c| c.pressure.mode = floodgate::config::PressureMode::Auto),
+            active: 0,
+        },
+        Path {
             // The global budget and per-source rate are high enough never to drop here.
-            name: "SYN admitted (bucket, budget, capacity, flow insert)",
+            name: "SYN admitted under pressure (budget, bucket, capacity, flow insert)",
             want: XDP_PASS,
             pkt: syn.clone(),
             prog: prog(|c| {
                 c.syn_rate.per_source = u32::MAX / 2;
                 c.syn_rate.per_source_burst = u32::MAX / 2;
-                c.syn_rate.global = u32::MAX / 2;
+                c.syn_rate.global = floodgate::config::Budget::Fixed(u32::MAX / 2);
                 c.syn_rate.global_burst = u32::MAX / 2;
             }),
             active: 0,
@@ -101,7 +108,7 @@ fn main() {
             pkt: syn.clone(),
             prog: prog(|c| {
                 c.syn_rate.per_source = 0;
-                c.syn_rate.global = 0;
+                c.syn_rate.global = floodgate::config::Budget::Fixed(0);
             }),
             active: 0,
         },
@@ -111,7 +118,7 @@ fn main() {
             pkt: syn.clone(),
             prog: prog(|c| {
                 c.syn_rate.per_source = 0;
-                c.syn_rate.global = 0;
+                c.syn_rate.global = floodgate::config::Budget::Fixed(0);
                 c.flow_table = false;
             }),
             active: 0,

@@ -66,6 +66,10 @@ pub fn bind(cfg: &config::Listener, reuseport: bool) -> Result<std::net::TcpList
 #[derive(Debug, Default)]
 pub struct Active(AtomicU32);
 
+/// Connections accepted since start, every listener and worker: XDP's admitted SYNs that never
+/// become one are how `pressure.rs` sees a spoofed flood.
+pub static ACCEPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl Active {
     pub fn get(&self) -> u32 {
         self.0.load(Ordering::Relaxed)
@@ -522,6 +526,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
             },
             _ = shutdown.changed() => break,
         };
+        ACCEPTED.fetch_add(1, Ordering::Relaxed);
         if let Some(v) = &s.verified {
             // Full channel: the source is already queued or will be on its next connection.
             let _ = v.try_send(peer.ip());

@@ -1,0 +1,267 @@
+//! When the XDP SYN rate limits apply (`xdp.pressure`).
+//!
+//! Rate limits that are always on either throttle a busy legitimate address (a NAT gateway, a
+//! load balancer without client-IP preservation) or, set loose enough not to, never engage when
+//! a flood comes. So in `auto` mode they engage only under SYN pressure that the proxy measures,
+//! and release once it is gone:
+//! - **unanswered SYNs**: SYNs XDP admitted that never became a connection floodgate accepted
+//!   (spoofed sources never answer the SYN-ACK), above `unanswered-syn-rate` per second or half
+//!   the accepted rate, whichever is larger;
+//! - **the kernel's own signs**: SYN cookies sent (the SYN queue overflowed), accept queue
+//!   overflows and SYN queue drops (`/proc/net/netstat`, in floodgate's network namespace).
+//!
+//! The limits stay engaged `hold` after the last sign. An `auto` global budget is set at
+//! engagement to twice the connections per second the node accepted at its busiest in the
+//! minute before (at least 1,000), so it follows what the node can actually accept. Every
+//! engagement and release is logged and counted.
+
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::{config, dataplane::Pressured};
+
+/// The lowest `auto` global budget, SYNs per second.
+pub const AUTO_FLOOR: u32 = 1000;
+/// How far back the accepted rate's peak is looked for.
+const PEAK_WINDOW: Duration = Duration::from_secs(60);
+
+/// One reading of the counters.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub at: Instant,
+    /// SYNs XDP admitted, since load.
+    pub syns: u64,
+    /// Connections floodgate accepted, since start.
+    pub accepted: u64,
+    /// The kernel's pressure counters summed (`kernel_signs`), when readable.
+    pub kernel: Option<u64>,
+}
+
+/// A change of state, for the caller to publish, log and count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Engaged(Pressured),
+    Released,
+}
+
+pub struct Monitor {
+    unanswered_rate: u32,
+    hold: Duration,
+    last: Option<Sample>,
+    engaged_until: Option<Instant>,
+    /// (when, accepted per second) of recent ticks while not engaged.
+    accepted_rates: std::collections::VecDeque<(Instant, f64)>,
+}
+
+impl Monitor {
+    /// `None` unless `pressure.mode` is `auto`.
+    pub fn new(p: &config::Pressure) -> Option<Self> {
+        (p.mode == config::PressureMode::Auto).then(|| Self {
+            unanswered_rate: p.unanswered_syn_rate,
+            hold: p.hold.0,
+            last: None,
+            engaged_until: None,
+            accepted_rates: std::collections::VecDeque::new(),
+        })
+    }
+
+    pub fn engaged(&self) -> bool {
+        self.engaged_until.is_some()
+    }
+
+    /// Takes one reading; returns a change of state.
+    pub fn tick(&mut self, now: Sample) -> Option<Change> {
+        let last = self.last.replace(now)?;
+        let dt = now.at.saturating_duration_since(last.at).as_secs_f64();
+        if dt <= 0.0 {
+            return None;
+        }
+        let syns = now.syns.saturating_sub(last.syns) as f64 / dt;
+        let accepted = now.accepted.saturating_sub(last.accepted) as f64 / dt;
+        let kernel = match (now.kernel, last.kernel) {
+            (Some(a), Some(b)) => a.saturating_sub(b),
+            _ => 0,
+        };
+        let unanswered = (syns - accepted).max(0.0);
+        let sign = kernel > 0 || unanswered > f64::from(self.unanswered_rate).max(accepted / 2.0);
+        if !self.engaged() {
+            self.accepted_rates.push_back((now.at, accepted));
+        }
+        while self
+            .accepted_rates
+            .front()
+            .is_some_and(|(at, _)| now.at.saturating_duration_since(*at) > PEAK_WINDOW)
+        {
+            self.accepted_rates.pop_front();
+        }
+        match (sign, self.engaged_until) {
+            (true, None) => {
+                self.engaged_until = Some(now.at + self.hold);
+                let peak = self
+                    .accepted_rates
+                    .iter()
+                    .map(|(_, r)| *r)
+                    .fold(0.0, f64::max);
+                // Twice the busiest second: room for growth, none for a flood.
+                let auto_global = (peak * 2.0).min(f64::from(u32::MAX)) as u32;
+                let p = Pressured {
+                    engaged: true,
+                    auto_global: auto_global.max(AUTO_FLOOR),
+                };
+                warn!(
+                    unanswered_syns_per_s = unanswered.round(),
+                    accepted_per_s = accepted.round(),
+                    kernel_signs = kernel,
+                    auto_global = p.auto_global,
+                    "SYN pressure: XDP rate limits engaged"
+                );
+                Some(Change::Engaged(p))
+            }
+            (true, Some(_)) => {
+                self.engaged_until = Some(now.at + self.hold);
+                None
+            }
+            (false, Some(until)) if now.at >= until => {
+                self.engaged_until = None;
+                info!("SYN pressure gone: XDP rate limits released");
+                Some(Change::Released)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The kernel's counters of SYN pressure in this network namespace: SYN cookies sent, accept
+/// queue overflows, SYN queue drops (`TcpExt` of `/proc/net/netstat`), summed.
+pub fn kernel_signs() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    kernel_signs_in(&text)
+}
+
+fn kernel_signs_in(netstat: &str) -> Option<u64> {
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let mut sum = 0u64;
+    for (name, value) in names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+    {
+        if matches!(
+            name,
+            "SyncookiesSent" | "ListenOverflows" | "TCPReqQFullDrop"
+        ) {
+            sum = sum.saturating_add(value.parse().ok()?);
+        }
+    }
+    Some(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn monitor() -> Monitor {
+        Monitor::new(&config::Pressure::default()).expect("auto")
+    }
+
+    fn at(t0: Instant, ms: u64, syns: u64, accepted: u64, kernel: u64) -> Sample {
+        Sample {
+            at: t0 + Duration::from_millis(ms),
+            syns,
+            accepted,
+            kernel: Some(kernel),
+        }
+    }
+
+    #[test]
+    fn a_busy_address_alone_never_engages() {
+        let (mut m, t0) = (monitor(), Instant::now());
+        // 12,000 new connections per second, every SYN answered.
+        for i in 0..40u64 {
+            assert_eq!(
+                m.tick(at(t0, i * 250, i * 3000, i * 3000, 0)),
+                None,
+                "tick {i}"
+            );
+        }
+        assert!(!m.engaged());
+    }
+
+    #[test]
+    fn unanswered_syns_engage_and_quiet_releases_after_hold() {
+        let (mut m, t0) = (monitor(), Instant::now());
+        // 4 s of 2,000 connections per second, then a flood of 30,000 spoofed SYNs per second.
+        let mut syns = 0;
+        let mut accepted = 0;
+        for i in 0..16u64 {
+            syns += 500;
+            accepted += 500;
+            assert_eq!(m.tick(at(t0, i * 250, syns, accepted, 0)), None);
+        }
+        syns += 500 + 7500;
+        accepted += 500;
+        match m.tick(at(t0, 16 * 250, syns, accepted, 0)) {
+            Some(Change::Engaged(p)) => {
+                assert!(p.engaged);
+                assert_eq!(p.auto_global, 4000, "twice the 2,000 per second before");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The flood stops; the limits hold 10 s, then release.
+        let mut released = None;
+        for i in 17..80u64 {
+            syns += 500;
+            accepted += 500;
+            if let Some(c) = m.tick(at(t0, i * 250, syns, accepted, 0)) {
+                released = Some((i, c));
+                break;
+            }
+        }
+        let (i, c) = released.expect("released");
+        assert_eq!(c, Change::Released);
+        assert!(
+            (56..=58).contains(&i),
+            "released at tick {i}, 10 s after the last sign"
+        );
+    }
+
+    #[test]
+    fn the_kernels_syn_cookies_engage_too() {
+        let (mut m, t0) = (monitor(), Instant::now());
+        assert_eq!(m.tick(at(t0, 0, 0, 0, 10)), None);
+        assert!(matches!(
+            m.tick(at(t0, 250, 100, 100, 11)),
+            Some(Change::Engaged(p)) if p.auto_global == AUTO_FLOOR
+        ));
+    }
+
+    #[test]
+    fn kernel_signs_are_read_from_netstat() {
+        let text = "TcpExt: SyncookiesSent SyncookiesRecv ListenOverflows ListenDrops TCPReqQFullDrop\n\
+                    TcpExt: 3 7 5 9 2\n\
+                    IpExt: InNoRoutes\nIpExt: 1\n";
+        assert_eq!(kernel_signs_in(text), Some(10));
+        assert_eq!(kernel_signs_in("IpExt: A\nIpExt: 1\n"), None);
+        assert!(
+            kernel_signs().is_some(),
+            "this kernel has /proc/net/netstat"
+        );
+    }
+
+    #[test]
+    fn only_auto_mode_watches() {
+        for (mode, watches) in [
+            (config::PressureMode::Auto, true),
+            (config::PressureMode::Always, false),
+            (config::PressureMode::Never, false),
+        ] {
+            let p = config::Pressure {
+                mode,
+                ..config::Pressure::default()
+            };
+            assert_eq!(Monitor::new(&p).is_some(), watches);
+        }
+    }
+}
