@@ -210,9 +210,14 @@ fn admit_syn(
 ) -> Reason {
     // The SYN rate limits apply only under SYN pressure (userspace's FLAG_PRESSURE): a busy
     // legitimate address is never throttled in normal operation, and a SYN costs nothing here.
+    // Whether a flow may be inserted for this SYN: always without pressure (spoofed SYNs are
+    // rare then), and under pressure only for a source proven real (trusted or verified), so a
+    // spoofed flood never fills the flow table or evicts legitimate flows from it.
+    let mut insert_flow = true;
     if cfg.flags & FLAG_PRESSURE != 0 {
-        if let Some(r) = rate_limits(ctx, tcp, cfg, now, iface) {
-            return r;
+        match rate_limits(ctx, tcp, cfg, now, iface) {
+            Err(r) => return r,
+            Ok(proven) => insert_flow = proven,
         }
     }
     let mut reason = Reason::PassSynAdmitted;
@@ -234,7 +239,7 @@ fn admit_syn(
             }
         }
     }
-    if cfg.flags & FLAG_FLOW_TABLE != 0 {
+    if insert_flow && cfg.flags & FLAG_FLOW_TABLE != 0 {
         let state = FlowState {
             first_ns: now,
             last_ns: now,
@@ -253,7 +258,7 @@ fn admit_syn(
 /// Under pressure: trusted and verified sources skip the limits. For the others: a known
 /// source's bucket, then the global budget (a per-CPU array), then, for a source seen for the
 /// first time that the budget let through, its new bucket: a SYN the budget drops never
-/// inserts into the per-source LRU. `Some` is a drop.
+/// inserts into the per-source LRU. `Ok(true)`: a source proven real; `Err`: a drop.
 #[inline(always)]
 fn rate_limits(
     ctx: &XdpContext,
@@ -261,14 +266,14 @@ fn rate_limits(
     cfg: &XdpConfig,
     now: u64,
     iface: u32,
-) -> Option<Reason> {
+) -> Result<bool, Reason> {
     if trusted(tcp, cfg) {
         count(iface, Reason::SynTrustedBypass, 0);
-        return None;
+        return Ok(true);
     }
     if verified(tcp, cfg, now) {
         count(iface, Reason::SynVerifiedBypass, 0);
-        return None;
+        return Ok(true);
     }
     // A source seen before is judged by its own bucket first, so one flooding address is
     // stopped there without draining the budget everyone shares.
@@ -283,7 +288,7 @@ fn rate_limits(
         // be granted up to N-1 extra tokens, which is harmless for a rate limit.
         if !unsafe { take_token(&mut *b, cfg.src_rate, cfg.src_burst, now) } {
             log_drop(ctx, tcp, Reason::DropSynRateSource, iface);
-            return Some(Reason::DropSynRateSource);
+            return Err(Reason::DropSynRateSource);
         }
     }
     if cfg.global_rate_per_cpu != 0 {
@@ -303,7 +308,7 @@ fn rate_limits(
             // An unknown source dropped here was never inserted: a spoofed flood from random
             // addresses costs a per-CPU array read per SYN, not an LRU insert.
             log_drop(ctx, tcp, Reason::DropSynRateGlobal, iface);
-            return Some(Reason::DropSynRateGlobal);
+            return Err(Reason::DropSynRateGlobal);
         }
     }
     if cfg.src_rate != 0 && !known {
@@ -316,7 +321,7 @@ fn rate_limits(
         // A full LRU evicts its oldest source; nothing to do on failure.
         let _ = FG_SRC_BUCKET.insert(key, b, 0);
     }
-    None
+    Ok(false)
 }
 
 /// `xdp.trusted`: sources never rate limited.

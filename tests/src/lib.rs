@@ -70,8 +70,6 @@ impl TestProg {
             ..Default::default()
         };
         c.syn_rate.source_table_size = 1024;
-        // The verdict tests exercise the rate limits: engaged from the start, as under pressure.
-        c.pressure.mode = config::PressureMode::Always;
         c
     }
 

@@ -55,6 +55,9 @@ fn syn4(src: [u8; 4]) -> Vec<u8> {
 
 fn cases() -> Vec<Case> {
     let admitted: &[Reason] = &[R::PassSynAdmitted, R::FlowInserted];
+    // Under SYN pressure an unproven source's SYN is admitted without a flow: a spoofed flood
+    // never fills the flow table.
+    let limited: &[Reason] = &[R::PassSynAdmitted];
     let ipv4_tcp = |t: Vec<u8>| frame(&[], ETH_IP, &v4(A, DST4, PROTO_TCP, 0, 0x4000, &t));
     vec![
         Case {
@@ -496,39 +499,47 @@ fn cases() -> Vec<Case> {
         Case {
             name: "per-source bucket: burst, then drops; other sources unaffected",
             cfg: |c| {
+                c.pressure.mode = floodgate::config::PressureMode::Always;
                 c.syn_rate.per_source = 1;
                 c.syn_rate.per_source_burst = 3;
             },
             steps: vec![
-                Pkt(syn4(A), XDP_PASS, admitted),
-                Pkt(syn4(A), XDP_PASS, admitted),
-                Pkt(syn4(A), XDP_PASS, admitted),
+                Pkt(syn4(A), XDP_PASS, limited),
+                Pkt(syn4(A), XDP_PASS, limited),
+                Pkt(syn4(A), XDP_PASS, limited),
                 Pkt(syn4(A), XDP_DROP, &[R::DropSynRateSource]),
-                Pkt(syn4(B), XDP_PASS, admitted),
-                Pkt(tcp4(A, 40000, PORT, ACK), XDP_PASS, &[R::PassEstablished]),
+                Pkt(syn4(B), XDP_PASS, limited),
+                // Under pressure an unproven source's flow was never inserted.
+                Pkt(
+                    tcp4(A, 40000, PORT, ACK),
+                    XDP_PASS,
+                    &[R::PassEstablished, R::FlowMiss],
+                ),
             ],
         },
         Case {
             name: "per-source bucket keyed by prefix: a /24 shares one bucket",
             cfg: |c| {
+                c.pressure.mode = floodgate::config::PressureMode::Always;
                 c.syn_rate.per_source = 1;
                 c.syn_rate.per_source_burst = 1;
                 c.syn_rate.source_prefix_v4 = 24;
             },
             steps: vec![
-                Pkt(syn4(A), XDP_PASS, admitted),
+                Pkt(syn4(A), XDP_PASS, limited),
                 Pkt(syn4(B), XDP_DROP, &[R::DropSynRateSource]),
-                Pkt(syn4([198, 51, 101, 7]), XDP_PASS, admitted),
+                Pkt(syn4([198, 51, 101, 7]), XDP_PASS, limited),
             ],
         },
         Case {
             name: "IPv6 sources in one /64 share a bucket",
             cfg: |c| {
+                c.pressure.mode = floodgate::config::PressureMode::Always;
                 c.syn_rate.per_source = 1;
                 c.syn_rate.per_source_burst = 1;
             },
             steps: vec![
-                Pkt(tcp6(src6(7), 40000, PORT, SYN), XDP_PASS, admitted),
+                Pkt(tcp6(src6(7), 40000, PORT, SYN), XDP_PASS, limited),
                 Pkt(
                     tcp6(src6(8), 40000, PORT, SYN),
                     XDP_DROP,
@@ -539,14 +550,15 @@ fn cases() -> Vec<Case> {
         Case {
             name: "per-source bucket refills over time",
             cfg: |c| {
+                c.pressure.mode = floodgate::config::PressureMode::Always;
                 c.syn_rate.per_source = 5;
                 c.syn_rate.per_source_burst = 1;
             },
             steps: vec![
-                Pkt(syn4(A), XDP_PASS, admitted),
+                Pkt(syn4(A), XDP_PASS, limited),
                 Pkt(syn4(A), XDP_DROP, &[R::DropSynRateSource]),
                 Sleep(Duration::from_millis(300)),
-                Pkt(syn4(A), XDP_PASS, admitted),
+                Pkt(syn4(A), XDP_PASS, limited),
             ],
         },
         Case {
@@ -580,6 +592,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "trusted sources skip the rate limits under pressure; others do not",
             cfg: |c| {
+                c.pressure.mode = floodgate::config::PressureMode::Always;
                 c.syn_rate.per_source = 1;
                 c.syn_rate.per_source_burst = 1;
                 c.trusted = vec![
@@ -598,13 +611,14 @@ fn cases() -> Vec<Case> {
                     XDP_PASS,
                     &[R::PassSynAdmitted, R::FlowInserted, R::SynTrustedBypass],
                 ),
-                Pkt(syn4([203, 0, 113, 1]), XDP_PASS, admitted),
+                Pkt(syn4([203, 0, 113, 1]), XDP_PASS, limited),
                 Pkt(syn4([203, 0, 113, 1]), XDP_DROP, &[R::DropSynRateSource]),
             ],
         },
         Case {
             name: "verified sources skip the per-source bucket too",
             cfg: |c| {
+                c.pressure.mode = floodgate::config::PressureMode::Always;
                 c.syn_rate.per_source = 1;
                 c.syn_rate.per_source_burst = 1;
             },
@@ -620,13 +634,14 @@ fn cases() -> Vec<Case> {
                     XDP_PASS,
                     &[R::PassSynAdmitted, R::FlowInserted, R::SynVerifiedBypass],
                 ),
-                Pkt(syn4(B), XDP_PASS, admitted),
+                Pkt(syn4(B), XDP_PASS, limited),
                 Pkt(syn4(B), XDP_DROP, &[R::DropSynRateSource]),
             ],
         },
         Case {
             name: "global budget caps SYNs from many sources",
             cfg: |c| {
+                c.pressure.mode = floodgate::config::PressureMode::Always;
                 // SAFETY: sysconf has no preconditions. Online CPUs, as floodgate divides the budget.
                 let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
                     .expect("cpus");
@@ -634,14 +649,15 @@ fn cases() -> Vec<Case> {
                 c.syn_rate.global_burst = 2 * cpus; // two per CPU
             },
             steps: vec![
-                Pkt(syn4([203, 0, 113, 1]), XDP_PASS, admitted),
-                Pkt(syn4([203, 0, 113, 2]), XDP_PASS, admitted),
+                Pkt(syn4([203, 0, 113, 1]), XDP_PASS, limited),
+                Pkt(syn4([203, 0, 113, 2]), XDP_PASS, limited),
                 Pkt(syn4([203, 0, 113, 3]), XDP_DROP, &[R::DropSynRateGlobal]),
             ],
         },
         Case {
             name: "verified sources skip an exhausted global budget; others do not",
             cfg: |c| {
+                c.pressure.mode = floodgate::config::PressureMode::Always;
                 // SAFETY: sysconf has no preconditions.
                 let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
                     .expect("cpus");
@@ -650,7 +666,7 @@ fn cases() -> Vec<Case> {
             },
             steps: vec![
                 Verify(A),
-                Pkt(syn4(B), XDP_PASS, admitted),
+                Pkt(syn4(B), XDP_PASS, limited),
                 Pkt(syn4([203, 0, 113, 9]), XDP_DROP, &[R::DropSynRateGlobal]),
                 Pkt(
                     syn4(A),
@@ -667,6 +683,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "verified-ttl 0 turns the bypass off",
             cfg: |c| {
+                c.pressure.mode = floodgate::config::PressureMode::Always;
                 // SAFETY: sysconf has no preconditions.
                 let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
                     .expect("cpus");
@@ -676,7 +693,7 @@ fn cases() -> Vec<Case> {
             },
             steps: vec![
                 Verify(A),
-                Pkt(syn4(A), XDP_PASS, admitted),
+                Pkt(syn4(A), XDP_PASS, limited),
                 Pkt(syn4(A), XDP_DROP, &[R::DropSynRateGlobal]),
             ],
         },
@@ -830,6 +847,7 @@ fn listener_counters_split_admitted_dropped_and_established() {
     let mut xdp = TestProg::xdp_config();
     xdp.syn_rate.per_source = 1;
     xdp.syn_rate.per_source_burst = 1;
+    xdp.pressure.mode = floodgate::config::PressureMode::Always;
     let mut prog = TestProg::load(
         &xdp,
         &[

@@ -300,13 +300,28 @@ pub fn bench(what: &str) -> Result<()> {
             ]),
         ),
         "flood" => {
+            // HAProxy 2.6 (Debian 12's) is the reference, as in the shared harness, which
+            // installs it the same way; only this benchmark needs it.
+            if Command::new("sh")
+                .args(["-c", "command -v haproxy"])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| !s.success())
+            {
+                step(
+                    "apt-get install haproxy",
+                    Command::new("apt-get")
+                        .args(["install", "-y", "-qq", "haproxy"])
+                        .env("DEBIAN_FRONTEND", "noninteractive"),
+                )?;
+            }
             // The benchmark starts the release floodgate and fg-origin binaries.
             step(
                 "build (release)",
                 cargo().args(["build", "--release", "--bins"]),
             )?;
             step(
-                "goodput during a SYN flood, XDP on and off",
+                "goodput during SYN floods: HAProxy with SYN cookies, floodgate (default config) with XDP on and off",
                 cargo().args([
                     "run",
                     "--release",

@@ -1,7 +1,16 @@
-//! `cargo xtask bench flood`: legitimate requests/s through floodgate with no flood and during a
-//! spoofed SYN flood, with XDP admission on and with it off (the plain kernel, SYN cookies as the
-//! kernel has them), in one run. Everything runs in namespaces this program creates; the flood
-//! is bounded in time and count and goes only to the test's own veth peer.
+//! `cargo xtask bench flood`: legitimate goodput during SYN floods, floodgate on its **default
+//! config** (XDP on) against the same floodgate with `xdp.enabled: false` (the kernel alone in
+//! front of it) and HAProxy 2.6 with the kernel's SYN cookies, in one run, alternating.
+//!
+//! Server, client and attacker are namespaces on veth pairs this program creates; the server's
+//! packets are processed on its CPU 0 with the proxy (as a NIC queue would). The legitimate
+//! load is `CLIENTS` threads opening a new connection per request from one address; a light
+//! probe (one connection every 20 ms) measures connect time, which shows SYN retransmissions
+//! (1 s) that request latency hides. The attacker is capped by a `tc` token bucket at the same
+//! packet rate for every proxy (a proxy that serves less would otherwise leave an uncapped
+//! attacker more CPU), and the rate it reached is printed beside every figure. Floods: random
+//! spoofed sources (198.18.0.0/15), and one spoofed source. Everything is bounded in time and
+//! count and goes only to the namespaces' own addresses.
 
 #![allow(
     clippy::unwrap_used,
@@ -10,7 +19,7 @@
 
 use std::{
     net::SocketAddr,
-    process::Stdio,
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -21,29 +30,75 @@ use std::{
 use floodgate_tests::{
     NetPair, Proc, ThirdNs, bin, http_get, in_netns, mac_of,
     packet::{ETH_IP, PROTO_TCP, SYN, frame_to, tcp, v4},
-    send_frames, start_floodgate,
+    send_frames, start_floodgate, temp_file, wait_until,
 };
 
 const WINDOW: Duration = Duration::from_secs(4);
 const CLIENTS: usize = 4;
-/// Flood frames per batch; batches repeat until the window closes (at most 60 batches).
-const BATCH: u32 = 20_000;
+/// Frames per batch handed to the attacker's socket.
+const BATCH: u32 = 5_000;
 
-fn goodput(ns: &str, addr: SocketAddr, window: Duration) -> (u64, u64) {
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Flood {
+    None,
+    Random,
+    OneSource,
+}
+
+impl Flood {
+    fn name(self) -> &'static str {
+        match self {
+            Flood::None => "none",
+            Flood::Random => "random-source",
+            Flood::OneSource => "one-source",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Subject {
+    Haproxy,
+    Floodgate,
+    FloodgateNoXdp,
+}
+
+impl Subject {
+    fn name(self) -> &'static str {
+        match self {
+            Subject::Haproxy => "haproxy+cookies",
+            Subject::Floodgate => "floodgate",
+            Subject::FloodgateNoXdp => "floodgate xdp off",
+        }
+    }
+}
+
+/// (requests answered, failed, request latencies).
+fn load(ns: &str, addr: SocketAddr, window: Duration) -> (u64, u64, Vec<Duration>) {
     let until = Instant::now() + window;
     let handles: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let ns = ns.to_owned();
             std::thread::spawn(move || {
                 in_netns(&ns, move || {
-                    let (mut ok, mut failed) = (0u64, 0u64);
+                    let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::new());
                     while Instant::now() < until {
+                        let t = Instant::now();
                         match http_get(addr, "bench", "/") {
-                            Ok((200, _)) => ok += 1,
+                            Ok((200, _)) => {
+                                ok += 1;
+                                lat.push(t.elapsed());
+                            }
                             _ => failed += 1,
                         }
                     }
-                    (ok, failed)
+                    (ok, failed, lat)
                 })
             })
         })
@@ -51,12 +106,92 @@ fn goodput(ns: &str, addr: SocketAddr, window: Duration) -> (u64, u64) {
     handles
         .into_iter()
         .map(|h| h.join().unwrap())
-        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        .fold((0, 0, Vec::new()), |mut a, b| {
+            a.2.extend(b.2);
+            (a.0 + b.0, a.1 + b.1, a.2)
+        })
+}
+
+/// Connect times of a light probe: one TCP connect every 20 ms until `until`.
+fn probe(ns: &str, addr: SocketAddr, until: Instant) -> std::thread::JoinHandle<Vec<Duration>> {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        in_netns(&ns, move || {
+            let mut out = Vec::new();
+            while Instant::now() < until {
+                let t = Instant::now();
+                if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_ok() {
+                    out.push(t.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            out
+        })
+    })
+}
+
+fn p99(mut v: Vec<Duration>) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.sort_unstable();
+    v[(v.len() * 99 / 100).min(v.len() - 1)]
+}
+
+fn sh(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn main() {
+    let pps: u64 = env("FLOOD_PPS", 30_000);
+    let repeats: usize = env("REPEATS", 3);
     let net = NetPair::new("b", 210);
     let atk = ThirdNs::new(&net, 210);
+    // The attacker's packet rate, capped: a SYN frame is 54 bytes (64 on the wire with the
+    // veth's accounting of the Ethernet header, counted generously).
+    let rate_bits = pps * 64 * 8;
+    sh(Command::new("ip").args([
+        "netns",
+        "exec",
+        &atk.ns,
+        "tc",
+        "qdisc",
+        "replace",
+        "dev",
+        &atk.atk_if,
+        "root",
+        "tbf",
+        "rate",
+        &format!("{rate_bits}bit"),
+        "burst",
+        "64kb",
+        "latency",
+        "20ms",
+    ]));
+    // Packets to the server on CPU 0, as the proxy is: a NIC queue's interrupt core.
+    for dev in [&net.srv_if, &atk.srv_if] {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &net.srv, "sh", "-c"])
+            .arg(format!(
+                "echo 1 > /sys/class/net/{dev}/queues/rx-0/rps_cpus"
+            ))
+            .status();
+    }
+    let _ = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.srv,
+            "sysctl",
+            "-qw",
+            "net.ipv4.tcp_syncookies=1",
+        ])
+        .status();
     let _origin = Proc::spawn(
         "fg-origin",
         NetPair::exec(&net.srv, bin("fg-origin"))
@@ -66,107 +201,201 @@ fn main() {
     let addr: SocketAddr = format!("{}:8080", net.srv_v4).parse().unwrap();
     let (srv_mac, atk_mac) = (mac_of(&net.srv, &atk.srv_if), mac_of(&atk.ns, &atk.atk_if));
     let dst = atk.srv_v4.parse::<std::net::Ipv4Addr>().unwrap().octets();
-    let frames: Arc<Vec<Vec<u8>>> = Arc::new(
-        (0..BATCH)
-            .map(|i| {
-                let x = i.wrapping_mul(2_654_435_761);
-                let src = [198, 18 + (x >> 31) as u8, (x >> 8) as u8, x as u8 | 1];
-                frame_to(
-                    srv_mac,
-                    atk_mac,
-                    &[],
-                    ETH_IP,
-                    &v4(
-                        src,
-                        dst,
-                        PROTO_TCP,
-                        0,
-                        0x4000,
-                        &tcp(1024 + (i % 60_000) as u16, 8080, SYN, 0, 0),
-                    ),
-                )
-            })
-            .collect(),
-    );
+    let frames = |flood: Flood| -> Arc<Vec<Vec<u8>>> {
+        Arc::new(
+            (0..BATCH)
+                .map(|i| {
+                    let x = i.wrapping_mul(2_654_435_761);
+                    let src = match flood {
+                        Flood::OneSource => [198, 18, 7, 7],
+                        _ => [198, 18 + (x >> 31) as u8, (x >> 8) as u8, x as u8 | 1],
+                    };
+                    frame_to(
+                        srv_mac,
+                        atk_mac,
+                        &[],
+                        ETH_IP,
+                        &v4(
+                            src,
+                            dst,
+                            PROTO_TCP,
+                            0,
+                            0x4000,
+                            &tcp(1024 + (i % 60_000) as u16, 8080, SYN, 0, 0),
+                        ),
+                    )
+                })
+                .collect(),
+        )
+    };
+    let haproxy = which("haproxy");
     println!(
-        "{:<10} {:>14} {:>14} {:>10} {:>14} {:>12}",
-        "xdp", "no flood rps", "flood rps", "ratio", "flood SYN/s", "failed"
+        "{:<18} {:<14} {:>3} {:>10} {:>7} {:>9} {:>11} {:>11} {:>7}",
+        "proxy", "flood", "run", "req/s", "ratio", "p99 ms", "probe p99", "flood pps", "failed"
     );
-    for xdp in [true, false] {
-        let pin_dir = format!("/sys/fs/bpf/fg-bench-{}", std::process::id());
-        let yaml = format!(
-            "
+    let mut subjects = vec![Subject::Floodgate, Subject::FloodgateNoXdp];
+    if haproxy {
+        subjects.insert(0, Subject::Haproxy);
+    } else {
+        println!("(haproxy is not installed: `apt-get install haproxy` to compare with it)");
+    }
+    for run in 0..repeats {
+        // Alternating order, so drift does not favour one proxy.
+        let mut order = subjects.clone();
+        if run % 2 == 1 {
+            order.reverse();
+        }
+        for subject in order {
+            let mut proxy = start(subject, &net, &atk);
+            let mut base = 0.0;
+            for flood in [Flood::None, Flood::Random, Flood::OneSource] {
+                let stop = Arc::new(AtomicBool::new(false));
+                let flooder = (flood != Flood::None).then(|| {
+                    let (stop, frames, ns, dev) = (
+                        stop.clone(),
+                        frames(flood),
+                        atk.ns.clone(),
+                        atk.atk_if.clone(),
+                    );
+                    std::thread::spawn(move || {
+                        let (t, mut sent) = (Instant::now(), 0u64);
+                        // Bounded: at most 400 batches (2M frames), and the window.
+                        for _ in 0..400 {
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            sent += send_frames(&ns, &dev, frames.as_ref().clone());
+                        }
+                        (sent, t.elapsed())
+                    })
+                });
+                if flooder.is_some() {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                let probing = probe(&net.cli, addr, Instant::now() + WINDOW);
+                let (ok, failed, lat) = load(&net.cli, addr, WINDOW);
+                let probe_p99 = p99(probing.join().unwrap());
+                stop.store(true, Ordering::Relaxed);
+                let flood_pps = flooder.map_or(0.0, |f| {
+                    let (sent, took) = f.join().unwrap();
+                    sent as f64 / took.as_secs_f64()
+                });
+                let rps = ok as f64 / WINDOW.as_secs_f64();
+                if flood == Flood::None {
+                    base = rps;
+                }
+                println!(
+                    "{:<18} {:<14} {:>3} {:>10.0} {:>7.2} {:>9.1} {:>11.1} {:>11.0} {:>7}",
+                    subject.name(),
+                    flood.name(),
+                    run + 1,
+                    rps,
+                    if base > 0.0 { rps / base } else { 0.0 },
+                    p99(lat).as_secs_f64() * 1000.0,
+                    probe_p99.as_secs_f64() * 1000.0,
+                    flood_pps,
+                    failed
+                );
+                // Let SYN-RECV entries and the pressure hold drain before the next window.
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            proxy.stop();
+        }
+    }
+    println!(
+        "({CLIENTS} clients from one address, a new connection per request, {WINDOW:?} windows; \
+         attacker capped at {pps} pps by tc tbf; floodgate on its default config)"
+    );
+}
+
+fn which(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn start(subject: Subject, net: &NetPair, atk: &ThirdNs) -> Proc {
+    let pin_dir = format!("/sys/fs/bpf/fg-bench-{}", std::process::id());
+    let addr: SocketAddr = format!("{}:8080", net.srv_v4).parse().unwrap();
+    let ready = |p: Proc| {
+        let up = wait_until(Duration::from_secs(10), || {
+            in_netns(&net.cli, move || http_get(addr, "bench", "/").is_ok())
+        });
+        assert!(up, "{} did not answer", subject.name());
+        p
+    };
+    match subject {
+        Subject::Floodgate | Subject::FloodgateNoXdp => {
+            let xdp = subject == Subject::Floodgate;
+            // The default config: only what the rig needs (interfaces, pin dir, one worker).
+            let yaml = format!(
+                "
 global: {{ nbthread: 1 }}
 xdp:
   enabled: {xdp}
   interfaces: [{a}, {b}]
   mode: native
   pin-dir: {pin_dir}
-  # The clients share one address: lift the per-source limit, the flood is spoofed anyway.
-  syn-rate: {{ per-source: 1000000, per-source-burst: 1000000, global: 20000, global-burst: 20000 }}
 listeners: [{{ name: http, bind: '0.0.0.0:8080', default-backend: origin }}]
 backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
 ",
-            a = net.srv_if,
-            b = atk.srv_if,
-            srv = net.srv_v4
-        );
-        let _fg = if xdp {
-            start_floodgate(&net.srv, "bench.yaml", &yaml, &pin_dir)
-        } else {
-            let config = floodgate_tests::temp_file("bench-off.yaml", &yaml);
-            let fg = Proc::spawn(
-                "floodgate",
-                NetPair::enter(&net.srv, bin("floodgate"))
-                    .args(["run", "--config"])
-                    .arg(&config)
+                a = net.srv_if,
+                b = atk.srv_if,
+                srv = net.srv_v4
+            );
+            if xdp {
+                let p = start_floodgate(&net.srv, "flood-bench.yaml", &yaml, &pin_dir);
+                pin(&p);
+                ready(p)
+            } else {
+                let config = temp_file("flood-bench-off.yaml", &yaml);
+                let p = Proc::spawn(
+                    "floodgate",
+                    NetPair::enter(&net.srv, bin("floodgate"))
+                        .args(["run", "--config"])
+                        .arg(&config)
+                        .stderr(Stdio::null()),
+                );
+                pin(&p);
+                ready(p)
+            }
+        }
+        Subject::Haproxy => {
+            // The production HAProxy config's limits and timeouts, one thread.
+            let cfg = temp_file(
+                "flood-haproxy.cfg",
+                &format!(
+                    "global\n  maxconn 100000\n  nbthread 1\n\
+                     defaults\n  mode http\n  timeout client 50s\n  timeout connect 5s\n  \
+                     timeout server 50s\n  timeout queue 5s\n  timeout http-request 10s\n  \
+                     timeout http-keep-alive 1s\n\
+                     frontend fe\n  bind 0.0.0.0:8080\n  default_backend be\n\
+                     backend be\n  server o {}:9101 maxconn 10000\n",
+                    net.srv_v4
+                ),
+            );
+            let p = Proc::spawn(
+                "haproxy",
+                NetPair::enter(&net.srv, "haproxy")
+                    .args(["-db", "-f"])
+                    .arg(&cfg)
+                    .stdout(Stdio::null())
                     .stderr(Stdio::null()),
             );
-            let up = floodgate_tests::wait_until(Duration::from_secs(10), || {
-                goodput(&net.cli, addr, Duration::from_millis(50)).0 > 0
-            });
-            assert!(up, "floodgate without XDP did not answer");
-            fg
-        };
-        let (base, _) = goodput(&net.cli, addr, WINDOW);
-        let stop = Arc::new(AtomicBool::new(false));
-        let flooder = {
-            let (stop, frames, ns, dev) = (
-                stop.clone(),
-                frames.clone(),
-                atk.ns.clone(),
-                atk.atk_if.clone(),
-            );
-            std::thread::spawn(move || {
-                let (t, mut sent) = (Instant::now(), 0u64);
-                for _ in 0..60 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    sent += send_frames(&ns, &dev, frames.as_ref().clone());
-                }
-                (sent, t.elapsed())
-            })
-        };
-        std::thread::sleep(Duration::from_millis(300));
-        let (flood, failed) = goodput(&net.cli, addr, WINDOW);
-        stop.store(true, Ordering::Relaxed);
-        let (sent, took) = flooder.join().unwrap();
-        let (b, f) = (
-            base as f64 / WINDOW.as_secs_f64(),
-            flood as f64 / WINDOW.as_secs_f64(),
-        );
-        println!(
-            "{:<10} {:>14.0} {:>14.0} {:>10.2} {:>14.0} {:>12}",
-            if xdp { "on" } else { "off" },
-            b,
-            f,
-            f / b,
-            sent as f64 / took.as_secs_f64(),
-            failed
-        );
+            pin(&p);
+            ready(p)
+        }
     }
-    println!(
-        "({CLIENTS} clients, a new connection per request, {WINDOW:?} windows; spoofed sources in 198.18.0.0/15)"
-    );
+}
+
+/// The proxy on CPU 0, with the server's packet processing.
+fn pin(p: &Proc) {
+    if let Some(pid) = p.child.as_ref().map(std::process::Child::id) {
+        let _ = Command::new("taskset")
+            .args(["-a", "-p", "-c", "0", &pid.to_string()])
+            .stdout(Stdio::null())
+            .status();
+    }
 }

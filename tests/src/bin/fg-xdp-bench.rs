@@ -14,6 +14,7 @@ use floodgate_tests::{
 const REPEAT: u32 = 1_000_000;
 const SAMPLES: usize = 7;
 const A: [u8; 4] = [198, 51, 100, 7];
+const B: [u8; 4] = [203, 0, 113, 9];
 
 struct Path {
     name: &'static str,
@@ -49,10 +50,28 @@ fn main() {
         "flow insert for the established path"
     );
     let mut bucket_empty = prog(|c| {
+        c.pressure.mode = floodgate::config::PressureMode::Always;
         c.syn_rate.per_source = 1;
         c.syn_rate.per_source_burst = 1;
     });
     bucket_empty.run(&syn);
+    // A spoofed source under pressure with the global budget spent: the same packet repeated
+    // stays unknown (a SYN the budget drops is never inserted), as a random source would.
+    let mut budget_empty = prog(|c| {
+        c.pressure.mode = floodgate::config::PressureMode::Always;
+        c.syn_rate.global = floodgate::config::Budget::Fixed(1);
+        c.syn_rate.global_burst = 1;
+    });
+    budget_empty.publish(ListenerLoad {
+        id: 0,
+        active: 0,
+        maxconn: 100,
+        queue_room: u32::MAX,
+    });
+    // Another source spends the budget; the measured source is then dropped by it on its very
+    // first SYN, every time.
+    budget_empty.run(&tcp4(B, 40000, 8080, SYN));
+    budget_empty.run(&tcp4(B, 40001, 8080, SYN));
     let mut paths = vec![
         Path {
             name: "non-TCP (UDP) pass",
@@ -95,6 +114,7 @@ fn main() {
             want: XDP_PASS,
             pkt: syn.clone(),
             prog: prog(|c| {
+                c.pressure.mode = floodgate::config::PressureMode::Always;
                 c.syn_rate.per_source = u32::MAX / 2;
                 c.syn_rate.per_source_burst = u32::MAX / 2;
                 c.syn_rate.global = floodgate::config::Budget::Fixed(u32::MAX / 2);
@@ -121,6 +141,13 @@ fn main() {
                 c.syn_rate.global = floodgate::config::Budget::Fixed(0);
                 c.flow_table = false;
             }),
+            active: 0,
+        },
+        Path {
+            name: "spoofed SYN dropped by the global budget (never inserted)",
+            want: XDP_DROP,
+            pkt: syn.clone(),
+            prog: budget_empty,
             active: 0,
         },
         Path {
