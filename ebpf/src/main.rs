@@ -164,7 +164,7 @@ fn dest_listener(tcp: &Tcp) -> Option<ListenerId> {
         port: tcp.dport,
     };
     // SAFETY: a plain u32 read once.
-    match unsafe { FG_DESTS.get(&dest) } {
+    match unsafe { FG_DESTS.get(dest) } {
         Some(&id) if id != 0 => Some(id - 1),
         _ => None,
     }
