@@ -112,6 +112,95 @@ fn load(ns: &str, addr: SocketAddr, window: Duration) -> (u64, u64, Vec<Duration
         })
 }
 
+/// One keep-alive GET on `s`: the status, once the whole response (Content-Length) is read.
+fn keepalive_get(s: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> std::io::Result<u16> {
+    use std::io::{Read as _, Write as _};
+    s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < end + 4 + len {
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        return Ok(status);
+    }
+}
+
+/// The keep-alive load: `CLIENTS` connections, each reused for every request (a connection
+/// that fails is replaced).
+fn keepalive_load(ns: &str, addr: SocketAddr, window: Duration) -> (u64, u64, Vec<Duration>) {
+    let until = Instant::now() + window;
+    let handles: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let ns = ns.to_owned();
+            std::thread::spawn(move || {
+                in_netns(&ns, move || {
+                    let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::new());
+                    let mut buf = Vec::with_capacity(8192);
+                    let mut conn: Option<std::net::TcpStream> = None;
+                    while Instant::now() < until {
+                        if conn.is_none() {
+                            conn =
+                                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+                                    .ok()
+                                    .inspect(|s| {
+                                        let _ = s.set_nodelay(true);
+                                        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                                    });
+                        }
+                        let Some(s) = conn.as_mut() else {
+                            failed += 1;
+                            continue;
+                        };
+                        let t = Instant::now();
+                        match keepalive_get(s, &mut buf) {
+                            Ok(200) => {
+                                ok += 1;
+                                lat.push(t.elapsed());
+                            }
+                            _ => {
+                                failed += 1;
+                                conn = None;
+                            }
+                        }
+                    }
+                    (ok, failed, lat)
+                })
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .fold((0, 0, Vec::new()), |mut a, b| {
+            a.2.extend(b.2);
+            (a.0 + b.0, a.1 + b.1, a.2)
+        })
+}
+
 /// Connect times of a light probe: one TCP connect every 20 ms until `until`.
 fn probe(ns: &str, addr: SocketAddr, until: Instant) -> std::thread::JoinHandle<Vec<Duration>> {
     let ns = ns.to_owned();
@@ -230,8 +319,17 @@ fn main() {
     };
     let haproxy = which("haproxy");
     println!(
-        "{:<18} {:<14} {:>3} {:>10} {:>7} {:>9} {:>11} {:>11} {:>7}",
-        "proxy", "flood", "run", "req/s", "ratio", "p99 ms", "probe p99", "flood pps", "failed"
+        "{:<18} {:<11} {:<14} {:>3} {:>10} {:>7} {:>9} {:>11} {:>11} {:>7}",
+        "proxy",
+        "load",
+        "flood",
+        "run",
+        "req/s",
+        "ratio",
+        "p99 ms",
+        "probe p99",
+        "flood pps",
+        "failed"
     );
     let mut subjects = vec![Subject::Floodgate, Subject::FloodgateNoXdp];
     if haproxy {
@@ -247,63 +345,71 @@ fn main() {
         }
         for subject in order {
             let mut proxy = start(subject, &net, &atk);
-            let mut base = 0.0;
-            for flood in [Flood::None, Flood::Random, Flood::OneSource] {
-                let stop = Arc::new(AtomicBool::new(false));
-                let flooder = (flood != Flood::None).then(|| {
-                    let (stop, frames, ns, dev) = (
-                        stop.clone(),
-                        frames(flood),
-                        atk.ns.clone(),
-                        atk.atk_if.clone(),
-                    );
-                    std::thread::spawn(move || {
-                        let (t, mut sent) = (Instant::now(), 0u64);
-                        // Bounded: at most 400 batches (2M frames), and the window.
-                        for _ in 0..400 {
-                            if stop.load(Ordering::Relaxed) {
-                                break;
+            for keepalive in [false, true] {
+                let mut base = 0.0;
+                for flood in [Flood::None, Flood::Random, Flood::OneSource] {
+                    let stop = Arc::new(AtomicBool::new(false));
+                    let flooder = (flood != Flood::None).then(|| {
+                        let (stop, frames, ns, dev) = (
+                            stop.clone(),
+                            frames(flood),
+                            atk.ns.clone(),
+                            atk.atk_if.clone(),
+                        );
+                        std::thread::spawn(move || {
+                            let (t, mut sent) = (Instant::now(), 0u64);
+                            // Bounded: at most 400 batches (2M frames), and the window.
+                            for _ in 0..400 {
+                                if stop.load(Ordering::Relaxed) {
+                                    break;
+                                }
+                                sent += send_frames(&ns, &dev, frames.as_ref().clone());
                             }
-                            sent += send_frames(&ns, &dev, frames.as_ref().clone());
-                        }
-                        (sent, t.elapsed())
-                    })
-                });
-                if flooder.is_some() {
-                    std::thread::sleep(Duration::from_millis(500));
+                            (sent, t.elapsed())
+                        })
+                    });
+                    if flooder.is_some() {
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    let probing = probe(&net.cli, addr, Instant::now() + WINDOW);
+                    let (ok, failed, lat) = if keepalive {
+                        keepalive_load(&net.cli, addr, WINDOW)
+                    } else {
+                        load(&net.cli, addr, WINDOW)
+                    };
+                    let probe_p99 = p99(probing.join().unwrap());
+                    stop.store(true, Ordering::Relaxed);
+                    let flood_pps = flooder.map_or(0.0, |f| {
+                        let (sent, took) = f.join().unwrap();
+                        sent as f64 / took.as_secs_f64()
+                    });
+                    let rps = ok as f64 / WINDOW.as_secs_f64();
+                    if flood == Flood::None {
+                        base = rps;
+                    }
+                    println!(
+                        "{:<18} {:<11} {:<14} {:>3} {:>10.0} {:>7.2} {:>9.1} {:>11.1} {:>11.0} {:>7}",
+                        subject.name(),
+                        if keepalive { "keep-alive" } else { "new-conn" },
+                        flood.name(),
+                        run + 1,
+                        rps,
+                        if base > 0.0 { rps / base } else { 0.0 },
+                        p99(lat).as_secs_f64() * 1000.0,
+                        probe_p99.as_secs_f64() * 1000.0,
+                        flood_pps,
+                        failed
+                    );
+                    // Let SYN-RECV entries and the pressure hold drain before the next window.
+                    std::thread::sleep(Duration::from_secs(2));
                 }
-                let probing = probe(&net.cli, addr, Instant::now() + WINDOW);
-                let (ok, failed, lat) = load(&net.cli, addr, WINDOW);
-                let probe_p99 = p99(probing.join().unwrap());
-                stop.store(true, Ordering::Relaxed);
-                let flood_pps = flooder.map_or(0.0, |f| {
-                    let (sent, took) = f.join().unwrap();
-                    sent as f64 / took.as_secs_f64()
-                });
-                let rps = ok as f64 / WINDOW.as_secs_f64();
-                if flood == Flood::None {
-                    base = rps;
-                }
-                println!(
-                    "{:<18} {:<14} {:>3} {:>10.0} {:>7.2} {:>9.1} {:>11.1} {:>11.0} {:>7}",
-                    subject.name(),
-                    flood.name(),
-                    run + 1,
-                    rps,
-                    if base > 0.0 { rps / base } else { 0.0 },
-                    p99(lat).as_secs_f64() * 1000.0,
-                    probe_p99.as_secs_f64() * 1000.0,
-                    flood_pps,
-                    failed
-                );
-                // Let SYN-RECV entries and the pressure hold drain before the next window.
-                std::thread::sleep(Duration::from_secs(2));
             }
             proxy.stop();
         }
     }
     println!(
-        "({CLIENTS} clients from one address, a new connection per request, {WINDOW:?} windows; \
+        "({CLIENTS} clients from one address, a new connection per request or one kept-alive \
+         connection each, {WINDOW:?} windows; \
          attacker capped at {pps} pps by tc tbf; floodgate on its default config)"
     );
 }
