@@ -32,9 +32,30 @@ fn bad(reason: &str) -> ProxyError {
 }
 
 /// Puts `req` in its one canonical form (see the module doc). `keep_received`: remember the
-/// path as received when normalisation changes it.
+/// path as received when normalisation changes it. A request already in canonical form (most
+/// of them) is left untouched: no allocation, no rebuilt URI, no header written.
 pub fn request<B>(req: &mut Request<B>, keep_received: bool) -> Result<(), ProxyError> {
-    let authority = authority(req)?;
+    let authority = authority(req)?.filter(|a| {
+        let header_same = req
+            .headers()
+            .get(header::HOST)
+            .is_some_and(|h| h.as_bytes() == a.as_bytes());
+        let uri_same = req.uri().authority().is_none_or(|u| u.as_str() == a);
+        !(header_same && uri_same)
+    });
+    let path = match req.uri().path_and_query() {
+        Some(pq) => normalize_path(pq.path())?.map(|mut p| {
+            if let Some(q) = pq.query() {
+                p.push('?');
+                p.push_str(q);
+            }
+            p
+        }),
+        None => None,
+    };
+    if authority.is_none() && path.is_none() {
+        return Ok(());
+    }
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     if let (Some(a), Some(canonical)) = (&parts.authority, &authority)
         && a.as_str() != canonical
@@ -45,14 +66,7 @@ pub fn request<B>(req: &mut Request<B>, keep_received: bool) -> Result<(), Proxy
                 .map_err(|_| bad("the request's authority is not valid"))?,
         );
     }
-    if let Some(pq) = &parts.path_and_query
-        && let Some(path) = normalize_path(pq.path())?
-    {
-        let mut normalized = path;
-        if let Some(q) = pq.query() {
-            normalized.push('?');
-            normalized.push_str(q);
-        }
+    if let Some(normalized) = path {
         let normalized = PathAndQuery::try_from(normalized)
             .map_err(|_| bad("the request target is not valid"))?;
         let received = parts.path_and_query.replace(normalized);
