@@ -103,6 +103,13 @@ fn load(ns: &str, addr: SocketAddr, window: Duration) -> (u64, u64, Vec<Duration
             })
         })
         .collect();
+    join_all(handles)
+}
+
+/// Waits for every client thread and sums their (answered, failed, latencies).
+fn join_all(
+    handles: Vec<std::thread::JoinHandle<(u64, u64, Vec<Duration>)>>,
+) -> (u64, u64, Vec<Duration>) {
     handles
         .into_iter()
         .map(|h| h.join().unwrap())
@@ -192,13 +199,7 @@ fn keepalive_load(ns: &str, addr: SocketAddr, window: Duration) -> (u64, u64, Ve
             })
         })
         .collect();
-    handles
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .fold((0, 0, Vec::new()), |mut a, b| {
-            a.2.extend(b.2);
-            (a.0 + b.0, a.1 + b.1, a.2)
-        })
+    join_all(handles)
 }
 
 /// Connect times of a light probe: one TCP connect every 20 ms until `until`.
