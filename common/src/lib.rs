@@ -53,6 +53,10 @@ pub mod maps {
     pub const IFACE_SLOTS: &str = "FG_IFSLOT";
     /// `PerCpuArray<ListenerCounters, MAX_LISTENERS>`: per-listener counters.
     pub const LISTENER_STATS: &str = "FG_LSTATS";
+    /// `Array<u64, MAX_LISTENERS>`: monotonic ns at which XDP last passed a SYN for the
+    /// listener to the kernel while SYN cookies were on (the kernel answered it with a cookie
+    /// of its own, which makes it accept cookie ACKs for two minutes). Kernel-owned.
+    pub const KERNEL_SYN: &str = "FG_KSYN";
 
     /// Maps whose content the kernel owns (counters, buckets, flows): a restart reuses their
     /// pins so that state survives it. Userspace-owned maps are recreated and rewritten.
@@ -63,6 +67,7 @@ pub mod maps {
         VERIFIED,
         STATS,
         LISTENER_STATS,
+        KERNEL_SYN,
     ];
 
     /// Every map userspace pins, in a stable order.
@@ -86,6 +91,7 @@ pub mod maps {
         DESTS,
         TRUSTED_V4,
         TRUSTED_V6,
+        KERNEL_SYN,
     ];
 }
 
@@ -140,9 +146,9 @@ pub const NANOS: u64 = 1_000_000_000;
 
 /// What the XDP program did with a packet, and why.
 ///
-/// Every packet the program sees is counted under exactly one verdict reason (the variants up to
-/// [`Reason::DropCapacity`]), so their sum equals the packets received. The variants after it are
-/// events counted in addition (a flow inserted, removed, ...), not verdicts.
+/// Every packet the program sees is counted under exactly one verdict reason (those whose
+/// [`Reason::verdict`] is `Some`), so their sum equals the packets received. The others are
+/// events counted in addition (a flow inserted, removed, ...).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Reason {
@@ -182,23 +188,27 @@ pub enum Reason {
     SynVerifiedBypass = 16,
     /// Event: a SYN from an `xdp.trusted` source skipped the SYN rate limits (under pressure).
     SynTrustedBypass = 17,
+    /// A SYN over the global budget answered from XDP with a SYN-ACK carrying a kernel SYN
+    /// cookie (`XDP_TX`): it never reaches the kernel's SYN queue; the client's ACK does, and
+    /// the kernel turns it into a connection.
+    TxSynCookie = 18,
 }
 
 /// Number of slots in [`maps::STATS`].
 pub const COUNTER_COUNT: u32 = Reason::ALL.len() as u32;
-/// Verdict reasons are `0..VERDICT_COUNT`; the rest are events.
-pub const VERDICT_COUNT: u32 = Reason::DropCapacity as u32 + 1;
 
 /// The XDP action a verdict reason stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Pass,
     Drop,
+    /// Answered: the packet was rewritten into a reply and sent back out (`XDP_TX`).
+    Tx,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::PassNotIp,
         Reason::PassNotTcp,
         Reason::PassNotListener,
@@ -217,15 +227,32 @@ impl Reason {
         Reason::FlowMiss,
         Reason::SynVerifiedBypass,
         Reason::SynTrustedBypass,
+        Reason::TxSynCookie,
     ];
 
-    /// `Pass` or `Drop` for verdict reasons, `None` for events.
+    /// The action of a verdict reason, `None` for events.
     #[must_use]
     pub const fn verdict(self) -> Option<Verdict> {
-        match self as u32 {
-            i if i <= Reason::PassFailOpen as u32 => Some(Verdict::Pass),
-            i if i < VERDICT_COUNT => Some(Verdict::Drop),
-            _ => None,
+        match self {
+            Reason::PassNotIp
+            | Reason::PassNotTcp
+            | Reason::PassNotListener
+            | Reason::PassFragment
+            | Reason::PassEstablished
+            | Reason::PassSynAdmitted
+            | Reason::PassFailOpen => Some(Verdict::Pass),
+            Reason::DropMalformed
+            | Reason::DropDenyCidr
+            | Reason::DropNotAllowed
+            | Reason::DropSynRateSource
+            | Reason::DropSynRateGlobal
+            | Reason::DropCapacity => Some(Verdict::Drop),
+            Reason::TxSynCookie => Some(Verdict::Tx),
+            Reason::FlowInserted
+            | Reason::FlowRemoved
+            | Reason::FlowMiss
+            | Reason::SynVerifiedBypass
+            | Reason::SynTrustedBypass => None,
         }
     }
 
@@ -251,6 +278,7 @@ impl Reason {
             Reason::FlowMiss => "flow_miss",
             Reason::SynVerifiedBypass => "syn_verified_bypass",
             Reason::SynTrustedBypass => "syn_trusted_bypass",
+            Reason::TxSynCookie => "syn_cookie",
         }
     }
 }
@@ -295,6 +323,12 @@ pub const FLAG_PRESSURE: u32 = 1 << 5;
 pub const FLAG_TRUSTED_V4: u32 = 1 << 6;
 /// `XdpConfig::flags`: the IPv6 trusted trie has entries.
 pub const FLAG_TRUSTED_V6: u32 = 1 << 7;
+/// `XdpConfig::flags`: under pressure, answer SYNs over the global budget with SYN cookies
+/// (set by userspace only while the kernel answers with cookies too: `tcp_syncookies = 2`).
+pub const FLAG_SYN_COOKIES: u32 = 1 << 8;
+/// How long after the kernel last answered a listener's SYN with a cookie (`maps::KERNEL_SYN`)
+/// XDP cookies stay safe for it: the kernel accepts cookie ACKs for 120 s after it sent one.
+pub const KERNEL_COOKIE_FRESH_NS: u64 = 60 * NANOS;
 
 /// Admission parameters, written by userspace to `FG_CONFIG[0]`.
 ///
@@ -322,6 +356,11 @@ pub struct XdpConfig {
     pub flags: u32,
     /// How long a verified source skips the global budget, in seconds; 0 disables the bypass.
     pub verified_ttl_s: u32,
+    /// The MSS an XDP SYN cookie's SYN-ACK advertises over IPv4 / IPv6 (the interfaces'
+    /// smallest MTU less the headers).
+    pub cookie_mss_v4: u16,
+    pub cookie_mss_v6: u16,
+    pub reserved: u32,
 }
 
 /// `FlowState::flags`: the client sent FIN; its next packet (the last ACK) removes the flow.
@@ -476,7 +515,8 @@ mod tests {
     }
 
     #[test]
-    fn verdicts_then_events() {
+    fn verdicts_and_events() {
+        assert_eq!(Reason::TxSynCookie.verdict(), Some(Verdict::Tx));
         assert_eq!(Reason::PassFailOpen.verdict(), Some(Verdict::Pass));
         assert_eq!(Reason::DropMalformed.verdict(), Some(Verdict::Drop));
         assert_eq!(Reason::DropCapacity.verdict(), Some(Verdict::Drop));

@@ -38,6 +38,7 @@ pub fn require_root(test: &str) -> bool {
 /// XDP return codes.
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 
 /// Pins the calling thread to one CPU, so per-CPU state (the global SYN budget) is the same
 /// bucket from one test-run to the next.
@@ -76,6 +77,22 @@ impl TestProg {
     /// Runs one packet; returns the XDP action.
     pub fn run(&mut self, pkt: &[u8]) -> u32 {
         self.run_repeat(pkt, 1).0
+    }
+
+    /// Runs one packet; returns the XDP action and the packet as the program left it.
+    pub fn run_out(&mut self, pkt: &[u8]) -> (u32, Vec<u8>) {
+        let prog = self.dp.program().expect("program");
+        let mut out = vec![0u8; pkt.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(pkt),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
     }
 
     /// Runs one packet `repeat` times; returns the action and the kernel's mean ns per run.
@@ -602,6 +619,42 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     })
     .join()
     .expect("netns thread panicked")
+}
+
+/// Turns GRO on for `dev` in namespace `ns` (`ethtool -K dev gro on`, which this machine may
+/// lack). A veth takes `XDP_TX` frames from its peer's native XDP program only with NAPI on,
+/// which GRO (or an XDP program of its own) enables; a NIC needs nothing of the kind.
+pub fn enable_gro(ns: &str, dev: &str) {
+    let dev = dev.to_owned();
+    in_netns(ns, move || {
+        #[repr(C)]
+        struct EthtoolValue {
+            cmd: u32,
+            data: u32,
+        }
+        const SIOCETHTOOL: libc::c_ulong = 0x8946;
+        const ETHTOOL_SGRO: u32 = 0x2c;
+        let mut val = EthtoolValue {
+            cmd: ETHTOOL_SGRO,
+            data: 1,
+        };
+        // SAFETY: a zeroed ifreq is valid; the name fits (IFNAMSIZ, checked), the data pointer
+        // outlives the ioctl, and the socket is closed after.
+        unsafe {
+            let mut ifr: libc::ifreq = std::mem::zeroed();
+            assert!(dev.len() < libc::IFNAMSIZ, "interface name {dev}");
+            for (i, b) in dev.bytes().enumerate() {
+                ifr.ifr_name[i] = b as libc::c_char;
+            }
+            ifr.ifr_ifru.ifru_data = (&raw mut val).cast();
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let rc = libc::ioctl(fd, SIOCETHTOOL, &raw mut ifr);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            assert_eq!(rc, 0, "ETHTOOL_SGRO on {dev}: {err}");
+        }
+    });
 }
 
 /// The MAC address of `dev` in namespace `ns`.

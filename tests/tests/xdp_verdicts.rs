@@ -14,7 +14,7 @@ use std::time::Duration;
 use floodgate::{config, dataplane::ListenerLoad};
 use floodgate_common::{COUNTER_COUNT, Reason, Reason as R};
 use floodgate_tests::{
-    TestProg, XDP_DROP, XDP_PASS,
+    TestProg, XDP_DROP, XDP_PASS, XDP_TX,
     packet::{
         self, ACK, DST4, ETH_IP, ETH_IPV6, FIN, PROTO_TCP, PROTO_UDP, PSH, RST, SYN, TPID_8021AD,
         TPID_8021Q, frame, src6, tcp, tcp4, tcp6, udp, v4, v6,
@@ -642,6 +642,8 @@ fn cases() -> Vec<Case> {
             name: "global budget caps SYNs from many sources",
             cfg: |c| {
                 c.pressure.mode = floodgate::config::PressureMode::Always;
+                // Over-budget SYNs dropped, not answered with cookies (cases below).
+                c.syn_cookies = floodgate::config::SynCookies::Never;
                 // SAFETY: sysconf has no preconditions. Online CPUs, as floodgate divides the budget.
                 let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
                     .expect("cpus");
@@ -658,6 +660,8 @@ fn cases() -> Vec<Case> {
             name: "verified sources skip an exhausted global budget; others do not",
             cfg: |c| {
                 c.pressure.mode = floodgate::config::PressureMode::Always;
+                // Over-budget SYNs dropped, not answered with cookies (cases below).
+                c.syn_cookies = floodgate::config::SynCookies::Never;
                 // SAFETY: sysconf has no preconditions.
                 let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
                     .expect("cpus");
@@ -684,6 +688,8 @@ fn cases() -> Vec<Case> {
             name: "verified-ttl 0 turns the bypass off",
             cfg: |c| {
                 c.pressure.mode = floodgate::config::PressureMode::Always;
+                // Over-budget SYNs dropped, not answered with cookies (cases below).
+                c.syn_cookies = floodgate::config::SynCookies::Never;
                 // SAFETY: sysconf has no preconditions.
                 let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
                     .expect("cpus");
@@ -695,6 +701,49 @@ fn cases() -> Vec<Case> {
                 Verify(A),
                 Pkt(syn4(A), XDP_PASS, limited),
                 Pkt(syn4(A), XDP_DROP, &[R::DropSynRateGlobal]),
+            ],
+        },
+        Case {
+            name: "over the budget, a SYN gets an XDP cookie once one of its listener's SYNs reached the kernel",
+            cfg: |c| {
+                c.pressure.mode = floodgate::config::PressureMode::Always;
+                // SAFETY: sysconf has no preconditions.
+                let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
+                    .expect("cpus");
+                c.syn_rate.global = floodgate::config::Budget::Fixed(cpus);
+                c.syn_rate.global_burst = cpus; // one SYN per CPU
+            },
+            steps: vec![
+                // Listener 1 (IPv6) takes the budget's one token: its SYN reaches the kernel.
+                Pkt(tcp6(src6(1), 40000, PORT, SYN), XDP_PASS, limited),
+                // Listener 0 (IPv4) never had a SYN at the kernel: over the budget, dropped.
+                Pkt(syn4(A), XDP_DROP, &[R::DropSynRateGlobal]),
+                // Listener 1's kernel answered one: its SYNs over the budget get cookies.
+                Pkt(tcp6(src6(2), 40000, PORT, SYN), XDP_TX, &[R::TxSynCookie]),
+                Pkt(tcp6(src6(3), 40001, PORT, SYN), XDP_TX, &[R::TxSynCookie]),
+                // A second later the budget has a token again: listener 0's turn.
+                Sleep(Duration::from_millis(1100)),
+                Pkt(syn4(A), XDP_PASS, limited),
+                Pkt(syn4(B), XDP_TX, &[R::TxSynCookie]),
+                // A full listener gets none: the ACK would only overflow its accept queue.
+                Load(10, 10),
+                Pkt(syn4([203, 0, 113, 5]), XDP_DROP, &[R::DropSynRateGlobal]),
+            ],
+        },
+        Case {
+            name: "syn-cookies never: over-budget SYNs are dropped",
+            cfg: |c| {
+                c.pressure.mode = floodgate::config::PressureMode::Always;
+                c.syn_cookies = floodgate::config::SynCookies::Never;
+                // SAFETY: sysconf has no preconditions.
+                let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
+                    .expect("cpus");
+                c.syn_rate.global = floodgate::config::Budget::Fixed(cpus);
+                c.syn_rate.global_burst = cpus;
+            },
+            steps: vec![
+                Pkt(tcp6(src6(1), 40000, PORT, SYN), XDP_PASS, limited),
+                Pkt(tcp6(src6(2), 40000, PORT, SYN), XDP_DROP, &[R::DropSynRateGlobal]),
             ],
         },
         Case {
@@ -954,4 +1003,134 @@ fn a_reload_swaps_full_cidr_lists_and_turns_allow_mode_off_cleanly() {
         XDP_PASS,
         "allow mode off"
     );
+}
+
+/// Internet checksum of `data` (odd lengths padded with zero).
+fn csum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A SYN as Linux sends it: MSS 1460, SACK permitted, timestamps, window scale 7.
+fn syn_with_options(sport: u16) -> Vec<u8> {
+    let mut t = tcp(sport, PORT, SYN, 5, 0);
+    t[20..40].copy_from_slice(&[
+        2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+    ]);
+    t
+}
+
+#[test]
+fn an_xdp_syn_cookie_answer_is_a_well_formed_syn_ack() {
+    if !require_root("an_xdp_syn_cookie_answer_is_a_well_formed_syn_ack") {
+        return;
+    }
+    pin_to_cpu(0);
+    let binds = [
+        "10.0.0.1:8080".parse().unwrap(),
+        "[fd00::1]:8080".parse().unwrap(),
+    ];
+    let mut xdp = TestProg::xdp_config();
+    xdp.pressure.mode = config::PressureMode::Always;
+    // A budget of one SYN per second per CPU, with a burst of one.
+    // SAFETY: sysconf has no preconditions.
+    let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap();
+    xdp.syn_rate.global = config::Budget::Fixed(cpus);
+    xdp.syn_rate.global_burst = cpus;
+    let mut prog = TestProg::load(&xdp, &binds);
+    for id in 0..2 {
+        prog.publish(ListenerLoad {
+            id,
+            active: 0,
+            maxconn: 100,
+            queue_room: u32::MAX,
+        });
+    }
+    // Listener 0's first SYN reaches the kernel (and spends the budget); the next is answered.
+    assert_eq!(prog.run(&syn4(A)), XDP_PASS);
+    let client = [203, 0, 113, 77];
+    let syn = frame(
+        &[TPID_8021Q],
+        ETH_IP,
+        &v4(client, DST4, PROTO_TCP, 0, 0x4000, &syn_with_options(51000)),
+    );
+    let (action, out) = prog.run_out(&syn);
+    assert_eq!(action, XDP_TX);
+    // Ethernet: addresses swapped, the VLAN tag kept.
+    assert_eq!(out[0..6], syn[6..12], "destination MAC is the client's");
+    assert_eq!(out[6..12], syn[0..6]);
+    assert_eq!(out[12..18], syn[12..18]);
+    let ip = &out[18..38];
+    let t = &out[38..];
+    assert_eq!(t.len(), 24, "a TCP header with the MSS option, nothing after it");
+    assert_eq!(ip[0], 0x45);
+    assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 44);
+    assert_eq!(ip[9], 6);
+    assert_eq!(ip[12..16], DST4, "from the listener's address");
+    assert_eq!(ip[16..20], client);
+    assert_eq!(csum(ip), 0, "IPv4 header checksum");
+    assert_eq!(u16::from_be_bytes([t[0], t[1]]), PORT);
+    assert_eq!(u16::from_be_bytes([t[2], t[3]]), 51000);
+    let syn_seq = 0x0102_0304u32;
+    assert_eq!(
+        u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
+        syn_seq + 1,
+        "acknowledges the SYN"
+    );
+    assert_eq!(t[12] >> 4, 6);
+    assert_eq!(t[13], SYN | ACK);
+    assert_eq!(t[20..22], [2, 4], "MSS option");
+    let mss = u16::from_be_bytes([t[22], t[23]]);
+    assert!(mss >= 536, "advertised MSS {mss}");
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&ip[12..20]);
+    pseudo.extend_from_slice(&[0, 6, 0, 24]);
+    pseudo.extend_from_slice(t);
+    assert_eq!(csum(&pseudo), 0, "TCP checksum");
+    // Two SYNs of one connection get one cookie; another port another.
+    let isn = |out: &[u8]| u32::from_be_bytes([out[42], out[43], out[44], out[45]]);
+    let (_, again) = prog.run_out(&syn);
+    assert_eq!(isn(&again), isn(&out), "a retransmitted SYN gets the same cookie");
+    let other = frame(
+        &[TPID_8021Q],
+        ETH_IP,
+        &v4(client, DST4, PROTO_TCP, 0, 0x4000, &syn_with_options(51001)),
+    );
+    let (_, other) = prog.run_out(&other);
+    assert_ne!(isn(&other), isn(&out));
+
+    // IPv6, listener 1: its first SYN reaches the kernel... once the budget has a token.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(prog.run(&tcp6(src6(1), 40000, PORT, SYN)), XDP_PASS);
+    let syn = frame(
+        &[],
+        ETH_IPV6,
+        &v6(src6(9), packet::DST6, &[], PROTO_TCP, 0, &syn_with_options(52000)),
+    );
+    let (action, out) = prog.run_out(&syn);
+    assert_eq!(action, XDP_TX);
+    let ip = &out[14..54];
+    let t = &out[54..];
+    assert_eq!(t.len(), 24);
+    assert_eq!(ip[0] >> 4, 6);
+    assert_eq!(u16::from_be_bytes([ip[4], ip[5]]), 24);
+    assert_eq!(ip[6], 6);
+    assert_eq!(ip[8..24], packet::DST6);
+    assert_eq!(ip[24..40], src6(9));
+    assert_eq!(t[13], SYN | ACK);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&ip[8..40]);
+    pseudo.extend_from_slice(&[0, 0, 0, 24, 0, 0, 0, 6]);
+    pseudo.extend_from_slice(t);
+    assert_eq!(csum(&pseudo), 0, "TCP checksum over IPv6");
+    // Counted as answered, not as dropped.
+    let c = prog.counters();
+    assert_eq!(c[R::TxSynCookie as usize].packets, 4);
+    assert_eq!(c[R::DropSynRateGlobal as usize].packets, 0);
 }

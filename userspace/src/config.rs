@@ -254,6 +254,9 @@ pub struct Xdp {
     pub trusted: Vec<IpNet>,
     /// When the SYN rate limits apply.
     pub pressure: Pressure,
+    /// Whether SYNs over the global budget are answered with SYN cookies from XDP under
+    /// pressure (`auto`: floodgate sets `net.ipv4.tcp_syncookies` to 2 meanwhile) or dropped.
+    pub syn_cookies: SynCookies,
     /// Keep floodgate's own flow table.
     pub flow_table: bool,
     pub flow_table_size: u32,
@@ -288,6 +291,7 @@ impl Default for Xdp {
             allow: Vec::new(),
             trusted: Vec::new(),
             pressure: Pressure::default(),
+            syn_cookies: SynCookies::Auto,
             flow_table: true,
             flow_table_size: floodgate_common::DEFAULT_FLOWS,
             flow_idle_timeout: HDuration::secs(300),
@@ -380,6 +384,18 @@ impl Default for Pressure {
             hold: HDuration::secs(10),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SynCookies {
+    /// Under pressure, SYNs over the global budget get an XDP SYN-cookie SYN-ACK, and
+    /// floodgate holds `net.ipv4.tcp_syncookies` at 2 (restored after; a 2 found at start
+    /// outside pressure is reset to 1).
+    #[default]
+    Auto,
+    /// They are dropped; floodgate never touches the sysctl.
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

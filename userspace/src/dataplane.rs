@@ -124,6 +124,18 @@ pub struct Dataplane {
     /// Whether the SYN rate limits are engaged (`pressure.rs`), and the global budget an
     /// `auto` one stands at.
     pressure: Pressured,
+    /// Whether XDP may answer with SYN cookies, and the sysctl held for it.
+    cookies: Cookies,
+}
+
+/// The kernel side of XDP SYN cookies (`syncookies.rs`).
+#[derive(Debug)]
+enum Cookies {
+    /// `BPF_PROG_TEST_RUN` tests and benchmarks: the flag follows pressure and
+    /// `xdp.syn-cookies`; the sysctl, which is the test machine's, is left alone.
+    Unmanaged,
+    /// Attached: `tcp_syncookies` is 2 while held.
+    Managed(Option<crate::syncookies::Always>),
 }
 
 /// The pressure state userspace publishes in `FG_CONFIG`.
@@ -158,6 +170,7 @@ impl Dataplane {
             fixed_addrs: None,
             cfg: None,
             pressure: Pressured::default(),
+            cookies: Cookies::Unmanaged,
         };
         dp.configure(cfg, binds)?;
         dp.program()?.load().map_err(DataplaneError::Verify)?;
@@ -218,7 +231,12 @@ impl Dataplane {
             fixed_addrs: None,
             cfg: None,
             pressure: Pressured::default(),
+            cookies: Cookies::Managed(None),
         };
+        if cfg.syn_cookies == config::SynCookies::Auto && !pressure_on(cfg, Pressured::default())
+        {
+            crate::syncookies::reset_leftover();
+        }
         dp.configure(cfg, binds)?;
         dp.attach(cfg)?;
         dp.map_iface_slots()?;
@@ -433,7 +451,8 @@ impl Dataplane {
         cfg: &config::Xdp,
         binds: &[SocketAddr],
     ) -> Result<(), DataplaneError> {
-        let xdp_cfg = xdp_config(cfg, self.pressure);
+        let cookies = self.hold_cookies(cfg, self.pressure);
+        let xdp_cfg = xdp_config(cfg, self.pressure, cookies);
         // Order matters on reload, so the program never reads a flag ahead of its data: a CIDR
         // flag turning off goes off first (allow mode off must never leave an emptied allow
         // list enforced), then the tries change, and a flag turning on goes on last.
@@ -453,6 +472,9 @@ impl Dataplane {
         self.sync_cidrs(maps::ALLOW_V4, maps::ALLOW_V6, &cfg.allow)?;
         self.sync_cidrs(maps::TRUSTED_V4, maps::TRUSTED_V6, &cfg.trusted)?;
         self.cfg = Some(cfg.clone());
+        if !cookies {
+            self.release_cookies();
+        }
 
         let previous = std::mem::take(&mut self.listener_slots);
         let mut listeners: Array<_, u32> = self.map_mut(maps::LISTENERS)?;
@@ -605,26 +627,76 @@ impl Dataplane {
             return Ok(());
         }
         self.pressure = p;
-        let Some(cfg) = &self.cfg else {
+        let Some(cfg) = self.cfg.clone() else {
             return Ok(());
         };
-        let xdp_cfg = xdp_config(cfg, p);
+        // Engaging: the sysctl first, then the flag; releasing: the flag off first.
+        let cookies = self.hold_cookies(&cfg, p);
+        let xdp_cfg = xdp_config(&cfg, p, cookies);
         let mut arr: Array<_, XdpConfig> = self.map_mut(maps::CONFIG)?;
-        arr.set(0, xdp_cfg, 0).map_err(map_err(maps::CONFIG))
+        let written = arr.set(0, xdp_cfg, 0).map_err(map_err(maps::CONFIG));
+        if !cookies {
+            self.release_cookies();
+        }
+        written
+    }
+
+    /// Whether XDP may answer with SYN cookies under pressure state `p`; takes the sysctl when
+    /// they are wanted and not held yet. A sysctl that cannot be written (a read-only
+    /// `/proc/sys`) leaves cookies off: the over-budget SYNs are dropped, as without them.
+    fn hold_cookies(&mut self, cfg: &config::Xdp, p: Pressured) -> bool {
+        let want = cfg.syn_cookies == config::SynCookies::Auto && pressure_on(cfg, p);
+        match &mut self.cookies {
+            Cookies::Unmanaged => want,
+            Cookies::Managed(held) => {
+                if want && held.is_none() {
+                    match crate::syncookies::Always::set() {
+                        Ok(a) => *held = Some(a),
+                        Err(e) => {
+                            warn!(error = %e, "XDP SYN cookies stay off: net.ipv4.tcp_syncookies cannot be set to 2");
+                        }
+                    }
+                }
+                want && held.is_some()
+            }
+        }
+    }
+
+    /// Gives the sysctl back (restored when the hold drops).
+    fn release_cookies(&mut self) {
+        if let Cookies::Managed(held) = &mut self.cookies {
+            held.take();
+        }
     }
 
     /// SYNs admitted so far (syn_admitted and fail_open), summed over CPUs and interfaces.
     pub fn syn_admitted(&mut self) -> Result<u64, DataplaneError> {
-        use floodgate_common::{Counter, Reason, stats_index};
+        use floodgate_common::Reason;
+        self.packets(&[Reason::PassSynAdmitted, Reason::PassFailOpen])
+    }
+
+    /// SYNs the global budget refused so far, dropped or answered with a cookie.
+    pub fn syn_over_budget(&mut self) -> Result<u64, DataplaneError> {
+        use floodgate_common::Reason;
+        self.packets(&[Reason::DropSynRateGlobal, Reason::TxSynCookie])
+    }
+
+    /// Whether floodgate holds `tcp_syncookies` at 2 for XDP SYN cookies.
+    pub fn kernel_cookies_held(&self) -> bool {
+        matches!(self.cookies, Cookies::Managed(Some(_)))
+    }
+
+    fn packets(&mut self, reasons: &[floodgate_common::Reason]) -> Result<u64, DataplaneError> {
+        use floodgate_common::{Counter, stats_index};
         let slots = u32::try_from(self.attachments.len())
             .unwrap_or(floodgate_common::MAX_IFACES)
             .min(floodgate_common::MAX_IFACES - 1);
         let stats: aya::maps::PerCpuArray<_, Counter> = self.map_mut(maps::STATS)?;
         let mut total = 0u64;
         for slot in 0..=slots {
-            for reason in [Reason::PassSynAdmitted, Reason::PassFailOpen] {
+            for reason in reasons {
                 let per_cpu = stats
-                    .get(&stats_index(slot, reason), 0)
+                    .get(&stats_index(slot, *reason), 0)
                     .map_err(map_err(maps::STATS))?;
                 total = per_cpu
                     .iter()
@@ -838,9 +910,37 @@ fn sync_trie<K: aya::Pod + PartialEq>(
     Ok(())
 }
 
-/// What the program reads of `cfg` (`FG_CONFIG`), under pressure state `p`.
-fn xdp_config(cfg: &config::Xdp, p: Pressured) -> XdpConfig {
+/// Whether the SYN rate limits apply under `cfg` in pressure state `p`.
+fn pressure_on(cfg: &config::Xdp, p: Pressured) -> bool {
+    match cfg.pressure.mode {
+        config::PressureMode::Always => true,
+        config::PressureMode::Never => false,
+        config::PressureMode::Auto => p.engaged,
+    }
+}
+
+/// The MSS an XDP SYN-cookie SYN-ACK advertises: the smallest MTU of the XDP interfaces less
+/// the IPv4 / IPv6 and TCP headers, as the kernel's own SYN-ACK would (1500 when unknown).
+fn cookie_mss(interfaces: &[String]) -> (u16, u16) {
+    let mtu = interfaces
+        .iter()
+        .filter_map(|i| {
+            std::fs::read_to_string(format!("/sys/class/net/{i}/mtu"))
+                .ok()
+                .and_then(|m| m.trim().parse::<u32>().ok())
+        })
+        .min()
+        .unwrap_or(1500)
+        .clamp(1280, 65_535);
+    let mss = |hdrs: u32| u16::try_from(mtu - hdrs).unwrap_or(u16::MAX);
+    (mss(40), mss(60))
+}
+
+/// What the program reads of `cfg` (`FG_CONFIG`), under pressure state `p`; `cookies`: the
+/// kernel side of XDP SYN cookies is in place.
+fn xdp_config(cfg: &config::Xdp, p: Pressured, cookies: bool) -> XdpConfig {
     let ncpus = online_cpus();
+    let (mss_v4, mss_v6) = cookie_mss(&cfg.interfaces);
     let s = &cfg.syn_rate;
     let mut flags = 0;
     for (on, flag) in [
@@ -863,14 +963,8 @@ fn xdp_config(cfg: &config::Xdp, p: Pressured) -> XdpConfig {
             cfg.trusted.iter().any(|n| matches!(n, IpNet::V6(_))),
             floodgate_common::FLAG_TRUSTED_V6,
         ),
-        (
-            match cfg.pressure.mode {
-                config::PressureMode::Always => true,
-                config::PressureMode::Never => false,
-                config::PressureMode::Auto => p.engaged,
-            },
-            floodgate_common::FLAG_PRESSURE,
-        ),
+        (pressure_on(cfg, p), floodgate_common::FLAG_PRESSURE),
+        (cookies, floodgate_common::FLAG_SYN_COOKIES),
     ] {
         if on {
             flags |= flag;
@@ -892,6 +986,9 @@ fn xdp_config(cfg: &config::Xdp, p: Pressured) -> XdpConfig {
         fail_open_after_ns: u64::try_from(cfg.fail_open_after.0.as_nanos()).unwrap_or(u64::MAX),
         flags,
         verified_ttl_s: u32::try_from(cfg.verified_ttl.0.as_secs()).unwrap_or(u32::MAX),
+        cookie_mss_v4: mss_v4,
+        cookie_mss_v6: mss_v6,
+        reserved: 0,
     }
 }
 

@@ -21,4 +21,5 @@ pub mod proxy;
 pub mod reload;
 pub mod rng;
 pub mod stats;
+pub mod syncookies;
 pub mod tls;

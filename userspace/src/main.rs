@@ -600,11 +600,19 @@ fn watch_pressure(
             return;
         }
     };
+    let over_budget = match dp.syn_over_budget() {
+        Ok(n) => n,
+        Err(e) => {
+            error!(error = %e, "cannot read XDP's over-budget SYNs");
+            return;
+        }
+    };
     let sample = Sample {
         at: std::time::Instant::now(),
         syns,
         accepted: server::ACCEPTED.load(std::sync::atomic::Ordering::Relaxed),
-        kernel: floodgate::pressure::kernel_signs(),
+        kernel: floodgate::pressure::kernel_signs(dp.kernel_cookies_held()),
+        over_budget,
     };
     let state = match m.tick(sample) {
         None => return,

@@ -36,6 +36,8 @@ pub struct Sample {
     pub accepted: u64,
     /// The kernel's pressure counters summed (`kernel_signs`), when readable.
     pub kernel: Option<u64>,
+    /// SYNs the global budget refused (dropped or answered with an XDP cookie), since load.
+    pub over_budget: u64,
 }
 
 /// A change of state, for the caller to publish, log and count.
@@ -84,7 +86,12 @@ impl Monitor {
             _ => 0,
         };
         let unanswered = (syns - accepted).max(0.0);
-        let sign = kernel > 0 || unanswered > f64::from(self.unanswered_rate).max(accepted / 2.0);
+        // The budget is twice the node's busiest accepted rate: going over it is pressure too,
+        // and the only sign left once XDP answers the flood with cookies.
+        let over_budget = now.over_budget > last.over_budget;
+        let sign = kernel > 0
+            || over_budget
+            || unanswered > f64::from(self.unanswered_rate).max(accepted / 2.0);
         if !self.engaged() {
             self.accepted_rates.push_back((now.at, accepted));
         }
@@ -133,13 +140,15 @@ impl Monitor {
 }
 
 /// The kernel's counters of SYN pressure in this network namespace: SYN cookies sent, accept
-/// queue overflows, SYN queue drops (`TcpExt` of `/proc/net/netstat`), summed.
-pub fn kernel_signs() -> Option<u64> {
+/// queue overflows, SYN queue drops (`TcpExt` of `/proc/net/netstat`), summed. While
+/// floodgate holds `tcp_syncookies` at 2 (`cookies_held`), the kernel sends a cookie for every
+/// SYN, so those are no sign.
+pub fn kernel_signs(cookies_held: bool) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
-    kernel_signs_in(&text)
+    kernel_signs_in(&text, cookies_held)
 }
 
-fn kernel_signs_in(netstat: &str) -> Option<u64> {
+fn kernel_signs_in(netstat: &str, cookies_held: bool) -> Option<u64> {
     let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
     let (names, values) = (lines.next()?, lines.next()?);
     let mut sum = 0u64;
@@ -148,10 +157,12 @@ fn kernel_signs_in(netstat: &str) -> Option<u64> {
         .zip(values.split_whitespace())
         .skip(1)
     {
-        if matches!(
-            name,
-            "SyncookiesSent" | "ListenOverflows" | "TCPReqQFullDrop"
-        ) {
+        let sign = match name {
+            "SyncookiesSent" => !cookies_held,
+            "ListenOverflows" | "TCPReqQFullDrop" => true,
+            _ => false,
+        };
+        if sign {
             sum = sum.saturating_add(value.parse().ok()?);
         }
     }
@@ -172,6 +183,7 @@ mod tests {
             syns,
             accepted,
             kernel: Some(kernel),
+            over_budget: 0,
         }
     }
 
@@ -238,14 +250,52 @@ mod tests {
     }
 
     #[test]
+    fn syns_over_the_budget_keep_it_engaged() {
+        let (mut m, t0) = (monitor(), Instant::now());
+        assert_eq!(m.tick(at(t0, 0, 0, 0, 0)), None);
+        assert!(matches!(
+            m.tick(at(t0, 250, 0, 0, 1)),
+            Some(Change::Engaged(_))
+        ));
+        // The flood goes on, answered by XDP cookies: no unanswered SYN, no kernel sign, only
+        // SYNs over the budget. It stays engaged past the hold, then releases when they stop.
+        let mut over = 0;
+        for i in 2..80u64 {
+            over += 5000;
+            let s = Sample {
+                over_budget: over,
+                ..at(t0, i * 250, 0, 0, 1)
+            };
+            assert_eq!(m.tick(s), None, "tick {i}");
+        }
+        let mut released = false;
+        for i in 80..130u64 {
+            let s = Sample {
+                over_budget: over,
+                ..at(t0, i * 250, 0, 0, 1)
+            };
+            if m.tick(s) == Some(Change::Released) {
+                released = true;
+                break;
+            }
+        }
+        assert!(released);
+    }
+
+    #[test]
     fn kernel_signs_are_read_from_netstat() {
         let text = "TcpExt: SyncookiesSent SyncookiesRecv ListenOverflows ListenDrops TCPReqQFullDrop\n\
                     TcpExt: 3 7 5 9 2\n\
                     IpExt: InNoRoutes\nIpExt: 1\n";
-        assert_eq!(kernel_signs_in(text), Some(10));
-        assert_eq!(kernel_signs_in("IpExt: A\nIpExt: 1\n"), None);
+        assert_eq!(kernel_signs_in(text, false), Some(10));
+        assert_eq!(
+            kernel_signs_in(text, true),
+            Some(7),
+            "every SYN gets a cookie in mode 2"
+        );
+        assert_eq!(kernel_signs_in("IpExt: A\nIpExt: 1\n", false), None);
         assert!(
-            kernel_signs().is_some(),
+            kernel_signs(false).is_some(),
             "this kernel has /proc/net/netstat"
         );
     }

@@ -54,12 +54,15 @@ pub struct Totals {
     pub bytes: u64,
     pub passed: u64,
     pub dropped: u64,
+    /// Answered from XDP (`XDP_TX`: SYN cookies).
+    pub answered: u64,
 }
 
 fn verdict_name(reason: Reason) -> &'static str {
     match reason.verdict() {
         Some(Verdict::Pass) => "pass",
         Some(Verdict::Drop) => "drop",
+        Some(Verdict::Tx) => "tx",
         None => "event",
     }
 }
@@ -139,6 +142,7 @@ pub fn read_counters(pin_dir: &Path) -> Result<Snapshot, StatsError> {
         match reason.verdict() {
             Some(Verdict::Pass) => totals.passed += packets,
             Some(Verdict::Drop) => totals.dropped += packets,
+            Some(Verdict::Tx) => totals.answered += packets,
             None => {}
         }
         let verdict = verdict_name(reason);
@@ -259,6 +263,7 @@ pub struct Rates {
     pub bytes: f64,
     pub passed: f64,
     pub dropped: f64,
+    pub answered: f64,
 }
 
 pub fn rates(prev: &Snapshot, now: &Snapshot, secs: f64) -> Rates {
@@ -280,6 +285,7 @@ pub fn rates(prev: &Snapshot, now: &Snapshot, secs: f64) -> Rates {
         bytes: per(prev.totals.bytes, now.totals.bytes),
         passed: per(prev.totals.passed, now.totals.passed),
         dropped: per(prev.totals.dropped, now.totals.dropped),
+        answered: per(prev.totals.answered, now.totals.answered),
     }
 }
 
@@ -295,8 +301,8 @@ pub fn print_watch(
     }
     writeln!(
         out,
-        "every {every}s   {:.0} pkt/s   {:.0} B/s   passed {:.0}/s   dropped {:.0}/s",
-        r.packets, r.bytes, r.passed, r.dropped
+        "every {every}s   {:.0} pkt/s   {:.0} B/s   passed {:.0}/s   dropped {:.0}/s   answered {:.0}/s",
+        r.packets, r.bytes, r.passed, r.dropped, r.answered
     )?;
     writeln!(
         out,
@@ -354,14 +360,25 @@ pub fn print_table(s: &Snapshot, out: &mut impl std::io::Write) -> std::io::Resu
         "{:<20} {:<6} {:>14} {:>16}",
         "total", "", t.packets, t.bytes
     )?;
-    writeln!(out, "passed {}  dropped {}", t.passed, t.dropped)?;
+    writeln!(
+        out,
+        "passed {}  dropped {}  answered {}",
+        t.passed, t.dropped, t.answered
+    )?;
     for (iface, reasons) in &s.per_interface {
-        let (passed, dropped) = reasons.values().fold((0, 0), |(p, d), r| match r.verdict {
-            "pass" => (p + r.packets, d),
-            "drop" => (p, d + r.packets),
-            _ => (p, d),
-        });
-        writeln!(out, "  {iface:<12} passed {passed}  dropped {dropped}")?;
+        let (passed, dropped, answered) =
+            reasons
+                .values()
+                .fold((0, 0, 0), |(p, d, a), r| match r.verdict {
+                    "pass" => (p + r.packets, d, a),
+                    "drop" => (p, d + r.packets, a),
+                    "tx" => (p, d, a + r.packets),
+                    _ => (p, d, a),
+                });
+        writeln!(
+            out,
+            "  {iface:<12} passed {passed}  dropped {dropped}  answered {answered}"
+        )?;
     }
     writeln!(out, "flows in floodgate's table: {}", s.flows)?;
     match s.conntrack {
