@@ -621,39 +621,22 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     .expect("netns thread panicked")
 }
 
-/// Turns GRO on for `dev` in namespace `ns` (`ethtool -K dev gro on`, which this machine may
-/// lack). A veth takes `XDP_TX` frames from its peer's native XDP program only with NAPI on,
-/// which GRO (or an XDP program of its own) enables; a NIC needs nothing of the kind.
-pub fn enable_gro(ns: &str, dev: &str) {
+/// Attaches an XDP program that passes every packet (floodgate's, with no listener) to `dev`
+/// in namespace `ns`, for as long as the device lives. A veth forwards the `XDP_TX` frames of
+/// its peer's native XDP program to its own receive ring, but the kernel wakes that ring only
+/// when this side has an XDP program of its own (`veth_xdp_flush`): without one, an answer
+/// waits there until some other packet comes along. A NIC has no such need.
+pub fn attach_xdp_pass(ns: &str, dev: &str) {
     let dev = dev.to_owned();
     in_netns(ns, move || {
-        #[repr(C)]
-        struct EthtoolValue {
-            cmd: u32,
-            data: u32,
-        }
-        const SIOCETHTOOL: libc::c_ulong = 0x8946;
-        const ETHTOOL_SGRO: u32 = 0x2c;
-        let mut val = EthtoolValue {
-            cmd: ETHTOOL_SGRO,
-            data: 1,
-        };
-        // SAFETY: a zeroed ifreq is valid; the name fits (IFNAMSIZ, checked), the data pointer
-        // outlives the ioctl, and the socket is closed after.
-        unsafe {
-            let mut ifr: libc::ifreq = std::mem::zeroed();
-            assert!(dev.len() < libc::IFNAMSIZ, "interface name {dev}");
-            for (i, b) in dev.bytes().enumerate() {
-                ifr.ifr_name[i] = b as libc::c_char;
-            }
-            ifr.ifr_ifru.ifru_data = (&raw mut val).cast();
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-            let rc = libc::ioctl(fd, SIOCETHTOOL, &raw mut ifr);
-            let err = std::io::Error::last_os_error();
-            libc::close(fd);
-            assert_eq!(rc, 0, "ETHTOOL_SGRO on {dev}: {err}");
-        }
+        let mut dp = Dataplane::load_unattached(&config::Xdp::default(), &[])
+            .expect("load the XDP program");
+        dp.program()
+            .expect("program")
+            .attach(&dev, aya::programs::XdpMode::Driver)
+            .unwrap_or_else(|e| panic!("attach XDP to {dev}: {e}"));
+        // Leaked on purpose: the link lives until the test deletes the device.
+        std::mem::forget(dp);
     });
 }
 

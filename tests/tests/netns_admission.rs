@@ -373,6 +373,106 @@ backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
     assert!(log.contains("XDP rate limits released"), "{log}");
 }
 
+/// A `TcpExt` counter of `/proc/net/netstat` in namespace `ns`.
+fn tcp_ext(ns: &str, name: &'static str) -> u64 {
+    in_netns(ns, move || {
+        // thread-self: /proc/net is the process's namespace, not this thread's.
+        let text = std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap();
+        let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+        let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.parse().unwrap())
+            .unwrap_or_else(|| panic!("no TcpExt {name}"))
+    })
+}
+
+fn syncookies_mode(ns: &str) -> String {
+    in_netns(ns, || {
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_syncookies")
+            .unwrap()
+            .trim()
+            .to_owned()
+    })
+}
+
+#[test]
+fn over_the_budget_xdp_syn_cookies_become_connections_the_kernel_accepts() {
+    if !require_root("over_the_budget_xdp_syn_cookies_become_connections_the_kernel_accepts") {
+        return;
+    }
+    let net = NetPair::new("k", 212);
+    // The client's veth must take the XDP_TX frames of the server's native XDP program.
+    floodgate_tests::attach_xdp_pass(&net.cli, &net.cli_if);
+    let pin_dir = format!("/sys/fs/bpf/fg-cookies-{}", std::process::id());
+    let _origin = origin(&net);
+    // Limits always on, a budget of about one SYN a second, no exemption for the client once
+    // it is known: nearly every SYN is over the budget and answered by XDP.
+    let yaml = format!(
+        "
+global: {{ maxconn: 2000, nbthread: 1 }}
+xdp:
+  interfaces: [{iface}]
+  mode: native
+  pin-dir: {pin_dir}
+  conntrack-bypass: false
+  pressure: {{ mode: always }}
+  syn-rate: {{ per-source: 0, global: 1, global-burst: 1 }}
+  verified-ttl: 0s
+listeners: [{{ name: http, bind: '{srv}:8080', default-backend: origin }}]
+backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
+",
+        iface = net.srv_if,
+        srv = net.srv_v4
+    );
+    let before = syncookies_mode(&net.srv);
+    let mut fg = start_floodgate(&net.srv, "cookies.yaml", &yaml, &pin_dir);
+    assert_eq!(
+        syncookies_mode(&net.srv),
+        "2",
+        "held at 2 while XDP answers with cookies"
+    );
+    let addr: SocketAddr = format!("{}:8080", net.srv_v4).parse().unwrap();
+    let s0 = stats(&pin_dir).unwrap();
+    let (recv0, failed0) = (
+        tcp_ext(&net.srv, "SyncookiesRecv"),
+        tcp_ext(&net.srv, "SyncookiesFailed"),
+    );
+    let (ok, tried) = legit_client(
+        &net.cli,
+        addr,
+        Instant::now() + Duration::from_secs(30),
+        60,
+    );
+    let s1 = stats(&pin_dir).unwrap();
+    let d = |name: &str| reason(&s1, name) - reason(&s0, name);
+    let (recv, failed) = (
+        tcp_ext(&net.srv, "SyncookiesRecv") - recv0,
+        tcp_ext(&net.srv, "SyncookiesFailed") - failed0,
+    );
+    eprintln!(
+        "{ok}/{tried} answered; XDP: syn_cookie {}, syn_admitted {}, syn_rate_global {}; kernel: cookies received {recv}, failed {failed}",
+        d("syn_cookie"),
+        d("syn_admitted"),
+        d("syn_rate_global"),
+    );
+    assert_eq!((ok, tried), (60, 60), "every connection completed");
+    assert!(
+        d("syn_cookie") >= 40,
+        "most SYNs were answered from XDP"
+    );
+    assert_eq!(d("syn_rate_global"), 0, "none dropped");
+    assert!(
+        recv >= d("syn_cookie"),
+        "the kernel took each XDP cookie's ACK as a connection"
+    );
+    assert_eq!(failed, 0);
+    fg.stop();
+    assert_eq!(syncookies_mode(&net.srv), before, "restored at exit");
+}
+
 #[test]
 fn a_full_listener_drops_syns_in_xdp_until_connections_close() {
     if !require_root("a_full_listener_drops_syns_in_xdp_until_connections_close") {
