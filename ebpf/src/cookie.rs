@@ -18,8 +18,7 @@ use aya_ebpf::{
     btf_maps::PerCpuArray,
     helpers::{
         bpf_tcp_raw_gen_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv6, bpf_xdp_adjust_tail,
-        bpf_xdp_get_buff_len,
-        bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+        bpf_xdp_get_buff_len, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     macros::btf_map,
     programs::XdpContext,
@@ -70,7 +69,11 @@ pub fn prepare(tcp: &Tcp, cfg: &XdpConfig) -> bool {
     if tcp.l4 != tcp.l3 + ip_len || tcp.tcp_len < 20 || tcp.tcp_len > 60 {
         return false;
     }
-    let mss = if v4 { cfg.cookie_mss_v4 } else { cfg.cookie_mss_v6 };
+    let mss = if v4 {
+        cfg.cookie_mss_v4
+    } else {
+        cfg.cookie_mss_v6
+    };
     // SAFETY: per-CPU map value, valid for this run; XDP does not preempt itself on one CPU.
     unsafe {
         (*s).l3 = tcp.l3;
@@ -224,8 +227,7 @@ pub fn answer(ctx: &XdpContext) -> bool {
         }
         bpf_xdp_store_bytes(raw, 0, s.out_eth.as_mut_ptr().cast(), 12) == 0
             && bpf_xdp_store_bytes(raw, l3, s.out_ip.as_mut_ptr().cast(), ip_len) == 0
-            && bpf_xdp_store_bytes(raw, l4, s.out_tcp.as_mut_ptr().cast(), REPLY_TCP_LEN)
-                == 0
+            && bpf_xdp_store_bytes(raw, l4, s.out_tcp.as_mut_ptr().cast(), REPLY_TCP_LEN) == 0
     }
 }
 

@@ -26,10 +26,11 @@ use aya_log_ebpf::warn;
 use floodgate_common::{
     BackendSlot, Bucket, COUNTER_COUNT, Capacity, Counter, DEFAULT_FLOWS, DEFAULT_SRC_BUCKETS,
     DEFAULT_VERIFIED, DestKey, FAMILY_V4, FLAG_ALLOW_MODE, FLAG_CAPACITY, FLAG_DENY_V4,
-    FLAG_DENY_V6, FLAG_FLOW_TABLE, FLAG_PRESSURE, FLAG_SYN_COOKIES, FLAG_TRUSTED_V4, FLAG_TRUSTED_V6, FLOW_CLOSING,
-    FlowKey, FlowState, IFACE_BUCKETS, KERNEL_COOKIE_FRESH_NS, IfaceSlot, LISTENER_SLOTS, ListenerCounters, ListenerId,
-    ListenerKey, MAX_BACKENDS, MAX_CIDRS, MAX_DESTS, MAX_IFACES, MAX_LISTENERS, NANOS, Reason,
-    SrcKey, XdpConfig,
+    FLAG_DENY_V6, FLAG_FLOW_TABLE, FLAG_PRESSURE, FLAG_SYN_COOKIES, FLAG_TRUSTED_V4,
+    FLAG_TRUSTED_V6, FLOW_CLOSING, FlowKey, FlowState, IFACE_BUCKETS, IfaceSlot,
+    KERNEL_COOKIE_FRESH_NS, LISTENER_SLOTS, ListenerCounters, ListenerId, ListenerKey,
+    MAX_BACKENDS, MAX_CIDRS, MAX_DESTS, MAX_IFACES, MAX_LISTENERS, NANOS, Reason, SrcKey,
+    XdpConfig,
 };
 use parse::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp};
 
@@ -260,7 +261,9 @@ fn admit_syn(
     let pressure = cfg.flags & FLAG_PRESSURE != 0;
     if pressure {
         match rate_limits(ctx, tcp, cfg, now, iface) {
-            Err(Reason::DropSynRateGlobal) => return over_budget(ctx, tcp, cfg, listener, now, iface),
+            Err(Reason::DropSynRateGlobal) => {
+                return over_budget(ctx, tcp, cfg, listener, now, iface);
+            }
             Err(r) => return r,
             Ok(proven) => insert_flow = proven,
         }
@@ -394,7 +397,12 @@ fn rate_limits(
     };
     // SAFETY (all global bucket accesses): per-CPU slot, no concurrent writer.
     let budget_left = global.is_none_or(|b| unsafe {
-        refill(&mut *b, cfg.global_rate_per_cpu, cfg.global_burst_per_cpu, now) >= NANOS
+        refill(
+            &mut *b,
+            cfg.global_rate_per_cpu,
+            cfg.global_burst_per_cpu,
+            now,
+        ) >= NANOS
     });
     if verified(tcp, cfg, now) {
         count(iface, Reason::SynVerifiedBypass, 0);

@@ -53,8 +53,6 @@ pub enum Parsed {
     Tcp,
 }
 
-
-
 #[inline(always)]
 fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     let start = ctx.data();
@@ -198,13 +196,7 @@ fn parse_v6(ctx: &XdpContext, l3: usize, out: &mut Tcp) -> Parsed {
 }
 
 #[inline(always)]
-fn parse_tcp(
-    ctx: &XdpContext,
-    l3: usize,
-    l4: usize,
-    family: u16,
-    out: &mut Tcp,
-) -> Parsed {
+fn parse_tcp(ctx: &XdpContext, l3: usize, l4: usize, family: u16, out: &mut Tcp) -> Parsed {
     // Ports, data offset and flags are in the first 14 bytes; a packet without them cannot be
     // matched to a listener and is not valid TCP.
     let Some(hdr) = bytes_at::<14>(ctx, l4) else {

@@ -629,8 +629,8 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
 pub fn attach_xdp_pass(ns: &str, dev: &str) {
     let dev = dev.to_owned();
     in_netns(ns, move || {
-        let mut dp = Dataplane::load_unattached(&config::Xdp::default(), &[])
-            .expect("load the XDP program");
+        let mut dp =
+            Dataplane::load_unattached(&config::Xdp::default(), &[]).expect("load the XDP program");
         dp.program()
             .expect("program")
             .attach(&dev, aya::programs::XdpMode::Driver)

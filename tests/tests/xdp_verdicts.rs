@@ -743,7 +743,11 @@ fn cases() -> Vec<Case> {
             },
             steps: vec![
                 Pkt(tcp6(src6(1), 40000, PORT, SYN), XDP_PASS, limited),
-                Pkt(tcp6(src6(2), 40000, PORT, SYN), XDP_DROP, &[R::DropSynRateGlobal]),
+                Pkt(
+                    tcp6(src6(2), 40000, PORT, SYN),
+                    XDP_DROP,
+                    &[R::DropSynRateGlobal],
+                ),
             ],
         },
         Case {
@@ -1068,7 +1072,11 @@ fn an_xdp_syn_cookie_answer_is_a_well_formed_syn_ack() {
     assert_eq!(out[12..18], syn[12..18]);
     let ip = &out[18..38];
     let t = &out[38..];
-    assert_eq!(t.len(), 24, "a TCP header with the MSS option, nothing after it");
+    assert_eq!(
+        t.len(),
+        24,
+        "a TCP header with the MSS option, nothing after it"
+    );
     assert_eq!(ip[0], 0x45);
     assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 44);
     assert_eq!(ip[9], 6);
@@ -1096,7 +1104,11 @@ fn an_xdp_syn_cookie_answer_is_a_well_formed_syn_ack() {
     // Two SYNs of one connection get one cookie; another port another.
     let isn = |out: &[u8]| u32::from_be_bytes([out[42], out[43], out[44], out[45]]);
     let (_, again) = prog.run_out(&syn);
-    assert_eq!(isn(&again), isn(&out), "a retransmitted SYN gets the same cookie");
+    assert_eq!(
+        isn(&again),
+        isn(&out),
+        "a retransmitted SYN gets the same cookie"
+    );
     let other = frame(
         &[TPID_8021Q],
         ETH_IP,
@@ -1111,7 +1123,14 @@ fn an_xdp_syn_cookie_answer_is_a_well_formed_syn_ack() {
     let syn = frame(
         &[],
         ETH_IPV6,
-        &v6(src6(9), packet::DST6, &[], PROTO_TCP, 0, &syn_with_options(52000)),
+        &v6(
+            src6(9),
+            packet::DST6,
+            &[],
+            PROTO_TCP,
+            0,
+            &syn_with_options(52000),
+        ),
     );
     let (action, out) = prog.run_out(&syn);
     assert_eq!(action, XDP_TX);

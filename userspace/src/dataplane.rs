@@ -233,8 +233,7 @@ impl Dataplane {
             pressure: Pressured::default(),
             cookies: Cookies::Managed(None),
         };
-        if cfg.syn_cookies == config::SynCookies::Auto && !pressure_on(cfg, Pressured::default())
-        {
+        if cfg.syn_cookies == config::SynCookies::Auto && !pressure_on(cfg, Pressured::default()) {
             crate::syncookies::reset_leftover();
         }
         dp.configure(cfg, binds)?;

@@ -366,15 +366,14 @@ pub fn print_table(s: &Snapshot, out: &mut impl std::io::Write) -> std::io::Resu
         t.passed, t.dropped, t.answered
     )?;
     for (iface, reasons) in &s.per_interface {
-        let (passed, dropped, answered) =
-            reasons
-                .values()
-                .fold((0, 0, 0), |(p, d, a), r| match r.verdict {
-                    "pass" => (p + r.packets, d, a),
-                    "drop" => (p, d + r.packets, a),
-                    "tx" => (p, d, a + r.packets),
-                    _ => (p, d, a),
-                });
+        let (passed, dropped, answered) = reasons.values().fold((0, 0, 0), |(p, d, a), r| match r
+            .verdict
+        {
+            "pass" => (p + r.packets, d, a),
+            "drop" => (p, d + r.packets, a),
+            "tx" => (p, d, a + r.packets),
+            _ => (p, d, a),
+        });
         writeln!(
             out,
             "  {iface:<12} passed {passed}  dropped {dropped}  answered {answered}"

@@ -54,7 +54,10 @@ impl Always {
         if previous != 2 {
             write(path, 2)?;
         }
-        info!(previous, "net.ipv4.tcp_syncookies set to 2 while XDP answers with SYN cookies");
+        info!(
+            previous,
+            "net.ipv4.tcp_syncookies set to 2 while XDP answers with SYN cookies"
+        );
         Ok(Self {
             path: path.to_owned(),
             previous,

@@ -241,7 +241,11 @@ fn main() {
                             other += 1;
                         }
                     }
-                    let action = if other * 100 > SINGLE_RUNS { u32::MAX } else { p.want };
+                    let action = if other * 100 > SINGLE_RUNS {
+                        u32::MAX
+                    } else {
+                        p.want
+                    };
                     (action, total / runs.max(1))
                 } else {
                     p.prog.run_repeat(&p.pkt, REPEAT)
