@@ -282,6 +282,9 @@ fn main() {
             "net.ipv4.tcp_syncookies=1",
         ])
         .status();
+    // The client's veth takes XDP's SYN-cookie answers as a NIC's peer would (see
+    // attach_xdp_pass); the attacker's does not need to.
+    floodgate_tests::attach_xdp_pass(&net.cli, &net.cli_if);
     let _origin = Proc::spawn(
         "fg-origin",
         NetPair::exec(&net.srv, bin("fg-origin"))
