@@ -962,6 +962,61 @@ fn idle_flows_age_out_of_the_flow_table() {
     );
 }
 
+/// The flow table is walked and trimmed in batches of 4,096: ten thousand flows age out in a
+/// few syscalls, and a key that is gone by the time of the delete is skipped, not an error.
+#[test]
+fn aging_walks_and_trims_a_large_flow_table_in_batches() {
+    if !require_root("aging_walks_and_trims_a_large_flow_table_in_batches") {
+        return;
+    }
+    pin_to_cpu(0);
+    const FLOWS: u16 = 10_000;
+    // Each CPU's LRU list holds its share of the table: room for every flow on this one.
+    // SAFETY: sysconf has no preconditions.
+    let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }).unwrap();
+    let mut xdp = TestProg::xdp_config();
+    xdp.flow_table_size = 2 * u32::from(FLOWS) * cpus;
+    let mut prog = TestProg::load(&xdp, &["10.0.0.1:8080".parse().unwrap()]);
+    prog.publish(ListenerLoad {
+        id: 0,
+        active: 0,
+        maxconn: 10,
+        queue_room: u32::MAX,
+    });
+    for port in 0..FLOWS {
+        assert_eq!(prog.run(&tcp4(A, 20_000 + port, PORT, SYN)), XDP_PASS);
+    }
+    let aged = prog.dp.age_flows(Duration::from_secs(60)).unwrap();
+    assert_eq!((aged.removed, aged.live), (0, u64::from(FLOWS)));
+    // Three keys, the middle one never inserted: two deleted.
+    let key = |port: u16| floodgate_common::FlowKey {
+        saddr: std::net::Ipv4Addr::from(A).to_ipv6_mapped().octets(),
+        daddr: std::net::Ipv4Addr::from(packet::DST4)
+            .to_ipv6_mapped()
+            .octets(),
+        sport: port,
+        dport: PORT,
+    };
+    let map = prog
+        .dp
+        .ebpf_mut()
+        .map(floodgate_common::maps::FLOWS)
+        .unwrap();
+    let aya::maps::Map::LruHashMap(data) = map else {
+        panic!("the flow table is an LRU hash");
+    };
+    let fd = std::os::fd::AsFd::as_fd(data.fd());
+    let deleted = floodgate::batch::delete(fd, &[key(20_000), key(1), key(20_001)]).unwrap();
+    assert_eq!(deleted, 2, "the missing key is skipped");
+    std::thread::sleep(Duration::from_millis(50));
+    let aged = prog.dp.age_flows(Duration::from_millis(20)).unwrap();
+    assert_eq!(
+        (aged.removed, aged.live),
+        (usize::from(FLOWS) - 2, 0),
+        "every idle flow removed"
+    );
+}
+
 /// A reload that replaces a full CIDR list with another full one fits (stale entries go
 /// before new ones come), and turning allow mode off never leaves an emptied allow list
 /// enforced.

@@ -70,6 +70,8 @@ pub enum DataplaneError {
     Link { iface: String, reason: String },
     #[error("{0}")]
     Program(#[from] aya::programs::ProgramError),
+    #[error("walking the flow table: {0}")]
+    Batch(#[from] crate::batch::BatchError),
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -555,29 +557,42 @@ impl Dataplane {
     }
 
     /// Removes flows idle for longer than `idle` (the LRU only evicts under pressure). Runs in
-    /// userspace every few seconds, not per packet.
+    /// userspace every few seconds off the serving threads, with batched syscalls: thousands
+    /// of flows per call (`batch.rs`).
     pub fn age_flows(&mut self, idle: std::time::Duration) -> Result<Aged, DataplaneError> {
+        // The program stamps flows with the coarse monotonic clock, a tick behind this one at
+        // most: negligible against an idle timeout of minutes.
         let now = monotonic_ns();
         let idle = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
-        let mut flows: aya::maps::HashMap<
-            _,
-            floodgate_common::FlowKey,
-            floodgate_common::FlowState,
-        > = self.map_mut(maps::FLOWS)?;
+        let map = self.ebpf.map(maps::FLOWS).ok_or(DataplaneError::Missing {
+            what: "map",
+            name: maps::FLOWS,
+        })?;
+        let fd = match map {
+            aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) => {
+                std::os::fd::AsFd::as_fd(d.fd())
+            }
+            _ => {
+                return Err(DataplaneError::Missing {
+                    what: "hash map",
+                    name: maps::FLOWS,
+                });
+            }
+        };
         let mut seen = 0u64;
-        let stale: Vec<_> = flows
-            .iter()
-            .filter_map(Result::ok)
-            .inspect(|_| seen += 1)
-            .filter(|(_, f)| now.saturating_sub(f.last_ns) > idle)
-            .map(|(k, _)| k)
-            .collect();
-        for k in &stale {
-            // Gone already (FIN, RST, eviction) is fine.
-            let _ = flows.remove(k);
-        }
+        let mut stale = Vec::new();
+        crate::batch::for_each::<floodgate_common::FlowKey, floodgate_common::FlowState>(
+            fd,
+            |k, f| {
+                seen += 1;
+                if now.saturating_sub(f.last_ns) > idle {
+                    stale.push(*k);
+                }
+            },
+        )?;
+        let removed = crate::batch::delete(fd, &stale)?;
         Ok(Aged {
-            removed: stale.len(),
+            removed,
             live: seen.saturating_sub(stale.len() as u64),
         })
     }

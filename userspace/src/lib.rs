@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod batch;
 pub mod config;
 pub mod conntrack;
 pub mod dataplane;

@@ -21,6 +21,8 @@ pub enum StatsError {
         map: &'static str,
         source: aya::maps::MapError,
     },
+    #[error("reading the flow table: {0}")]
+    Batch(#[from] crate::batch::BatchError),
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -67,7 +69,7 @@ fn verdict_name(reason: Reason) -> &'static str {
     }
 }
 
-/// Everything, with the flow table counted by walking it (slow at full size: the CLI only).
+/// Everything, with the flow table counted by walking it (batched: 4,096 flows a syscall).
 pub fn read(pin_dir: &Path) -> Result<Snapshot, StatsError> {
     let mut s = read_counters(pin_dir)?;
     s.flows = count_flows(pin_dir)?;
@@ -76,19 +78,12 @@ pub fn read(pin_dir: &Path) -> Result<Snapshot, StatsError> {
 
 /// Entries in floodgate's flow table.
 pub fn count_flows(pin_dir: &Path) -> Result<u64, StatsError> {
-    Ok(
-        aya::maps::HashMap::<_, FlowKey, FlowState>::try_from(Map::LruHashMap(pinned(
-            pin_dir,
-            maps::FLOWS,
-        )?))
-        .map_err(|source| StatsError::Read {
-            map: maps::FLOWS,
-            source,
-        })?
-        .keys()
-        .filter(Result::is_ok)
-        .count() as u64,
-    )
+    let flows = pinned(pin_dir, maps::FLOWS)?;
+    let mut n = 0u64;
+    crate::batch::for_each::<FlowKey, FlowState>(std::os::fd::AsFd::as_fd(flows.fd()), |_, _| {
+        n += 1;
+    })?;
+    Ok(n)
 }
 
 /// The counters only (per-CPU arrays: cheap); `flows` is left 0.
