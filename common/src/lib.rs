@@ -534,7 +534,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         use core::mem::size_of;
         assert_eq!(size_of::<Counter>(), 16);
-        assert_eq!(size_of::<XdpConfig>(), 40);
+        assert_eq!(size_of::<XdpConfig>(), 48);
         assert_eq!(size_of::<ListenerKey>(), 4);
         assert_eq!(size_of::<Capacity>(), 16);
         assert_eq!(size_of::<FlowKey>(), 36);
