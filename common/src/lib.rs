@@ -21,8 +21,6 @@ pub mod maps {
     pub const DESTS: &str = "FG_DESTS";
     /// `Array<Capacity, MAX_LISTENERS>`: per-listener admission state, written by userspace.
     pub const CAPACITY: &str = "FG_CAPACITY";
-    /// `Array<BackendSlot, MAX_BACKENDS>`: per-backend connection state, written by userspace.
-    pub const BACKENDS: &str = "FG_BACKENDS";
     /// `Array<u64, 1>`: `CLOCK_MONOTONIC` ns of userspace's last refresh.
     pub const HEARTBEAT: &str = "FG_HEARTBEAT";
     /// `LpmTrie<[u8; 4], u32>` / `LpmTrie<[u8; 16], u32>`: sources refused.
@@ -75,7 +73,6 @@ pub mod maps {
         CONFIG,
         LISTENERS,
         CAPACITY,
-        BACKENDS,
         HEARTBEAT,
         DENY_V4,
         DENY_V6,
@@ -93,6 +90,148 @@ pub mod maps {
         TRUSTED_V6,
         KERNEL_SYN,
     ];
+
+    /// How the kernel stores a map (`bpf_map_type`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[repr(u32)]
+    pub enum Kind {
+        Hash = 1,
+        Array = 2,
+        PerCpuArray = 6,
+        LruHash = 9,
+        LpmTrie = 11,
+    }
+
+    /// `BPF_F_NO_PREALLOC`: an LPM trie must be created with it.
+    pub const F_NO_PREALLOC: u32 = 1;
+    /// `BPF_F_NO_COMMON_LRU`: an LRU hash with one list per CPU.
+    pub const F_NO_COMMON_LRU: u32 = 2;
+
+    /// The shape of one map of the contract: what the loader checks a pinned map against
+    /// before reusing it, what a test checks the loaded object against, and what
+    /// docs/xdp.md's table is checked against.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Spec {
+        pub name: &'static str,
+        pub kind: Kind,
+        pub key_size: u32,
+        pub value_size: u32,
+        /// The default; `resizable` ones take their size from the config.
+        pub entries: u32,
+        pub resizable: bool,
+        pub flags: u32,
+    }
+
+    const fn size<T>() -> u32 {
+        core::mem::size_of::<T>() as u32
+    }
+
+    const fn spec(
+        name: &'static str,
+        kind: Kind,
+        key_size: u32,
+        value_size: u32,
+        entries: u32,
+    ) -> Spec {
+        let flags = match kind {
+            Kind::LpmTrie => F_NO_PREALLOC,
+            _ => 0,
+        };
+        Spec {
+            name,
+            kind,
+            key_size,
+            value_size,
+            entries,
+            resizable: false,
+            flags,
+        }
+    }
+
+    const fn resizable(s: Spec) -> Spec {
+        Spec {
+            resizable: true,
+            ..s
+        }
+    }
+
+    use super::{
+        Bucket, COUNTER_COUNT, Capacity, Counter, DEFAULT_FLOWS, DEFAULT_SRC_BUCKETS,
+        DEFAULT_VERIFIED, DestKey, FlowKey, FlowState, IFACE_BUCKETS, IfaceSlot, LISTENER_SLOTS,
+        ListenerCounters, MAX_CIDRS, MAX_DESTS, MAX_IFACES, MAX_LISTENERS, SrcKey, XdpConfig,
+    };
+
+    /// Every map of the contract (the pinned ones, [`ALL`]).
+    pub const SPECS: &[Spec] = &[
+        spec(CONFIG, Kind::Array, 4, size::<XdpConfig>(), 1),
+        spec(LISTENERS, Kind::Array, 4, 4, LISTENER_SLOTS),
+        spec(CAPACITY, Kind::Array, 4, size::<Capacity>(), MAX_LISTENERS),
+        spec(HEARTBEAT, Kind::Array, 4, 8, 1),
+        // An LPM trie key is a u32 prefix length and the address.
+        spec(DENY_V4, Kind::LpmTrie, 8, 4, MAX_CIDRS),
+        spec(DENY_V6, Kind::LpmTrie, 20, 4, MAX_CIDRS),
+        spec(ALLOW_V4, Kind::LpmTrie, 8, 4, MAX_CIDRS),
+        spec(ALLOW_V6, Kind::LpmTrie, 20, 4, MAX_CIDRS),
+        resizable(spec(
+            SRC_BUCKETS,
+            Kind::LruHash,
+            size::<SrcKey>(),
+            size::<Bucket>(),
+            DEFAULT_SRC_BUCKETS,
+        )),
+        spec(GLOBAL_BUCKET, Kind::PerCpuArray, 4, size::<Bucket>(), 1),
+        Spec {
+            flags: F_NO_COMMON_LRU,
+            ..resizable(spec(
+                FLOWS,
+                Kind::LruHash,
+                size::<FlowKey>(),
+                size::<FlowState>(),
+                DEFAULT_FLOWS,
+            ))
+        },
+        resizable(spec(
+            VERIFIED,
+            Kind::LruHash,
+            size::<SrcKey>(),
+            8,
+            DEFAULT_VERIFIED,
+        )),
+        spec(
+            STATS,
+            Kind::PerCpuArray,
+            4,
+            size::<Counter>(),
+            MAX_IFACES * COUNTER_COUNT,
+        ),
+        spec(
+            LISTENER_STATS,
+            Kind::PerCpuArray,
+            4,
+            size::<ListenerCounters>(),
+            MAX_LISTENERS,
+        ),
+        spec(
+            IFACE_SLOTS,
+            Kind::Array,
+            4,
+            size::<IfaceSlot>(),
+            IFACE_BUCKETS,
+        ),
+        spec(DESTS, Kind::Hash, size::<DestKey>(), 4, MAX_DESTS),
+        spec(TRUSTED_V4, Kind::LpmTrie, 8, 4, MAX_CIDRS),
+        spec(TRUSTED_V6, Kind::LpmTrie, 20, 4, MAX_CIDRS),
+        spec(KERNEL_SYN, Kind::Array, 4, 8, MAX_LISTENERS),
+    ];
+
+    /// The spec of map `name`.
+    pub fn spec_of(name: &str) -> Option<&'static Spec> {
+        SPECS.iter().find(|s| s.name == name)
+    }
+
+    /// Maps of the object that are the program's own scratch space (a map value rather than
+    /// its 512-byte stack): never pinned, never read by userspace.
+    pub const PROGRAM_ONLY: &[&str] = &["FG_PACKET", "FG_SCRATCH"];
 }
 
 /// Name of the XDP program in the object file.
@@ -130,8 +269,6 @@ pub const fn stats_index(slot: u32, reason: Reason) -> u32 {
 }
 /// Slots of the listener array: one per (family, port).
 pub const LISTENER_SLOTS: u32 = 2 * 65_536;
-/// Capacity of the per-backend array.
-pub const MAX_BACKENDS: u32 = 1024;
 /// Default capacity of the per-source SYN bucket LRU (userspace may resize it before load).
 pub const DEFAULT_SRC_BUCKETS: u32 = 65_536;
 /// Default capacity of the flow table LRU (userspace may resize it before load).
@@ -430,17 +567,6 @@ pub struct Capacity {
     pub queue_room: u32,
 }
 
-/// Per-backend connection state published by userspace (`FG_BACKENDS[backend_id]`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct BackendSlot {
-    pub active: u32,
-    pub maxconn: u32,
-    pub queued: u32,
-    pub queue_max: u32,
-}
-
 /// Key of a per-source SYN bucket: the source address masked to its prefix, IPv4 as
 /// `::ffff:a.b.c.d` so both families share one map.
 #[repr(C)]
@@ -494,7 +620,6 @@ mod user {
     unsafe impl aya::Pod for super::XdpConfig {}
     unsafe impl aya::Pod for super::ListenerKey {}
     unsafe impl aya::Pod for super::Capacity {}
-    unsafe impl aya::Pod for super::BackendSlot {}
     unsafe impl aya::Pod for super::SrcKey {}
     unsafe impl aya::Pod for super::Bucket {}
     unsafe impl aya::Pod for super::FlowKey {}
@@ -527,6 +652,21 @@ mod tests {
     fn map_names_fit_the_kernel() {
         for name in maps::ALL {
             assert!(name.len() <= 15, "{name} is longer than 15 bytes");
+        }
+    }
+
+    #[test]
+    fn every_pinned_map_has_one_spec() {
+        for name in maps::ALL {
+            assert_eq!(
+                maps::SPECS.iter().filter(|s| s.name == *name).count(),
+                1,
+                "{name}"
+            );
+        }
+        assert_eq!(maps::SPECS.len(), maps::ALL.len());
+        for name in maps::KERNEL_STATE {
+            assert!(maps::ALL.contains(name), "{name}");
         }
     }
 

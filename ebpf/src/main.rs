@@ -24,13 +24,12 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use floodgate_common::{
-    BackendSlot, Bucket, COUNTER_COUNT, Capacity, Counter, DEFAULT_FLOWS, DEFAULT_SRC_BUCKETS,
-    DEFAULT_VERIFIED, DestKey, FAMILY_V4, FLAG_ALLOW_MODE, FLAG_CAPACITY, FLAG_DENY_V4,
-    FLAG_DENY_V6, FLAG_FLOW_TABLE, FLAG_PRESSURE, FLAG_SYN_COOKIES, FLAG_TRUSTED_V4,
-    FLAG_TRUSTED_V6, FLOW_CLOSING, FlowKey, FlowState, IFACE_BUCKETS, IfaceSlot,
-    KERNEL_COOKIE_FRESH_NS, LISTENER_SLOTS, ListenerCounters, ListenerId, ListenerKey,
-    MAX_BACKENDS, MAX_CIDRS, MAX_DESTS, MAX_IFACES, MAX_LISTENERS, NANOS, Reason, SrcKey,
-    XdpConfig,
+    Bucket, COUNTER_COUNT, Capacity, Counter, DEFAULT_FLOWS, DEFAULT_SRC_BUCKETS, DEFAULT_VERIFIED,
+    DestKey, FAMILY_V4, FLAG_ALLOW_MODE, FLAG_CAPACITY, FLAG_DENY_V4, FLAG_DENY_V6,
+    FLAG_FLOW_TABLE, FLAG_PRESSURE, FLAG_SYN_COOKIES, FLAG_TRUSTED_V4, FLAG_TRUSTED_V6,
+    FLOW_CLOSING, FlowKey, FlowState, IFACE_BUCKETS, IfaceSlot, KERNEL_COOKIE_FRESH_NS,
+    LISTENER_SLOTS, ListenerCounters, ListenerId, ListenerKey, MAX_CIDRS, MAX_DESTS, MAX_IFACES,
+    MAX_LISTENERS, NANOS, Reason, SrcKey, XdpConfig,
 };
 use parse::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp};
 
@@ -46,8 +45,6 @@ static FG_LISTENERS: Array<u32, { LISTENER_SLOTS as usize }> = Array::new();
 static FG_DESTS: HashMap<DestKey, u32, { MAX_DESTS as usize }> = HashMap::new();
 #[btf_map]
 static FG_CAPACITY: Array<Capacity, { MAX_LISTENERS as usize }> = Array::new();
-#[btf_map]
-static FG_BACKENDS: Array<BackendSlot, { MAX_BACKENDS as usize }> = Array::new();
 #[btf_map]
 static FG_HEARTBEAT: Array<u64, 1> = Array::new();
 #[btf_map]

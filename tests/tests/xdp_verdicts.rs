@@ -1208,3 +1208,117 @@ fn an_xdp_syn_cookie_answer_is_a_well_formed_syn_ack() {
     assert_eq!(c[R::TxSynCookie as usize].packets, 4);
     assert_eq!(c[R::DropSynRateGlobal as usize].packets, 0);
 }
+
+/// The map behind an aya `Map` of a kind the contract uses.
+fn map_data(map: &aya::maps::Map) -> Option<&aya::maps::MapData> {
+    use aya::maps::Map as M;
+    match map {
+        M::Array(d) | M::PerCpuArray(d) | M::HashMap(d) | M::LruHashMap(d) | M::LpmTrie(d) => {
+            Some(d)
+        }
+        _ => None,
+    }
+}
+
+/// The loaded object has exactly the maps of `maps::SPECS` (plus the program's own scratch
+/// maps, aya-log's and constant sections), each of the type, sizes, entries and flags the contract says.
+#[test]
+fn the_loaded_object_matches_the_map_specs() {
+    if !require_root("the_loaded_object_matches_the_map_specs") {
+        return;
+    }
+    let xdp = TestProg::xdp_config();
+    let mut prog = TestProg::load(&xdp, &["10.0.0.1:8080".parse().unwrap()]);
+    let mut seen = Vec::new();
+    for (name, map) in prog.dp.ebpf_mut().maps() {
+        // The compiler's constant sections (`.rodata*`) and aya-log's maps are no contract.
+        if floodgate_common::maps::PROGRAM_ONLY.contains(&name)
+            || name.starts_with("AYA_")
+            || name.starts_with('.')
+        {
+            continue;
+        }
+        let spec = floodgate_common::maps::spec_of(name)
+            .unwrap_or_else(|| panic!("{name} is in the object but not in maps::SPECS"));
+        let info = map_data(map)
+            .unwrap_or_else(|| panic!("{name}: unexpected kind of map"))
+            .info()
+            .unwrap();
+        let configured = match name {
+            n if n == floodgate_common::maps::FLOWS => Some(xdp.flow_table_size),
+            n if n == floodgate_common::maps::SRC_BUCKETS => Some(xdp.syn_rate.source_table_size),
+            n if n == floodgate_common::maps::VERIFIED => Some(xdp.verified_table_size),
+            _ => None,
+        };
+        assert!(
+            floodgate::dataplane::matches_spec(&info, spec, configured),
+            "{name}: type {:?}, key {}, value {}, entries {}, flags {:#x}; spec {spec:?}",
+            info.map_type(),
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+            info.map_flags()
+        );
+        seen.push(name.to_owned());
+    }
+    for spec in floodgate_common::maps::SPECS {
+        assert!(
+            seen.iter().any(|n| n == spec.name),
+            "{} is in maps::SPECS but not in the object",
+            spec.name
+        );
+    }
+}
+
+/// docs/xdp.md's map table names every map of the contract with its kind.
+#[test]
+fn the_map_table_of_the_docs_matches_the_specs() {
+    use floodgate_common::maps::{Kind, PROGRAM_ONLY, SPECS};
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/xdp.md")).unwrap();
+    let rows: Vec<(&str, &str)> = doc
+        .lines()
+        .filter(|l| l.starts_with("| `FG_"))
+        .map(|l| {
+            let mut cols = l.split('|').skip(1);
+            (cols.next().unwrap_or(""), cols.next().unwrap_or(""))
+        })
+        .collect();
+    // A row may name a pair: `FG_DENY_V4/V6`.
+    let names = |col: &str| -> Vec<String> {
+        col.split(',')
+            .map(|n| n.trim().trim_matches('`').to_owned())
+            .flat_map(|n| match n.strip_suffix("_V4/V6") {
+                Some(base) => vec![format!("{base}_V4"), format!("{base}_V6")],
+                None => vec![n],
+            })
+            .collect()
+    };
+    for spec in SPECS {
+        let (_, kind) = rows
+            .iter()
+            .find(|(col, _)| names(col).iter().any(|n| n == spec.name))
+            .unwrap_or_else(|| panic!("docs/xdp.md has no row for {}", spec.name));
+        let kind = kind.trim();
+        let ok = match spec.kind {
+            Kind::Array => kind.starts_with("array"),
+            Kind::PerCpuArray => kind.starts_with("per-CPU array"),
+            Kind::Hash => kind.starts_with("hash"),
+            Kind::LruHash => kind.starts_with("LRU hash"),
+            Kind::LpmTrie => kind.starts_with("LPM trie"),
+        };
+        assert!(
+            ok,
+            "docs/xdp.md calls {} a `{kind}`: it is {:?}",
+            spec.name, spec.kind
+        );
+    }
+    for (col, _) in &rows {
+        for n in names(col) {
+            assert!(
+                SPECS.iter().any(|s| s.name == n) || PROGRAM_ONLY.contains(&n.as_str()),
+                "docs/xdp.md names {n}, which is not a map of the contract"
+            );
+        }
+    }
+}

@@ -532,30 +532,6 @@ impl Dataplane {
         sync_trie(&mut t6, &want6).map_err(map_err(v6))
     }
 
-    /// Publishes each backend's load (observability, and later per-backend admission).
-    pub fn publish_backends(
-        &mut self,
-        loads: &[crate::proxy::pool::PoolLoad],
-    ) -> Result<(), DataplaneError> {
-        let mut slots: Array<_, floodgate_common::BackendSlot> = self.map_mut(maps::BACKENDS)?;
-        for (i, l) in loads
-            .iter()
-            .enumerate()
-            .take(floodgate_common::MAX_BACKENDS as usize)
-        {
-            let slot = floodgate_common::BackendSlot {
-                active: l.active,
-                maxconn: l.maxconn,
-                queued: l.queued,
-                queue_max: l.queue_max,
-            };
-            slots
-                .set(u32::try_from(i).unwrap_or(u32::MAX), slot, 0)
-                .map_err(map_err(maps::BACKENDS))?;
-        }
-        Ok(())
-    }
-
     /// Removes flows idle for longer than `idle` (the LRU only evicts under pressure). Runs in
     /// userspace every few seconds off the serving threads, with batched syscalls: thousands
     /// of flows per call (`batch.rs`).
@@ -852,57 +828,31 @@ fn attach_one(prog: &mut Xdp, iface: &str, mode: XdpMode) -> Result<XdpLinkId, D
         })
 }
 
-/// A pinned map from an older floodgate with another layout would be reused blindly by the
-/// loader; remove it so a fresh one is created.
+/// A pinned map from an older floodgate with another shape (`maps::SPECS`: type, key and value
+/// sizes, entries, flags) would be reused blindly by the loader; remove it so a fresh one is
+/// created. `want_entries`: the configured size of a resizable map.
 fn drop_incompatible_pin(name: &str, path: &Path, want_entries: Option<u32>) {
     let Ok(info) = MapInfo::from_pin(path) else {
         return;
     };
-    let Some((key, value, entries)) = expected_layout(name) else {
+    let Some(spec) = maps::spec_of(name) else {
         return;
     };
-    let entries = want_entries.unwrap_or(entries);
-    if info.key_size() != key || info.value_size() != value || info.max_entries() != entries {
+    if !matches_spec(&info, spec, want_entries) {
         warn!(map = name, "pinned map has another layout; replacing it");
         let _ = std::fs::remove_file(path);
     }
 }
 
-fn expected_layout(name: &str) -> Option<(u32, u32, u32)> {
-    use core::mem::size_of;
-
-    use floodgate_common as c;
-    let s = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    Some(match name {
-        maps::CONFIG => (4, s(size_of::<c::XdpConfig>()), 1),
-        maps::LISTENERS => (4, 4, c::LISTENER_SLOTS),
-        maps::CAPACITY => (4, s(size_of::<Capacity>()), c::MAX_LISTENERS),
-        maps::BACKENDS => (4, s(size_of::<c::BackendSlot>()), c::MAX_BACKENDS),
-        maps::HEARTBEAT => (4, 8, 1),
-        maps::DENY_V4 | maps::ALLOW_V4 | maps::TRUSTED_V4 => (8, 4, c::MAX_CIDRS),
-        maps::DENY_V6 | maps::ALLOW_V6 | maps::TRUSTED_V6 => (20, 4, c::MAX_CIDRS),
-        maps::SRC_BUCKETS => (
-            s(size_of::<c::SrcKey>()),
-            s(size_of::<c::Bucket>()),
-            c::DEFAULT_SRC_BUCKETS,
-        ),
-        maps::GLOBAL_BUCKET => (4, s(size_of::<c::Bucket>()), 1),
-        maps::VERIFIED => (s(size_of::<c::SrcKey>()), 8, c::DEFAULT_VERIFIED),
-        maps::FLOWS => (
-            s(size_of::<c::FlowKey>()),
-            s(size_of::<c::FlowState>()),
-            c::DEFAULT_FLOWS,
-        ),
-        maps::STATS => (
-            4,
-            s(size_of::<c::Counter>()),
-            c::MAX_IFACES * c::COUNTER_COUNT,
-        ),
-        maps::IFACE_SLOTS => (4, s(size_of::<c::IfaceSlot>()), c::IFACE_BUCKETS),
-        maps::LISTENER_STATS => (4, s(size_of::<c::ListenerCounters>()), c::MAX_LISTENERS),
-        maps::DESTS => (s(size_of::<DestKey>()), 4, c::MAX_DESTS),
-        _ => return None,
-    })
+/// Whether a map the kernel holds has the shape `spec` describes (`entries`: the configured
+/// size of a resizable map).
+pub fn matches_spec(info: &MapInfo, spec: &maps::Spec, entries: Option<u32>) -> bool {
+    let kind = info.map_type().map(|t| t as u32).ok();
+    kind == Some(spec.kind as u32)
+        && info.key_size() == spec.key_size
+        && info.value_size() == spec.value_size
+        && info.max_entries() == entries.unwrap_or(spec.entries)
+        && info.map_flags() == spec.flags
 }
 
 fn sync_trie<K: aya::Pod + PartialEq>(

@@ -505,7 +505,7 @@ async fn serve(
                 if let Some(dp) = dp.as_mut() {
                     ticks += 1;
                     let own: Vec<Option<u32>> = cfg.listeners.iter().map(|l| l.maxconn).collect();
-                    if let Err(e) = publish_capacity(dp, &actives, &ctxs, &own, &routing, maxconn) {
+                    if let Err(e) = publish_capacity(dp, &actives, &ctxs, &own, maxconn) {
                         error!(error = %e, "cannot publish capacity to XDP");
                     }
                     if cfg.xdp.flow_table && (ticks == 1 || ticks.is_multiple_of(FLOW_AGING_TICKS)) {
@@ -661,13 +661,12 @@ async fn apply_reload(
 
 /// Publishes what XDP admission needs: per listener, whether it can take another connection
 /// (global maxconn not reached, and some backend behind it has a server with room or queue
-/// room); per backend, its load; and the heartbeat.
+/// room); and the heartbeat.
 fn publish_capacity(
     dp: &mut Dataplane,
     actives: &[Arc<server::Active>],
     ctxs: &[Arc<ListenerCtx>],
     listener_maxconn: &[Option<u32>],
-    routing: &Routing,
     maxconn: u32,
 ) -> Result<(), floodgate::dataplane::DataplaneError> {
     let total: u32 = actives.iter().map(|a| a.get()).sum();
@@ -697,8 +696,6 @@ fn publish_capacity(
             }
         })
         .collect();
-    let backends: Vec<_> = routing.pools().iter().map(|p| p.load()).collect();
-    dp.publish_backends(&backends)?;
     dp.publish(&loads)
 }
 
