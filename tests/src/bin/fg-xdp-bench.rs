@@ -28,6 +28,15 @@ struct Path {
     /// times in one: a test run's repeats share one buffer, and a path that rewrites the
     /// packet (a SYN answered with a cookie) would measure its own answer from the second on.
     single: bool,
+    /// With `single`: each run's SYN from another source (`random_source`), so every one is a
+    /// first-time source, as in a spoofed flood.
+    random_sources: bool,
+}
+
+/// A source address per run, spread over 198.18.0.0/15.
+fn random_source(i: u32) -> [u8; 4] {
+    let x = i.wrapping_mul(2_654_435_761);
+    [198, 18 + (x >> 31) as u8, (x >> 8) as u8, x as u8 | 1]
 }
 
 const SINGLE_RUNS: u32 = 20_000;
@@ -102,6 +111,7 @@ fn main() {
             prog: prog(|_| {}),
             active: 0,
             single: false,
+            random_sources: false,
         },
         Path {
             name: "TCP to another port pass",
@@ -110,6 +120,7 @@ fn main() {
             prog: prog(|_| {}),
             active: 0,
             single: false,
+            random_sources: false,
         },
         Path {
             name: "established on a listener (bypass counted, flow refreshed)",
@@ -118,6 +129,7 @@ fn main() {
             prog: established,
             active: 0,
             single: false,
+            random_sources: false,
         },
         Path {
             name: "  same, flow table off",
@@ -126,6 +138,7 @@ fn main() {
             prog: prog(|c| c.flow_table = false),
             active: 0,
             single: false,
+            random_sources: false,
         },
         Path {
             name: "SYN admitted, default config, no pressure (capacity, flow insert)",
@@ -134,6 +147,7 @@ fn main() {
             prog: prog(|c| c.pressure.mode = floodgate::config::PressureMode::Auto),
             active: 0,
             single: false,
+            random_sources: false,
         },
         Path {
             // The global budget and per-source rate are high enough never to drop here.
@@ -149,6 +163,23 @@ fn main() {
             }),
             active: 0,
             single: false,
+            random_sources: false,
+        },
+        Path {
+            // The global budget and per-source rate are high enough never to drop here.
+            name: "random-source SYN admitted under pressure (bucket insert; single runs)",
+            want: XDP_PASS,
+            pkt: syn.clone(),
+            prog: prog(|c| {
+                c.pressure.mode = floodgate::config::PressureMode::Always;
+                c.syn_rate.per_source = u32::MAX / 2;
+                c.syn_rate.per_source_burst = u32::MAX / 2;
+                c.syn_rate.global = floodgate::config::Budget::Fixed(u32::MAX / 2);
+                c.syn_rate.global_burst = u32::MAX / 2;
+            }),
+            active: 0,
+            single: true,
+            random_sources: true,
         },
         Path {
             name: "SYN admitted, rate limits off (capacity, flow insert)",
@@ -160,6 +191,7 @@ fn main() {
             }),
             active: 0,
             single: false,
+            random_sources: false,
         },
         Path {
             name: "SYN admitted, rate limits and flow table off",
@@ -172,6 +204,7 @@ fn main() {
             }),
             active: 0,
             single: false,
+            random_sources: false,
         },
         Path {
             name: "spoofed SYN dropped by the global budget (never inserted)",
@@ -180,6 +213,7 @@ fn main() {
             prog: budget_empty,
             active: 0,
             single: false,
+            random_sources: false,
         },
         Path {
             name: "spoofed SYN answered with an XDP SYN cookie (XDP_TX)",
@@ -188,6 +222,7 @@ fn main() {
             prog: cookies,
             active: 0,
             single: true,
+            random_sources: false,
         },
         Path {
             name: "  floor of single runs: non-TCP (UDP) pass",
@@ -196,6 +231,7 @@ fn main() {
             prog: prog(|_| {}),
             active: 0,
             single: true,
+            random_sources: false,
         },
         Path {
             name: "SYN dropped by source bucket",
@@ -204,6 +240,7 @@ fn main() {
             prog: bucket_empty,
             active: 0,
             single: false,
+            random_sources: false,
         },
         Path {
             name: "SYN dropped by capacity",
@@ -212,6 +249,7 @@ fn main() {
             prog: prog(|_| {}),
             active: 100,
             single: false,
+            random_sources: false,
         },
     ];
     println!(
@@ -219,8 +257,8 @@ fn main() {
         "path", "median ns", "min ns", "max ns"
     );
     for p in &mut paths {
-        let mut samples: Vec<Duration> = (0..SAMPLES)
-            .map(|_| {
+        let mut samples: Vec<Duration> = (0..SAMPLES as u32)
+            .map(|sample| {
                 // The capacity path needs a fresh heartbeat, or it fails open after 2 s.
                 p.prog.publish(ListenerLoad {
                     id: 0,
@@ -232,8 +270,15 @@ fn main() {
                     // The budget refills one SYN a second, which passes: such runs are left
                     // out, and they must stay that rare.
                     let (mut total, mut runs, mut other) = (Duration::ZERO, 0u32, 0u32);
-                    for _ in 0..SINGLE_RUNS {
-                        let (a, d) = p.prog.run_repeat(&p.pkt, 1);
+                    for i in 0..SINGLE_RUNS {
+                        let varied;
+                        let pkt = if p.random_sources {
+                            varied = tcp4(random_source(i + sample * SINGLE_RUNS), 40000, 8080, SYN);
+                            &varied
+                        } else {
+                            &p.pkt
+                        };
+                        let (a, d) = p.prog.run_repeat(pkt, 1);
                         if a == p.want {
                             total += d;
                             runs += 1;
