@@ -71,9 +71,10 @@ fn has(body: &str, line: &str) -> bool {
 /// A v1 header naming `source`, then an HTTPS GET of `/headers` with rustls over the same
 /// connection, trusting `crt`: the body.
 fn tls_after_header(addr: SocketAddr, crt: &Path, source: &str) -> String {
+    use rustls::pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(crt).unwrap();
-    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
         roots.add(c.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

@@ -159,15 +159,14 @@ fn tls_origin(
     use http_body_util::BodyExt as _;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let pem = |p: &str| std::fs::read(p).unwrap();
-    let chain: Vec<_> = rustls_pemfile::certs(&mut pem(cert).as_slice())
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(&pem(cert))
         .collect::<Result<_, _>>()
         .unwrap();
-    let key = rustls_pemfile::private_key(&mut pem(key).as_slice())
-        .unwrap()
-        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(&pem(key)).unwrap();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut pem(client_ca).as_slice()) {
+    for c in CertificateDer::pem_slice_iter(&pem(client_ca)) {
         roots.add(c.unwrap()).unwrap();
     }
     let verifier =

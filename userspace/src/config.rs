@@ -2262,7 +2262,7 @@ impl Config {
                 ));
             }
             if let Some(re) = &r.path_regex
-                && let Err(e) = regex_lite::Regex::new(re)
+                && let Err(e) = regex::Regex::new(re)
             {
                 return Err(invalid(format!("routes[{i}].path-regex"), e.to_string()));
             }

@@ -16,7 +16,10 @@ use rustls::{
     SignatureScheme, SupportedCipherSuite,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::{CryptoProvider, aws_lc_rs},
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime},
+    pki_types::{
+        CertificateDer, PrivateKeyDer, ServerName, UnixTime,
+        pem::{self, PemObject},
+    },
     server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache},
     sign::CertifiedKey,
 };
@@ -331,7 +334,7 @@ fn load_entries(sources: &[config::CertSource]) -> Result<Vec<Entry>, TlsError> 
 
 /// Every certificate of a PEM file, in order (a chain, or a CA bundle).
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    rustls_pemfile::certs(&mut read(path)?.as_slice())
+    CertificateDer::pem_slice_iter(&read(path)?)
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError::Pem {
             path: path.to_path_buf(),
@@ -341,15 +344,13 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 
 /// The first private key of a PEM file.
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    rustls_pemfile::private_key(&mut read(path)?.as_slice())
-        .map_err(|e| TlsError::Pem {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?
-        .ok_or_else(|| TlsError::Pem {
-            path: path.to_path_buf(),
-            reason: "no private key in it".into(),
-        })
+    PrivateKeyDer::from_pem_slice(&read(path)?).map_err(|e| TlsError::Pem {
+        path: path.to_path_buf(),
+        reason: match e {
+            pem::Error::NoItemsFound => "no private key in it".into(),
+            e => e.to_string(),
+        },
+    })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {

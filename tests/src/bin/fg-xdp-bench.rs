@@ -273,7 +273,8 @@ fn main() {
                     for i in 0..SINGLE_RUNS {
                         let varied;
                         let pkt = if p.random_sources {
-                            varied = tcp4(random_source(i + sample * SINGLE_RUNS), 40000, 8080, SYN);
+                            varied =
+                                tcp4(random_source(i + sample * SINGLE_RUNS), 40000, 8080, SYN);
                             &varied
                         } else {
                             &p.pkt

@@ -48,7 +48,7 @@ enum PathMatch {
     Any,
     Exact(String),
     Prefix(String),
-    Regex(regex_lite::Regex),
+    Regex(regex::Regex),
 }
 
 #[derive(Debug, Clone)]
@@ -109,10 +109,7 @@ pub enum Rewrite {
     },
     /// `rewrite-target` with `path-regex`: the whole path becomes the target, its `$1`...
     /// filled from the regex's captures (nginx's `rewrite`).
-    Regex {
-        regex: regex_lite::Regex,
-        target: String,
-    },
+    Regex { regex: regex::Regex, target: String },
 }
 
 impl Rewrite {
@@ -239,7 +236,7 @@ impl Router {
                 let path = match (&r.path, &r.path_prefix, &r.path_regex) {
                     (Some(p), _, _) => PathMatch::Exact(p.clone()),
                     (None, Some(p), _) => PathMatch::Prefix(p.clone()),
-                    (None, None, Some(re)) => PathMatch::Regex(regex_lite::Regex::new(re).ok()?),
+                    (None, None, Some(re)) => PathMatch::Regex(regex::Regex::new(re).ok()?),
                     (None, None, None) => PathMatch::Any,
                 };
                 let target = if let Some(d) = &r.redirect {
@@ -647,7 +644,7 @@ mod tests {
         assert_eq!(rewritten("/api/vx/users"), None, "no match, no route");
         assert_eq!(rewritten("/x/api/v1/a"), None, "anchored by `^`");
         let named = Rewrite::Regex {
-            regex: regex_lite::Regex::new("^/(?P<team>[a-z]+)/(?P<rest>.*)").unwrap(),
+            regex: regex::Regex::new("^/(?P<team>[a-z]+)/(?P<rest>.*)").unwrap(),
             target: "/teams/${team}/${rest}".into(),
         };
         assert_eq!(named.apply("/blue/a/b"), "/teams/blue/a/b");
