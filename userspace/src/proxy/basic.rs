@@ -64,7 +64,12 @@ enum Hash {
         full: String,
     },
     /// `$5$` and `$6$` (SHA-crypt, `mkpasswd`, HAProxy userlists).
-    ShaCrypt(String),
+    ShaCrypt {
+        sha512: bool,
+        rounds: usize,
+        salt: String,
+        digest: String,
+    },
     /// `{SHA}` (`htpasswd -s`): base64 of an unsalted SHA-1.
     Sha1(Vec<u8>),
 }
@@ -89,8 +94,10 @@ impl Hash {
                 });
             }
         }
-        if s.starts_with("$5$") || s.starts_with("$6$") {
-            return Ok(Self::ShaCrypt(s.to_owned()));
+        for (magic, sha512) in [("$5$", false), ("$6$", true)] {
+            if let Some(rest) = s.strip_prefix(magic) {
+                return Self::sha_crypt(magic, sha512, rest);
+            }
         }
         if let Some(b64) = s.strip_prefix("{SHA}") {
             let d = base64::engine::general_purpose::STANDARD
@@ -108,11 +115,59 @@ impl Hash {
         )
     }
 
+    /// `$5$[rounds=N$]salt$digest` (Drepper's SHA-crypt): the rounds (5,000 when not given),
+    /// the salt (at most 16 characters) and the 43 or 86 characters of digest.
+    fn sha_crypt(magic: &str, sha512: bool, rest: &str) -> Result<Self, String> {
+        let malformed = || format!("malformed `{magic}` hash");
+        let (rounds, rest) = match rest.strip_prefix("rounds=") {
+            Some(r) => {
+                let (n, rest) = r.split_once('$').ok_or_else(malformed)?;
+                let n: usize = n.parse().map_err(|_| malformed())?;
+                // The spec clamps the rounds to this range.
+                (n.clamp(1_000, 999_999_999), rest)
+            }
+            None => (5_000, rest),
+        };
+        let (salt, digest) = rest.split_once('$').ok_or_else(malformed)?;
+        let want = if sha512 { 86 } else { 43 };
+        if salt.len() > 16 || digest.len() != want || salt.contains('$') {
+            return Err(malformed());
+        }
+        Ok(Self::ShaCrypt {
+            sha512,
+            rounds,
+            salt: salt.to_owned(),
+            digest: digest.to_owned(),
+        })
+    }
+
     /// Slow by design: call off the worker threads.
     fn verify(&self, password: &[u8]) -> bool {
         match self {
-            Self::Bcrypt(h) => pwhash::bcrypt::verify(password, h),
-            Self::ShaCrypt(h) => pwhash::unix::verify(password, h),
+            Self::Bcrypt(h) => bcrypt::verify(password, h).unwrap_or(false),
+            Self::ShaCrypt {
+                sha512,
+                rounds,
+                salt,
+                digest,
+            } => {
+                let ours = if *sha512 {
+                    sha_crypt::Sha512Params::new(*rounds).ok().and_then(|p| {
+                        sha_crypt::sha512_crypt_b64(password, salt.as_bytes(), &p).ok()
+                    })
+                } else {
+                    sha_crypt::Sha256Params::new(*rounds).ok().and_then(|p| {
+                        sha_crypt::sha256_crypt_b64(password, salt.as_bytes(), &p).ok()
+                    })
+                };
+                ours.is_some_and(|ours| {
+                    aws_lc_rs::constant_time::verify_slices_are_equal(
+                        ours.as_bytes(),
+                        digest.as_bytes(),
+                    )
+                    .is_ok()
+                })
+            }
             Self::Md5Crypt { magic, salt, full } => {
                 let ours = md5_crypt(password, magic, salt);
                 aws_lc_rs::constant_time::verify_slices_are_equal(ours.as_bytes(), full.as_bytes())
@@ -133,8 +188,8 @@ impl Hash {
 fn md5_crypt(pass: &[u8], magic: &str, salt: &str) -> String {
     const ITOA64: &[u8; 64] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let salt = salt.as_bytes();
-    let alt = Md5::new().chain(pass).chain(salt).chain(pass).finalize();
-    let mut ctx = Md5::new().chain(pass).chain(magic.as_bytes()).chain(salt);
+    let alt = Md5::new().chain_update(pass).chain_update(salt).chain_update(pass).finalize();
+    let mut ctx = Md5::new().chain_update(pass).chain_update(magic.as_bytes()).chain_update(salt);
     let mut left = pass.len();
     while left > 0 {
         let n = left.min(16);
@@ -411,6 +466,15 @@ mod tests {
                 "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1",
                 "Hello world!",
             ),
+            // The same with explicit rounds (Drepper's SHA-crypt spec).
+            (
+                "$5$rounds=10000$saltstringsaltst$3xv.VbSHBb41AL9AvLeujZkZRBAwqFMz2.opqey6IcA",
+                "Hello world!",
+            ),
+            (
+                "$6$rounds=10000$saltstringsaltst$OW1/O6BYHV6BcXZu8QVeXbDWra3Oeqh0sbHbbMCVNSnCM/UrjmM0Dp8vOuZeHBy/YTBmSK6H9qs/y3RnOaw5v.",
+                "Hello world!",
+            ),
             // `htpasswd -s`: SHA-1 of "password".
             ("{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", "password"),
         ] {
@@ -428,6 +492,9 @@ mod tests {
             ("$apr1$nosalt", "salt"),
             ("$apr1$waytoolongsalt$eIMz/iKDkbtys/uU7LEK00", "malformed"),
             ("{SHA}not base64!", "base64"),
+            ("$6$saltstring", "malformed"),
+            ("$5$rounds=many$salt$5B8vYYiY.CVt1RlTTf8KbXBH3hsxY/GNooZaBBGWEc5", "malformed"),
+            ("$6$saltstring$tooshort", "malformed"),
             ("{SHA}AAAA", "SHA-1"),
         ] {
             let e = Hash::parse(hash).expect_err(hash);
