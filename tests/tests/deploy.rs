@@ -18,7 +18,7 @@ use std::{
 
 use floodgate_tests::{NetPair, Proc, bin, repo_root, require_root, stats, temp_file, wait_until};
 use serde::Deserialize as _;
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 /// Every kustomization a user can apply.
 const TARGETS: &[&str] = &[
@@ -43,7 +43,7 @@ fn render(target: &str) -> (String, Vec<Value>) {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    let docs = serde_yaml::Deserializer::from_str(&text)
+    let docs = yaml_serde::Deserializer::from_str(&text)
         .map(|d| Value::deserialize(d).unwrap())
         .filter(|v| !v.is_null())
         .collect();
@@ -125,10 +125,10 @@ fn workload<'a>(docs: &'a [Value], kind: &str) -> (&'a Value, &'a Value) {
 }
 
 /// The floodgate config and HAProxy keys of a render, checked by the real `floodgate check`.
-fn floodgate_check(docs: &[Value], tag: &str) -> serde_yaml::Value {
+fn floodgate_check(docs: &[Value], tag: &str) -> yaml_serde::Value {
     let cfg = find_prefix(docs, "ConfigMap", "floodgate-config-");
     let text = cfg["data"]["floodgate.yaml"].as_str().unwrap();
-    let parsed: Value = serde_yaml::from_str(text).unwrap();
+    let parsed: Value = yaml_serde::from_str(text).unwrap();
     // The TLS secret is mounted in the cluster; a real certificate stands in for it here.
     let dir = temp_file(&format!("deploy-{tag}/tls/tls.crt"), "")
         .parent()
@@ -455,7 +455,7 @@ fn the_deployment_mode_spreads_and_scales_on_the_request_rate() {
         // ... served by the adapter rule shipped with it, from the request counter.
         let adapter = find(&docs, "ConfigMap", "floodgate-prometheus-adapter-rules");
         let rules: Value =
-            serde_yaml::from_str(adapter["data"]["config.yaml"].as_str().unwrap()).unwrap();
+            yaml_serde::from_str(adapter["data"]["config.yaml"].as_str().unwrap()).unwrap();
         let rule = &rules["rules"][0];
         assert_eq!(rule["name"]["as"], metric);
         assert!(
@@ -526,7 +526,7 @@ fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
     let dir = temp_file("promtool/x", "").parent().unwrap().to_path_buf();
     std::fs::write(
         dir.join("floodgate-rules.yaml"),
-        serde_yaml::to_string(&rule["spec"]).unwrap(),
+        yaml_serde::to_string(&rule["spec"]).unwrap(),
     )
     .unwrap();
     std::fs::copy(

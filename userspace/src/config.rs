@@ -23,7 +23,7 @@ pub enum ConfigError {
     #[error("{path}: {source}")]
     Parse {
         path: PathBuf,
-        source: serde_yaml::Error,
+        source: yaml_serde::Error,
     },
     #[error("{key}: {reason}")]
     Invalid { key: String, reason: String },
@@ -73,13 +73,13 @@ pub struct Config {
 fn scalar_map<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
-    let raw = std::collections::BTreeMap::<String, serde_yaml::Value>::deserialize(d)?;
+    let raw = std::collections::BTreeMap::<String, yaml_serde::Value>::deserialize(d)?;
     raw.into_iter()
         .map(|(k, v)| {
             let s = match v {
-                serde_yaml::Value::String(s) => s,
-                serde_yaml::Value::Number(n) => n.to_string(),
-                serde_yaml::Value::Bool(b) => b.to_string(),
+                yaml_serde::Value::String(s) => s,
+                yaml_serde::Value::Number(n) => n.to_string(),
+                yaml_serde::Value::Bool(b) => b.to_string(),
                 _ => return Err(de::Error::custom(format!("haproxy.{k}: expected a string"))),
             };
             Ok((k, s))
@@ -1500,7 +1500,7 @@ impl Config {
         path: &Path,
         extra: std::collections::BTreeMap<String, String>,
     ) -> Result<Self, ConfigError> {
-        let mut cfg: Config = serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+        let mut cfg: Config = yaml_serde::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
             source,
         })?;
@@ -2535,7 +2535,7 @@ xdp: { enabled: false }
 ";
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = serde_yaml::from_str(s).map_err(|source| ConfigError::Parse {
+        let cfg: Config = yaml_serde::from_str(s).map_err(|source| ConfigError::Parse {
             path: "t.yaml".into(),
             source,
         })?;

@@ -188,8 +188,15 @@ impl Hash {
 fn md5_crypt(pass: &[u8], magic: &str, salt: &str) -> String {
     const ITOA64: &[u8; 64] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let salt = salt.as_bytes();
-    let alt = Md5::new().chain_update(pass).chain_update(salt).chain_update(pass).finalize();
-    let mut ctx = Md5::new().chain_update(pass).chain_update(magic.as_bytes()).chain_update(salt);
+    let alt = Md5::new()
+        .chain_update(pass)
+        .chain_update(salt)
+        .chain_update(pass)
+        .finalize();
+    let mut ctx = Md5::new()
+        .chain_update(pass)
+        .chain_update(magic.as_bytes())
+        .chain_update(salt);
     let mut left = pass.len();
     while left > 0 {
         let n = left.min(16);
@@ -493,7 +500,10 @@ mod tests {
             ("$apr1$waytoolongsalt$eIMz/iKDkbtys/uU7LEK00", "malformed"),
             ("{SHA}not base64!", "base64"),
             ("$6$saltstring", "malformed"),
-            ("$5$rounds=many$salt$5B8vYYiY.CVt1RlTTf8KbXBH3hsxY/GNooZaBBGWEc5", "malformed"),
+            (
+                "$5$rounds=many$salt$5B8vYYiY.CVt1RlTTf8KbXBH3hsxY/GNooZaBBGWEc5",
+                "malformed",
+            ),
             ("$6$saltstring$tooshort", "malformed"),
             ("{SHA}AAAA", "SHA-1"),
         ] {

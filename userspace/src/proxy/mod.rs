@@ -1595,7 +1595,7 @@ mod tests {
     #[tokio::test]
     async fn a_built_generation_changes_shared_pools_only_when_committed() {
         let cfg = |port: u16| -> crate::config::Config {
-            serde_yaml::from_str(&format!(
+            yaml_serde::from_str(&format!(
                 "
 listeners: [{{ name: http, bind: '127.0.0.1:8080', default-backend: app }}]
 backends: [{{ name: app, servers: ['127.0.0.1:{port}'] }}]

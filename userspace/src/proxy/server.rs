@@ -621,7 +621,7 @@ mod tests {
     #[tokio::test]
     async fn accepted_connections_inherit_nodelay_from_the_listener() {
         let cfg: config::Listener =
-            serde_yaml::from_str("{name: t, bind: '127.0.0.1:0'}").expect("a minimal listener");
+            yaml_serde::from_str("{name: t, bind: '127.0.0.1:0'}").expect("a minimal listener");
         let listener =
             TcpListener::from_std(bind(&cfg, false).expect("bind")).expect("register the listener");
         let addr = listener.local_addr().expect("bound address");
