@@ -2263,9 +2263,9 @@ backends: [{{ name: app, maxconn-server: 1, servers: ['127.0.0.1:{op}'] }}]
     assert_eq!(lines.len(), 4, "{log}");
     let first = lines
         .iter()
-        .find(|j| j["fields"]["bytes_in"] == first_request.len())
+        .find(|j| j["bytes_in"] == first_request.len())
         .unwrap_or_else(|| panic!("the first connection's line: {log}"));
-    let f = &first["fields"];
+    let f = first;
     assert_eq!(f["message"], "connection");
     assert_eq!(f["listener"], "db");
     assert_eq!(f["backend"], "app");

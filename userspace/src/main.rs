@@ -166,7 +166,8 @@ fn init_tracing(format: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if format == "json" {
-        builder.json().init();
+        // Flat objects (message and fields at the top level), as Loki and Elasticsearch expect.
+        builder.json().flatten_event(true).init();
     } else {
         builder.init();
     }
