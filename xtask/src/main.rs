@@ -62,11 +62,10 @@ enum Cmd {
         #[arg(default_value_t = 60)]
         seconds: u64,
     },
-    /// Benchmarks: `xdp` (ns per packet through BPF_PROG_TEST_RUN), `flood` (goodput during a
-    /// SYN flood), `http` and `tls` (vs HAProxy), `floor` (vs a bare relay and a bare hyper).
+    /// Benchmarks, as ratios against HAProxy where there is one to compare with.
     Bench {
-        #[arg(default_value = "xdp")]
-        what: String,
+        #[arg(value_enum, default_value_t = Bench::Xdp)]
+        what: Bench,
     },
 }
 
@@ -80,8 +79,29 @@ fn main() -> Result<()> {
         Cmd::Run { config } => tasks::run_quickstart(config),
         Cmd::Test { filter, no_lint } => tasks::test(filter.as_deref(), no_lint),
         Cmd::Fuzz { target, seconds } => tasks::fuzz(target.as_deref(), seconds, true),
-        Cmd::Bench { what } => tasks::bench(&what),
+        Cmd::Bench { what } => tasks::bench(what),
     }
+}
+
+/// What `cargo xtask bench` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Bench {
+    /// ns per packet of each admission path (BPF_PROG_TEST_RUN).
+    Xdp,
+    /// Goodput during SYN floods: HAProxy, floodgate with XDP on and off.
+    Flood,
+    /// HTTP/1.1 and HTTP/2 against HAProxy (the shared harness).
+    Http,
+    /// TLS handshakes and HTTPS against HAProxy (the shared harness).
+    Tls,
+    /// What any proxy costs here: a bare relay and a bare hyper beside floodgate and HAProxy.
+    Floor,
+}
+
+/// The machine's shared material beside the repository (the benchmark harness, the nightly's
+/// rust-src): the one place the repository reaches outside itself.
+pub fn shared() -> PathBuf {
+    root().join("../shared")
 }
 
 pub fn root() -> PathBuf {

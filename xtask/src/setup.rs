@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{EBPF_TOOLCHAIN, cmd_output, root, run};
+use crate::{EBPF_TOOLCHAIN, cmd_output, run};
 
 /// bpf-linker release known to link against a rustc-shipped libLLVM (see docs/development.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -135,7 +135,7 @@ fn rust_src(report: &mut Report) -> Result<()> {
         return Ok(());
     }
     // rustup could not fetch it: the same component is kept beside the repository.
-    let shared = root().join("../shared/toolchain");
+    let shared = crate::shared().join("toolchain");
     let tarball = fs::read_dir(&shared)
         .with_context(|| format!("rustup failed and {} is not readable", shared.display()))?
         .filter_map(Result::ok)

@@ -6,7 +6,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{EBPF_TOOLCHAIN, root, run, setup};
+use crate::{Bench, EBPF_TOOLCHAIN, root, run, setup, shared};
 
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
@@ -99,7 +99,9 @@ fn clippy_ebpf() -> Command {
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
             [
-                "--cfg=bpf_target_arch=\"x86_64\"",
+                // The architecture aya-ebpf's helpers are built for: the host's, as aya-build
+                // sets it for the real build.
+                &format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
                 "-Cdebuginfo=2",
                 "-Clink-arg=--btf",
             ]
@@ -285,10 +287,10 @@ fn tls12_openssl_conf() -> Result<PathBuf> {
     Ok(path)
 }
 
-pub fn bench(what: &str) -> Result<()> {
+pub fn bench(what: Bench) -> Result<()> {
     ensure_setup()?;
     match what {
-        "xdp" => step(
+        Bench::Xdp => step(
             "XDP ns per packet (BPF_PROG_TEST_RUN)",
             cargo().args([
                 "run",
@@ -299,7 +301,7 @@ pub fn bench(what: &str) -> Result<()> {
                 "fg-xdp-bench",
             ]),
         ),
-        "flood" => {
+        Bench::Flood => {
             // HAProxy 2.6 (Debian 12's) is the reference, as in the shared harness, which
             // installs it the same way; only this benchmark needs it.
             if Command::new("sh")
@@ -332,7 +334,7 @@ pub fn bench(what: &str) -> Result<()> {
                 ]),
             )
         }
-        "http" | "tls" | "floor" => {
+        Bench::Http | Bench::Tls | Bench::Floor => {
             // Side by side with HAProxy through the shared harness (../shared/bench/run.sh),
             // floodgate started by examples/bench/floodgate-under-test.sh. Knobs (THREADS,
             // REPEATS, DURATION, SCENARIOS) pass through the environment.
@@ -340,7 +342,7 @@ pub fn bench(what: &str) -> Result<()> {
                 "build (release)",
                 cargo().args(["build", "--release", "--bins"]),
             )?;
-            let harness = root().join("../shared/bench/run.sh");
+            let harness = shared().join("bench/run.sh");
             if !harness.exists() {
                 bail!(
                     "{} not found: the benchmark harness lives beside the repository",
@@ -377,7 +379,7 @@ pub fn bench(what: &str) -> Result<()> {
                         .arg(mode),
                 )
             };
-            if what == "floor" {
+            if what == Bench::Floor {
                 // compare.sh reuses the harness's HAProxy launcher, certificate and shim: a
                 // short HAProxy-only pass of the harness sets them up on a fresh machine.
                 let bench_dir = std::env::var_os("BENCH_DIR")
@@ -393,7 +395,7 @@ pub fn bench(what: &str) -> Result<()> {
                     step("the shared harness's set-up (HAProxy alone)", &mut c)?;
                 }
                 compare("floor")
-            } else if what == "http" {
+            } else if what == Bench::Http {
                 harness_run(
                     "http: floodgate vs HAProxy (shared harness)",
                     "http-c64 http-c256 h2-c64m10",
@@ -421,6 +423,5 @@ pub fn bench(what: &str) -> Result<()> {
                 compare("equal-cpu")
             }
         }
-        other => bail!("unknown benchmark `{other}` (available: xdp, flood, http, tls, floor)"),
     }
 }
