@@ -6,10 +6,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::Arc,
 };
 
 use tokio::{io::AsyncWriteExt as _, task::JoinHandle};
@@ -23,28 +20,6 @@ use crate::{
     config::{self, CheckKind},
     tls::ClientTls,
 };
-
-/// Consecutive results per server, for rise/fall and passive ejection.
-#[derive(Debug, Default)]
-pub struct Streak {
-    ok: AtomicU32,
-    failed: AtomicU32,
-}
-
-impl Streak {
-    /// Records a result; returns the new up/down state if it changed.
-    fn record(&self, ok: bool, rise: u32, fall: u32, up: bool) -> Option<bool> {
-        if ok {
-            self.failed.store(0, Ordering::Relaxed);
-            let n = self.ok.fetch_add(1, Ordering::Relaxed) + 1;
-            (!up && n >= rise).then_some(true)
-        } else {
-            self.ok.store(0, Ordering::Relaxed);
-            let n = self.failed.fetch_add(1, Ordering::Relaxed) + 1;
-            (up && n >= fall).then_some(false)
-        }
-    }
-}
 
 /// Passive health: called by the request path after a connect attempt.
 pub fn observe(pool: &Pool, server: &Arc<Server>, connected: bool, passive: &config::Passive) {
@@ -62,7 +37,7 @@ pub fn observe(pool: &Pool, server: &Arc<Server>, connected: bool, passive: &con
             tokio::time::sleep(eject).await;
             // Active checks, when configured, may have decided otherwise meanwhile; with none,
             // the server gets traffic again and the next failures eject it again.
-            server.streak.failed.store(0, Ordering::Relaxed);
+            server.streak.reset_failures();
             server.set_up(true);
             info!(backend, server = %server.addr, "ejected server back in rotation");
         });
@@ -336,30 +311,6 @@ pub fn spawn_discovery(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rise_and_fall() {
-        let s = Streak::default();
-        assert_eq!(s.record(false, 2, 3, true), None);
-        assert_eq!(s.record(false, 2, 3, true), None);
-        assert_eq!(
-            s.record(false, 2, 3, true),
-            Some(false),
-            "third failure: down"
-        );
-        assert_eq!(s.record(true, 2, 3, false), None);
-        assert_eq!(
-            s.record(true, 2, 3, false),
-            Some(true),
-            "second success: up"
-        );
-        assert_eq!(
-            s.record(false, 2, 3, true),
-            None,
-            "one failure resets nothing yet"
-        );
-        assert_eq!(s.record(true, 2, 3, true), None);
-    }
 
     #[test]
     fn grpc_health_messages() {

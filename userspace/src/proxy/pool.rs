@@ -34,6 +34,35 @@ pub enum PoolError {
     QueueTimeout { backend: String, waited: Duration },
 }
 
+/// Consecutive results per server, for rise/fall and passive ejection.
+#[derive(Debug, Default)]
+pub struct Streak {
+    ok: AtomicU32,
+    failed: AtomicU32,
+}
+
+impl Streak {
+    /// Records a result; returns the new up/down state if it changed.
+    pub(super) fn record(&self, ok: bool, rise: u32, fall: u32, up: bool) -> Option<bool> {
+        if ok {
+            self.failed.store(0, Ordering::Relaxed);
+            let n = self.ok.fetch_add(1, Ordering::Relaxed) + 1;
+            (!up && n >= rise).then_some(true)
+        } else {
+            self.ok.store(0, Ordering::Relaxed);
+            let n = self.failed.fetch_add(1, Ordering::Relaxed) + 1;
+            (up && n >= fall).then_some(false)
+        }
+    }
+}
+
+impl Streak {
+    /// Forgets the failures (an ejected server back in rotation starts afresh).
+    pub(super) fn reset_failures(&self) {
+        self.failed.store(0, Ordering::Relaxed);
+    }
+}
+
 /// A pool's load, published to XDP (`FG_BACKENDS`) and used for listener admission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolLoad {
@@ -70,7 +99,7 @@ pub struct Server {
     /// Requests in flight (changed only under the pool's lock).
     active: AtomicU32,
     /// Consecutive check or connect results, for rise/fall.
-    pub streak: super::health::Streak,
+    pub streak: Streak,
     /// The value of a `sticky` cookie naming this server: a hash of its address, the same in
     /// every floodgate replica and after restarts, that does not show the address.
     pub cookie: u64,
@@ -97,7 +126,7 @@ impl Server {
             maxconn,
             up: AtomicBool::new(true),
             active: AtomicU32::new(0),
-            streak: super::health::Streak::default(),
+            streak: Streak::default(),
         }
     }
 
@@ -548,6 +577,30 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rise_and_fall() {
+        let s = Streak::default();
+        assert_eq!(s.record(false, 2, 3, true), None);
+        assert_eq!(s.record(false, 2, 3, true), None);
+        assert_eq!(
+            s.record(false, 2, 3, true),
+            Some(false),
+            "third failure: down"
+        );
+        assert_eq!(s.record(true, 2, 3, false), None);
+        assert_eq!(
+            s.record(true, 2, 3, false),
+            Some(true),
+            "second success: up"
+        );
+        assert_eq!(
+            s.record(false, 2, 3, true),
+            None,
+            "one failure resets nothing yet"
+        );
+        assert_eq!(s.record(true, 2, 3, true), None);
+    }
 
     fn server(port: u16, weight: u32, maxconn: u32) -> Arc<Server> {
         Arc::new(Server::new(
