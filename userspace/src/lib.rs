@@ -13,13 +13,11 @@ pub mod conntrack;
 pub mod dataplane;
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
-pub mod haproxy;
 pub mod limits;
 pub mod metrics;
 pub mod pressure;
 pub mod privileges;
 pub mod proxy;
-pub mod reload;
 pub mod rng;
 pub mod stats;
 pub mod syncookies;

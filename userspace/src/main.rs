@@ -11,12 +11,12 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use floodgate::{
-    config::Config,
+    config::{Config, reload},
     conntrack,
     dataplane::{self, Dataplane, ListenerLoad, VerifiedSources},
     limits,
     proxy::{ListenerCtx, Routing, server},
-    reload, stats, tls,
+    stats, tls,
 };
 
 /// mimalloc: glibc's malloc and free were 10% of the proxy's CPU per request (perf, wrk -c64),

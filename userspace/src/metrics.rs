@@ -14,7 +14,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::{proxy::ListenerCtx, reload, stats};
+use crate::{config::reload, proxy::ListenerCtx, stats};
 
 /// Buckets from 1 ms to 10 s, fine enough for P95/P99 in between.
 const BUCKETS: &[f64] = &[

@@ -543,7 +543,7 @@ pub struct Acceptor {
     digest: std::sync::Mutex<u64>,
     pub listener: String,
     /// Certificate reloads by result, for metrics.
-    pub reloads: crate::reload::Counts,
+    pub reloads: crate::config::reload::Counts,
 }
 
 impl Acceptor {
@@ -585,7 +585,7 @@ impl Acceptor {
             sources: tls.certificates.clone(),
             digest: std::sync::Mutex::new(digest),
             listener: listener.into(),
-            reloads: crate::reload::Counts::default(),
+            reloads: crate::config::reload::Counts::default(),
         })
     }
 

@@ -4,10 +4,7 @@
 //! names re-resolved to all their A/AAAA records. Each runs as a task owned by the config
 //! generation that started it, and stops with it.
 
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use tokio::{io::AsyncWriteExt as _, task::JoinHandle};
 use tracing::{info, warn};

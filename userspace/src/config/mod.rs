@@ -1,11 +1,15 @@
 //! The configuration: a serde schema with documented defaults (docs/configuration.md), the
 //! HAProxy ingress ConfigMap names as aliases, and validation that names the offending key.
 
+pub mod haproxy;
+mod load;
+pub mod reload;
+
 use std::{
     collections::{BTreeMap, HashSet},
     fmt,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     str::FromStr,
     time::Duration,
 };
@@ -1475,43 +1479,6 @@ fn split_host_port(a: &str) -> Result<(&str, u16), String> {
 }
 
 impl Config {
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::load_with(path, None)
-    }
-
-    /// Loads `path`, with a mounted HAProxy ConfigMap directory whose keys override the file's
-    /// `haproxy:` section.
-    pub fn load_with(path: &Path, haproxy_dir: Option<&Path>) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let extra = match haproxy_dir {
-            Some(dir) => crate::haproxy::read_dir(dir)?,
-            None => Default::default(),
-        };
-        Self::from_text(&text, path, extra)
-    }
-
-    /// A config from YAML `text` (read from `path`, for errors), with HAProxy ConfigMap keys
-    /// `extra` on top of its `haproxy:` section.
-    pub fn from_text(
-        text: &str,
-        path: &Path,
-        extra: std::collections::BTreeMap<String, String>,
-    ) -> Result<Self, ConfigError> {
-        let mut cfg: Config = yaml_serde::from_str(text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        cfg.haproxy.extend(extra);
-        let keys = cfg.haproxy.clone();
-        cfg.ignored_haproxy_keys = crate::haproxy::apply(&mut cfg, &keys)?;
-        cfg.tls.apply_ssl_options()?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
     /// The files this config names that are read when it is applied (routes' users files,
     /// error pages, backends' CA, certificate and key): a change of one reloads the config like
     /// a change of the config file. Listener certificates reload on their own (`tls.rs`).
@@ -1532,38 +1499,6 @@ impl Config {
         files.sort();
         files.dedup();
         files
-    }
-
-    /// Settings that are valid but open a hole someone should know about: logged at start and
-    /// on every reload, printed by `floodgate check`.
-    pub fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for (i, l) in self.listeners.iter().enumerate() {
-            for (j, c) in l.tls.iter().flat_map(|t| t.certificates.iter()).enumerate() {
-                let (_, key) = c.paths();
-                if let Some(mode) = crate::tls::key_exposed(&key) {
-                    out.push(format!(
-                        "listeners[{i}].tls.certificates[{j}]: the private key {} is readable by \
-                         group or others (mode {mode:o}); make it 0400",
-                        key.display()
-                    ));
-                }
-            }
-            let from_anyone = l
-                .proxy_protocol
-                .as_ref()
-                .is_some_and(|p| p.from.iter().any(|n| n.prefix_len() == 0));
-            if from_anyone {
-                out.push(format!(
-                    "listeners[{i}].proxy-protocol: the header is believed from every peer: a client \
-                     that reaches port {} directly can name any address as its own (routes' \
-                     `allow`, rate limits, the access log); set `from` to the load balancers' \
-                     networks",
-                    l.bind.port()
-                ));
-            }
-        }
-        out
     }
 
     /// Checks what serde cannot: cross references, ranges and uniqueness.
@@ -2329,9 +2264,6 @@ impl Config {
                 }
             }
         }
-        if let Err(e) = crate::tls::validate(&self.tls) {
-            return Err(invalid("tls", e.to_string()));
-        }
         if self.tls.session_cache == 0 || self.tls.handshake_timeout.0.is_zero() {
             return Err(invalid(
                 "tls",
@@ -2683,7 +2615,7 @@ xdp: { enabled: false }
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect::<BTreeMap<_, _>>()
         };
-        let ignored = crate::haproxy::apply(
+        let ignored = haproxy::apply(
             &mut c,
             &keys(&[("use-proxy-protocol", "\"true\""), ("ssl-dh-param", "x")]),
         )
@@ -2693,7 +2625,7 @@ xdp: { enabled: false }
             Some(ProxyProtocol::default())
         );
         assert_eq!(ignored, ["ssl-dh-param"]);
-        let e = crate::haproxy::apply(&mut c, &keys(&[("use-proxy-protocol", "yes")]))
+        let e = haproxy::apply(&mut c, &keys(&[("use-proxy-protocol", "yes")]))
             .expect_err("not a boolean");
         assert!(e.to_string().contains("haproxy.use-proxy-protocol"), "{e}");
     }
