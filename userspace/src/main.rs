@@ -470,8 +470,10 @@ async fn serve(
                 .map(
                     |(l, (ctx, active, _, _))| floodgate::metrics::ListenerSource {
                         name: l.name.clone(),
-                        ctx: ctx.clone(),
-                        active: active.clone(),
+                        source: Arc::new(floodgate::proxy::Scrape {
+                            ctx: ctx.clone(),
+                            active: active.clone(),
+                        }),
                         maxconn: l.maxconn.unwrap_or(0),
                     },
                 )

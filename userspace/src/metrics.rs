@@ -14,7 +14,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::{config::reload, proxy::ListenerCtx, stats};
+use crate::{config::reload, stats};
 
 /// Buckets from 1 ms to 10 s, fine enough for P95/P99 in between.
 const BUCKETS: &[f64] = &[
@@ -487,10 +487,39 @@ impl Metrics {
     }
 }
 
+/// What the proxy shows `/metrics` at scrape time. Implemented by the proxy (`proxy::Scrape`),
+/// so that this module, which the proxy reports to, needs none of its types.
+pub trait ScrapeSource: Send + Sync {
+    /// Connections the listener holds.
+    fn active_connections(&self) -> u32;
+    /// The backends of the routing this listener serves (every listener shares one).
+    fn backends(&self) -> Vec<BackendGauges>;
+}
+
+/// A backend's gauges at scrape time.
+pub struct BackendGauges {
+    pub name: String,
+    pub active: u32,
+    pub queued: u32,
+    pub queue_max: u32,
+    /// Sum of the up servers' maxconn, 0 when unlimited.
+    pub maxconn: u32,
+    pub idle_connections: usize,
+    /// For a `proto: h2` backend.
+    pub h2_connections: Option<usize>,
+    pub servers: Vec<ServerGauges>,
+}
+
+pub struct ServerGauges {
+    pub addr: std::net::SocketAddr,
+    pub active: u32,
+    pub maxconn: u32,
+    pub up: bool,
+}
+
 pub struct ListenerSource {
     pub name: String,
-    pub ctx: Arc<ListenerCtx>,
-    pub active: Arc<crate::proxy::server::Active>,
+    pub source: Arc<dyn ScrapeSource>,
     /// `listeners[].maxconn`, 0 when only the global one applies.
     pub maxconn: u32,
 }
@@ -561,7 +590,7 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
             out,
             "floodgate_listener_active_connections{{listener=\"{}\"}} {}",
             l.name,
-            l.active.get()
+            l.source.active_connections()
         );
     }
     family(
@@ -651,23 +680,18 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
     }
 
     if let Some(l) = src.listeners.first() {
-        let routing = l.ctx.routing();
+        let loads = l.source.backends();
         family(
             &mut out,
             "floodgate_backend_active_requests",
             "gauge",
             "Requests in flight per backend (HAProxy scur)",
         );
-        let loads: Vec<_> = routing
-            .pools()
-            .iter()
-            .map(|p| (p.name.clone(), p.load(), p.servers()))
-            .collect();
-        for (b, l, _) in &loads {
+        for b in &loads {
             let _ = writeln!(
                 out,
-                "floodgate_backend_active_requests{{backend=\"{b}\"}} {}",
-                l.active
+                "floodgate_backend_active_requests{{backend=\"{}\"}} {}",
+                b.name, b.active
             );
         }
         family(
@@ -676,11 +700,11 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
             "gauge",
             "Requests waiting in the backend's queue (HAProxy qcur)",
         );
-        for (b, l, _) in &loads {
+        for b in &loads {
             let _ = writeln!(
                 out,
-                "floodgate_backend_queued_requests{{backend=\"{b}\"}} {}",
-                l.queued
+                "floodgate_backend_queued_requests{{backend=\"{}\"}} {}",
+                b.name, b.queued
             );
         }
         family(
@@ -689,11 +713,11 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
             "gauge",
             "Requests the backend's queue holds at most (queue-max)",
         );
-        for (b, l, _) in &loads {
+        for b in &loads {
             let _ = writeln!(
                 out,
-                "floodgate_backend_queue_max{{backend=\"{b}\"}} {}",
-                l.queue_max
+                "floodgate_backend_queue_max{{backend=\"{}\"}} {}",
+                b.name, b.queue_max
             );
         }
         family(
@@ -702,11 +726,11 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
             "gauge",
             "Sum of the backend's up servers' maxconn, 0 when unlimited",
         );
-        for (b, l, _) in &loads {
+        for b in &loads {
             let _ = writeln!(
                 out,
-                "floodgate_backend_maxconn{{backend=\"{b}\"}} {}",
-                l.maxconn
+                "floodgate_backend_maxconn{{backend=\"{}\"}} {}",
+                b.name, b.maxconn
             );
         }
         family(
@@ -715,11 +739,11 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
             "gauge",
             "Idle keep-alive connections to the backend's servers, kept for reuse (HAProxy idle_conn_cur), as of the last 2 s sweep",
         );
-        for (i, (b, _, _)) in loads.iter().enumerate() {
+        for b in &loads {
             let _ = writeln!(
                 out,
-                "floodgate_backend_idle_connections{{backend=\"{b}\"}} {}",
-                routing.idle_connections(i)
+                "floodgate_backend_idle_connections{{backend=\"{}\"}} {}",
+                b.name, b.idle_connections
             );
         }
         family(
@@ -728,11 +752,12 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
             "gauge",
             "HTTP/2 connections open to the servers of a proto h2 backend, one per server and worker, as of the last 2 s sweep",
         );
-        for (i, (b, _, _)) in loads.iter().enumerate() {
-            if let Some(n) = routing.h2_connections(i) {
+        for b in &loads {
+            if let Some(n) = b.h2_connections {
                 let _ = writeln!(
                     out,
-                    "floodgate_backend_h2_connections{{backend=\"{b}\"}} {n}"
+                    "floodgate_backend_h2_connections{{backend=\"{}\"}} {n}",
+                    b.name
                 );
             }
         }
@@ -754,20 +779,16 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
             "gauge",
             "1 when the server is up (health)",
         );
-        for (b, _, servers) in &loads {
-            for s in servers {
-                let labels = format!("backend=\"{b}\",server=\"{}\"", s.addr);
+        for b in &loads {
+            for s in &b.servers {
+                let labels = format!("backend=\"{}\",server=\"{}\"", b.name, s.addr);
                 let _ = writeln!(
                     out,
                     "floodgate_server_active_requests{{{labels}}} {}",
-                    s.active()
+                    s.active
                 );
                 let _ = writeln!(out, "floodgate_server_maxconn{{{labels}}} {}", s.maxconn);
-                let _ = writeln!(
-                    out,
-                    "floodgate_server_up{{{labels}}} {}",
-                    u8::from(s.is_up())
-                );
+                let _ = writeln!(out, "floodgate_server_up{{{labels}}} {}", u8::from(s.up));
             }
         }
     }

@@ -1588,6 +1588,49 @@ pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
     resp
 }
 
+/// A listener as `/metrics` reads it at scrape time (`metrics::ScrapeSource`).
+pub struct Scrape {
+    pub ctx: Arc<ListenerCtx>,
+    pub active: Arc<server::Active>,
+}
+
+impl crate::metrics::ScrapeSource for Scrape {
+    fn active_connections(&self) -> u32 {
+        self.active.get()
+    }
+
+    fn backends(&self) -> Vec<crate::metrics::BackendGauges> {
+        let routing = self.ctx.routing();
+        routing
+            .pools()
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let load = p.load();
+                crate::metrics::BackendGauges {
+                    name: p.name.clone(),
+                    active: load.active,
+                    queued: load.queued,
+                    queue_max: load.queue_max,
+                    maxconn: load.maxconn,
+                    idle_connections: routing.idle_connections(i),
+                    h2_connections: routing.h2_connections(i),
+                    servers: p
+                        .servers()
+                        .iter()
+                        .map(|s| crate::metrics::ServerGauges {
+                            addr: s.addr,
+                            active: s.active(),
+                            maxconn: s.maxconn,
+                            up: s.is_up(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// A reload's new generation changes the pools it shares with the running one only when
