@@ -16,7 +16,7 @@ use aya::{
 };
 use floodgate::{
     config,
-    dataplane::{Dataplane, ListenerLoad, monotonic_ns},
+    xdp::dataplane::{Dataplane, ListenerLoad, monotonic_ns},
 };
 use floodgate_common::{COUNTER_COUNT, Counter, ListenerCounters, Reason, maps};
 

@@ -690,5 +690,5 @@ backends: [{{ name: app, servers: ['127.0.0.1:9'] }}]
             "without {missing} floodgate must fail to start"
         );
     }
-    floodgate::dataplane::remove_pins(Path::new(&pin_dir));
+    floodgate::xdp::dataplane::remove_pins(Path::new(&pin_dir));
 }

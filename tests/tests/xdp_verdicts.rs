@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use floodgate::{config, dataplane::ListenerLoad};
+use floodgate::{config, xdp::dataplane::ListenerLoad};
 use floodgate_common::{COUNTER_COUNT, Reason, Reason as R};
 use floodgate_tests::{
     TestProg, XDP_DROP, XDP_PASS, XDP_TX,
@@ -1006,7 +1006,7 @@ fn aging_walks_and_trims_a_large_flow_table_in_batches() {
         panic!("the flow table is an LRU hash");
     };
     let fd = std::os::fd::AsFd::as_fd(data.fd());
-    let deleted = floodgate::batch::delete(fd, &[key(20_000), key(1), key(20_001)]).unwrap();
+    let deleted = floodgate::xdp::batch::delete(fd, &[key(20_000), key(1), key(20_001)]).unwrap();
     assert_eq!(deleted, 2, "the missing key is skipped");
     std::thread::sleep(Duration::from_millis(50));
     let aged = prog.dp.age_flows(Duration::from_millis(20)).unwrap();
@@ -1251,7 +1251,7 @@ fn the_loaded_object_matches_the_map_specs() {
             _ => None,
         };
         assert!(
-            floodgate::dataplane::matches_spec(&info, spec, configured),
+            floodgate::xdp::dataplane::matches_spec(&info, spec, configured),
             "{name}: type {:?}, key {}, value {}, entries {}, flags {:#x}; spec {spec:?}",
             info.map_type(),
             info.key_size(),

@@ -12,11 +12,14 @@ use tracing::{error, info, warn};
 
 use floodgate::{
     config::{Config, reload},
-    conntrack,
-    dataplane::{self, Dataplane, ListenerLoad, VerifiedSources},
     limits,
     proxy::{ListenerCtx, Routing, server},
-    stats, tls,
+    tls,
+    xdp::{
+        conntrack,
+        dataplane::{self, Dataplane, ListenerLoad, VerifiedSources},
+        stats,
+    },
 };
 
 /// mimalloc: glibc's malloc and free were 10% of the proxy's CPU per request (perf, wrk -c64),
@@ -457,9 +460,9 @@ async fn serve(
     let mut ticks: u64 = 0;
     let mut monitor = dp
         .as_ref()
-        .and_then(|_| floodgate::pressure::Monitor::new(&cfg.xdp.pressure));
+        .and_then(|_| floodgate::xdp::pressure::Monitor::new(&cfg.xdp.pressure));
     let flows = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut drops = floodgate::stats::DropBursts::default();
+    let mut drops = floodgate::xdp::stats::DropBursts::default();
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let (Some(a), Some(listener)) = (&cfg.admin, admin_listener) {
         let sources = floodgate::metrics::Sources {
@@ -591,11 +594,11 @@ async fn serve(
 
 /// One reading of SYN pressure; engages or releases the XDP rate limits on a change.
 fn watch_pressure(
-    m: &mut floodgate::pressure::Monitor,
+    m: &mut floodgate::xdp::pressure::Monitor,
     dp: &mut Dataplane,
     metrics: &floodgate::metrics::Metrics,
 ) {
-    use floodgate::pressure::{Change, Sample};
+    use floodgate::xdp::pressure::{Change, Sample};
     let syns = match dp.syn_admitted() {
         Ok(n) => n,
         Err(e) => {
@@ -614,13 +617,13 @@ fn watch_pressure(
         at: std::time::Instant::now(),
         syns,
         accepted: server::ACCEPTED.load(std::sync::atomic::Ordering::Relaxed),
-        kernel: floodgate::pressure::kernel_signs(dp.kernel_cookies_held()),
+        kernel: floodgate::xdp::pressure::kernel_signs(dp.kernel_cookies_held()),
         over_budget,
     };
     let state = match m.tick(sample) {
         None => return,
         Some(Change::Engaged(p)) => p,
-        Some(Change::Released) => floodgate::dataplane::Pressured::default(),
+        Some(Change::Released) => floodgate::xdp::dataplane::Pressured::default(),
     };
     metrics.pressure(state.engaged);
     if let Err(e) = dp.set_pressure(state) {
@@ -671,7 +674,7 @@ fn publish_capacity(
     ctxs: &[Arc<ListenerCtx>],
     listener_maxconn: &[Option<u32>],
     maxconn: u32,
-) -> Result<(), floodgate::dataplane::DataplaneError> {
+) -> Result<(), floodgate::xdp::dataplane::DataplaneError> {
     let total: u32 = actives.iter().map(|a| a.get()).sum();
     let loads: Vec<ListenerLoad> = ctxs
         .iter()

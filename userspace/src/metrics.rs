@@ -14,7 +14,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::{config::reload, stats};
+use crate::{config::reload, xdp::stats};
 
 /// Buckets from 1 ms to 10 s, fine enough for P95/P99 in between.
 const BUCKETS: &[f64] = &[
@@ -876,7 +876,7 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
             snap.reasons.get("flows_inserted").map_or(0, |r| r.packets)
         );
     }
-    if let Some(c) = crate::conntrack::usage() {
+    if let Some(c) = crate::xdp::conntrack::usage() {
         family(
             &mut out,
             "floodgate_conntrack_entries",

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use floodgate::dataplane::ListenerLoad;
+use floodgate::xdp::dataplane::ListenerLoad;
 use floodgate_tests::{
     TestProg, XDP_DROP, XDP_PASS, XDP_TX,
     packet::{ACK, DST4, ETH_IP, PROTO_UDP, SYN, frame, tcp4, udp, v4},

@@ -305,7 +305,7 @@ impl Default for Xdp {
             verified_table_size: floodgate_common::DEFAULT_VERIFIED,
             keep_attached_on_exit: false,
             conntrack_bypass: true,
-            nft_table: crate::conntrack::TABLE.to_owned(),
+            nft_table: crate::xdp::conntrack::TABLE.to_owned(),
         }
     }
 }
@@ -329,7 +329,7 @@ pub struct SynRate {
 /// `xdp.syn-rate.global`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Budget {
-    /// Follows what the node accepts (`pressure.rs`).
+    /// Follows what the node accepts (`xdp/pressure.rs`).
     Auto,
     /// SYNs per second; 0 is no global budget.
     Fixed(u32),

@@ -67,7 +67,7 @@ pub fn bind(cfg: &config::Listener, reuseport: bool) -> Result<std::net::TcpList
 pub struct Active(AtomicU32);
 
 /// Connections accepted since start, every listener and worker: XDP's admitted SYNs that never
-/// become one are how `pressure.rs` sees a spoofed flood.
+/// become one are how `xdp/pressure.rs` sees a spoofed flood.
 pub static ACCEPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Active {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::{config, dataplane::Pressured};
+use crate::{config, xdp::dataplane::Pressured};
 
 /// The lowest `auto` global budget, SYNs per second.
 pub const AUTO_FLOOR: u32 = 1000;

@@ -71,7 +71,7 @@ pub enum DataplaneError {
     #[error("{0}")]
     Program(#[from] aya::programs::ProgramError),
     #[error("walking the flow table: {0}")]
-    Batch(#[from] crate::batch::BatchError),
+    Batch(#[from] crate::xdp::batch::BatchError),
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -137,7 +137,7 @@ enum Cookies {
     /// `xdp.syn-cookies`; the sysctl, which is the test machine's, is left alone.
     Unmanaged,
     /// Attached: `tcp_syncookies` is 2 while held.
-    Managed(Option<crate::syncookies::Always>),
+    Managed(Option<crate::xdp::syncookies::Always>),
 }
 
 /// The pressure state userspace publishes in `FG_CONFIG`.
@@ -236,7 +236,7 @@ impl Dataplane {
             cookies: Cookies::Managed(None),
         };
         if cfg.syn_cookies == config::SynCookies::Auto && !pressure_on(cfg, Pressured::default()) {
-            crate::syncookies::reset_leftover();
+            crate::xdp::syncookies::reset_leftover();
         }
         dp.configure(cfg, binds)?;
         dp.attach(cfg)?;
@@ -557,7 +557,7 @@ impl Dataplane {
         };
         let mut seen = 0u64;
         let mut stale = Vec::new();
-        crate::batch::for_each::<floodgate_common::FlowKey, floodgate_common::FlowState>(
+        crate::xdp::batch::for_each::<floodgate_common::FlowKey, floodgate_common::FlowState>(
             fd,
             |k, f| {
                 seen += 1;
@@ -566,7 +566,7 @@ impl Dataplane {
                 }
             },
         )?;
-        let removed = crate::batch::delete(fd, &stale)?;
+        let removed = crate::xdp::batch::delete(fd, &stale)?;
         Ok(Aged {
             removed,
             live: seen.saturating_sub(stale.len() as u64),
@@ -640,7 +640,7 @@ impl Dataplane {
             Cookies::Unmanaged => want,
             Cookies::Managed(held) => {
                 if want && held.is_none() {
-                    match crate::syncookies::Always::set() {
+                    match crate::xdp::syncookies::Always::set() {
                         Ok(a) => *held = Some(a),
                         Err(e) => {
                             warn!(error = %e, "XDP SYN cookies stay off: net.ipv4.tcp_syncookies cannot be set to 2");

@@ -10,7 +10,7 @@ use floodgate_common::{
 };
 use serde::Serialize;
 
-use crate::dataplane::{Attachment, DataplaneError, attach_file, pinned};
+use crate::xdp::dataplane::{Attachment, DataplaneError, attach_file, pinned};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatsError {
@@ -22,7 +22,7 @@ pub enum StatsError {
         source: aya::maps::MapError,
     },
     #[error("reading the flow table: {0}")]
-    Batch(#[from] crate::batch::BatchError),
+    Batch(#[from] crate::xdp::batch::BatchError),
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -47,7 +47,7 @@ pub struct Snapshot {
     /// Entries in floodgate's flow table.
     pub flows: u64,
     /// The kernel's conntrack usage in this network namespace (null when conntrack is not loaded).
-    pub conntrack: Option<crate::conntrack::Usage>,
+    pub conntrack: Option<crate::xdp::conntrack::Usage>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -80,9 +80,12 @@ pub fn read(pin_dir: &Path) -> Result<Snapshot, StatsError> {
 pub fn count_flows(pin_dir: &Path) -> Result<u64, StatsError> {
     let flows = pinned(pin_dir, maps::FLOWS)?;
     let mut n = 0u64;
-    crate::batch::for_each::<FlowKey, FlowState>(std::os::fd::AsFd::as_fd(flows.fd()), |_, _| {
-        n += 1;
-    })?;
+    crate::xdp::batch::for_each::<FlowKey, FlowState>(
+        std::os::fd::AsFd::as_fd(flows.fd()),
+        |_, _| {
+            n += 1;
+        },
+    )?;
     Ok(n)
 }
 
@@ -198,7 +201,7 @@ pub fn read_counters(pin_dir: &Path) -> Result<Snapshot, StatsError> {
         totals,
         listeners,
         flows: 0,
-        conntrack: crate::conntrack::usage(),
+        conntrack: crate::xdp::conntrack::usage(),
     })
 }
 
