@@ -6,17 +6,17 @@ use std::str::FromStr as _;
 
 /// PROXY protocol v1/v2: a complete header never claims more bytes than it was given.
 pub fn proxy_protocol(data: &[u8]) {
-    crate::proxy::proxyproto::fuzz(data);
+    crate::proxy::listener::proxyproto::fuzz(data);
 }
 
 /// The ClientHello server_name reader: whatever it returns is a name it found in the bytes.
 pub fn client_hello(data: &[u8]) {
-    crate::proxy::passthrough::fuzz(data);
+    crate::proxy::listener::passthrough::fuzz(data);
 }
 
 /// The upstream HTTP/1.1 response head (framing, RFC 9112 section 6.3) and chunk-size lines.
 pub fn response_head(data: &[u8]) {
-    crate::proxy::direct::fuzz(data);
+    crate::proxy::upstream::direct::fuzz(data);
 }
 
 /// HAProxy durations: a duration parses or is refused, never panics, and what parses prints
@@ -49,5 +49,5 @@ pub fn config(data: &[u8]) {
 /// Request normalisation: what it accepts comes out in normal form (a second pass changes
 /// nothing), with one host and a path free of dot segments and empty ones.
 pub fn request(data: &[u8]) {
-    crate::proxy::normalize::fuzz(data);
+    crate::proxy::request::normalize::fuzz(data);
 }

@@ -2,8 +2,8 @@
 //! code the binary runs. The binary (`main.rs`) is the CLI around it.
 //!
 //! The data path, in module order: `xdp` (the XDP program's loading, maps, counters and
-//! pressure policy) -> `proxy::server` (accept, limits) -> `proxy` (HTTP phases) ->
-//! `proxy::route` -> `proxy::backend`; `config` feeds all of them, `metrics` and `admin`
+//! pressure policy) -> `proxy::listener::server` (accept, limits) -> `proxy` (HTTP phases) ->
+//! `proxy::request::route` -> `proxy::upstream::backend`; `config` feeds all of them, `metrics` and `admin`
 //! report them. docs/architecture.md draws it.
 
 pub mod access;

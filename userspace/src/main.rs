@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 use floodgate::{
     config::{Config, reload},
     limits,
-    proxy::{ListenerCtx, Routing, server},
+    proxy::{ListenerCtx, Routing, listener::server},
     tls,
     xdp::{
         conntrack,

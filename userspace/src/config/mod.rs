@@ -140,7 +140,7 @@ impl Default for Http2 {
     }
 }
 
-/// `global.forward-path`: what path a backend gets (see `proxy::normalize`).
+/// `global.forward-path`: what path a backend gets (see `proxy::request::normalize`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ForwardPath {
@@ -1435,7 +1435,7 @@ impl ServerSpec {
 /// Splits `host:port`, checking the port; the host is an IP or a DNS name.
 /// A route's or passthrough entry's host: a DNS name (`shop.example.com`) or a `*.` wildcard
 /// over one (`*.example.com`), in ASCII, as requests' hosts are compared after
-/// normalisation (`proxy::normalize`): no port, no trailing dot.
+/// normalisation (`proxy::request::normalize`): no port, no trailing dot.
 fn host_pattern(h: &str) -> Result<(), String> {
     let name = h.strip_prefix("*.").unwrap_or(h);
     if !h.is_ascii() {

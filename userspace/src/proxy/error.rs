@@ -112,9 +112,9 @@ impl Pages {
     }
 }
 
-impl From<super::pool::PoolError> for ProxyError {
-    fn from(e: super::pool::PoolError) -> Self {
-        use super::pool::PoolError;
+impl From<super::upstream::pool::PoolError> for ProxyError {
+    fn from(e: super::upstream::pool::PoolError) -> Self {
+        use super::upstream::pool::PoolError;
         match e {
             PoolError::NoServer(backend) => ProxyError::NoServer { backend },
             PoolError::QueueFull(backend) => ProxyError::QueueFull { backend },

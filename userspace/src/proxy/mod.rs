@@ -25,30 +25,11 @@
 //! Metrics are recorded at the response headers; bytes sent and the access log line when the
 //! response body ends (`Done`).
 
-pub mod auth;
-pub mod backend;
-pub mod basic;
-pub mod compress;
-pub mod connect;
-pub mod connlimit;
-pub mod cors;
-pub mod direct;
 pub mod error;
-pub mod forwarded;
-pub mod h2c;
-pub mod headers;
-pub mod health;
-pub mod mirror;
-pub mod normalize;
-pub mod passthrough;
-pub mod pool;
-pub mod proxyproto;
-pub mod ratelimit;
-pub mod redirect;
-pub mod route;
-pub mod server;
-pub mod sticky;
+pub mod listener;
+pub mod request;
 pub mod timeout;
+pub mod upstream;
 
 use std::{
     convert::Infallible,
@@ -67,10 +48,10 @@ use hyper::body::Incoming;
 use tracing::debug;
 
 use self::{
-    backend::{UpstreamBody, UpstreamClient},
     error::ProxyError,
-    pool::{Pool, Slot},
-    route::Router,
+    request::route::Router,
+    upstream::backend::{UpstreamBody, UpstreamClient},
+    upstream::pool::{Pool, Slot},
 };
 use crate::{
     access,
@@ -78,7 +59,7 @@ use crate::{
     metrics::{self, Metrics},
 };
 
-pub type ProxyBody = BoxBody<Bytes, backend::BoxError>;
+pub type ProxyBody = BoxBody<Bytes, upstream::backend::BoxError>;
 
 thread_local! {
     /// Index of the worker thread running this code (0 on the main runtime).
@@ -97,11 +78,11 @@ pub struct Routing {
     /// thread that uses them (no cross-thread wakeups per request).
     clients: Vec<Vec<UpstreamClient>>,
     /// Per backend, the idle server connections of the direct path (`direct.rs`).
-    direct: Vec<Arc<direct::Conns>>,
+    direct: Vec<Arc<upstream::direct::Conns>>,
     /// Per backend, how its servers are connected to.
-    dials: Vec<connect::Dial>,
+    dials: Vec<upstream::connect::Dial>,
     /// Per backend, its HTTP/2 connections when it is `proto: h2` (`h2c.rs`).
-    h2: Vec<Option<Arc<h2c::Conns>>>,
+    h2: Vec<Option<Arc<upstream::h2c::Conns>>>,
     /// Per backend, `timeouts.server`.
     server_timeouts: Vec<Duration>,
     /// Per backend, `timeouts.tunnel`.
@@ -109,13 +90,16 @@ pub struct Routing {
     /// `error-pages`, read.
     error_pages: error::Pages,
     /// Per backend, its cookie persistence (`sticky`).
-    sticky: Vec<Option<sticky::Persist>>,
+    sticky: Vec<Option<upstream::sticky::Persist>>,
     /// Per backend, the PROXY protocol header its carried connections start with.
     send_proxy: Vec<Option<config::ProxyVersion>>,
     /// Per backend, its response compression.
-    compress: Vec<Option<compress::Compress>>,
+    compress: Vec<Option<request::compress::Compress>>,
     /// Per backend, its `request-headers` and `response-headers` rules.
-    header_rules: Vec<(Option<headers::Rules>, Option<headers::Rules>)>,
+    header_rules: Vec<(
+        Option<request::headers::Rules>,
+        Option<request::headers::Rules>,
+    )>,
     passive: Vec<config::Passive>,
     /// Health checks and DNS discovery of this generation, stopped with it. They start at
     /// `commit`.
@@ -128,7 +112,7 @@ pub struct Routing {
 }
 
 /// Pools carried over from the previous generation, with the server lists they get at commit.
-type PendingServers = Vec<(Arc<Pool>, Vec<Arc<pool::Server>>)>;
+type PendingServers = Vec<(Arc<Pool>, Vec<Arc<upstream::pool::Server>>)>;
 
 impl Drop for Routing {
     fn drop(&mut self) {
@@ -163,7 +147,7 @@ impl Routing {
                     .find(|x| x.same_settings(&b.name, b.balance, b.queue_timeout(t), b.queue_max))
             });
             let old = reusable.map(|p| p.servers()).unwrap_or_default();
-            let servers = health::resolve(b, &old).await;
+            let servers = upstream::health::resolve(b, &old).await;
             let pool = match reusable {
                 Some(p) => {
                     pending.push((p.clone(), servers));
@@ -172,14 +156,14 @@ impl Routing {
                 None => Pool::new(&b.name, b.balance, b.queue_timeout(t), b.queue_max, servers),
             };
             if b.servers.iter().any(|s| s.socket_addr().is_none()) {
-                tasks.push(health::spawn_discovery(
+                tasks.push(upstream::health::spawn_discovery(
                     pool.clone(),
                     b.clone(),
                     opened.clone(),
                 ));
             }
             if let Some(check) = &b.health_check {
-                tasks.push(health::spawn_checks(
+                tasks.push(upstream::health::spawn_checks(
                     pool.clone(),
                     check.clone(),
                     tls.clone(),
@@ -188,27 +172,27 @@ impl Routing {
             }
             pools.push(pool);
         }
-        let dials: Vec<connect::Dial> = cfg
+        let dials: Vec<upstream::connect::Dial> = cfg
             .backends
             .iter()
             .zip(tls)
-            .map(|(b, tls)| connect::Dial {
+            .map(|(b, tls)| upstream::connect::Dial {
                 timeout: b.connect_timeout(t),
                 connect_time: metrics.map(|m| m.connect_histogram(&b.name)),
                 tls,
             })
             .collect();
-        let direct: Vec<Arc<direct::Conns>> = dials
+        let direct: Vec<Arc<upstream::direct::Conns>> = dials
             .iter()
-            .map(|d| direct::Conns::new(workers, d.clone(), t.server_keep_alive.0))
+            .map(|d| upstream::direct::Conns::new(workers, d.clone(), t.server_keep_alive.0))
             .collect();
-        let h2: Vec<Option<Arc<h2c::Conns>>> = cfg
+        let h2: Vec<Option<Arc<upstream::h2c::Conns>>> = cfg
             .backends
             .iter()
             .zip(&dials)
             .map(|(b, d)| {
                 (b.proto == config::Proto::H2)
-                    .then(|| h2c::Conns::new(workers, d.clone(), t.server_keep_alive.0))
+                    .then(|| upstream::h2c::Conns::new(workers, d.clone(), t.server_keep_alive.0))
             })
             .collect();
         tasks.push(spawn_reaper(
@@ -226,7 +210,7 @@ impl Routing {
                 .iter()
                 .map(|d| {
                     (0..workers.max(1))
-                        .map(|_| backend::client(d.clone(), t.server_keep_alive.0))
+                        .map(|_| upstream::backend::client(d.clone(), t.server_keep_alive.0))
                         .collect()
                 })
                 .collect(),
@@ -239,21 +223,21 @@ impl Routing {
             sticky: cfg
                 .backends
                 .iter()
-                .map(|b| b.sticky.as_ref().map(sticky::Persist::new))
+                .map(|b| b.sticky.as_ref().map(upstream::sticky::Persist::new))
                 .collect(),
             send_proxy: cfg.backends.iter().map(|b| b.send_proxy).collect(),
             compress: cfg
                 .backends
                 .iter()
-                .map(|b| b.compression.as_ref().map(compress::Compress::new))
+                .map(|b| b.compression.as_ref().map(request::compress::Compress::new))
                 .collect(),
             header_rules: cfg
                 .backends
                 .iter()
                 .map(|b| {
                     (
-                        headers::Rules::new(&b.request_headers),
-                        headers::Rules::new(&b.response_headers),
+                        request::headers::Rules::new(&b.request_headers),
+                        request::headers::Rules::new(&b.response_headers),
                     )
                 })
                 .collect(),
@@ -313,13 +297,13 @@ pub enum BuildError {
     #[error(transparent)]
     Page(#[from] error::PageError),
     #[error(transparent)]
-    BasicAuth(#[from] basic::BasicAuthError),
+    BasicAuth(#[from] request::basic::BasicAuthError),
 }
 
 /// Every route's `basic-auth`, its users file read. `floodgate check` reads them too.
 pub fn basic_auth(
     cfg: &Config,
-) -> Result<Vec<Option<Arc<basic::BasicAuth>>>, basic::BasicAuthError> {
+) -> Result<Vec<Option<Arc<request::basic::BasicAuth>>>, request::basic::BasicAuthError> {
     cfg.routes
         .iter()
         .enumerate()
@@ -327,7 +311,8 @@ pub fn basic_auth(
             r.basic_auth
                 .as_ref()
                 .map(|b| {
-                    basic::BasicAuth::load(&format!("routes[{i}].basic-auth"), b).map(Arc::new)
+                    request::basic::BasicAuth::load(&format!("routes[{i}].basic-auth"), b)
+                        .map(Arc::new)
                 })
                 .transpose()
         })
@@ -350,8 +335,8 @@ pub fn client_tls(
 
 /// Every 2 s, closes idle server connections that expired or that their server closed.
 fn spawn_reaper(
-    conns: Vec<Arc<direct::Conns>>,
-    h2: Vec<Arc<h2c::Conns>>,
+    conns: Vec<Arc<upstream::direct::Conns>>,
+    h2: Vec<Arc<upstream::h2c::Conns>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -433,20 +418,20 @@ struct Generation {
     routing: Arc<Routing>,
     default_backend: Option<usize>,
     redirect: Option<Arc<config::RedirectToHttps>>,
-    rate_limit: Option<Arc<ratelimit::Limiter>>,
+    rate_limit: Option<Arc<request::ratelimit::Limiter>>,
     /// The listener's `response-headers`, for every response it sends.
-    response_headers: Option<Arc<headers::Rules>>,
+    response_headers: Option<Arc<request::headers::Rules>>,
     access: Option<Arc<access::Policy>>,
     /// Who opens connections with a PROXY protocol header.
     proxy_protocol: Option<Arc<config::ProxyProtocol>>,
     /// Whose forwarding headers name the client.
-    forwarded: Option<Arc<forwarded::Trust>>,
+    forwarded: Option<Arc<request::forwarded::Trust>>,
     /// Hosts whose TLS connections are carried to a backend as they are.
-    passthrough: Option<Arc<passthrough::Passthrough>>,
+    passthrough: Option<Arc<listener::passthrough::Passthrough>>,
     /// `mode: tcp`: every connection is carried to the default backend.
     tcp: bool,
     /// `max-connections-per-source`: the connections each client address holds.
-    per_source: Option<Arc<connlimit::PerSource>>,
+    per_source: Option<Arc<listener::connlimit::PerSource>>,
     /// Per backend of `routing`, this listener's metric handles, made on first use.
     handles: Arc<[OnceLock<metrics::Handles>]>,
 }
@@ -464,11 +449,12 @@ impl Generation {
             previous
                 .and_then(|p| p.rate_limit.clone())
                 .filter(|l| l.same_settings(r))
-                .unwrap_or_else(|| Arc::new(ratelimit::Limiter::new(r)))
+                .unwrap_or_else(|| Arc::new(request::ratelimit::Limiter::new(r)))
         });
         Self {
             rate_limit,
-            response_headers: headers::Rules::new(&listener.response_headers).map(Arc::new),
+            response_headers: request::headers::Rules::new(&listener.response_headers)
+                .map(Arc::new),
             default_backend: listener
                 .default_backend
                 .as_deref()
@@ -476,19 +462,19 @@ impl Generation {
             redirect: listener.redirect_to_https.clone().map(Arc::new),
             access: access::Policy::new(&cfg.access_log).map(Arc::new),
             proxy_protocol: listener.proxy_protocol.clone().map(Arc::new),
-            passthrough: passthrough::Passthrough::new(&listener.passthrough, &routing)
+            passthrough: listener::passthrough::Passthrough::new(&listener.passthrough, &routing)
                 .map(Arc::new),
             tcp: listener.mode == config::Mode::Tcp,
             per_source: listener.max_connections_per_source.map(|max| {
                 previous
                     .and_then(|p| p.per_source.clone())
                     .filter(|t| t.same_settings(max))
-                    .unwrap_or_else(|| connlimit::PerSource::new(max))
+                    .unwrap_or_else(|| listener::connlimit::PerSource::new(max))
             }),
             forwarded: listener
                 .forwarded_headers
                 .as_ref()
-                .and_then(forwarded::Trust::new)
+                .and_then(request::forwarded::Trust::new)
                 .map(Arc::new),
             handles: routing.pools.iter().map(|_| OnceLock::new()).collect(),
             routing,
@@ -605,7 +591,7 @@ pub struct Accepting {
     /// Who must open with a PROXY protocol header.
     pub proxy_protocol: Option<Arc<config::ProxyProtocol>>,
     /// `max-connections-per-source`.
-    pub per_source: Option<Arc<connlimit::PerSource>>,
+    pub per_source: Option<Arc<listener::connlimit::PerSource>>,
     /// Set when connections may be carried as bytes rather than served as HTTP.
     pub carry: Option<Carry>,
 }
@@ -613,10 +599,16 @@ pub struct Accepting {
 impl Accepting {
     /// A place for one more connection from `client` under `max-connections-per-source`:
     /// `Ok(None)` without a limit.
-    pub fn admit(&self, client: IpAddr) -> Result<Option<connlimit::Held>, connlimit::OverLimit> {
+    pub fn admit(
+        &self,
+        client: IpAddr,
+    ) -> Result<Option<listener::connlimit::Held>, listener::connlimit::OverLimit> {
         match &self.per_source {
             None => Ok(None),
-            Some(t) => t.admit(client).map(Some).ok_or(connlimit::OverLimit),
+            Some(t) => t
+                .admit(client)
+                .map(Some)
+                .ok_or(listener::connlimit::OverLimit),
         }
     }
 }
@@ -627,7 +619,7 @@ pub struct Carry {
     /// `mode: tcp`: the backend every connection goes to.
     pub tcp: Option<usize>,
     /// The listener's passthrough hosts.
-    pub passthrough: Option<Arc<passthrough::Passthrough>>,
+    pub passthrough: Option<Arc<listener::passthrough::Passthrough>>,
     /// The access log policy, for the line each carried connection gets when it ends.
     pub access: Option<Arc<access::Policy>>,
 }
@@ -681,7 +673,7 @@ pub async fn handle(
         trusted: trusted.is_some(),
     };
     // Before anything reads the request, so routing, auth, the log and the backend see one.
-    let normalized = normalize::request(&mut req, ctx.forward_received);
+    let normalized = request::normalize::request(&mut req, ctx.forward_received);
     let mut log = generation.access.as_ref().and_then(|a| {
         let port = named.is_none().then_some(peer.port());
         a.begin(
@@ -698,12 +690,12 @@ pub async fn handle(
     // This listener's metric handles for the chosen backend, looked up once per request.
     let mut handles: Option<&metrics::Handles> = None;
     // The route's CORS settings and the request's origin if allowed, for the answer's headers.
-    let mut cors: Option<(&cors::Cors, Option<HeaderValue>)> = None;
+    let mut cors: Option<(&request::cors::Cors, Option<HeaderValue>)> = None;
     let result = async {
         normalized?;
         let mut req = req;
         if let Some(r) = &generation.redirect
-            && let Some(resp) = redirect::to_https(r, &req)
+            && let Some(resp) = request::redirect::to_https(r, &req)
         {
             if let Some(m) = &ctx.metrics {
                 m.redirect(&ctx.name);
@@ -728,7 +720,7 @@ pub async fn handle(
         chosen = Some(backend);
         if let Some(c) = routed.cors {
             cors = Some((c, c.allowed(&req)));
-            if cors::Cors::is_preflight(&req) {
+            if request::cors::Cors::is_preflight(&req) {
                 // Answered here: the backend never sees a preflight, and it carries no
                 // credentials an auth service could check.
                 let mut resp = Response::new(empty_body());
@@ -762,7 +754,7 @@ pub async fn handle(
             .compress
             .get(backend)
             .and_then(Option::as_ref);
-        let gzip = compress.is_some_and(|_| compress::accepts_gzip(req.headers()));
+        let gzip = compress.is_some_and(|_| request::compress::accepts_gzip(req.headers()));
         let head = req.method() == http::Method::HEAD;
         let mut up = upstream_request(&ctx, &conn, &client, req, h2, &routed)?;
         if compress.is_some_and(|c| c.offload) {
@@ -775,7 +767,7 @@ pub async fn handle(
         if let Some(m) = routed.mirror
             && up.upgrade.is_none()
         {
-            up.body = mirror::copy(
+            up.body = upstream::mirror::copy(
                 &generation.routing,
                 m,
                 &up.parts,
@@ -803,7 +795,7 @@ pub async fn handle(
             e.request_id = up
                 .parts
                 .headers
-                .get(headers::X_REQUEST_ID)
+                .get(request::headers::X_REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
         }
@@ -927,7 +919,7 @@ pub async fn handle(
 #[derive(Debug, Default)]
 struct Trace {
     /// The last server tried.
-    server: Option<Arc<pool::Server>>,
+    server: Option<Arc<upstream::pool::Server>>,
     retries: u32,
     /// Time spent waiting for server slots, when a slot was asked for.
     queued: Option<Duration>,
@@ -958,7 +950,7 @@ fn route<'g>(
     ctx: &'g Generation,
     req: &Request<Incoming>,
     client: std::net::IpAddr,
-) -> Result<route::Routed<'g>, ProxyError> {
+) -> Result<request::route::Routed<'g>, ProxyError> {
     let host = req
         .uri()
         .authority()
@@ -971,7 +963,7 @@ fn route<'g>(
     ctx.routing
         .router
         .route(host, req.uri().path(), req.headers(), client)
-        .or(ctx.default_backend.map(|backend| route::Routed {
+        .or(ctx.default_backend.map(|backend| request::route::Routed {
             backend: Some(backend),
             redirect: None,
             rewrite: None,
@@ -980,7 +972,7 @@ fn route<'g>(
             basic: None,
             cors: None,
             mirror: None,
-            upgrades: &route::DEFAULT_UPGRADES,
+            upgrades: &request::route::DEFAULT_UPGRADES,
         }))
         .ok_or(ProxyError::NoRoute)
 }
@@ -989,8 +981,8 @@ fn route<'g>(
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     // Only meaningful with an h2c upgrade, which never reaches a backend.
-    headers::HTTP2_SETTINGS,
-    headers::KEEP_ALIVE,
+    request::headers::HTTP2_SETTINGS,
+    request::headers::KEEP_ALIVE,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
@@ -1068,7 +1060,7 @@ fn upstream_request(
     client: &Client<'_>,
     mut req: Request<Incoming>,
     h2: bool,
-    routed: &route::Routed<'_>,
+    routed: &request::route::Routed<'_>,
 ) -> Result<Upstream, ProxyError> {
     let rewrite = routed.rewrite;
     // An upgrade the route does not allow is ignored (RFC 9110 section 7.8 lets a server do
@@ -1095,7 +1087,7 @@ fn upstream_request(
             .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(&mut parts.headers);
     if !h2 {
-        headers::join_cookies(&mut parts.headers);
+        request::headers::join_cookies(&mut parts.headers);
     }
     if let Some(p) = protocol {
         // The one hop-by-hop exchange that must reach the backend.
@@ -1107,7 +1099,10 @@ fn upstream_request(
     let h = &mut parts.headers;
     // Room for the headers added below at once, not a regrowth per insert.
     h.reserve(8);
-    let xff = match h.get(headers::X_FORWARDED_FOR).map(HeaderValue::to_str) {
+    let xff = match h
+        .get(request::headers::X_FORWARDED_FOR)
+        .map(HeaderValue::to_str)
+    {
         Some(Ok(prior)) => hv(&format!(
             "{prior}, {}",
             conn.peer_ip.to_str().unwrap_or_default()
@@ -1115,36 +1110,36 @@ fn upstream_request(
         // A prior value that is not text is replaced, not extended.
         Some(Err(_)) | None => conn.peer_ip.clone(),
     };
-    h.insert(headers::X_FORWARDED_FOR, xff);
+    h.insert(request::headers::X_FORWARDED_FOR, xff);
     // A trusted proxy's word on how the client reached it stands (it may have terminated TLS).
     let keep = |h: &HeaderMap, name: &HeaderName| client.trusted && h.contains_key(name);
-    if !keep(h, &headers::X_FORWARDED_PROTO) {
+    if !keep(h, &request::headers::X_FORWARDED_PROTO) {
         h.insert(
-            headers::X_FORWARDED_PROTO,
+            request::headers::X_FORWARDED_PROTO,
             HeaderValue::from_static(ctx.scheme),
         );
     }
-    if !keep(h, &headers::X_FORWARDED_PORT) {
+    if !keep(h, &request::headers::X_FORWARDED_PORT) {
         h.insert(
-            headers::X_FORWARDED_PORT,
+            request::headers::X_FORWARDED_PORT,
             conn.port.as_ref().unwrap_or(&ctx.port).clone(),
         );
     }
     // ingress-nginx sets it, and applications behind it read it.
-    h.insert(headers::X_REAL_IP, client.value.clone());
+    h.insert(request::headers::X_REAL_IP, client.value.clone());
     if let Some(host) = &host {
-        if !keep(h, &headers::X_FORWARDED_HOST) {
-            h.insert(headers::X_FORWARDED_HOST, host.clone());
+        if !keep(h, &request::headers::X_FORWARDED_HOST) {
+            h.insert(request::headers::X_FORWARDED_HOST, host.clone());
         }
         // HTTP/2 carries the host in :authority; HTTP/1.1 backends need a Host header.
         if !h.contains_key(header::HOST) {
             h.insert(header::HOST, host.clone());
         }
     }
-    if !h.contains_key(headers::X_REQUEST_ID) {
+    if !h.contains_key(request::headers::X_REQUEST_ID) {
         let id = ctx.request_ids.fetch_add(1, Ordering::Relaxed);
         h.insert(
-            headers::X_REQUEST_ID,
+            request::headers::X_REQUEST_ID,
             request_id(&ctx.request_id_prefix, id)?,
         );
     }
@@ -1152,10 +1147,10 @@ fn upstream_request(
         // Tells the application where it is mounted, for the links it makes (as Traefik's
         // StripPrefix does).
         if let Some(p) = rw.forwarded_prefix() {
-            h.insert(headers::X_FORWARDED_PREFIX, hv(p)?);
+            h.insert(request::headers::X_FORWARDED_PREFIX, hv(p)?);
         }
         parts.uri = rewritten(&parts.uri, rw)?;
-    } else if let Some(normalize::Received(received)) = parts.extensions.remove() {
+    } else if let Some(request::normalize::Received(received)) = parts.extensions.remove() {
         // `forward-path: as-received`: the backend gets the client's bytes; everything before
         // it decided on the normalised path.
         let mut target = std::mem::take(&mut parts.uri).into_parts();
@@ -1163,7 +1158,7 @@ fn upstream_request(
         parts.uri = Uri::from_parts(target)
             .map_err(|e| ProxyError::BadRequest(format!("bad target: {e}")))?;
     }
-    // Backends speak HTTP/1.1 whatever the client spoke (`proto: h2` ones: `h2c::request`).
+    // Backends speak HTTP/1.1 whatever the client spoke (`proto: h2` ones: `upstream::h2c::request`).
     parts.version = http::Version::HTTP_11;
     // A body-less request (no length, not chunked) can be replayed on another server.
     // Asked of the body itself: the headers say nothing once Transfer-Encoding (hop-by-hop)
@@ -1186,7 +1181,7 @@ fn upstream_request(
 
 /// `uri` with its path rewritten by `rw`; the query, and scheme and authority when present,
 /// are kept.
-fn rewritten(uri: &Uri, rw: &route::Rewrite) -> Result<Uri, ProxyError> {
+fn rewritten(uri: &Uri, rw: &request::route::Rewrite) -> Result<Uri, ProxyError> {
     let mut path = rw.apply(uri.path());
     if let Some(q) = uri.query() {
         path.push('?');
@@ -1269,7 +1264,7 @@ async fn forward(
         );
         let err = match sent.await {
             Ok(Ok(reply)) => {
-                health::observe(pool, &slot.server, true, &passive);
+                upstream::health::observe(pool, &slot.server, true, &passive);
                 // The server's place is held until its response body is done, as HAProxy
                 // counts a connection until the response ends.
                 return Ok(match reply {
@@ -1306,7 +1301,7 @@ async fn forward(
         };
         let retryable = err.retryable(up.parts.method.is_idempotent());
         if retryable {
-            health::observe(pool, &slot.server, false, &passive);
+            upstream::health::observe(pool, &slot.server, false, &passive);
         }
         drop(slot);
         let servers = pool.servers().len();
@@ -1320,7 +1315,7 @@ async fn forward(
 
 /// A server's response head, from either upstream path.
 enum Reply {
-    Direct(Response<direct::DirectBody>),
+    Direct(Response<upstream::direct::DirectBody>),
     Pooled(Response<Incoming>),
 }
 
@@ -1331,14 +1326,15 @@ async fn attempt(
     backend: usize,
     client: &UpstreamClient,
     up: &mut Upstream,
-    server: &pool::Server,
+    server: &upstream::pool::Server,
 ) -> Result<Reply, ProxyError> {
     let worker = WORKER.with(std::cell::Cell::get);
     if let Some(h2) = routing.h2.get(backend).and_then(Option::as_ref) {
         // No HTTP/1.1 Upgrade over HTTP/2: the request goes as a plain one.
         up.upgrade = None;
         let body = up.body.take().unwrap_or_else(empty_body);
-        let req = h2c::request(up.parts.clone(), body, &server.authority, up.te_trailers)?;
+        let req =
+            upstream::h2c::request(up.parts.clone(), body, &server.authority, up.te_trailers)?;
         return h2.send(worker, server.addr, req).await.map(Reply::Pooled);
     }
     // Only idempotent methods: the direct path resends a request whose kept connection died
@@ -1348,9 +1344,15 @@ async fn attempt(
             .direct
             .get(backend)
             .ok_or_else(|| ProxyError::Internal("unknown backend".into()))?;
-        return direct::exchange(conns, worker, server.addr, &server.authority, &up.parts)
-            .await
-            .map(Reply::Direct);
+        return upstream::direct::exchange(
+            conns,
+            worker,
+            server.addr,
+            &server.authority,
+            &up.parts,
+        )
+        .await
+        .map(Reply::Direct);
     }
     let mut parts = up.parts.clone();
     parts.uri = absolute_uri(server.authority.clone(), &parts.uri)?;
@@ -1371,7 +1373,7 @@ fn empty_body() -> UpstreamBody {
 fn classify(server: SocketAddr, e: &hyper_util::client::legacy::Error) -> ProxyError {
     let server = server.to_string();
     if e.is_connect() {
-        // `connect::Dial` said what went wrong.
+        // `upstream::connect::Dial` said what went wrong.
         let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
         while let Some(s) = src {
             match s.downcast_ref::<ProxyError>() {
@@ -1460,7 +1462,7 @@ fn downstream_response<B>(
 ) -> Response<ProxyBody>
 where
     B: hyper::body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
-    B::Error: Into<backend::BoxError>,
+    B::Error: Into<upstream::backend::BoxError>,
 {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -1591,7 +1593,7 @@ pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
 /// A listener as `/metrics` reads it at scrape time (`metrics::ScrapeSource`).
 pub struct Scrape {
     pub ctx: Arc<ListenerCtx>,
-    pub active: Arc<server::Active>,
+    pub active: Arc<listener::server::Active>,
 }
 
 impl crate::metrics::ScrapeSource for Scrape {

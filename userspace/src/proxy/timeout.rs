@@ -355,10 +355,10 @@ impl<B> ServerIdle<B> {
 impl<B> hyper::body::Body for ServerIdle<B>
 where
     B: hyper::body::Body<Data = bytes::Bytes> + Unpin,
-    B::Error: Into<super::backend::BoxError>,
+    B::Error: Into<super::upstream::backend::BoxError>,
 {
     type Data = bytes::Bytes;
-    type Error = super::backend::BoxError;
+    type Error = super::upstream::backend::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

@@ -16,14 +16,14 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 
-use super::error::ProxyError;
 use crate::config;
+use crate::proxy::error::ProxyError;
 
 /// Request headers never sent to the auth service: they describe the client's connection
 /// or body, and the auth request is a body-less GET on a connection of its own.
 const NOT_FORWARDED: [HeaderName; 8] = [
     header::CONNECTION,
-    super::headers::KEEP_ALIVE,
+    crate::proxy::request::headers::KEEP_ALIVE,
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
@@ -103,14 +103,23 @@ impl Auth {
                 .map_err(|_| ProxyError::BadRequest("unrepresentable URL".into()))
         };
         // The request goes in HTTP/1.1, with one Cookie line.
-        super::headers::join_cookies(h);
+        crate::proxy::request::headers::join_cookies(h);
         h.insert("x-original-url", value(&original)?);
         h.insert("x-original-method", value(parts.method().as_str())?);
         h.insert("x-auth-request-redirect", value(&original)?);
-        h.insert(super::headers::X_FORWARDED_FOR, client.clone());
-        h.insert(super::headers::X_FORWARDED_PROTO, value(scheme)?);
+        h.insert(
+            crate::proxy::request::headers::X_FORWARDED_FOR,
+            client.clone(),
+        );
+        h.insert(
+            crate::proxy::request::headers::X_FORWARDED_PROTO,
+            value(scheme)?,
+        );
         if let Some(host) = host_of(parts.uri(), parts.headers()) {
-            h.insert(super::headers::X_FORWARDED_HOST, value(host)?);
+            h.insert(
+                crate::proxy::request::headers::X_FORWARDED_HOST,
+                value(host)?,
+            );
         }
         let resp = tokio::time::timeout(self.timeout, self.client.request(req))
             .await

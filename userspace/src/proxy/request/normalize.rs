@@ -20,7 +20,7 @@
 
 use http::{HeaderValue, Request, Uri, header, uri::PathAndQuery};
 
-use super::error::ProxyError;
+use crate::proxy::error::ProxyError;
 
 /// The path and query the client sent, kept in the request's extensions when
 /// `forward-path: as-received` forwards them instead of the normalised ones.

@@ -8,12 +8,15 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::{auth::Auth, basic::BasicAuth, cors::Cors, redirect::RouteRedirect};
 use crate::config;
+use crate::proxy::{
+    request::auth::Auth, request::basic::BasicAuth, request::cors::Cors,
+    request::redirect::RouteRedirect,
+};
 
 /// A rule's host, also a passthrough host's (`passthrough.rs`).
 #[derive(Debug, Clone)]
-pub(super) enum HostMatch {
+pub(in crate::proxy) enum HostMatch {
     Any,
     Exact(String),
     /// `*.example.com` stored as `.example.com`: matches `a.example.com`, not `example.com`.
@@ -22,7 +25,7 @@ pub(super) enum HostMatch {
 
 impl HostMatch {
     /// An exact host or `*.` wildcard, in any case; `None` matches every host.
-    pub(super) fn new(host: Option<&str>) -> Self {
+    pub(in crate::proxy) fn new(host: Option<&str>) -> Self {
         match host {
             None => Self::Any,
             Some(h) => match h.strip_prefix('*') {
@@ -33,7 +36,7 @@ impl HostMatch {
     }
 
     /// `host` lowercase, without a port.
-    pub(super) fn matches(&self, host: Option<&str>) -> bool {
+    pub(in crate::proxy) fn matches(&self, host: Option<&str>) -> bool {
         match (self, host) {
             (Self::Any, _) => true,
             (Self::Exact(e), Some(h)) => e == h,

@@ -31,11 +31,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::{
+use crate::proxy::{
     PerWorker,
-    backend::BoxError,
-    connect::{Dial, ServerStream},
     error::ProxyError,
+    upstream::backend::BoxError,
+    upstream::connect::{Dial, ServerStream},
 };
 
 /// hyper's limits for a response head, kept so both paths refuse the same servers.

@@ -20,13 +20,13 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 
-use super::{
-    Routing, WORKER, absolute_uri,
-    backend::{BoxError, UpstreamBody},
-    direct,
-    error::ProxyError,
-};
 use crate::metrics::Metrics;
+use crate::proxy::{
+    Routing, WORKER, absolute_uri,
+    error::ProxyError,
+    upstream::backend::{BoxError, UpstreamBody},
+    upstream::direct,
+};
 
 /// The largest request body copied, kept in memory until it has passed whole.
 pub const MAX_BODY: usize = 1 << 20;

@@ -23,8 +23,8 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::{MAX_CONNECT_ATTEMPTS, Routing, health, route::HostMatch};
 use crate::config;
+use crate::proxy::{MAX_CONNECT_ATTEMPTS, Routing, request::route::HostMatch, upstream::health};
 
 /// A TLS record's header: type, version, length.
 const RECORD_HEADER: usize = 5;
@@ -278,7 +278,7 @@ where
         .get(backend)
         .copied()
         .flatten()
-        .map(|v| super::proxyproto::encode(v, ends.0, ends.1));
+        .map(|v| crate::proxy::listener::proxyproto::encode(v, ends.0, ends.1));
     let (Some(pool), Some(dial)) = (routing.pools.get(backend), routing.dials.get(backend)) else {
         return Carried::failed(Outcome::NoServer, None);
     };
@@ -302,7 +302,7 @@ where
                     return Carried::failed(Outcome::Closed, Some(slot.server.addr));
                 }
                 let started = Instant::now();
-                let spliced = super::timeout::splice(&mut client, &mut server, idle).await;
+                let spliced = crate::proxy::timeout::splice(&mut client, &mut server, idle).await;
                 tracing::debug!(server = %slot.server.addr, took = ?started.elapsed(), error = ?spliced.error, "passthrough connection ended");
                 return Carried {
                     outcome: if spliced.timed_out {

@@ -9,9 +9,9 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::{io::AsyncWriteExt as _, task::JoinHandle};
 use tracing::{info, warn};
 
-use super::{
-    connect::{Dial, ServerStream},
-    pool::{Pool, Server},
+use crate::proxy::{
+    upstream::connect::{Dial, ServerStream},
+    upstream::pool::{Pool, Server},
 };
 use crate::{
     config::{self, CheckKind},

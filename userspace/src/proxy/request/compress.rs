@@ -19,8 +19,8 @@ use flate2::{Compression as Level, write::GzEncoder};
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::{ProxyBody, backend::BoxError};
 use crate::config;
+use crate::proxy::{ProxyBody, upstream::backend::BoxError};
 
 /// One backend's compression settings.
 #[derive(Debug)]

@@ -18,8 +18,8 @@ use base64::Engine as _;
 use http::{HeaderMap, HeaderValue, header};
 use md5::{Digest as _, Md5};
 
-use super::error::ProxyError;
 use crate::config;
+use crate::proxy::error::ProxyError;
 
 /// Remembered credentials per route at most; past it the memory starts over.
 const REMEMBERED: usize = 4096;

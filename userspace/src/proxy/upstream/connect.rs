@@ -19,7 +19,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::error::ProxyError;
+use crate::proxy::error::ProxyError;
 use crate::tls::ClientTls;
 
 /// How a backend opens server connections, on every upstream path.

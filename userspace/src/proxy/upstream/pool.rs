@@ -43,7 +43,13 @@ pub struct Streak {
 
 impl Streak {
     /// Records a result; returns the new up/down state if it changed.
-    pub(super) fn record(&self, ok: bool, rise: u32, fall: u32, up: bool) -> Option<bool> {
+    pub(in crate::proxy) fn record(
+        &self,
+        ok: bool,
+        rise: u32,
+        fall: u32,
+        up: bool,
+    ) -> Option<bool> {
         if ok {
             self.failed.store(0, Ordering::Relaxed);
             let n = self.ok.fetch_add(1, Ordering::Relaxed) + 1;
@@ -58,7 +64,7 @@ impl Streak {
 
 impl Streak {
     /// Forgets the failures (an ejected server back in rotation starts afresh).
-    pub(super) fn reset_failures(&self) {
+    pub(in crate::proxy) fn reset_failures(&self) {
         self.failed.store(0, Ordering::Relaxed);
     }
 }

@@ -18,9 +18,9 @@ use hyper_util::{
 };
 use tower_service::Service;
 
-use super::{
-    connect::{Dial, ServerStream},
+use crate::proxy::{
     error::ProxyError,
+    upstream::connect::{Dial, ServerStream},
 };
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

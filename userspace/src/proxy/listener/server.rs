@@ -22,8 +22,8 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use super::{ListenerCtx, passthrough};
 use crate::config::{self, Timeouts};
+use crate::proxy::{ListenerCtx, listener::passthrough};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -115,8 +115,8 @@ struct Http {
     stop: watch::Receiver<bool>,
     builder: auto::Builder<TokioExecutor>,
     ctx: Arc<ListenerCtx>,
-    conn: Arc<super::Conn>,
-    limits: super::timeout::Limits,
+    conn: Arc<crate::proxy::Conn>,
+    limits: crate::proxy::timeout::Limits,
     counters: Option<crate::metrics::TimeoutCounters>,
 }
 
@@ -129,8 +129,8 @@ async fn serve_http<I>(
     mut stop: watch::Receiver<bool>,
     builder: &auto::Builder<TokioExecutor>,
     ctx: Arc<ListenerCtx>,
-    conn: Arc<super::Conn>,
-    limits: super::timeout::Limits,
+    conn: Arc<crate::proxy::Conn>,
+    limits: crate::proxy::timeout::Limits,
     counters: Option<crate::metrics::TimeoutCounters>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
@@ -138,7 +138,7 @@ where
 {
     let rapid_reset = counters.as_ref().map(|c| c.rapid_reset.clone());
     let peer = conn.peer;
-    let io = TokioIo::new(super::timeout::Timed::new(
+    let io = TokioIo::new(crate::proxy::timeout::Timed::new(
         io,
         conn.inflight.clone(),
         limits,
@@ -149,7 +149,7 @@ where
     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         // Only HTTP/2 streams: an HTTP/1.1 request is only ever abandoned with its connection.
         let mut watch = Cancelled((req.version() == http::Version::HTTP_2).then(|| r.clone()));
-        let answer = super::handle(ctx.clone(), conn.clone(), req);
+        let answer = crate::proxy::handle(ctx.clone(), conn.clone(), req);
         async move {
             let resp = answer.await;
             watch.answered();
@@ -310,11 +310,11 @@ fn tls_version(v: Option<rustls::ProtocolVersion>) -> &'static str {
 /// Counts a carried connection that ended, and writes its access log line.
 fn count_carried(
     ctx: &ListenerCtx,
-    carry: &super::Carry,
+    carry: &crate::proxy::Carry,
     backend: usize,
     (client, sni): (SocketAddr, Option<&str>),
     started: std::time::Instant,
-    carried: &super::passthrough::Carried,
+    carried: &crate::proxy::listener::passthrough::Carried,
 ) {
     let Some(pool) = carry.routing.pools().get(backend) else {
         return;
@@ -353,7 +353,7 @@ fn count_carried(
 async fn serve_carried(
     mut stream: TcpStream,
     tls: Option<Arc<crate::tls::Acceptor>>,
-    carry: super::Carry,
+    carry: crate::proxy::Carry,
     (peer, client, destination): (SocketAddr, SocketAddr, Option<SocketAddr>),
     http: Http,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -435,21 +435,21 @@ async fn client_of(
     if !expected {
         return Some((peer, None));
     }
-    let read = super::proxyproto::read_header(stream, timeout).await;
+    let read = crate::proxy::listener::proxyproto::read_header(stream, timeout).await;
     let count = |result| {
         if let Some(m) = &ctx.metrics {
             m.proxy_header(&ctx.name, result);
         }
     };
     match read {
-        Ok(super::proxyproto::Header::Proxied {
+        Ok(crate::proxy::listener::proxyproto::Header::Proxied {
             source,
             destination,
         }) => {
             count("proxied");
             Some((source, Some(destination)))
         }
-        Ok(super::proxyproto::Header::Local) => {
+        Ok(crate::proxy::listener::proxyproto::Header::Local) => {
             count("local");
             Some((peer, None))
         }
@@ -533,7 +533,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
         }
         let guard = ActiveGuard::new(&s.active);
         let ctx = s.ctx.clone();
-        let limits = super::timeout::Limits {
+        let limits = crate::proxy::timeout::Limits {
             keep_alive: s.timeouts.http_keep_alive.0,
             client: s.timeouts.client.0,
             http_request: s.timeouts.http_request.0,
@@ -563,10 +563,10 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                 debug!(%client, "closing a connection over max-connections-per-source");
                 return;
             };
-            let conn = super::Conn::new(
+            let conn = crate::proxy::Conn::new(
                 client,
                 destination.map(|d| d.port()),
-                Arc::new(super::timeout::InFlight::default()),
+                Arc::new(crate::proxy::timeout::InFlight::default()),
             );
             let served = match (tls, accepting.carry) {
                 (None, None) => {

@@ -4,8 +4,8 @@
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt as _, Empty};
 
-use super::{ProxyBody, error::ProxyError};
 use crate::config;
+use crate::proxy::{ProxyBody, error::ProxyError};
 
 fn answer(code: u16, location: HeaderValue) -> Response<ProxyBody> {
     let mut resp = Response::new(Empty::new().map_err(|never| match never {}).boxed());

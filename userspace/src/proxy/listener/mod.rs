@@ -1,0 +1,8 @@
+//! The accept side: binding and accepting under the connection limits (`server`), connections
+//! per client address (`connlimit`), the PROXY protocol (`proxyproto`) and TLS passthrough
+//! (`passthrough`), before any HTTP is read.
+
+pub mod connlimit;
+pub mod passthrough;
+pub mod proxyproto;
+pub mod server;
