@@ -640,6 +640,31 @@ pub fn attach_xdp_pass(ns: &str, dev: &str) {
     });
 }
 
+/// A pass-through XDP program on a device for as long as this lives (see [`attach_xdp_pass`]),
+/// for measuring what attaching any native XDP program costs on its own.
+pub struct XdpPass {
+    _dp: Dataplane,
+}
+
+impl XdpPass {
+    pub fn attach(ns: &str, devs: &[String]) -> Self {
+        let devs = devs.to_vec();
+        let dp = in_netns(ns, move || {
+            let mut dp = Dataplane::load_unattached(&config::Xdp::default(), &[])
+                .expect("load the XDP program");
+            for dev in &devs {
+                dp.program()
+                    .expect("program")
+                    .attach(dev, aya::programs::XdpMode::Driver)
+                    .unwrap_or_else(|e| panic!("attach XDP to {dev}: {e}"));
+            }
+            dp
+        });
+        // Dropping it closes the links' fds, which detaches them wherever it happens.
+        Self { _dp: dp }
+    }
+}
+
 /// The MAC address of `dev` in namespace `ns`.
 pub fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
     let out = Command::new("ip")

@@ -9,7 +9,9 @@
 //! (1 s) that request latency hides. The attacker is capped by a `tc` token bucket at the same
 //! packet rate for every proxy (a proxy that serves less would otherwise leave an uncapped
 //! attacker more CPU), and the rate it reached is printed beside every figure. Floods: random
-//! spoofed sources (198.18.0.0/15), and one spoofed source. Everything is bounded in time and
+//! spoofed sources (198.18.0.0/15), and one spoofed source. `PASS_CONTROL=1` adds a fourth
+//! subject: XDP off in floodgate with a pass-only program attached to the server's veths, to
+//! tell what any native XDP program costs here from what floodgate's does. Everything is bounded in time and
 //! count and goes only to the namespaces' own addresses.
 
 #![allow(
@@ -67,6 +69,9 @@ enum Subject {
     Haproxy,
     Floodgate,
     FloodgateNoXdp,
+    /// XDP off in floodgate, and a program that passes everything attached to the server's
+    /// veths: what attaching any native XDP program costs in this rig (`PASS_CONTROL=1`).
+    FloodgateNoXdpPassProgram,
 }
 
 impl Subject {
@@ -75,6 +80,7 @@ impl Subject {
             Subject::Haproxy => "haproxy+cookies",
             Subject::Floodgate => "floodgate",
             Subject::FloodgateNoXdp => "floodgate xdp off",
+            Subject::FloodgateNoXdpPassProgram => "xdp off + pass prog",
         }
     }
 }
@@ -336,6 +342,9 @@ fn main() {
         "failed"
     );
     let mut subjects = vec![Subject::Floodgate, Subject::FloodgateNoXdp];
+    if env("PASS_CONTROL", 0u8) == 1 {
+        subjects.push(Subject::FloodgateNoXdpPassProgram);
+    }
     if haproxy {
         subjects.insert(0, Subject::Haproxy);
     } else {
@@ -348,6 +357,12 @@ fn main() {
             order.reverse();
         }
         for subject in order {
+            let pass = (subject == Subject::FloodgateNoXdpPassProgram).then(|| {
+                floodgate_tests::XdpPass::attach(
+                    &net.srv,
+                    &[net.srv_if.clone(), atk.srv_if.clone()],
+                )
+            });
             let mut proxy = start(subject, &net, &atk);
             for keepalive in [false, true] {
                 let mut base = 0.0;
@@ -409,6 +424,7 @@ fn main() {
                 }
             }
             proxy.stop();
+            drop(pass);
         }
     }
     println!(
@@ -437,7 +453,7 @@ fn start(subject: Subject, net: &NetPair, atk: &ThirdNs) -> Proc {
         p
     };
     match subject {
-        Subject::Floodgate | Subject::FloodgateNoXdp => {
+        Subject::Floodgate | Subject::FloodgateNoXdp | Subject::FloodgateNoXdpPassProgram => {
             let xdp = subject == Subject::Floodgate;
             // The default config: only what the rig needs (interfaces, pin dir, one worker).
             let yaml = format!(
