@@ -34,6 +34,10 @@ pub struct InFlight {
     served: AtomicU32,
     /// Upgraded: `timeout tunnel`, enforced by [`splice`], replaces the client timeouts.
     tunneled: std::sync::atomic::AtomicBool,
+    /// The connection's task, woken when the last request in flight ends: a read polled while
+    /// a response was still going out set its timer to `timeout client`, and without a wake
+    /// nothing would move it to the keep-alive (the connection then stayed idle 50 s, not 1).
+    idle: atomic_waker::AtomicWaker,
 }
 
 impl InFlight {
@@ -64,7 +68,9 @@ impl InFlightGuard {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.now.fetch_sub(1, Ordering::Relaxed);
+        if self.0.now.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.wake();
+        }
     }
 }
 
@@ -227,6 +233,10 @@ impl<T> Timed<T> {
     /// instead a timer left at an earlier deadline fires, finds the deadline not reached and is
     /// moved then: about once per keep-alive period per connection, not once per request.
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<Expired> {
+        if self.inflight.in_flight() {
+            // The deadline below may be `timeout client`: be polled again when that ends.
+            self.inflight.idle.register(cx.waker());
+        }
         let (deadline, which) = self.deadline();
         if deadline < self.sleep.deadline() {
             self.sleep.as_mut().reset(deadline);
@@ -604,6 +614,32 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), Duration::from_secs(50));
         drop(guard);
+    }
+
+    /// A read polled while the response is still in flight gets `timeout client`; when the
+    /// request ends afterwards, with nothing else to wake the connection, the keep-alive must
+    /// apply from then, not the 50 s.
+    #[tokio::test(start_paused = true)]
+    async fn the_keep_alive_applies_when_a_request_ends_after_the_read_was_polled() {
+        let (a, _b) = tokio::io::duplex(256);
+        let inflight = Arc::new(InFlight::default());
+        let mut t = Timed::new(a, inflight.clone(), LIMITS, None);
+        let guard = inflight.start();
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 8];
+            let start = Instant::now();
+            let e = t.read(&mut buf).await.unwrap_err();
+            (e.kind(), start.elapsed())
+        });
+        // The read is pending under the client timeout; the request ends 100 ms later.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(guard);
+        let (kind, took) = reader.await.unwrap();
+        assert_eq!(kind, io::ErrorKind::TimedOut);
+        assert!(
+            took < Duration::from_secs(2),
+            "closed by the keep-alive, not the client timeout: {took:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
