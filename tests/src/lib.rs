@@ -627,17 +627,8 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
 /// when this side has an XDP program of its own (`veth_xdp_flush`): without one, an answer
 /// waits there until some other packet comes along. A NIC has no such need.
 pub fn attach_xdp_pass(ns: &str, dev: &str) {
-    let dev = dev.to_owned();
-    in_netns(ns, move || {
-        let mut dp =
-            Dataplane::load_unattached(&config::Xdp::default(), &[]).expect("load the XDP program");
-        dp.program()
-            .expect("program")
-            .attach(&dev, aya::programs::XdpMode::Driver)
-            .unwrap_or_else(|e| panic!("attach XDP to {dev}: {e}"));
-        // Leaked on purpose: the link lives until the test deletes the device.
-        std::mem::forget(dp);
-    });
+    // Leaked on purpose: the link lives until the test deletes the device.
+    std::mem::forget(XdpPass::attach(ns, &[dev.to_owned()]));
 }
 
 /// A pass-through XDP program on a device for as long as this lives (see [`attach_xdp_pass`]),

@@ -40,7 +40,8 @@ pub fn frame_to(dst: [u8; 6], src: [u8; 6], tags: &[u16], ethertype: u16, l3: &[
     p
 }
 
-fn csum(data: &[u8]) -> u16 {
+/// The Internet checksum of `data` (odd lengths padded with zero).
+pub fn csum(data: &[u8]) -> u16 {
     let mut sum: u32 = data
         .chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))

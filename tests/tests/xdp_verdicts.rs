@@ -17,7 +17,7 @@ use floodgate_tests::{
     TestProg, XDP_DROP, XDP_PASS, XDP_TX,
     packet::{
         self, ACK, DST4, ETH_IP, ETH_IPV6, FIN, PROTO_TCP, PROTO_UDP, PSH, RST, SYN, TPID_8021AD,
-        TPID_8021Q, frame, src6, tcp, tcp4, tcp6, udp, v4, v6,
+        TPID_8021Q, csum, frame, src6, tcp, tcp4, tcp6, udp, v4, v6,
     },
     pin_to_cpu, require_root,
 };
@@ -48,6 +48,12 @@ struct Case {
 }
 
 fn default_cfg(_: &mut config::Xdp) {}
+
+/// Online CPUs, as floodgate divides the global budget among them.
+fn cpus() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).expect("cpus")
+}
 
 fn syn4(src: [u8; 4]) -> Vec<u8> {
     tcp4(src, 40000, PORT, SYN)
@@ -644,9 +650,7 @@ fn cases() -> Vec<Case> {
                 c.pressure.mode = floodgate::config::PressureMode::Always;
                 // Over-budget SYNs dropped, not answered with cookies (cases below).
                 c.syn_cookies = floodgate::config::SynCookies::Never;
-                // SAFETY: sysconf has no preconditions. Online CPUs, as floodgate divides the budget.
-                let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
-                    .expect("cpus");
+                let cpus = cpus();
                 c.syn_rate.global = floodgate::config::Budget::Fixed(cpus); // one SYN per second per CPU
                 c.syn_rate.global_burst = 2 * cpus; // two per CPU
             },
@@ -662,9 +666,7 @@ fn cases() -> Vec<Case> {
                 c.pressure.mode = floodgate::config::PressureMode::Always;
                 // Over-budget SYNs dropped, not answered with cookies (cases below).
                 c.syn_cookies = floodgate::config::SynCookies::Never;
-                // SAFETY: sysconf has no preconditions.
-                let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
-                    .expect("cpus");
+                let cpus = cpus();
                 c.syn_rate.global = floodgate::config::Budget::Fixed(cpus);
                 c.syn_rate.global_burst = cpus; // one SYN per CPU
             },
@@ -690,9 +692,7 @@ fn cases() -> Vec<Case> {
                 c.pressure.mode = floodgate::config::PressureMode::Always;
                 // Over-budget SYNs dropped, not answered with cookies (cases below).
                 c.syn_cookies = floodgate::config::SynCookies::Never;
-                // SAFETY: sysconf has no preconditions.
-                let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
-                    .expect("cpus");
+                let cpus = cpus();
                 c.syn_rate.global = floodgate::config::Budget::Fixed(cpus);
                 c.syn_rate.global_burst = cpus;
                 c.verified_ttl = floodgate::config::HDuration::secs(0);
@@ -707,9 +707,7 @@ fn cases() -> Vec<Case> {
             name: "over the budget, a SYN gets an XDP cookie once one of its listener's SYNs reached the kernel",
             cfg: |c| {
                 c.pressure.mode = floodgate::config::PressureMode::Always;
-                // SAFETY: sysconf has no preconditions.
-                let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
-                    .expect("cpus");
+                let cpus = cpus();
                 c.syn_rate.global = floodgate::config::Budget::Fixed(cpus);
                 c.syn_rate.global_burst = cpus; // one SYN per CPU
             },
@@ -735,9 +733,7 @@ fn cases() -> Vec<Case> {
             cfg: |c| {
                 c.pressure.mode = floodgate::config::PressureMode::Always;
                 c.syn_cookies = floodgate::config::SynCookies::Never;
-                // SAFETY: sysconf has no preconditions.
-                let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
-                    .expect("cpus");
+                let cpus = cpus();
                 c.syn_rate.global = floodgate::config::Budget::Fixed(cpus);
                 c.syn_rate.global_burst = cpus;
             },
@@ -1064,18 +1060,6 @@ fn a_reload_swaps_full_cidr_lists_and_turns_allow_mode_off_cleanly() {
     );
 }
 
-/// Internet checksum of `data` (odd lengths padded with zero).
-fn csum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// A SYN as Linux sends it: MSS 1460, SACK permitted, timestamps, window scale 7.
 fn syn_with_options(sport: u16) -> Vec<u8> {
     let mut t = tcp(sport, PORT, SYN, 5, 0);
@@ -1098,8 +1082,7 @@ fn an_xdp_syn_cookie_answer_is_a_well_formed_syn_ack() {
     let mut xdp = TestProg::xdp_config();
     xdp.pressure.mode = config::PressureMode::Always;
     // A budget of one SYN per second per CPU, with a burst of one.
-    // SAFETY: sysconf has no preconditions.
-    let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap();
+    let cpus = cpus();
     xdp.syn_rate.global = config::Budget::Fixed(cpus);
     xdp.syn_rate.global_burst = cpus;
     let mut prog = TestProg::load(&xdp, &binds);

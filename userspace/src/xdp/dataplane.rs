@@ -149,6 +149,23 @@ pub struct Pressured {
 }
 
 impl Dataplane {
+    /// A loaded object, nothing configured or attached yet.
+    fn new(ebpf: Ebpf, pin_dir: PathBuf, cookies: Cookies) -> Self {
+        Self {
+            ebpf,
+            pin_dir,
+            links: Vec::new(),
+            attachments: Vec::new(),
+            listener_slots: Vec::new(),
+            binds: Vec::new(),
+            dests: std::collections::HashMap::new(),
+            fixed_addrs: None,
+            cfg: None,
+            pressure: Pressured::default(),
+            cookies,
+        }
+    }
+
     /// Loads and configures the program without pinning or attaching it, for
     /// `BPF_PROG_TEST_RUN` tests and benchmarks.
     pub fn load_unattached(
@@ -161,19 +178,7 @@ impl Dataplane {
             .map_max_entries(maps::FLOWS, cfg.flow_table_size)
             .map_max_entries(maps::VERIFIED, cfg.verified_table_size);
         let ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
-        let mut dp = Self {
-            ebpf,
-            pin_dir: PathBuf::new(),
-            links: Vec::new(),
-            attachments: Vec::new(),
-            listener_slots: Vec::new(),
-            binds: Vec::new(),
-            dests: std::collections::HashMap::new(),
-            fixed_addrs: None,
-            cfg: None,
-            pressure: Pressured::default(),
-            cookies: Cookies::Unmanaged,
-        };
+        let mut dp = Self::new(ebpf, PathBuf::new(), Cookies::Unmanaged);
         dp.configure(cfg, binds)?;
         dp.program()?.load().map_err(DataplaneError::Verify)?;
         Ok(dp)
@@ -222,19 +227,7 @@ impl Dataplane {
             Err(e) => warn!(error = %e, "XDP program logs are unavailable"),
         }
 
-        let mut dp = Self {
-            ebpf,
-            pin_dir: cfg.pin_dir.clone(),
-            links: Vec::new(),
-            attachments: Vec::new(),
-            listener_slots: Vec::new(),
-            binds: Vec::new(),
-            dests: std::collections::HashMap::new(),
-            fixed_addrs: None,
-            cfg: None,
-            pressure: Pressured::default(),
-            cookies: Cookies::Managed(None),
-        };
+        let mut dp = Self::new(ebpf, cfg.pin_dir.clone(), Cookies::Managed(None));
         if cfg.syn_cookies == config::SynCookies::Auto && !pressure_on(cfg, Pressured::default()) {
             crate::xdp::syncookies::reset_leftover();
         }
