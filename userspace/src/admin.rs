@@ -33,6 +33,8 @@ pub struct Admin {
     pub sources: Sources,
     /// True while serving; false before start-up completes and once draining.
     pub ready: Arc<AtomicBool>,
+    /// In cluster mode: the API connection, reported by `/readyz`.
+    pub cluster: Option<Arc<crate::cluster::Health>>,
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -51,14 +53,21 @@ async fn answer(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match req.uri().path() {
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" if admin.ready.load(Ordering::Relaxed) => {
-            reply(StatusCode::OK, "text/plain", "ready\n".into())
+        "/readyz" => {
+            // Serving the last state read while the API is away is still ready: the detail
+            // line says so.
+            let detail = admin.cluster.as_ref().and_then(|c| c.detail());
+            let (status, word) = if admin.ready.load(Ordering::Relaxed) {
+                (StatusCode::OK, "ready")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+            };
+            let body = match detail {
+                Some(d) => format!("{word}\n{d}\n"),
+                None => format!("{word}\n"),
+            };
+            reply(status, "text/plain", body)
         }
-        "/readyz" => reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "not ready\n".into(),
-        ),
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",

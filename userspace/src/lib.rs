@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod cluster;
 pub mod config;
 #[cfg(feature = "fuzz")]
 pub mod fuzz;

@@ -206,6 +206,13 @@ fn histogram(
 }
 
 impl Metrics {
+    /// The registry, for metrics a subsystem owns (the Kubernetes control plane's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let r = Registry::new();
         #[cfg(target_os = "linux")]

@@ -12,6 +12,11 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use floodgate::{
+    cluster::{
+        Health,
+        translate::{Problem, Translation, translate},
+        watch::{Settled, Watches},
+    },
     config::{Config, reload},
     limits,
     proxy::{ListenerCtx, Routing, listener::server},
@@ -59,6 +64,8 @@ async fn serve(
     mut cfg: Config,
     maxconn: u32,
 ) -> anyhow::Result<()> {
+    // The file's config; `cfg` is what serves (the same, or with the cluster's objects on top).
+    let mut base = cfg.clone();
     // Handlers first: a SIGTERM while starting (a pod deleted right after it was created) is
     // kept and answered with a clean shutdown once serving starts, instead of the default
     // action killing the process with XDP attached and its maps pinned.
@@ -82,6 +89,10 @@ async fn serve(
     let (bypass, mut dp) = attach(&cfg, &binds)?;
 
     let metrics = Arc::new(floodgate::metrics::Metrics::new()?);
+    let mut cluster = match &cfg.kubernetes {
+        Some(k) => Some(ClusterSource::start(k, &metrics).await?),
+        None => None,
+    };
     let mut routing = Arc::new(Routing::build(&cfg, None, workers, Some(&metrics)).await?);
     routing.commit();
     let reloads = Arc::new(reload::Counts::default());
@@ -172,21 +183,24 @@ async fn serve(
             metrics: metrics.clone(),
             sources,
             ready: ready.clone(),
+            cluster: cluster.as_ref().map(|c| c.health.clone()),
         });
         floodgate::admin::spawn(listener, admin, a.clone()).context("admin thread")?;
     }
-    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    // In cluster mode, ready once the cluster's routing serves.
+    ready.store(cluster.is_none(), std::sync::atomic::Ordering::Relaxed);
     loop {
         let reload_now = tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            _ = sighup.recv() => true,
+            _ = sighup.recv() => Change::File,
+            Some(s) = async { match cluster.as_mut() { Some(c) => c.settled.recv().await, None => std::future::pending().await } } => Change::Cluster(s),
             _ = watch_tick.tick() => {
                 for a in &acceptors {
                     // Logged inside; a refused certificate leaves the previous one serving.
                     let _ = a.reload_if_changed();
                 }
-                watcher.changed()
+                if watcher.changed() { Change::File } else { Change::Nothing }
             }
             _ = tick.tick() => {
                 if let Some(dp) = dp.as_mut() {
@@ -221,39 +235,71 @@ async fn serve(
                         watch_pressure(m, dp, &metrics);
                     }
                 }
-                false
+                Change::Nothing
             }
         };
-        if reload_now {
-            let applied = apply_reload(
-                workers,
-                path,
-                haproxy_dir,
-                &cfg,
-                &routing,
-                &ctxs,
-                dp.as_mut(),
-            )
-            .await;
-            reloads.record(&applied);
-            match applied {
-                Ok((new_cfg, new_routing)) => {
-                    for w in new_cfg.warnings() {
-                        warn!("{w}");
+        let settled = match reload_now {
+            Change::Nothing => continue,
+            Change::File => {
+                match Config::load_with(path, haproxy_dir) {
+                    Ok(b) => base = b,
+                    Err(e) => {
+                        reloads.record::<(), _>(&Err(()));
+                        error!(error = %e, failed = reloads.failed.load(std::sync::atomic::Ordering::Relaxed), "config reload refused; the running config keeps serving");
+                        continue;
                     }
-                    cfg = new_cfg;
-                    routing = new_routing;
-                    watcher.watch(watched(&cfg));
+                }
+                None
+            }
+            Change::Cluster(s) => Some(s),
+        };
+        // The file's config, with the cluster's objects on top in cluster mode.
+        let (next, from_cluster) = match &mut cluster {
+            Some(c) => match c.translate(&base) {
+                Ok((next, t)) => (next, Some(t)),
+                Err(e) => {
+                    c.health.metrics.syncs.with_label_values(&["refused"]).inc();
+                    error!(error = %e, "the cluster's objects make no valid config; the running config keeps serving");
+                    continue;
+                }
+            },
+            None => (base.clone(), None),
+        };
+        let applied = apply_reload(workers, next, &cfg, &routing, &ctxs, dp.as_mut()).await;
+        if settled.is_none() {
+            reloads.record(&applied);
+        }
+        match applied {
+            Ok((new_cfg, new_routing)) => {
+                for w in new_cfg.warnings() {
+                    warn!("{w}");
+                }
+                cfg = new_cfg;
+                routing = new_routing;
+                watcher.watch(watched(&cfg));
+                if let (Some(c), Some(t)) = (&mut cluster, from_cluster) {
+                    for a in &acceptors {
+                        a.set_cluster(&t.certs);
+                    }
+                    c.applied(&t, settled);
+                    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                if settled.is_none() {
                     info!(
                         ok = reloads.ok.load(std::sync::atomic::Ordering::Relaxed),
                         "config reloaded: new requests use it"
                     );
                 }
-                Err(e) => error!(
+            }
+            Err(e) => {
+                if let Some(c) = &cluster {
+                    c.health.metrics.syncs.with_label_values(&["refused"]).inc();
+                }
+                error!(
                     error = %e,
                     failed = reloads.failed.load(std::sync::atomic::Ordering::Relaxed),
-                    "config reload refused; the running config keeps serving"
-                ),
+                    "config refused; the running config keeps serving"
+                );
             }
         }
     }
@@ -269,6 +315,99 @@ async fn serve(
     )
     .await;
     Ok(())
+}
+
+/// What woke the control loop for a new config.
+enum Change {
+    Nothing,
+    /// The file (or a file it names) changed, or SIGHUP.
+    File,
+    /// The cluster's objects changed and settled.
+    Cluster(Settled),
+}
+
+/// The Kubernetes API as a source of routing: its watches, and what the last applied
+/// translation reported (so a problem is logged once, not at every endpoint change).
+struct ClusterSource {
+    k: floodgate::config::Kubernetes,
+    watches: Watches,
+    settled: tokio::sync::mpsc::Receiver<Settled>,
+    health: Arc<Health>,
+    reported: std::collections::HashSet<Problem>,
+}
+
+impl ClusterSource {
+    async fn start(
+        k: &floodgate::config::Kubernetes,
+        metrics: &floodgate::metrics::Metrics,
+    ) -> anyhow::Result<Self> {
+        let health = Arc::new(Health::new(metrics.registry())?);
+        let (watches, settled) = floodgate::cluster::watch::start(k, health.clone()).await?;
+        info!(controller = %k.controller, namespaces = ?k.namespaces, "watching the Kubernetes API");
+        Ok(Self {
+            k: k.clone(),
+            watches,
+            settled,
+            health,
+            reported: Default::default(),
+        })
+    }
+
+    fn translate(
+        &mut self,
+        base: &Config,
+    ) -> Result<(Config, Translation), floodgate::config::ConfigError> {
+        let objs = self.watches.objects();
+        let m = &self.health.metrics;
+        for (kind, n) in [
+            ("IngressClass", objs.classes.len()),
+            ("Ingress", objs.ingresses.len()),
+            ("Service", objs.services.len()),
+            ("EndpointSlice", objs.slices.len()),
+            ("Secret", objs.secrets.len()),
+        ] {
+            m.objects
+                .with_label_values(&[kind])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        translate(base, &self.k, &objs)
+    }
+
+    /// The translation serves: count it and log what is new among its problems.
+    fn applied(&mut self, t: &Translation, settled: Option<Settled>) {
+        let m = &self.health.metrics;
+        m.syncs.with_label_values(&["ok"]).inc();
+        if let Some(s) = settled {
+            m.sync_latency.observe(s.since.elapsed().as_secs_f64());
+        }
+        let rejected = t
+            .problems
+            .iter()
+            .filter(|p| p.rejected && p.kind == "Ingress")
+            .count();
+        m.ingresses
+            .with_label_values(&["served"])
+            .set(i64::try_from(t.served.len()).unwrap_or(i64::MAX));
+        m.ingresses
+            .with_label_values(&["rejected"])
+            .set(i64::try_from(rejected).unwrap_or(i64::MAX));
+        let now: std::collections::HashSet<Problem> = t.problems.iter().cloned().collect();
+        for p in now.difference(&self.reported) {
+            if p.rejected {
+                warn!(kind = p.kind, namespace = %p.namespace, name = %p.name, reason = %p.reason, "object rejected; the others are served");
+            } else {
+                warn!(kind = p.kind, namespace = %p.namespace, name = %p.name, reason = %p.reason, "object served in part");
+            }
+        }
+        if self.reported.is_empty() || !self.health.synced() {
+            info!(
+                ingresses = t.served.len(),
+                rejected, "routing from the cluster serves"
+            );
+        }
+        self.health.set_synced();
+        self.reported = now;
+    }
 }
 
 /// Binds every listener, before anything touches the kernel's XDP state (a port taken fails
@@ -469,14 +608,13 @@ fn watch_pressure(
 /// rates. Backends with unchanged settings keep their pools (in-flight counts, queue, health).
 async fn apply_reload(
     workers: usize,
-    path: &std::path::Path,
-    haproxy_dir: Option<&std::path::Path>,
+    new: Config,
     current: &Config,
     routing: &Arc<Routing>,
     ctxs: &[Arc<ListenerCtx>],
     dp: Option<&mut Dataplane>,
 ) -> anyhow::Result<(Config, Arc<Routing>)> {
-    let new = reload::next(path, haproxy_dir, current)?;
+    reload::check(&new, current)?;
     let metrics = ctxs.first().and_then(|c| c.metrics.clone());
     // First, as it can still refuse the config (a backend's TLS files) before XDP changes.
     let next = Arc::new(Routing::build(&new, Some(routing), workers, metrics.as_deref()).await?);

@@ -165,6 +165,7 @@ fn provider(policy: &TlsPolicy) -> Result<CryptoProvider, TlsError> {
 }
 
 /// One certificate with the names it serves.
+#[derive(Clone)]
 struct Entry {
     key: Arc<CertifiedKey>,
     names: Vec<String>,
@@ -280,37 +281,22 @@ fn load_entries(sources: &[config::CertSource]) -> Result<Vec<Entry>, TlsError> 
     for s in sources {
         let (cert, key) = s.paths();
         let certs = read_certs(&cert)?;
-        let first = certs.first().ok_or_else(|| TlsError::Pem {
-            path: cert.clone(),
-            reason: "no certificate in it".into(),
-        })?;
-        let (names, not_after) = names_of(first.as_ref()).map_err(|reason| TlsError::Pem {
-            path: cert.clone(),
-            reason,
-        })?;
-        let leaf = first.as_ref().to_vec();
         let der = read_key(&key)?;
-        let signing = aws_lc_rs::sign::any_supported_type(&der).map_err(|e| TlsError::Pem {
-            path: key.clone(),
-            reason: e.to_string(),
-        })?;
-        let mut ck = CertifiedKey::new(certs, signing);
-        ck.keys_match().map_err(|e| TlsError::Pem {
-            path: key.clone(),
-            reason: format!("does not match {}: {e}", cert.display()),
-        })?;
+        let mut entry = entry(&cert, certs, &key, &der)?;
         warn_if_key_exposed(&key);
         let staple = read_ocsp(
             &s.ocsp_path(),
             matches!(s, config::CertSource::Pair { ocsp: Some(_), .. }),
         )?;
-        let mut staple_until = None;
         if let Some(der) = staple {
             let path = s.ocsp_path();
-            match check_staple(&der, &leaf, unix_now()) {
+            let leaf = entry.key.end_entity_cert().map(|c| c.as_ref().to_vec());
+            match check_staple(&der, &leaf.unwrap_or_default(), unix_now()) {
                 Ok(until) => {
+                    let mut ck = (*entry.key).clone();
                     ck.ocsp = Some(der);
-                    staple_until = until;
+                    entry.key = Arc::new(ck);
+                    entry.staple_until = until;
                 }
                 Err(Staple::Stale(why)) => {
                     // Served without it: a client fetches the status itself, which beats a
@@ -322,14 +308,88 @@ fn load_entries(sources: &[config::CertSource]) -> Result<Vec<Entry>, TlsError> 
                 }
             }
         }
-        out.push(Entry {
-            key: Arc::new(ck),
-            names,
-            not_after,
-            staple_until,
-        });
+        out.push(entry);
     }
     Ok(out)
+}
+
+/// A certificate chain and its key, checked to match; `cert` and `key` name them in errors.
+fn entry(
+    cert: &Path,
+    certs: Vec<CertificateDer<'static>>,
+    key: &Path,
+    der: &PrivateKeyDer<'static>,
+) -> Result<Entry, TlsError> {
+    let first = certs.first().ok_or_else(|| TlsError::Pem {
+        path: cert.to_path_buf(),
+        reason: "no certificate in it".into(),
+    })?;
+    let (names, not_after) = names_of(first.as_ref()).map_err(|reason| TlsError::Pem {
+        path: cert.to_path_buf(),
+        reason,
+    })?;
+    let signing = aws_lc_rs::sign::any_supported_type(der).map_err(|e| TlsError::Pem {
+        path: key.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let ck = CertifiedKey::new(certs, signing);
+    ck.keys_match().map_err(|e| TlsError::Pem {
+        path: key.to_path_buf(),
+        reason: format!("does not match {}: {e}", cert.display()),
+    })?;
+    Ok(Entry {
+        key: Arc::new(ck),
+        names,
+        not_after,
+        staple_until: None,
+    })
+}
+
+/// A certificate that does not come from a file: a Kubernetes TLS Secret's `tls.crt` and
+/// `tls.key`, parsed and checked once when the Secret changes.
+#[derive(Clone)]
+pub struct CertPair {
+    /// Where it came from (`namespace/secret`), for logs.
+    pub source: String,
+    entry: Entry,
+}
+
+impl std::fmt::Debug for CertPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertPair")
+            .field("source", &self.source)
+            .field("names", &self.entry.names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertPair {
+    /// Parses PEM `cert` (the chain, leaf first) and `key`; they must match.
+    pub fn parse(source: &str, cert: &[u8], key: &[u8]) -> Result<Self, TlsError> {
+        let label = |part: &str| PathBuf::from(format!("{source}: {part}"));
+        let certs = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Pem {
+                path: label("tls.crt"),
+                reason: e.to_string(),
+            })?;
+        let der = PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::Pem {
+            path: label("tls.key"),
+            reason: match e {
+                pem::Error::NoItemsFound => "no private key in it".into(),
+                e => e.to_string(),
+            },
+        })?;
+        Ok(Self {
+            source: source.to_owned(),
+            entry: entry(&label("tls.crt"), certs, &label("tls.key"), &der)?,
+        })
+    }
+
+    /// The names the certificate covers (its SANs, else its CN).
+    pub fn names(&self) -> &[String] {
+        &self.entry.names
+    }
 }
 
 /// Every certificate of a PEM file, in order (a chain, or a CA bundle).
@@ -541,6 +601,9 @@ pub struct Acceptor {
     resolver: Arc<Resolver>,
     sources: Vec<config::CertSource>,
     digest: std::sync::Mutex<u64>,
+    /// What the table is built from: the files' certificates (the first is the default), then
+    /// the cluster's.
+    parts: std::sync::Mutex<(Vec<Entry>, Vec<Entry>)>,
     pub listener: String,
     /// Certificate reloads by result, for metrics.
     pub reloads: crate::config::reload::Counts,
@@ -552,12 +615,10 @@ impl Acceptor {
         policy: &TlsPolicy,
         tls: &config::ListenerTls,
     ) -> Result<Self, TlsError> {
+        // Empty only from the cluster (validated): Ingresses' Secrets bring the certificates.
         let entries = load_entries(&tls.certificates)?;
-        if entries.is_empty() {
-            return Err(TlsError::NoCertificate(listener.into()));
-        }
         let resolver = Arc::new(Resolver {
-            table: RwLock::new(Arc::new(Table::build(entries))),
+            table: RwLock::new(Arc::new(Table::build(entries.clone()))),
             strict_sni: tls.strict_sni,
         });
         let versions: &[&rustls::SupportedProtocolVersion] = match policy.min_version {
@@ -584,6 +645,7 @@ impl Acceptor {
             resolver,
             sources: tls.certificates.clone(),
             digest: std::sync::Mutex::new(digest),
+            parts: std::sync::Mutex::new((entries, Vec::new())),
             listener: listener.into(),
             reloads: crate::config::reload::Counts::default(),
         })
@@ -620,12 +682,12 @@ impl Acceptor {
         }
         *last = now;
         let result = load_entries(&self.sources).map(|entries| {
-            *self
-                .resolver
-                .table
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Arc::new(Table::build(entries));
+            let mut parts = self
+                .parts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            parts.0 = entries;
+            self.rebuild(&parts);
         });
         self.reloads.record(&result);
         match &result {
@@ -635,6 +697,28 @@ impl Acceptor {
             }
         }
         Some(result)
+    }
+}
+
+impl Acceptor {
+    /// Serves `certs` (the cluster's TLS Secrets) beside the files' certificates from the next
+    /// handshake on; open connections keep theirs.
+    pub fn set_cluster(&self, certs: &[CertPair]) {
+        let mut parts = self
+            .parts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        parts.1 = certs.iter().map(|c| c.entry.clone()).collect();
+        self.rebuild(&parts);
+    }
+
+    fn rebuild(&self, parts: &(Vec<Entry>, Vec<Entry>)) {
+        let all = parts.0.iter().chain(&parts.1).cloned().collect();
+        *self
+            .resolver
+            .table
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Table::build(all));
     }
 }
 

@@ -68,6 +68,11 @@ pub struct Config {
     /// equivalent settings above.
     #[serde(default, deserialize_with = "scalar_map")]
     pub haproxy: std::collections::BTreeMap<String, String>,
+    /// Routing from the Kubernetes API: the claimed Ingresses become routes, their Services'
+    /// ready endpoints servers, their TLS Secrets certificates (docs/kubernetes.md). Off when
+    /// absent.
+    #[serde(default)]
+    pub kubernetes: Option<Kubernetes>,
     /// HAProxy keys floodgate does not implement, reported by `check` and at start.
     #[serde(skip)]
     pub ignored_haproxy_keys: Vec<String>,
@@ -89,6 +94,78 @@ fn scalar_map<'de, D: Deserializer<'de>>(
             Ok((k, s))
         })
         .collect()
+}
+
+/// The `kubernetes` section: where the cluster's routing comes from.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Kubernetes {
+    /// A kubeconfig file. Absent: the pod's service account inside a cluster, else
+    /// `$KUBECONFIG` or `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// The IngressClass `spec.controller` floodgate claims: Ingresses whose class names an
+    /// IngressClass with this controller are served.
+    pub controller: String,
+    /// Namespaces whose Ingresses, Services, EndpointSlices and Secrets are watched; empty:
+    /// every namespace.
+    pub namespaces: Vec<String>,
+    /// `namespace/name` of a ConfigMap whose keys are HAProxy ConfigMap keys (the global
+    /// settings, as the `haproxy:` section and `--haproxy-configmap`).
+    pub settings: Option<String>,
+    /// Quiet time after a change before routing is rebuilt: an endpoint storm becomes one
+    /// rebuild.
+    pub debounce: HDuration,
+    /// Longest a change waits while changes keep coming.
+    pub max_delay: HDuration,
+}
+
+/// The controller name of floodgate's IngressClass.
+pub const DEFAULT_CONTROLLER: &str = "floodgate.io/ingress-controller";
+
+impl Default for Kubernetes {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            controller: DEFAULT_CONTROLLER.to_owned(),
+            namespaces: Vec::new(),
+            settings: None,
+            debounce: HDuration(Duration::from_millis(100)),
+            max_delay: HDuration(Duration::from_millis(500)),
+        }
+    }
+}
+
+impl Kubernetes {
+    /// `settings` as (namespace, name).
+    pub fn settings_ref(&self) -> Option<(&str, &str)> {
+        self.settings.as_deref().and_then(|s| s.split_once('/'))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.controller.is_empty() || !self.controller.contains('/') {
+            return Err(invalid(
+                "kubernetes.controller",
+                "a domain-prefixed path such as `floodgate.io/ingress-controller`",
+            ));
+        }
+        if let Some(s) = &self.settings
+            && !s
+                .split_once('/')
+                .is_some_and(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
+        {
+            return Err(invalid(
+                "kubernetes.settings",
+                format!("`{s}`: expected namespace/name"),
+            ));
+        }
+        if self.debounce.0.is_zero() || self.max_delay.0 < self.debounce.0 {
+            return Err(invalid(
+                "kubernetes.debounce",
+                "must be above 0 and at most kubernetes.max-delay",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -945,6 +1022,30 @@ pub struct Route {
     pub upgrades: Vec<String>,
 }
 
+impl Route {
+    /// A route to `backend` matching every request, every other setting at its default.
+    pub fn to(backend: String) -> Self {
+        Self {
+            host: None,
+            path: None,
+            path_prefix: None,
+            path_regex: None,
+            rewrite_prefix: None,
+            rewrite_target: None,
+            allow: Vec::new(),
+            headers: BTreeMap::new(),
+            auth: None,
+            basic_auth: None,
+            cors: None,
+            mirror: None,
+            backend,
+            split: Vec::new(),
+            redirect: None,
+            upgrades: default_upgrades(),
+        }
+    }
+}
+
 /// WebSocket, which browsers need; nothing else unless a route names it.
 pub fn default_upgrades() -> Vec<String> {
     vec!["websocket".to_owned()]
@@ -1303,6 +1404,30 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// A backend with every setting at its documented default (the cluster's Services).
+    pub fn new(name: String, servers: Vec<ServerSpec>) -> Self {
+        Self {
+            name,
+            balance: Balance::default(),
+            proto: Proto::default(),
+            timeouts: BackendTimeouts::default(),
+            maxconn_server: default_maxconn_server(),
+            queue_max: default_queue_max(),
+            resolve_interval: default_resolve_interval(),
+            health_check: None,
+            passive: Passive::default(),
+            tls: None,
+            sticky: None,
+            compression: None,
+            send_proxy: None,
+            request_headers: HeaderRules::default(),
+            response_headers: HeaderRules::default(),
+            servers,
+        }
+    }
+}
+
 fn default_maxconn_server() -> u32 {
     10_000
 }
@@ -1608,8 +1733,12 @@ impl Config {
         if backends.len() != self.backends.len() {
             return Err(invalid("backends", "backend names must be unique"));
         }
+        if let Some(k) = &self.kubernetes {
+            k.validate()?;
+        }
         for (i, b) in self.backends.iter().enumerate() {
-            if b.servers.is_empty() {
+            // From the cluster, a Service without a ready endpoint is a normal state (503).
+            if b.servers.is_empty() && self.kubernetes.is_none() {
                 return Err(invalid(
                     format!("backends[{i}].servers"),
                     "at least one server is required",
@@ -2272,7 +2401,8 @@ impl Config {
         }
         for (i, l) in self.listeners.iter().enumerate() {
             let Some(t) = &l.tls else { continue };
-            if t.certificates.is_empty() {
+            // From the cluster, certificates come from the Ingresses' Secrets.
+            if t.certificates.is_empty() && self.kubernetes.is_none() {
                 return Err(invalid(
                     format!("listeners[{i}].tls.certificates"),
                     "at least one certificate is required",

@@ -40,6 +40,13 @@ pub fn next(
     current: &Config,
 ) -> Result<Config, ReloadError> {
     let new = Config::load_with(path, haproxy_dir)?;
+    check(&new, current)?;
+    Ok(new)
+}
+
+/// Refuses `new` when it changes what only a restart can change in a process running
+/// `current` (wherever `new` came from: the file, or the cluster's objects on top of it).
+pub fn check(new: &Config, current: &Config) -> Result<(), ReloadError> {
     let mut fixed = Vec::new();
     // Sockets are bound once; what a listener routes to may change.
     let sockets = |c: &Config| {
@@ -48,7 +55,7 @@ pub fn next(
             .map(|l| (l.name.clone(), l.bind, l.backlog, l.reuseport))
             .collect::<Vec<_>>()
     };
-    if sockets(&new) != sockets(current) {
+    if sockets(new) != sockets(current) {
         fixed.push("listeners (name, bind, backlog, reuseport)");
     }
     if new.tls != current.tls
@@ -94,8 +101,11 @@ pub fn next(
     {
         fixed.push("xdp attachment settings (enabled, interfaces, mode, pin-dir, table sizes, conntrack-bypass, nft-table)");
     }
+    if new.kubernetes != current.kubernetes {
+        fixed.push("kubernetes");
+    }
     if fixed.is_empty() {
-        Ok(new)
+        Ok(())
     } else {
         Err(ReloadError::NeedsRestart(fixed.join(", ")))
     }

@@ -1,0 +1,1021 @@
+//! The cluster's objects as floodgate's config: the file's config (listeners, global settings,
+//! its own routes and backends) with the claimed Ingresses' routes, their Services' ready
+//! endpoints as backends, their TLS Secrets as certificates and the settings ConfigMap's keys.
+//! A pure function of its inputs, so every rule below is unit-tested with fixtures.
+//!
+//! - An Ingress is claimed when its class (`spec.ingressClassName`, else the
+//!   `kubernetes.io/ingress.class` annotation) names an IngressClass whose `spec.controller` is
+//!   `kubernetes.controller`, or when it names no class and such an IngressClass is marked
+//!   default (`ingressclass.kubernetes.io/is-default-class: "true"`).
+//! - Routes are ordered as the Ingress spec says matches take precedence: exact hosts, then
+//!   wildcard hosts (longer first), then rules for every host; within a host `Exact` paths,
+//!   then `Prefix` paths longest first; then the older Ingress. `ImplementationSpecific` is a
+//!   prefix match. A default backend is a rule for every host and path, so it comes last.
+//! - A backend is one Service port: its servers are the ready endpoints of the Service's
+//!   EndpointSlices on the matching port (by the Service port's name), so no DNS is involved; an
+//!   ExternalName Service's name is resolved as a file backend's would be. A Service, port or
+//!   endpoint that is missing leaves the backend without servers: 503, as other ingresses do.
+//! - One Ingress that would make the config invalid is rejected alone, with the reason; the
+//!   others are served. A TLS Secret that is missing or not a usable certificate is reported and
+//!   its hosts are served with the listener's other certificates.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    hash::{DefaultHasher, Hash as _, Hasher as _},
+    sync::Arc,
+};
+
+use k8s_openapi::api::{
+    core::v1::{ConfigMap, Secret, Service},
+    discovery::v1::EndpointSlice,
+    networking::v1::{Ingress, IngressBackend, IngressClass},
+};
+
+use crate::config::{self, Backend, Config, ConfigError, Kubernetes, Route, ServerSpec};
+use crate::tls::CertPair;
+
+/// The objects the watches hold at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Objects {
+    pub classes: Vec<Arc<IngressClass>>,
+    pub ingresses: Vec<Arc<Ingress>>,
+    pub services: Vec<Arc<Service>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
+    pub secrets: Vec<Arc<Secret>>,
+    /// The settings ConfigMap, when `kubernetes.settings` names one and it exists.
+    pub settings: Option<Arc<ConfigMap>>,
+}
+
+/// An object floodgate could not use, or used only in part, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Problem {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub reason: String,
+    /// True when the object is not served at all; false when it is served without the part
+    /// named (an unsupported annotation, a missing Secret).
+    pub rejected: bool,
+}
+
+/// What the objects become beside the config.
+#[derive(Debug)]
+pub struct Translation {
+    /// Certificates for every TLS listener, from the served Ingresses' Secrets.
+    pub certs: Vec<CertPair>,
+    /// The Ingresses served, as (namespace, name).
+    pub served: Vec<(String, String)>,
+    pub problems: Vec<Problem>,
+}
+
+const DEFAULT_CLASS: &str = "ingressclass.kubernetes.io/is-default-class";
+const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+const SERVICE_LABEL: &str = "kubernetes.io/service-name";
+/// Annotation prefixes of the ingress controllers users come from: an annotation of theirs is
+/// a behaviour its author expects, so one floodgate does not implement is reported.
+const CONTROLLER_PREFIXES: &[&str] = &[
+    "nginx.ingress.kubernetes.io/",
+    "haproxy.org/",
+    "ingress.kubernetes.io/",
+    "haproxy-ingress.github.io/",
+    "floodgate.io/",
+];
+
+/// Builds the config floodgate serves from `base` (the file) and the cluster's objects. Fails
+/// only when the result as a whole is invalid (the settings ConfigMap is rejected alone first):
+/// then the running config keeps serving.
+pub fn translate(
+    base: &Config,
+    k: &Kubernetes,
+    objs: &Objects,
+) -> Result<(Config, Translation), ConfigError> {
+    let mut problems = Vec::new();
+    let mut cfg = base.clone();
+    if let Some(cm) = &objs.settings {
+        settings(&mut cfg, cm, &mut problems);
+    }
+    let classes = claimed_classes(k, &objs.classes);
+    let index = Index::new(objs);
+    let mut ingresses: Vec<&Ingress> = objs
+        .ingresses
+        .iter()
+        .map(Arc::as_ref)
+        .filter(|i| classes.claims(i))
+        .collect();
+    // The older Ingress wins a conflict, as the Ingress spec asks.
+    ingresses.sort_by(|a, b| {
+        let key = |i: &Ingress| {
+            (
+                i.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                i.metadata.namespace.clone(),
+                i.metadata.name.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    let file_backends: HashSet<String> = base.backends.iter().map(|b| b.name.clone()).collect();
+    let mut backends: BTreeMap<String, Backend> = BTreeMap::new();
+    let mut rules: Vec<(Order, Route)> = Vec::new();
+    let mut certs = Vec::new();
+    let mut served = Vec::new();
+    for (age, ing) in ingresses.into_iter().enumerate() {
+        let (ns, name) = names(&ing.metadata);
+        let mut fragment = match ingress(ing, &index, age) {
+            Ok(f) => f,
+            Err(reason) => {
+                problems.push(problem("Ingress", ing, reason, true));
+                continue;
+            }
+        };
+        problems.extend(
+            fragment
+                .notes
+                .drain(..)
+                .map(|reason| problem("Ingress", ing, reason, false)),
+        );
+        if let Some(b) = fragment
+            .backends
+            .iter()
+            .find(|b| file_backends.contains(&b.name))
+        {
+            let reason = format!("backend `{}` is also a backend of the config file", b.name);
+            problems.push(problem("Ingress", ing, reason, true));
+            continue;
+        }
+        if let Err(e) = check_alone(base, &fragment) {
+            problems.push(problem("Ingress", ing, e.to_string(), true));
+            continue;
+        }
+        for (host, secret) in &fragment.tls {
+            match tls_secret(&index, &ns, secret) {
+                Ok(c) => certs.push(c),
+                Err(reason) => problems.push(problem(
+                    "Ingress",
+                    ing,
+                    format!("tls secret `{secret}` (hosts {host}): {reason}; those hosts get the listener's other certificates"),
+                    false,
+                )),
+            }
+        }
+        for b in fragment.backends {
+            backends.entry(b.name.clone()).or_insert(b);
+        }
+        rules.extend(fragment.routes);
+        served.push((ns, name));
+    }
+    rules.sort_by(|a, b| a.0.cmp(&b.0));
+    cfg.routes.extend(rules.into_iter().map(|(_, r)| r));
+    cfg.backends.extend(backends.into_values());
+    // Two Ingresses naming the same Secret: one certificate.
+    let mut seen = HashSet::new();
+    certs.retain(|c: &CertPair| seen.insert(c.source.clone()));
+    cfg.validate()?;
+    Ok((
+        cfg,
+        Translation {
+            certs,
+            served,
+            problems,
+        },
+    ))
+}
+
+/// The settings ConfigMap's keys on top of the file's; a ConfigMap that makes the config
+/// invalid is ignored whole (reported), so a typo there does not take routing down.
+fn settings(cfg: &mut Config, cm: &ConfigMap, problems: &mut Vec<Problem>) {
+    let keys = cm.data.clone().unwrap_or_default();
+    let mut next = cfg.clone();
+    next.haproxy.extend(keys.clone());
+    let applied = config::haproxy::apply(&mut next, &keys).and_then(|ignored| {
+        next.validate()?;
+        Ok(ignored)
+    });
+    let (ns, name) = names(&cm.metadata);
+    let mut report = |reason: String, rejected| {
+        problems.push(Problem {
+            kind: "ConfigMap",
+            namespace: ns.clone(),
+            name: name.clone(),
+            reason,
+            rejected,
+        });
+    };
+    match applied {
+        Ok(ignored) => {
+            if !ignored.is_empty() {
+                report(
+                    format!("keys floodgate does not implement: {}", ignored.join(", ")),
+                    false,
+                );
+            }
+            next.ignored_haproxy_keys.extend(ignored);
+            *cfg = next;
+        }
+        Err(e) => report(format!("{e}; the file's settings stay"), true),
+    }
+}
+
+struct Classes {
+    names: HashSet<String>,
+    /// A claimed class is the cluster's default: Ingresses without a class are ours.
+    default: bool,
+}
+
+fn claimed_classes(k: &Kubernetes, classes: &[Arc<IngressClass>]) -> Classes {
+    let mut out = Classes {
+        names: HashSet::new(),
+        default: false,
+    };
+    for c in classes {
+        let ours = c
+            .spec
+            .as_ref()
+            .and_then(|s| s.controller.as_deref())
+            .is_some_and(|ctl| ctl == k.controller);
+        if let (true, Some(name)) = (ours, &c.metadata.name) {
+            out.names.insert(name.clone());
+            out.default |= c
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(DEFAULT_CLASS))
+                .is_some_and(|v| v == "true");
+        }
+    }
+    out
+}
+
+impl Classes {
+    fn claims(&self, i: &Ingress) -> bool {
+        let class = i
+            .spec
+            .as_ref()
+            .and_then(|s| s.ingress_class_name.as_deref())
+            .or_else(|| {
+                i.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(CLASS_ANNOTATION))
+                    .map(String::as_str)
+            });
+        match class {
+            Some(c) => self.names.contains(c),
+            None => self.default,
+        }
+    }
+}
+
+/// Services, their EndpointSlices and Secrets by namespace and name.
+struct Index<'a> {
+    services: HashMap<(&'a str, &'a str), &'a Service>,
+    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    secrets: HashMap<(&'a str, &'a str), &'a Secret>,
+}
+
+impl<'a> Index<'a> {
+    fn new(objs: &'a Objects) -> Self {
+        let key = |m: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            (
+                m.namespace.as_deref().unwrap_or("default"),
+                m.name.as_deref().unwrap_or(""),
+            )
+        };
+        let mut slices: HashMap<_, Vec<_>> = HashMap::new();
+        for s in &objs.slices {
+            let Some(svc) = s
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_LABEL))
+            else {
+                continue;
+            };
+            let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+            slices
+                .entry((ns, svc.as_str()))
+                .or_default()
+                .push(s.as_ref());
+        }
+        Self {
+            services: objs
+                .services
+                .iter()
+                .map(|s| (key(&s.metadata), s.as_ref()))
+                .collect(),
+            slices,
+            secrets: objs
+                .secrets
+                .iter()
+                .map(|s| (key(&s.metadata), s.as_ref()))
+                .collect(),
+        }
+    }
+}
+
+/// Where a route stands among all of them: smaller first.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Order {
+    /// 0 exact host, 1 wildcard, 2 every host.
+    host_kind: u8,
+    /// Longer wildcard suffixes first.
+    host_len: std::cmp::Reverse<usize>,
+    /// 0 `Exact`, 1 prefix.
+    path_kind: u8,
+    path_len: std::cmp::Reverse<usize>,
+    /// The Ingress's age rank, then the rule's place in it.
+    age: usize,
+    place: usize,
+}
+
+/// One Ingress as routes and backends.
+struct Fragment {
+    routes: Vec<(Order, Route)>,
+    backends: Vec<Backend>,
+    /// (hosts, secret name) of each `tls` entry.
+    tls: Vec<(String, String)>,
+    /// What is served without something the Ingress asked for.
+    notes: Vec<String>,
+}
+
+fn ingress(ing: &Ingress, index: &Index<'_>, age: usize) -> Result<Fragment, String> {
+    let (ns, _) = names(&ing.metadata);
+    let mut f = Fragment {
+        routes: Vec::new(),
+        backends: Vec::new(),
+        tls: Vec::new(),
+        notes: Vec::new(),
+    };
+    for key in ing.metadata.annotations.iter().flat_map(|a| a.keys()) {
+        if CONTROLLER_PREFIXES.iter().any(|p| key.starts_with(p)) {
+            f.notes.push(format!(
+                "annotation `{key}` is not supported by floodgate; ignored"
+            ));
+        }
+    }
+    let Some(spec) = &ing.spec else {
+        return Err("no spec".into());
+    };
+    let mut place = 0;
+    let mut add = |f: &mut Fragment,
+                   host: Option<&str>,
+                   path: Option<(&str, bool)>,
+                   backend: &IngressBackend|
+     -> Result<(), String> {
+        let b = service_backend(&ns, backend, index, &mut f.notes)?;
+        let mut route = Route::to(b.name.clone());
+        route.host = host.map(str::to_owned);
+        let (path_kind, path_len) = match path {
+            Some((p, true)) => {
+                route.path = Some(p.to_owned());
+                (0, p.len())
+            }
+            Some((p, false)) => {
+                // `Prefix` matches by path element and ignores a trailing `/` (`/foo/` is
+                // `/foo`), which is what `path-prefix` does once the slash is gone.
+                let p = match p.trim_end_matches('/') {
+                    "" => "/",
+                    p => p,
+                };
+                if p != "/" {
+                    route.path_prefix = Some(p.to_owned());
+                }
+                (1, if p == "/" { 0 } else { p.len() })
+            }
+            None => (1, 0),
+        };
+        let order = Order {
+            host_kind: match host {
+                Some(h) if h.starts_with("*.") => 1,
+                Some(_) => 0,
+                None => 2,
+            },
+            host_len: std::cmp::Reverse(host.map_or(0, str::len)),
+            path_kind,
+            path_len: std::cmp::Reverse(path_len),
+            age,
+            place,
+        };
+        place += 1;
+        f.routes.push((order, route));
+        if !f.backends.iter().any(|x| x.name == b.name) {
+            f.backends.push(b);
+        }
+        Ok(())
+    };
+    for (i, rule) in spec.rules.iter().flatten().enumerate() {
+        let host = rule.host.as_deref().filter(|h| !h.is_empty());
+        if let Some(h) = host {
+            check_host(h).map_err(|e| format!("spec.rules[{i}].host: {e}"))?;
+        }
+        let Some(http) = &rule.http else { continue };
+        for (j, p) in http.paths.iter().enumerate() {
+            let at = || format!("spec.rules[{i}].http.paths[{j}]");
+            let path = p.path.as_deref().unwrap_or("/");
+            if !path.starts_with('/') {
+                return Err(format!("{}.path: `{path}` does not start with /", at()));
+            }
+            let exact = match p.path_type.as_str() {
+                "Exact" => true,
+                "Prefix" | "ImplementationSpecific" => false,
+                other => {
+                    return Err(format!(
+                        "{}.pathType: `{other}` is not Exact, Prefix or ImplementationSpecific",
+                        at()
+                    ));
+                }
+            };
+            add(&mut f, host, Some((path, exact)), &p.backend)
+                .map_err(|e| format!("{}.backend: {e}", at()))?;
+        }
+    }
+    if let Some(d) = &spec.default_backend {
+        add(&mut f, None, None, d).map_err(|e| format!("spec.defaultBackend: {e}"))?;
+    }
+    for t in spec.tls.iter().flatten() {
+        if let Some(secret) = &t.secret_name {
+            f.tls.push((
+                t.hosts.clone().unwrap_or_default().join(","),
+                secret.clone(),
+            ));
+        }
+    }
+    Ok(f)
+}
+
+/// A DNS name or `*.` wildcard, as the Ingress spec allows.
+fn check_host(h: &str) -> Result<(), String> {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{h}` is not a DNS name or a `*.` wildcard"))
+    }
+}
+
+/// The backend of one Service port, its servers the ready endpoints.
+fn service_backend(
+    ns: &str,
+    backend: &IngressBackend,
+    index: &Index<'_>,
+    notes: &mut Vec<String>,
+) -> Result<Backend, String> {
+    let Some(svc_ref) = &backend.service else {
+        return Err("only Service backends are supported (not `resource`)".into());
+    };
+    let port_ref = svc_ref.port.as_ref();
+    let (number, port_name) = (
+        port_ref.and_then(|p| p.number),
+        port_ref.and_then(|p| p.name.clone()),
+    );
+    let port_label = match (number, &port_name) {
+        (Some(n), _) => n.to_string(),
+        (None, Some(n)) => n.clone(),
+        (None, None) => return Err("service.port: a number or a name is required".into()),
+    };
+    let name = backend_name(ns, &svc_ref.name, &port_label);
+    let mut servers = Vec::new();
+    let Some(svc) = index.services.get(&(ns, svc_ref.name.as_str())) else {
+        notes.push(format!(
+            "service `{}` not found: 503 until it exists",
+            svc_ref.name
+        ));
+        return Ok(Backend::new(name, servers));
+    };
+    let spec = svc.spec.as_ref();
+    let port = spec.and_then(|s| s.ports.as_ref()).and_then(|ports| {
+        ports.iter().find(|p| match (number, &port_name) {
+            (Some(n), _) => p.port == n,
+            (None, Some(n)) => p.name.as_ref() == Some(n),
+            (None, None) => false,
+        })
+    });
+    let Some(port) = port else {
+        notes.push(format!(
+            "service `{}` has no port {port_label}: 503 until it does",
+            svc_ref.name
+        ));
+        return Ok(Backend::new(name, servers));
+    };
+    if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+        if let Some(ext) = spec.and_then(|s| s.external_name.as_deref()) {
+            servers.push(ServerSpec::Address(format!("{ext}:{}", port.port)));
+        }
+        return Ok(Backend::new(name, servers));
+    }
+    // Endpoints carry the Service port's name, and the target port as a number.
+    let want = port.name.as_deref().unwrap_or("");
+    let mut seen = HashSet::new();
+    for slice in index
+        .slices
+        .get(&(ns, svc_ref.name.as_str()))
+        .into_iter()
+        .flatten()
+    {
+        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            continue;
+        }
+        let Some(target) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().unwrap_or("") == want)
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        for e in &slice.endpoints {
+            // `ready` unset means ready (the API's contract); terminating endpoints are not.
+            if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            for a in &e.addresses {
+                let Ok(ip) = a.parse::<std::net::IpAddr>() else {
+                    continue;
+                };
+                let addr = std::net::SocketAddr::new(ip, target);
+                if seen.insert(addr) {
+                    servers.push(ServerSpec::Address(addr.to_string()));
+                }
+            }
+        }
+    }
+    servers.sort_by(|a, b| a.address().cmp(b.address()));
+    Ok(Backend::new(name, servers))
+}
+
+/// `namespace_service_port`: `_` is in no Kubernetes name, so two Service ports never share a
+/// name; a name past the 64 characters backend names may have keeps its start and a hash.
+fn backend_name(ns: &str, svc: &str, port: &str) -> String {
+    let full = format!("{ns}_{svc}_{port}");
+    if full.len() <= 64 {
+        return full;
+    }
+    let mut h = DefaultHasher::new();
+    full.hash(&mut h);
+    format!("{}_{:016x}", &full[..47], h.finish())
+}
+
+/// The fragment with the file's config alone, so one bad Ingress is rejected by itself.
+fn check_alone(base: &Config, f: &Fragment) -> Result<(), ConfigError> {
+    let mut cfg = base.clone();
+    cfg.routes.extend(f.routes.iter().map(|(_, r)| r.clone()));
+    cfg.backends.extend(f.backends.iter().cloned());
+    cfg.validate()
+}
+
+fn tls_secret(index: &Index<'_>, ns: &str, name: &str) -> Result<CertPair, String> {
+    let s = index.secrets.get(&(ns, name)).ok_or("not found")?;
+    if s.type_.as_deref() != Some("kubernetes.io/tls") {
+        return Err(format!(
+            "type `{}`, not kubernetes.io/tls",
+            s.type_.as_deref().unwrap_or("")
+        ));
+    }
+    let data = s.data.as_ref().ok_or("no data")?;
+    let get = |k: &str| data.get(k).map(|v| v.0.as_slice()).ok_or(format!("no {k}"));
+    CertPair::parse(&format!("{ns}/{name}"), get("tls.crt")?, get("tls.key")?)
+        .map_err(|e| e.to_string())
+}
+
+fn names(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+    (
+        m.namespace.clone().unwrap_or_else(|| "default".into()),
+        m.name.clone().unwrap_or_default(),
+    )
+}
+
+fn problem(kind: &'static str, ing: &Ingress, reason: String, rejected: bool) -> Problem {
+    let (namespace, name) = names(&ing.metadata);
+    Problem {
+        kind,
+        namespace,
+        name,
+        reason,
+        rejected,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    const BASE: &str = "
+xdp: { enabled: false }
+listeners: [{ name: http, bind: '127.0.0.1:18080' }]
+backends: []
+kubernetes: {}
+";
+
+    fn base() -> Config {
+        Config::from_text(BASE, std::path::Path::new("test.yaml"), Default::default()).unwrap()
+    }
+
+    fn class(name: &str, controller: &str, default: bool) -> Arc<IngressClass> {
+        obj(json!({
+            "metadata": { "name": name, "annotations": if default {
+                json!({ DEFAULT_CLASS: "true" }) } else { json!({}) } },
+            "spec": { "controller": controller }
+        }))
+    }
+
+    fn ingress(name: &str, created: &str, spec: serde_json::Value) -> Arc<Ingress> {
+        obj(json!({
+            "metadata": { "name": name, "namespace": "shop", "creationTimestamp": created },
+            "spec": spec
+        }))
+    }
+
+    fn path(path: &str, kind: &str, svc: &str, port: serde_json::Value) -> serde_json::Value {
+        json!({ "path": path, "pathType": kind,
+                "backend": { "service": { "name": svc, "port": port } } })
+    }
+
+    fn service(name: &str, ports: serde_json::Value) -> Arc<Service> {
+        obj(
+            json!({ "metadata": { "name": name, "namespace": "shop" }, "spec": { "ports": ports } }),
+        )
+    }
+
+    fn slice(
+        svc: &str,
+        port_name: Option<&str>,
+        port: u16,
+        eps: &[(&str, Option<bool>)],
+    ) -> Arc<EndpointSlice> {
+        obj(json!({
+            "metadata": { "name": format!("{svc}-x"), "namespace": "shop",
+                          "labels": { SERVICE_LABEL: svc } },
+            "addressType": "IPv4",
+            "ports": [{ "name": port_name, "port": port }],
+            "endpoints": eps.iter().map(|(a, ready)| json!({
+                "addresses": [a], "conditions": { "ready": ready } })).collect::<Vec<_>>()
+        }))
+    }
+
+    fn objects() -> Objects {
+        Objects {
+            classes: vec![class("floodgate", config::DEFAULT_CONTROLLER, false)],
+            services: vec![
+                service("web", json!([{ "name": "http", "port": 80 }])),
+                service("api", json!([{ "port": 8080 }])),
+            ],
+            slices: vec![
+                slice(
+                    "web",
+                    Some("http"),
+                    8000,
+                    &[
+                        ("10.0.0.1", Some(true)),
+                        ("10.0.0.2", None),
+                        ("10.0.0.3", Some(false)),
+                    ],
+                ),
+                slice("api", None, 9000, &[("10.0.1.1", Some(true))]),
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn run(objs: &Objects) -> (Config, Translation) {
+        translate(&base(), &Kubernetes::default(), objs).unwrap()
+    }
+
+    fn servers(cfg: &Config, name: &str) -> Vec<String> {
+        let b = cfg.backends.iter().find(|b| b.name == name).unwrap();
+        b.servers.iter().map(|s| s.address().to_owned()).collect()
+    }
+
+    #[test]
+    fn only_ingresses_of_a_claimed_class_are_served() {
+        let mut o = objects();
+        o.classes.push(class("nginx", "k8s.io/ingress-nginx", true));
+        let rule = json!({ "rules": [{ "http": { "paths": [path("/", "Prefix", "web", json!({ "number": 80 }))] } }] });
+        let mut by_annotation = (*ingress("b", "2026-01-02T00:00:00Z", rule.clone())).clone();
+        by_annotation.metadata.annotations =
+            Some([(CLASS_ANNOTATION.to_owned(), "floodgate".to_owned())].into());
+        let mut with_class = rule.clone();
+        with_class["ingressClassName"] = json!("floodgate");
+        let mut theirs = rule.clone();
+        theirs["ingressClassName"] = json!("nginx");
+        o.ingresses = vec![
+            ingress("a", "2026-01-01T00:00:00Z", with_class),
+            Arc::new(by_annotation),
+            ingress("c", "2026-01-03T00:00:00Z", theirs),
+            ingress("d", "2026-01-04T00:00:00Z", rule.clone()),
+        ];
+        let (_, t) = run(&o);
+        let names: Vec<_> = t.served.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["a", "b"],
+            "nginx's, and classless while nginx is the default, are not ours"
+        );
+        o.classes = vec![class("floodgate", config::DEFAULT_CONTROLLER, true)];
+        let (_, t) = run(&o);
+        let names: Vec<_> = t.served.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["a", "b", "d"],
+            "classless Ingresses are ours when our class is the default"
+        );
+    }
+
+    #[test]
+    fn routes_follow_the_ingress_precedence() {
+        let mut o = objects();
+        let p80 = || json!({ "number": 80 });
+        o.ingresses = vec![ingress(
+            "old",
+            "2026-01-01T00:00:00Z",
+            json!({
+                "ingressClassName": "floodgate",
+                "defaultBackend": { "service": { "name": "api", "port": { "number": 8080 } } },
+                "rules": [
+                    { "host": "*.example.com", "http": { "paths": [path("/", "Prefix", "web", p80())] } },
+                    { "http": { "paths": [path("/static/", "Prefix", "web", p80())] } },
+                    { "host": "shop.example.com", "http": { "paths": [
+                        path("/a", "Prefix", "web", p80()),
+                        path("/a/b", "ImplementationSpecific", "web", p80()),
+                        path("/a", "Exact", "api", json!({ "number": 8080 })),
+                    ] } },
+                ]
+            }),
+        )];
+        let (cfg, t) = run(&o);
+        assert!(t.problems.is_empty(), "{:?}", t.problems);
+        let seen: Vec<_> = cfg
+            .routes
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}|{}|{}|{}",
+                    r.host.as_deref().unwrap_or("*"),
+                    r.path.as_deref().unwrap_or(""),
+                    r.path_prefix.as_deref().unwrap_or(""),
+                    r.backend
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                "shop.example.com|/a||shop_api_8080",
+                "shop.example.com||/a/b|shop_web_80",
+                "shop.example.com||/a|shop_web_80",
+                "*.example.com|||shop_web_80",
+                "*||/static|shop_web_80",
+                "*|||shop_api_8080",
+            ]
+        );
+    }
+
+    #[test]
+    fn servers_are_the_ready_endpoints_on_the_named_port() {
+        let mut o = objects();
+        o.ingresses = vec![ingress(
+            "i",
+            "2026-01-01T00:00:00Z",
+            json!({
+                "ingressClassName": "floodgate",
+                "rules": [{ "http": { "paths": [
+                    path("/w", "Prefix", "web", json!({ "name": "http" })),
+                    path("/a", "Prefix", "api", json!({ "number": 8080 })),
+                    path("/n", "Prefix", "nowhere", json!({ "number": 80 })),
+                    path("/p", "Prefix", "web", json!({ "number": 81 })),
+                ] } }]
+            }),
+        )];
+        let (cfg, t) = run(&o);
+        assert_eq!(
+            servers(&cfg, "shop_web_http"),
+            ["10.0.0.1:8000", "10.0.0.2:8000"],
+            "ready unset is ready; ready false is not"
+        );
+        assert_eq!(
+            servers(&cfg, "shop_api_8080"),
+            ["10.0.1.1:9000"],
+            "an unnamed port matches the unnamed endpoint port"
+        );
+        assert!(servers(&cfg, "shop_nowhere_80").is_empty());
+        assert!(servers(&cfg, "shop_web_81").is_empty());
+        let reasons: Vec<_> = t
+            .problems
+            .iter()
+            .map(|p| (p.rejected, p.reason.as_str()))
+            .collect();
+        assert!(
+            reasons
+                .iter()
+                .any(|(r, s)| !r && s.contains("`nowhere` not found")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.iter().any(|(r, s)| !r && s.contains("no port 81")),
+            "{reasons:?}"
+        );
+        // An ExternalName Service is its DNS name.
+        o.services.push(obj(json!({ "metadata": { "name": "ext", "namespace": "shop" },
+            "spec": { "type": "ExternalName", "externalName": "db.example.net", "ports": [{ "port": 5432 }] } })));
+        o.ingresses = vec![ingress(
+            "e",
+            "2026-01-01T00:00:00Z",
+            json!({ "ingressClassName": "floodgate",
+            "rules": [{ "http": { "paths": [path("/", "Prefix", "ext", json!({ "number": 5432 }))] } }] }),
+        )];
+        let (cfg, _) = run(&o);
+        assert_eq!(servers(&cfg, "shop_ext_5432"), ["db.example.net:5432"]);
+    }
+
+    #[test]
+    fn a_bad_ingress_is_rejected_alone() {
+        let mut o = objects();
+        let good = json!({ "ingressClassName": "floodgate",
+            "rules": [{ "host": "ok.example.com", "http": { "paths": [path("/", "Prefix", "web", json!({ "number": 80 }))] } }] });
+        o.ingresses = vec![
+            ingress("good", "2026-01-01T00:00:00Z", good),
+            ingress(
+                "badtype",
+                "2026-01-02T00:00:00Z",
+                json!({ "ingressClassName": "floodgate",
+                "rules": [{ "http": { "paths": [path("/", "Regex", "web", json!({ "number": 80 }))] } }] }),
+            ),
+            ingress(
+                "badhost",
+                "2026-01-03T00:00:00Z",
+                json!({ "ingressClassName": "floodgate",
+                "rules": [{ "host": "a..b", "http": { "paths": [path("/", "Prefix", "web", json!({ "number": 80 }))] } }] }),
+            ),
+            ingress(
+                "resource",
+                "2026-01-04T00:00:00Z",
+                json!({ "ingressClassName": "floodgate",
+                "defaultBackend": { "resource": { "kind": "Bucket", "name": "b" } } }),
+            ),
+        ];
+        let (cfg, t) = run(&o);
+        assert_eq!(t.served, [("shop".to_owned(), "good".to_owned())]);
+        let rejected: Vec<_> = t
+            .problems
+            .iter()
+            .filter(|p| p.rejected)
+            .map(|p| (p.name.as_str(), p.reason.as_str()))
+            .collect();
+        assert_eq!(rejected.len(), 3, "{rejected:?}");
+        assert!(
+            rejected[0].1.contains("pathType")
+                && rejected[1].1.contains("a..b")
+                && rejected[2].1.contains("resource"),
+            "{rejected:?}"
+        );
+        assert_eq!(cfg.routes.len(), 1);
+    }
+
+    #[test]
+    fn unsupported_annotations_are_reported_not_ignored() {
+        let mut o = objects();
+        let mut i = (*ingress("i", "2026-01-01T00:00:00Z", json!({ "ingressClassName": "floodgate",
+            "rules": [{ "http": { "paths": [path("/", "Prefix", "web", json!({ "number": 80 }))] } }] }))).clone();
+        i.metadata.annotations = Some(
+            [
+                (
+                    "nginx.ingress.kubernetes.io/configuration-snippet".to_owned(),
+                    "x".to_owned(),
+                ),
+                ("example.com/unrelated".to_owned(), "y".to_owned()),
+            ]
+            .into(),
+        );
+        o.ingresses = vec![Arc::new(i)];
+        let (_, t) = run(&o);
+        let notes: Vec<_> = t.problems.iter().map(|p| p.reason.as_str()).collect();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("configuration-snippet"));
+        assert_eq!(t.served.len(), 1, "served without it");
+    }
+
+    #[test]
+    fn tls_secrets_become_certificates_and_bad_ones_are_reported() {
+        let dir = std::env::temp_dir().join(format!("fg-translate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (crt, key) = (dir.join("c.pem"), dir.join("k.pem"));
+        let ok = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=shop.example.com",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "openssl req");
+        let b64 = |p: &std::path::Path| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(std::fs::read(p).unwrap())
+        };
+        let secret = |name: &str, ty: &str, key_b64: String| -> Arc<Secret> {
+            obj(
+                json!({ "metadata": { "name": name, "namespace": "shop" }, "type": ty,
+                        "data": { "tls.crt": b64(&crt), "tls.key": key_b64 } }),
+            )
+        };
+        let mut o = objects();
+        o.secrets = vec![
+            secret("good", "kubernetes.io/tls", b64(&key)),
+            secret("opaque", "Opaque", b64(&key)),
+            secret("garbage", "kubernetes.io/tls", "bm90IGEga2V5".into()),
+        ];
+        o.ingresses = vec![ingress(
+            "i",
+            "2026-01-01T00:00:00Z",
+            json!({ "ingressClassName": "floodgate",
+            "tls": [{ "hosts": ["shop.example.com"], "secretName": "good" },
+                    { "hosts": ["a.example.com"], "secretName": "opaque" },
+                    { "hosts": ["b.example.com"], "secretName": "garbage" },
+                    { "hosts": ["c.example.com"], "secretName": "absent" }],
+            "rules": [{ "http": { "paths": [path("/", "Prefix", "web", json!({ "number": 80 }))] } }] }),
+        )];
+        let (_, t) = run(&o);
+        assert_eq!(t.certs.len(), 1);
+        assert_eq!(t.certs[0].names(), ["shop.example.com"]);
+        let notes: Vec<_> = t.problems.iter().map(|p| p.reason.as_str()).collect();
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert!(
+            notes[0].contains("Opaque")
+                && notes[1].contains("tls.key")
+                && notes[2].contains("not found"),
+            "{notes:?}"
+        );
+        assert_eq!(t.served.len(), 1, "served with the other certificates");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_settings_configmap_applies_or_is_ignored_whole() {
+        let mut o = objects();
+        o.settings = Some(obj(json!({ "metadata": { "name": "s", "namespace": "fg" },
+            "data": { "timeout-client": "30s", "not-a-key": "1" } })));
+        let (cfg, t) = run(&o);
+        assert_eq!(
+            cfg.global.timeouts.client.0,
+            std::time::Duration::from_secs(30)
+        );
+        assert!(
+            t.problems
+                .iter()
+                .any(|p| !p.rejected && p.reason.contains("not-a-key")),
+            "{:?}",
+            t.problems
+        );
+        o.settings = Some(obj(json!({ "metadata": { "name": "s", "namespace": "fg" },
+            "data": { "timeout-client": "soon" } })));
+        let (cfg, t) = run(&o);
+        assert_eq!(
+            cfg.global.timeouts.client,
+            base().global.timeouts.client,
+            "the file's settings stay"
+        );
+        assert!(
+            t.problems
+                .iter()
+                .any(|p| p.rejected && p.kind == "ConfigMap"),
+            "{:?}",
+            t.problems
+        );
+    }
+
+    #[test]
+    fn long_names_stay_unique_and_valid() {
+        let a = backend_name(&"n".repeat(63), &"s".repeat(63), "http");
+        let b = backend_name(&"n".repeat(63), &"s".repeat(62), "http");
+        assert!(a.len() <= 64 && b.len() <= 64 && a != b, "{a} {b}");
+        assert_eq!(backend_name("ns", "svc", "80"), "ns_svc_80");
+    }
+}
