@@ -1,6 +1,7 @@
 //! Test support: root gating, packet builders, a `BPF_PROG_TEST_RUN` harness, network
 //! namespaces and child processes that clean up after themselves even when a test panics.
 
+pub mod k8s;
 pub mod packet;
 
 use std::{

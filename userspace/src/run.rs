@@ -334,6 +334,8 @@ struct ClusterSource {
     settled: tokio::sync::mpsc::Receiver<Settled>,
     health: Arc<Health>,
     reported: std::collections::HashSet<Problem>,
+    /// The certificates the TLS listeners serve from the cluster.
+    certs: Vec<floodgate::tls::CertPair>,
 }
 
 impl ClusterSource {
@@ -350,6 +352,7 @@ impl ClusterSource {
             settled,
             health,
             reported: Default::default(),
+            certs: Vec::new(),
         })
     }
 
@@ -370,7 +373,7 @@ impl ClusterSource {
                 .with_label_values(&[kind])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
-        translate(base, &self.k, &objs)
+        translate(base, &self.k, &objs, &self.certs)
     }
 
     /// The translation serves: count it and log what is new among its problems.
@@ -407,6 +410,7 @@ impl ClusterSource {
         }
         self.health.set_synced();
         self.reported = now;
+        self.certs.clone_from(&t.certs);
     }
 }
 

@@ -36,6 +36,10 @@ const KUBECTL: &str = "/usr/bin/kubectl";
 /// The kubernetes-validate release the deploy tests validate manifests with (PyPI).
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
+/// The Kubernetes API mock the shared emulator (`../shared/k8s/serve.py`) extends; the
+/// control-plane tests run floodgate's real client against it (PyPI).
+const KMOCK: &str = "kmock==0.8";
+
 /// `build_only`: just what compiling needs (an image build has no apt tests or bpffs).
 pub fn setup(verbose: bool, build_only: bool) -> Result<()> {
     let mut report = Report::default();
@@ -62,6 +66,7 @@ pub fn is_complete() -> bool {
             && APT_PACKAGES.iter().all(|(_, f)| Path::new(f).exists())
             && Path::new(KUBECTL).exists()
             && kubernetes_validate_ok()
+            && kmock_ok()
             && bpffs_mounted()
             && cargo_fuzz_ok())
     })()
@@ -319,7 +324,31 @@ fn kubernetes_validate_ok() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+fn kmock_ok() -> bool {
+    Command::new("python3")
+        .args(["-c", "import kmock, jsonpatch"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 fn pip(report: &mut Report) -> Result<()> {
+    if kmock_ok() {
+        report.skipped.push("kmock (installed)".into());
+    } else {
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--root-user-action=ignore",
+            KMOCK,
+        ]))
+        .context("installing kmock from PyPI")?;
+        anyhow::ensure!(kmock_ok(), "kmock installed but python3 cannot import it");
+        report.done.push(format!("pip install {KMOCK}"));
+    }
     if kubernetes_validate_ok() {
         report
             .skipped

@@ -84,10 +84,14 @@ const CONTROLLER_PREFIXES: &[&str] = &[
 /// Builds the config floodgate serves from `base` (the file) and the cluster's objects. Fails
 /// only when the result as a whole is invalid (the settings ConfigMap is rejected alone first):
 /// then the running config keeps serving.
+///
+/// `served_certs` are the certificates the running config serves: a Secret that stops being a
+/// usable certificate (a half-written renewal) keeps its last good one serving.
 pub fn translate(
     base: &Config,
     k: &Kubernetes,
     objs: &Objects,
+    served_certs: &[CertPair],
 ) -> Result<(Config, Translation), ConfigError> {
     let mut problems = Vec::new();
     let mut cfg = base.clone();
@@ -147,9 +151,20 @@ pub fn translate(
             continue;
         }
         for (host, secret) in &fragment.tls {
+            let source = format!("{ns}/{secret}");
+            let last_good = || served_certs.iter().find(|c| c.source == source);
             match tls_secret(&index, &ns, secret) {
                 Ok(c) => certs.push(c),
-                Err(reason) => problems.push(problem(
+                Err(SecretError::Unusable(reason)) if last_good().is_some() => {
+                    certs.extend(last_good().cloned());
+                    problems.push(problem(
+                        "Ingress",
+                        ing,
+                        format!("tls secret `{secret}` (hosts {host}): {reason}; its last good certificate keeps serving"),
+                        false,
+                    ));
+                }
+                Err(SecretError::Missing(reason) | SecretError::Unusable(reason)) => problems.push(problem(
                     "Ingress",
                     ing,
                     format!("tls secret `{secret}` (hosts {host}): {reason}; those hosts get the listener's other certificates"),
@@ -573,18 +588,35 @@ fn check_alone(base: &Config, f: &Fragment) -> Result<(), ConfigError> {
     cfg.validate()
 }
 
-fn tls_secret(index: &Index<'_>, ns: &str, name: &str) -> Result<CertPair, String> {
-    let s = index.secrets.get(&(ns, name)).ok_or("not found")?;
+enum SecretError {
+    /// Not there (deleted, or never created): its hosts lose the certificate.
+    Missing(String),
+    /// There but not a usable certificate.
+    Unusable(String),
+}
+
+fn tls_secret(index: &Index<'_>, ns: &str, name: &str) -> Result<CertPair, SecretError> {
+    let s = index
+        .secrets
+        .get(&(ns, name))
+        .ok_or_else(|| SecretError::Missing("not found".into()))?;
     if s.type_.as_deref() != Some("kubernetes.io/tls") {
-        return Err(format!(
+        return Err(SecretError::Missing(format!(
             "type `{}`, not kubernetes.io/tls",
             s.type_.as_deref().unwrap_or("")
-        ));
+        )));
     }
-    let data = s.data.as_ref().ok_or("no data")?;
-    let get = |k: &str| data.get(k).map(|v| v.0.as_slice()).ok_or(format!("no {k}"));
+    let data = s
+        .data
+        .as_ref()
+        .ok_or_else(|| SecretError::Unusable("no data".into()))?;
+    let get = |k: &str| {
+        data.get(k)
+            .map(|v| v.0.as_slice())
+            .ok_or_else(|| SecretError::Unusable(format!("no {k}")))
+    };
     CertPair::parse(&format!("{ns}/{name}"), get("tls.crt")?, get("tls.key")?)
-        .map_err(|e| e.to_string())
+        .map_err(|e| SecretError::Unusable(e.to_string()))
 }
 
 fn names(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
@@ -693,7 +725,7 @@ kubernetes: {}
     }
 
     fn run(objs: &Objects) -> (Config, Translation) {
-        translate(&base(), &Kubernetes::default(), objs).unwrap()
+        translate(&base(), &Kubernetes::default(), objs, &[]).unwrap()
     }
 
     fn servers(cfg: &Config, name: &str) -> Vec<String> {
@@ -974,6 +1006,15 @@ kubernetes: {}
             "{notes:?}"
         );
         assert_eq!(t.served.len(), 1, "served with the other certificates");
+        // `good` broken later: the certificate served so far stays; deleted, it goes.
+        let served = t.certs.clone();
+        o.secrets[0] = secret("good", "kubernetes.io/tls", "bm90IGEga2V5".into());
+        let (_, t) = translate(&base(), &Kubernetes::default(), &o, &served).unwrap();
+        assert_eq!(t.certs.len(), 1, "{:?}", t.problems);
+        assert!(t.problems.iter().any(|p| p.reason.contains("last good")));
+        o.secrets.remove(0);
+        let (_, t) = translate(&base(), &Kubernetes::default(), &o, &served).unwrap();
+        assert!(t.certs.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
