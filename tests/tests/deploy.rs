@@ -26,6 +26,8 @@ const TARGETS: &[&str] = &[
     "overlays/generic-node-tuning",
     "overlays/aks",
     "overlays/aks-deployment",
+    "overlays/generic-kubernetes",
+    "overlays/aks-kubernetes",
     "daemonset",
     "deployment",
 ];
@@ -163,6 +165,60 @@ fn floodgate_check(docs: &[Value], tag: &str) -> yaml_serde::Value {
         "{tag}: every shipped HAProxy key is implemented"
     );
     parsed
+}
+
+#[test]
+fn cluster_mode_reads_the_cluster_with_least_privilege() {
+    for target in ["overlays/generic-kubernetes", "overlays/aks-kubernetes"] {
+        let (_, docs) = render(target);
+        let (ds, _) = workload(&docs, "DaemonSet");
+        assert_eq!(
+            ds["spec"]["template"]["spec"]["automountServiceAccountToken"], true,
+            "{target}"
+        );
+        assert_eq!(
+            find(&docs, "ServiceAccount", "floodgate")["automountServiceAccountToken"],
+            true
+        );
+        let class = find(&docs, "IngressClass", "floodgate");
+        let cfg = floodgate_check(&docs, &target.replace('/', "-"));
+        assert_eq!(
+            class["spec"]["controller"].as_str(),
+            cfg["kubernetes"]["controller"].as_str(),
+            "{target}: the shipped IngressClass is the one the config claims"
+        );
+        // Only reads, and only of the kinds cluster mode translates.
+        let allowed: &[(&str, &str)] = &[
+            ("networking.k8s.io", "ingressclasses"),
+            ("networking.k8s.io", "ingresses"),
+            ("", "services"),
+            ("", "secrets"),
+            ("discovery.k8s.io", "endpointslices"),
+            ("", "configmaps"),
+        ];
+        for (kind, name) in [("ClusterRole", "floodgate"), ("Role", "floodgate")] {
+            for rule in find(&docs, kind, name)["rules"].as_sequence().unwrap() {
+                assert_eq!(
+                    strs(&rule["verbs"]),
+                    ["list", "watch"],
+                    "{target} {kind}: {rule:?}"
+                );
+                for g in strs(&rule["apiGroups"]) {
+                    for r in strs(&rule["resources"]) {
+                        assert!(
+                            allowed.contains(&(g.as_str(), r.as_str())),
+                            "{target} {kind}: {g}/{r}"
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            find(&docs, "Role", "floodgate")["metadata"]["namespace"],
+            "floodgate",
+            "ConfigMaps only in floodgate's namespace"
+        );
+    }
 }
 
 fn port_of(bind: &Value) -> u16 {
