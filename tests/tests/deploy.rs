@@ -171,7 +171,7 @@ fn floodgate_check(docs: &[Value], tag: &str) -> yaml_serde::Value {
 fn cluster_mode_reads_the_cluster_with_least_privilege() {
     for target in ["overlays/generic-kubernetes", "overlays/aks-kubernetes"] {
         let (_, docs) = render(target);
-        let (ds, _) = workload(&docs, "DaemonSet");
+        let (ds, c) = workload(&docs, "DaemonSet");
         assert_eq!(
             ds["spec"]["template"]["spec"]["automountServiceAccountToken"], true,
             "{target}"
@@ -187,32 +187,56 @@ fn cluster_mode_reads_the_cluster_with_least_privilege() {
             cfg["kubernetes"]["controller"].as_str(),
             "{target}: the shipped IngressClass is the one the config claims"
         );
-        // Only reads, and only of the kinds cluster mode translates.
-        let allowed: &[(&str, &str)] = &[
-            ("networking.k8s.io", "ingressclasses"),
-            ("networking.k8s.io", "ingresses"),
-            ("", "services"),
-            ("", "secrets"),
-            ("discovery.k8s.io", "endpointslices"),
-            ("", "configmaps"),
+        // Reads of the kinds cluster mode translates; writes only of Ingress status, Events and
+        // floodgate's own Lease.
+        let allowed: &[(&str, &str, &[&str])] = &[
+            ("networking.k8s.io", "ingressclasses", &["list", "watch"]),
+            ("networking.k8s.io", "ingresses", &["list", "watch"]),
+            ("", "services", &["list", "watch"]),
+            ("", "secrets", &["list", "watch"]),
+            ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
+            ("", "configmaps", &["list", "watch"]),
+            ("", "pods", &["list", "watch"]),
+            ("networking.k8s.io", "ingresses/status", &["patch"]),
+            ("events.k8s.io", "events", &["create", "patch"]),
+            ("coordination.k8s.io", "leases", &["get", "update"]),
+            ("coordination.k8s.io", "leases", &["create"]),
         ];
         for (kind, name) in [("ClusterRole", "floodgate"), ("Role", "floodgate")] {
             for rule in find(&docs, kind, name)["rules"].as_sequence().unwrap() {
-                assert_eq!(
-                    strs(&rule["verbs"]),
-                    ["list", "watch"],
-                    "{target} {kind}: {rule:?}"
-                );
+                let verbs = strs(&rule["verbs"]);
                 for g in strs(&rule["apiGroups"]) {
                     for r in strs(&rule["resources"]) {
                         assert!(
-                            allowed.contains(&(g.as_str(), r.as_str())),
-                            "{target} {kind}: {g}/{r}"
+                            allowed.iter().any(|(ag, ar, av)| *ag == g
+                                && *ar == r
+                                && *av == verbs.as_slice()),
+                            "{target} {kind}: {g}/{r} {verbs:?}"
                         );
                     }
                 }
+                if strs(&rule["resources"]) == ["leases"] && verbs.contains(&"update".to_owned()) {
+                    assert_eq!(
+                        strs(&rule["resourceNames"]),
+                        ["floodgate"],
+                        "only its own Lease"
+                    );
+                }
             }
         }
+        let env = &c["env"];
+        let from_field = |n: &str| {
+            env.as_sequence()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == n)
+                .map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].clone())
+        };
+        assert_eq!(from_field("POD_NAME"), Some(Value::from("metadata.name")));
+        assert_eq!(
+            from_field("POD_NAMESPACE"),
+            Some(Value::from("metadata.namespace"))
+        );
         assert_eq!(
             find(&docs, "Role", "floodgate")["metadata"]["namespace"],
             "floodgate",

@@ -45,7 +45,7 @@ listeners:
   - {{ name: https, bind: '127.0.0.1:{tls_port}', tls: {{ certificates: [] }} }}
 backends: []
 admin: {{ bind: '127.0.0.1:{admin_port}' }}
-kubernetes: {{ kubeconfig: '{}' }}
+kubernetes: {{ kubeconfig: '{}', status-addresses: ['192.0.2.10', lb.example.com] }}
 ",
             emu.kubeconfig.display()
         ),
@@ -357,6 +357,46 @@ spec:
     }));
     assert_eq!(http_get(s.addr, "good.example.com", "/").unwrap().0, 200);
     assert_eq!(http_get(s.addr, "bad.example.com", "/").unwrap().0, 404);
+    // The one floodgate holds the Lease: it writes the served Ingress's status and an Event
+    // for the rejected one.
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let st = s.emu.kubectl(
+                &[
+                    "get",
+                    "ingress",
+                    "good",
+                    "-o",
+                    "jsonpath={.status.loadBalancer.ingress}",
+                ],
+                None,
+            );
+            st.contains("\"ip\":\"192.0.2.10\"") && st.contains("\"hostname\":\"lb.example.com\"")
+        }),
+        "status written: {}",
+        s.emu
+            .kubectl(&["get", "ingress", "good", "-o", "json"], None)
+    );
+    let bad_status = s
+        .emu
+        .kubectl(&["get", "ingress", "bad", "-o", "jsonpath={.status}"], None);
+    assert!(
+        !bad_status.contains("192.0.2.10"),
+        "no address for the rejected one: {bad_status}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let ev = s
+                .emu
+                .kubectl(&["get", "events.events.k8s.io", "-o", "json"], None);
+            ev.contains("\"reason\": \"Rejected\"")
+                && ev.contains("pathType")
+                && ev.contains("\"name\": \"bad\"")
+        }),
+        "an Event for the rejected Ingress: {}",
+        s.emu
+            .kubectl(&["get", "events.events.k8s.io", "-o", "json"], None)
+    );
 
     // The API goes away: the last state keeps serving, and /readyz and the metrics say so.
     s.emu.down();
@@ -383,4 +423,124 @@ spec:
     assert_eq!(http_get(s.addr, "good.example.com", "/").unwrap().0, 200);
     let (_, body) = http_get(s.admin, "a", "/readyz").unwrap();
     assert!(!body.contains("unreachable"), "{body}");
+}
+
+/// floodgate named `pod` (POD_NAME, as the downward API sets it) on `cfg`.
+fn spawn_pod(cfg: &std::path::Path, pod: &str) -> Proc {
+    Proc::spawn(
+        pod,
+        Command::new(floodgate_tests::bin("floodgate"))
+            .args(["run", "--config"])
+            .arg(cfg)
+            .env("POD_NAME", pod)
+            .stderr(Stdio::null()),
+    )
+}
+
+/// A Pod object of floodgate's on node address `host_ip`, ready (its status patched in, as
+/// the kubelet would).
+fn fake_pod(emu: &Emulator, name: &str, host_ip: &str) {
+    emu.apply(&format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{ name: {name}, namespace: default, labels: {{ app.kubernetes.io/name: floodgate }} }}
+spec: {{ containers: [{{ name: floodgate, image: floodgate }}] }}
+"
+    ));
+    emu.kubectl(
+        &[
+            "patch", "pod", name, "--subresource=status", "--type=merge", "-p",
+            &format!(r#"{{"status":{{"hostIP":"{host_ip}","conditions":[{{"type":"Ready","status":"True"}}]}}}}"#),
+        ],
+        None,
+    );
+}
+
+fn lease_holder(emu: &Emulator) -> String {
+    emu.kubectl(
+        &[
+            "get",
+            "lease",
+            "floodgate",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+        None,
+    )
+}
+
+#[test]
+fn one_pod_writes_status_and_another_takes_over_when_it_goes() {
+    let emu = Emulator::start();
+    let p1 = free_port();
+    let _o1 = spawn_origin(p1, "o1");
+    fake_pod(&emu, "fg-a", "10.1.0.1");
+    let mut pods: Vec<(String, Proc, SocketAddr)> = ["fg-a", "fg-b"]
+        .iter()
+        .map(|name| {
+            let port = free_port();
+            let cfg = temp_file(
+                &format!("k8s-leader-{name}.yaml"),
+                &format!(
+                    "xdp: {{ enabled: false }}
+listeners: [{{ name: http, bind: '127.0.0.1:{port}' }}]
+backends: []
+kubernetes: {{ kubeconfig: '{}' }}
+",
+                    emu.kubeconfig.display()
+                ),
+            );
+            (
+                (*name).to_owned(),
+                spawn_pod(&cfg, name),
+                ([127, 0, 0, 1], port).into(),
+            )
+        })
+        .collect();
+    emu.apply(&service_yaml("web", &[p1]));
+    emu.apply(&ingress_yaml("web", "web.example.com", "web", None));
+    for (_, _, addr) in &pods {
+        let addr = *addr;
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                http_get(addr, "web.example.com", "/").is_ok_and(|(st, _)| st == 200)
+            }),
+            "every pod serves"
+        );
+    }
+    let status = || {
+        emu.kubectl(
+            &[
+                "get",
+                "ingress",
+                "web",
+                "-o",
+                "jsonpath={.status.loadBalancer.ingress[*].ip}",
+            ],
+            None,
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || status() == "10.1.0.1"),
+        "the node addresses of floodgate's ready pods: {}",
+        status()
+    );
+    let holder = lease_holder(&emu);
+    assert!(holder == "fg-a" || holder == "fg-b", "{holder}");
+    // The holder goes (a rolling update): it gives the Lease up, the other takes it at once
+    // and keeps status current (a second node joined meanwhile).
+    let at = pods.iter().position(|(n, _, _)| *n == holder).unwrap();
+    let (_, mut gone, _) = pods.remove(at);
+    gone.stop();
+    fake_pod(&emu, "fg-b", "10.1.0.2");
+    assert!(
+        wait_until(Duration::from_secs(10), || lease_holder(&emu) == pods[0].0),
+        "the other pod holds the Lease: {}",
+        lease_holder(&emu)
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || status() == "10.1.0.1 10.1.0.2"),
+        "written by the new holder: {}",
+        status()
+    );
 }

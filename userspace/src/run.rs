@@ -303,6 +303,12 @@ async fn serve(
             }
         }
     }
+    if let Some(c) = cluster {
+        // Bounded: a stuck API server must not hold up the drain.
+        let (client, ns, me) = c.release;
+        let release = floodgate::cluster::leader::release(client, &ns, &c.k.lease, &me);
+        let _ = tokio::time::timeout(Duration::from_secs(2), release).await;
+    }
     drain(
         &ready,
         &stop_tx,
@@ -336,6 +342,10 @@ struct ClusterSource {
     reported: std::collections::HashSet<Problem>,
     /// The certificates the TLS listeners serve from the cluster.
     certs: Vec<floodgate::tls::CertPair>,
+    /// The status writer's input (it writes only while this pod holds the Lease).
+    status: tokio::sync::watch::Sender<Arc<floodgate::cluster::status::Report>>,
+    /// What giving up the Lease at exit needs: the client, the namespace, this pod's identity.
+    release: (kube::Client, String, String),
 }
 
 impl ClusterSource {
@@ -344,8 +354,24 @@ impl ClusterSource {
         metrics: &floodgate::metrics::Metrics,
     ) -> anyhow::Result<Self> {
         let health = Arc::new(Health::new(metrics.registry())?);
-        let (watches, settled) = floodgate::cluster::watch::start(k, health.clone()).await?;
-        info!(controller = %k.controller, namespaces = ?k.namespaces, "watching the Kubernetes API");
+        let (watches, settled, client) =
+            floodgate::cluster::watch::start(k, health.clone()).await?;
+        let ns = floodgate::cluster::watch::own_namespace(&client);
+        let identity = floodgate::cluster::leader::identity();
+        let leader = floodgate::cluster::leader::spawn(
+            client.clone(),
+            ns.clone(),
+            k.lease.clone(),
+            identity.clone(),
+        );
+        let status = floodgate::cluster::status::spawn(
+            client.clone(),
+            k,
+            ns.clone(),
+            watches.ingress_stores(),
+            leader,
+        );
+        info!(controller = %k.controller, namespaces = ?k.namespaces, lease = %format!("{ns}/{}", k.lease), %identity, "watching the Kubernetes API");
         Ok(Self {
             k: k.clone(),
             watches,
@@ -353,6 +379,8 @@ impl ClusterSource {
             health,
             reported: Default::default(),
             certs: Vec::new(),
+            status,
+            release: (client, ns, identity),
         })
     }
 
@@ -411,6 +439,11 @@ impl ClusterSource {
         self.health.set_synced();
         self.reported = now;
         self.certs.clone_from(&t.certs);
+        self.status
+            .send_replace(Arc::new(floodgate::cluster::status::Report {
+                served: t.served.clone(),
+                problems: t.problems.clone(),
+            }));
     }
 }
 

@@ -6,6 +6,8 @@
 //! Nothing here runs on a serving thread: the watches, the debounce and the translation run on
 //! the control thread's runtime.
 
+pub mod leader;
+pub mod status;
 pub mod translate;
 pub mod watch;
 

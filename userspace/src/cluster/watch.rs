@@ -46,6 +46,11 @@ pub struct Watches {
 }
 
 impl Watches {
+    /// The Ingress stores, for the status writer.
+    pub fn ingress_stores(&self) -> Vec<Store<Ingress>> {
+        self.ingresses.clone()
+    }
+
     /// What the watches hold now.
     pub fn objects(&self) -> Objects {
         fn all<K: Clone + kube::runtime::reflector::Lookup + 'static>(s: &[Store<K>]) -> Vec<Arc<K>>
@@ -72,11 +77,12 @@ pub struct Settled {
 }
 
 /// Connects to the API and starts the watches on the calling runtime. The receiver yields once
-/// every watch has listed its objects, then after each batch of changes.
+/// every watch has listed its objects, then after each batch of changes. The client is for the
+/// status writer and the election.
 pub async fn start(
     k: &Kubernetes,
     health: Arc<Health>,
-) -> Result<(Watches, mpsc::Receiver<Settled>), ClusterError> {
+) -> Result<(Watches, mpsc::Receiver<Settled>, Client), ClusterError> {
     let client = client(k).await?;
     let changed = Arc::new(Notify::new());
     let pending = Arc::new(AtomicUsize::new(0));
@@ -129,7 +135,21 @@ pub async fn start(
     }
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(debounce(changed, pending, k.debounce.0, k.max_delay.0, tx));
-    Ok((w, rx))
+    Ok((w, rx, client))
+}
+
+/// The namespace floodgate runs in: `POD_NAMESPACE` (the downward API), the service account's,
+/// else the kubeconfig context's.
+pub fn own_namespace(client: &Client) -> String {
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| client.default_namespace().to_owned())
 }
 
 async fn client(k: &Kubernetes) -> Result<Client, ClusterError> {

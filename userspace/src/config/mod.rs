@@ -117,6 +117,14 @@ pub struct Kubernetes {
     pub debounce: HDuration,
     /// Longest a change waits while changes keep coming.
     pub max_delay: HDuration,
+    /// What served Ingresses' `status.loadBalancer` says: IPs or host names. Empty: the
+    /// addresses of the nodes floodgate's ready pods run on (`pod-selector`).
+    pub status_addresses: Vec<String>,
+    /// The label selector of floodgate's own pods, in its namespace.
+    pub pod_selector: String,
+    /// The Lease, in floodgate's namespace, whose holder writes status and events: one pod of
+    /// all, while every pod serves.
+    pub lease: String,
 }
 
 /// The controller name of floodgate's IngressClass.
@@ -131,6 +139,9 @@ impl Default for Kubernetes {
             settings: None,
             debounce: HDuration(Duration::from_millis(100)),
             max_delay: HDuration(Duration::from_millis(500)),
+            status_addresses: Vec::new(),
+            pod_selector: "app.kubernetes.io/name=floodgate".to_owned(),
+            lease: "floodgate".to_owned(),
         }
     }
 }
@@ -156,6 +167,19 @@ impl Kubernetes {
             return Err(invalid(
                 "kubernetes.settings",
                 format!("`{s}`: expected namespace/name"),
+            ));
+        }
+        if self.lease.is_empty() {
+            return Err(invalid("kubernetes.lease", "a Lease name is required"));
+        }
+        if let Some(a) = self
+            .status_addresses
+            .iter()
+            .find(|a| a.is_empty() || a.contains([' ', '/']))
+        {
+            return Err(invalid(
+                "kubernetes.status-addresses",
+                format!("`{a}`: an IP address or a host name"),
             ));
         }
         if self.debounce.0.is_zero() || self.max_delay.0 < self.debounce.0 {
