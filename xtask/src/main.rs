@@ -96,6 +96,8 @@ pub enum Bench {
     Tls,
     /// What any proxy costs here: a bare relay and a bare hyper beside floodgate and HAProxy.
     Floor,
+    /// Cluster mode at scale (5,000 Ingresses, 20,000 endpoints) against the API emulator.
+    K8s,
 }
 
 /// The machine's shared material beside the repository (the benchmark harness, the nightly's

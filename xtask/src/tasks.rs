@@ -301,6 +301,23 @@ pub fn bench(what: Bench) -> Result<()> {
                 "fg-xdp-bench",
             ]),
         ),
+        Bench::K8s => {
+            step(
+                "build (release)",
+                cargo().args(["build", "--release", "--bins"]),
+            )?;
+            step(
+                "cluster mode at scale: time to serve, memory, one endpoint change (INGRESSES, ENDPOINTS, REPEATS)",
+                cargo().args([
+                    "run",
+                    "--release",
+                    "--package",
+                    "floodgate-tests",
+                    "--bin",
+                    "fg-k8s-bench",
+                ]),
+            )
+        }
         Bench::Flood => {
             // HAProxy 2.6 (Debian 12's) is the reference, as in the shared harness, which
             // installs it the same way; only this benchmark needs it.
