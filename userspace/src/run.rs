@@ -35,6 +35,8 @@ const FLOW_AGING_TICKS: u64 = 40;
 const DROP_CHECK_TICKS: u64 = 4;
 /// How often the config file is checked for new content.
 const RELOAD_POLL: Duration = Duration::from_secs(1);
+/// A config rebuild (file or cluster) longer than this is logged with where the time went.
+const SLOW_REBUILD: Duration = Duration::from_millis(250);
 /// How long in-flight requests may take to finish after SIGTERM.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
@@ -254,6 +256,7 @@ async fn serve(
             Change::Cluster(s) => Some(s),
         };
         // The file's config, with the cluster's objects on top in cluster mode.
+        let t0 = std::time::Instant::now();
         let (next, from_cluster) = match &mut cluster {
             Some(c) => match c.translate(&base) {
                 Ok((next, t)) => (next, Some(t)),
@@ -265,7 +268,15 @@ async fn serve(
             },
             None => (base.clone(), None),
         };
+        let t1 = std::time::Instant::now();
         let applied = apply_reload(workers, next, &cfg, &routing, &ctxs, dp.as_mut()).await;
+        if t0.elapsed() > SLOW_REBUILD {
+            warn!(
+                translate_ms = (t1 - t0).as_millis(),
+                build_ms = t1.elapsed().as_millis(),
+                "slow config rebuild"
+            );
+        }
         if settled.is_none() {
             reloads.record(&applied);
         }
@@ -370,6 +381,7 @@ impl ClusterSource {
             ns.clone(),
             watches.ingress_stores(),
             leader,
+            health.metrics.writes.clone(),
         );
         info!(controller = %k.controller, namespaces = ?k.namespaces, lease = %format!("{ns}/{}", k.lease), %identity, "watching the Kubernetes API");
         Ok(Self {

@@ -122,6 +122,8 @@ pub struct ClusterMetrics {
     pub objects: IntGaugeVec,
     /// Ingresses served and rejected.
     pub ingresses: IntGaugeVec,
+    /// Writes to the cluster by the Lease holder, by kind (`status`, `event`).
+    pub writes: IntCounterVec,
 }
 
 impl ClusterMetrics {
@@ -162,6 +164,14 @@ impl ClusterMetrics {
             ),
             &["state"],
         )?;
+        let writes = IntCounterVec::new(
+            Opts::new(
+                "floodgate_kubernetes_writes_total",
+                "Writes to the API by the Lease holder, by kind (status, event)",
+            ),
+            &["kind"],
+        )?;
+        r.register(Box::new(writes.clone()))?;
         r.register(Box::new(api_up.clone()))?;
         r.register(Box::new(watch_errors.clone()))?;
         r.register(Box::new(syncs.clone()))?;
@@ -175,6 +185,7 @@ impl ClusterMetrics {
             sync_latency,
             objects,
             ingresses,
+            writes,
         })
     }
 }

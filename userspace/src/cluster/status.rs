@@ -44,6 +44,7 @@ pub fn spawn(
     namespace: String,
     ingresses: Vec<Store<Ingress>>,
     mut leader: watch::Receiver<bool>,
+    writes: prometheus::IntCounterVec,
 ) -> watch::Sender<Arc<Report>> {
     let (tx, mut rx) = watch::channel(Arc::new(Report::default()));
     let writer = Writer {
@@ -59,6 +60,7 @@ pub fn spawn(
         addresses: k.status_addresses.clone(),
         pod_selector: k.pod_selector.clone(),
         ingresses,
+        writes,
     };
     tokio::spawn(async move {
         // Events published while leading; forgotten when leadership is lost, so a new leader
@@ -102,6 +104,7 @@ struct Writer {
     addresses: Vec<String>,
     pod_selector: String,
     ingresses: Vec<Store<Ingress>>,
+    writes: prometheus::IntCounterVec,
 }
 
 impl Writer {
@@ -177,6 +180,7 @@ impl Writer {
             let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": want } } });
             api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
+            self.writes.with_label_values(&["status"]).inc();
         }
         Ok(())
     }
@@ -219,6 +223,8 @@ impl Writer {
             action: "Translate".into(),
             secondary: None,
         };
-        self.recorder.publish(&event, &reference).await
+        self.recorder.publish(&event, &reference).await?;
+        self.writes.with_label_values(&["event"]).inc();
+        Ok(())
     }
 }

@@ -195,6 +195,10 @@ impl Spawner {
         pending.fetch_add(1, Ordering::Relaxed);
         let kind = K::kind(&K::DynamicType::default()).into_owned();
         let mut listed = false;
+        // The generation each object was last seen with: a change of status or metadata
+        // alone (every status floodgate writes comes back this way) does not bump it and needs
+        // no rebuild. Objects without a generation (Secrets, ConfigMaps) always count.
+        let mut seen: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
         let stream = watcher(api, cfg).default_backoff().reflect(writer);
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
@@ -212,10 +216,30 @@ impl Spawner {
                                 }
                                 changed.notify_one();
                             }
-                            watcher::Event::Apply(_) | watcher::Event::Delete(_) => {
+                            watcher::Event::Apply(o) => {
+                                let m = o.meta();
+                                let same = match (m.uid.as_ref(), m.generation) {
+                                    (Some(uid), Some(g)) => seen.insert(uid.clone(), g) == Some(g),
+                                    _ => false,
+                                };
+                                if !same {
+                                    changed.notify_one();
+                                }
+                            }
+                            watcher::Event::Delete(o) => {
+                                if let Some(uid) = o.meta().uid.as_ref() {
+                                    seen.remove(uid);
+                                }
                                 changed.notify_one();
                             }
-                            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+                            watcher::Event::InitApply(o) => {
+                                if let (Some(uid), Some(g)) =
+                                    (o.meta().uid.as_ref(), o.meta().generation)
+                                {
+                                    seen.insert(uid.clone(), g);
+                                }
+                            }
+                            watcher::Event::Init => {}
                         }
                     }
                     Err(e) => {

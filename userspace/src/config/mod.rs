@@ -649,11 +649,13 @@ pub fn cidrs_contain(nets: &[IpNet], ip: std::net::IpAddr) -> bool {
     nets.iter().any(|n| n.contains(&ip))
 }
 
-/// Headers to remove, then headers to set (each replacing every earlier value).
+/// Headers to remove, then headers to set (each replacing every earlier value), then headers
+/// to add (each appended after the values already there: the Gateway API's `add`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeaderRules {
     pub set: BTreeMap<String, String>,
+    pub add: BTreeMap<String, String>,
     pub remove: Vec<String>,
 }
 
@@ -676,6 +678,7 @@ impl HeaderRules {
             .set
             .keys()
             .map(|n| (format!("{key}.set"), n))
+            .chain(self.add.keys().map(|n| (format!("{key}.add"), n)))
             .chain(self.remove.iter().map(|n| (format!("{key}.remove"), n)));
         for (k, n) in names {
             if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
@@ -688,10 +691,15 @@ impl HeaderRules {
                 ));
             }
         }
-        for (n, v) in &self.set {
+        for (n, v, part) in self
+            .set
+            .iter()
+            .map(|(n, v)| (n, v, "set"))
+            .chain(self.add.iter().map(|(n, v)| (n, v, "add")))
+        {
             if http::HeaderValue::from_str(v).is_err() {
                 return Err(invalid(
-                    format!("{key}.set.{n}"),
+                    format!("{key}.{part}.{n}"),
                     "not a header value (visible ASCII, spaces and tabs)",
                 ));
             }
@@ -1044,6 +1052,23 @@ pub struct Route {
     /// as plain HTTP. `h2c` is refused: requests inside such a tunnel would pass routing.
     #[serde(default = "default_upgrades")]
     pub upgrades: Vec<String>,
+    /// Listeners (by name) this route serves on; empty: every listener.
+    #[serde(default)]
+    pub listeners: Vec<String>,
+    /// Methods the request must have (any of them); empty: every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Query parameters the request must have with these exact values (the first occurrence
+    /// of a name counts).
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// Header rules for requests of this route on their way to the backend, after the
+    /// backend's own (the Gateway API's RequestHeaderModifier).
+    #[serde(default)]
+    pub request_headers: HeaderRules,
+    /// Header rules for the answers to this route's requests, after the backend's own.
+    #[serde(default)]
+    pub response_headers: HeaderRules,
 }
 
 impl Route {
@@ -1066,6 +1091,11 @@ impl Route {
             split: Vec::new(),
             redirect: None,
             upgrades: default_upgrades(),
+            listeners: Vec::new(),
+            methods: Vec::new(),
+            query: BTreeMap::new(),
+            request_headers: HeaderRules::default(),
+            response_headers: HeaderRules::default(),
         }
     }
 }
@@ -2136,6 +2166,36 @@ impl Config {
             }
         }
         for (i, r) in self.routes.iter().enumerate() {
+            if let Some(l) = r
+                .listeners
+                .iter()
+                .find(|l| !self.listeners.iter().any(|x| &x.name == *l))
+            {
+                return Err(invalid(
+                    format!("routes[{i}].listeners"),
+                    format!("no listener named `{l}`"),
+                ));
+            }
+            if let Some(m) = r
+                .methods
+                .iter()
+                .find(|m| m.is_empty() || http::Method::from_bytes(m.as_bytes()).is_err())
+            {
+                return Err(invalid(
+                    format!("routes[{i}].methods"),
+                    format!("`{m}` is not a method"),
+                ));
+            }
+            if r.query.keys().any(String::is_empty) {
+                return Err(invalid(
+                    format!("routes[{i}].query"),
+                    "empty parameter name",
+                ));
+            }
+            r.request_headers
+                .validate(&format!("routes[{i}].request-headers"))?;
+            r.response_headers
+                .validate(&format!("routes[{i}].response-headers"))?;
             let targets = [
                 !r.backend.is_empty(),
                 !r.split.is_empty(),

@@ -199,9 +199,12 @@ impl Routing {
             direct.clone(),
             h2.iter().flatten().cloned().collect(),
         ));
-        let router = Router::with_users(&cfg.routes, &basic, |name| {
-            pools.iter().position(|p| p.name == name)
-        });
+        let router = Router::with_users(
+            &cfg.routes,
+            &basic,
+            |name| pools.iter().position(|p| p.name == name),
+            |name| cfg.listeners.iter().position(|l| l.name == name),
+        );
         Ok(Self {
             router,
             passive: cfg.backends.iter().map(|b| b.passive.clone()).collect(),
@@ -434,6 +437,8 @@ struct Generation {
     per_source: Option<Arc<listener::connlimit::PerSource>>,
     /// Per backend of `routing`, this listener's metric handles, made on first use.
     handles: Arc<[OnceLock<metrics::Handles>]>,
+    /// This listener's place in the config (routes' `listeners`).
+    listener: usize,
 }
 
 impl Generation {
@@ -477,6 +482,11 @@ impl Generation {
                 .and_then(request::forwarded::Trust::new)
                 .map(Arc::new),
             handles: routing.pools.iter().map(|_| OnceLock::new()).collect(),
+            listener: cfg
+                .listeners
+                .iter()
+                .position(|l| l.name == listener.name)
+                .unwrap_or(usize::MAX),
             routing,
         }
     }
@@ -711,6 +721,8 @@ pub async fn handle(
         if routed.forbidden {
             return Err(ProxyError::Forbidden);
         }
+        let (route_request_rules, route_response_rules) =
+            (routed.request_headers, routed.response_headers);
         let Some(backend) = routed.backend else {
             return match routed.redirect {
                 Some(d) => d.answer(req.uri()),
@@ -791,6 +803,9 @@ pub async fn handle(
         if let Some(r) = request_rules {
             r.apply(&mut up.parts.headers);
         }
+        if let Some(r) = route_request_rules {
+            r.apply(&mut up.parts.headers);
+        }
         if let Some(e) = log.as_mut() {
             e.request_id = up
                 .parts
@@ -825,6 +840,9 @@ pub async fn handle(
         ))
         .await?;
         if let Some(r) = response_rules {
+            r.apply(resp.headers_mut());
+        }
+        if let Some(r) = route_response_rules {
             r.apply(resp.headers_mut());
         }
         if let Some(c) = compress {
@@ -962,7 +980,15 @@ fn route<'g>(
         });
     ctx.routing
         .router
-        .route(host, req.uri().path(), req.headers(), client)
+        .ask(&request::route::Ask {
+            host,
+            path: req.uri().path(),
+            query: req.uri().query(),
+            method: req.method(),
+            headers: req.headers(),
+            client,
+            listener: ctx.listener,
+        })
         .or(ctx.default_backend.map(|backend| request::route::Routed {
             backend: Some(backend),
             redirect: None,
@@ -973,6 +999,8 @@ fn route<'g>(
             cors: None,
             mirror: None,
             upgrades: &request::route::DEFAULT_UPGRADES,
+            request_headers: None,
+            response_headers: None,
         }))
         .ok_or(ProxyError::NoRoute)
 }

@@ -40,6 +40,7 @@ pub fn join_cookies(headers: &mut HeaderMap) {
 #[derive(Debug, Default)]
 pub struct Rules {
     set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
     remove: Vec<HeaderName>,
 }
 
@@ -47,22 +48,27 @@ impl Rules {
     /// `None` when there is nothing to do. The config was validated, so a name or value that
     /// does not parse cannot happen; it would be skipped.
     pub fn new(cfg: &config::HeaderRules) -> Option<Self> {
-        let set: Vec<_> = cfg
-            .set
-            .iter()
-            .filter_map(|(n, v)| {
-                Some((
-                    HeaderName::from_bytes(n.as_bytes()).ok()?,
-                    HeaderValue::from_str(v).ok()?,
-                ))
-            })
-            .collect();
+        let pairs = |m: &std::collections::BTreeMap<String, String>| -> Vec<_> {
+            m.iter()
+                .filter_map(|(n, v)| {
+                    Some((
+                        HeaderName::from_bytes(n.as_bytes()).ok()?,
+                        HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect()
+        };
+        let (set, add) = (pairs(&cfg.set), pairs(&cfg.add));
         let remove: Vec<_> = cfg
             .remove
             .iter()
             .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
-        (!set.is_empty() || !remove.is_empty()).then_some(Self { set, remove })
+        (!set.is_empty() || !add.is_empty() || !remove.is_empty()).then_some(Self {
+            set,
+            add,
+            remove,
+        })
     }
 
     pub fn apply(&self, headers: &mut HeaderMap) {
@@ -71,6 +77,9 @@ impl Rules {
         }
         for (n, v) in &self.set {
             headers.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            headers.append(n.clone(), v.clone());
         }
     }
 }

@@ -69,6 +69,14 @@ struct Rule {
     cors: Option<Arc<Cors>>,
     mirror: Option<usize>,
     upgrades: Upgrades,
+    /// Bit `i` set: served on listener `i`; 0: on every listener.
+    listeners: u64,
+    /// Any of these methods; empty: every method.
+    methods: Vec<http::Method>,
+    /// Query parameters that must be there with these values.
+    query: Vec<(String, String)>,
+    request_headers: Option<Arc<crate::proxy::request::headers::Rules>>,
+    response_headers: Option<Arc<crate::proxy::request::headers::Rules>>,
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +187,24 @@ pub struct Routed<'a> {
     pub mirror: Option<usize>,
     /// The protocols `Upgrade` may switch to.
     pub upgrades: &'a Upgrades,
+    /// The route's own header rules, applied after the backend's.
+    pub request_headers: Option<&'a crate::proxy::request::headers::Rules>,
+    pub response_headers: Option<&'a crate::proxy::request::headers::Rules>,
+}
+
+/// What routing looks at in a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// The authority or Host header, with or without a port.
+    pub host: Option<&'a str>,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub method: &'a http::Method,
+    pub headers: &'a HeaderMap,
+    /// The client, checked against the matching rule's `allow`.
+    pub client: IpAddr,
+    /// The listener's place in the config.
+    pub listener: usize,
 }
 
 /// The protocols a route lets clients switch to (`routes[].upgrades`).
@@ -221,7 +247,7 @@ impl Router {
     /// A router without basic auth users (tests).
     #[cfg(test)]
     pub fn new(routes: &[config::Route], backend_index: impl Fn(&str) -> Option<usize>) -> Self {
-        Self::with_users(routes, &[], backend_index)
+        Self::with_users(routes, &[], backend_index, |_| None)
     }
 
     /// `backend_index` resolves a backend name (validated by config) to its index; `basic` is
@@ -230,6 +256,7 @@ impl Router {
         routes: &[config::Route],
         basic: &[Option<Arc<BasicAuth>>],
         backend_index: impl Fn(&str) -> Option<usize>,
+        listener_index: impl Fn(&str) -> Option<usize>,
     ) -> Self {
         let rules = routes
             .iter()
@@ -294,6 +321,27 @@ impl Router {
                         None => None,
                     },
                     upgrades: Upgrades::new(&r.upgrades),
+                    listeners: r
+                        .listeners
+                        .iter()
+                        .map(|l| Some(1u64.checked_shl(u32::try_from(listener_index(l)?).ok()?)?))
+                        .try_fold(0u64, |acc, bit| Some(acc | bit?))?,
+                    methods: r
+                        .methods
+                        .iter()
+                        .map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+                        .collect::<Option<Vec<_>>>()?,
+                    query: r
+                        .query
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    request_headers: crate::proxy::request::headers::Rules::new(&r.request_headers)
+                        .map(Arc::new),
+                    response_headers: crate::proxy::request::headers::Rules::new(
+                        &r.response_headers,
+                    )
+                    .map(Arc::new),
                 })
             })
             .collect::<Vec<Rule>>();
@@ -362,6 +410,7 @@ impl Router {
 
     /// `host` is the request's authority or Host header, with or without a port; `client`
     /// the peer's address, checked against the matching rule's `allow` list.
+    #[cfg(test)]
     pub fn route(
         &self,
         host: Option<&str>,
@@ -369,13 +418,42 @@ impl Router {
         headers: &HeaderMap,
         client: IpAddr,
     ) -> Option<Routed<'_>> {
+        self.ask(&Ask {
+            host,
+            path,
+            query: None,
+            method: &http::Method::GET,
+            headers,
+            client,
+            listener: 0,
+        })
+    }
+
+    /// The rule that serves `a`: the first in config order that matches.
+    pub fn ask(&self, a: &Ask<'_>) -> Option<Routed<'_>> {
+        let Ask {
+            host,
+            path,
+            headers,
+            client,
+            ..
+        } = *a;
         let host = host.map(strip_port).map(str::to_ascii_lowercase);
+        let bit = u32::try_from(a.listener)
+            .ok()
+            .and_then(|i| 1u64.checked_shl(i))
+            .unwrap_or(0);
         let matches = |r: &Rule| {
             r.host.matches(host.as_deref())
+                && (r.listeners == 0 || r.listeners & bit != 0)
                 && path_matches(&r.path, path)
+                && (r.methods.is_empty() || r.methods.contains(a.method))
                 && r.headers
                     .iter()
                     .all(|(n, v)| headers.get_all(n).iter().any(|h| h == v))
+                && r.query
+                    .iter()
+                    .all(|(k, v)| query_value(a.query, k) == Some(v.as_str()))
         };
         let found = match self.lists(host.as_deref()) {
             // The lists merged in config order: the first rule that matches wins.
@@ -407,8 +485,19 @@ impl Router {
             cors: r.cors.as_deref(),
             mirror: r.mirror,
             upgrades: &r.upgrades,
+            request_headers: r.request_headers.as_deref(),
+            response_headers: r.response_headers.as_deref(),
         })
     }
+}
+
+/// The first value of parameter `name` in `query`, as written (no percent-decoding: the
+/// Gateway API matches query values exactly).
+fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
 }
 
 fn strip_port(host: &str) -> &str {
