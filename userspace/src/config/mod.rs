@@ -1107,7 +1107,7 @@ pub fn default_upgrades() -> Vec<String> {
 
 /// A route's redirect: HAProxy's `http-request redirect location|prefix ... code N`,
 /// ingress-nginx's `permanent-redirect`, `temporal-redirect` and `app-root`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Redirect {
     /// The `Location`, as it is.
@@ -1119,6 +1119,20 @@ pub struct Redirect {
     /// With `prefix`: leave the query out.
     #[serde(default)]
     pub drop_query: bool,
+    /// Instead of `location` or `prefix`, the request's own URL with parts changed (the Gateway
+    /// API's RequestRedirect): `http` or `https`.
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// The whole path replaced.
+    #[serde(default)]
+    pub replace_path: Option<String>,
+    /// The route's `path-prefix` replaced with this.
+    #[serde(default)]
+    pub replace_prefix: Option<String>,
     /// 301, 302, 303, 307 or 308.
     #[serde(default = "default_redirect_code")]
     pub code: u16,
@@ -2218,13 +2232,66 @@ impl Config {
             }
             if let Some(d) = &r.redirect {
                 let key = format!("routes[{i}].redirect");
-                let target = match (&d.location, &d.prefix) {
-                    (Some(l), None) => l,
-                    (None, Some(p)) => p,
+                let parts = d.scheme.is_some()
+                    || d.hostname.is_some()
+                    || d.port.is_some()
+                    || d.replace_path.is_some()
+                    || d.replace_prefix.is_some();
+                let target = match (&d.location, &d.prefix, parts) {
+                    (Some(l), None, false) => l,
+                    (None, Some(p), false) => p,
+                    (None, None, true) => "/",
                     _ => {
-                        return Err(invalid(key, "set one of `location` and `prefix`"));
+                        return Err(invalid(
+                            key,
+                            "set one of `location`, `prefix`, or parts of the URL (`scheme`, `hostname`, `port`, `replace-path`, `replace-prefix`)",
+                        ));
                     }
                 };
+                if let Some(s) = d
+                    .scheme
+                    .as_deref()
+                    .filter(|s| !matches!(*s, "http" | "https"))
+                {
+                    return Err(invalid(
+                        format!("{key}.scheme"),
+                        format!("`{s}`: http or https"),
+                    ));
+                }
+                if let Some(h) = &d.hostname {
+                    if h.starts_with('*') {
+                        return Err(invalid(
+                            format!("{key}.hostname"),
+                            "a host name, not a wildcard",
+                        ));
+                    }
+                    host_pattern(h).map_err(|e| invalid(format!("{key}.hostname"), e))?;
+                }
+                if d.replace_path.is_some() && d.replace_prefix.is_some() {
+                    return Err(invalid(
+                        key,
+                        "set one of `replace-path` and `replace-prefix`",
+                    ));
+                }
+                if d.replace_prefix.is_some() && r.path_prefix.is_none() {
+                    return Err(invalid(
+                        format!("{key}.replace-prefix"),
+                        "only with the route's `path-prefix`",
+                    ));
+                }
+                for (k, p) in [
+                    ("replace-path", &d.replace_path),
+                    ("replace-prefix", &d.replace_prefix),
+                ] {
+                    if let Some(p) = p
+                        && (!p.starts_with('/') || http::HeaderValue::from_str(p).is_err())
+                    {
+                        return Err(invalid(
+                            format!("{key}.{k}"),
+                            format!("`{p}`: a path starting with /"),
+                        ));
+                    }
+                }
                 if target.is_empty() || http::HeaderValue::from_str(target).is_err() {
                     return Err(invalid(
                         key,
@@ -2978,7 +3045,20 @@ xdp: { enabled: false }
             ("{ redirect: { code: 301 } }", "routes[0].redirect"),
             (
                 "{ redirect: { location: /x, prefix: /y } }",
-                "one of `location` and `prefix`",
+                "one of `location`, `prefix`, or parts",
+            ),
+            (
+                "{ path-prefix: /a, redirect: { scheme: ftp } }",
+                "redirect.scheme: `ftp`",
+            ),
+            (
+                "{ redirect: { replace-prefix: /b } }",
+                "only with the route's `path-prefix`",
+            ),
+            ("{ methods: ['GE T'], backend: b }", "routes[0].methods"),
+            (
+                "{ listeners: [nope], backend: b }",
+                "no listener named `nope`",
             ),
             ("{ redirect: { location: /x, code: 200 } }", "redirect.code"),
             (
@@ -3245,7 +3325,7 @@ xdp: { enabled: false }
             ("{ set: { X-A: \"x\\ny\" } }", "request-headers.set.X-A"),
             ("{ remove: [Transfer-Encoding] }", "request-headers.remove"),
             ("{ set: { Content-Length: '1' } }", "request-headers.set"),
-            ("{ add: { X-A: x } }", "add"),
+            ("{ add: { Connection: x } }", "request-headers.add"),
         ] {
             let e = error_of(&rules(r));
             assert!(e.contains(key), "{r}: {e}");

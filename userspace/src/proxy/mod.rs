@@ -402,6 +402,8 @@ pub struct ListenerCtx {
     pub scheme: &'static str,
     /// The listener's port, for `X-Forwarded-Port`.
     port: HeaderValue,
+    /// The same, as a number (redirects built from the request's URL).
+    port_number: u16,
     request_ids: AtomicU64,
     /// The pid part of generated request ids, formatted once: getpid() is a real syscall, and
     /// it was one of five per proxied request.
@@ -507,6 +509,7 @@ impl ListenerCtx {
                 "http"
             },
             port: HeaderValue::from(listener.bind.port()),
+            port_number: listener.bind.port(),
             request_ids: AtomicU64::new(0),
             request_id_prefix: format!("{:08x}", std::process::id()),
             limits: cfg.global.limits.clone(),
@@ -725,7 +728,23 @@ pub async fn handle(
             (routed.request_headers, routed.response_headers);
         let Some(backend) = routed.backend else {
             return match routed.redirect {
-                Some(d) => d.answer(req.uri()),
+                Some(d) => {
+                    let host = req.uri().host().map(str::to_owned).or_else(|| {
+                        req.headers()
+                            .get(header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                            .map(|a| a.host().to_owned())
+                    });
+                    d.answer(
+                        req.uri(),
+                        request::redirect::Origin {
+                            host: host.as_deref(),
+                            scheme: ctx.scheme,
+                            port: ctx.port_number,
+                        },
+                    )
+                }
                 None => Err(ProxyError::NoRoute),
             };
         };

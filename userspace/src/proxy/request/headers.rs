@@ -108,13 +108,21 @@ mod tests {
         let cfg = config::HeaderRules {
             set: [("X-Frame-Options".to_owned(), "DENY".to_owned())].into(),
             remove: vec!["server".into(), "x-frame-options".into()],
+            add: [("Vary".to_owned(), "Origin".to_owned())].into(),
         };
         let rules = Rules::new(&cfg).expect("rules");
         let mut h = HeaderMap::new();
         h.insert("server", HeaderValue::from_static("nginx"));
         h.append("x-frame-options", HeaderValue::from_static("SAMEORIGIN"));
         h.append("x-frame-options", HeaderValue::from_static("ALLOW-FROM x"));
+        h.insert("vary", HeaderValue::from_static("Accept-Encoding"));
         rules.apply(&mut h);
+        let vary: Vec<_> = h.get_all("vary").iter().collect();
+        assert_eq!(
+            vary,
+            ["Accept-Encoding", "Origin"],
+            "added after the values there"
+        );
         assert!(!h.contains_key("server"));
         let xfo: Vec<_> = h.get_all("x-frame-options").iter().collect();
         assert_eq!(xfo, ["DENY"], "replaces every earlier value");

@@ -270,7 +270,7 @@ impl Router {
                     (None, None, None) => PathMatch::Any,
                 };
                 let target = if let Some(d) = &r.redirect {
-                    Target::Redirect(Arc::new(RouteRedirect::new(d)?))
+                    Target::Redirect(Arc::new(RouteRedirect::new(d, r.path_prefix.as_deref())?))
                 } else if r.split.is_empty() {
                     Target::One(backend_index(&r.backend)?)
                 } else {
@@ -537,20 +537,60 @@ mod tests {
             host: host.map(Into::into),
             path: path.map(Into::into),
             path_prefix: prefix.map(Into::into),
-            rewrite_prefix: None,
-            path_regex: None,
-            rewrite_target: None,
-            allow: Vec::new(),
-            headers: Default::default(),
-            auth: None,
-            basic_auth: None,
-            cors: None,
-            mirror: None,
-            backend: backend.into(),
-            split: Vec::new(),
-            redirect: None,
-            upgrades: config::default_upgrades(),
+            ..config::Route::to(backend.into())
         }
+    }
+
+    #[test]
+    fn methods_query_and_listeners_narrow_a_rule() {
+        let routes = [
+            config::Route {
+                methods: vec!["POST".into()],
+                ..route(None, None, Some("/api"), "0")
+            },
+            config::Route {
+                query: [("v".to_owned(), "2".to_owned())].into(),
+                ..route(None, None, Some("/api"), "1")
+            },
+            config::Route {
+                listeners: vec!["https".into()],
+                ..route(None, None, Some("/api"), "2")
+            },
+            route(None, None, Some("/api"), "3"),
+        ];
+        let r = Router::with_users(
+            &routes,
+            &[],
+            |name| name.parse().ok(),
+            |l| ["http", "https"].iter().position(|n| *n == l),
+        );
+        let headers = HeaderMap::new();
+        let ask = |method: &http::Method, query: Option<&'static str>, listener: usize| {
+            r.ask(&Ask {
+                host: None,
+                path: "/api/x",
+                query,
+                method,
+                headers: &headers,
+                client: IpAddr::from([192, 0, 2, 1]),
+                listener,
+            })
+            .and_then(|x| x.backend)
+        };
+        assert_eq!(ask(&http::Method::POST, None, 0), Some(0));
+        assert_eq!(ask(&http::Method::GET, Some("a=1&v=2"), 0), Some(1));
+        assert_eq!(
+            ask(&http::Method::GET, Some("v=2&v=3"), 0),
+            Some(1),
+            "the first value counts"
+        );
+        assert_eq!(ask(&http::Method::GET, Some("v=3&v=2"), 1), Some(2));
+        assert_eq!(ask(&http::Method::GET, Some("v=20"), 1), Some(2));
+        assert_eq!(
+            ask(&http::Method::GET, None, 0),
+            Some(3),
+            "not on listener 0"
+        );
     }
 
     #[test]
@@ -750,9 +790,8 @@ mod tests {
                 config::Route {
                     redirect: Some(config::Redirect {
                         location: Some("/app/".into()),
-                        prefix: None,
-                        drop_query: false,
                         code: 302,
+                        ..config::Redirect::default()
                     }),
                     ..route(None, Some("/"), None, "")
                 },
