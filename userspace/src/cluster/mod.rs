@@ -7,6 +7,7 @@
 //! the control thread's runtime.
 
 pub mod leader;
+mod resolve;
 pub mod status;
 pub mod translate;
 pub mod watch;

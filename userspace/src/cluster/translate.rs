@@ -20,8 +20,7 @@
 //!   its hosts are served with the listener's other certificates.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    hash::{DefaultHasher, Hash as _, Hasher as _},
+    collections::{BTreeMap, HashSet},
     sync::Arc,
 };
 
@@ -31,7 +30,8 @@ use k8s_openapi::api::{
     networking::v1::{Ingress, IngressBackend, IngressClass},
 };
 
-use crate::config::{self, Backend, Config, ConfigError, Kubernetes, Route, ServerSpec};
+use super::resolve::{self, Index, Order, PortRef, SecretError, check_host, names, tls_secret};
+use crate::config::{self, Backend, Config, ConfigError, Kubernetes, Route};
 use crate::tls::CertPair;
 
 /// The objects the watches hold at one moment.
@@ -70,7 +70,6 @@ pub struct Translation {
 
 const DEFAULT_CLASS: &str = "ingressclass.kubernetes.io/is-default-class";
 const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
-const SERVICE_LABEL: &str = "kubernetes.io/service-name";
 /// Annotation prefixes of the ingress controllers users come from: an annotation of theirs is
 /// a behaviour its author expects, so one floodgate does not implement is reported.
 const CONTROLLER_PREFIXES: &[&str] = &[
@@ -280,68 +279,6 @@ impl Classes {
     }
 }
 
-/// Services, their EndpointSlices and Secrets by namespace and name.
-struct Index<'a> {
-    services: HashMap<(&'a str, &'a str), &'a Service>,
-    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
-    secrets: HashMap<(&'a str, &'a str), &'a Secret>,
-}
-
-impl<'a> Index<'a> {
-    fn new(objs: &'a Objects) -> Self {
-        let key = |m: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-            (
-                m.namespace.as_deref().unwrap_or("default"),
-                m.name.as_deref().unwrap_or(""),
-            )
-        };
-        let mut slices: HashMap<_, Vec<_>> = HashMap::new();
-        for s in &objs.slices {
-            let Some(svc) = s
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_LABEL))
-            else {
-                continue;
-            };
-            let ns = s.metadata.namespace.as_deref().unwrap_or("default");
-            slices
-                .entry((ns, svc.as_str()))
-                .or_default()
-                .push(s.as_ref());
-        }
-        Self {
-            services: objs
-                .services
-                .iter()
-                .map(|s| (key(&s.metadata), s.as_ref()))
-                .collect(),
-            slices,
-            secrets: objs
-                .secrets
-                .iter()
-                .map(|s| (key(&s.metadata), s.as_ref()))
-                .collect(),
-        }
-    }
-}
-
-/// Where a route stands among all of them: smaller first.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Order {
-    /// 0 exact host, 1 wildcard, 2 every host.
-    host_kind: u8,
-    /// Longer wildcard suffixes first.
-    host_len: std::cmp::Reverse<usize>,
-    /// 0 `Exact`, 1 prefix.
-    path_kind: u8,
-    path_len: std::cmp::Reverse<usize>,
-    /// The Ingress's age rank, then the rule's place in it.
-    age: usize,
-    place: usize,
-}
-
 /// One Ingress as routes and backends.
 struct Fragment {
     routes: Vec<(Order, Route)>,
@@ -398,15 +335,15 @@ fn ingress(ing: &Ingress, index: &Index<'_>, age: usize) -> Result<Fragment, Str
             }
             None => (1, 0),
         };
+        let (host_kind, host_len) = Order::host(host);
         let order = Order {
-            host_kind: match host {
-                Some(h) if h.starts_with("*.") => 1,
-                Some(_) => 0,
-                None => 2,
-            },
-            host_len: std::cmp::Reverse(host.map_or(0, str::len)),
+            host_kind,
+            host_len,
             path_kind,
             path_len: std::cmp::Reverse(path_len),
+            method: 1,
+            headers: std::cmp::Reverse(0),
+            query: std::cmp::Reverse(0),
             age,
             place,
         };
@@ -457,127 +394,22 @@ fn ingress(ing: &Ingress, index: &Index<'_>, age: usize) -> Result<Fragment, Str
     Ok(f)
 }
 
-/// A DNS name or `*.` wildcard, as the Ingress spec allows.
-fn check_host(h: &str) -> Result<(), String> {
-    let name = h.strip_prefix("*.").unwrap_or(h);
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("`{h}` is not a DNS name or a `*.` wildcard"))
-    }
-}
-
-/// The backend of one Service port, its servers the ready endpoints.
+/// The backend an Ingress path names: a Service port.
 fn service_backend(
     ns: &str,
     backend: &IngressBackend,
     index: &Index<'_>,
     notes: &mut Vec<String>,
 ) -> Result<Backend, String> {
-    let Some(svc_ref) = &backend.service else {
+    let Some(svc) = &backend.service else {
         return Err("only Service backends are supported (not `resource`)".into());
     };
-    let port_ref = svc_ref.port.as_ref();
-    let (number, port_name) = (
-        port_ref.and_then(|p| p.number),
-        port_ref.and_then(|p| p.name.clone()),
-    );
-    let port_label = match (number, &port_name) {
-        (Some(n), _) => n.to_string(),
-        (None, Some(n)) => n.clone(),
-        (None, None) => return Err("service.port: a number or a name is required".into()),
+    let port = match svc.port.as_ref().map(|p| (p.number, p.name.as_deref())) {
+        Some((Some(n), _)) => PortRef::Number(n),
+        Some((None, Some(n))) => PortRef::Name(n),
+        _ => return Err("service.port: a number or a name is required".into()),
     };
-    let name = backend_name(ns, &svc_ref.name, &port_label);
-    let mut servers = Vec::new();
-    let Some(svc) = index.services.get(&(ns, svc_ref.name.as_str())) else {
-        notes.push(format!(
-            "service `{}` not found: 503 until it exists",
-            svc_ref.name
-        ));
-        return Ok(Backend::new(name, servers));
-    };
-    let spec = svc.spec.as_ref();
-    let port = spec.and_then(|s| s.ports.as_ref()).and_then(|ports| {
-        ports.iter().find(|p| match (number, &port_name) {
-            (Some(n), _) => p.port == n,
-            (None, Some(n)) => p.name.as_ref() == Some(n),
-            (None, None) => false,
-        })
-    });
-    let Some(port) = port else {
-        notes.push(format!(
-            "service `{}` has no port {port_label}: 503 until it does",
-            svc_ref.name
-        ));
-        return Ok(Backend::new(name, servers));
-    };
-    if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
-        if let Some(ext) = spec.and_then(|s| s.external_name.as_deref()) {
-            servers.push(ServerSpec::Address(format!("{ext}:{}", port.port)));
-        }
-        return Ok(Backend::new(name, servers));
-    }
-    // Endpoints carry the Service port's name, and the target port as a number.
-    let want = port.name.as_deref().unwrap_or("");
-    let mut seen = HashSet::new();
-    for slice in index
-        .slices
-        .get(&(ns, svc_ref.name.as_str()))
-        .into_iter()
-        .flatten()
-    {
-        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
-            continue;
-        }
-        let Some(target) = slice
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref().unwrap_or("") == want)
-            .and_then(|p| p.port)
-            .and_then(|p| u16::try_from(p).ok())
-        else {
-            continue;
-        };
-        for e in &slice.endpoints {
-            // `ready` unset means ready (the API's contract); terminating endpoints are not.
-            if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-                continue;
-            }
-            for a in &e.addresses {
-                let Ok(ip) = a.parse::<std::net::IpAddr>() else {
-                    continue;
-                };
-                let addr = std::net::SocketAddr::new(ip, target);
-                if seen.insert(addr) {
-                    servers.push(ServerSpec::Address(addr.to_string()));
-                }
-            }
-        }
-    }
-    servers.sort_by(|a, b| a.address().cmp(b.address()));
-    Ok(Backend::new(name, servers))
-}
-
-/// `namespace_service_port`: `_` is in no Kubernetes name, so two Service ports never share a
-/// name; a name past the 64 characters backend names may have keeps its start and a hash.
-fn backend_name(ns: &str, svc: &str, port: &str) -> String {
-    let full = format!("{ns}_{svc}_{port}");
-    if full.len() <= 64 {
-        return full;
-    }
-    let mut h = DefaultHasher::new();
-    full.hash(&mut h);
-    format!("{}_{:016x}", &full[..47], h.finish())
+    Ok(resolve::service(ns, &svc.name, port, index, notes))
 }
 
 /// The fragment with the file's config alone, so one bad Ingress is rejected by itself.
@@ -586,44 +418,6 @@ fn check_alone(base: &Config, f: &Fragment) -> Result<(), ConfigError> {
     cfg.routes.extend(f.routes.iter().map(|(_, r)| r.clone()));
     cfg.backends.extend(f.backends.iter().cloned());
     cfg.validate()
-}
-
-enum SecretError {
-    /// Not there (deleted, or never created): its hosts lose the certificate.
-    Missing(String),
-    /// There but not a usable certificate.
-    Unusable(String),
-}
-
-fn tls_secret(index: &Index<'_>, ns: &str, name: &str) -> Result<CertPair, SecretError> {
-    let s = index
-        .secrets
-        .get(&(ns, name))
-        .ok_or_else(|| SecretError::Missing("not found".into()))?;
-    if s.type_.as_deref() != Some("kubernetes.io/tls") {
-        return Err(SecretError::Missing(format!(
-            "type `{}`, not kubernetes.io/tls",
-            s.type_.as_deref().unwrap_or("")
-        )));
-    }
-    let data = s
-        .data
-        .as_ref()
-        .ok_or_else(|| SecretError::Unusable("no data".into()))?;
-    let get = |k: &str| {
-        data.get(k)
-            .map(|v| v.0.as_slice())
-            .ok_or_else(|| SecretError::Unusable(format!("no {k}")))
-    };
-    CertPair::parse(&format!("{ns}/{name}"), get("tls.crt")?, get("tls.key")?)
-        .map_err(|e| SecretError::Unusable(e.to_string()))
-}
-
-fn names(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
-    (
-        m.namespace.clone().unwrap_or_else(|| "default".into()),
-        m.name.clone().unwrap_or_default(),
-    )
 }
 
 fn problem(kind: &'static str, ing: &Ingress, reason: String, rejected: bool) -> Problem {
@@ -641,6 +435,7 @@ fn problem(kind: &'static str, ing: &Ingress, reason: String, rejected: bool) ->
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::cluster::resolve::{SERVICE_LABEL, backend_name};
     use serde_json::json;
 
     fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
