@@ -544,3 +544,323 @@ kubernetes: {{ kubeconfig: '{}' }}
         status()
     );
 }
+
+/// A request with `extra` header lines, through `addr`: (status, head, body).
+fn raw(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    target: &str,
+    extra: &str,
+) -> (u16, String, String) {
+    floodgate_tests::http_raw(
+        addr,
+        format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn httproute_matches_and_filters_behave_as_the_gateway_api_says() {
+    let s = setup("k8s-gateway");
+    let dir = std::env::temp_dir().join(format!("fg-k8s-gw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (p1, p2) = (free_port(), free_port());
+    let _o1 = spawn_origin(p1, "o1");
+    let _o2 = spawn_origin(p2, "o2");
+    s.emu.apply(&service_yaml("web", &[p1]));
+    s.emu.apply(&service_yaml("api", &[p2]).replace(
+        "name: api, namespace: default }\nspec: { ports: [{ name: http, port: 80 }] }",
+        "name: api, namespace: default }\nspec: { ports: [{ name: http, port: 8080 }] }",
+    ));
+    s.emu
+        .apply(&tls_secret_yaml("gw-tls", &dir, "gw", "secure.example.com"));
+    let (http_port, https_port) = (s.addr.port(), s.tls.port());
+    s.emu.apply(&format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{ name: floodgate }}
+spec: {{ controllerName: floodgate.io/gateway-controller }}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{ name: gw, namespace: default }}
+spec:
+  gatewayClassName: floodgate
+  listeners:
+  - {{ name: web, port: {http_port}, protocol: HTTP }}
+  - name: secure
+    port: {https_port}
+    protocol: HTTPS
+    hostname: '*.example.com'
+    tls: {{ certificateRefs: [{{ name: gw-tls }}] }}
+  - {{ name: nowhere, port: 1, protocol: HTTP }}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{ name: shop, namespace: default }}
+spec:
+  parentRefs: [{{ name: gw, sectionName: web }}]
+  hostnames: [gw.example.com]
+  rules:
+  - matches: [{{ path: {{ type: Exact, value: /exact }} }}]
+    filters:
+    - {{ type: ResponseHeaderModifier, responseHeaderModifier: {{ set: [{{ name: X-Route, value: exact }}] }} }}
+    backendRefs: [{{ name: api, port: 8080 }}]
+  - matches: [{{ path: {{ type: PathPrefix, value: /api }}, headers: [{{ name: X-Version, value: '2' }}] }}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        add: [{{ name: X-Added, value: 'yes' }}]
+        set: [{{ name: X-Set, value: '1' }}]
+        remove: [X-Remove]
+    backendRefs: [{{ name: api, port: 8080 }}]
+  - matches: [{{ path: {{ type: PathPrefix, value: /q }}, queryParams: [{{ name: version, value: '2' }}] }}]
+    backendRefs: [{{ name: api, port: 8080 }}]
+  - matches: [{{ path: {{ type: PathPrefix, value: /m }}, method: POST }}]
+    backendRefs: [{{ name: api, port: 8080 }}]
+  - matches: [{{ path: {{ type: PathPrefix, value: /old }} }}]
+    filters:
+    - {{ type: RequestRedirect, requestRedirect: {{ scheme: https, port: {https_port}, statusCode: 301 }} }}
+  - matches: [{{ path: {{ type: PathPrefix, value: /v1 }} }}]
+    filters:
+    - {{ type: URLRewrite, urlRewrite: {{ path: {{ type: ReplacePrefixMatch, replacePrefixMatch: /v2 }} }} }}
+    backendRefs: [{{ name: web, port: 80 }}]
+  - matches: [{{ path: {{ type: PathPrefix, value: /full }} }}]
+    filters:
+    - {{ type: URLRewrite, urlRewrite: {{ path: {{ type: ReplaceFullPath, replaceFullPath: /replaced }} }} }}
+    backendRefs: [{{ name: web, port: 80 }}]
+  - matches: [{{ path: {{ type: PathPrefix, value: /split }} }}]
+    backendRefs: [{{ name: web, port: 80, weight: 1 }}, {{ name: api, port: 8080, weight: 1 }}]
+  - backendRefs: [{{ name: web, port: 80 }}]
+"
+    ));
+    let h = "gw.example.com";
+    assert!(
+        wait_until(Duration::from_secs(10), || raw(
+            s.addr, "GET", h, "/exact", ""
+        )
+        .2
+        .starts_with("o2 ")),
+        "the HTTPRoute serves: {:?}",
+        raw(s.addr, "GET", h, "/exact", "")
+    );
+    // Exact path, and a response header set by the route.
+    let (_, head, _) = raw(s.addr, "GET", h, "/exact", "");
+    assert!(
+        head.to_ascii_lowercase().contains("x-route: exact"),
+        "{head}"
+    );
+    assert!(
+        raw(s.addr, "GET", h, "/exact/x", "").2.starts_with("o1 "),
+        "Exact is exact"
+    );
+    // A header match, and request headers added, set and removed.
+    let (_, _, echoed) = raw(
+        s.addr,
+        "GET",
+        h,
+        "/api/headers",
+        "X-Version: 2\r\nX-Remove: r\r\nX-Set: 0\r\nX-Added: first\r\n",
+    );
+    let echoed = echoed.to_ascii_lowercase();
+    assert!(echoed.contains("x-added: first\nx-added: yes"), "{echoed}");
+    assert!(
+        echoed.contains("x-set: 1") && !echoed.contains("x-set: 0") && !echoed.contains("x-remove"),
+        "{echoed}"
+    );
+    assert!(
+        raw(s.addr, "GET", h, "/api/x", "").2.starts_with("o1 "),
+        "no header, no match"
+    );
+    // Query and method matches.
+    assert!(
+        raw(s.addr, "GET", h, "/q?version=2", "")
+            .2
+            .starts_with("o2 ")
+    );
+    assert!(
+        raw(s.addr, "GET", h, "/q?version=3", "")
+            .2
+            .starts_with("o1 ")
+    );
+    assert!(raw(s.addr, "POST", h, "/m", "").2.starts_with("o2 "));
+    assert!(raw(s.addr, "GET", h, "/m", "").2.starts_with("o1 "));
+    // RequestRedirect: the request's host, the new scheme and port.
+    let (st, head, _) = raw(s.addr, "GET", h, "/old/x?a=1", "");
+    assert_eq!(st, 301, "{head}");
+    assert!(
+        head.contains(&format!("https://gw.example.com:{https_port}/old/x?a=1")),
+        "{head}"
+    );
+    // URLRewrite: a prefix, and the whole path.
+    assert!(
+        raw(s.addr, "GET", h, "/v1/users?id=3", "")
+            .2
+            .starts_with("o1 /v2/users?id=3 ")
+    );
+    assert!(
+        raw(s.addr, "GET", h, "/full/a/b", "")
+            .2
+            .starts_with("o1 /replaced ")
+    );
+    assert!(
+        raw(s.addr, "GET", h, "/fullx", "")
+            .2
+            .starts_with("o1 /fullx "),
+        "a prefix by element"
+    );
+    // Weighted backendRefs.
+    let bodies: Vec<String> = (0..60)
+        .map(|_| raw(s.addr, "GET", h, "/split", "").2)
+        .collect();
+    let to_api = bodies.iter().filter(|b| b.starts_with("o2 ")).count();
+    assert!(
+        (10..=50).contains(&to_api),
+        "1:1 weights: {to_api} of 60 to api"
+    );
+    // Hostnames and listeners: another host, or the same host on the HTTPS listener the route
+    // is not attached to, is not this route's.
+    assert_eq!(raw(s.addr, "GET", "other.example.com", "/exact", "").0, 404);
+
+    // Status: the class accepted, the listeners programmed where floodgate has them, the route
+    // accepted with its references resolved.
+    let get = |kind: &str, name: &str, path: &str| {
+        s.emu.kubectl(
+            &["get", kind, name, "-o", &format!("jsonpath={path}")],
+            None,
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            get(
+                "httproute",
+                "shop",
+                "{.status.parents[0].conditions[?(@.type==\"Accepted\")].status}",
+            ) == "True"
+        }),
+        "{}",
+        s.emu
+            .kubectl(&["get", "httproute", "shop", "-o", "json"], None)
+    );
+    assert_eq!(
+        get(
+            "httproute",
+            "shop",
+            "{.status.parents[0].conditions[?(@.type==\"ResolvedRefs\")].status}"
+        ),
+        "True"
+    );
+    assert_eq!(
+        get(
+            "gatewayclass",
+            "floodgate",
+            "{.status.conditions[?(@.type==\"Accepted\")].status}"
+        ),
+        "True"
+    );
+    assert_eq!(
+        get(
+            "gateway",
+            "gw",
+            "{.status.listeners[?(@.name==\"web\")].attachedRoutes}"
+        ),
+        "1"
+    );
+    assert_eq!(
+        get(
+            "gateway",
+            "gw",
+            "{.status.listeners[?(@.name==\"web\")].conditions[?(@.type==\"Programmed\")].status}"
+        ),
+        "True"
+    );
+    assert_eq!(
+        get(
+            "gateway",
+            "gw",
+            "{.status.listeners[?(@.name==\"secure\")].conditions[?(@.type==\"Programmed\")].status}"
+        ),
+        "True"
+    );
+    assert_eq!(
+        get(
+            "gateway",
+            "gw",
+            "{.status.listeners[?(@.name==\"nowhere\")].conditions[?(@.type==\"Accepted\")].reason}"
+        ),
+        "PortUnavailable"
+    );
+    assert_eq!(
+        get("gateway", "gw", "{.status.addresses[0].value}"),
+        "192.0.2.10"
+    );
+    assert!(
+        served_cert(s.tls, "secure.example.com").contains("secure.example.com"),
+        "the listener's certificateRef is served"
+    );
+
+    // A route in another namespace needs a ReferenceGrant to use a Service here.
+    s.emu.apply(&format!(
+        "apiVersion: v1
+kind: Namespace
+metadata: {{ name: team }}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{ name: gw, namespace: team }}
+spec:
+  gatewayClassName: floodgate
+  listeners: [{{ name: web, port: {http_port}, protocol: HTTP }}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{ name: cross, namespace: team }}
+spec:
+  parentRefs: [{{ name: gw }}]
+  hostnames: [team.example.com]
+  rules: [{{ backendRefs: [{{ name: api, namespace: default, port: 8080 }}] }}]
+"
+    ));
+    assert!(wait_until(Duration::from_secs(10), || {
+        s.emu.kubectl(
+            &[
+                "-n",
+                "team",
+                "get",
+                "httproute",
+                "cross",
+                "-o",
+                "jsonpath={.status.parents[0].conditions[?(@.type==\"ResolvedRefs\")].reason}",
+            ],
+            None,
+        ) == "RefNotPermitted"
+    }));
+    assert_eq!(
+        raw(s.addr, "GET", "team.example.com", "/", "").0,
+        503,
+        "not permitted: no server"
+    );
+    s.emu.apply(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: ReferenceGrant
+metadata: { name: team-to-api, namespace: default }
+spec:
+  from: [{ group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: team }]
+  to: [{ group: '', kind: Service, name: api }]
+",
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || raw(
+            s.addr,
+            "GET",
+            "team.example.com",
+            "/",
+            ""
+        )
+        .2
+        .starts_with("o2 ")),
+        "granted"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -455,6 +455,7 @@ impl ClusterSource {
             .send_replace(Arc::new(floodgate::cluster::status::Report {
                 served: t.served.clone(),
                 problems: t.problems.clone(),
+                statuses: t.statuses.clone(),
             }));
     }
 }

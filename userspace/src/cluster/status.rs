@@ -6,7 +6,14 @@
 //! It runs as a task of its own on the control thread's runtime, fed the latest translation's
 //! report: API calls never hold up a reload, and a slow API server only delays status.
 
-use std::{collections::HashSet, net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use serde_json::Value;
 
 use k8s_openapi::api::{
     core::v1::{ObjectReference, Pod},
@@ -23,7 +30,7 @@ use kube::{
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::translate::Problem;
+use super::{gateway::StatusPatch, translate::Problem};
 use crate::config::Kubernetes;
 
 /// What the last applied translation served and reported.
@@ -32,6 +39,62 @@ pub struct Report {
     /// Ingresses served, as (namespace, name).
     pub served: Vec<(String, String)>,
     pub problems: Vec<Problem>,
+    /// The Gateway API objects' status.
+    pub statuses: Vec<StatusPatch>,
+}
+
+/// A status as last written: without transition times (to compare), and as sent.
+type Written = HashMap<(&'static str, Option<String>, String), (Value, Value)>;
+
+/// Sets every condition's `lastTransitionTime`: the one written before when the condition's
+/// status is the same, else now.
+fn stamp(status: &mut Value, before: Option<&Value>) {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let mut previous: HashMap<String, (Value, Value)> = HashMap::new();
+    let mut walk_before = |v: &Value, path: String| {
+        for c in v["conditions"].as_array().into_iter().flatten() {
+            previous.insert(
+                format!("{path}/{}", c["type"]),
+                (c["status"].clone(), c["lastTransitionTime"].clone()),
+            );
+        }
+    };
+    if let Some(b) = before {
+        walk_before(b, String::new());
+        for (i, l) in b["listeners"].as_array().into_iter().flatten().enumerate() {
+            walk_before(l, format!("l{i}"));
+        }
+        for (i, p) in b["parents"].as_array().into_iter().flatten().enumerate() {
+            walk_before(p, format!("p{i}"));
+        }
+    }
+    let set = |v: &mut Value, path: String| {
+        for c in v["conditions"].as_array_mut().into_iter().flatten() {
+            let key = format!("{path}/{}", c["type"]);
+            let time = match previous.get(&key) {
+                Some((st, t)) if *st == c["status"] => t.clone(),
+                _ => Value::String(now.clone()),
+            };
+            c["lastTransitionTime"] = time;
+        }
+    };
+    set(status, String::new());
+    for (i, l) in status["listeners"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        set(l, format!("l{i}"));
+    }
+    for (i, p) in status["parents"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        set(p, format!("p{i}"));
+    }
 }
 
 /// How often the node addresses are looked at again without a new report.
@@ -66,6 +129,7 @@ pub fn spawn(
         // Events published while leading; forgotten when leadership is lost, so a new leader
         // repeats what is still wrong.
         let mut published: HashSet<Problem> = HashSet::new();
+        let mut written: Written = HashMap::new();
         loop {
             tokio::select! {
                 r = rx.changed() => if r.is_err() { return },
@@ -74,11 +138,15 @@ pub fn spawn(
             }
             if !*leader.borrow_and_update() {
                 published.clear();
+                written.clear();
                 continue;
             }
             let report = rx.borrow_and_update().clone();
             if let Err(e) = writer.status(&report).await {
                 warn!(error = %e, "cannot write Ingress status");
+            }
+            if let Err(e) = writer.gateway_status(&report.statuses, &mut written).await {
+                warn!(error = %e, "cannot write Gateway API status");
             }
             for p in &report.problems {
                 if published.contains(p) {
@@ -181,6 +249,63 @@ impl Writer {
             api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
             self.writes.with_label_values(&["status"]).inc();
+        }
+        Ok(())
+    }
+
+    /// The Gateway API objects' status, each written when it changed since this pod last
+    /// wrote it (a new Lease holder writes them all once).
+    async fn gateway_status(
+        &self,
+        statuses: &[StatusPatch],
+        written: &mut Written,
+    ) -> Result<(), kube::Error> {
+        use gateway_api::{gatewayclasses::GatewayClass, gateways::Gateway, httproutes::HttpRoute};
+        let addresses = if statuses.iter().any(|s| s.addresses) {
+            self.addresses()
+                .await?
+                .into_iter()
+                .map(|a| match (a.ip, a.hostname) {
+                    (Some(ip), _) => serde_json::json!({ "type": "IPAddress", "value": ip }),
+                    (None, h) => {
+                        serde_json::json!({ "type": "Hostname", "value": h.unwrap_or_default() })
+                    }
+                })
+                .collect::<Vec<_>>()
+        } else {
+            Vec::new()
+        };
+        for s in statuses {
+            let mut status = s.status.clone();
+            if s.addresses {
+                status["addresses"] = Value::Array(addresses.clone());
+            }
+            let key = (s.kind, s.namespace.clone(), s.name.clone());
+            let before = written.get(&key);
+            if before.is_some_and(|(bare, _)| *bare == status) {
+                continue;
+            }
+            let mut full = status.clone();
+            stamp(&mut full, before.map(|(_, f)| f));
+            let patch = serde_json::json!({ "status": full });
+            let pp = PatchParams::default();
+            let ns = s.namespace.as_deref().unwrap_or("default");
+            match s.kind {
+                "GatewayClass" => Api::<GatewayClass>::all(self.client.clone())
+                    .patch_status(&s.name, &pp, &Patch::Merge(&patch))
+                    .await
+                    .map(drop)?,
+                "Gateway" => Api::<Gateway>::namespaced(self.client.clone(), ns)
+                    .patch_status(&s.name, &pp, &Patch::Merge(&patch))
+                    .await
+                    .map(drop)?,
+                _ => Api::<HttpRoute>::namespaced(self.client.clone(), ns)
+                    .patch_status(&s.name, &pp, &Patch::Merge(&patch))
+                    .await
+                    .map(drop)?,
+            }
+            self.writes.with_label_values(&["status"]).inc();
+            written.insert(key, (status, full));
         }
         Ok(())
     }

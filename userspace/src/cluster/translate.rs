@@ -44,6 +44,8 @@ pub struct Objects {
     pub secrets: Vec<Arc<Secret>>,
     /// The settings ConfigMap, when `kubernetes.settings` names one and it exists.
     pub settings: Option<Arc<ConfigMap>>,
+    /// The Gateway API's objects (none when its CRDs are not installed).
+    pub gateway: super::gateway::GatewayObjects,
 }
 
 /// An object floodgate could not use, or used only in part, and why.
@@ -66,6 +68,8 @@ pub struct Translation {
     /// The Ingresses served, as (namespace, name).
     pub served: Vec<(String, String)>,
     pub problems: Vec<Problem>,
+    /// The Gateway API objects' status.
+    pub statuses: Vec<super::gateway::StatusPatch>,
 }
 
 const DEFAULT_CLASS: &str = "ingressclass.kubernetes.io/is-default-class";
@@ -177,6 +181,13 @@ pub fn translate(
         rules.extend(fragment.routes);
         served.push((ns, name));
     }
+    let gw = super::gateway::translate(base, k, &objs.gateway, &index, served.len());
+    rules.extend(gw.routes);
+    for b in gw.backends {
+        backends.entry(b.name.clone()).or_insert(b);
+    }
+    certs.extend(gw.certs);
+    problems.extend(gw.problems);
     rules.sort_by(|a, b| a.0.cmp(&b.0));
     cfg.routes.extend(rules.into_iter().map(|(_, r)| r));
     cfg.backends.extend(backends.into_values());
@@ -190,6 +201,7 @@ pub fn translate(
             certs,
             served,
             problems,
+            statuses: gw.statuses,
         },
     ))
 }

@@ -32,6 +32,11 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc};
 use tracing::{info, warn};
 
+use gateway_api::{
+    gatewayclasses::GatewayClass, gateways::Gateway, httproutes::HttpRoute,
+    referencegrants::ReferenceGrant,
+};
+
 use super::{ClusterError, Health, translate::Objects};
 use crate::config::Kubernetes;
 
@@ -43,6 +48,10 @@ pub struct Watches {
     slices: Vec<Store<EndpointSlice>>,
     secrets: Vec<Store<Secret>>,
     settings: Vec<Store<ConfigMap>>,
+    gateway_classes: Vec<Store<GatewayClass>>,
+    gateways: Vec<Store<Gateway>>,
+    http_routes: Vec<Store<HttpRoute>>,
+    grants: Vec<Store<ReferenceGrant>>,
 }
 
 impl Watches {
@@ -66,6 +75,12 @@ impl Watches {
             slices: all(&self.slices),
             secrets: all(&self.secrets),
             settings: all(&self.settings).into_iter().next(),
+            gateway: super::gateway::GatewayObjects {
+                classes: all(&self.gateway_classes),
+                gateways: all(&self.gateways),
+                routes: all(&self.http_routes),
+                grants: all(&self.grants),
+            },
         }
     }
 }
@@ -103,7 +118,32 @@ pub async fn start(
         slices: Vec::new(),
         secrets: Vec::new(),
         settings: Vec::new(),
+        gateway_classes: Vec::new(),
+        gateways: Vec::new(),
+        http_routes: Vec::new(),
+        grants: Vec::new(),
     };
+    // The Gateway API is watched when its CRDs are installed (a cluster without them would
+    // otherwise look like an API that fails every watch).
+    let gateway_api = match Api::<GatewayClass>::all(client.clone())
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        Ok(_) => true,
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            info!("the Gateway API's CRDs are not installed: Ingresses only");
+            false
+        }
+        Err(e) => {
+            // Unreachable now: assume it is there, its watches retry like the others.
+            warn!(error = %e, "cannot tell whether the Gateway API is installed; watching it");
+            true
+        }
+    };
+    if gateway_api {
+        w.gateway_classes
+            .push(spawn.watch(Api::all(client.clone()), watcher::Config::default()));
+    }
     for ns in namespaces {
         fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope>>(
             c: &Client,
@@ -126,6 +166,11 @@ pub async fn start(
         // Only TLS Secrets: floodgate never holds the cluster's other secrets in memory.
         w.secrets
             .push(spawn.watch(api(&client, ns), all().fields("type=kubernetes.io/tls")));
+        if gateway_api {
+            w.gateways.push(spawn.watch(api(&client, ns), all()));
+            w.http_routes.push(spawn.watch(api(&client, ns), all()));
+            w.grants.push(spawn.watch(api(&client, ns), all()));
+        }
     }
     if let Some((ns, name)) = k.settings_ref() {
         w.settings.push(spawn.watch(

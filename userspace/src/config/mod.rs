@@ -106,6 +106,9 @@ pub struct Kubernetes {
     /// The IngressClass `spec.controller` floodgate claims: Ingresses whose class names an
     /// IngressClass with this controller are served.
     pub controller: String,
+    /// The GatewayClass `spec.controllerName` floodgate claims (the Gateway API, when its CRDs
+    /// are installed).
+    pub gateway_controller: String,
     /// Namespaces whose Ingresses, Services, EndpointSlices and Secrets are watched; empty:
     /// every namespace.
     pub namespaces: Vec<String>,
@@ -135,6 +138,7 @@ impl Default for Kubernetes {
         Self {
             kubeconfig: None,
             controller: DEFAULT_CONTROLLER.to_owned(),
+            gateway_controller: "floodgate.io/gateway-controller".to_owned(),
             namespaces: Vec::new(),
             settings: None,
             debounce: HDuration(Duration::from_millis(100)),

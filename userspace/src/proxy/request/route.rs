@@ -324,7 +324,7 @@ impl Router {
                     listeners: r
                         .listeners
                         .iter()
-                        .map(|l| Some(1u64.checked_shl(u32::try_from(listener_index(l)?).ok()?)?))
+                        .map(|l| 1u64.checked_shl(u32::try_from(listener_index(l)?).ok()?))
                         .try_fold(0u64, |acc, bit| Some(acc | bit?))?,
                     methods: r
                         .methods
