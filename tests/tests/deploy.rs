@@ -181,11 +181,17 @@ fn cluster_mode_reads_the_cluster_with_least_privilege() {
             true
         );
         let class = find(&docs, "IngressClass", "floodgate");
+        let gwclass = find(&docs, "GatewayClass", "floodgate");
         let cfg = floodgate_check(&docs, &target.replace('/', "-"));
         assert_eq!(
             class["spec"]["controller"].as_str(),
             cfg["kubernetes"]["controller"].as_str(),
             "{target}: the shipped IngressClass is the one the config claims"
+        );
+        assert_eq!(
+            gwclass["spec"]["controllerName"].as_str(),
+            cfg["kubernetes"]["gateway-controller"].as_str(),
+            "{target}: and the GatewayClass"
         );
         // Reads of the kinds cluster mode translates; writes only of Ingress status, Events and
         // floodgate's own Lease.
@@ -201,6 +207,13 @@ fn cluster_mode_reads_the_cluster_with_least_privilege() {
             ("events.k8s.io", "events", &["create", "patch"]),
             ("coordination.k8s.io", "leases", &["get", "update"]),
             ("coordination.k8s.io", "leases", &["create"]),
+            ("gateway.networking.k8s.io", "gatewayclasses", &["list", "watch"]),
+            ("gateway.networking.k8s.io", "gateways", &["list", "watch"]),
+            ("gateway.networking.k8s.io", "httproutes", &["list", "watch"]),
+            ("gateway.networking.k8s.io", "referencegrants", &["list", "watch"]),
+            ("gateway.networking.k8s.io", "gatewayclasses/status", &["patch"]),
+            ("gateway.networking.k8s.io", "gateways/status", &["patch"]),
+            ("gateway.networking.k8s.io", "httproutes/status", &["patch"]),
         ];
         for (kind, name) in [("ClusterRole", "floodgate"), ("Role", "floodgate")] {
             for rule in find(&docs, kind, name)["rules"].as_sequence().unwrap() {
