@@ -207,11 +207,27 @@ fn cluster_mode_reads_the_cluster_with_least_privilege() {
             ("events.k8s.io", "events", &["create", "patch"]),
             ("coordination.k8s.io", "leases", &["get", "update"]),
             ("coordination.k8s.io", "leases", &["create"]),
-            ("gateway.networking.k8s.io", "gatewayclasses", &["list", "watch"]),
+            (
+                "gateway.networking.k8s.io",
+                "gatewayclasses",
+                &["list", "watch"],
+            ),
             ("gateway.networking.k8s.io", "gateways", &["list", "watch"]),
-            ("gateway.networking.k8s.io", "httproutes", &["list", "watch"]),
-            ("gateway.networking.k8s.io", "referencegrants", &["list", "watch"]),
-            ("gateway.networking.k8s.io", "gatewayclasses/status", &["patch"]),
+            (
+                "gateway.networking.k8s.io",
+                "httproutes",
+                &["list", "watch"],
+            ),
+            (
+                "gateway.networking.k8s.io",
+                "referencegrants",
+                &["list", "watch"],
+            ),
+            (
+                "gateway.networking.k8s.io",
+                "gatewayclasses/status",
+                &["patch"],
+            ),
             ("gateway.networking.k8s.io", "gateways/status", &["patch"]),
             ("gateway.networking.k8s.io", "httproutes/status", &["patch"]),
         ];

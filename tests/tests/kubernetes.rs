@@ -261,6 +261,14 @@ fn a_tls_secret_rotation_changes_the_certificate_and_open_connections_continue()
         served_cert(s.tls, "shop.example.com").contains("shop.example.com")
     });
     assert!(first, "the Secret's certificate is served by SNI");
+    // An Ingress with `tls`: its plain requests are sent to HTTPS (ingress-nginx's default).
+    let (st, head, _) = raw(s.addr, "GET", "shop.example.com", "/a?b=1", "");
+    assert_eq!(st, 308, "{head}");
+    assert!(
+        head.contains("location: https://shop.example.com/a?b=1")
+            || head.contains("Location: https://shop.example.com/a?b=1"),
+        "{head}"
+    );
     let before = served_cert(s.tls, "shop.example.com");
 
     // A connection opened before the rotation.

@@ -6,6 +6,7 @@
 //! Nothing here runs on a serving thread: the watches, the debounce and the translation run on
 //! the control thread's runtime.
 
+mod annotations;
 pub mod gateway;
 pub mod leader;
 mod resolve;

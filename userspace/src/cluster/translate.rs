@@ -30,6 +30,7 @@ use k8s_openapi::api::{
     networking::v1::{Ingress, IngressBackend, IngressClass},
 };
 
+use super::annotations;
 use super::resolve::{self, Index, Order, PortRef, SecretError, check_host, names, tls_secret};
 use crate::config::{self, Backend, Config, ConfigError, Kubernetes, Route};
 use crate::tls::CertPair;
@@ -125,9 +126,24 @@ pub fn translate(
     let mut rules: Vec<(Order, Route)> = Vec::new();
     let mut certs = Vec::new();
     let mut served = Vec::new();
+    let listeners = Listeners {
+        plain: base
+            .listeners
+            .iter()
+            .filter(|l| l.tls.is_none())
+            .map(|l| l.name.clone())
+            .collect(),
+        tls: base
+            .listeners
+            .iter()
+            .filter(|l| l.tls.is_some())
+            .map(|l| l.name.clone())
+            .collect(),
+    };
+    let mut canaries: Vec<(annotations::Canary, Fragment, (String, String))> = Vec::new();
     for (age, ing) in ingresses.into_iter().enumerate() {
         let (ns, name) = names(&ing.metadata);
-        let mut fragment = match ingress(ing, &index, age) {
+        let mut fragment = match ingress(ing, &index, age, &listeners) {
             Ok(f) => f,
             Err(reason) => {
                 problems.push(problem("Ingress", ing, reason, true));
@@ -175,11 +191,79 @@ pub fn translate(
                 )),
             }
         }
+        if let Some(c) = fragment.canary.take() {
+            canaries.push((c, fragment, (ns, name)));
+            continue;
+        }
         for b in fragment.backends {
             backends.entry(b.name.clone()).or_insert(b);
         }
         rules.extend(fragment.routes);
         served.push((ns, name));
+    }
+    // Canaries join the main Ingress's route for the same host and path: a share of its
+    // requests by weight, and all of those with the canary header.
+    for (c, fragment, (ns, name)) in canaries {
+        let mut joined = false;
+        for (order, canary_route) in &fragment.routes {
+            // `/` as a prefix is every path (a rewrite-target sets it).
+            let prefix = |r: &Route| r.path_prefix.clone().filter(|p| p != "/");
+            let same = |r: &Route| {
+                r.host == canary_route.host
+                    && r.path == canary_route.path
+                    && prefix(r) == prefix(canary_route)
+                    && r.path_regex == canary_route.path_regex
+                    && r.listeners == canary_route.listeners
+                    && r.headers.is_empty()
+                    && canary_route.redirect.is_none()
+            };
+            let Some(main_at) = rules
+                .iter()
+                .position(|(_, r)| same(r) && r.redirect.is_none())
+            else {
+                continue;
+            };
+            joined = true;
+            if let Some((h, v)) = &c.header {
+                let mut by_header = canary_route.clone();
+                by_header.headers.insert(h.clone(), v.clone());
+                let mut o = order.clone();
+                o.headers = std::cmp::Reverse(1);
+                rules.push((o, by_header));
+            }
+            if c.weight > 0 {
+                let main = &mut rules[main_at].1;
+                let main_backend = std::mem::take(&mut main.backend);
+                if !main_backend.is_empty() {
+                    main.split = vec![
+                        config::SplitTo {
+                            backend: main_backend,
+                            weight: 100 - c.weight,
+                        },
+                        config::SplitTo {
+                            backend: canary_route.backend.clone(),
+                            weight: c.weight,
+                        },
+                    ];
+                } else {
+                    main.backend = main_backend;
+                }
+            }
+        }
+        if joined {
+            for b in fragment.backends {
+                backends.entry(b.name.clone()).or_insert(b);
+            }
+            served.push((ns, name));
+        } else {
+            problems.push(Problem {
+                kind: "Ingress",
+                namespace: ns,
+                name,
+                reason: "a canary with no main Ingress for the same host and path".into(),
+                rejected: true,
+            });
+        }
     }
     let gw = super::gateway::translate(base, k, &objs.gateway, &index, served.len());
     rules.extend(gw.routes);
@@ -299,33 +383,58 @@ struct Fragment {
     tls: Vec<(String, String)>,
     /// What is served without something the Ingress asked for.
     notes: Vec<String>,
+    /// A canary Ingress: its routes join the main Ingress's instead of standing alone.
+    canary: Option<annotations::Canary>,
 }
 
-fn ingress(ing: &Ingress, index: &Index<'_>, age: usize) -> Result<Fragment, String> {
+/// floodgate's listeners by kind, for what an Ingress serves on each (an HTTPS redirect on
+/// the plain ones).
+struct Listeners {
+    plain: Vec<String>,
+    tls: Vec<String>,
+}
+
+fn ingress(
+    ing: &Ingress,
+    index: &Index<'_>,
+    age: usize,
+    listeners: &Listeners,
+) -> Result<Fragment, String> {
     let (ns, _) = names(&ing.metadata);
     let mut f = Fragment {
         routes: Vec::new(),
         backends: Vec::new(),
         tls: Vec::new(),
         notes: Vec::new(),
+        canary: None,
     };
-    for key in ing.metadata.annotations.iter().flat_map(|a| a.keys()) {
-        if CONTROLLER_PREFIXES.iter().any(|p| key.starts_with(p)) {
+    let empty = BTreeMap::new();
+    let notes = ing.metadata.annotations.as_ref().unwrap_or(&empty);
+    for key in notes.keys() {
+        if CONTROLLER_PREFIXES.iter().any(|p| key.starts_with(p)) && !annotations::supported(key) {
             f.notes.push(format!(
                 "annotation `{key}` is not supported by floodgate; ignored"
             ));
         }
     }
+    let ann = annotations::read(notes).map_err(|e| format!("annotation {e}"))?;
+    f.canary.clone_from(&ann.canary);
     let Some(spec) = &ing.spec else {
         return Err("no spec".into());
     };
+    let has_tls = spec.tls.as_ref().is_some_and(|t| !t.is_empty());
+    let redirect_plain = (ann.force_ssl_redirect || (has_tls && ann.ssl_redirect != Some(false)))
+        && !listeners.tls.is_empty();
     let mut place = 0;
     let mut add = |f: &mut Fragment,
                    host: Option<&str>,
                    path: Option<(&str, bool)>,
                    backend: &IngressBackend|
      -> Result<(), String> {
-        let b = service_backend(&ns, backend, index, &mut f.notes)?;
+        let mut b = service_backend(&ns, backend, index, &mut f.notes)?;
+        if !ann.backend.is_default() {
+            apply_backend(&mut b, &ann.backend);
+        }
         let mut route = Route::to(b.name.clone());
         route.host = host.map(str::to_owned);
         let (path_kind, path_len) = match path {
@@ -360,6 +469,24 @@ fn ingress(ing: &Ingress, index: &Index<'_>, age: usize) -> Result<Fragment, Str
             place,
         };
         place += 1;
+        apply_route(&mut route, &ann);
+        if redirect_plain {
+            // ingress-nginx's and HAProxy's default for an Ingress with `tls`: plain requests
+            // are sent to HTTPS, the TLS listeners serve.
+            let mut to_https = Route::to(String::new());
+            to_https.host.clone_from(&route.host);
+            to_https.path.clone_from(&route.path);
+            to_https.path_prefix.clone_from(&route.path_prefix);
+            to_https.path_regex.clone_from(&route.path_regex);
+            to_https.listeners.clone_from(&listeners.plain);
+            to_https.redirect = Some(config::Redirect {
+                scheme: Some("https".into()),
+                code: 308,
+                ..config::Redirect::default()
+            });
+            route.listeners.clone_from(&listeners.tls);
+            f.routes.push((order.clone(), to_https));
+        }
         f.routes.push((order, route));
         if !f.backends.iter().any(|x| x.name == b.name) {
             f.backends.push(b);
@@ -404,6 +531,57 @@ fn ingress(ing: &Ingress, index: &Index<'_>, age: usize) -> Result<Fragment, Str
         }
     }
     Ok(f)
+}
+
+/// An Ingress's route settings from its annotations.
+fn apply_route(route: &mut Route, ann: &annotations::Annotated) {
+    route.allow.clone_from(&ann.allow);
+    route.cors.clone_from(&ann.cors);
+    route.auth.clone_from(&ann.auth);
+    if ann.use_regex {
+        // ingress-nginx's `use-regex`: the path is a regular expression (case-insensitive,
+        // as nginx's `~*`).
+        let p = route
+            .path
+            .take()
+            .or(route.path_prefix.take())
+            .unwrap_or_else(|| "/".into());
+        route.path_regex = Some(format!("(?i)^{p}"));
+        route.rewrite_target.clone_from(&ann.rewrite_target);
+    } else if let Some(t) = &ann.rewrite_target {
+        if route.path.is_none() && route.path_prefix.is_none() {
+            route.path_prefix = Some("/".into());
+        }
+        route.rewrite_prefix = Some(t.clone());
+    }
+    if let Some(r) = &ann.redirect {
+        route.redirect = Some(r.clone());
+        route.backend.clear();
+        route.rewrite_prefix = None;
+        route.rewrite_target = None;
+    }
+}
+
+/// A Service port's backend with an Ingress's backend annotations: its own backend, named
+/// after the settings, so Ingresses that differ do not share a pool.
+fn apply_backend(b: &mut Backend, s: &annotations::BackendSettings) {
+    use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+    let mut h = DefaultHasher::new();
+    format!("{s:?}").hash(&mut h);
+    let suffix = format!("_{:08x}", h.finish() & 0xffff_ffff);
+    let keep = 64usize.saturating_sub(suffix.len());
+    b.name = format!("{}{suffix}", &b.name[..b.name.len().min(keep)]);
+    b.timeouts.connect = s.connect.or(b.timeouts.connect);
+    b.timeouts.server = s.server.or(b.timeouts.server);
+    if let Some(p) = s.proto {
+        b.proto = p;
+    }
+    if s.tls.is_some() {
+        b.tls.clone_from(&s.tls);
+    }
+    if s.sticky.is_some() {
+        b.sticky.clone_from(&s.sticky);
+    }
 }
 
 /// The backend an Ingress path names: a Service port.
@@ -857,6 +1035,151 @@ kubernetes: {}
             "{:?}",
             t.problems
         );
+    }
+
+    fn annotated(
+        name: &str,
+        created: &str,
+        host: &str,
+        svc: &str,
+        pairs: &[(&str, &str)],
+        tls: bool,
+    ) -> Arc<Ingress> {
+        let mut spec = json!({ "ingressClassName": "floodgate",
+            "rules": [{ "host": host, "http": { "paths": [path("/", "Prefix", svc, json!({ "number": 80 }))] } }] });
+        if tls {
+            spec["tls"] = json!([{ "hosts": [host], "secretName": "s" }]);
+        }
+        let mut i = (*ingress(name, created, spec)).clone();
+        i.metadata.annotations = Some(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        Arc::new(i)
+    }
+
+    #[test]
+    fn annotations_become_route_and_backend_settings() {
+        let base = Config::from_text(
+            "xdp: { enabled: false }\nlisteners: [{ name: http, bind: '127.0.0.1:18080' }, { name: https, bind: '127.0.0.1:18443', tls: { certificates: [] } }]\nbackends: []\nkubernetes: {}\n",
+            std::path::Path::new("t.yaml"),
+            Default::default(),
+        )
+        .unwrap();
+        let mut o = objects();
+        o.services.push(service("api", json!([{ "port": 80 }])));
+        o.ingresses = vec![
+            annotated(
+                "tls",
+                "2026-01-01T00:00:00Z",
+                "a.example.com",
+                "web",
+                &[
+                    (
+                        "nginx.ingress.kubernetes.io/whitelist-source-range",
+                        "10.0.0.0/8",
+                    ),
+                    ("nginx.ingress.kubernetes.io/proxy-read-timeout", "120"),
+                ],
+                true,
+            ),
+            annotated(
+                "plain",
+                "2026-01-02T00:00:00Z",
+                "b.example.com",
+                "web",
+                &[("nginx.ingress.kubernetes.io/rewrite-target", "/app")],
+                false,
+            ),
+            annotated(
+                "canary",
+                "2026-01-03T00:00:00Z",
+                "b.example.com",
+                "api",
+                &[
+                    ("nginx.ingress.kubernetes.io/canary", "true"),
+                    ("nginx.ingress.kubernetes.io/canary-weight", "10"),
+                    ("nginx.ingress.kubernetes.io/canary-by-header", "X-Canary"),
+                ],
+                false,
+            ),
+            annotated(
+                "bad",
+                "2026-01-04T00:00:00Z",
+                "c.example.com",
+                "web",
+                &[(
+                    "nginx.ingress.kubernetes.io/whitelist-source-range",
+                    "everyone",
+                )],
+                false,
+            ),
+        ];
+        let (cfg, t) = translate(&base, &Kubernetes::default(), &o, &[]).unwrap();
+        let on = |host: &str| {
+            cfg.routes
+                .iter()
+                .filter(|r| r.host.as_deref() == Some(host))
+                .collect::<Vec<_>>()
+        };
+        // TLS: plain listeners redirect to HTTPS, the TLS listener serves with the allow list
+        // and its own backend (the timeout differs from the Service's defaults).
+        let a = on("a.example.com");
+        assert_eq!(a.len(), 2, "{a:?}");
+        let redirect = a.iter().find(|r| r.redirect.is_some()).unwrap();
+        assert_eq!(redirect.listeners, ["http"]);
+        assert_eq!(
+            redirect.redirect.as_ref().unwrap().scheme.as_deref(),
+            Some("https")
+        );
+        let serve = a.iter().find(|r| r.redirect.is_none()).unwrap();
+        assert_eq!(serve.listeners, ["https"]);
+        assert_eq!(serve.allow.len(), 1);
+        assert!(
+            serve.backend.starts_with("shop_web_80_") && serve.backend.len() <= 64,
+            "{}",
+            serve.backend
+        );
+        let own = cfg
+            .backends
+            .iter()
+            .find(|b| b.name == serve.backend)
+            .unwrap();
+        assert_eq!(
+            own.timeouts.server.map(|d| d.0),
+            Some(std::time::Duration::from_secs(120))
+        );
+        // rewrite-target on a `/` prefix, and the canary joined to it: by header, and by weight.
+        let b = on("b.example.com");
+        let by_header = b.iter().find(|r| !r.headers.is_empty()).unwrap();
+        assert_eq!(
+            by_header.headers.get("X-Canary").map(String::as_str),
+            Some("always")
+        );
+        assert_eq!(by_header.backend, "shop_api_80");
+        let main = b.iter().find(|r| r.headers.is_empty()).unwrap();
+        assert_eq!(main.rewrite_prefix.as_deref(), Some("/app"));
+        let weights: Vec<_> = main
+            .split
+            .iter()
+            .map(|s| (s.backend.as_str(), s.weight))
+            .collect();
+        assert_eq!(weights, [("shop_web_80", 90), ("shop_api_80", 10)]);
+        assert!(
+            cfg.routes.iter().position(|r| std::ptr::eq(r, *by_header))
+                < cfg.routes.iter().position(|r| std::ptr::eq(r, *main)),
+            "the header first"
+        );
+        // A value that cannot be read rejects the Ingress: served without its allow list, it
+        // would be open to everyone.
+        let bad = t.problems.iter().find(|p| p.name == "bad").unwrap();
+        assert!(
+            bad.rejected && bad.reason.contains("whitelist-source-range"),
+            "{bad:?}"
+        );
+        assert!(on("c.example.com").is_empty());
     }
 
     #[test]
