@@ -220,6 +220,12 @@ fn cluster_mode_reads_the_cluster_with_least_privilege() {
             ),
             (
                 "gateway.networking.k8s.io",
+                "grpcroutes",
+                &["list", "watch"],
+            ),
+            ("gateway.networking.k8s.io", "grpcroutes/status", &["patch"]),
+            (
+                "gateway.networking.k8s.io",
                 "referencegrants",
                 &["list", "watch"],
             ),

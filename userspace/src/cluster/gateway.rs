@@ -28,6 +28,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use gateway_api::{
     gatewayclasses::GatewayClass,
     gateways::{Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom},
+    grpcroutes::GrpcRoute,
     httproutes::{
         HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesFilters,
         HttpRouteRulesFiltersRequestRedirectPathType, HttpRouteRulesFiltersRequestRedirectScheme,
@@ -44,7 +45,7 @@ use super::{
     resolve::{self, Index, Order, PortRef, SecretError, names},
     translate::Problem,
 };
-use crate::config::{Backend, Config, HeaderRules, Kubernetes, Redirect, Route, SplitTo};
+use crate::config::{Backend, Config, HeaderRules, Kubernetes, Proto, Redirect, Route, SplitTo};
 use crate::tls::CertPair;
 
 const GROUP: &str = "gateway.networking.k8s.io";
@@ -55,6 +56,7 @@ pub struct GatewayObjects {
     pub classes: Vec<Arc<GatewayClass>>,
     pub gateways: Vec<Arc<Gateway>>,
     pub routes: Vec<Arc<HttpRoute>>,
+    pub grpc_routes: Vec<Arc<GrpcRoute>>,
     pub grants: Vec<Arc<ReferenceGrant>>,
 }
 
@@ -227,16 +229,28 @@ pub(super) fn translate(
         }
     }
 
-    // HTTPRoutes, oldest first (the older wins a conflict).
-    let mut routes: Vec<&HttpRoute> = objs.routes.iter().map(Arc::as_ref).collect();
-    routes.sort_by_key(|r| {
+    // HTTPRoutes and GRPCRoutes (as the HTTPRoutes they are equivalent to), oldest first (the
+    // older wins a conflict).
+    let grpc: Vec<(HttpRoute, Result<(), String>)> =
+        objs.grpc_routes.iter().map(|g| grpc_as_http(g)).collect();
+    let mut routes: Vec<(&'static str, &HttpRoute, Option<&str>)> = objs
+        .routes
+        .iter()
+        .map(|r| ("HTTPRoute", r.as_ref(), None))
+        .chain(
+            grpc.iter()
+                .map(|(r, e)| ("GRPCRoute", r, e.as_ref().err().map(String::as_str))),
+        )
+        .collect();
+    routes.sort_by_key(|(_, r, _)| {
         (
             r.metadata.creation_timestamp.as_ref().map(|t| t.0),
             names(&r.metadata),
         )
     });
-    for (age, route) in routes.into_iter().enumerate() {
+    for (age, (kind, route, conversion)) in routes.into_iter().enumerate() {
         let (rns, rname) = names(&route.metadata);
+        let is_grpc = kind == "GRPCRoute";
         let mut parents = Vec::new();
         let mut any_ours = false;
         for pref in route.spec.parent_refs.iter().flatten() {
@@ -269,7 +283,13 @@ pub(super) fn translate(
             let mut unsupported = Vec::new();
             let mut fragment = Out::default();
             for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
-                match rule_routes(rule, &rns, &on, &hosts, index, &objs.grants, &mut fragment) {
+                let at = Attached {
+                    rns: &rns,
+                    on: &on,
+                    hosts: &hosts,
+                    grpc: is_grpc,
+                };
+                match rule_routes(rule, &at, index, &objs.grants, &mut fragment) {
                     Ok((mut made, bad_ref)) => {
                         for (mi, (order, _)) in made.iter_mut().enumerate() {
                             order.age = age_base + age;
@@ -283,6 +303,10 @@ pub(super) fn translate(
                     Err(msg) => unsupported.push(format!("rules[{ri}]: {msg}")),
                 }
             }
+            if let Some(e) = conversion {
+                unsupported.push(e.to_owned());
+                fragment.routes.clear();
+            }
             // The route's rules with the file's config alone: one bad route is refused alone.
             let mut alone = base.clone();
             alone
@@ -295,7 +319,7 @@ pub(super) fn translate(
             }
             let mut problem = |reason: String| {
                 out.problems.push(Problem {
-                    kind: "HTTPRoute",
+                    kind,
                     namespace: rns.clone(),
                     name: rname.clone(),
                     reason,
@@ -348,7 +372,7 @@ pub(super) fn translate(
         }
         if any_ours {
             out.statuses.push(StatusPatch {
-                kind: "HTTPRoute",
+                kind,
                 namespace: Some(rns),
                 name: rname,
                 status: json!({ "parents": parents }),
@@ -522,16 +546,30 @@ enum RuleError {
     Refs(&'static str, String),
 }
 
+/// Where a route's rules go: its namespace, the floodgate listeners and hostnames it is
+/// attached to, and whether it is a GRPCRoute (HTTP/2 backends).
+#[derive(Clone, Copy)]
+struct Attached<'a> {
+    rns: &'a str,
+    on: &'a [String],
+    hosts: &'a [Option<String>],
+    grpc: bool,
+}
+
 /// One rule as routes (one per match and hostname).
 fn rule_routes(
     rule: &HttpRouteRules,
-    rns: &str,
-    on: &[String],
-    hosts: &[Option<String>],
+    at: &Attached<'_>,
     index: &Index<'_>,
     grants: &[Arc<ReferenceGrant>],
     out: &mut Out,
 ) -> Result<Made, String> {
+    let Attached {
+        rns,
+        on,
+        hosts,
+        grpc,
+    } = *at;
     let mut notes = Vec::new();
     let mut refs_err: Option<(&'static str, String)> = None;
     // The backends, weighted.
@@ -542,6 +580,7 @@ fn rule_routes(
         }
         let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
         let backend = match backend_ref(
+            grpc,
             b.group.as_deref(),
             b.kind.as_deref(),
             &b.name,
@@ -853,7 +892,9 @@ fn filter(
                 ));
             }
             let b = &m.backend_ref;
+            // Mirrors speak HTTP/1.1 (a GRPCRoute's mirror is refused in `grpc_as_http`).
             match backend_ref(
+                false,
                 b.group.as_deref(),
                 b.kind.as_deref(),
                 &b.name,
@@ -887,6 +928,7 @@ fn filter(
 /// opens.
 #[allow(clippy::too_many_arguments)]
 fn backend_ref(
+    grpc: bool,
     group: Option<&str>,
     kind: Option<&str>,
     name: &str,
@@ -916,13 +958,72 @@ fn backend_ref(
     if !index.services.contains_key(&(ns, name)) {
         return Err(("BackendNotFound", format!("Service {ns}/{name} not found")));
     }
-    Ok(resolve::service(
-        ns,
-        name,
-        PortRef::Number(port),
-        index,
-        notes,
-    ))
+    let mut b = resolve::service(ns, name, PortRef::Number(port), index, notes);
+    if grpc {
+        // gRPC needs HTTP/2 to the servers: a backend of its own beside the HTTP one.
+        b.proto = Proto::H2;
+        b.name = format!("{}_h2", &b.name[..b.name.len().min(61)]);
+    }
+    Ok(b)
+}
+
+/// A GRPCRoute as the HTTPRoute it is equivalent to: a gRPC method is the path
+/// `/service/method` (a service alone is the prefix `/service`, a method alone a regular
+/// expression), and the rest (parents, hostnames, header matches, filters, backendRefs) has
+/// the same shape. Err says what could not be converted; the route is then not served.
+fn grpc_as_http(g: &GrpcRoute) -> (HttpRoute, Result<(), String>) {
+    let mut v = serde_json::to_value(g).unwrap_or(Value::Null);
+    let mut problem = Ok(());
+    for rule in v["spec"]["rules"].as_array_mut().into_iter().flatten() {
+        let mirrors = rule["filters"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["type"] == "RequestMirror"));
+        if mirrors {
+            problem = Err(
+                "RequestMirror on a GRPCRoute (floodgate mirrors over HTTP/1.1 only)".to_owned(),
+            );
+        }
+        for m in rule["matches"].as_array_mut().into_iter().flatten() {
+            let method = m["method"].take();
+            let (svc, meth) = (method["service"].as_str(), method["method"].as_str());
+            let regex = method["type"].as_str() == Some("RegularExpression");
+            let path = match (regex, svc, meth) {
+                (false, Some(s), Some(mm)) => {
+                    json!({ "type": "Exact", "value": format!("/{s}/{mm}") })
+                }
+                (false, Some(s), None) => json!({ "type": "PathPrefix", "value": format!("/{s}") }),
+                (false, None, Some(mm)) => {
+                    json!({ "type": "RegularExpression", "value": format!("^/[^/]+/{}$", regex_escape(mm)) })
+                }
+                (true, s, mm) => json!({ "type": "RegularExpression",
+                    "value": format!("^/({})/({})$", s.unwrap_or("[^/]+"), mm.unwrap_or("[^/]+")) }),
+                (false, None, None) => {
+                    if !method.is_null() {
+                        problem =
+                            Err("a method match names neither a service nor a method".to_owned());
+                    }
+                    json!({ "type": "PathPrefix", "value": "/" })
+                }
+            };
+            if let Some(obj) = m.as_object_mut() {
+                obj.remove("method");
+                obj.insert("path".into(), path);
+            }
+        }
+    }
+    v["apiVersion"] = json!("gateway.networking.k8s.io/v1");
+    v["kind"] = json!("HTTPRoute");
+    match serde_json::from_value::<HttpRoute>(v) {
+        Ok(r) => (r, problem),
+        Err(e) => (
+            HttpRoute {
+                metadata: g.metadata.clone(),
+                spec: gateway_api::httproutes::HttpRouteSpec::default(),
+                status: None,
+            },
+            Err(format!("cannot be read as routes: {e}")),
+        ),
+    }
 }
 
 /// Whether a ReferenceGrant in the target's namespace lets `from` (group, kind, namespace)
@@ -976,4 +1077,164 @@ fn cond(meta: &ObjectMeta, kind: &str, ok: bool, reason: &str, message: &str) ->
         "message": message,
         "observedGeneration": meta.generation.unwrap_or(0),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::cluster::translate::{Objects, translate as translate_all};
+
+    fn obj<T: serde::de::DeserializeOwned>(v: Value) -> Arc<T> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn base() -> Config {
+        Config::from_text(
+            "xdp: { enabled: false }\nlisteners: [{ name: web, bind: '127.0.0.1:18080' }]\nbackends: []\nkubernetes: {}\n",
+            std::path::Path::new("t.yaml"),
+            Default::default(),
+        )
+        .unwrap()
+    }
+
+    fn objects(route: Value) -> Objects {
+        let mut o = Objects {
+            services: vec![obj(
+                json!({ "metadata": { "name": "api", "namespace": "shop" }, "spec": { "ports": [{ "port": 8080 }] } }),
+            )],
+            ..Default::default()
+        };
+        o.gateway.classes = vec![obj(
+            json!({ "metadata": { "name": "fg" }, "spec": { "controllerName": "floodgate.io/gateway-controller" } }),
+        )];
+        o.gateway.gateways = vec![obj(
+            json!({ "metadata": { "name": "gw", "namespace": "shop" },
+            "spec": { "gatewayClassName": "fg", "listeners": [{ "name": "web", "port": 18080, "protocol": "HTTP" }] } }),
+        )];
+        if route["kind"] == "GRPCRoute" {
+            o.gateway.grpc_routes = vec![obj(route)];
+        } else {
+            o.gateway.routes = vec![obj(route)];
+        }
+        o
+    }
+
+    fn route_status(t: &crate::cluster::translate::Translation, kind: &str) -> Value {
+        t.statuses
+            .iter()
+            .find(|s| s.kind == kind)
+            .unwrap()
+            .status
+            .clone()
+    }
+
+    #[test]
+    fn hostnames_intersect_as_the_spec_says() {
+        assert_eq!(intersect(None, &[]), [None]);
+        assert_eq!(
+            intersect(Some("*.example.com"), &[]),
+            [Some("*.example.com".to_owned())]
+        );
+        assert_eq!(
+            intersect(Some("*.example.com"), &["a.example.com", "other.org"]),
+            [Some("a.example.com".to_owned())]
+        );
+        assert_eq!(
+            intersect(Some("a.example.com"), &["*.example.com"]),
+            [Some("a.example.com".to_owned())]
+        );
+        assert!(intersect(Some("a.example.com"), &["b.example.com"]).is_empty());
+    }
+
+    #[test]
+    fn unsupported_matches_leave_the_rule_out_and_say_so() {
+        let o = objects(
+            json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": { "name": "r", "namespace": "shop" },
+            "spec": { "parentRefs": [{ "name": "gw" }], "rules": [
+                { "matches": [{ "headers": [{ "type": "RegularExpression", "name": "x", "value": "a.*" }] }],
+                  "backendRefs": [{ "name": "api", "port": 8080 }] },
+                { "backendRefs": [{ "name": "api", "port": 8080 }] } ] } }),
+        );
+        let (cfg, t) = translate_all(&base(), &Kubernetes::default(), &o, &[]).unwrap();
+        assert_eq!(
+            cfg.routes.len(),
+            1,
+            "the supported rule is served: {:?}",
+            cfg.routes
+        );
+        assert_eq!(cfg.routes[0].listeners, ["web"]);
+        let st = route_status(&t, "HTTPRoute");
+        let accepted = &st["parents"][0]["conditions"][0];
+        assert_eq!(
+            (accepted["status"].as_str(), accepted["reason"].as_str()),
+            (Some("False"), Some("UnsupportedValue"))
+        );
+        assert!(
+            accepted["message"]
+                .as_str()
+                .unwrap()
+                .contains("header regular expression")
+        );
+    }
+
+    #[test]
+    fn a_backend_in_another_namespace_needs_a_grant() {
+        let mut o = objects(
+            json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": { "name": "r", "namespace": "shop" },
+            "spec": { "parentRefs": [{ "name": "gw" }], "rules": [{ "backendRefs": [{ "name": "db", "namespace": "data", "port": 5432 }] }] } }),
+        );
+        o.services.push(obj(json!({ "metadata": { "name": "db", "namespace": "data" }, "spec": { "ports": [{ "port": 5432 }] } })));
+        let (_, t) = translate_all(&base(), &Kubernetes::default(), &o, &[]).unwrap();
+        let refs = route_status(&t, "HTTPRoute")["parents"][0]["conditions"][1].clone();
+        assert_eq!(refs["reason"], "RefNotPermitted");
+        o.gateway.grants = vec![obj(
+            json!({ "metadata": { "name": "g", "namespace": "data" },
+            "spec": { "from": [{ "group": GROUP, "kind": "HTTPRoute", "namespace": "shop" }], "to": [{ "group": "", "kind": "Service" }] } }),
+        )];
+        let (cfg, t) = translate_all(&base(), &Kubernetes::default(), &o, &[]).unwrap();
+        assert_eq!(
+            route_status(&t, "HTTPRoute")["parents"][0]["conditions"][1]["status"],
+            "True"
+        );
+        assert_eq!(cfg.routes[0].backend, "data_db_5432");
+    }
+
+    #[test]
+    fn a_grpc_route_is_its_http_equivalent_over_http2() {
+        let o = objects(
+            json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+            "metadata": { "name": "g", "namespace": "shop" },
+            "spec": { "parentRefs": [{ "name": "gw" }], "rules": [
+                { "matches": [{ "method": { "service": "shop.Cart", "method": "Add" } }], "backendRefs": [{ "name": "api", "port": 8080 }] },
+                { "matches": [{ "method": { "service": "shop.Cart" } }], "backendRefs": [{ "name": "api", "port": 8080 }] },
+                { "matches": [{ "method": { "method": "Check" } }], "backendRefs": [{ "name": "api", "port": 8080 }] } ] } }),
+        );
+        let (cfg, t) = translate_all(&base(), &Kubernetes::default(), &o, &[]).unwrap();
+        let seen: Vec<_> = cfg
+            .routes
+            .iter()
+            .map(|r| (r.path.clone(), r.path_prefix.clone(), r.path_regex.clone()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (Some("/shop.Cart/Add".into()), None, None),
+                (None, Some("/shop.Cart".into()), None),
+                (None, None, Some("^/[^/]+/Check$".into())),
+            ]
+        );
+        let b = cfg
+            .backends
+            .iter()
+            .find(|b| b.name == cfg.routes[0].backend)
+            .unwrap();
+        assert_eq!((b.name.as_str(), b.proto), ("shop_api_8080_h2", Proto::H2));
+        assert_eq!(
+            route_status(&t, "GRPCRoute")["parents"][0]["conditions"][0]["status"],
+            "True"
+        );
+    }
 }

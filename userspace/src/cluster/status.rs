@@ -260,7 +260,10 @@ impl Writer {
         statuses: &[StatusPatch],
         written: &mut Written,
     ) -> Result<(), kube::Error> {
-        use gateway_api::{gatewayclasses::GatewayClass, gateways::Gateway, httproutes::HttpRoute};
+        use gateway_api::{
+            gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute,
+            httproutes::HttpRoute,
+        };
         let addresses = if statuses.iter().any(|s| s.addresses) {
             self.addresses()
                 .await?
@@ -296,6 +299,10 @@ impl Writer {
                     .await
                     .map(drop)?,
                 "Gateway" => Api::<Gateway>::namespaced(self.client.clone(), ns)
+                    .patch_status(&s.name, &pp, &Patch::Merge(&patch))
+                    .await
+                    .map(drop)?,
+                "GRPCRoute" => Api::<GrpcRoute>::namespaced(self.client.clone(), ns)
                     .patch_status(&s.name, &pp, &Patch::Merge(&patch))
                     .await
                     .map(drop)?,

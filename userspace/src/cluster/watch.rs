@@ -33,7 +33,7 @@ use tokio::sync::{Notify, mpsc};
 use tracing::{info, warn};
 
 use gateway_api::{
-    gatewayclasses::GatewayClass, gateways::Gateway, httproutes::HttpRoute,
+    gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute, httproutes::HttpRoute,
     referencegrants::ReferenceGrant,
 };
 
@@ -51,6 +51,7 @@ pub struct Watches {
     gateway_classes: Vec<Store<GatewayClass>>,
     gateways: Vec<Store<Gateway>>,
     http_routes: Vec<Store<HttpRoute>>,
+    grpc_routes: Vec<Store<GrpcRoute>>,
     grants: Vec<Store<ReferenceGrant>>,
 }
 
@@ -79,6 +80,7 @@ impl Watches {
                 classes: all(&self.gateway_classes),
                 gateways: all(&self.gateways),
                 routes: all(&self.http_routes),
+                grpc_routes: all(&self.grpc_routes),
                 grants: all(&self.grants),
             },
         }
@@ -121,6 +123,7 @@ pub async fn start(
         gateway_classes: Vec::new(),
         gateways: Vec::new(),
         http_routes: Vec::new(),
+        grpc_routes: Vec::new(),
         grants: Vec::new(),
     };
     // The Gateway API is watched when its CRDs are installed (a cluster without them would
@@ -169,6 +172,7 @@ pub async fn start(
         if gateway_api {
             w.gateways.push(spawn.watch(api(&client, ns), all()));
             w.http_routes.push(spawn.watch(api(&client, ns), all()));
+            w.grpc_routes.push(spawn.watch(api(&client, ns), all()));
             w.grants.push(spawn.watch(api(&client, ns), all()));
         }
     }
