@@ -442,7 +442,8 @@ impl ClusterSource {
                 warn!(kind = p.kind, namespace = %p.namespace, name = %p.name, reason = %p.reason, "object served in part");
             }
         }
-        if self.reported.is_empty() || !self.health.synced() {
+        // Once, at the first sync: later ones are counted, and their problems logged above.
+        if !self.health.synced() {
             info!(
                 ingresses = t.served.len(),
                 rejected, "routing from the cluster serves"

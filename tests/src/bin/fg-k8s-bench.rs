@@ -251,6 +251,31 @@ kubernetes: {{ kubeconfig: '{}', status-addresses: ['192.0.2.1'] }}
     }
     moves.sort();
     puts.sort();
+    // A new Ingress (for svc-0, already there) among the others: created -> answering.
+    let mut creations = Vec::new();
+    for r in 0..repeats {
+        let host = format!("new{r}.bench.example");
+        let ing = json!({ "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": { "name": format!("new-{r}"), "namespace": "bench" },
+            "spec": { "ingressClassName": "floodgate", "rules": [{ "host": host,
+                "http": { "paths": [{ "path": "/", "pathType": "Prefix",
+                    "backend": { "service": { "name": "svc-0", "port": { "name": "http" } } } }] } }] } });
+        let (st, _) = rt.block_on(send_read(
+            &client,
+            emu.port,
+            "POST",
+            "/apis/networking.k8s.io/v1/namespaces/bench/ingresses",
+            &ing,
+        ));
+        assert!(st < 300, "POST: {st}");
+        let t = Instant::now();
+        assert!(wait_until(Duration::from_secs(30), || {
+            http_get(addr, &host, "/").is_ok_and(|(s, _)| s == 200)
+        }));
+        creations.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    creations.sort();
     let m = http_get(admin, "a", "/metrics").unwrap().1;
     let served = metric(&m, "floodgate_kubernetes_ingresses{state=\"served\"}").unwrap_or(0.0);
     println!(
@@ -290,6 +315,14 @@ kubernetes: {{ kubeconfig: '{}', status-addresses: ['192.0.2.1'] }}
             .get(moves.len() / 2)
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0),
         moves.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    );
+    println!(
+        "  an Ingress created (POST answered) -> answering, {} creations: median {:.0} ms, max {:.0} ms",
+        creations.len(),
+        creations
+            .get(creations.len() / 2)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        creations.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     );
     let count = metric(&m, "floodgate_kubernetes_sync_seconds_count").unwrap_or(0.0);
     let sum = metric(&m, "floodgate_kubernetes_sync_seconds_sum").unwrap_or(0.0);
