@@ -23,7 +23,7 @@
 //!   fractional mirror, CORS and extension filters, filters on one backendRef) leaves the rule
 //!   out and says so in the route's status (Accepted false, UnsupportedValue) and an Event.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use gateway_api::{
     gatewayclasses::GatewayClass,
@@ -772,6 +772,28 @@ fn regex_escape(s: &str) -> String {
         .collect()
 }
 
+/// A header modifier as header rules: the generated types of the request and response
+/// modifiers differ but have one shape (`set`, `add` of name/value pairs, `remove`).
+macro_rules! header_rules {
+    ($m:expr) => {
+        HeaderRules {
+            set: $m
+                .set
+                .iter()
+                .flatten()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+            add: $m
+                .add
+                .iter()
+                .flatten()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+            remove: $m.remove.clone().unwrap_or_default(),
+        }
+    };
+}
+
 fn filter(
     f: &HttpRouteRulesFilters,
     r: &mut Route,
@@ -781,52 +803,15 @@ fn filter(
     out: &mut Out,
     notes: &mut Vec<String>,
 ) -> Result<(), RuleError> {
-    let rules = |set: Option<Vec<(String, String)>>,
-                 add: Option<Vec<(String, String)>>,
-                 remove: Option<Vec<String>>| HeaderRules {
-        set: set
-            .unwrap_or_default()
-            .into_iter()
-            .collect::<BTreeMap<_, _>>(),
-        add: add
-            .unwrap_or_default()
-            .into_iter()
-            .collect::<BTreeMap<_, _>>(),
-        remove: remove.unwrap_or_default(),
-    };
     match f.r#type {
         HttpRouteRulesFiltersType::RequestHeaderModifier => {
             if let Some(m) = &f.request_header_modifier {
-                r.request_headers = rules(
-                    m.set.as_ref().map(|v| {
-                        v.iter()
-                            .map(|h| (h.name.clone(), h.value.clone()))
-                            .collect()
-                    }),
-                    m.add.as_ref().map(|v| {
-                        v.iter()
-                            .map(|h| (h.name.clone(), h.value.clone()))
-                            .collect()
-                    }),
-                    m.remove.clone(),
-                );
+                r.request_headers = header_rules!(m);
             }
         }
         HttpRouteRulesFiltersType::ResponseHeaderModifier => {
             if let Some(m) = &f.response_header_modifier {
-                r.response_headers = rules(
-                    m.set.as_ref().map(|v| {
-                        v.iter()
-                            .map(|h| (h.name.clone(), h.value.clone()))
-                            .collect()
-                    }),
-                    m.add.as_ref().map(|v| {
-                        v.iter()
-                            .map(|h| (h.name.clone(), h.value.clone()))
-                            .collect()
-                    }),
-                    m.remove.clone(),
-                );
+                r.response_headers = header_rules!(m);
             }
         }
         HttpRouteRulesFiltersType::RequestRedirect => {
