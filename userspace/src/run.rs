@@ -14,7 +14,8 @@ use tracing::{error, info, warn};
 use floodgate::{
     cluster::{
         Health,
-        translate::{Problem, Translation, translate},
+        objects::Problem,
+        translate::{Translation, translate},
         watch::{Settled, Watches},
     },
     config::{Config, reload},

@@ -26,7 +26,6 @@
 use std::sync::Arc;
 
 use gateway_api::{
-    gatewayclasses::GatewayClass,
     gateways::{Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom},
     grpcroutes::GrpcRoute,
     httproutes::{
@@ -42,23 +41,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
 use super::{
+    objects::{GatewayObjects, Problem},
     resolve::{self, Index, Order, PortRef, SecretError, names},
-    translate::Problem,
 };
 use crate::config::{Backend, Config, HeaderRules, Kubernetes, Proto, Redirect, Route, SplitTo};
 use crate::tls::CertPair;
 
 const GROUP: &str = "gateway.networking.k8s.io";
-
-/// The Gateway API objects the watches hold.
-#[derive(Debug, Clone, Default)]
-pub struct GatewayObjects {
-    pub classes: Vec<Arc<GatewayClass>>,
-    pub gateways: Vec<Arc<Gateway>>,
-    pub routes: Vec<Arc<HttpRoute>>,
-    pub grpc_routes: Vec<Arc<GrpcRoute>>,
-    pub grants: Vec<Arc<ReferenceGrant>>,
-}
 
 /// A status to write (by the Lease holder): the object, and its whole `status`.
 #[derive(Debug, Clone, PartialEq)]
@@ -1068,7 +1057,7 @@ fn cond(meta: &ObjectMeta, kind: &str, ok: bool, reason: &str, message: &str) ->
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::cluster::translate::{Objects, translate as translate_all};
+    use crate::cluster::{objects::Objects, translate::translate as translate_all};
 
     fn obj<T: serde::de::DeserializeOwned>(v: Value) -> Arc<T> {
         Arc::new(serde_json::from_value(v).unwrap())

@@ -9,6 +9,7 @@
 mod annotations;
 pub mod gateway;
 pub mod leader;
+pub mod objects;
 mod resolve;
 pub mod status;
 pub mod translate;

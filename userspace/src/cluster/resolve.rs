@@ -12,7 +12,7 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 
-use super::translate::Objects;
+use super::objects::Objects;
 use crate::config::{Backend, ServerSpec};
 use crate::tls::CertPair;
 

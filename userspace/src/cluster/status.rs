@@ -30,7 +30,7 @@ use kube::{
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::{gateway::StatusPatch, translate::Problem};
+use super::{gateway::StatusPatch, objects::Problem};
 use crate::config::Kubernetes;
 
 /// What the last applied translation served and reported.

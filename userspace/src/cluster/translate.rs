@@ -25,41 +25,15 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::{ConfigMap, Secret, Service},
-    discovery::v1::EndpointSlice,
+    core::v1::ConfigMap,
     networking::v1::{Ingress, IngressBackend, IngressClass},
 };
 
 use super::annotations;
+use super::objects::{Objects, Problem};
 use super::resolve::{self, Index, Order, PortRef, SecretError, check_host, names, tls_secret};
 use crate::config::{self, Backend, Config, ConfigError, Kubernetes, Route};
 use crate::tls::CertPair;
-
-/// The objects the watches hold at one moment.
-#[derive(Debug, Clone, Default)]
-pub struct Objects {
-    pub classes: Vec<Arc<IngressClass>>,
-    pub ingresses: Vec<Arc<Ingress>>,
-    pub services: Vec<Arc<Service>>,
-    pub slices: Vec<Arc<EndpointSlice>>,
-    pub secrets: Vec<Arc<Secret>>,
-    /// The settings ConfigMap, when `kubernetes.settings` names one and it exists.
-    pub settings: Option<Arc<ConfigMap>>,
-    /// The Gateway API's objects (none when its CRDs are not installed).
-    pub gateway: super::gateway::GatewayObjects,
-}
-
-/// An object floodgate could not use, or used only in part, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Problem {
-    pub kind: &'static str,
-    pub namespace: String,
-    pub name: String,
-    pub reason: String,
-    /// True when the object is not served at all; false when it is served without the part
-    /// named (an unsupported annotation, a missing Secret).
-    pub rejected: bool,
-}
 
 /// What the objects become beside the config.
 #[derive(Debug)]
@@ -626,6 +600,10 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::cluster::resolve::{SERVICE_LABEL, backend_name};
+    use k8s_openapi::api::{
+        core::v1::{Secret, Service},
+        discovery::v1::EndpointSlice,
+    };
     use serde_json::json;
 
     fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {

@@ -37,7 +37,7 @@ use gateway_api::{
     referencegrants::ReferenceGrant,
 };
 
-use super::{ClusterError, Health, translate::Objects};
+use super::{ClusterError, Health, objects::Objects};
 use crate::config::Kubernetes;
 
 /// The stores of every watch.
@@ -76,7 +76,7 @@ impl Watches {
             slices: all(&self.slices),
             secrets: all(&self.secrets),
             settings: all(&self.settings).into_iter().next(),
-            gateway: super::gateway::GatewayObjects {
+            gateway: super::objects::GatewayObjects {
                 classes: all(&self.gateway_classes),
                 gateways: all(&self.gateways),
                 routes: all(&self.http_routes),
