@@ -3,7 +3,7 @@
 //!
 //! The data path, in module order: `xdp` (the XDP program's loading, maps, counters and
 //! pressure policy) -> `proxy::listener::server` (accept, limits) -> `proxy` (HTTP phases) ->
-//! `proxy::request::route` -> `proxy::upstream::backend`; `config` feeds all of them, `metrics` and `admin`
+//! `proxy::request::route` -> `proxy::upstream::pooled`; `config` feeds all of them, `metrics` and `admin`
 //! report them. docs/architecture.md draws it.
 
 pub mod access;

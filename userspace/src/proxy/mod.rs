@@ -50,7 +50,7 @@ use tracing::debug;
 use self::{
     error::ProxyError,
     request::route::Router,
-    upstream::backend::{UpstreamBody, UpstreamClient},
+    upstream::backend::{Backend, Reply, Upstream, empty_body},
     upstream::pool::{Pool, Slot},
 };
 use crate::{
@@ -59,7 +59,7 @@ use crate::{
     metrics::{self, Metrics},
 };
 
-pub type ProxyBody = BoxBody<Bytes, upstream::backend::BoxError>;
+pub type ProxyBody = BoxBody<Bytes, upstream::pooled::BoxError>;
 
 thread_local! {
     /// Index of the worker thread running this code (0 on the main runtime).
@@ -72,37 +72,13 @@ const MAX_CONNECT_ATTEMPTS: usize = 3;
 /// Everything a request needs, built once per config generation. In-flight requests keep the
 /// generation they started on; new ones take the current one.
 pub struct Routing {
-    router: Router,
-    pools: Vec<Arc<Pool>>,
-    /// Per backend, one upstream client per worker thread, so pooled connections stay on the
-    /// thread that uses them (no cross-thread wakeups per request).
-    clients: Vec<Vec<UpstreamClient>>,
-    /// Per backend, the idle server connections of the direct path (`direct.rs`).
-    direct: Vec<Arc<upstream::direct::Conns>>,
-    /// Per backend, how its servers are connected to.
-    dials: Vec<upstream::connect::Dial>,
-    /// Per backend, its HTTP/2 connections when it is `proto: h2` (`h2c.rs`).
-    h2: Vec<Option<Arc<upstream::h2c::Conns>>>,
-    /// Per backend, `timeouts.server`.
-    server_timeouts: Vec<Duration>,
-    /// Per backend, `timeouts.tunnel`.
-    tunnel_timeouts: Vec<Duration>,
+    router: Router<Arc<Backend>>,
+    /// In config order.
+    backends: Vec<Arc<Backend>>,
     /// `error-pages`, read.
     error_pages: error::Pages,
-    /// Per backend, its cookie persistence (`sticky`).
-    sticky: Vec<Option<upstream::sticky::Persist>>,
-    /// Per backend, the PROXY protocol header its carried connections start with.
-    send_proxy: Vec<Option<config::ProxyVersion>>,
-    /// Per backend, its response compression.
-    compress: Vec<Option<request::compress::Compress>>,
-    /// Per backend, its `request-headers` and `response-headers` rules.
-    header_rules: Vec<(
-        Option<request::headers::Rules>,
-        Option<request::headers::Rules>,
-    )>,
-    passive: Vec<config::Passive>,
-    /// Health checks and DNS discovery of this generation, stopped with it. They start at
-    /// `commit`.
+    /// Health checks, DNS discovery and the idle-connection reaper of this generation,
+    /// stopped with it. They start at `commit`.
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Server lists for pools carried over from the previous generation, applied at `commit`:
     /// a reload refused after this generation was built leaves the running pools as they were.
@@ -136,14 +112,15 @@ impl Routing {
         let tls = client_tls(cfg)?;
         let error_pages = error::Pages::load(&cfg.error_pages)?;
         let basic = basic_auth(cfg)?;
-        let mut pools = Vec::with_capacity(cfg.backends.len());
+        let mut backends = Vec::with_capacity(cfg.backends.len());
         let mut tasks = Vec::new();
         let mut pending = Vec::new();
         let (gate, opened) = tokio::sync::watch::channel(false);
-        for (b, tls) in cfg.backends.iter().zip(&tls) {
+        for (index, (b, tls)) in cfg.backends.iter().zip(tls).enumerate() {
             let reusable = previous.and_then(|p| {
-                p.pools
+                p.backends
                     .iter()
+                    .map(|x| &x.pool)
                     .find(|x| x.same_settings(&b.name, b.balance, b.queue_timeout(t), b.queue_max))
             });
             let old = reusable.map(|p| p.servers()).unwrap_or_default();
@@ -170,80 +147,24 @@ impl Routing {
                     opened.clone(),
                 ));
             }
-            pools.push(pool);
-        }
-        let dials: Vec<upstream::connect::Dial> = cfg
-            .backends
-            .iter()
-            .zip(tls)
-            .map(|(b, tls)| upstream::connect::Dial {
+            let dial = upstream::connect::Dial {
                 timeout: b.connect_timeout(t),
                 connect_time: metrics.map(|m| m.connect_histogram(&b.name)),
                 tls,
-            })
-            .collect();
-        let direct: Vec<Arc<upstream::direct::Conns>> = dials
-            .iter()
-            .map(|d| upstream::direct::Conns::new(workers, d.clone(), t.server_keep_alive.0))
-            .collect();
-        let h2: Vec<Option<Arc<upstream::h2c::Conns>>> = cfg
-            .backends
-            .iter()
-            .zip(&dials)
-            .map(|(b, d)| {
-                (b.proto == config::Proto::H2)
-                    .then(|| upstream::h2c::Conns::new(workers, d.clone(), t.server_keep_alive.0))
-            })
-            .collect();
-        tasks.push(spawn_reaper(
-            direct.clone(),
-            h2.iter().flatten().cloned().collect(),
-        ));
+            };
+            backends.push(Arc::new(Backend::new(b, index, pool, dial, workers, t)));
+        }
+        tasks.push(spawn_reaper(backends.clone()));
         let router = Router::with_users(
             &cfg.routes,
             &basic,
-            |name| pools.iter().position(|p| p.name == name),
+            |name| backends.iter().find(|b| b.name() == name).cloned(),
             |name| cfg.listeners.iter().position(|l| l.name == name),
         );
         Ok(Self {
             router,
-            passive: cfg.backends.iter().map(|b| b.passive.clone()).collect(),
-            pools,
-            clients: dials
-                .iter()
-                .map(|d| {
-                    (0..workers.max(1))
-                        .map(|_| upstream::backend::client(d.clone(), t.server_keep_alive.0))
-                        .collect()
-                })
-                .collect(),
-            direct,
-            h2,
-            dials,
-            server_timeouts: cfg.backends.iter().map(|b| b.server_timeout(t)).collect(),
-            tunnel_timeouts: cfg.backends.iter().map(|b| b.tunnel_timeout(t)).collect(),
+            backends,
             error_pages,
-            sticky: cfg
-                .backends
-                .iter()
-                .map(|b| b.sticky.as_ref().map(upstream::sticky::Persist::new))
-                .collect(),
-            send_proxy: cfg.backends.iter().map(|b| b.send_proxy).collect(),
-            compress: cfg
-                .backends
-                .iter()
-                .map(|b| b.compression.as_ref().map(request::compress::Compress::new))
-                .collect(),
-            header_rules: cfg
-                .backends
-                .iter()
-                .map(|b| {
-                    (
-                        request::headers::Rules::new(&b.request_headers),
-                        request::headers::Rules::new(&b.response_headers),
-                    )
-                })
-                .collect(),
             tasks,
             pending: std::sync::Mutex::new(pending),
             gate,
@@ -266,29 +187,14 @@ impl Routing {
         self.gate.send_replace(true);
     }
 
-    pub fn backend_index(&self, name: &str) -> Option<usize> {
-        self.pools.iter().position(|p| p.name == name)
+    /// The backend named `name`.
+    pub fn backend(&self, name: &str) -> Option<&Arc<Backend>> {
+        self.backends.iter().find(|b| b.name() == name)
     }
 
-    pub fn pools(&self) -> &[Arc<Pool>] {
-        &self.pools
-    }
-
-    /// HTTP/2 connections kept to the servers of `backend`, when it is `proto: h2` (as of the
-    /// last reap).
-    pub fn h2_connections(&self, backend: usize) -> Option<usize> {
-        self.h2.get(backend)?.as_ref().map(|c| c.open())
-    }
-
-    /// Idle server connections the direct path keeps for `backend` (as of the last reap).
-    pub fn idle_connections(&self, backend: usize) -> usize {
-        self.direct.get(backend).map_or(0, |c| c.idle())
-    }
-
-    fn client(&self, backend: usize) -> Option<&UpstreamClient> {
-        let w = WORKER.with(std::cell::Cell::get);
-        let per_worker = self.clients.get(backend)?;
-        per_worker.get(w % per_worker.len().max(1))
+    /// Every backend, in config order.
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
     }
 }
 
@@ -337,20 +243,14 @@ pub fn client_tls(
 }
 
 /// Every 2 s, closes idle server connections that expired or that their server closed.
-fn spawn_reaper(
-    conns: Vec<Arc<upstream::direct::Conns>>,
-    h2: Vec<Arc<upstream::h2c::Conns>>,
-) -> tokio::task::JoinHandle<()> {
+fn spawn_reaper(backends: Vec<Arc<Backend>>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            for c in &conns {
-                c.reap();
-            }
-            for c in &h2 {
-                c.reap();
+            for b in &backends {
+                b.transport.reap();
             }
         }
     })
@@ -381,19 +281,6 @@ impl<T> PerWorker<T> {
     }
 }
 
-/// `uri`'s path and query on `http://authority`, built from parts (no formatting, no parsing).
-fn absolute_uri(authority: http::uri::Authority, uri: &Uri) -> Result<Uri, ProxyError> {
-    let mut target = http::uri::Parts::default();
-    target.scheme = Some(http::uri::Scheme::HTTP);
-    target.authority = Some(authority);
-    target.path_and_query = Some(
-        uri.path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(target).map_err(|e| ProxyError::BadRequest(format!("bad target: {e}")))
-}
-
 /// Per-listener request context.
 pub struct ListenerCtx {
     /// The current config generation and this listener's default backend in it. A reload
@@ -421,7 +308,7 @@ pub struct ListenerCtx {
 #[derive(Clone)]
 struct Generation {
     routing: Arc<Routing>,
-    default_backend: Option<usize>,
+    default_backend: Option<Arc<Backend>>,
     redirect: Option<Arc<config::RedirectToHttps>>,
     rate_limit: Option<Arc<request::ratelimit::Limiter>>,
     /// The listener's `response-headers`, for every response it sends.
@@ -465,7 +352,8 @@ impl Generation {
             default_backend: listener
                 .default_backend
                 .as_deref()
-                .and_then(|n| routing.backend_index(n)),
+                .and_then(|n| routing.backend(n))
+                .cloned(),
             redirect: listener.redirect_to_https.clone().map(Arc::new),
             access: access::Policy::new(&cfg.access_log).map(Arc::new),
             proxy_protocol: listener.proxy_protocol.clone().map(Arc::new),
@@ -483,7 +371,7 @@ impl Generation {
                 .as_ref()
                 .and_then(request::forwarded::Trust::new)
                 .map(Arc::new),
-            handles: routing.pools.iter().map(|_| OnceLock::new()).collect(),
+            handles: routing.backends.iter().map(|_| OnceLock::new()).collect(),
             listener: cfg
                 .listeners
                 .iter()
@@ -541,7 +429,7 @@ impl ListenerCtx {
             .current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let tcp = g.default_backend.filter(|_| g.tcp);
+        let tcp = g.default_backend.clone().filter(|_| g.tcp);
         Accepting {
             proxy_protocol: g.proxy_protocol.clone(),
             per_source: g.per_source.clone(),
@@ -564,31 +452,27 @@ impl ListenerCtx {
     pub fn backends_behind(&self) -> Vec<Arc<Pool>> {
         let g = self.generation();
         // A TCP listener's connections all go to its default backend.
-        let mut idx: Vec<usize> = if g.tcp {
+        let mut behind: Vec<&Arc<Backend>> = if g.tcp {
             Vec::new()
         } else {
             g.routing.router.backends().collect()
         };
-        idx.extend(g.default_backend);
+        behind.extend(&g.default_backend);
         if let Some(p) = &g.passthrough {
-            idx.extend(p.backends());
+            behind.extend(p.backends());
         }
-        idx.sort_unstable();
-        idx.dedup();
-        idx.into_iter()
-            .filter_map(|i| g.routing.pools.get(i).cloned())
-            .collect()
+        behind.sort_unstable_by_key(|b| b.index);
+        behind.dedup_by_key(|b| b.index);
+        behind.into_iter().map(|b| b.pool.clone()).collect()
     }
 
-    /// This listener's metric handles for `backend` of generation `g`.
-    fn handles<'g>(&self, g: &'g Generation, backend: usize) -> Option<&'g metrics::Handles> {
+    /// This listener's metric handles for `backend` of generation `g` (`None` without
+    /// metrics).
+    fn handles<'g>(&self, g: &'g Generation, backend: &Backend) -> Option<&'g metrics::Handles> {
         let m = self.metrics.as_ref()?;
-        let pool = g.routing.pools.get(backend)?;
-        Some(
-            g.handles
-                .get(backend)?
-                .get_or_init(|| m.handles(&self.name, &pool.name)),
-        )
+        // `handles` has one cell per backend of `g.routing`, which `backend` is one of.
+        let cell = g.handles.get(backend.index)?;
+        Some(cell.get_or_init(|| m.handles(&self.name, backend.name())))
     }
 
     fn generation(&self) -> Generation {
@@ -630,7 +514,7 @@ impl Accepting {
 pub struct Carry {
     pub routing: Arc<Routing>,
     /// `mode: tcp`: the backend every connection goes to.
-    pub tcp: Option<usize>,
+    pub tcp: Option<Arc<Backend>>,
     /// The listener's passthrough hosts.
     pub passthrough: Option<Arc<listener::passthrough::Passthrough>>,
     /// The access log policy, for the line each carried connection gets when it ends.
@@ -699,7 +583,7 @@ pub async fn handle(
         )
     });
     let mut trace = Trace::default();
-    let mut chosen: Option<usize> = None;
+    let mut chosen: Option<&Backend> = None;
     // This listener's metric handles for the chosen backend, looked up once per request.
     let mut handles: Option<&metrics::Handles> = None;
     // The route's CORS settings and the request's origin if allowed, for the answer's headers.
@@ -726,27 +610,25 @@ pub async fn handle(
         }
         let (route_request_rules, route_response_rules) =
             (routed.request_headers, routed.response_headers);
-        let Some(backend) = routed.backend else {
-            return match routed.redirect {
-                Some(d) => {
-                    let host = req.uri().host().map(str::to_owned).or_else(|| {
-                        req.headers()
-                            .get(header::HOST)
-                            .and_then(|h| h.to_str().ok())
-                            .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                            .map(|a| a.host().to_owned())
-                    });
-                    d.answer(
-                        req.uri(),
-                        request::redirect::Origin {
-                            host: host.as_deref(),
-                            scheme: ctx.scheme,
-                            port: ctx.port_number,
-                        },
-                    )
-                }
-                None => Err(ProxyError::NoRoute),
-            };
+        let backend = match routed.to {
+            request::route::Dest::Backend(b) => b,
+            request::route::Dest::Redirect(d) => {
+                let host = req.uri().host().map(str::to_owned).or_else(|| {
+                    req.headers()
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                        .map(|a| a.host().to_owned())
+                });
+                return d.answer(
+                    req.uri(),
+                    request::redirect::Origin {
+                        host: host.as_deref(),
+                        scheme: ctx.scheme,
+                        port: ctx.port_number,
+                    },
+                );
+            }
         };
         chosen = Some(backend);
         if let Some(c) = routed.cors {
@@ -775,16 +657,8 @@ pub async fn handle(
             None => Vec::new(),
         };
         handles = ctx.handles(&generation, backend);
-        let h2 = generation
-            .routing
-            .h2
-            .get(backend)
-            .is_some_and(Option::is_some);
-        let compress = generation
-            .routing
-            .compress
-            .get(backend)
-            .and_then(Option::as_ref);
+        let h2 = backend.is_h2();
+        let compress = backend.compress.as_ref();
         let gzip = compress.is_some_and(|_| request::compress::accepts_gzip(req.headers()));
         let head = req.method() == http::Method::HEAD;
         let mut up = upstream_request(&ctx, &conn, &client, req, h2, &routed)?;
@@ -798,28 +672,14 @@ pub async fn handle(
         if let Some(m) = routed.mirror
             && up.upgrade.is_none()
         {
-            up.body = upstream::mirror::copy(
-                &generation.routing,
-                m,
-                &up.parts,
-                up.body.take(),
-                ctx.metrics.clone(),
-            );
+            up.body = upstream::mirror::copy(m, &up.parts, up.body.take(), ctx.metrics.clone());
         }
-        let persist = generation
-            .routing
-            .sticky
-            .get(backend)
-            .and_then(Option::as_ref);
+        let persist = backend.sticky.as_ref();
         if let Some(p) = persist {
             up.sticky = p.take(&mut up.parts.headers);
         }
         let asked_for = up.sticky;
-        let (request_rules, response_rules) = match generation.routing.header_rules.get(backend) {
-            Some((req, resp)) => (req.as_ref(), resp.as_ref()),
-            None => (None, None),
-        };
-        if let Some(r) = request_rules {
+        if let Some(r) = &backend.request_rules {
             r.apply(&mut up.parts.headers);
         }
         if let Some(r) = route_request_rules {
@@ -850,7 +710,6 @@ pub async fn handle(
         // for its largest state, for the connection's whole life; the exchange with the
         // server (4 KB of state) is allocated per request instead, and only while it runs.
         let mut resp = Box::pin(forward(
-            &generation.routing,
             backend,
             up,
             inflight,
@@ -858,7 +717,7 @@ pub async fn handle(
             &mut trace,
         ))
         .await?;
-        if let Some(r) = response_rules {
+        if let Some(r) = &backend.response_rules {
             r.apply(resp.headers_mut());
         }
         if let Some(r) = route_response_rules {
@@ -879,8 +738,7 @@ pub async fn handle(
         Ok::<_, ProxyError>(resp)
     }
     .await;
-    let pool = chosen.and_then(|b| generation.routing.pools.get(b));
-    let backend = pool.map_or("", |p| p.name.as_str());
+    let backend = chosen.map_or("", Backend::name);
     let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
@@ -987,7 +845,7 @@ fn route<'g>(
     ctx: &'g Generation,
     req: &Request<Incoming>,
     client: std::net::IpAddr,
-) -> Result<request::route::Routed<'g>, ProxyError> {
+) -> Result<request::route::Routed<'g, Arc<Backend>>, ProxyError> {
     let host = req
         .uri()
         .authority()
@@ -1008,19 +866,21 @@ fn route<'g>(
             client,
             listener: ctx.listener,
         })
-        .or(ctx.default_backend.map(|backend| request::route::Routed {
-            backend: Some(backend),
-            redirect: None,
-            rewrite: None,
-            forbidden: false,
-            auth: None,
-            basic: None,
-            cors: None,
-            mirror: None,
-            upgrades: &request::route::DEFAULT_UPGRADES,
-            request_headers: None,
-            response_headers: None,
-        }))
+        .or(ctx
+            .default_backend
+            .as_ref()
+            .map(|b| request::route::Routed {
+                to: request::route::Dest::Backend(b),
+                rewrite: None,
+                forbidden: false,
+                auth: None,
+                basic: None,
+                cors: None,
+                mirror: None,
+                upgrades: &request::route::DEFAULT_UPGRADES,
+                request_headers: None,
+                response_headers: None,
+            }))
         .ok_or(ProxyError::NoRoute)
 }
 
@@ -1061,19 +921,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// A request prepared for a backend; kept as parts so it can be rebuilt for a retry.
-struct Upstream {
-    parts: http::request::Parts,
-    body: Option<UpstreamBody>,
-    /// The client's side of an HTTP/1.1 Upgrade (WebSocket), resolved once the backend agrees.
-    upgrade: Option<hyper::upgrade::OnUpgrade>,
-    /// The client sent `TE: trailers` (gRPC does): passed on to HTTP/2 servers only, the one
-    /// TE value HTTP/2 carries; hop-by-hop for HTTP/1.1.
-    te_trailers: bool,
-    /// The server the client's `sticky` cookie names.
-    sticky: Option<u64>,
-}
-
 /// An HTTP/1.1 `Connection: upgrade` request with an `Upgrade` header: its protocol.
 fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
     let wants = req.version() == http::Version::HTTP_11
@@ -1107,7 +954,7 @@ fn upstream_request(
     client: &Client<'_>,
     mut req: Request<Incoming>,
     h2: bool,
-    routed: &request::route::Routed<'_>,
+    routed: &request::route::Routed<'_, Arc<Backend>>,
 ) -> Result<Upstream, ProxyError> {
     let rewrite = routed.rewrite;
     // An upgrade the route does not allow is ignored (RFC 9110 section 7.8 lets a server do
@@ -1275,8 +1122,7 @@ fn body_hint(h: &HeaderMap) -> Option<u64> {
 }
 
 async fn forward(
-    routing: &Routing,
-    backend: usize,
+    backend: &Backend,
     mut up: Upstream,
     inflight: &Arc<timeout::InFlight>,
     (body_timeouts, tunnel_counters): (
@@ -1285,17 +1131,10 @@ async fn forward(
     ),
     trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let (Some(pool), Some(client)) = (routing.pools.get(backend), routing.client(backend)) else {
-        return Err(ProxyError::Internal("unknown backend".into()));
-    };
-    let passive = routing.passive.get(backend).cloned().unwrap_or_default();
+    let (pool, passive) = (&backend.pool, &backend.passive);
     let mut tried = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
     let replayable = up.body.is_none();
-    let server_timeout = routing
-        .server_timeouts
-        .get(backend)
-        .copied()
-        .unwrap_or(Duration::MAX);
+    let server_timeout = backend.server_timeout;
     loop {
         // Waits in the backend's FIFO queue when every server is at its maxconn.
         let asked = Instant::now();
@@ -1307,11 +1146,11 @@ async fn forward(
         tried.push(server);
         let sent = tokio::time::timeout(
             server_timeout,
-            attempt(routing, backend, client, &mut up, &slot.server),
+            backend.transport.send(&mut up, &slot.server),
         );
         let err = match sent.await {
             Ok(Ok(reply)) => {
-                upstream::health::observe(pool, &slot.server, true, &passive);
+                upstream::health::observe(pool, &slot.server, true, passive);
                 // The server's place is held until its response body is done, as HAProxy
                 // counts a connection until the response ends.
                 return Ok(match reply {
@@ -1319,11 +1158,7 @@ async fn forward(
                         if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
                             && up.upgrade.is_some() =>
                     {
-                        let idle = routing
-                            .tunnel_timeouts
-                            .get(backend)
-                            .copied()
-                            .unwrap_or(Duration::MAX);
+                        let idle = backend.tunnel_timeout;
                         tunnel(
                             resp,
                             up.upgrade.take(),
@@ -1348,7 +1183,7 @@ async fn forward(
         };
         let retryable = err.retryable(up.parts.method.is_idempotent());
         if retryable {
-            upstream::health::observe(pool, &slot.server, false, &passive);
+            upstream::health::observe(pool, &slot.server, false, passive);
         }
         drop(slot);
         let servers = pool.servers().len();
@@ -1357,102 +1192,6 @@ async fn forward(
         }
         trace.retries += 1;
         debug!(error = %err, "retrying on another server");
-    }
-}
-
-/// A server's response head, from either upstream path.
-enum Reply {
-    Direct(Response<upstream::direct::DirectBody>),
-    Pooled(Response<Incoming>),
-}
-
-/// One try of the request on `server`: the direct path (`direct.rs`) for an idempotent
-/// request without a body, hyper's pooled client for the rest.
-async fn attempt(
-    routing: &Routing,
-    backend: usize,
-    client: &UpstreamClient,
-    up: &mut Upstream,
-    server: &upstream::pool::Server,
-) -> Result<Reply, ProxyError> {
-    let worker = WORKER.with(std::cell::Cell::get);
-    if let Some(h2) = routing.h2.get(backend).and_then(Option::as_ref) {
-        // No HTTP/1.1 Upgrade over HTTP/2: the request goes as a plain one.
-        up.upgrade = None;
-        let body = up.body.take().unwrap_or_else(empty_body);
-        let req =
-            upstream::h2c::request(up.parts.clone(), body, &server.authority, up.te_trailers)?;
-        return h2.send(worker, server.addr, req).await.map(Reply::Pooled);
-    }
-    // Only idempotent methods: the direct path resends a request whose kept connection died
-    // before any response byte, and the server may have acted on it meanwhile.
-    if up.body.is_none() && up.upgrade.is_none() && up.parts.method.is_idempotent() {
-        let conns = routing
-            .direct
-            .get(backend)
-            .ok_or_else(|| ProxyError::Internal("unknown backend".into()))?;
-        return upstream::direct::exchange(
-            conns,
-            worker,
-            server.addr,
-            &server.authority,
-            &up.parts,
-        )
-        .await
-        .map(Reply::Direct);
-    }
-    let mut parts = up.parts.clone();
-    parts.uri = absolute_uri(server.authority.clone(), &parts.uri)?;
-    let body = up.body.take().unwrap_or_else(empty_body);
-    client
-        .request(Request::from_parts(parts, body))
-        .await
-        .map(Reply::Pooled)
-        .map_err(|e| classify(server.addr, &e))
-}
-
-fn empty_body() -> UpstreamBody {
-    Empty::<Bytes>::new()
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-fn classify(server: SocketAddr, e: &hyper_util::client::legacy::Error) -> ProxyError {
-    let server = server.to_string();
-    if e.is_connect() {
-        // `upstream::connect::Dial` said what went wrong.
-        let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-        while let Some(s) = src {
-            match s.downcast_ref::<ProxyError>() {
-                Some(ProxyError::ConnectTimeout { .. }) => {
-                    return ProxyError::ConnectTimeout { server };
-                }
-                Some(ProxyError::Connect { reason, .. }) => {
-                    return ProxyError::Connect {
-                        server,
-                        reason: reason.clone(),
-                    };
-                }
-                _ => {}
-            }
-            src = s.source();
-        }
-        let reason =
-            std::error::Error::source(e).map_or_else(|| e.to_string(), ToString::to_string);
-        return ProxyError::Connect { server, reason };
-    }
-    // A request body cut at `max-body-bytes` fails the exchange with its LengthLimitError
-    // somewhere in the chain: the client's fault, 413.
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = src {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return ProxyError::BodyOverLimit;
-        }
-        src = s.source();
-    }
-    ProxyError::Upstream {
-        server,
-        reason: e.to_string(),
     }
 }
 
@@ -1509,7 +1248,7 @@ fn downstream_response<B>(
 ) -> Response<ProxyBody>
 where
     B: hyper::body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
-    B::Error: Into<upstream::backend::BoxError>,
+    B::Error: Into<upstream::pooled::BoxError>,
 {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -1651,10 +1390,10 @@ impl crate::metrics::ScrapeSource for Scrape {
     fn backends(&self) -> Vec<crate::metrics::BackendGauges> {
         let routing = self.ctx.routing();
         routing
-            .pools()
+            .backends()
             .iter()
-            .enumerate()
-            .map(|(i, p)| {
+            .map(|b| {
+                let p = &b.pool;
                 let load = p.load();
                 crate::metrics::BackendGauges {
                     name: p.name.clone(),
@@ -1662,8 +1401,8 @@ impl crate::metrics::ScrapeSource for Scrape {
                     queued: load.queued,
                     queue_max: load.queue_max,
                     maxconn: load.maxconn,
-                    idle_connections: routing.idle_connections(i),
-                    h2_connections: routing.h2_connections(i),
+                    idle_connections: b.transport.idle_connections(),
+                    h2_connections: b.transport.h2_connections(),
                     servers: p
                         .servers()
                         .iter()
@@ -1697,7 +1436,8 @@ xdp: {{ enabled: false }}
             .expect("config")
         };
         let ports = |r: &super::Routing| -> Vec<u16> {
-            r.pools()[0]
+            r.backends()[0]
+                .pool
                 .servers()
                 .iter()
                 .map(|s| s.addr.port())
@@ -1712,7 +1452,7 @@ xdp: {{ enabled: false }}
             .await
             .expect("build");
         assert!(
-            Arc::ptr_eq(&running.pools()[0], &next.pools()[0]),
+            Arc::ptr_eq(&running.backends()[0].pool, &next.backends()[0].pool),
             "the pool is shared"
         );
         assert_eq!(ports(&running), [9101], "built, not committed: unchanged");

@@ -14,6 +14,7 @@
 use std::{
     io,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -24,7 +25,11 @@ use tokio::{
 };
 
 use crate::config;
-use crate::proxy::{MAX_CONNECT_ATTEMPTS, Routing, request::route::HostMatch, upstream::health};
+use crate::proxy::{
+    MAX_CONNECT_ATTEMPTS, Routing,
+    request::route::HostMatch,
+    upstream::{backend::Backend, health},
+};
 
 /// A TLS record's header: type, version, length.
 const RECORD_HEADER: usize = 5;
@@ -35,7 +40,7 @@ const MAX_RECORD: usize = 16_384;
 #[derive(Debug)]
 pub struct Passthrough {
     /// The hosts, in config order, with their backends.
-    hosts: Vec<(HostMatch, usize)>,
+    hosts: Vec<(HostMatch, Arc<Backend>)>,
 }
 
 impl Passthrough {
@@ -49,7 +54,7 @@ impl Passthrough {
             .map(|h| {
                 Some((
                     HostMatch::new(Some(&h.host)),
-                    routing.backend_index(&h.backend)?,
+                    routing.backend(&h.backend)?.clone(),
                 ))
             })
             .collect::<Option<Vec<_>>>()?;
@@ -57,17 +62,17 @@ impl Passthrough {
     }
 
     /// The backends the hosts lead to.
-    pub fn backends(&self) -> impl Iterator<Item = usize> + '_ {
-        self.hosts.iter().map(|(_, b)| *b)
+    pub fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> + '_ {
+        self.hosts.iter().map(|(_, b)| b)
     }
 
     /// The backend for a ClientHello's server name: the first listed host that matches.
-    pub fn backend_for(&self, sni: &str) -> Option<usize> {
+    pub fn backend_for(&self, sni: &str) -> Option<&Arc<Backend>> {
         let sni = sni.to_ascii_lowercase();
         self.hosts
             .iter()
             .find(|(h, _)| h.matches(Some(&sni)))
-            .map(|(_, b)| *b)
+            .map(|(_, b)| b)
     }
 }
 
@@ -264,8 +269,7 @@ impl Carried {
 /// and counts for passive health. `ends`: the client's address and the one it connected to,
 /// for the backend's `send-proxy` header.
 pub async fn carry<C>(
-    routing: &Routing,
-    backend: usize,
+    backend: &Backend,
     mut client: C,
     hello: &[u8],
     ends: (std::net::SocketAddr, std::net::SocketAddr),
@@ -273,21 +277,11 @@ pub async fn carry<C>(
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let proxy_header = routing
+    let proxy_header = backend
         .send_proxy
-        .get(backend)
-        .copied()
-        .flatten()
         .map(|v| crate::proxy::listener::proxyproto::encode(v, ends.0, ends.1));
-    let (Some(pool), Some(dial)) = (routing.pools.get(backend), routing.dials.get(backend)) else {
-        return Carried::failed(Outcome::NoServer, None);
-    };
-    let passive = routing.passive.get(backend).cloned().unwrap_or_default();
-    let idle = routing
-        .tunnel_timeouts
-        .get(backend)
-        .copied()
-        .unwrap_or(Duration::MAX);
+    let (pool, dial, passive) = (&backend.pool, &backend.dial, &backend.passive);
+    let idle = backend.tunnel_timeout;
     let mut tried = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
     loop {
         let Ok(slot) = pool.acquire(&tried).await else {
@@ -296,7 +290,7 @@ where
         tried.push(slot.server.addr);
         match dial.connect(slot.server.addr).await {
             Ok(mut server) => {
-                health::observe(pool, &slot.server, true, &passive);
+                health::observe(pool, &slot.server, true, passive);
                 let first = [proxy_header.as_deref().unwrap_or_default(), hello].concat();
                 if !first.is_empty() && server.write_all(&first).await.is_err() {
                     return Carried::failed(Outcome::Closed, Some(slot.server.addr));
@@ -316,7 +310,7 @@ where
                 };
             }
             Err(e) => {
-                health::observe(pool, &slot.server, false, &passive);
+                health::observe(pool, &slot.server, false, passive);
                 tracing::debug!(error = %e, "passthrough connect failed");
                 if tried.len() >= MAX_CONNECT_ATTEMPTS.min(pool.servers().len()) {
                     return Carried::failed(Outcome::ConnectFailed, Some(slot.server.addr));
@@ -485,17 +479,28 @@ mod tests {
         assert!(matches!(e, PassthroughError::Timeout), "{e}");
     }
 
-    #[test]
-    fn hosts_match_exactly_or_by_wildcard_in_order() {
-        let p = Passthrough {
-            hosts: vec![
-                (HostMatch::new(Some("vault.example.com")), 1),
-                (HostMatch::new(Some("*.example.com")), 2),
-            ],
-        };
-        assert_eq!(p.backend_for("VAULT.example.com"), Some(1));
-        assert_eq!(p.backend_for("argo.example.com"), Some(2));
-        assert_eq!(p.backend_for("example.com"), None);
-        assert_eq!(p.backend_for("example.org"), None);
+    #[tokio::test]
+    async fn hosts_match_exactly_or_by_wildcard_in_order() {
+        let cfg: config::Config = yaml_serde::from_str(
+            "listeners: [{name: l, bind: '127.0.0.1:1', default-backend: vault}]\n\
+             backends:\n\
+             - {name: vault, servers: [{address: '127.0.0.1:2'}]}\n\
+             - {name: argo, servers: [{address: '127.0.0.1:3'}]}\n",
+        )
+        .unwrap();
+        let routing = Routing::build(&cfg, None, 1, None).await.unwrap();
+        let hosts =
+            [("vault.example.com", "vault"), ("*.example.com", "argo")].map(|(host, backend)| {
+                config::PassthroughHost {
+                    host: host.into(),
+                    backend: backend.into(),
+                }
+            });
+        let p = Passthrough::new(&hosts, &routing).unwrap();
+        let to = |sni| p.backend_for(sni).map(|b| b.name().to_owned());
+        assert_eq!(to("VAULT.example.com").as_deref(), Some("vault"));
+        assert_eq!(to("argo.example.com").as_deref(), Some("argo"));
+        assert_eq!(to("example.com"), None);
+        assert_eq!(to("example.org"), None);
     }
 }

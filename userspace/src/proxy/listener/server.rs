@@ -311,14 +311,12 @@ fn tls_version(v: Option<rustls::ProtocolVersion>) -> &'static str {
 fn count_carried(
     ctx: &ListenerCtx,
     carry: &crate::proxy::Carry,
-    backend: usize,
+    backend: &crate::proxy::upstream::backend::Backend,
     (client, sni): (SocketAddr, Option<&str>),
     started: std::time::Instant,
     carried: &crate::proxy::listener::passthrough::Carried,
 ) {
-    let Some(pool) = carry.routing.pools().get(backend) else {
-        return;
-    };
+    let pool = &backend.pool;
     let result = carried.outcome.label();
     if let Some(m) = &ctx.metrics {
         m.carried(&ctx.name, &pool.name, result);
@@ -371,11 +369,11 @@ async fn serve_carried(
         None => return Ok(()),
     };
     let started = std::time::Instant::now();
-    if let Some(backend) = carry.tcp {
+    if let Some(backend) = &carry.tcp {
         let carried = match tls {
-            None => passthrough::carry(&carry.routing, backend, stream, &[], ends).await,
+            None => passthrough::carry(backend, stream, &[], ends).await,
             Some(tls) => match handshake(&tls, stream, &ctx, peer).await {
-                Some(s) => passthrough::carry(&carry.routing, backend, s, &[], ends).await,
+                Some(s) => passthrough::carry(backend, s, &[], ends).await,
                 None => return Ok(()),
             },
         };
@@ -399,7 +397,7 @@ async fn serve_carried(
         }
     };
     if let Some(backend) = sni.as_deref().and_then(|s| pass.backend_for(s)) {
-        let carried = passthrough::carry(&carry.routing, backend, stream, &hello, ends).await;
+        let carried = passthrough::carry(backend, stream, &hello, ends).await;
         let who = (client, sni.as_deref());
         count_carried(&ctx, &carry, backend, who, started, &carried);
         return Ok(());

@@ -20,7 +20,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::config;
-use crate::proxy::{ProxyBody, upstream::backend::BoxError};
+use crate::proxy::{ProxyBody, upstream::pooled::BoxError};
 
 /// One backend's compression settings.
 #[derive(Debug)]

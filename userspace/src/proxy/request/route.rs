@@ -55,19 +55,19 @@ enum PathMatch {
 }
 
 #[derive(Debug, Clone)]
-struct Rule {
+struct Rule<B> {
     host: HostMatch,
     path: PathMatch,
     /// Headers that must all be there with these values.
     headers: Vec<(HeaderName, HeaderValue)>,
-    target: Target,
+    target: Target<B>,
     rewrite: Option<Rewrite>,
     /// Client networks the rule serves; empty: all.
     allow: Vec<ipnet::IpNet>,
     auth: Option<Arc<Auth>>,
     basic: Option<Arc<BasicAuth>>,
     cors: Option<Arc<Cors>>,
-    mirror: Option<usize>,
+    mirror: Option<B>,
     upgrades: Upgrades,
     /// Bit `i` set: served on listener `i`; 0: on every listener.
     listeners: u64,
@@ -80,33 +80,58 @@ struct Rule {
 }
 
 #[derive(Debug, Clone)]
-enum Target {
-    One(usize),
-    /// Backends and their weights (`split`), with the weights' sum (above 0).
-    Split(Vec<(usize, u32)>, u32),
+enum Target<B> {
+    One(B),
+    /// Backends and their weights (`split`): a draw below `total` goes to the first whose
+    /// cumulated weight is above it, else to `last`, so a draw always lands somewhere.
+    Split {
+        others: Vec<(B, u32)>,
+        last: B,
+        /// The weights' sum, above 0.
+        total: u32,
+    },
     /// No backend: a redirect answers.
     Redirect(Arc<RouteRedirect>),
 }
 
-impl Target {
-    fn backend(&self) -> Option<usize> {
-        Some(match self {
-            Target::One(b) => *b,
-            Target::Redirect(_) => return None,
-            Target::Split(to, total) => {
+impl<B> Target<B> {
+    fn pick(&self) -> Dest<'_, B> {
+        match self {
+            Target::One(b) => Dest::Backend(b),
+            Target::Redirect(r) => Dest::Redirect(r),
+            Target::Split {
+                others,
+                last,
+                total,
+            } => {
                 let mut n = crate::rng::next() % u64::from(*total);
-                for (b, w) in to {
+                for (b, w) in others {
                     if n < u64::from(*w) {
-                        return Some(*b);
+                        return Dest::Backend(b);
                     }
                     n -= u64::from(*w);
                 }
-                // Unreachable: the weights sum to `total`.
-                to.last().map_or(0, |(b, _)| *b)
+                Dest::Backend(last)
             }
-        })
+        }
     }
 }
+
+/// Where a matched rule sends a request.
+#[derive(Debug)]
+pub enum Dest<'a, B> {
+    Backend(&'a B),
+    /// A `redirect` route: no backend, the redirect answers.
+    Redirect(&'a RouteRedirect),
+}
+
+impl<B> Clone for Dest<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B> Copy for Dest<'_, B> {}
 
 /// How the path changes before the request leaves.
 #[derive(Debug, Clone)]
@@ -170,11 +195,9 @@ impl Rewrite {
 }
 
 /// Where a request goes: its backend, and the path rewrite of the route that matched.
-#[derive(Debug, Clone, Copy)]
-pub struct Routed<'a> {
-    /// `None` for a `redirect` route.
-    pub backend: Option<usize>,
-    pub redirect: Option<&'a RouteRedirect>,
+#[derive(Debug)]
+pub struct Routed<'a, B> {
+    pub to: Dest<'a, B>,
     pub rewrite: Option<&'a Rewrite>,
     /// The client's address is outside the route's `allow` list: the answer is 403.
     pub forbidden: bool,
@@ -184,12 +207,22 @@ pub struct Routed<'a> {
     pub basic: Option<&'a BasicAuth>,
     pub cors: Option<&'a Cors>,
     /// The backend that gets a copy of the request.
-    pub mirror: Option<usize>,
+    pub mirror: Option<&'a B>,
     /// The protocols `Upgrade` may switch to.
     pub upgrades: &'a Upgrades,
     /// The route's own header rules, applied after the backend's.
     pub request_headers: Option<&'a crate::proxy::request::headers::Rules>,
     pub response_headers: Option<&'a crate::proxy::request::headers::Rules>,
+}
+
+impl<'a, B> Routed<'a, B> {
+    /// The backend, unless a redirect answers.
+    pub fn backend(&self) -> Option<&'a B> {
+        match self.to {
+            Dest::Backend(b) => Some(b),
+            Dest::Redirect(_) => None,
+        }
+    }
 }
 
 /// What routing looks at in a request.
@@ -229,9 +262,11 @@ impl Upgrades {
 pub static DEFAULT_UPGRADES: std::sync::LazyLock<Upgrades> =
     std::sync::LazyLock::new(|| Upgrades::new(&config::default_upgrades()));
 
+/// `B` is what a rule leads to: the running generation's `Arc<Backend>` (`proxy::Routing`);
+/// a backend's index in tests.
 #[derive(Debug, Clone)]
-pub struct Router {
-    rules: Vec<Rule>,
+pub struct Router<B> {
+    rules: Vec<Rule<B>>,
     /// Indices of the rules for an exact host, each list ascending (config order).
     exact: HashMap<String, Vec<usize>>,
     /// Indices of the `*.example.com` rules, keyed `.example.com`.
@@ -243,19 +278,20 @@ pub struct Router {
 /// Rule lists one request merges; a host with more labels than this scans every rule.
 const MAX_LISTS: usize = 8;
 
-impl Router {
+impl<B: Clone> Router<B> {
     /// A router without basic auth users (tests).
     #[cfg(test)]
-    pub fn new(routes: &[config::Route], backend_index: impl Fn(&str) -> Option<usize>) -> Self {
-        Self::with_users(routes, &[], backend_index, |_| None)
+    pub fn new(routes: &[config::Route], backend: impl Fn(&str) -> Option<B>) -> Self {
+        Self::with_users(routes, &[], backend, |_| None)
     }
 
-    /// `backend_index` resolves a backend name (validated by config) to its index; `basic` is
-    /// each route's `basic-auth`, loaded (`basic::load`).
+    /// `backend` resolves a backend name (validated by config); `basic` is each route's
+    /// `basic-auth`, loaded (`basic::load`). A rule naming an unknown backend or listener is
+    /// left out (validation refuses such a config first).
     pub fn with_users(
         routes: &[config::Route],
         basic: &[Option<Arc<BasicAuth>>],
-        backend_index: impl Fn(&str) -> Option<usize>,
+        backend: impl Fn(&str) -> Option<B>,
         listener_index: impl Fn(&str) -> Option<usize>,
     ) -> Self {
         let rules = routes
@@ -272,15 +308,22 @@ impl Router {
                 let target = if let Some(d) = &r.redirect {
                     Target::Redirect(Arc::new(RouteRedirect::new(d, r.path_prefix.as_deref())?))
                 } else if r.split.is_empty() {
-                    Target::One(backend_index(&r.backend)?)
+                    Target::One(backend(&r.backend)?)
                 } else {
-                    let to = r
+                    let mut others = r
                         .split
                         .iter()
-                        .map(|s| Some((backend_index(&s.backend)?, s.weight)))
+                        .map(|s| Some((backend(&s.backend)?, s.weight)))
                         .collect::<Option<Vec<_>>>()?;
-                    let total = to.iter().map(|(_, w)| *w).sum::<u32>();
-                    (total > 0).then_some(Target::Split(to, total))?
+                    let total = others
+                        .iter()
+                        .try_fold(0u32, |sum, (_, w)| sum.checked_add(*w))?;
+                    let (last, _) = others.pop()?;
+                    (total > 0).then_some(Target::Split {
+                        others,
+                        last,
+                        total,
+                    })?
                 };
                 let headers = r
                     .headers
@@ -317,7 +360,7 @@ impl Router {
                         None => None,
                     },
                     mirror: match &r.mirror {
-                        Some(m) => Some(backend_index(m)?),
+                        Some(m) => Some(backend(m)?),
                         None => None,
                     },
                     upgrades: Upgrades::new(&r.upgrades),
@@ -344,7 +387,7 @@ impl Router {
                     .map(Arc::new),
                 })
             })
-            .collect::<Vec<Rule>>();
+            .collect::<Vec<Rule<B>>>();
         let (mut exact, mut suffix, mut any) = (HashMap::new(), HashMap::new(), Vec::new());
         for (i, r) in rules.iter().enumerate() {
             match &r.host {
@@ -400,10 +443,14 @@ impl Router {
     }
 
     /// The backends some rule leads to.
-    pub fn backends(&self) -> impl Iterator<Item = usize> + '_ {
+    pub fn backends(&self) -> impl Iterator<Item = &B> + '_ {
         self.rules.iter().flat_map(|r| match &r.target {
-            Target::One(b) => vec![*b],
-            Target::Split(to, _) => to.iter().map(|(b, _)| *b).collect(),
+            Target::One(b) => vec![b],
+            Target::Split { others, last, .. } => others
+                .iter()
+                .map(|(b, _)| b)
+                .chain(std::iter::once(last))
+                .collect(),
             Target::Redirect(_) => Vec::new(),
         })
     }
@@ -417,7 +464,7 @@ impl Router {
         path: &str,
         headers: &HeaderMap,
         client: IpAddr,
-    ) -> Option<Routed<'_>> {
+    ) -> Option<Routed<'_, B>> {
         self.ask(&Ask {
             host,
             path,
@@ -430,7 +477,7 @@ impl Router {
     }
 
     /// The rule that serves `a`: the first in config order that matches.
-    pub fn ask(&self, a: &Ask<'_>) -> Option<Routed<'_>> {
+    pub fn ask(&self, a: &Ask<'_>) -> Option<Routed<'_, B>> {
         let Ask {
             host,
             path,
@@ -443,7 +490,7 @@ impl Router {
             .ok()
             .and_then(|i| 1u64.checked_shl(i))
             .unwrap_or(0);
-        let matches = |r: &Rule| {
+        let matches = |r: &Rule<B>| {
             r.host.matches(host.as_deref())
                 && (r.listeners == 0 || r.listeners & bit != 0)
                 && path_matches(&r.path, path)
@@ -473,17 +520,13 @@ impl Router {
             None => self.rules.iter().find(|r| matches(r)),
         };
         found.map(|r| Routed {
-            backend: r.target.backend(),
-            redirect: match &r.target {
-                Target::Redirect(d) => Some(d),
-                _ => None,
-            },
+            to: r.target.pick(),
             rewrite: r.rewrite.as_ref(),
             forbidden: !r.allow.is_empty() && !config::cidrs_contain(&r.allow, client),
             auth: r.auth.as_deref(),
             basic: r.basic.as_deref(),
             cors: r.cors.as_deref(),
-            mirror: r.mirror,
+            mirror: r.mirror.as_ref(),
             upgrades: &r.upgrades,
             request_headers: r.request_headers.as_deref(),
             response_headers: r.response_headers.as_deref(),
@@ -575,7 +618,7 @@ mod tests {
                 client: IpAddr::from([192, 0, 2, 1]),
                 listener,
             })
-            .and_then(|x| x.backend)
+            .and_then(|x| x.backend().copied())
         };
         assert_eq!(ask(&http::Method::POST, None, 0), Some(0));
         assert_eq!(ask(&http::Method::GET, Some("a=1&v=2"), 0), Some(1));
@@ -624,7 +667,7 @@ mod tests {
         let any = IpAddr::from([192, 0, 2, 1]);
         let name = |h: Option<&str>, p: &str| {
             r.route(h, p, &HeaderMap::new(), any)
-                .and_then(|i| i.backend)
+                .and_then(|i| i.backend().copied())
                 .map(|b| names[b])
         };
         assert_eq!(
@@ -740,7 +783,7 @@ mod tests {
             for path in ["/", "/api", "/api/x", "/login", "/apix"] {
                 let got = r
                     .route(host, path, &HeaderMap::new(), any)
-                    .and_then(|x| x.backend);
+                    .and_then(|x| x.backend().copied());
                 let lower = host.map(strip_port).map(str::to_ascii_lowercase);
                 let scan = r.rules.iter().position(|rule| {
                     rule.host.matches(lower.as_deref()) && path_matches(&rule.path, path)
@@ -801,10 +844,16 @@ mod tests {
         );
         let any = IpAddr::from([192, 0, 2, 1]);
         let root = r.route(None, "/", &HeaderMap::new(), any).unwrap();
-        assert!(root.backend.is_none() && root.redirect.is_some());
+        assert!(root.backend().is_none() && matches!(root.to, Dest::Redirect(_)));
         let other = r.route(None, "/x", &HeaderMap::new(), any).unwrap();
-        assert_eq!((other.backend, other.redirect.is_none()), (Some(7), true));
-        assert_eq!(r.backends().collect::<Vec<_>>(), [7]);
+        assert_eq!(
+            (
+                other.backend().copied(),
+                matches!(other.to, Dest::Backend(_))
+            ),
+            (Some(7), true)
+        );
+        assert_eq!(r.backends().copied().collect::<Vec<_>>(), [7]);
     }
 
     #[test]
@@ -826,7 +875,7 @@ mod tests {
             let routed = r
                 .route(None, path, &HeaderMap::new(), ip.parse().unwrap())
                 .unwrap();
-            (routed.backend.unwrap(), routed.forbidden)
+            (*routed.backend().unwrap(), routed.forbidden)
         };
         assert_eq!(forbidden("10.1.2.3", "/admin"), (0, false));
         assert_eq!(
@@ -874,19 +923,22 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-canary", HeaderValue::from_static("always"));
         for _ in 0..100 {
-            assert_eq!(r.route(None, "/", &h, any).unwrap().backend, Some(1));
+            assert_eq!(
+                r.route(None, "/", &h, any).unwrap().backend().copied(),
+                Some(1)
+            );
         }
         h.insert("x-canary", HeaderValue::from_static("never"));
         let n = 20_000;
         let canary = (0..n)
-            .filter(|_| r.route(None, "/", &h, any).unwrap().backend == Some(1))
+            .filter(|_| r.route(None, "/", &h, any).unwrap().backend() == Some(&1))
             .count();
         // 10% of 20,000 is 2,000, with a standard deviation of about 42.
         assert!(
             (1_700..=2_300).contains(&canary),
             "{canary} of {n} to the canary"
         );
-        let mut both: Vec<usize> = r.backends().collect();
+        let mut both: Vec<usize> = r.backends().copied().collect();
         both.sort_unstable();
         both.dedup();
         assert_eq!(both, [0, 1]);

@@ -1,69 +1,267 @@
-//! The upstream HTTP client: one for every backend, keeping idle connections per server so
-//! requests reuse them (HAProxy's `http-reuse`).
+//! One backend as a running generation holds it: everything a request needs of its backend in
+//! one value, built once per config generation and handed out by routing as an `Arc`. A route,
+//! a listener's default, a passthrough host or a mirror names a backend by this value, never by
+//! a number to look up, so "no such backend" is not a state a request can meet.
+//!
+//! The transport is chosen here once per backend (`Transport`): HTTP/2 for `proto: h2`,
+//! otherwise HTTP/1.1 over the direct path or hyper's pooled client, chosen per request by
+//! whether it can be replayed (`Transport::send`).
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    pin::Pin,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::Uri;
-use http_body_util::combinators::BoxBody;
-use hyper_util::{
-    client::legacy::Client,
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-};
-use tower_service::Service;
+use http::{Request, Response, Uri};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Incoming;
 
+use super::{
+    connect::Dial,
+    direct, h2c,
+    pool::{Pool, Server},
+    pooled::{UpstreamBody, UpstreamClient},
+    sticky::Persist,
+};
+use crate::config;
 use crate::proxy::{
+    WORKER,
     error::ProxyError,
-    upstream::connect::{Dial, ServerStream},
+    request::{compress::Compress, headers::Rules},
 };
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Request bodies on their way to a server: the client's body, maybe cut at `max-body-bytes`.
-pub type UpstreamBody = BoxBody<Bytes, BoxError>;
-pub type UpstreamClient = Client<Connector, UpstreamBody>;
-
-/// Idle pooled connections close after `idle_timeout`; new ones are opened by `dial`.
-pub fn client(dial: Dial, idle_timeout: Duration) -> UpstreamClient {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(idle_timeout)
-        .pool_max_idle_per_host(1024)
-        .pool_timer(TokioTimer::new())
-        .build(Connector { dial })
+/// A backend of one config generation.
+pub struct Backend {
+    /// Its place in the config's `backends`, for per-listener metric handles.
+    pub index: usize,
+    /// Servers, slots and queue; shared with the next generation when its settings stay.
+    pub pool: Arc<Pool>,
+    /// How its servers are connected to (timeout, TLS, connect-time histogram).
+    pub dial: Dial,
+    pub transport: Transport,
+    /// `timeouts.server`.
+    pub server_timeout: Duration,
+    /// `timeouts.tunnel`.
+    pub tunnel_timeout: Duration,
+    /// Cookie persistence (`sticky`).
+    pub sticky: Option<Persist>,
+    /// The PROXY protocol header its carried connections start with (`send-proxy`).
+    pub send_proxy: Option<config::ProxyVersion>,
+    pub compress: Option<Compress>,
+    /// `request-headers`, applied before the route's own.
+    pub request_rules: Option<Rules>,
+    /// `response-headers`, applied before the route's own.
+    pub response_rules: Option<Rules>,
+    /// Passive health (`passive`).
+    pub passive: config::Passive,
 }
 
-/// hyper's connector: the request target's authority is always the server's address
-/// (`pool::Server::authority`), so there is nothing to resolve; `Dial` connects, times and
-/// speaks TLS when the backend asks for it.
-#[derive(Clone)]
-pub struct Connector {
-    dial: Dial,
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("name", &self.pool.name)
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
 }
 
-type Connecting = Pin<Box<dyn Future<Output = Result<TokioIo<ServerStream>, ProxyError>> + Send>>;
-
-impl Service<Uri> for Connector {
-    type Response = TokioIo<ServerStream>;
-    type Error = ProxyError;
-    type Future = Connecting;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+impl Backend {
+    /// `pool` is the backend's pool (new, or carried over from the previous generation);
+    /// `workers` the worker threads, each with its own idle server connections.
+    pub fn new(
+        b: &config::Backend,
+        index: usize,
+        pool: Arc<Pool>,
+        dial: Dial,
+        workers: usize,
+        timeouts: &config::Timeouts,
+    ) -> Self {
+        let keep_alive = timeouts.server_keep_alive.0;
+        let transport = match b.proto {
+            config::Proto::H2 => Transport::H2(h2c::Conns::new(workers, dial.clone(), keep_alive)),
+            config::Proto::H1 => Transport::Http1 {
+                direct: direct::Conns::new(workers, dial.clone(), keep_alive),
+                pooled: (0..workers.max(1))
+                    .map(|_| super::pooled::client(dial.clone(), keep_alive))
+                    .collect(),
+            },
+        };
+        Self {
+            index,
+            pool,
+            dial,
+            transport,
+            server_timeout: b.server_timeout(timeouts),
+            tunnel_timeout: b.tunnel_timeout(timeouts),
+            sticky: b.sticky.as_ref().map(Persist::new),
+            send_proxy: b.send_proxy,
+            compress: b.compression.as_ref().map(Compress::new),
+            request_rules: Rules::new(&b.request_headers),
+            response_rules: Rules::new(&b.response_headers),
+            passive: b.passive.clone(),
+        }
     }
 
-    fn call(&mut self, dst: Uri) -> Self::Future {
-        let dial = self.dial.clone();
-        Box::pin(async move {
-            let authority = dst.authority().map_or("", http::uri::Authority::as_str);
-            let server: SocketAddr = authority
-                .parse()
-                .map_err(|_| ProxyError::Internal(format!("`{authority}` is not an address")))?;
-            dial.connect(server).await.map(TokioIo::new)
-        })
+    pub fn name(&self) -> &str {
+        &self.pool.name
+    }
+
+    pub fn is_h2(&self) -> bool {
+        matches!(self.transport, Transport::H2(_))
+    }
+}
+
+/// How requests reach a backend's servers.
+pub enum Transport {
+    /// `proto: h2`: multiplexed HTTP/2 connections, per worker (`h2c.rs`).
+    H2(Arc<h2c::Conns>),
+    /// HTTP/1.1: the direct path (`direct.rs`) for requests that can be sent again, hyper's
+    /// pooled client (one per worker, so its connections stay on the thread using them) for
+    /// the rest: bodies, upgrades, non-idempotent methods.
+    Http1 {
+        direct: Arc<direct::Conns>,
+        pooled: Vec<UpstreamClient>,
+    },
+}
+
+/// A request prepared for a backend; kept as parts so it can be rebuilt for a retry.
+pub struct Upstream {
+    pub parts: http::request::Parts,
+    pub body: Option<UpstreamBody>,
+    /// The client's side of an HTTP/1.1 Upgrade (WebSocket), resolved once the backend agrees.
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The client sent `TE: trailers` (gRPC does): passed on to HTTP/2 servers only, the one
+    /// TE value HTTP/2 carries; hop-by-hop for HTTP/1.1.
+    pub te_trailers: bool,
+    /// The server the client's `sticky` cookie names.
+    pub sticky: Option<u64>,
+}
+
+/// A server's response head, from either kind of upstream connection.
+pub enum Reply {
+    Direct(Response<direct::DirectBody>),
+    Pooled(Response<Incoming>),
+}
+
+impl Transport {
+    /// One try of `up` on `server`. Only idempotent requests without a body or upgrade take
+    /// the direct path: it resends a request whose kept connection died before any response
+    /// byte, and the server may have acted on it meanwhile.
+    pub async fn send(&self, up: &mut Upstream, server: &Server) -> Result<Reply, ProxyError> {
+        let worker = WORKER.with(std::cell::Cell::get);
+        match self {
+            Transport::H2(h2) => {
+                // No HTTP/1.1 Upgrade over HTTP/2: the request goes as a plain one.
+                up.upgrade = None;
+                let body = up.body.take().unwrap_or_else(empty_body);
+                let req = h2c::request(up.parts.clone(), body, &server.authority, up.te_trailers)?;
+                h2.send(worker, server.addr, req).await.map(Reply::Pooled)
+            }
+            Transport::Http1 { direct, .. }
+                if up.body.is_none() && up.upgrade.is_none() && up.parts.method.is_idempotent() =>
+            {
+                direct::exchange(direct, worker, server.addr, &server.authority, &up.parts)
+                    .await
+                    .map(Reply::Direct)
+            }
+            Transport::Http1 { pooled, .. } => {
+                let Some(client) = pooled.get(worker % pooled.len().max(1)) else {
+                    // `pooled` has one client per worker, at least one: never empty.
+                    return Err(ProxyError::Internal("no upstream client".into()));
+                };
+                let mut parts = up.parts.clone();
+                parts.uri = absolute_uri(server.authority.clone(), &parts.uri)?;
+                let body = up.body.take().unwrap_or_else(empty_body);
+                client
+                    .request(Request::from_parts(parts, body))
+                    .await
+                    .map(Reply::Pooled)
+                    .map_err(|e| classify(server.addr, &e))
+            }
+        }
+    }
+
+    /// HTTP/2 connections kept to the servers (as of the last reap), for a `proto: h2` backend.
+    pub fn h2_connections(&self) -> Option<usize> {
+        match self {
+            Transport::H2(c) => Some(c.open()),
+            Transport::Http1 { .. } => None,
+        }
+    }
+
+    /// Idle server connections the direct path keeps (as of the last reap).
+    pub fn idle_connections(&self) -> usize {
+        match self {
+            Transport::H2(_) => 0,
+            Transport::Http1 { direct, .. } => direct.idle(),
+        }
+    }
+
+    /// Closes idle connections that expired or that their server closed.
+    pub fn reap(&self) {
+        match self {
+            Transport::H2(c) => {
+                c.reap();
+            }
+            Transport::Http1 { direct, .. } => {
+                direct.reap();
+            }
+        }
+    }
+}
+
+pub fn empty_body() -> UpstreamBody {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// `uri`'s path and query on `http://authority`, built from parts (no formatting, no parsing).
+pub fn absolute_uri(authority: http::uri::Authority, uri: &Uri) -> Result<Uri, ProxyError> {
+    let mut target = http::uri::Parts::default();
+    target.scheme = Some(http::uri::Scheme::HTTP);
+    target.authority = Some(authority);
+    target.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(target).map_err(|e| ProxyError::BadRequest(format!("bad target: {e}")))
+}
+
+fn classify(server: SocketAddr, e: &hyper_util::client::legacy::Error) -> ProxyError {
+    let server = server.to_string();
+    if e.is_connect() {
+        // `upstream::connect::Dial` said what went wrong.
+        let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        while let Some(s) = src {
+            match s.downcast_ref::<ProxyError>() {
+                Some(ProxyError::ConnectTimeout { .. }) => {
+                    return ProxyError::ConnectTimeout { server };
+                }
+                Some(ProxyError::Connect { reason, .. }) => {
+                    return ProxyError::Connect {
+                        server,
+                        reason: reason.clone(),
+                    };
+                }
+                _ => {}
+            }
+            src = s.source();
+        }
+        let reason =
+            std::error::Error::source(e).map_or_else(|| e.to_string(), ToString::to_string);
+        return ProxyError::Connect { server, reason };
+    }
+    // A request body cut at `max-body-bytes` fails the exchange with its LengthLimitError
+    // somewhere in the chain: the client's fault, 413.
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return ProxyError::BodyOverLimit;
+        }
+        src = s.source();
+    }
+    ProxyError::Upstream {
+        server,
+        reason: e.to_string(),
     }
 }

@@ -34,8 +34,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use crate::proxy::{
     PerWorker,
     error::ProxyError,
-    upstream::backend::BoxError,
     upstream::connect::{Dial, ServerStream},
+    upstream::pooled::BoxError,
 };
 
 /// hyper's limits for a response head, kept so both paths refuse the same servers.

@@ -11,7 +11,6 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, ready},
-    time::Duration,
 };
 
 use bytes::{Bytes, BytesMut};
@@ -22,10 +21,9 @@ use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
 use crate::proxy::{
-    Routing, WORKER, absolute_uri,
     error::ProxyError,
-    upstream::backend::{BoxError, UpstreamBody},
-    upstream::direct,
+    upstream::backend::{Backend, Reply, Upstream},
+    upstream::pooled::{BoxError, UpstreamBody},
 };
 
 /// The largest request body copied, kept in memory until it has passed whole.
@@ -85,18 +83,14 @@ impl Drop for Held {
 }
 
 /// Copies the request of `parts` (its body, if any, as `body` passes to the real backend) to
-/// `backend`. Returns the body to send to the real backend.
+/// `backend`, over the backend's own transport. Returns the body to send to the real backend.
 pub fn copy(
-    routing: &Arc<Routing>,
-    backend: usize,
+    backend: &Arc<Backend>,
     parts: &http::request::Parts,
     body: Option<UpstreamBody>,
     metrics: Option<Arc<Metrics>>,
 ) -> Option<UpstreamBody> {
-    let Some(pool) = routing.pools.get(backend) else {
-        return body;
-    };
-    let name = pool.name.clone();
+    let name = backend.name().to_owned();
     let count = move |result: &str| {
         if let Some(m) = &metrics {
             m.mirror(&name, result);
@@ -107,13 +101,7 @@ pub fn copy(
     *head.uri_mut() = parts.uri.clone();
     *head.headers_mut() = parts.headers.clone();
     let (head, ()) = head.into_parts();
-    let idle = routing
-        .server_timeouts
-        .get(backend)
-        .copied()
-        .unwrap_or(Duration::MAX);
-    let routing = routing.clone();
-    let worker = WORKER.with(std::cell::Cell::get);
+    let backend = backend.clone();
     let (body, copied) = match body {
         Some(b) => {
             let (tee, rx) = Tee::new(b);
@@ -135,60 +123,41 @@ pub fn copy(
             Some((b, h)) => (Some(b), Some(h)),
             None => (None, None),
         };
-        let Some(slot) = routing.pools.get(backend).and_then(|p| p.try_acquire()) else {
+        let Some(slot) = backend.pool.try_acquire() else {
             return count("skipped");
         };
         let server = slot.server.clone();
-        let exchange =
-            async {
-                match bytes {
-                    // Body-less GET, HEAD, OPTIONS: the direct path, which may resend them.
-                    None if head.method.is_safe() => {
-                        let conns = routing
-                            .direct
-                            .get(backend)
-                            .ok_or_else(|| ProxyError::Internal("unknown backend".into()))?;
-                        let resp =
-                            direct::exchange(conns, worker, server.addr, &server.authority, &head)
-                                .await?;
-                        // Read to its end, so the connection goes back to the idle list.
-                        resp.into_body().collect().await.map(|_| ()).map_err(|e| {
-                            ProxyError::Upstream {
-                                server: server.label.clone(),
-                                reason: e.to_string(),
-                            }
-                        })
-                    }
-                    bytes => {
-                        let client = routing
-                            .client(backend)
-                            .cloned()
-                            .ok_or_else(|| ProxyError::Internal("unknown backend".into()))?;
-                        let bytes = bytes.unwrap_or_default();
-                        let mut parts = head;
-                        parts.uri = absolute_uri(server.authority.clone(), &parts.uri)?;
-                        parts.headers.remove(header::TRANSFER_ENCODING);
-                        parts
-                            .headers
-                            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-                        let body = Full::new(bytes).map_err(|never| match never {}).boxed();
-                        let upstream = |e: &dyn std::error::Error| ProxyError::Upstream {
-                            server: server.label.clone(),
-                            reason: e.to_string(),
-                        };
-                        let resp = client
-                            .request(Request::from_parts(parts, body))
-                            .await
-                            .map_err(|e| upstream(&e))?;
-                        resp.into_body()
-                            .collect()
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| upstream(&e))
-                    }
-                }
+        let mut parts = head;
+        let body = bytes.map(|bytes| {
+            parts.headers.remove(header::TRANSFER_ENCODING);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            Full::new(bytes).map_err(|never| match never {}).boxed()
+        });
+        let mut up = Upstream {
+            parts,
+            body,
+            upgrade: None,
+            te_trailers: false,
+            sticky: None,
+        };
+        let exchange = async {
+            let upstream = |e: &dyn std::error::Error| ProxyError::Upstream {
+                server: server.label.clone(),
+                reason: e.to_string(),
             };
-        let sent = matches!(tokio::time::timeout(idle, exchange).await, Ok(Ok(())));
+            // Read to its end, so the connection goes back to the idle list.
+            match backend.transport.send(&mut up, &server).await? {
+                Reply::Direct(resp) => resp.into_body().collect().await.map_err(|e| upstream(&*e)),
+                Reply::Pooled(resp) => resp.into_body().collect().await.map_err(|e| upstream(&e)),
+            }
+            .map(|_| ())
+        };
+        let sent = matches!(
+            tokio::time::timeout(backend.server_timeout, exchange).await,
+            Ok(Ok(()))
+        );
         drop(slot);
         count(if sent { "sent" } else { "failed" });
     });

@@ -9,4 +9,5 @@ pub mod h2c;
 pub mod health;
 pub mod mirror;
 pub mod pool;
+pub mod pooled;
 pub mod sticky;
