@@ -2,9 +2,9 @@
 //! code the binary runs. The binary (`main.rs`) is the CLI around it.
 //!
 //! The data path, in module order: `xdp` (the XDP program's loading, maps, counters and
-//! pressure policy) -> `proxy::listener::server` (accept, limits) -> `proxy` (HTTP phases) ->
-//! `proxy::request::route` -> `proxy::upstream::pooled`; `config` feeds all of them, `metrics` and `admin`
-//! report them. docs/architecture.md draws it.
+//! pressure policy) -> `proxy::listener::server` (accept, limits) -> `proxy::session` (one
+//! request's phases) -> `proxy::request` (what they decide with) -> `proxy::upstream` (the
+//! backend side); `config` feeds all of them, `metrics` and `admin` report them. docs/architecture.md draws it.
 
 pub mod access;
 pub mod admin;

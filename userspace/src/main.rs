@@ -159,9 +159,9 @@ fn check(path: &std::path::Path, haproxy_dir: Option<&std::path::Path>) -> anyho
     let cfg = Config::load_with(path, haproxy_dir)?;
     // The files a backend's `tls`, `error-pages` and routes' `basic-auth` name are read when the config is
     // applied; read them now.
-    floodgate::proxy::client_tls(&cfg)?;
+    floodgate::proxy::generation::client_tls(&cfg)?;
     floodgate::proxy::error::Pages::load(&cfg.error_pages)?;
-    floodgate::proxy::basic_auth(&cfg)?;
+    floodgate::proxy::generation::basic_auth(&cfg)?;
     for w in cfg.warnings() {
         println!("warning: {w}");
     }

@@ -20,7 +20,10 @@ use floodgate::{
     },
     config::{Config, reload},
     limits,
-    proxy::{ListenerCtx, Routing, listener::server},
+    proxy::{
+        generation::{ListenerCtx, Routing},
+        listener::server,
+    },
     tls,
     xdp::{
         conntrack,
@@ -168,7 +171,7 @@ async fn serve(
                 .map(
                     |(l, (ctx, active, _, _))| floodgate::metrics::ListenerSource {
                         name: l.name.clone(),
-                        source: Arc::new(floodgate::proxy::Scrape {
+                        source: Arc::new(floodgate::proxy::listener::server::Scrape {
                             ctx: ctx.clone(),
                             active: active.clone(),
                         }),
@@ -565,7 +568,7 @@ fn spawn_workers(
         std::thread::Builder::new()
             .name(format!("floodgate-w{w}"))
             .spawn(move || {
-                floodgate::proxy::WORKER.with(|c| c.set(w));
+                floodgate::proxy::worker::WORKER.with(|c| c.set(w));
                 match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

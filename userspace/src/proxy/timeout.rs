@@ -365,10 +365,10 @@ impl<B> ServerIdle<B> {
 impl<B> hyper::body::Body for ServerIdle<B>
 where
     B: hyper::body::Body<Data = bytes::Bytes> + Unpin,
-    B::Error: Into<super::upstream::pooled::BoxError>,
+    B::Error: Into<super::body::BoxError>,
 {
     type Data = bytes::Bytes;
-    type Error = super::upstream::pooled::BoxError;
+    type Error = super::body::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

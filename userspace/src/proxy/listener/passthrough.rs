@@ -26,9 +26,11 @@ use tokio::{
 
 use crate::config;
 use crate::proxy::{
-    MAX_CONNECT_ATTEMPTS, Routing,
     request::route::HostMatch,
-    upstream::{backend::Backend, health},
+    upstream::{
+        backend::{Backend, MAX_CONNECT_ATTEMPTS},
+        health,
+    },
 };
 
 /// A TLS record's header: type, version, length.
@@ -45,18 +47,17 @@ pub struct Passthrough {
 
 impl Passthrough {
     /// `None` without hosts, or when a backend is unknown (validation refuses that first).
-    pub fn new(cfg: &[config::PassthroughHost], routing: &Routing) -> Option<Self> {
+    /// `backend` resolves a backend name in the generation being built.
+    pub fn new(
+        cfg: &[config::PassthroughHost],
+        backend: impl Fn(&str) -> Option<Arc<Backend>>,
+    ) -> Option<Self> {
         if cfg.is_empty() {
             return None;
         }
         let hosts = cfg
             .iter()
-            .map(|h| {
-                Some((
-                    HostMatch::new(Some(&h.host)),
-                    routing.backend(&h.backend)?.clone(),
-                ))
-            })
+            .map(|h| Some((HostMatch::new(Some(&h.host)), backend(&h.backend)?)))
             .collect::<Option<Vec<_>>>()?;
         Some(Self { hosts })
     }
@@ -488,7 +489,9 @@ mod tests {
              - {name: argo, servers: [{address: '127.0.0.1:3'}]}\n",
         )
         .unwrap();
-        let routing = Routing::build(&cfg, None, 1, None).await.unwrap();
+        let routing = crate::proxy::generation::Routing::build(&cfg, None, 1, None)
+            .await
+            .unwrap();
         let hosts =
             [("vault.example.com", "vault"), ("*.example.com", "argo")].map(|(host, backend)| {
                 config::PassthroughHost {
@@ -496,7 +499,7 @@ mod tests {
                     backend: backend.into(),
                 }
             });
-        let p = Passthrough::new(&hosts, &routing).unwrap();
+        let p = Passthrough::new(&hosts, |n| routing.backend(n).cloned()).unwrap();
         let to = |sni| p.backend_for(sni).map(|b| b.name().to_owned());
         assert_eq!(to("VAULT.example.com").as_deref(), Some("vault"));
         assert_eq!(to("argo.example.com").as_deref(), Some("argo"));

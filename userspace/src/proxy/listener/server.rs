@@ -23,7 +23,11 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::config::{self, Timeouts};
-use crate::proxy::{ListenerCtx, listener::passthrough};
+use crate::proxy::{
+    generation::{Carry, ListenerCtx},
+    listener::passthrough,
+    session::{Conn, handle},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -115,7 +119,7 @@ struct Http {
     stop: watch::Receiver<bool>,
     builder: auto::Builder<TokioExecutor>,
     ctx: Arc<ListenerCtx>,
-    conn: Arc<crate::proxy::Conn>,
+    conn: Arc<Conn>,
     limits: crate::proxy::timeout::Limits,
     counters: Option<crate::metrics::TimeoutCounters>,
 }
@@ -129,7 +133,7 @@ async fn serve_http<I>(
     mut stop: watch::Receiver<bool>,
     builder: &auto::Builder<TokioExecutor>,
     ctx: Arc<ListenerCtx>,
-    conn: Arc<crate::proxy::Conn>,
+    conn: Arc<Conn>,
     limits: crate::proxy::timeout::Limits,
     counters: Option<crate::metrics::TimeoutCounters>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
@@ -149,7 +153,7 @@ where
     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         // Only HTTP/2 streams: an HTTP/1.1 request is only ever abandoned with its connection.
         let mut watch = Cancelled((req.version() == http::Version::HTTP_2).then(|| r.clone()));
-        let answer = crate::proxy::handle(ctx.clone(), conn.clone(), req);
+        let answer = handle(ctx.clone(), conn.clone(), req);
         async move {
             let resp = answer.await;
             watch.answered();
@@ -310,7 +314,7 @@ fn tls_version(v: Option<rustls::ProtocolVersion>) -> &'static str {
 /// Counts a carried connection that ended, and writes its access log line.
 fn count_carried(
     ctx: &ListenerCtx,
-    carry: &crate::proxy::Carry,
+    carry: &Carry,
     backend: &crate::proxy::upstream::backend::Backend,
     (client, sni): (SocketAddr, Option<&str>),
     started: std::time::Instant,
@@ -351,7 +355,7 @@ fn count_carried(
 async fn serve_carried(
     mut stream: TcpStream,
     tls: Option<Arc<crate::tls::Acceptor>>,
-    carry: crate::proxy::Carry,
+    carry: Carry,
     (peer, client, destination): (SocketAddr, SocketAddr, Option<SocketAddr>),
     http: Http,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -561,7 +565,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                 debug!(%client, "closing a connection over max-connections-per-source");
                 return;
             };
-            let conn = crate::proxy::Conn::new(
+            let conn = Conn::new(
                 client,
                 destination.map(|d| d.port()),
                 Arc::new(crate::proxy::timeout::InFlight::default()),
@@ -608,6 +612,49 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
     tokio::select! {
         () = drained => info!(listener = ?addr, "drained"),
         () = tokio::time::sleep(grace) => warn!(listener = ?addr, "drain grace period over; closing remaining connections"),
+    }
+}
+
+/// A listener as `/metrics` reads it at scrape time (`metrics::ScrapeSource`).
+pub struct Scrape {
+    pub ctx: Arc<ListenerCtx>,
+    pub active: Arc<Active>,
+}
+
+impl crate::metrics::ScrapeSource for Scrape {
+    fn active_connections(&self) -> u32 {
+        self.active.get()
+    }
+
+    fn backends(&self) -> Vec<crate::metrics::BackendGauges> {
+        let routing = self.ctx.routing();
+        routing
+            .backends()
+            .iter()
+            .map(|b| {
+                let p = &b.pool;
+                let load = p.load();
+                crate::metrics::BackendGauges {
+                    name: p.name.clone(),
+                    active: load.active,
+                    queued: load.queued,
+                    queue_max: load.queue_max,
+                    maxconn: load.maxconn,
+                    idle_connections: b.transport.idle_connections(),
+                    h2_connections: b.transport.h2_connections(),
+                    servers: p
+                        .servers()
+                        .iter()
+                        .map(|s| crate::metrics::ServerGauges {
+                            addr: s.addr,
+                            active: s.active(),
+                            maxconn: s.maxconn,
+                            up: s.is_up(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
     }
 }
 

@@ -20,7 +20,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::config;
-use crate::proxy::{ProxyBody, upstream::pooled::BoxError};
+use crate::proxy::body::{BoxError, ProxyBody};
 
 /// One backend's compression settings.
 #[derive(Debug)]

@@ -5,7 +5,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt as _, Empty};
 
 use crate::config;
-use crate::proxy::{ProxyBody, error::ProxyError};
+use crate::proxy::{body::ProxyBody, error::ProxyError};
 
 fn answer(code: u16, location: HeaderValue) -> Response<ProxyBody> {
     let mut resp = Response::new(Empty::new().map_err(|never| match never {}).boxed());

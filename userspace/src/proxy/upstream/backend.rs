@@ -10,7 +10,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Incoming;
 
@@ -18,15 +18,19 @@ use super::{
     connect::Dial,
     direct, h2c,
     pool::{Pool, Server},
-    pooled::{UpstreamBody, UpstreamClient},
+    pooled::{UpstreamClient, absolute_uri},
     sticky::Persist,
 };
 use crate::config;
 use crate::proxy::{
-    WORKER,
+    body::UpstreamBody,
     error::ProxyError,
     request::{compress::Compress, headers::Rules},
+    worker::WORKER,
 };
+
+/// How many servers one request may try when connecting fails.
+pub const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 /// A backend of one config generation.
 pub struct Backend {
@@ -212,19 +216,6 @@ pub fn empty_body() -> UpstreamBody {
     Empty::<Bytes>::new()
         .map_err(|never| match never {})
         .boxed()
-}
-
-/// `uri`'s path and query on `http://authority`, built from parts (no formatting, no parsing).
-pub fn absolute_uri(authority: http::uri::Authority, uri: &Uri) -> Result<Uri, ProxyError> {
-    let mut target = http::uri::Parts::default();
-    target.scheme = Some(http::uri::Scheme::HTTP);
-    target.authority = Some(authority);
-    target.path_and_query = Some(
-        uri.path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(target).map_err(|e| ProxyError::BadRequest(format!("bad target: {e}")))
 }
 
 fn classify(server: SocketAddr, e: &hyper_util::client::legacy::Error) -> ProxyError {

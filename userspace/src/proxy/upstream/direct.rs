@@ -32,10 +32,10 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::proxy::{
-    PerWorker,
+    body::BoxError,
     error::ProxyError,
     upstream::connect::{Dial, ServerStream},
-    upstream::pooled::BoxError,
+    worker::PerWorker,
 };
 
 /// hyper's limits for a response head, kept so both paths refuse the same servers.

@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
 
 use crate::proxy::{
-    PerWorker, error::ProxyError, upstream::connect::Dial, upstream::pooled::UpstreamBody,
+    body::UpstreamBody, error::ProxyError, upstream::connect::Dial, worker::PerWorker,
 };
 
 /// While a connection has requests open, a PING this often, and no answer within
@@ -203,7 +203,7 @@ pub fn request(
         .remove(header::HOST)
         .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
         .unwrap_or_else(|| server.clone());
-    parts.uri = super::backend::absolute_uri(authority, &parts.uri)?;
+    parts.uri = super::pooled::absolute_uri(authority, &parts.uri)?;
     parts.version = http::Version::HTTP_2;
     // Upgrade is HTTP/1.1's; the server answers such a request as a plain one.
     parts.headers.remove(header::CONNECTION);

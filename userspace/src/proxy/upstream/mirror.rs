@@ -21,9 +21,9 @@ use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
 use crate::proxy::{
+    body::{BoxError, UpstreamBody},
     error::ProxyError,
     upstream::backend::{Backend, Reply, Upstream},
-    upstream::pooled::{BoxError, UpstreamBody},
 };
 
 /// The largest request body copied, kept in memory until it has passed whole.

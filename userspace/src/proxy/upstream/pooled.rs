@@ -9,9 +9,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use http::Uri;
-use http_body_util::combinators::BoxBody;
 use hyper_util::{
     client::legacy::Client,
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -19,13 +17,11 @@ use hyper_util::{
 use tower_service::Service;
 
 use crate::proxy::{
+    body::UpstreamBody,
     error::ProxyError,
     upstream::connect::{Dial, ServerStream},
 };
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Request bodies on their way to a server: the client's body, maybe cut at `max-body-bytes`.
-pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 pub type UpstreamClient = Client<Connector, UpstreamBody>;
 
 /// Idle pooled connections close after `idle_timeout`; new ones are opened by `dial`.
@@ -66,4 +62,17 @@ impl Service<Uri> for Connector {
             dial.connect(server).await.map(TokioIo::new)
         })
     }
+}
+
+/// `uri`'s path and query on `http://authority`, built from parts (no formatting, no parsing).
+pub fn absolute_uri(authority: http::uri::Authority, uri: &Uri) -> Result<Uri, ProxyError> {
+    let mut target = http::uri::Parts::default();
+    target.scheme = Some(http::uri::Scheme::HTTP);
+    target.authority = Some(authority);
+    target.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(target).map_err(|e| ProxyError::BadRequest(format!("bad target: {e}")))
 }
