@@ -420,8 +420,13 @@ fn ocsp_is_stapled_from_a_file_and_handshakes_are_counted() {
     );
     assert!(v(r#"floodgate_tls_handshake_duration_seconds_count{listener="https"}"#) >= 5.0);
     assert_eq!(
-        v(r#"floodgate_tls_ocsp_stapled{listener="https",name="a.example.com"}"#),
+        v(r#"floodgate_tls_ocsp_stapled{key="ecdsa",listener="https",name="a.example.com"}"#),
         1.0
+    );
+    // The RSA sibling of the same name is its own series, without a staple.
+    assert_eq!(
+        v(r#"floodgate_tls_ocsp_stapled{key="rsa",listener="https",name="a.example.com"}"#),
+        0.0
     );
     assert_eq!(
         v(r#"floodgate_tls_certificate_reloads_total{listener="https",result="ok"}"#),
@@ -436,7 +441,7 @@ fn ocsp_is_stapled_from_a_file_and_handshakes_are_counted() {
         .unwrap()
         .as_secs_f64();
     let expiry = v(
-        r#"floodgate_tls_certificate_expiry_timestamp_seconds{listener="https",name="b.example.org"}"#,
+        r#"floodgate_tls_certificate_expiry_timestamp_seconds{key="ecdsa",listener="https",name="b.example.org"}"#,
     );
     // The test certificates are made for 2 days.
     assert!(
