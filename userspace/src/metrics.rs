@@ -3,15 +3,14 @@
 //! reloads) is read when `/metrics` is scraped, so it costs nothing between scrapes.
 
 use std::{
-    fmt::Write as _,
     path::PathBuf,
     sync::{Arc, OnceLock, atomic::AtomicU64},
     time::Duration,
 };
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
-    Registry, TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::{config::reload, xdp::stats};
@@ -545,257 +544,196 @@ pub struct Sources {
     pub pin_dir: Option<PathBuf>,
 }
 
-/// A label value from outside floodgate's config (certificate names, interface names), escaped
-/// as the text format requires.
-fn esc(v: &str) -> std::borrow::Cow<'_, str> {
-    if v.contains(['\\', '"', '\n']) {
-        v.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-            .into()
-    } else {
-        v.into()
+/// The families computed at scrape time, as the `prometheus` crate's vectors in a registry made
+/// for one scrape: names, HELP and TYPE lines and label escaping come from the library, as for
+/// the request-path metrics (`Metrics::registry`).
+struct ScrapeRegistry(Registry);
+
+impl ScrapeRegistry {
+    fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+        let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+        self.0.register(Box::new(g.clone()))?;
+        Ok(g)
+    }
+
+    fn counter(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntCounterVec> {
+        let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+        self.0.register(Box::new(c.clone()))?;
+        Ok(c)
     }
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// A count as a gauge's value (counts here are far below `i64::MAX`; saturate if not).
+fn int(n: impl TryInto<i64>) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
 }
 
 /// The whole exposition: the registry, then the scrape-time families.
 pub fn render(m: &Metrics, src: &Sources) -> String {
+    let mut families = m.registry.gather();
+    match scrape_families(src) {
+        Ok(f) => families.extend(f),
+        // Only a programming error (two families of one name) gets here: say so, and still
+        // serve the request-path metrics.
+        Err(e) => tracing::error!(error = %e, "scrape-time metrics left out"),
+    }
     let mut buf = Vec::new();
-    let _ = TextEncoder::new().encode(&m.registry.gather(), &mut buf);
-    let mut out = String::from_utf8(buf).unwrap_or_default();
+    let _ = TextEncoder::new().encode(&families, &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
 
-    family(
-        &mut out,
+fn scrape_families(src: &Sources) -> prometheus::Result<Vec<prometheus::proto::MetricFamily>> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let r = ScrapeRegistry(Registry::new());
+    r.gauge(
         "floodgate_build_info",
-        "gauge",
         "Always 1, labelled with the version",
-    );
-    let _ = writeln!(
-        out,
-        "floodgate_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
-    );
-    family(
-        &mut out,
+        &["version"],
+    )?
+    .with_label_values(&[env!("CARGO_PKG_VERSION")])
+    .set(1);
+    r.gauge(
         "floodgate_maxconn",
-        "gauge",
         "The effective global maxconn (after the fd limit)",
-    );
-    let _ = writeln!(out, "floodgate_maxconn {}", src.maxconn);
-    family(
-        &mut out,
+        &[],
+    )?
+    .with_label_values::<&str>(&[])
+    .set(i64::from(src.maxconn));
+    let active = r.gauge(
         "floodgate_listener_active_connections",
-        "gauge",
         "Connections held per listener",
-    );
-    for l in &src.listeners {
-        let _ = writeln!(
-            out,
-            "floodgate_listener_active_connections{{listener=\"{}\"}} {}",
-            l.name,
-            l.source.active_connections()
-        );
-    }
-    family(
-        &mut out,
+        &["listener"],
+    )?;
+    let maxconn = r.gauge(
         "floodgate_listener_maxconn",
-        "gauge",
         "The listener's own connection limit (HAProxy slim), 0 when only the global one applies",
-    );
+        &["listener"],
+    )?;
     for l in &src.listeners {
-        let _ = writeln!(
-            out,
-            "floodgate_listener_maxconn{{listener=\"{}\"}} {}",
-            l.name, l.maxconn
-        );
+        active
+            .with_label_values(&[&l.name])
+            .set(i64::from(l.source.active_connections()));
+        maxconn
+            .with_label_values(&[&l.name])
+            .set(i64::from(l.maxconn));
     }
-    family(
-        &mut out,
+    let reloads = r.counter(
         "floodgate_config_reloads_total",
-        "counter",
         "Config reloads by result",
-    );
-    let (ok, failed) = (
-        src.reloads.ok.load(std::sync::atomic::Ordering::Relaxed),
-        src.reloads
-            .failed
-            .load(std::sync::atomic::Ordering::Relaxed),
-    );
-    let _ = writeln!(
-        out,
-        "floodgate_config_reloads_total{{result=\"ok\"}} {ok}\nfloodgate_config_reloads_total{{result=\"failed\"}} {failed}"
-    );
+        &["result"],
+    )?;
+    reloads
+        .with_label_values(&["ok"])
+        .inc_by(src.reloads.ok.load(Relaxed));
+    reloads
+        .with_label_values(&["failed"])
+        .inc_by(src.reloads.failed.load(Relaxed));
 
     if !src.tls.is_empty() {
-        family(
-            &mut out,
+        let cert_reloads = r.counter(
             "floodgate_tls_certificate_reloads_total",
-            "counter",
             "Certificate reloads from disk by result; a failed one leaves the previous in use",
-        );
+            &["listener", "result"],
+        )?;
+        let expiry = r.gauge(
+            "floodgate_tls_certificate_expiry_timestamp_seconds",
+            "notAfter of each certificate in use, by listener, its first name and key type",
+            &["listener", "name", "key"],
+        )?;
+        let stapled = r.gauge(
+            "floodgate_tls_ocsp_stapled",
+            "1 when an OCSP response is stapled for the certificate",
+            &["listener", "name", "key"],
+        )?;
         for a in &src.tls {
             for (result, n) in [("ok", &a.reloads.ok), ("failed", &a.reloads.failed)] {
-                let _ = writeln!(
-                    out,
-                    "floodgate_tls_certificate_reloads_total{{listener=\"{}\",result=\"{result}\"}} {}",
-                    a.listener,
-                    n.load(std::sync::atomic::Ordering::Relaxed)
-                );
+                cert_reloads
+                    .with_label_values(&[a.listener.as_str(), result])
+                    .inc_by(n.load(Relaxed));
             }
-        }
-        family(
-            &mut out,
-            "floodgate_tls_certificate_expiry_timestamp_seconds",
-            "gauge",
-            "notAfter of each certificate in use, by listener and its first name",
-        );
-        let certs: Vec<_> = src
-            .tls
-            .iter()
-            .flat_map(|a| {
-                a.certificates()
-                    .into_iter()
-                    .map(|c| (a.listener.clone(), c))
-            })
-            .collect();
-        for (l, c) in &certs {
-            let _ = writeln!(
-                out,
-                "floodgate_tls_certificate_expiry_timestamp_seconds{{listener=\"{l}\",name=\"{}\"}} {}",
-                esc(&c.name),
-                c.not_after
-            );
-        }
-        family(
-            &mut out,
-            "floodgate_tls_ocsp_stapled",
-            "gauge",
-            "1 when an OCSP response is stapled for the certificate",
-        );
-        for (l, c) in &certs {
-            let _ = writeln!(
-                out,
-                "floodgate_tls_ocsp_stapled{{listener=\"{l}\",name=\"{}\"}} {}",
-                esc(&c.name),
-                u8::from(c.ocsp_stapled)
-            );
+            for c in a.certificates() {
+                let labels = [a.listener.as_str(), c.name.as_str(), c.key];
+                expiry.with_label_values(&labels).set(c.not_after);
+                stapled
+                    .with_label_values(&labels)
+                    .set(i64::from(c.ocsp_stapled));
+            }
         }
     }
 
     if let Some(l) = src.listeners.first() {
-        let loads = l.source.backends();
-        family(
-            &mut out,
+        let b_labels = &["backend"];
+        let active = r.gauge(
             "floodgate_backend_active_requests",
-            "gauge",
             "Requests in flight per backend (HAProxy scur)",
-        );
-        for b in &loads {
-            let _ = writeln!(
-                out,
-                "floodgate_backend_active_requests{{backend=\"{}\"}} {}",
-                b.name, b.active
-            );
-        }
-        family(
-            &mut out,
+            b_labels,
+        )?;
+        let queued = r.gauge(
             "floodgate_backend_queued_requests",
-            "gauge",
             "Requests waiting in the backend's queue (HAProxy qcur)",
-        );
-        for b in &loads {
-            let _ = writeln!(
-                out,
-                "floodgate_backend_queued_requests{{backend=\"{}\"}} {}",
-                b.name, b.queued
-            );
-        }
-        family(
-            &mut out,
+            b_labels,
+        )?;
+        let queue_max = r.gauge(
             "floodgate_backend_queue_max",
-            "gauge",
             "Requests the backend's queue holds at most (queue-max)",
-        );
-        for b in &loads {
-            let _ = writeln!(
-                out,
-                "floodgate_backend_queue_max{{backend=\"{}\"}} {}",
-                b.name, b.queue_max
-            );
-        }
-        family(
-            &mut out,
+            b_labels,
+        )?;
+        let maxconn = r.gauge(
             "floodgate_backend_maxconn",
-            "gauge",
             "Sum of the backend's up servers' maxconn, 0 when unlimited",
-        );
-        for b in &loads {
-            let _ = writeln!(
-                out,
-                "floodgate_backend_maxconn{{backend=\"{}\"}} {}",
-                b.name, b.maxconn
-            );
-        }
-        family(
-            &mut out,
+            b_labels,
+        )?;
+        let idle = r.gauge(
             "floodgate_backend_idle_connections",
-            "gauge",
             "Idle keep-alive connections to the backend's servers, kept for reuse (HAProxy idle_conn_cur), as of the last 2 s sweep",
-        );
-        for b in &loads {
-            let _ = writeln!(
-                out,
-                "floodgate_backend_idle_connections{{backend=\"{}\"}} {}",
-                b.name, b.idle_connections
-            );
-        }
-        family(
-            &mut out,
+            b_labels,
+        )?;
+        let h2 = r.gauge(
             "floodgate_backend_h2_connections",
-            "gauge",
             "HTTP/2 connections open to the servers of a proto h2 backend, one per server and worker, as of the last 2 s sweep",
-        );
-        for b in &loads {
-            if let Some(n) = b.h2_connections {
-                let _ = writeln!(
-                    out,
-                    "floodgate_backend_h2_connections{{backend=\"{}\"}} {n}",
-                    b.name
-                );
-            }
-        }
-        family(
-            &mut out,
+            b_labels,
+        )?;
+        let s_labels = &["backend", "server"];
+        let s_active = r.gauge(
             "floodgate_server_active_requests",
-            "gauge",
             "Requests in flight per server",
-        );
-        family(
-            &mut out,
+            s_labels,
+        )?;
+        let s_maxconn = r.gauge(
             "floodgate_server_maxconn",
-            "gauge",
             "Per-server limit, 0 for none (HAProxy slim)",
-        );
-        family(
-            &mut out,
+            s_labels,
+        )?;
+        let s_up = r.gauge(
             "floodgate_server_up",
-            "gauge",
             "1 when the server is up (health)",
-        );
-        for b in &loads {
+            s_labels,
+        )?;
+        for b in l.source.backends() {
+            let name = [b.name.as_str()];
+            active.with_label_values(&name).set(i64::from(b.active));
+            queued.with_label_values(&name).set(i64::from(b.queued));
+            queue_max
+                .with_label_values(&name)
+                .set(i64::from(b.queue_max));
+            maxconn.with_label_values(&name).set(i64::from(b.maxconn));
+            idle.with_label_values(&name).set(int(b.idle_connections));
+            if let Some(n) = b.h2_connections {
+                h2.with_label_values(&name).set(int(n));
+            }
             for s in &b.servers {
-                let labels = format!("backend=\"{}\",server=\"{}\"", b.name, s.addr);
-                let _ = writeln!(
-                    out,
-                    "floodgate_server_active_requests{{{labels}}} {}",
-                    s.active
-                );
-                let _ = writeln!(out, "floodgate_server_maxconn{{{labels}}} {}", s.maxconn);
-                let _ = writeln!(out, "floodgate_server_up{{{labels}}} {}", u8::from(s.up));
+                let addr = s.addr.to_string();
+                let labels = [b.name.as_str(), addr.as_str()];
+                s_active.with_label_values(&labels).set(i64::from(s.active));
+                s_maxconn
+                    .with_label_values(&labels)
+                    .set(i64::from(s.maxconn));
+                s_up.with_label_values(&labels).set(i64::from(s.up));
             }
         }
     }
@@ -803,12 +741,17 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
     if let Some(dir) = &src.pin_dir
         && let Ok(snap) = stats::read_counters(dir)
     {
-        family(
-            &mut out,
+        let labels = &["interface", "mode", "reason", "action"];
+        let packets = r.counter(
             "floodgate_xdp_packets_total",
-            "counter",
             "Packets seen by the XDP program, by interface (with its attach mode), reason and action",
-        );
+            labels,
+        )?;
+        let bytes = r.counter(
+            "floodgate_xdp_bytes_total",
+            "Bytes seen by the XDP program, by interface (with its attach mode), reason and action",
+            labels,
+        )?;
         let mode_of = |iface: &str| {
             snap.interfaces
                 .iter()
@@ -816,101 +759,73 @@ pub fn render(m: &Metrics, src: &Sources) -> String {
                 .map_or("", |a| a.mode.as_str())
         };
         for (iface, reasons) in &snap.per_interface {
-            let label = esc(iface);
-            for (reason, r) in reasons {
-                let _ = writeln!(
-                    out,
-                    "floodgate_xdp_packets_total{{interface=\"{label}\",mode=\"{}\",reason=\"{reason}\",action=\"{}\"}} {}",
-                    mode_of(iface),
-                    r.verdict,
-                    r.packets
-                );
+            for (reason, c) in reasons {
+                let labels = [iface.as_str(), mode_of(iface), reason, c.verdict];
+                packets.with_label_values(&labels).inc_by(c.packets);
+                bytes.with_label_values(&labels).inc_by(c.bytes);
             }
         }
-        family(
-            &mut out,
-            "floodgate_xdp_bytes_total",
-            "counter",
-            "Bytes seen by the XDP program, by interface (with its attach mode), reason and action",
-        );
-        for (iface, reasons) in &snap.per_interface {
-            let label = esc(iface);
-            for (reason, r) in reasons {
-                let _ = writeln!(
-                    out,
-                    "floodgate_xdp_bytes_total{{interface=\"{label}\",mode=\"{}\",reason=\"{reason}\",action=\"{}\"}} {}",
-                    mode_of(iface),
-                    r.verdict,
-                    r.bytes
-                );
-            }
-        }
-        family(
-            &mut out,
+        let attached = r.gauge(
             "floodgate_xdp_attached",
-            "gauge",
             "1 per interface the program is attached to, with the mode in use and the mode asked for",
-        );
+            &["interface", "mode", "requested"],
+        )?;
         for a in &snap.interfaces {
-            let _ = writeln!(
-                out,
-                "floodgate_xdp_attached{{interface=\"{}\",mode=\"{}\",requested=\"{}\"}} 1",
-                esc(&a.interface),
-                a.mode,
-                a.requested
-            );
+            attached
+                .with_label_values(&[a.interface.as_str(), a.mode.as_str(), a.requested.as_str()])
+                .set(1);
         }
-        family(
-            &mut out,
+        r.gauge(
             "floodgate_flows",
-            "gauge",
             "Flows in floodgate's own flow table",
-        );
-        let _ = writeln!(
-            out,
-            "floodgate_flows {}",
-            src.flows.load(std::sync::atomic::Ordering::Relaxed)
-        );
-        family(
-            &mut out,
+            &[],
+        )?
+        .with_label_values::<&str>(&[])
+        .set(int(src.flows.load(Relaxed)));
+        r.counter(
             "floodgate_conntrack_bypassed_flows_total",
-            "counter",
             "Flows that skipped netfilter conntrack and entered floodgate's flow table",
-        );
-        let _ = writeln!(
-            out,
-            "floodgate_conntrack_bypassed_flows_total {}",
-            snap.reasons.get("flows_inserted").map_or(0, |r| r.packets)
-        );
+            &[],
+        )?
+        .with_label_values::<&str>(&[])
+        .inc_by(snap.reasons.get("flows_inserted").map_or(0, |c| c.packets));
     }
     if let Some(c) = crate::xdp::conntrack::usage() {
-        family(
-            &mut out,
+        r.gauge(
             "floodgate_conntrack_entries",
-            "gauge",
             "nf_conntrack_count of this network namespace",
-        );
-        let _ = writeln!(out, "floodgate_conntrack_entries {}", c.count);
-        family(
-            &mut out,
+            &[],
+        )?
+        .with_label_values::<&str>(&[])
+        .set(int(c.count));
+        r.gauge(
             "floodgate_conntrack_max",
-            "gauge",
             "nf_conntrack_max of this network namespace",
-        );
-        let _ = writeln!(out, "floodgate_conntrack_max {}", c.max);
+            &[],
+        )?
+        .with_label_values::<&str>(&[])
+        .set(int(c.max));
     }
-    out
+    Ok(r.0.gather())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A label value from outside floodgate's config (a certificate's name, an interface's)
+    /// is escaped as the text format requires, by the library.
     #[test]
     fn label_values_from_outside_are_escaped() {
-        assert_eq!(esc("eth0"), "eth0");
-        assert_eq!(esc(r#"a"b\c"#), r#"a\"b\\c"#);
-        assert_eq!(esc("a\nb"), "a\\nb");
+        let r = ScrapeRegistry(Registry::new());
+        r.gauge("t", "t", &["name"])
+            .unwrap()
+            .with_label_values(&["a\"b\\c\nd"])
+            .set(1);
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&r.0.gather(), &mut buf).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert!(text.contains(r#"t{name="a\"b\\c\nd"} 1"#), "{text}");
     }
 
     #[test]

@@ -183,6 +183,9 @@ pub struct CertInfo {
     pub name: String,
     pub not_after: i64,
     pub ocsp_stapled: bool,
+    /// `ecdsa`, `rsa` or `ed25519`: a name often has an ECDSA and an RSA certificate side by
+    /// side, and each is its own series.
+    pub key: &'static str,
 }
 
 /// Certificates by name; swapped whole on reload.
@@ -210,6 +213,12 @@ impl Table {
                 name: e.names.first().cloned().unwrap_or_default(),
                 not_after: e.not_after,
                 ocsp_stapled: e.key.ocsp.is_some(),
+                key: match e.key.key.algorithm() {
+                    rustls::SignatureAlgorithm::ECDSA => "ecdsa",
+                    rustls::SignatureAlgorithm::RSA => "rsa",
+                    rustls::SignatureAlgorithm::ED25519 => "ed25519",
+                    _ => "other",
+                },
             });
             // The first certificate, with its ECDSA/RSA siblings for the same names, is the
             // default for clients without SNI.
