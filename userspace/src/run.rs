@@ -1,6 +1,7 @@
-//! `floodgate run`: bind, attach, start the workers, then the control loop (capacity and
-//! heartbeat for XDP, flow aging, verified sources, SYN pressure, reloads) until a signal, and
-//! the drain. Each step is a function of its own, in that order.
+//! `floodgate run`: bind, attach, start the workers, then the control loop until a signal, and
+//! the drain. Each step is a function of its own, in that order; the control loop is `Control`:
+//! `upkeep` (capacity and heartbeat for XDP, flow aging, verified sources, SYN pressure) every
+//! 250 ms, and `apply` for each change (a file, SIGHUP, the cluster's objects).
 
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -67,17 +68,17 @@ pub fn run(path: &Path, haproxy_dir: Option<&Path>) -> anyhow::Result<()> {
 async fn serve(
     path: &std::path::Path,
     haproxy_dir: Option<&std::path::Path>,
-    mut cfg: Config,
+    cfg: Config,
     maxconn: u32,
 ) -> anyhow::Result<()> {
     // The file's config; `cfg` is what serves (the same, or with the cluster's objects on top).
-    let mut base = cfg.clone();
+    let base = cfg.clone();
     // Handlers first: a SIGTERM while starting (a pod deleted right after it was created) is
     // kept and answered with a clean shutdown once serving starts, instead of the default
     // action killing the process with XDP attached and its maps pinned.
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
+    let sigterm = signal(SignalKind::terminate())?;
+    let sigint = signal(SignalKind::interrupt())?;
+    let sighup = signal(SignalKind::hangup())?;
     let workers = match cfg.global.nbthread {
         0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         n => n,
@@ -92,14 +93,14 @@ async fn serve(
         None => None,
     };
     let binds: Vec<_> = cfg.listeners.iter().map(|l| l.bind).collect();
-    let (bypass, mut dp) = attach(&cfg, &binds)?;
+    let (bypass, dp) = attach(&cfg, &binds)?;
 
     let metrics = Arc::new(floodgate::metrics::Metrics::new()?);
-    let mut cluster = match &cfg.kubernetes {
+    let cluster = match &cfg.kubernetes {
         Some(k) => Some(ClusterSource::start(k, &metrics).await?),
         None => None,
     };
-    let mut routing = Arc::new(Routing::build(&cfg, None, workers, Some(&metrics)).await?);
+    let routing = Arc::new(Routing::build(&cfg, None, workers, Some(&metrics)).await?);
     routing.commit();
     let reloads = Arc::new(reload::Counts::default());
     let mut ctxs = Vec::new();
@@ -107,7 +108,7 @@ async fn serve(
     let permits = Arc::new(Semaphore::new(maxconn as usize));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut actives = Vec::new();
-    let (mut verified, verified_tx) = match dp
+    let (verified, verified_tx) = match dp
         .as_ref()
         .and_then(|_| VerifiedSources::new(cfg.xdp.verified_ttl.0))
     {
@@ -144,23 +145,7 @@ async fn serve(
     )?;
     info!(maxconn, workers, "floodgate ready");
 
-    let mut tick = tokio::time::interval(PUBLISH_INTERVAL);
-    let mut watch_tick = tokio::time::interval(RELOAD_POLL);
-    // The config file, the ConfigMap directory, and the files the config names.
-    let watched = |cfg: &Config| {
-        std::iter::once(path)
-            .chain(haproxy_dir)
-            .map(std::path::Path::to_path_buf)
-            .chain(cfg.files())
-            .collect::<Vec<_>>()
-    };
-    let mut watcher = reload::Watcher::new(watched(&cfg));
-    let mut ticks: u64 = 0;
-    let mut monitor = dp
-        .as_ref()
-        .and_then(|_| floodgate::xdp::pressure::Monitor::new(&cfg.xdp.pressure));
     let flows = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut drops = floodgate::xdp::stats::DropBursts::default();
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let (Some(a), Some(listener)) = (&cfg.admin, admin_listener) {
         let sources = floodgate::metrics::Sources {
@@ -195,129 +180,48 @@ async fn serve(
     }
     // In cluster mode, ready once the cluster's routing serves.
     ready.store(cluster.is_none(), std::sync::atomic::Ordering::Relaxed);
-    loop {
-        let reload_now = tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = sighup.recv() => Change::File,
-            Some(s) = async { match cluster.as_mut() { Some(c) => c.settled.recv().await, None => std::future::pending().await } } => Change::Cluster(s),
-            _ = watch_tick.tick() => {
-                for a in &acceptors {
-                    // Logged inside; a refused certificate leaves the previous one serving.
-                    let _ = a.reload_if_changed();
-                }
-                if watcher.changed() { Change::File } else { Change::Nothing }
-            }
-            _ = tick.tick() => {
-                if let Some(dp) = dp.as_mut() {
-                    ticks += 1;
-                    let own: Vec<Option<u32>> = cfg.listeners.iter().map(|l| l.maxconn).collect();
-                    if let Err(e) = publish_capacity(dp, &actives, &ctxs, &own, maxconn) {
-                        error!(error = %e, "cannot publish capacity to XDP");
-                    }
-                    if cfg.xdp.flow_table && (ticks == 1 || ticks.is_multiple_of(FLOW_AGING_TICKS)) {
-                        match dp.age_flows(cfg.xdp.flow_idle_timeout.0) {
-                            Ok(aged) => {
-                                flows.store(aged.live, std::sync::atomic::Ordering::Relaxed);
-                                if aged.removed > 0 {
-                                    info!(removed = aged.removed, live = aged.live, "idle flows aged out of the flow table");
-                                }
-                            }
-                            Err(e) => error!(error = %e, "cannot age the flow table"),
-                        }
-                    }
-                    if ticks.is_multiple_of(DROP_CHECK_TICKS) {
-                        drops.check(&cfg.xdp.pin_dir);
-                        // Wildcard listeners follow the node's addresses (a pod IP moved, an
-                        // address added) within a second.
-                        if let Err(e) = dp.sync_dests() {
-                            error!(error = %e, "cannot publish the listeners' addresses to XDP");
-                        }
-                    }
-                    if let Some(Err(e)) = verified.as_mut().map(|v| v.flush(dp)) {
-                        error!(error = %e, "cannot publish verified sources to XDP");
-                    }
-                    if let Some(m) = monitor.as_mut() {
-                        watch_pressure(m, dp, &metrics);
-                    }
-                }
-                Change::Nothing
-            }
-        };
-        let settled = match reload_now {
-            Change::Nothing => continue,
-            Change::File => {
-                match Config::load_with(path, haproxy_dir) {
-                    Ok(b) => base = b,
-                    Err(e) => {
-                        reloads.record::<(), _>(&Err(()));
-                        error!(error = %e, failed = reloads.failed.load(std::sync::atomic::Ordering::Relaxed), "config reload refused; the running config keeps serving");
-                        continue;
-                    }
-                }
-                None
-            }
-            Change::Cluster(s) => Some(s),
-        };
-        // The file's config, with the cluster's objects on top in cluster mode.
-        let t0 = std::time::Instant::now();
-        let (next, from_cluster) = match &mut cluster {
-            Some(c) => match c.translate(&base) {
-                Ok((next, t)) => (next, Some(t)),
-                Err(e) => {
-                    c.health.metrics.syncs.with_label_values(&["refused"]).inc();
-                    error!(error = %e, "the cluster's objects make no valid config; the running config keeps serving");
-                    continue;
-                }
-            },
-            None => (base.clone(), None),
-        };
-        let t1 = std::time::Instant::now();
-        let applied = apply_reload(workers, next, &cfg, &routing, &ctxs, dp.as_mut()).await;
-        if t0.elapsed() > SLOW_REBUILD {
-            warn!(
-                translate_ms = (t1 - t0).as_millis(),
-                build_ms = t1.elapsed().as_millis(),
-                "slow config rebuild"
-            );
-        }
-        if settled.is_none() {
-            reloads.record(&applied);
-        }
-        match applied {
-            Ok((new_cfg, new_routing)) => {
-                for w in new_cfg.warnings() {
-                    warn!("{w}");
-                }
-                cfg = new_cfg;
-                routing = new_routing;
-                watcher.watch(watched(&cfg));
-                if let (Some(c), Some(t)) = (&mut cluster, from_cluster) {
-                    for a in &acceptors {
-                        a.set_cluster(&t.certs);
-                    }
-                    c.applied(&t, settled);
-                    ready.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                if settled.is_none() {
-                    info!(
-                        ok = reloads.ok.load(std::sync::atomic::Ordering::Relaxed),
-                        "config reloaded: new requests use it"
-                    );
-                }
-            }
-            Err(e) => {
-                if let Some(c) = &cluster {
-                    c.health.metrics.syncs.with_label_values(&["refused"]).inc();
-                }
-                error!(
-                    error = %e,
-                    failed = reloads.failed.load(std::sync::atomic::Ordering::Relaxed),
-                    "config refused; the running config keeps serving"
-                );
-            }
-        }
-    }
+    let monitor = dp
+        .as_ref()
+        .and_then(|_| floodgate::xdp::pressure::Monitor::new(&cfg.xdp.pressure));
+    let mut control = Control {
+        path,
+        haproxy_dir,
+        workers,
+        maxconn,
+        watcher: reload::Watcher::new(watched(path, haproxy_dir, &cfg)),
+        base,
+        cfg,
+        routing,
+        ctxs,
+        actives,
+        acceptors,
+        dp,
+        cluster,
+        reloads,
+        metrics,
+        ready,
+        kernel: KernelUpkeep {
+            ticks: 0,
+            monitor,
+            flows,
+            drops: floodgate::xdp::stats::DropBursts::default(),
+            verified,
+        },
+    };
+    control
+        .run(Signals {
+            term: sigterm,
+            int: sigint,
+            hup: sighup,
+        })
+        .await;
+    let Control {
+        cfg,
+        dp,
+        cluster,
+        ready,
+        ..
+    } = control;
     if let Some(c) = cluster {
         // Bounded: a stuck API server must not hold up the drain.
         let (client, ns, me) = c.release;
@@ -336,6 +240,212 @@ async fn serve(
     )
     .await;
     Ok(())
+}
+
+/// The files a config reloads from: the config file, the ConfigMap directory, and the files the
+/// config names.
+fn watched(path: &Path, haproxy_dir: Option<&Path>, cfg: &Config) -> Vec<std::path::PathBuf> {
+    std::iter::once(path)
+        .chain(haproxy_dir)
+        .map(Path::to_path_buf)
+        .chain(cfg.files())
+        .collect()
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+/// The control loop's state: what serves now, and what the loop watches for a change.
+struct Control<'a> {
+    path: &'a Path,
+    haproxy_dir: Option<&'a Path>,
+    workers: usize,
+    maxconn: u32,
+    /// The file's config; `cfg` is what serves (the same, or with the cluster's objects on top).
+    base: Config,
+    cfg: Config,
+    routing: Arc<Routing>,
+    ctxs: Vec<Arc<ListenerCtx>>,
+    actives: Vec<Arc<server::Active>>,
+    acceptors: Vec<Arc<tls::Acceptor>>,
+    dp: Option<Dataplane>,
+    cluster: Option<ClusterSource>,
+    reloads: Arc<reload::Counts>,
+    metrics: Arc<floodgate::metrics::Metrics>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    watcher: reload::Watcher,
+    kernel: KernelUpkeep,
+}
+
+/// What the control loop keeps up in the kernel every `PUBLISH_INTERVAL` when XDP is on.
+struct KernelUpkeep {
+    ticks: u64,
+    monitor: Option<floodgate::xdp::pressure::Monitor>,
+    /// Entries in the flow table, as of the last aging (for /metrics).
+    flows: Arc<std::sync::atomic::AtomicU64>,
+    drops: floodgate::xdp::stats::DropBursts,
+    verified: Option<VerifiedSources>,
+}
+
+impl Control<'_> {
+    /// Until SIGTERM or SIGINT: the kernel upkeep, certificate and config file checks, and
+    /// each change (a file, SIGHUP, the cluster's objects) applied all or nothing.
+    async fn run(&mut self, mut signals: Signals) {
+        let mut tick = tokio::time::interval(PUBLISH_INTERVAL);
+        let mut watch_tick = tokio::time::interval(RELOAD_POLL);
+        loop {
+            let change = tokio::select! {
+                _ = signals.term.recv() => break,
+                _ = signals.int.recv() => break,
+                _ = signals.hup.recv() => Change::File,
+                Some(s) = async { match self.cluster.as_mut() { Some(c) => c.settled.recv().await, None => std::future::pending().await } } => Change::Cluster(s),
+                _ = watch_tick.tick() => {
+                    for a in &self.acceptors {
+                        // Logged inside; a refused certificate leaves the previous one serving.
+                        let _ = a.reload_if_changed();
+                    }
+                    if self.watcher.changed() { Change::File } else { Change::Nothing }
+                }
+                _ = tick.tick() => {
+                    self.upkeep();
+                    Change::Nothing
+                }
+            };
+            self.apply(change).await;
+        }
+    }
+
+    /// Capacity and the heartbeat, flow aging, drop bursts, the listeners' addresses, verified
+    /// sources and SYN pressure, each at its own pace.
+    fn upkeep(&mut self) {
+        let Some(dp) = self.dp.as_mut() else { return };
+        let (cfg, k) = (&self.cfg, &mut self.kernel);
+        k.ticks += 1;
+        let own: Vec<Option<u32>> = cfg.listeners.iter().map(|l| l.maxconn).collect();
+        if let Err(e) = publish_capacity(dp, &self.actives, &self.ctxs, &own, self.maxconn) {
+            error!(error = %e, "cannot publish capacity to XDP");
+        }
+        if cfg.xdp.flow_table && (k.ticks == 1 || k.ticks.is_multiple_of(FLOW_AGING_TICKS)) {
+            match dp.age_flows(cfg.xdp.flow_idle_timeout.0) {
+                Ok(aged) => {
+                    k.flows
+                        .store(aged.live, std::sync::atomic::Ordering::Relaxed);
+                    if aged.removed > 0 {
+                        info!(
+                            removed = aged.removed,
+                            live = aged.live,
+                            "idle flows aged out of the flow table"
+                        );
+                    }
+                }
+                Err(e) => error!(error = %e, "cannot age the flow table"),
+            }
+        }
+        if k.ticks.is_multiple_of(DROP_CHECK_TICKS) {
+            k.drops.check(&cfg.xdp.pin_dir);
+            // Wildcard listeners follow the node's addresses (a pod IP moved, an address
+            // added) within a second.
+            if let Err(e) = dp.sync_dests() {
+                error!(error = %e, "cannot publish the listeners' addresses to XDP");
+            }
+        }
+        if let Some(Err(e)) = k.verified.as_mut().map(|v| v.flush(dp)) {
+            error!(error = %e, "cannot publish verified sources to XDP");
+        }
+        if let Some(m) = k.monitor.as_mut() {
+            watch_pressure(m, dp, &self.metrics);
+        }
+    }
+
+    /// One change: the file read again (a refused file keeps the running config), the
+    /// cluster's objects put on top, the result applied all or nothing.
+    async fn apply(&mut self, change: Change) {
+        let settled = match change {
+            Change::Nothing => return,
+            Change::File => {
+                match Config::load_with(self.path, self.haproxy_dir) {
+                    Ok(b) => self.base = b,
+                    Err(e) => {
+                        self.reloads.record::<(), _>(&Err(()));
+                        error!(error = %e, failed = self.reloads.failed.load(std::sync::atomic::Ordering::Relaxed), "config reload refused; the running config keeps serving");
+                        return;
+                    }
+                }
+                None
+            }
+            Change::Cluster(s) => Some(s),
+        };
+        // The file's config, with the cluster's objects on top in cluster mode.
+        let t0 = std::time::Instant::now();
+        let (next, from_cluster) = match &mut self.cluster {
+            Some(c) => match c.translate(&self.base) {
+                Ok((next, t)) => (next, Some(t)),
+                Err(e) => {
+                    c.health.metrics.syncs.with_label_values(&["refused"]).inc();
+                    error!(error = %e, "the cluster's objects make no valid config; the running config keeps serving");
+                    return;
+                }
+            },
+            None => (self.base.clone(), None),
+        };
+        let t1 = std::time::Instant::now();
+        let applied = apply_reload(
+            self.workers,
+            next,
+            &self.cfg,
+            &self.routing,
+            &self.ctxs,
+            self.dp.as_mut(),
+        )
+        .await;
+        if t0.elapsed() > SLOW_REBUILD {
+            warn!(
+                translate_ms = (t1 - t0).as_millis(),
+                build_ms = t1.elapsed().as_millis(),
+                "slow config rebuild"
+            );
+        }
+        if settled.is_none() {
+            self.reloads.record(&applied);
+        }
+        match applied {
+            Ok((new_cfg, new_routing)) => {
+                for w in new_cfg.warnings() {
+                    warn!("{w}");
+                }
+                self.cfg = new_cfg;
+                self.routing = new_routing;
+                self.watcher
+                    .watch(watched(self.path, self.haproxy_dir, &self.cfg));
+                if let (Some(c), Some(t)) = (&mut self.cluster, from_cluster) {
+                    for a in &self.acceptors {
+                        a.set_cluster(&t.certs);
+                    }
+                    c.applied(&t, settled);
+                    self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                if settled.is_none() {
+                    info!(
+                        ok = self.reloads.ok.load(std::sync::atomic::Ordering::Relaxed),
+                        "config reloaded: new requests use it"
+                    );
+                }
+            }
+            Err(e) => {
+                if let Some(c) = &self.cluster {
+                    c.health.metrics.syncs.with_label_values(&["refused"]).inc();
+                }
+                error!(
+                    error = %e,
+                    failed = self.reloads.failed.load(std::sync::atomic::Ordering::Relaxed),
+                    "config refused; the running config keeps serving"
+                );
+            }
+        }
+    }
 }
 
 /// What woke the control loop for a new config.

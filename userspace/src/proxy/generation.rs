@@ -40,6 +40,10 @@ pub struct Routing {
     pending: std::sync::Mutex<PendingServers>,
     /// Opens when the generation is committed; its tasks wait for it.
     gate: tokio::sync::watch::Sender<bool>,
+    /// Mirror copies in flight, aborted with the generation. (A passive-health ejection timer
+    /// belongs to its pool instead, which outlives generations: cancelling it would leave the
+    /// server out for good.)
+    pub(super) mirrors: upstream::mirror::Copies,
 }
 
 /// Pools carried over from the previous generation, with the server lists they get at commit.
@@ -123,6 +127,7 @@ impl Routing {
             tasks,
             pending: std::sync::Mutex::new(pending),
             gate,
+            mirrors: upstream::mirror::Copies::default(),
         })
     }
 

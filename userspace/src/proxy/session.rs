@@ -299,8 +299,13 @@ impl<'g> Session<'g> {
         if let Some(m) = routed.mirror
             && up.upgrade.is_none()
         {
-            up.body =
-                upstream::mirror::copy(m, &up.parts, up.body.take(), self.ctx.metrics.clone());
+            up.body = upstream::mirror::copy(
+                &self.generation.routing.mirrors,
+                m,
+                &up.parts,
+                up.body.take(),
+                self.ctx.metrics.clone(),
+            );
         }
         if let Some(p) = &backend.sticky {
             up.sticky = p.take(&mut up.parts.headers);

@@ -83,8 +83,10 @@ impl Drop for Held {
 }
 
 /// Copies the request of `parts` (its body, if any, as `body` passes to the real backend) to
-/// `backend`, over the backend's own transport. Returns the body to send to the real backend.
+/// `backend`, over the backend's own transport, as one of `copies`. Returns the body to send
+/// to the real backend.
 pub fn copy(
+    copies: &Copies,
     backend: &Arc<Backend>,
     parts: &http::request::Parts,
     body: Option<UpstreamBody>,
@@ -109,7 +111,7 @@ pub fn copy(
         }
         None => (None, None),
     };
-    tokio::spawn(async move {
+    copies.spawn(async move {
         let bytes = match copied {
             None => None,
             // Too large, or the client's body broke off: no copy.
@@ -162,6 +164,33 @@ pub fn copy(
         count(if sent { "sent" } else { "failed" });
     });
     body
+}
+
+/// The copies in flight of one config generation. They end with it: when the generation is
+/// dropped (a reload, after its last request; or the drain), a copy still waiting for its
+/// server is aborted rather than outliving the config that asked for it.
+#[derive(Default)]
+pub struct Copies(std::sync::Mutex<tokio::task::JoinSet<()>>);
+
+impl Copies {
+    fn spawn(&self, copy: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut set = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Finished copies are reaped here, so the set holds only those in flight.
+        while set.try_join_next().is_some() {}
+        set.spawn(copy);
+    }
+
+    /// Copies in flight (tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
 }
 
 /// A whole body kept for a copy, with the budget it holds until the copy is done.
@@ -248,6 +277,22 @@ impl Body for Tee {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A copy still in flight when its generation goes is aborted; finished ones are reaped.
+    #[tokio::test]
+    async fn copies_end_with_their_generation() {
+        let copies = Copies::default();
+        copies.spawn(async {});
+        tokio::task::yield_now().await;
+        let (held, released) = oneshot::channel::<()>();
+        copies.spawn(async move {
+            let _held = held;
+            std::future::pending::<()>().await;
+        });
+        assert_eq!(copies.len(), 1, "the finished copy was reaped");
+        drop(copies);
+        assert!(released.await.is_err(), "the pending copy was aborted");
+    }
 
     /// A body of ready chunks without a declared length, as a chunked request's.
     struct Chunks(Vec<Bytes>);
