@@ -334,13 +334,22 @@ pub enum Reason {
 /// Number of slots in [`maps::STATS`].
 pub const COUNTER_COUNT: u32 = Reason::ALL.len() as u32;
 
-/// The XDP action a verdict reason stands for.
+/// The XDP action a verdict reason stands for, with the kernel's `enum xdp_action` value (the
+/// eBPF program checks them against its bindings at compile time).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
 pub enum Verdict {
-    Pass,
-    Drop,
+    Drop = 1,
+    Pass = 2,
     /// Answered: the packet was rewritten into a reply and sent back out (`XDP_TX`).
-    Tx,
+    Tx = 3,
+}
+
+impl Verdict {
+    /// The value an XDP program returns for it.
+    pub const fn action(self) -> u32 {
+        self as u32
+    }
 }
 
 impl Reason {

@@ -35,6 +35,14 @@ use parse::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp};
 
 const NO_COMMON_LRU: usize = aya_ebpf::bindings::BPF_F_NO_COMMON_LRU as usize;
 
+// The verdicts' values in `common` are the kernel's actions.
+const _: () = {
+    use floodgate_common::Verdict;
+    assert!(Verdict::Drop.action() == xdp_action::XDP_DROP);
+    assert!(Verdict::Pass.action() == xdp_action::XDP_PASS);
+    assert!(Verdict::Tx.action() == xdp_action::XDP_TX);
+};
+
 // Map statics are named after floodgate_common::maps (the object's map names come from them).
 
 #[btf_map]

@@ -12,13 +12,6 @@ use floodgate::{
 };
 use floodgate_common::{COUNTER_COUNT, Counter, ListenerCounters, Reason, maps};
 
-/// XDP return codes.
-pub const XDP_DROP: u32 = 1;
-
-pub const XDP_PASS: u32 = 2;
-
-pub const XDP_TX: u32 = 3;
-
 /// The XDP program loaded (not attached) with a given config, driven through
 /// `BPF_PROG_TEST_RUN`.
 pub struct TestProg {

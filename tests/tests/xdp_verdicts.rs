@@ -12,9 +12,9 @@
 use std::time::Duration;
 
 use floodgate::{config, xdp::dataplane::ListenerLoad};
-use floodgate_common::{COUNTER_COUNT, Reason, Reason as R};
+use floodgate_common::{COUNTER_COUNT, Reason, Reason as R, Verdict};
 use floodgate_tests::{
-    TestProg, XDP_DROP, XDP_PASS, XDP_TX,
+    TestProg,
     packet::{
         self, ACK, DST4, ETH_IP, ETH_IPV6, FIN, PROTO_TCP, PROTO_UDP, PSH, RST, SYN, TPID_8021AD,
         TPID_8021Q, csum, frame, src6, tcp, tcp4, tcp6, udp, v4, v6,
@@ -69,20 +69,24 @@ fn cases() -> Vec<Case> {
         Case {
             name: "ARP passes untouched",
             cfg: default_cfg,
-            steps: vec![Pkt(packet::arp(), XDP_PASS, &[R::PassNotIp])],
+            steps: vec![Pkt(packet::arp(), Verdict::Pass.action(), &[R::PassNotIp])],
         },
         // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header, as NICs do.
         Case {
             name: "Ethernet header alone with an IPv4 ethertype is malformed",
             cfg: default_cfg,
-            steps: vec![Pkt(frame(&[], ETH_IP, &[]), XDP_DROP, &[R::DropMalformed])],
+            steps: vec![Pkt(
+                frame(&[], ETH_IP, &[]),
+                Verdict::Drop.action(),
+                &[R::DropMalformed],
+            )],
         },
         Case {
             name: "UDP to the listener port passes",
             cfg: default_cfg,
             steps: vec![Pkt(
                 frame(&[], ETH_IP, &v4(A, DST4, PROTO_UDP, 0, 0, &udp(5353, PORT))),
-                XDP_PASS,
+                Verdict::Pass.action(),
                 &[R::PassNotTcp],
             )],
         },
@@ -91,19 +95,23 @@ fn cases() -> Vec<Case> {
             cfg: default_cfg,
             steps: vec![Pkt(
                 tcp4(A, 40000, 22, SYN),
-                XDP_PASS,
+                Verdict::Pass.action(),
                 &[R::PassNotListener],
             )],
         },
         Case {
             name: "IPv4 SYN to a listener is admitted",
             cfg: default_cfg,
-            steps: vec![Pkt(syn4(A), XDP_PASS, admitted)],
+            steps: vec![Pkt(syn4(A), Verdict::Pass.action(), admitted)],
         },
         Case {
             name: "IPv6 SYN to a listener is admitted",
             cfg: default_cfg,
-            steps: vec![Pkt(tcp6(src6(7), 40000, PORT, SYN), XDP_PASS, admitted)],
+            steps: vec![Pkt(
+                tcp6(src6(7), 40000, PORT, SYN),
+                Verdict::Pass.action(),
+                admitted,
+            )],
         },
         Case {
             name: "a listener's port at another address (a pod's IP on the NIC) passes, even full and denied",
@@ -123,7 +131,7 @@ fn cases() -> Vec<Case> {
                             &tcp(40000, PORT, SYN, 0, 0),
                         ),
                     ),
-                    XDP_PASS,
+                    Verdict::Pass.action(),
                     &[R::PassNotListener],
                 ),
                 Pkt(
@@ -139,7 +147,7 @@ fn cases() -> Vec<Case> {
                             &tcp(40000, PORT, ACK, 0, 0),
                         ),
                     ),
-                    XDP_PASS,
+                    Verdict::Pass.action(),
                     &[R::PassNotListener],
                 ),
                 Pkt(
@@ -155,11 +163,11 @@ fn cases() -> Vec<Case> {
                             &tcp(40000, PORT, SYN, 0, 0),
                         ),
                     ),
-                    XDP_PASS,
+                    Verdict::Pass.action(),
                     &[R::PassNotListener],
                 ),
                 // The listener's own address, the same source: denied.
-                Pkt(syn4(A), XDP_DROP, &[R::DropDenyCidr]),
+                Pkt(syn4(A), Verdict::Drop.action(), &[R::DropDenyCidr]),
             ],
         },
         Case {
@@ -167,7 +175,7 @@ fn cases() -> Vec<Case> {
             cfg: default_cfg,
             steps: vec![Pkt(
                 tcp6(src6(7), 40000, 9090, SYN),
-                XDP_PASS,
+                Verdict::Pass.action(),
                 &[R::PassNotListener],
             )],
         },
@@ -180,7 +188,7 @@ fn cases() -> Vec<Case> {
                     ETH_IP,
                     &v4(A, DST4, PROTO_TCP, 2, 0, &tcp(40000, PORT, SYN, 0, 0)),
                 ),
-                XDP_PASS,
+                Verdict::Pass.action(),
                 admitted,
             )],
         },
@@ -189,7 +197,7 @@ fn cases() -> Vec<Case> {
             cfg: default_cfg,
             steps: vec![Pkt(
                 ipv4_tcp(tcp(40000, PORT, SYN, 5, 0)),
-                XDP_PASS,
+                Verdict::Pass.action(),
                 admitted,
             )],
         },
@@ -202,7 +210,7 @@ fn cases() -> Vec<Case> {
                     ETH_IP,
                     &v4(A, DST4, PROTO_TCP, 0, 0, &tcp(40000, PORT, SYN, 0, 0)),
                 ),
-                XDP_PASS,
+                Verdict::Pass.action(),
                 admitted,
             )],
         },
@@ -215,7 +223,7 @@ fn cases() -> Vec<Case> {
                     ETH_IP,
                     &v4(A, DST4, PROTO_TCP, 0, 0, &tcp(40000, PORT, SYN, 0, 0)),
                 ),
-                XDP_PASS,
+                Verdict::Pass.action(),
                 admitted,
             )],
         },
@@ -224,7 +232,7 @@ fn cases() -> Vec<Case> {
             cfg: default_cfg,
             steps: vec![Pkt(
                 frame(&[TPID_8021Q], ETH_IP, &[])[..15].to_vec(),
-                XDP_PASS,
+                Verdict::Pass.action(),
                 &[R::PassNotIp],
             )],
         },
@@ -244,7 +252,7 @@ fn cases() -> Vec<Case> {
                         &tcp(40000, PORT, SYN, 0, 0),
                     ),
                 ),
-                XDP_PASS,
+                Verdict::Pass.action(),
                 admitted,
             )],
         },
@@ -264,7 +272,7 @@ fn cases() -> Vec<Case> {
                         &tcp(40000, PORT, SYN, 0, 0),
                     ),
                 ),
-                XDP_PASS,
+                Verdict::Pass.action(),
                 admitted,
             )],
         },
@@ -277,7 +285,7 @@ fn cases() -> Vec<Case> {
                     ETH_IPV6,
                     &v6(src6(7), packet::DST6, &[(44, 8)], PROTO_TCP, 100, &[0; 32]),
                 ),
-                XDP_PASS,
+                Verdict::Pass.action(),
                 &[R::PassFragment],
             )],
         },
@@ -297,7 +305,7 @@ fn cases() -> Vec<Case> {
                         &tcp(40000, PORT, SYN, 0, 0),
                     ),
                 ),
-                XDP_PASS,
+                Verdict::Pass.action(),
                 admitted,
             )],
         },
@@ -317,7 +325,7 @@ fn cases() -> Vec<Case> {
                         &tcp(40000, PORT, SYN, 0, 0),
                     ),
                 ),
-                XDP_DROP,
+                Verdict::Drop.action(),
                 &[R::DropMalformed],
             )],
         },
@@ -337,7 +345,7 @@ fn cases() -> Vec<Case> {
                         &udp(1, PORT),
                     ),
                 ),
-                XDP_PASS,
+                Verdict::Pass.action(),
                 &[R::PassNotTcp],
             )],
         },
@@ -350,7 +358,7 @@ fn cases() -> Vec<Case> {
                     ETH_IP,
                     &v4(A, DST4, PROTO_TCP, 0, 0x2000 | 185, &[0; 40]),
                 ),
-                XDP_PASS,
+                Verdict::Pass.action(),
                 &[R::PassFragment],
             )],
         },
@@ -359,7 +367,7 @@ fn cases() -> Vec<Case> {
             cfg: default_cfg,
             steps: vec![Pkt(
                 syn4(A)[..14 + 12].to_vec(),
-                XDP_DROP,
+                Verdict::Drop.action(),
                 &[R::DropMalformed],
             )],
         },
@@ -372,7 +380,7 @@ fn cases() -> Vec<Case> {
                     p[14] = 0x44;
                     p
                 },
-                XDP_DROP,
+                Verdict::Drop.action(),
                 &[R::DropMalformed],
             )],
         },
@@ -381,7 +389,7 @@ fn cases() -> Vec<Case> {
             cfg: default_cfg,
             steps: vec![Pkt(
                 tcp6(src6(7), 40000, PORT, SYN)[..14 + 30].to_vec(),
-                XDP_DROP,
+                Verdict::Drop.action(),
                 &[R::DropMalformed],
             )],
         },
@@ -390,7 +398,7 @@ fn cases() -> Vec<Case> {
             cfg: default_cfg,
             steps: vec![Pkt(
                 syn4(A)[..14 + 20 + 10].to_vec(),
-                XDP_DROP,
+                Verdict::Drop.action(),
                 &[R::DropMalformed],
             )],
         },
@@ -399,7 +407,7 @@ fn cases() -> Vec<Case> {
             cfg: default_cfg,
             steps: vec![Pkt(
                 ipv4_tcp(tcp(40000, PORT, SYN, 5, 0))[..14 + 20 + 24].to_vec(),
-                XDP_DROP,
+                Verdict::Drop.action(),
                 &[R::DropMalformed],
             )],
         },
@@ -408,7 +416,7 @@ fn cases() -> Vec<Case> {
             cfg: default_cfg,
             steps: vec![Pkt(
                 ipv4_tcp(tcp(40000, 22, SYN, 5, 0))[..14 + 20 + 24].to_vec(),
-                XDP_PASS,
+                Verdict::Pass.action(),
                 &[R::PassNotListener],
             )],
         },
@@ -416,26 +424,30 @@ fn cases() -> Vec<Case> {
             name: "established packet of a known flow; FIN then last ACK removes it",
             cfg: default_cfg,
             steps: vec![
-                Pkt(syn4(A), XDP_PASS, admitted),
-                Pkt(tcp4(A, 40000, PORT, ACK), XDP_PASS, &[R::PassEstablished]),
+                Pkt(syn4(A), Verdict::Pass.action(), admitted),
+                Pkt(
+                    tcp4(A, 40000, PORT, ACK),
+                    Verdict::Pass.action(),
+                    &[R::PassEstablished],
+                ),
                 Pkt(
                     ipv4_tcp(tcp(40000, PORT, ACK | PSH, 0, 100)),
-                    XDP_PASS,
+                    Verdict::Pass.action(),
                     &[R::PassEstablished],
                 ),
                 Pkt(
                     tcp4(A, 40000, PORT, FIN | ACK),
-                    XDP_PASS,
+                    Verdict::Pass.action(),
                     &[R::PassEstablished],
                 ),
                 Pkt(
                     tcp4(A, 40000, PORT, ACK),
-                    XDP_PASS,
+                    Verdict::Pass.action(),
                     &[R::PassEstablished, R::FlowRemoved],
                 ),
                 Pkt(
                     tcp4(A, 40000, PORT, ACK),
-                    XDP_PASS,
+                    Verdict::Pass.action(),
                     &[R::PassEstablished, R::FlowMiss],
                 ),
             ],
@@ -444,10 +456,10 @@ fn cases() -> Vec<Case> {
             name: "RST removes the flow",
             cfg: default_cfg,
             steps: vec![
-                Pkt(syn4(A), XDP_PASS, admitted),
+                Pkt(syn4(A), Verdict::Pass.action(), admitted),
                 Pkt(
                     tcp4(A, 40000, PORT, RST),
-                    XDP_PASS,
+                    Verdict::Pass.action(),
                     &[R::PassEstablished, R::FlowRemoved],
                 ),
             ],
@@ -457,7 +469,7 @@ fn cases() -> Vec<Case> {
             cfg: default_cfg,
             steps: vec![Pkt(
                 tcp4(A, 40001, PORT, ACK),
-                XDP_PASS,
+                Verdict::Pass.action(),
                 &[R::PassEstablished, R::FlowMiss],
             )],
         },
@@ -465,8 +477,12 @@ fn cases() -> Vec<Case> {
             name: "flow table off: no flow events",
             cfg: |c| c.flow_table = false,
             steps: vec![
-                Pkt(syn4(A), XDP_PASS, &[R::PassSynAdmitted]),
-                Pkt(tcp4(A, 40000, PORT, ACK), XDP_PASS, &[R::PassEstablished]),
+                Pkt(syn4(A), Verdict::Pass.action(), &[R::PassSynAdmitted]),
+                Pkt(
+                    tcp4(A, 40000, PORT, ACK),
+                    Verdict::Pass.action(),
+                    &[R::PassEstablished],
+                ),
             ],
         },
         Case {
@@ -478,26 +494,34 @@ fn cases() -> Vec<Case> {
                 ]
             },
             steps: vec![
-                Pkt(syn4(A), XDP_DROP, &[R::DropDenyCidr]),
-                Pkt(tcp4(A, 40000, PORT, ACK), XDP_DROP, &[R::DropDenyCidr]),
+                Pkt(syn4(A), Verdict::Drop.action(), &[R::DropDenyCidr]),
                 Pkt(
-                    tcp6(src6(7), 40000, PORT, SYN),
-                    XDP_DROP,
+                    tcp4(A, 40000, PORT, ACK),
+                    Verdict::Drop.action(),
                     &[R::DropDenyCidr],
                 ),
-                Pkt(syn4([203, 0, 113, 1]), XDP_PASS, admitted),
-                Pkt(tcp4(A, 40000, 22, SYN), XDP_PASS, &[R::PassNotListener]),
+                Pkt(
+                    tcp6(src6(7), 40000, PORT, SYN),
+                    Verdict::Drop.action(),
+                    &[R::DropDenyCidr],
+                ),
+                Pkt(syn4([203, 0, 113, 1]), Verdict::Pass.action(), admitted),
+                Pkt(
+                    tcp4(A, 40000, 22, SYN),
+                    Verdict::Pass.action(),
+                    &[R::PassNotListener],
+                ),
             ],
         },
         Case {
             name: "allow mode admits only listed sources",
             cfg: |c| c.allow = vec!["198.51.100.7/32".parse().expect("cidr")],
             steps: vec![
-                Pkt(syn4(A), XDP_PASS, admitted),
-                Pkt(syn4(B), XDP_DROP, &[R::DropNotAllowed]),
+                Pkt(syn4(A), Verdict::Pass.action(), admitted),
+                Pkt(syn4(B), Verdict::Drop.action(), &[R::DropNotAllowed]),
                 Pkt(
                     tcp6(src6(7), 40000, PORT, SYN),
-                    XDP_DROP,
+                    Verdict::Drop.action(),
                     &[R::DropNotAllowed],
                 ),
             ],
@@ -510,15 +534,15 @@ fn cases() -> Vec<Case> {
                 c.syn_rate.per_source_burst = 3;
             },
             steps: vec![
-                Pkt(syn4(A), XDP_PASS, limited),
-                Pkt(syn4(A), XDP_PASS, limited),
-                Pkt(syn4(A), XDP_PASS, limited),
-                Pkt(syn4(A), XDP_DROP, &[R::DropSynRateSource]),
-                Pkt(syn4(B), XDP_PASS, limited),
+                Pkt(syn4(A), Verdict::Pass.action(), limited),
+                Pkt(syn4(A), Verdict::Pass.action(), limited),
+                Pkt(syn4(A), Verdict::Pass.action(), limited),
+                Pkt(syn4(A), Verdict::Drop.action(), &[R::DropSynRateSource]),
+                Pkt(syn4(B), Verdict::Pass.action(), limited),
                 // Under pressure an unproven source's flow was never inserted.
                 Pkt(
                     tcp4(A, 40000, PORT, ACK),
-                    XDP_PASS,
+                    Verdict::Pass.action(),
                     &[R::PassEstablished, R::FlowMiss],
                 ),
             ],
@@ -532,9 +556,9 @@ fn cases() -> Vec<Case> {
                 c.syn_rate.source_prefix_v4 = 24;
             },
             steps: vec![
-                Pkt(syn4(A), XDP_PASS, limited),
-                Pkt(syn4(B), XDP_DROP, &[R::DropSynRateSource]),
-                Pkt(syn4([198, 51, 101, 7]), XDP_PASS, limited),
+                Pkt(syn4(A), Verdict::Pass.action(), limited),
+                Pkt(syn4(B), Verdict::Drop.action(), &[R::DropSynRateSource]),
+                Pkt(syn4([198, 51, 101, 7]), Verdict::Pass.action(), limited),
             ],
         },
         Case {
@@ -545,10 +569,14 @@ fn cases() -> Vec<Case> {
                 c.syn_rate.per_source_burst = 1;
             },
             steps: vec![
-                Pkt(tcp6(src6(7), 40000, PORT, SYN), XDP_PASS, limited),
+                Pkt(
+                    tcp6(src6(7), 40000, PORT, SYN),
+                    Verdict::Pass.action(),
+                    limited,
+                ),
                 Pkt(
                     tcp6(src6(8), 40000, PORT, SYN),
-                    XDP_DROP,
+                    Verdict::Drop.action(),
                     &[R::DropSynRateSource],
                 ),
             ],
@@ -561,10 +589,10 @@ fn cases() -> Vec<Case> {
                 c.syn_rate.per_source_burst = 1;
             },
             steps: vec![
-                Pkt(syn4(A), XDP_PASS, limited),
-                Pkt(syn4(A), XDP_DROP, &[R::DropSynRateSource]),
+                Pkt(syn4(A), Verdict::Pass.action(), limited),
+                Pkt(syn4(A), Verdict::Drop.action(), &[R::DropSynRateSource]),
                 Sleep(Duration::from_millis(300)),
-                Pkt(syn4(A), XDP_PASS, limited),
+                Pkt(syn4(A), Verdict::Pass.action(), limited),
             ],
         },
         Case {
@@ -577,10 +605,10 @@ fn cases() -> Vec<Case> {
                 c.syn_rate.global_burst = 1;
             },
             steps: vec![
-                Pkt(syn4(A), XDP_PASS, admitted),
-                Pkt(syn4(A), XDP_PASS, admitted),
-                Pkt(syn4(A), XDP_PASS, admitted),
-                Pkt(syn4(B), XDP_PASS, admitted),
+                Pkt(syn4(A), Verdict::Pass.action(), admitted),
+                Pkt(syn4(A), Verdict::Pass.action(), admitted),
+                Pkt(syn4(A), Verdict::Pass.action(), admitted),
+                Pkt(syn4(B), Verdict::Pass.action(), admitted),
             ],
         },
         Case {
@@ -591,8 +619,8 @@ fn cases() -> Vec<Case> {
                 c.syn_rate.per_source_burst = 1;
             },
             steps: vec![
-                Pkt(syn4(A), XDP_PASS, admitted),
-                Pkt(syn4(A), XDP_PASS, admitted),
+                Pkt(syn4(A), Verdict::Pass.action(), admitted),
+                Pkt(syn4(A), Verdict::Pass.action(), admitted),
             ],
         },
         Case {
@@ -609,16 +637,20 @@ fn cases() -> Vec<Case> {
             steps: vec![
                 Pkt(
                     syn4(A),
-                    XDP_PASS,
+                    Verdict::Pass.action(),
                     &[R::PassSynAdmitted, R::FlowInserted, R::SynTrustedBypass],
                 ),
                 Pkt(
                     syn4(A),
-                    XDP_PASS,
+                    Verdict::Pass.action(),
                     &[R::PassSynAdmitted, R::FlowInserted, R::SynTrustedBypass],
                 ),
-                Pkt(syn4([203, 0, 113, 1]), XDP_PASS, limited),
-                Pkt(syn4([203, 0, 113, 1]), XDP_DROP, &[R::DropSynRateSource]),
+                Pkt(syn4([203, 0, 113, 1]), Verdict::Pass.action(), limited),
+                Pkt(
+                    syn4([203, 0, 113, 1]),
+                    Verdict::Drop.action(),
+                    &[R::DropSynRateSource],
+                ),
             ],
         },
         Case {
@@ -632,16 +664,16 @@ fn cases() -> Vec<Case> {
                 Verify(A),
                 Pkt(
                     syn4(A),
-                    XDP_PASS,
+                    Verdict::Pass.action(),
                     &[R::PassSynAdmitted, R::FlowInserted, R::SynVerifiedBypass],
                 ),
                 Pkt(
                     syn4(A),
-                    XDP_PASS,
+                    Verdict::Pass.action(),
                     &[R::PassSynAdmitted, R::FlowInserted, R::SynVerifiedBypass],
                 ),
-                Pkt(syn4(B), XDP_PASS, limited),
-                Pkt(syn4(B), XDP_DROP, &[R::DropSynRateSource]),
+                Pkt(syn4(B), Verdict::Pass.action(), limited),
+                Pkt(syn4(B), Verdict::Drop.action(), &[R::DropSynRateSource]),
             ],
         },
         Case {
@@ -655,9 +687,13 @@ fn cases() -> Vec<Case> {
                 c.syn_rate.global_burst = 2 * cpus; // two per CPU
             },
             steps: vec![
-                Pkt(syn4([203, 0, 113, 1]), XDP_PASS, limited),
-                Pkt(syn4([203, 0, 113, 2]), XDP_PASS, limited),
-                Pkt(syn4([203, 0, 113, 3]), XDP_DROP, &[R::DropSynRateGlobal]),
+                Pkt(syn4([203, 0, 113, 1]), Verdict::Pass.action(), limited),
+                Pkt(syn4([203, 0, 113, 2]), Verdict::Pass.action(), limited),
+                Pkt(
+                    syn4([203, 0, 113, 3]),
+                    Verdict::Drop.action(),
+                    &[R::DropSynRateGlobal],
+                ),
             ],
         },
         Case {
@@ -672,16 +708,20 @@ fn cases() -> Vec<Case> {
             },
             steps: vec![
                 Verify(A),
-                Pkt(syn4(B), XDP_PASS, limited),
-                Pkt(syn4([203, 0, 113, 9]), XDP_DROP, &[R::DropSynRateGlobal]),
+                Pkt(syn4(B), Verdict::Pass.action(), limited),
+                Pkt(
+                    syn4([203, 0, 113, 9]),
+                    Verdict::Drop.action(),
+                    &[R::DropSynRateGlobal],
+                ),
                 Pkt(
                     syn4(A),
-                    XDP_PASS,
+                    Verdict::Pass.action(),
                     &[R::PassSynAdmitted, R::FlowInserted, R::SynVerifiedBypass],
                 ),
                 Pkt(
                     syn4(A),
-                    XDP_PASS,
+                    Verdict::Pass.action(),
                     &[R::PassSynAdmitted, R::FlowInserted, R::SynVerifiedBypass],
                 ),
             ],
@@ -699,8 +739,8 @@ fn cases() -> Vec<Case> {
             },
             steps: vec![
                 Verify(A),
-                Pkt(syn4(A), XDP_PASS, limited),
-                Pkt(syn4(A), XDP_DROP, &[R::DropSynRateGlobal]),
+                Pkt(syn4(A), Verdict::Pass.action(), limited),
+                Pkt(syn4(A), Verdict::Drop.action(), &[R::DropSynRateGlobal]),
             ],
         },
         Case {
@@ -713,19 +753,35 @@ fn cases() -> Vec<Case> {
             },
             steps: vec![
                 // Listener 1 (IPv6) takes the budget's one token: its SYN reaches the kernel.
-                Pkt(tcp6(src6(1), 40000, PORT, SYN), XDP_PASS, limited),
+                Pkt(
+                    tcp6(src6(1), 40000, PORT, SYN),
+                    Verdict::Pass.action(),
+                    limited,
+                ),
                 // Listener 0 (IPv4) never had a SYN at the kernel: over the budget, dropped.
-                Pkt(syn4(A), XDP_DROP, &[R::DropSynRateGlobal]),
+                Pkt(syn4(A), Verdict::Drop.action(), &[R::DropSynRateGlobal]),
                 // Listener 1's kernel answered one: its SYNs over the budget get cookies.
-                Pkt(tcp6(src6(2), 40000, PORT, SYN), XDP_TX, &[R::TxSynCookie]),
-                Pkt(tcp6(src6(3), 40001, PORT, SYN), XDP_TX, &[R::TxSynCookie]),
+                Pkt(
+                    tcp6(src6(2), 40000, PORT, SYN),
+                    Verdict::Tx.action(),
+                    &[R::TxSynCookie],
+                ),
+                Pkt(
+                    tcp6(src6(3), 40001, PORT, SYN),
+                    Verdict::Tx.action(),
+                    &[R::TxSynCookie],
+                ),
                 // A second later the budget has a token again: listener 0's turn.
                 Sleep(Duration::from_millis(1100)),
-                Pkt(syn4(A), XDP_PASS, limited),
-                Pkt(syn4(B), XDP_TX, &[R::TxSynCookie]),
+                Pkt(syn4(A), Verdict::Pass.action(), limited),
+                Pkt(syn4(B), Verdict::Tx.action(), &[R::TxSynCookie]),
                 // A full listener gets none: the ACK would only overflow its accept queue.
                 Load(10, 10),
-                Pkt(syn4([203, 0, 113, 5]), XDP_DROP, &[R::DropSynRateGlobal]),
+                Pkt(
+                    syn4([203, 0, 113, 5]),
+                    Verdict::Drop.action(),
+                    &[R::DropSynRateGlobal],
+                ),
             ],
         },
         Case {
@@ -738,10 +794,14 @@ fn cases() -> Vec<Case> {
                 c.syn_rate.global_burst = cpus;
             },
             steps: vec![
-                Pkt(tcp6(src6(1), 40000, PORT, SYN), XDP_PASS, limited),
+                Pkt(
+                    tcp6(src6(1), 40000, PORT, SYN),
+                    Verdict::Pass.action(),
+                    limited,
+                ),
                 Pkt(
                     tcp6(src6(2), 40000, PORT, SYN),
-                    XDP_DROP,
+                    Verdict::Drop.action(),
                     &[R::DropSynRateGlobal],
                 ),
             ],
@@ -751,14 +811,14 @@ fn cases() -> Vec<Case> {
             cfg: default_cfg,
             steps: vec![
                 Load(10, 10),
-                Pkt(syn4(A), XDP_DROP, &[R::DropCapacity]),
+                Pkt(syn4(A), Verdict::Drop.action(), &[R::DropCapacity]),
                 Pkt(
                     tcp4(A, 40000, PORT, ACK),
-                    XDP_PASS,
+                    Verdict::Pass.action(),
                     &[R::PassEstablished, R::FlowMiss],
                 ),
                 Load(9, 10),
-                Pkt(syn4(A), XDP_PASS, admitted),
+                Pkt(syn4(A), Verdict::Pass.action(), admitted),
             ],
         },
         Case {
@@ -766,9 +826,9 @@ fn cases() -> Vec<Case> {
             cfg: default_cfg,
             steps: vec![
                 BackendsFull,
-                Pkt(syn4(A), XDP_DROP, &[R::DropCapacity]),
+                Pkt(syn4(A), Verdict::Drop.action(), &[R::DropCapacity]),
                 Load(0, 10),
-                Pkt(syn4(A), XDP_PASS, admitted),
+                Pkt(syn4(A), Verdict::Pass.action(), admitted),
             ],
         },
         Case {
@@ -776,17 +836,21 @@ fn cases() -> Vec<Case> {
             cfg: default_cfg,
             steps: vec![
                 Load(10, 10),
-                Pkt(syn4(A), XDP_DROP, &[R::DropCapacity]),
+                Pkt(syn4(A), Verdict::Drop.action(), &[R::DropCapacity]),
                 AgeHeartbeat(Duration::from_secs(3)),
-                Pkt(syn4(A), XDP_PASS, &[R::PassFailOpen, R::FlowInserted]),
+                Pkt(
+                    syn4(A),
+                    Verdict::Pass.action(),
+                    &[R::PassFailOpen, R::FlowInserted],
+                ),
                 Load(10, 10),
-                Pkt(syn4(A), XDP_DROP, &[R::DropCapacity]),
+                Pkt(syn4(A), Verdict::Drop.action(), &[R::DropCapacity]),
             ],
         },
         Case {
             name: "capacity admission off ignores the load",
             cfg: |c| c.capacity_admission = false,
-            steps: vec![Load(10, 10), Pkt(syn4(A), XDP_PASS, admitted)],
+            steps: vec![Load(10, 10), Pkt(syn4(A), Verdict::Pass.action(), admitted)],
         },
     ]
 }
@@ -910,11 +974,14 @@ fn listener_counters_split_admitted_dropped_and_established() {
         maxconn: 10,
         queue_room: u32::MAX,
     });
-    assert_eq!(prog.run(&syn4(A)), XDP_PASS);
-    assert_eq!(prog.run(&syn4(A)), XDP_DROP);
+    assert_eq!(prog.run(&syn4(A)), Verdict::Pass.action());
+    assert_eq!(prog.run(&syn4(A)), Verdict::Drop.action());
     let ack = tcp4(A, 40000, PORT, ACK);
-    assert_eq!(prog.run(&ack), XDP_PASS);
-    assert_eq!(prog.run(&tcp6(src6(1), 1, 8443, SYN)), XDP_PASS);
+    assert_eq!(prog.run(&ack), Verdict::Pass.action());
+    assert_eq!(
+        prog.run(&tcp6(src6(1), 1, 8443, SYN)),
+        Verdict::Pass.action()
+    );
     let l0 = prog.listener_counters(0);
     assert_eq!(
         (l0.syn_admitted, l0.syn_dropped, l0.established_packets),
@@ -937,14 +1004,14 @@ fn idle_flows_age_out_of_the_flow_table() {
         maxconn: 10,
         queue_room: u32::MAX,
     });
-    assert_eq!(prog.run(&syn4(A)), XDP_PASS);
-    assert_eq!(prog.run(&syn4(B)), XDP_PASS);
+    assert_eq!(prog.run(&syn4(A)), Verdict::Pass.action());
+    assert_eq!(prog.run(&syn4(B)), Verdict::Pass.action());
     let aged = prog.dp.age_flows(Duration::from_secs(60)).unwrap();
     assert_eq!((aged.removed, aged.live), (0, 2), "fresh flows stay");
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(
         prog.run(&tcp4(A, 40000, PORT, ACK)),
-        XDP_PASS,
+        Verdict::Pass.action(),
         "refreshes A"
     );
     let aged = prog.dp.age_flows(Duration::from_millis(30)).unwrap();
@@ -980,7 +1047,10 @@ fn aging_walks_and_trims_a_large_flow_table_in_batches() {
         queue_room: u32::MAX,
     });
     for port in 0..FLOWS {
-        assert_eq!(prog.run(&tcp4(A, 20_000 + port, PORT, SYN)), XDP_PASS);
+        assert_eq!(
+            prog.run(&tcp4(A, 20_000 + port, PORT, SYN)),
+            Verdict::Pass.action()
+        );
     }
     let aged = prog.dp.age_flows(Duration::from_secs(60)).unwrap();
     assert_eq!((aged.removed, aged.live), (0, u64::from(FLOWS)));
@@ -1038,24 +1108,32 @@ fn a_reload_swaps_full_cidr_lists_and_turns_allow_mode_off_cleanly() {
     xdp.deny = list(first);
     let mut prog = TestProg::load(&xdp, &binds);
     let syn_from = |a: u32| syn4(std::net::Ipv4Addr::from(a).octets());
-    assert_eq!(prog.run(&syn_from(first + 5)), XDP_DROP);
+    assert_eq!(prog.run(&syn_from(first + 5)), Verdict::Drop.action());
     xdp.deny = list(second);
     prog.dp
         .configure(&xdp, &binds)
         .expect("a full list replaced by another full one");
-    assert_eq!(prog.run(&syn_from(first + 5)), XDP_PASS, "no longer denied");
-    assert_eq!(prog.run(&syn_from(second + 5)), XDP_DROP, "newly denied");
+    assert_eq!(
+        prog.run(&syn_from(first + 5)),
+        Verdict::Pass.action(),
+        "no longer denied"
+    );
+    assert_eq!(
+        prog.run(&syn_from(second + 5)),
+        Verdict::Drop.action(),
+        "newly denied"
+    );
     // Allow mode on, then off.
     xdp.deny.clear();
     xdp.allow = vec!["198.51.100.0/24".parse().unwrap()];
     prog.dp.configure(&xdp, &binds).unwrap();
-    assert_eq!(prog.run(&syn4(A)), XDP_PASS);
-    assert_eq!(prog.run(&syn4([203, 0, 113, 1])), XDP_DROP);
+    assert_eq!(prog.run(&syn4(A)), Verdict::Pass.action());
+    assert_eq!(prog.run(&syn4([203, 0, 113, 1])), Verdict::Drop.action());
     xdp.allow.clear();
     prog.dp.configure(&xdp, &binds).unwrap();
     assert_eq!(
         prog.run(&syn4([203, 0, 113, 1])),
-        XDP_PASS,
+        Verdict::Pass.action(),
         "allow mode off"
     );
 }
@@ -1095,7 +1173,7 @@ fn an_xdp_syn_cookie_answer_is_a_well_formed_syn_ack() {
         });
     }
     // Listener 0's first SYN reaches the kernel (and spends the budget); the next is answered.
-    assert_eq!(prog.run(&syn4(A)), XDP_PASS);
+    assert_eq!(prog.run(&syn4(A)), Verdict::Pass.action());
     let client = [203, 0, 113, 77];
     let syn = frame(
         &[TPID_8021Q],
@@ -1103,7 +1181,7 @@ fn an_xdp_syn_cookie_answer_is_a_well_formed_syn_ack() {
         &v4(client, DST4, PROTO_TCP, 0, 0x4000, &syn_with_options(51000)),
     );
     let (action, out) = prog.run_out(&syn);
-    assert_eq!(action, XDP_TX);
+    assert_eq!(action, Verdict::Tx.action());
     // Ethernet: addresses swapped, the VLAN tag kept.
     assert_eq!(out[0..6], syn[6..12], "destination MAC is the client's");
     assert_eq!(out[6..12], syn[0..6]);
@@ -1157,7 +1235,10 @@ fn an_xdp_syn_cookie_answer_is_a_well_formed_syn_ack() {
 
     // IPv6, listener 1: its first SYN reaches the kernel... once the budget has a token.
     std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(prog.run(&tcp6(src6(1), 40000, PORT, SYN)), XDP_PASS);
+    assert_eq!(
+        prog.run(&tcp6(src6(1), 40000, PORT, SYN)),
+        Verdict::Pass.action()
+    );
     let syn = frame(
         &[],
         ETH_IPV6,
@@ -1171,7 +1252,7 @@ fn an_xdp_syn_cookie_answer_is_a_well_formed_syn_ack() {
         ),
     );
     let (action, out) = prog.run_out(&syn);
-    assert_eq!(action, XDP_TX);
+    assert_eq!(action, Verdict::Tx.action());
     let ip = &out[14..54];
     let t = &out[54..];
     assert_eq!(t.len(), 24);

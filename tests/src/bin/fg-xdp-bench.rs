@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use floodgate::xdp::dataplane::ListenerLoad;
+use floodgate_common::Verdict;
 use floodgate_tests::{
-    TestProg, XDP_DROP, XDP_PASS, XDP_TX,
+    TestProg,
     packet::{ACK, DST4, ETH_IP, PROTO_UDP, SYN, frame, tcp4, udp, v4},
     pin_to_cpu,
 };
@@ -61,7 +62,7 @@ fn main() {
     });
     assert_eq!(
         established.run(&syn),
-        XDP_PASS,
+        Verdict::Pass.action(),
         "flow insert for the established path"
     );
     let mut bucket_empty = prog(|c| {
@@ -106,7 +107,7 @@ fn main() {
     let mut paths = vec![
         Path {
             name: "non-TCP (UDP) pass",
-            want: XDP_PASS,
+            want: Verdict::Pass.action(),
             pkt: frame(&[], ETH_IP, &v4(A, DST4, PROTO_UDP, 0, 0, &udp(5353, 8080))),
             prog: prog(|_| {}),
             active: 0,
@@ -115,7 +116,7 @@ fn main() {
         },
         Path {
             name: "TCP to another port pass",
-            want: XDP_PASS,
+            want: Verdict::Pass.action(),
             pkt: tcp4(A, 40000, 22, SYN),
             prog: prog(|_| {}),
             active: 0,
@@ -124,7 +125,7 @@ fn main() {
         },
         Path {
             name: "established on a listener (bypass counted, flow refreshed)",
-            want: XDP_PASS,
+            want: Verdict::Pass.action(),
             pkt: tcp4(A, 40000, 8080, ACK),
             prog: established,
             active: 0,
@@ -133,7 +134,7 @@ fn main() {
         },
         Path {
             name: "  same, flow table off",
-            want: XDP_PASS,
+            want: Verdict::Pass.action(),
             pkt: tcp4(A, 40000, 8080, ACK),
             prog: prog(|c| c.flow_table = false),
             active: 0,
@@ -142,7 +143,7 @@ fn main() {
         },
         Path {
             name: "SYN admitted, default config, no pressure (capacity, flow insert)",
-            want: XDP_PASS,
+            want: Verdict::Pass.action(),
             pkt: syn.clone(),
             prog: prog(|c| c.pressure.mode = floodgate::config::PressureMode::Auto),
             active: 0,
@@ -152,7 +153,7 @@ fn main() {
         Path {
             // The global budget and per-source rate are high enough never to drop here.
             name: "SYN admitted under pressure (budget, bucket, capacity, flow insert)",
-            want: XDP_PASS,
+            want: Verdict::Pass.action(),
             pkt: syn.clone(),
             prog: prog(|c| {
                 c.pressure.mode = floodgate::config::PressureMode::Always;
@@ -168,7 +169,7 @@ fn main() {
         Path {
             // The global budget and per-source rate are high enough never to drop here.
             name: "random-source SYN admitted under pressure (bucket insert; single runs)",
-            want: XDP_PASS,
+            want: Verdict::Pass.action(),
             pkt: syn.clone(),
             prog: prog(|c| {
                 c.pressure.mode = floodgate::config::PressureMode::Always;
@@ -183,7 +184,7 @@ fn main() {
         },
         Path {
             name: "SYN admitted, rate limits off (capacity, flow insert)",
-            want: XDP_PASS,
+            want: Verdict::Pass.action(),
             pkt: syn.clone(),
             prog: prog(|c| {
                 c.syn_rate.per_source = 0;
@@ -195,7 +196,7 @@ fn main() {
         },
         Path {
             name: "SYN admitted, rate limits and flow table off",
-            want: XDP_PASS,
+            want: Verdict::Pass.action(),
             pkt: syn.clone(),
             prog: prog(|c| {
                 c.syn_rate.per_source = 0;
@@ -208,7 +209,7 @@ fn main() {
         },
         Path {
             name: "spoofed SYN dropped by the global budget (never inserted)",
-            want: XDP_DROP,
+            want: Verdict::Drop.action(),
             pkt: syn.clone(),
             prog: budget_empty,
             active: 0,
@@ -216,8 +217,8 @@ fn main() {
             random_sources: false,
         },
         Path {
-            name: "spoofed SYN answered with an XDP SYN cookie (XDP_TX)",
-            want: XDP_TX,
+            name: "spoofed SYN answered with an XDP SYN cookie (Verdict::Tx.action())",
+            want: Verdict::Tx.action(),
             pkt: syn.clone(),
             prog: cookies,
             active: 0,
@@ -226,7 +227,7 @@ fn main() {
         },
         Path {
             name: "  floor of single runs: non-TCP (UDP) pass",
-            want: XDP_PASS,
+            want: Verdict::Pass.action(),
             pkt: frame(&[], ETH_IP, &v4(A, DST4, PROTO_UDP, 0, 0, &udp(5353, 8080))),
             prog: prog(|_| {}),
             active: 0,
@@ -235,7 +236,7 @@ fn main() {
         },
         Path {
             name: "SYN dropped by source bucket",
-            want: XDP_DROP,
+            want: Verdict::Drop.action(),
             pkt: syn.clone(),
             prog: bucket_empty,
             active: 0,
@@ -244,7 +245,7 @@ fn main() {
         },
         Path {
             name: "SYN dropped by capacity",
-            want: XDP_DROP,
+            want: Verdict::Drop.action(),
             pkt: syn.clone(),
             prog: prog(|_| {}),
             active: 100,
