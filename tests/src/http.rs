@@ -33,12 +33,32 @@ pub fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// A port free on 127.0.0.1 right now.
+/// A port for a listener a test starts, free on 127.0.0.1 right now. Taken below the kernel's
+/// ephemeral range (`ip_local_port_range`), so none of the test's own outgoing connections (a
+/// load loop opens thousands) can be given it between this call and the bind, and never handed
+/// out twice by one test process. (floodgate binds its listeners itself, so the test cannot
+/// hold the socket for it; this makes the gap one no other part of the test can fall into.)
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    // 10000 up to the ephemeral range; each test binary starts at its own offset, so binaries
+    // run one after another do not walk the same ports while the last one's are in TIME_WAIT.
+    let (low, span) = (10_000, ephemeral_low.saturating_sub(10_000).max(1));
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Relaxed);
+        let Ok(port) = u16::try_from(low + (start + n) % span) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below {ephemeral_low}")
 }
 
 /// A plain HTTP/1.1 GET on a new connection (`Connection: close`); returns status and body.

@@ -350,7 +350,14 @@ fn a_certificate_replaced_on_disk_serves_new_connections_and_open_ones_continue(
     );
     // A broken certificate is refused and the last good one keeps serving.
     std::fs::write(other.join("tls.crt"), "not a certificate").unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    let refused = r#"floodgate_tls_certificate_reloads_total{listener="https",result="failed"}"#;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            http_get(s.admin, "a", "/metrics")
+                .is_ok_and(|(_, m)| metric(&m, refused).is_some_and(|n| n >= 1.0))
+        }),
+        "the broken certificate was not read"
+    );
     let out = s_client(s.addr, &["-servername", "renewed.example.org"]);
     assert!(
         out.lines()

@@ -148,13 +148,13 @@ async fn serve(
     let flows = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let (Some(a), Some(listener)) = (&cfg.admin, admin_listener) {
-        let sources = floodgate::metrics::Sources {
+        let sources = floodgate::admin::exposition::Sources {
             listeners: cfg
                 .listeners
                 .iter()
                 .zip(&shared)
                 .map(
-                    |(l, (ctx, active, _, _))| floodgate::metrics::ListenerSource {
+                    |(l, (ctx, active, _, _))| floodgate::admin::exposition::ListenerSource {
                         name: l.name.clone(),
                         source: Arc::new(floodgate::proxy::listener::server::Scrape {
                             ctx: ctx.clone(),

@@ -23,10 +23,10 @@ use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tracing::{debug, info, warn};
 
-use crate::{
-    config,
-    metrics::{self, Metrics, Sources},
-};
+pub mod exposition;
+
+use self::exposition::Sources;
+use crate::{config, metrics::Metrics};
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
@@ -71,7 +71,7 @@ async fn answer(
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            metrics::render(&admin.metrics, &admin.sources),
+            exposition::render(&admin.metrics, &admin.sources),
         ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     })

@@ -615,18 +615,18 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
     }
 }
 
-/// A listener as `/metrics` reads it at scrape time (`metrics::ScrapeSource`).
+/// A listener as `/metrics` reads it at scrape time (`admin::exposition::ScrapeSource`).
 pub struct Scrape {
     pub ctx: Arc<ListenerCtx>,
     pub active: Arc<Active>,
 }
 
-impl crate::metrics::ScrapeSource for Scrape {
+impl crate::admin::exposition::ScrapeSource for Scrape {
     fn active_connections(&self) -> u32 {
         self.active.get()
     }
 
-    fn backends(&self) -> Vec<crate::metrics::BackendGauges> {
+    fn backends(&self) -> Vec<crate::admin::exposition::BackendGauges> {
         let routing = self.ctx.routing();
         routing
             .backends()
@@ -634,7 +634,7 @@ impl crate::metrics::ScrapeSource for Scrape {
             .map(|b| {
                 let p = &b.pool;
                 let load = p.load();
-                crate::metrics::BackendGauges {
+                crate::admin::exposition::BackendGauges {
                     name: p.name.clone(),
                     active: load.active,
                     queued: load.queued,
@@ -645,7 +645,7 @@ impl crate::metrics::ScrapeSource for Scrape {
                     servers: p
                         .servers()
                         .iter()
-                        .map(|s| crate::metrics::ServerGauges {
+                        .map(|s| crate::admin::exposition::ServerGauges {
                             addr: s.addr,
                             active: s.active(),
                             maxconn: s.maxconn,
