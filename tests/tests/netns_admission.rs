@@ -817,7 +817,7 @@ backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
                 .map(|(ifname, reasons)| {
                     let mode = if *ifname == net.srv_if { "native" } else { "" };
                     let sample = format!(
-                        "floodgate_xdp_packets_total{{interface=\"{ifname}\",mode=\"{mode}\",reason=\"{name}\",action=\"{action}\"}}"
+                        "floodgate_xdp_packets_total{{action=\"{action}\",interface=\"{ifname}\",mode=\"{mode}\",reason=\"{name}\"}}"
                     );
                     let v = floodgate_tests::metric(&m, &sample)
                         .unwrap_or_else(|| panic!("no {sample} in\n{m}"));
