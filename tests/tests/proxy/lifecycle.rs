@@ -79,18 +79,32 @@ backends:
 fn sigterm_drains_requests_in_flight() {
     let p = free_port();
     let _o = origin(p, "slow");
-    let (mut fg, addr) = floodgate("drain.yaml", "", &format!("    servers: ['127.0.0.1:{p}']"));
+    let (admin_yaml, admin) = admin_listener();
+    let (mut fg, addr) = floodgate_with(
+        "drain.yaml",
+        "",
+        &format!("    servers: ['127.0.0.1:{p}']"),
+        &admin_yaml,
+    );
     assert!(wait_for_port(
         format!("127.0.0.1:{p}").parse().unwrap(),
         Duration::from_secs(5)
     ));
+    assert!(wait_for_port(admin, Duration::from_secs(10)));
     let inflight = std::thread::spawn(move || concurrent_gets(addr, "/delay/1500", 50));
-    std::thread::sleep(Duration::from_millis(500));
+    let all_in = r#"floodgate_backend_active_requests{backend="app"}"#;
+    assert!(
+        floodgate_tests::wait_until(Duration::from_secs(5), || {
+            scrape(admin, all_in).is_some_and(|n| n >= 40.0)
+        }),
+        "the requests are in flight (each holds its server 1.5 s)"
+    );
     let pid = i32::try_from(fg.child.as_ref().unwrap().id()).unwrap();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    std::thread::sleep(Duration::from_millis(200));
-    let refused = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err();
+    let refused = floodgate_tests::wait_until(Duration::from_secs(1), || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err()
+    });
     let statuses = inflight.join().unwrap();
     fg.stop();
     assert!(refused, "no new connections once draining");

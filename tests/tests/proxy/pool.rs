@@ -40,17 +40,25 @@ fn maxconn_server_is_never_exceeded_by_1000_concurrent_clients() {
 fn a_request_queued_past_timeout_queue_gets_503() {
     let p = free_port();
     let _o = origin(p, "slow");
-    let (_fg, addr) = floodgate(
+    let (admin_yaml, admin) = admin_listener();
+    let (_fg, addr) = floodgate_with(
         "queue.yaml",
         "timeouts: { queue: 500ms }",
         &format!("    maxconn-server: 1\n    servers: ['127.0.0.1:{p}']"),
+        &admin_yaml,
     );
     assert!(wait_for_port(
         format!("127.0.0.1:{p}").parse().unwrap(),
         Duration::from_secs(5)
     ));
+    assert!(wait_for_port(admin, Duration::from_secs(10)));
     let busy = std::thread::spawn(move || http_get(addr, "t", "/delay/2000"));
-    std::thread::sleep(Duration::from_millis(200));
+    let holding = r#"floodgate_backend_active_requests{backend="app"}"#;
+    assert!(
+        floodgate_tests::wait_until(Duration::from_secs(5), || scrape(admin, holding)
+            == Some(1.0)),
+        "the first request holds the only slot"
+    );
     let t = Instant::now();
     let (status, body) = http_get(addr, "t", "/queued").unwrap();
     let waited = t.elapsed();
