@@ -224,13 +224,7 @@ impl<'g> Session<'g> {
         let backend = match routed.to {
             request::route::Dest::Backend(b) => b,
             request::route::Dest::Redirect(d) => {
-                let host = req.uri().host().map(str::to_owned).or_else(|| {
-                    req.headers()
-                        .get(header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                        .map(|a| a.host().to_owned())
-                });
+                let host = request::redirect::host(req);
                 let origin = request::redirect::Origin {
                     host: host.as_deref(),
                     scheme: ctx.scheme,

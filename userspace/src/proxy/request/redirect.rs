@@ -26,13 +26,7 @@ pub fn to_https<B>(r: &config::RedirectToHttps, req: &Request<B>) -> Option<Resp
     {
         return None;
     }
-    let host = req.uri().host().map(str::to_owned).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.parse::<http::uri::Authority>().ok())
-            .map(|a| a.host().to_owned())
-    })?;
+    let host = host(req)?;
     let target = req
         .uri()
         .path_and_query()
@@ -78,6 +72,17 @@ enum PathChange {
         from: String,
         to: String,
     },
+}
+
+/// The request's host without its port: the absolute-form target's, else the Host header's.
+pub fn host<B>(req: &Request<B>) -> Option<String> {
+    req.uri().host().map(str::to_owned).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+            .map(|a| a.host().to_owned())
+    })
 }
 
 /// Where the request came in, for a redirect built from its own URL.
