@@ -5,6 +5,7 @@
 //! was accepted under.
 
 use std::{
+    collections::HashMap,
     net::IpAddr,
     sync::{Arc, OnceLock, atomic::AtomicU64},
     time::Duration,
@@ -75,13 +76,16 @@ impl Routing {
         let mut tasks = Vec::new();
         let mut pending = Vec::new();
         let (gate, opened) = tokio::sync::watch::channel(false);
+        // By name: with thousands of backends (cluster mode) a scan per backend or per route
+        // would be quadratic in every rebuild.
+        let previous_pools: HashMap<&str, &Arc<Pool>> = previous
+            .map(|p| p.backends.iter().map(|b| (b.name(), &b.pool)).collect())
+            .unwrap_or_default();
         for (index, (b, tls)) in cfg.backends.iter().zip(tls).enumerate() {
-            let reusable = previous.and_then(|p| {
-                p.backends
-                    .iter()
-                    .map(|x| &x.pool)
-                    .find(|x| x.same_settings(&b.name, b.balance, b.queue_timeout(t), b.queue_max))
-            });
+            let reusable = previous_pools
+                .get(b.name.as_str())
+                .copied()
+                .filter(|p| p.same_settings(&b.name, b.balance, b.queue_timeout(t), b.queue_max));
             let old = reusable.map(|p| p.servers()).unwrap_or_default();
             let servers = upstream::health::resolve(b, &old).await;
             let pool = match reusable {
@@ -114,10 +118,12 @@ impl Routing {
             backends.push(Arc::new(Backend::new(b, index, pool, dial, workers, t)));
         }
         tasks.push(spawn_reaper(backends.clone()));
+        let by_name: HashMap<&str, &Arc<Backend>> =
+            backends.iter().map(|b| (b.name(), b)).collect();
         let router = Router::with_users(
             &cfg.routes,
             &basic,
-            |name| backends.iter().find(|b| b.name() == name).cloned(),
+            |name| by_name.get(name).map(|b| Arc::clone(b)),
             |name| cfg.listeners.iter().position(|l| l.name == name),
         );
         Ok(Self {
