@@ -43,6 +43,11 @@ pub mod maps {
     /// carried a valid ISN or cookie, so they are not spoofed), with the CLOCK_MONOTONIC ns of
     /// the last one. Written by userspace; they skip the global SYN budget for `verified_ttl_s`.
     pub const VERIFIED: &str = "FG_VERIFIED";
+    /// `Array<u64, VERIFIED_FILTER_WORDS>`: a one-hash Bloom filter over [`VERIFIED`]'s
+    /// addresses (bit [`crate::verified_filter_bit`]), written by userspace before the entries
+    /// it covers. A clear bit proves a source unverified for the price of an array read, so
+    /// a spoofed flood's SYNs skip the LRU lookup; a set bit still asks [`VERIFIED`].
+    pub const VERIFIED_FILTER: &str = "FG_VERIFIED_BF";
     /// `PerCpuArray<Counter, MAX_IFACES * COUNTER_COUNT>`: packets and bytes per interface slot
     /// and [`crate::Reason`], at [`crate::stats_index`].
     pub const STATS: &str = "FG_STATS";
@@ -89,6 +94,7 @@ pub mod maps {
         TRUSTED_V4,
         TRUSTED_V6,
         KERNEL_SYN,
+        VERIFIED_FILTER,
     ];
 
     /// How the kernel stores a map (`bpf_map_type`).
@@ -158,7 +164,8 @@ pub mod maps {
     use super::{
         Bucket, COUNTER_COUNT, Capacity, Counter, DEFAULT_FLOWS, DEFAULT_SRC_BUCKETS,
         DEFAULT_VERIFIED, DestKey, FlowKey, FlowState, IFACE_BUCKETS, IfaceSlot, LISTENER_SLOTS,
-        ListenerCounters, MAX_CIDRS, MAX_DESTS, MAX_IFACES, MAX_LISTENERS, SrcKey, XdpConfig,
+        ListenerCounters, MAX_CIDRS, MAX_DESTS, MAX_IFACES, MAX_LISTENERS, SrcKey,
+        VERIFIED_FILTER_WORDS, XdpConfig,
     };
 
     /// Every map of the contract (the pinned ones, [`ALL`]).
@@ -222,6 +229,7 @@ pub mod maps {
         spec(TRUSTED_V4, Kind::LpmTrie, 8, 4, MAX_CIDRS),
         spec(TRUSTED_V6, Kind::LpmTrie, 20, 4, MAX_CIDRS),
         spec(KERNEL_SYN, Kind::Array, 4, 8, MAX_LISTENERS),
+        spec(VERIFIED_FILTER, Kind::Array, 4, 8, VERIFIED_FILTER_WORDS),
     ];
 
     /// The spec of map `name`.
@@ -507,6 +515,17 @@ pub struct XdpConfig {
     pub cookie_mss_v4: u16,
     pub cookie_mss_v6: u16,
     pub reserved: u32,
+    /// [`bucket_fill_ns`] of the per-source and of each CPU's global bucket: past this long
+    /// without a SYN a bucket is full, which the program checks without a division per SYN.
+    pub src_fill_ns: u64,
+    pub global_fill_ns: u64,
+}
+
+/// How long an empty token bucket of `burst` SYNs takes to fill at `rate` SYNs a second, in
+/// ns (a `rate` of 0 counts as 1).
+pub const fn bucket_fill_ns(rate: u32, burst: u32) -> u64 {
+    let rate = if rate == 0 { 1 } else { rate as u64 };
+    burst as u64 * NANOS / rate
 }
 
 /// `FlowState::flags`: the client sent FIN; its next packet (the last ACK) removes the flow.
@@ -515,12 +534,29 @@ pub const FLOW_CLOSING: u32 = 1 << 0;
 /// Default capacity of the verified-source LRU.
 pub const DEFAULT_VERIFIED: u32 = 65_536;
 
+/// Words of [`maps::VERIFIED_FILTER`]: 2^21 bits (256 KiB), so a full default verified table
+/// sets at most 3% of them, and at most 3% of a flood's unverified SYNs pay the LRU lookup.
+pub const VERIFIED_FILTER_WORDS: u32 = 1 << 15;
+
+/// An address's bit in [`maps::VERIFIED_FILTER`]: (word index, mask). `addr` is a
+/// [`SrcKey`]'s 16 bytes read as four native-endian `u32`s, as the program reads them. A
+/// multiplicative hash of the words' XOR: a few instructions, and its top bits (the ones used)
+/// mix every input bit.
+#[inline(always)]
+pub const fn verified_filter_bit(addr: [u32; 4]) -> (u32, u64) {
+    let h = (addr[0] ^ addr[1] ^ addr[2] ^ addr[3]).wrapping_mul(0x9E37_79B1);
+    (h >> 17, 1u64 << ((h >> 11) & 63))
+}
+
 /// Capacity of [`maps::DESTS`]: listeners times the node's addresses.
 pub const MAX_DESTS: u32 = 8_192;
 
 /// An address and port a listener takes connections on ([`maps::DESTS`]). IPv4 addresses are
 /// IPv4-mapped (`::ffff:a.b.c.d`), as the parser writes them.
-#[repr(C)]
+///
+/// 4-aligned (no padding: its size is a multiple of 4) so that the program builds it with
+/// word moves, not one byte at a time.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct DestKey {
@@ -578,7 +614,10 @@ pub struct Capacity {
 
 /// Key of a per-source SYN bucket: the source address masked to its prefix, IPv4 as
 /// `::ffff:a.b.c.d` so both families share one map.
-#[repr(C)]
+///
+/// 4-aligned (no padding: its size is a multiple of 4) so that the program builds it with
+/// word moves, not one byte at a time.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct SrcKey {
@@ -595,7 +634,10 @@ pub struct Bucket {
 }
 
 /// A flow of floodgate's own flow table; addresses as in [`SrcKey`], ports in host order.
-#[repr(C)]
+///
+/// 4-aligned (no padding: its size is a multiple of 4) so that the program builds it with
+/// word moves, not one byte at a time.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FlowKey {
@@ -681,12 +723,35 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        use core::mem::size_of;
+        use core::mem::{align_of, size_of};
         assert_eq!(size_of::<Counter>(), 16);
-        assert_eq!(size_of::<XdpConfig>(), 48);
+        assert_eq!(size_of::<XdpConfig>(), 64);
         assert_eq!(size_of::<ListenerKey>(), 4);
         assert_eq!(size_of::<Capacity>(), 16);
         assert_eq!(size_of::<FlowKey>(), 36);
         assert_eq!(size_of::<FlowState>(), 40);
+        // The keys the program builds with word moves: 4-aligned, and still unpadded.
+        assert_eq!((size_of::<DestKey>(), align_of::<DestKey>()), (20, 4));
+        assert_eq!((size_of::<SrcKey>(), align_of::<SrcKey>()), (16, 4));
+        assert_eq!(align_of::<FlowKey>(), 4);
+    }
+
+    #[test]
+    fn the_verified_filter_bit_is_in_range_and_spreads_ipv4_sources() {
+        let mut words = [0u32; VERIFIED_FILTER_WORDS as usize / 32];
+        for a in 0..4096u32 {
+            let addr = [
+                0,
+                0,
+                u32::from_ne_bytes([0, 0, 0xff, 0xff]),
+                (0x0a00_0000 | a).to_be(),
+            ];
+            let (w, mask) = verified_filter_bit(addr);
+            assert!(w < VERIFIED_FILTER_WORDS && mask.count_ones() == 1);
+            words[w as usize / 32] |= 1 << (w % 32);
+        }
+        // 4,096 neighbouring addresses land in more than 3,000 distinct words of 32,768.
+        let used: u32 = words.iter().map(|w| w.count_ones()).sum();
+        assert!(used > 3_000, "{used}");
     }
 }

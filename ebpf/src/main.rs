@@ -1,7 +1,9 @@
 //! floodgate's XDP program: connection admission in front of the kernel TCP stack.
 //!
 //! ```text
-//! parse -> listener port and address? --no--> PASS (SSH, kubelet, pods' traffic untouched)
+//! parse -> a listener's port? --no--> PASS (SSH, kubelet, most of a node's traffic)
+//!       -> addresses -> a flow in the table (not a SYN)? or a listener's address? --no-->
+//!          PASS (pods' traffic to the same port untouched)
 //!       -> CIDR deny / allow
 //!       -> not a SYN: count conntrack bypass, refresh or remove the flow -> PASS
 //!       -> SYN: under pressure (trusted / verified skip; global budget -> source bucket;
@@ -29,7 +31,7 @@ use floodgate_common::{
     FLAG_FLOW_TABLE, FLAG_PRESSURE, FLAG_SYN_COOKIES, FLAG_TRUSTED_V4, FLAG_TRUSTED_V6,
     FLOW_CLOSING, FlowKey, FlowState, IFACE_BUCKETS, IfaceSlot, KERNEL_COOKIE_FRESH_NS,
     LISTENER_SLOTS, ListenerCounters, ListenerId, ListenerKey, MAX_CIDRS, MAX_DESTS, MAX_IFACES,
-    MAX_LISTENERS, NANOS, Reason, SrcKey, XdpConfig,
+    MAX_LISTENERS, NANOS, Reason, SrcKey, VERIFIED_FILTER_WORDS, XdpConfig,
 };
 use parse::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp};
 
@@ -80,6 +82,8 @@ static FG_FLOWS: LruHashMap<FlowKey, FlowState, { DEFAULT_FLOWS as usize }, NO_C
     LruHashMap::new();
 #[btf_map]
 static FG_VERIFIED: LruHashMap<SrcKey, u64, { DEFAULT_VERIFIED as usize }> = LruHashMap::new();
+#[btf_map]
+static FG_VERIFIED_BF: Array<u64, { VERIFIED_FILTER_WORDS as usize }> = Array::new();
 #[btf_map]
 static FG_STATS: PerCpuArray<Counter, { (MAX_IFACES * COUNTER_COUNT) as usize }> =
     PerCpuArray::new();
@@ -177,25 +181,42 @@ fn judge(ctx: &XdpContext, len: u64, iface: u32) -> Reason {
     if !matches!(FG_LISTENERS.get(slot), Some(&on) if on != 0) {
         return Reason::PassNotListener;
     }
-    // The port is a listener's; the address must be one it listens on too.
-    let Some(listener) = dest_listener(tcp) else {
-        return Reason::PassNotListener;
-    };
-    if !tcp.header_complete {
+    if !parse::addresses(ctx, tcp) {
         return Reason::DropMalformed;
     }
     // A one-entry array always has its entry; read in place, not copied, to spare the stack.
     let Some(cfg) = FG_CONFIG.get(0) else {
         return Reason::PassNotListener;
     };
+    let syn = tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    // A packet of a flow in the table goes to a listener: flows are only inserted for SYNs to
+    // one. Its flow's lookup then stands in for the destination's, one hash lookup instead of
+    // two on the path most packets take.
+    let flow = if !syn && cfg.flags & FLAG_FLOW_TABLE != 0 {
+        FG_FLOWS.get_ptr_mut(flow_key(tcp))
+    } else {
+        None
+    };
+    let listener = match flow {
+        // SAFETY: LRU value valid for this run.
+        Some(f) => unsafe { (*f).listener },
+        // The port is a listener's; the address must be one it listens on too.
+        None => match dest_listener(tcp) {
+            Some(l) => l,
+            None => return Reason::PassNotListener,
+        },
+    };
+    if !tcp.header_complete {
+        return Reason::DropMalformed;
+    }
     if let Some(r) = cidr_verdict(tcp, cfg) {
         return r;
     }
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let reason = if tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+    let reason = if syn {
         admit_syn(ctx, tcp, cfg, listener, now, iface)
     } else {
-        established(tcp, cfg, len, now, iface);
+        established(tcp, cfg, flow, len, now, iface);
         Reason::PassEstablished
     };
     listener_count(listener, reason, len);
@@ -406,6 +427,7 @@ fn rate_limits(
             &mut *b,
             cfg.global_rate_per_cpu,
             cfg.global_burst_per_cpu,
+            cfg.global_fill_ns,
             now,
         ) >= NANOS
     });
@@ -426,7 +448,7 @@ fn rate_limits(
         // SAFETY: the LRU value stays valid for this program run. The read-modify-write is
         // not atomic across CPUs: a source whose SYNs land on N CPUs at the same instant may
         // be granted up to N-1 extra tokens, which is harmless for a rate limit.
-        if !unsafe { take_token(&mut *b, cfg.src_rate, cfg.src_burst, now) } {
+        if !unsafe { take_token(&mut *b, cfg.src_rate, cfg.src_burst, cfg.src_fill_ns, now) } {
             log_drop(ctx, tcp, Reason::DropSynRateSource, iface);
             return Err(Reason::DropSynRateSource);
         }
@@ -441,7 +463,7 @@ fn rate_limits(
             last_ns: now,
         };
         // The first SYN of a source always has a token (a burst is at least 1).
-        let _ = take_token(&mut b, cfg.src_rate, cfg.src_burst, now);
+        let _ = take_token(&mut b, cfg.src_rate, cfg.src_burst, cfg.src_fill_ns, now);
         // A full LRU evicts its oldest source; nothing to do on failure.
         let _ = FG_SRC_BUCKET.insert(key, b, 0);
     }
@@ -471,6 +493,13 @@ fn verified(tcp: &Tcp, cfg: &XdpConfig, now: u64) -> bool {
     if cfg.verified_ttl_s == 0 {
         return false;
     }
+    // SAFETY: `saddr` is at offset 0 of the 8-aligned `Tcp`: four aligned words.
+    let words = unsafe { *tcp.saddr.as_ptr().cast::<[u32; 4]>() };
+    let (word, mask) = floodgate_common::verified_filter_bit(words);
+    // Most of a random-source flood stops here, at an array read (`maps::VERIFIED_FILTER`).
+    if !FG_VERIFIED_BF.get(word).is_some_and(|w| w & mask != 0) {
+        return false;
+    }
     // SAFETY: a plain u64 read once.
     match unsafe { FG_VERIFIED.get(SrcKey { addr: tcp.saddr }) } {
         Some(&at) => now.saturating_sub(at) < u64::from(cfg.verified_ttl_s) * NANOS,
@@ -479,14 +508,14 @@ fn verified(tcp: &Tcp, cfg: &XdpConfig, now: u64) -> bool {
 }
 
 /// Refills `b` for the time since its last update; returns its tokens (in nanotokens).
+/// `fill_ns` is `bucket_fill_ns(rate, burst)`, from userspace.
 #[inline(always)]
-fn refill(b: &mut Bucket, rate: u32, burst: u32, now: u64) -> u64 {
+fn refill(b: &mut Bucket, rate: u32, burst: u32, fill_ns: u64, now: u64) -> u64 {
     let cap = u64::from(burst) * NANOS;
     let elapsed = now.saturating_sub(b.last_ns);
     // Past this much time the bucket is full anyway; checking first keeps elapsed * rate from
-    // overflowing after a long idle period.
-    let full_after = cap / u64::from(rate.max(1));
-    let tokens = if elapsed >= full_after {
+    // overflowing after a long idle period (elapsed * rate < burst * NANOS here).
+    let tokens = if elapsed >= fill_ns {
         cap
     } else {
         (b.tokens + elapsed * u64::from(rate)).min(cap)
@@ -498,8 +527,8 @@ fn refill(b: &mut Bucket, rate: u32, burst: u32, now: u64) -> u64 {
 
 /// Refills `b` and takes one token if there is one.
 #[inline(always)]
-fn take_token(b: &mut Bucket, rate: u32, burst: u32, now: u64) -> bool {
-    if refill(b, rate, burst, now) >= NANOS {
+fn take_token(b: &mut Bucket, rate: u32, burst: u32, fill_ns: u64, now: u64) -> bool {
+    if refill(b, rate, burst, fill_ns, now) >= NANOS {
         b.tokens -= NANOS;
         true
     } else {
@@ -539,13 +568,21 @@ fn flow_key(tcp: &Tcp) -> FlowKey {
     }
 }
 
+/// A packet of a connection: refreshes its flow (`flow`, looked up by `judge`), or removes it
+/// on RST and after the client's FIN.
 #[inline(always)]
-fn established(tcp: &Tcp, cfg: &XdpConfig, len: u64, now: u64, iface: u32) {
+fn established(
+    tcp: &Tcp,
+    cfg: &XdpConfig,
+    flow: Option<*mut FlowState>,
+    len: u64,
+    now: u64,
+    iface: u32,
+) {
     if cfg.flags & FLAG_FLOW_TABLE == 0 {
         return;
     }
-    let key = flow_key(tcp);
-    let Some(f) = FG_FLOWS.get_ptr_mut(key) else {
+    let Some(f) = flow else {
         count(iface, Reason::FlowMiss, len);
         return;
     };
@@ -555,7 +592,7 @@ fn established(tcp: &Tcp, cfg: &XdpConfig, len: u64, now: u64, iface: u32) {
     // The client's FIN is usually followed by its last ACK: keep the flow until then, so that
     // ACK is not mistaken for a packet of an unknown flow.
     if tcp.flags & TCP_RST != 0 || closing {
-        if FG_FLOWS.remove(key).is_ok() {
+        if FG_FLOWS.remove(flow_key(tcp)).is_ok() {
             count(iface, Reason::FlowRemoved, 0);
         }
         return;

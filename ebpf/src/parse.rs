@@ -25,12 +25,15 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 /// The TCP facts admission needs. Addresses are IPv6 or `::ffff:a.b.c.d`. Lives in a per-CPU
-/// map value (`FG_PACKET`), not on the stack: see [`parse`].
-#[repr(C)]
+/// map value (`FG_PACKET`), not on the stack: see [`parse`]. The addresses come first and the
+/// struct is 8-aligned, so they are written and copied into map keys as whole words (with
+/// 1-aligned fields LLVM moved them a byte at a time and called `memset` for the IPv4 prefix).
+#[repr(C, align(8))]
 pub struct Tcp {
-    pub family: u16,
+    /// Filled by [`addresses`], only for a packet to a listener's port.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
+    pub family: u16,
     pub sport: u16,
     pub dport: u16,
     pub flags: u8,
@@ -75,15 +78,49 @@ fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> 
     ptr_at::<[u8; N]>(ctx, offset).map(|p| unsafe { *p })
 }
 
+/// Writes `::ffff:a.b.c.d` as two 8-byte stores.
 #[inline(always)]
-fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-    ]
+fn set_v4_mapped(dst: *mut [u8; 16], a: [u8; 4]) {
+    let dst = dst.cast::<u64>();
+    // SAFETY: `dst` is `Tcp::saddr` or `Tcp::daddr`, at offsets 0 and 16 of an 8-aligned
+    // struct, so both words are in bounds and aligned.
+    unsafe {
+        dst.write(0);
+        dst.add(1).write(u64::from_ne_bytes([
+            0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+        ]));
+    }
 }
 
-/// Parses the frame in `ctx`; for TCP, fills `out`. The addresses are copied straight into
-/// `out` (a map value): built as local arrays, LLVM kept each address byte in a register and
+/// Copies the packet's addresses into `out`, after [`parse`] said it is TCP and the caller
+/// found a listener on its port: packets to other ports (most of a node's) never pay for the
+/// copy. `false` only if the headers `parse` checked are no longer there, which cannot happen.
+#[inline(always)]
+pub fn addresses(ctx: &XdpContext, out: &mut Tcp) -> bool {
+    // The mask gives the verifier the bound it lost when the offset went through the map
+    // value: the IP header starts at 14, 18 or 22 (two VLAN tags at most).
+    let l3 = (out.l3 & 0x1f) as usize;
+    if out.family == FAMILY_V4 {
+        let Some(a) = bytes_at::<8>(ctx, l3 + 12) else {
+            return false;
+        };
+        set_v4_mapped(&raw mut out.saddr, [a[0], a[1], a[2], a[3]]);
+        set_v4_mapped(&raw mut out.daddr, [a[4], a[5], a[6], a[7]]);
+    } else {
+        let Some(addrs) = ptr_at::<[u8; 32]>(ctx, l3 + 8) else {
+            return false;
+        };
+        // SAFETY: ptr_at checked all 32 bytes; byte copies need no alignment.
+        unsafe {
+            core::ptr::copy_nonoverlapping(addrs.cast::<u8>(), out.saddr.as_mut_ptr(), 16);
+            core::ptr::copy_nonoverlapping(addrs.cast::<u8>().add(16), out.daddr.as_mut_ptr(), 16);
+        }
+    }
+    true
+}
+
+/// Parses the frame in `ctx`; for TCP, fills `out` except its addresses (see [`addresses`]).
+/// `out` is a map value: built as local arrays, LLVM kept each header byte in a register and
 /// spilled it to a stack slot of its own, hundreds of bytes of the verifier's 512.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext, out: &mut Tcp) -> Parsed {
@@ -113,7 +150,8 @@ pub fn parse(ctx: &XdpContext, out: &mut Tcp) -> Parsed {
 
 #[inline(always)]
 fn parse_v4(ctx: &XdpContext, l3: usize, out: &mut Tcp) -> Parsed {
-    // Version/IHL, fragment field, protocol and both addresses are within the fixed 20 bytes.
+    // Version/IHL, fragment field, protocol and both addresses are within the fixed 20 bytes;
+    // the addresses are read later, by `addresses`.
     let Some(hdr) = bytes_at::<20>(ctx, l3) else {
         return Parsed::Malformed;
     };
@@ -127,32 +165,25 @@ fn parse_v4(ctx: &XdpContext, l3: usize, out: &mut Tcp) -> Parsed {
     if hdr[9] != IPPROTO_TCP {
         return Parsed::NotTcp;
     }
-    out.saddr = v4_mapped([hdr[12], hdr[13], hdr[14], hdr[15]]);
-    out.daddr = v4_mapped([hdr[16], hdr[17], hdr[18], hdr[19]]);
     parse_tcp(ctx, l3, l3 + ihl, FAMILY_V4, out)
 }
 
 #[inline(always)]
 fn parse_v6(ctx: &XdpContext, l3: usize, out: &mut Tcp) -> Parsed {
-    // The fixed header's first 8 bytes by value, the addresses copied memory to memory: read
-    // as one 40-byte value, LLVM kept its 32 address bytes in registers and spilled each to a
-    // stack slot of its own, 256 bytes of the verifier's 512.
+    // The fixed header's first 8 bytes by value; the addresses are copied later, memory to
+    // memory, by `addresses` (read as one 40-byte value, LLVM kept its 32 address bytes in
+    // registers and spilled each to a stack slot of its own, 256 bytes of the verifier's 512).
     let Some(hdr) = bytes_at::<8>(ctx, l3) else {
         return Parsed::Malformed;
     };
-    let Some(addrs) = ptr_at::<[u8; 32]>(ctx, l3 + 8) else {
+    if ptr_at::<[u8; 32]>(ctx, l3 + 8).is_none() {
         return Parsed::Malformed;
-    };
+    }
     if hdr[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
     let mut next = hdr[6];
     let mut off = l3 + 40;
-    // SAFETY: ptr_at checked all 32 bytes; byte copies need no alignment.
-    unsafe {
-        core::ptr::copy_nonoverlapping(addrs.cast::<u8>(), out.saddr.as_mut_ptr(), 16);
-        core::ptr::copy_nonoverlapping(addrs.cast::<u8>().add(16), out.daddr.as_mut_ptr(), 16);
-    }
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         let len = match next {
             IPPROTO_TCP => return parse_tcp(ctx, l3, off, FAMILY_V6, out),

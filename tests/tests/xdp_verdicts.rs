@@ -1025,6 +1025,84 @@ fn idle_flows_age_out_of_the_flow_table() {
     );
 }
 
+/// The Bloom filter in front of `FG_VERIFIED` (`maps::VERIFIED_FILTER`) follows the table: a
+/// source in the table but not in the filter (what a restart leaves: the table is reused, the
+/// filter starts empty) stays unseen until a rebuild from the table, which `Dataplane::start`
+/// does first; a rebuild once the source has expired clears its bit again.
+#[test]
+fn the_verified_filter_follows_the_verified_table() {
+    if !require_root("the_verified_filter_follows_the_verified_table") {
+        return;
+    }
+    // The global budget is per CPU: stay on one.
+    pin_to_cpu(0);
+    let mut xdp = TestProg::xdp_config();
+    xdp.pressure.mode = floodgate::config::PressureMode::Always;
+    xdp.syn_cookies = floodgate::config::SynCookies::Never;
+    xdp.syn_rate.global = floodgate::config::Budget::Fixed(cpus());
+    xdp.syn_rate.global_burst = cpus();
+    let mut prog = TestProg::load(&xdp, &["10.0.0.1:8080".parse().unwrap()]);
+    prog.publish(ListenerLoad {
+        id: 0,
+        active: 0,
+        maxconn: 10,
+        queue_room: u32::MAX,
+    });
+    // Whatever the budget holds (one SYN, or one more if a second passed) goes to another
+    // source first, so that A is judged against an empty budget.
+    let spend = |prog: &mut TestProg| {
+        for port in 0..2 {
+            prog.run(&tcp4([203, 0, 113, 9], 41000 + port, PORT, SYN));
+        }
+    };
+    let mut table: aya::maps::HashMap<_, floodgate_common::SrcKey, u64> =
+        aya::maps::HashMap::try_from(
+            prog.dp
+                .ebpf_mut()
+                .map_mut(floodgate_common::maps::VERIFIED)
+                .unwrap(),
+        )
+        .unwrap();
+    let key = floodgate_common::SrcKey {
+        addr: std::net::Ipv4Addr::from(A).to_ipv6_mapped().octets(),
+    };
+    table
+        .insert(key, floodgate::xdp::dataplane::monotonic_ns(), 0)
+        .unwrap();
+    spend(&mut prog);
+    assert_eq!(
+        prog.run(&syn4(A)),
+        Verdict::Drop.action(),
+        "in the table, not in the filter: unseen"
+    );
+    prog.dp
+        .refresh_verified_filter(Duration::from_secs(600))
+        .unwrap();
+    spend(&mut prog);
+    let before = prog.counters()[R::SynVerifiedBypass as usize].packets;
+    assert_eq!(
+        prog.run(&syn4(A)),
+        Verdict::Pass.action(),
+        "seen after the rebuild"
+    );
+    assert_eq!(
+        prog.counters()[R::SynVerifiedBypass as usize].packets,
+        before + 1
+    );
+    // A rebuild with a TTL A has outlived clears its bit, though the program's own TTL
+    // (verified-ttl, 600 s) would still take the table's entry.
+    std::thread::sleep(Duration::from_millis(20));
+    prog.dp
+        .refresh_verified_filter(Duration::from_millis(10))
+        .unwrap();
+    spend(&mut prog);
+    assert_eq!(
+        prog.run(&syn4(A)),
+        Verdict::Drop.action(),
+        "expired from the filter"
+    );
+}
+
 /// The flow table is walked and trimmed in batches of 4,096: ten thousand flows age out in a
 /// few syscalls, and a key that is gone by the time of the delete is skipped, not an error.
 #[test]

@@ -6,6 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::xdp::verified::VerifiedFilter;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, LpmTrie, MapData, MapInfo, lpm_trie::Key},
@@ -128,6 +129,9 @@ pub struct Dataplane {
     pressure: Pressured,
     /// Whether XDP may answer with SYN cookies, and the sysctl held for it.
     cookies: Cookies,
+    /// `FG_VERIFIED_BF` as written, and when it was last rebuilt from `FG_VERIFIED`.
+    verified_filter: VerifiedFilter,
+    filter_rebuilt: Option<std::time::Instant>,
 }
 
 /// The kernel side of XDP SYN cookies (`syncookies.rs`).
@@ -163,6 +167,8 @@ impl Dataplane {
             cfg: None,
             pressure: Pressured::default(),
             cookies,
+            verified_filter: VerifiedFilter::default(),
+            filter_rebuilt: None,
         }
     }
 
@@ -232,6 +238,9 @@ impl Dataplane {
             crate::xdp::syncookies::reset_leftover();
         }
         dp.configure(cfg, binds)?;
+        // A reused FG_VERIFIED keeps its sources across the restart; the filter in front of it
+        // is new and empty until rebuilt, and would hide them.
+        dp.rebuild_verified_filter(cfg.verified_ttl.0)?;
         dp.attach(cfg)?;
         dp.map_iface_slots()?;
         dp.write_attach_file();
@@ -533,21 +542,7 @@ impl Dataplane {
         // most: negligible against an idle timeout of minutes.
         let now = monotonic_ns();
         let idle = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
-        let map = self.ebpf.map(maps::FLOWS).ok_or(DataplaneError::Missing {
-            what: "map",
-            name: maps::FLOWS,
-        })?;
-        let fd = match map {
-            aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) => {
-                std::os::fd::AsFd::as_fd(d.fd())
-            }
-            _ => {
-                return Err(DataplaneError::Missing {
-                    what: "hash map",
-                    name: maps::FLOWS,
-                });
-            }
-        };
+        let fd = self.hash_fd(maps::FLOWS)?;
         let mut seen = 0u64;
         let mut stale = Vec::new();
         crate::xdp::batch::for_each::<floodgate_common::FlowKey, floodgate_common::FlowState>(
@@ -566,20 +561,87 @@ impl Dataplane {
         })
     }
 
-    /// Marks sources the kernel accepted connections from as verified (not spoofed).
+    /// The fd of hash map `name`, for batched walks.
+    fn hash_fd(&self, name: &'static str) -> Result<std::os::fd::BorrowedFd<'_>, DataplaneError> {
+        match self.ebpf.map(name) {
+            Some(aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d)) => {
+                Ok(std::os::fd::AsFd::as_fd(d.fd()))
+            }
+            Some(_) => Err(DataplaneError::Missing {
+                what: "hash map",
+                name,
+            }),
+            None => Err(DataplaneError::Missing { what: "map", name }),
+        }
+    }
+
+    /// Marks sources the kernel accepted connections from as verified (not spoofed). Their
+    /// filter bits are written first: an entry the filter does not cover would be invisible.
     pub fn verify(
         &mut self,
         sources: impl IntoIterator<Item = IpAddr>,
     ) -> Result<(), DataplaneError> {
-        let mut map: aya::maps::HashMap<_, SrcKey, u64> = self.map_mut(maps::VERIFIED)?;
-        let now = monotonic_ns();
-        for ip in sources {
-            let addr = match ip {
+        let addrs: Vec<[u8; 16]> = sources
+            .into_iter()
+            .map(|ip| match ip {
                 IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
                 IpAddr::V6(a) => a.octets(),
-            };
+            })
+            .collect();
+        if addrs.is_empty() {
+            return Ok(());
+        }
+        let changed: Vec<(u32, u64)> = addrs
+            .iter()
+            .filter_map(|a| self.verified_filter.insert(a))
+            .collect();
+        self.write_filter_words(&changed)?;
+        let mut map: aya::maps::HashMap<_, SrcKey, u64> = self.map_mut(maps::VERIFIED)?;
+        let now = monotonic_ns();
+        for addr in addrs {
             map.insert(SrcKey { addr }, now, 0)
                 .map_err(map_err(maps::VERIFIED))?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds `FG_VERIFIED_BF` from `FG_VERIFIED`'s live entries once per `ttl`, so that the
+    /// bits of expired and evicted sources do not pile up into a filter that passes everything.
+    pub fn refresh_verified_filter(
+        &mut self,
+        ttl: std::time::Duration,
+    ) -> Result<(), DataplaneError> {
+        if self.filter_rebuilt.is_some_and(|at| at.elapsed() < ttl) {
+            return Ok(());
+        }
+        self.rebuild_verified_filter(ttl)
+    }
+
+    fn rebuild_verified_filter(&mut self, ttl: std::time::Duration) -> Result<(), DataplaneError> {
+        let now = monotonic_ns();
+        let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+        let fd = self.hash_fd(maps::VERIFIED)?;
+        let mut live = Vec::new();
+        crate::xdp::batch::for_each::<SrcKey, u64>(fd, |k, at| {
+            if now.saturating_sub(*at) < ttl_ns {
+                live.push(k.addr);
+            }
+        })?;
+        let changed = self.verified_filter.rebuild(&live);
+        self.write_filter_words(&changed)?;
+        self.filter_rebuilt = Some(std::time::Instant::now());
+        Ok(())
+    }
+
+    fn write_filter_words(&mut self, words: &[(u32, u64)]) -> Result<(), DataplaneError> {
+        if words.is_empty() {
+            return Ok(());
+        }
+        let mut filter: Array<_, u64> = self.map_mut(maps::VERIFIED_FILTER)?;
+        for (i, w) in words {
+            filter
+                .set(*i, *w, 0)
+                .map_err(map_err(maps::VERIFIED_FILTER))?;
         }
         Ok(())
     }
@@ -932,12 +994,14 @@ fn xdp_config(cfg: &config::Xdp, p: Pressured, cookies: bool) -> XdpConfig {
         // One second's worth of burst.
         config::Budget::Auto => (p.auto_global, p.auto_global),
     };
+    // The global budget is split evenly: each CPU keeps its own bucket, no locking.
+    let (global_rate_per_cpu, global_burst_per_cpu) =
+        (global.div_ceil(ncpus), global_burst.div_ceil(ncpus));
     XdpConfig {
         src_rate: s.per_source,
         src_burst: s.per_source_burst,
-        // The global budget is split evenly: each CPU keeps its own bucket, no locking.
-        global_rate_per_cpu: global.div_ceil(ncpus),
-        global_burst_per_cpu: global_burst.div_ceil(ncpus),
+        global_rate_per_cpu,
+        global_burst_per_cpu,
         src_prefix_v4: s.source_prefix_v4,
         src_prefix_v6: s.source_prefix_v6,
         fail_open_after_ns: u64::try_from(cfg.fail_open_after.0.as_nanos()).unwrap_or(u64::MAX),
@@ -946,6 +1010,8 @@ fn xdp_config(cfg: &config::Xdp, p: Pressured, cookies: bool) -> XdpConfig {
         cookie_mss_v4: mss_v4,
         cookie_mss_v6: mss_v6,
         reserved: 0,
+        src_fill_ns: floodgate_common::bucket_fill_ns(s.per_source, s.per_source_burst),
+        global_fill_ns: floodgate_common::bucket_fill_ns(global_rate_per_cpu, global_burst_per_cpu),
     }
 }
 
@@ -1076,6 +1142,7 @@ pub struct VerifiedSources {
     rx: tokio::sync::mpsc::Receiver<IpAddr>,
     recent: std::collections::HashMap<IpAddr, std::time::Instant>,
     refresh: std::time::Duration,
+    ttl: std::time::Duration,
 }
 
 /// Peers queued between two ticks at most; more are dropped and caught on a later connection.
@@ -1093,6 +1160,7 @@ impl VerifiedSources {
                 rx,
                 recent: std::collections::HashMap::new(),
                 refresh: ttl / 4,
+                ttl,
             },
             tx,
         ))
@@ -1117,6 +1185,7 @@ impl VerifiedSources {
             self.recent
                 .retain(|_, at| now.duration_since(*at) < refresh);
         }
-        dp.verify(fresh)
+        dp.verify(fresh)?;
+        dp.refresh_verified_filter(self.ttl)
     }
 }
