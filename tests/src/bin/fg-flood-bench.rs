@@ -9,11 +9,13 @@
 //! (1 s) that request latency hides. The attacker is capped by a `tc` token bucket at the same
 //! packet rate for every proxy (a proxy that serves less would otherwise leave an uncapped
 //! attacker more CPU), and the rate it reached is printed beside every figure. Floods: random
-//! spoofed sources (198.18.0.0/15), and one spoofed source. HAProxy and floodgate without XDP
-//! get a pass-only XDP program on the server's veths, so that every subject receives through
-//! the veth's NAPI path as floodgate's program puts it on (`PLAIN_VETH=1`: without). Everything
-//! is bounded in time and
-//! count and goes only to the namespaces' own addresses.
+//! spoofed sources (198.18.0.0/15), one spoofed source, and a control: the same flood sent
+//! into a sink inside the attacker's namespace, which reaches no server and shows what the
+//! rig itself takes from the legitimate load. HAProxy and floodgate without XDP get a
+//! pass-only XDP program on the server's veths, so that every subject receives through the
+//! veth's NAPI path as floodgate's program puts it on (`PLAIN_VETH=1`: without). Knobs:
+//! `FLOOD_PPS`, `REPEATS`, `WINDOW_S` (4), `FLOODS` (a comma list of the flood names).
+//! Everything is bounded in time and count and goes only to the namespaces' own addresses.
 
 #![allow(
     clippy::unwrap_used,
@@ -36,7 +38,6 @@ use floodgate_tests::{
     send_frames, start_floodgate, temp_file, wait_until,
 };
 
-const WINDOW: Duration = Duration::from_secs(4);
 const CLIENTS: usize = 4;
 /// Frames per batch handed to the attacker's socket.
 const BATCH: u32 = 5_000;
@@ -53,14 +54,22 @@ enum Flood {
     None,
     Random,
     OneSource,
+    /// A control: the random-source flood at the same cap, sent into a veth pair inside the
+    /// attacker's namespace, so none of it reaches the server. What this costs the legitimate
+    /// load (the attacker's sends and their softirq share the 2 vCPUs with the clients and
+    /// the origin) is the rig's own share of every flood window, whatever the server does.
+    Sink,
 }
 
 impl Flood {
+    const ALL: [Flood; 4] = [Flood::None, Flood::Random, Flood::OneSource, Flood::Sink];
+
     fn name(self) -> &'static str {
         match self {
             Flood::None => "none",
             Flood::Random => "random-source",
             Flood::OneSource => "one-source",
+            Flood::Sink => "sink (control)",
         }
     }
 }
@@ -243,29 +252,57 @@ fn sh(cmd: &mut Command) {
 fn main() {
     let pps: u64 = env("FLOOD_PPS", 30_000);
     let repeats: usize = env("REPEATS", 3);
+    let window = Duration::from_secs(env("WINDOW_S", 4));
+    // FLOODS=none,random-source,one-source,sink: the windows to run (all by default).
+    let floods: Vec<Flood> = match std::env::var("FLOODS") {
+        Ok(list) => Flood::ALL
+            .into_iter()
+            .filter(|f| list.split(',').any(|w| f.name().starts_with(w.trim())))
+            .collect(),
+        Err(_) => Flood::ALL.to_vec(),
+    };
     let net = NetPair::new("b", 210);
     let atk = ThirdNs::new(&net, 210);
+    // The sink control's veth pair, both ends in the attacker's namespace (removed with it).
+    let sink = format!("{}s", atk.atk_if);
+    sh(Command::new("ip").args([
+        "-n",
+        &atk.ns,
+        "link",
+        "add",
+        &sink,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("{sink}p"),
+    ]));
+    for dev in [sink.clone(), format!("{sink}p")] {
+        sh(Command::new("ip").args(["-n", &atk.ns, "link", "set", &dev, "up"]));
+    }
     // The attacker's packet rate, capped: a SYN frame is 54 bytes (64 on the wire with the
     // veth's accounting of the Ethernet header, counted generously).
     let rate_bits = pps * 64 * 8;
-    sh(Command::new("ip").args([
-        "netns",
-        "exec",
-        &atk.ns,
-        "tc",
-        "qdisc",
-        "replace",
-        "dev",
-        &atk.atk_if,
-        "root",
-        "tbf",
-        "rate",
-        &format!("{rate_bits}bit"),
-        "burst",
-        "64kb",
-        "latency",
-        "20ms",
-    ]));
+    for dev in [&atk.atk_if, &sink] {
+        sh(Command::new("ip").args([
+            "netns",
+            "exec",
+            &atk.ns,
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            dev,
+            "root",
+            "tbf",
+            "rate",
+            &format!("{rate_bits}bit"),
+            "burst",
+            "64kb",
+            "latency",
+            "20ms",
+        ]));
+    }
     // Packets to the server on CPU 0, as the proxy is: a NIC queue's interrupt core.
     for dev in [&net.srv_if, &atk.srv_if] {
         let _ = Command::new("ip")
@@ -366,14 +403,18 @@ fn main() {
             let mut proxy = start(subject, &net, &atk);
             for keepalive in [false, true] {
                 let mut base = 0.0;
-                for flood in [Flood::None, Flood::Random, Flood::OneSource] {
+                for &flood in &floods {
                     let stop = Arc::new(AtomicBool::new(false));
                     let flooder = (flood != Flood::None).then(|| {
                         let (stop, frames, ns, dev) = (
                             stop.clone(),
                             frames(flood),
                             atk.ns.clone(),
-                            atk.atk_if.clone(),
+                            if flood == Flood::Sink {
+                                sink.clone()
+                            } else {
+                                atk.atk_if.clone()
+                            },
                         );
                         std::thread::spawn(move || {
                             let (t, mut sent) = (Instant::now(), 0u64);
@@ -390,11 +431,11 @@ fn main() {
                     if flooder.is_some() {
                         std::thread::sleep(Duration::from_millis(500));
                     }
-                    let probing = probe(&net.cli, addr, Instant::now() + WINDOW);
+                    let probing = probe(&net.cli, addr, Instant::now() + window);
                     let (ok, failed, lat) = if keepalive {
-                        keepalive_load(&net.cli, addr, WINDOW)
+                        keepalive_load(&net.cli, addr, window)
                     } else {
-                        load(&net.cli, addr, WINDOW)
+                        load(&net.cli, addr, window)
                     };
                     let probe_p99 = p99(probing.join().unwrap());
                     stop.store(true, Ordering::Relaxed);
@@ -402,7 +443,7 @@ fn main() {
                         let (sent, took) = f.join().unwrap();
                         sent as f64 / took.as_secs_f64()
                     });
-                    let rps = ok as f64 / WINDOW.as_secs_f64();
+                    let rps = ok as f64 / window.as_secs_f64();
                     if flood == Flood::None {
                         base = rps;
                     }
@@ -429,7 +470,7 @@ fn main() {
     }
     println!(
         "({CLIENTS} clients from one address, a new connection per request or one kept-alive \
-         connection each, {WINDOW:?} windows; \
+         connection each, {window:?} windows; \
          attacker capped at {pps} pps by tc tbf; floodgate on its default config; \
          the others with a pass-only XDP program on the server's veths: {})",
         !plain_veth
