@@ -203,13 +203,16 @@ pub fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
     mac
 }
 
-/// Sends raw Ethernet frames out of `dev` in namespace `ns` (AF_PACKET); returns how many the
-/// kernel accepted. The caller bounds the count; frames go only to the test's own veth peer.
-pub fn send_frames(ns: &str, dev: &str, frames: Vec<Vec<u8>>) -> u64 {
-    let dev = dev.to_owned();
-    in_netns(ns, move || {
-        let cdev = std::ffi::CString::new(dev.clone()).expect("dev name");
-        // SAFETY: plain socket calls on values we own; the fd is closed below.
+/// An AF_PACKET socket sending raw frames out of one interface of the current namespace.
+struct PacketSocket {
+    fd: i32,
+    addr: libc::sockaddr_ll,
+}
+
+impl PacketSocket {
+    fn open(dev: &str) -> Self {
+        let cdev = std::ffi::CString::new(dev).expect("dev name");
+        // SAFETY: plain socket calls on values we own; the fd is closed on drop.
         unsafe {
             let ifindex = libc::if_nametoindex(cdev.as_ptr());
             assert!(ifindex != 0, "no interface {dev}");
@@ -227,29 +230,87 @@ pub fn send_frames(ns: &str, dev: &str, frames: Vec<Vec<u8>>) -> u64 {
             addr.sll_family = libc::AF_PACKET as u16;
             addr.sll_ifindex = ifindex as i32;
             addr.sll_halen = 6;
-            let mut sent = 0;
-            for f in &frames {
-                // A full socket buffer (ENOBUFS) is back-pressure, not loss: wait and retry,
-                // a bounded number of times.
-                for _ in 0..1000 {
-                    let rc = libc::sendto(
-                        fd,
-                        f.as_ptr().cast(),
-                        f.len(),
-                        0,
-                        (&raw const addr).cast(),
-                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                    );
-                    if rc == f.len() as isize {
-                        sent += 1;
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_micros(50));
-                }
-            }
-            libc::close(fd);
-            sent
+            Self { fd, addr }
         }
+    }
+
+    /// Sends `f`; a full socket buffer or queue (ENOBUFS) is back-pressure, not loss: waits
+    /// and retries, a bounded number of times. Whether the kernel took it.
+    fn send(&self, f: &[u8]) -> bool {
+        for _ in 0..1000 {
+            // SAFETY: a valid fd and address; `f` outlives the call.
+            let rc = unsafe {
+                libc::sendto(
+                    self.fd,
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    (&raw const self.addr).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            if rc == f.len() as isize {
+                return true;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        false
+    }
+}
+
+impl Drop for PacketSocket {
+    fn drop(&mut self) {
+        // SAFETY: our own fd, closed once.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+/// Sends raw Ethernet frames out of `dev` in namespace `ns` (AF_PACKET); returns how many the
+/// kernel accepted. The caller bounds the count; frames go only to the test's own veth peer.
+pub fn send_frames(ns: &str, dev: &str, frames: Vec<Vec<u8>>) -> u64 {
+    let dev = dev.to_owned();
+    in_netns(ns, move || {
+        let sock = PacketSocket::open(&dev);
+        frames.iter().filter(|f| sock.send(f)).count() as u64
+    })
+}
+
+/// Sends `frames` round-robin out of `dev` in namespace `ns` at `pps`, a batch every
+/// millisecond, until `stop` is set or `max` has passed; returns the frames sent and the time
+/// taken. Paced by the sender rather than by a token bucket alone: a qdisc throttling a sender
+/// that is always ahead of it wakes on a timer for nearly every frame, which costs a VM an exit
+/// each, and that cost lands on whatever the flood is measured against.
+pub fn send_frames_paced(
+    ns: &str,
+    dev: &str,
+    frames: std::sync::Arc<Vec<Vec<u8>>>,
+    pps: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    max: Duration,
+) -> (u64, Duration) {
+    let dev = dev.to_owned();
+    in_netns(ns, move || {
+        let sock = PacketSocket::open(&dev);
+        let start = std::time::Instant::now();
+        let (mut sent, mut tried, mut next) = (0u64, 0u64, 0usize);
+        let tick = Duration::from_millis(1);
+        let mut due = start;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && start.elapsed() < max {
+            // Frames owed by now at `pps`, so a late tick catches up instead of losing rate.
+            let owed = (start.elapsed().as_secs_f64() * pps as f64) as u64;
+            while tried < owed && !frames.is_empty() {
+                if sock.send(&frames[next]) {
+                    sent += 1;
+                }
+                tried += 1;
+                next = (next + 1) % frames.len();
+            }
+            due += tick;
+            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        (sent, start.elapsed())
     })
 }
 
