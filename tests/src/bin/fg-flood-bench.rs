@@ -6,9 +6,9 @@
 //! packets are processed on its CPU 0 with the proxy (as a NIC queue would). The legitimate
 //! load is `CLIENTS` threads opening a new connection per request from one address; a light
 //! probe (one connection every 20 ms) measures connect time, which shows SYN retransmissions
-//! (1 s) that request latency hides. The attacker is capped by a `tc` token bucket at the same
-//! packet rate for every proxy (a proxy that serves less would otherwise leave an uncapped
-//! attacker more CPU), and the rate it reached is printed beside every figure. Floods: random
+//! (1 s) that request latency hides. The attacker paces itself at the same packet rate for
+//! every proxy under a `tc` token bucket cap (a proxy that serves less would otherwise leave an
+//! uncapped attacker more CPU), and the rate it reached is printed beside every figure. Floods: random
 //! spoofed sources (198.18.0.0/15), one spoofed source, and a control: the same flood sent
 //! into a sink inside the attacker's namespace, which reaches no server and shows what the
 //! rig itself takes from the legitimate load. HAProxy and floodgate without XDP get a
