@@ -356,7 +356,8 @@ impl Control<'_> {
             error!(error = %e, "cannot publish verified sources to XDP");
         }
         if let Some(m) = k.monitor.as_mut() {
-            watch_pressure(m, dp, &self.metrics);
+            let new_sources = k.verified.as_ref().map(VerifiedSources::new_sources);
+            watch_pressure(m, dp, new_sources, &self.metrics);
         }
     }
 
@@ -734,6 +735,7 @@ async fn drain(
 fn watch_pressure(
     m: &mut floodgate::xdp::pressure::Monitor,
     dp: &mut Dataplane,
+    new_sources: Option<u64>,
     metrics: &floodgate::metrics::Metrics,
 ) {
     use floodgate::xdp::pressure::{Change, Sample};
@@ -757,6 +759,7 @@ fn watch_pressure(
         accepted: server::ACCEPTED.load(std::sync::atomic::Ordering::Relaxed),
         kernel: floodgate::xdp::pressure::kernel_signs(dp.kernel_cookies_held()),
         over_budget,
+        new_sources,
     };
     let state = match m.tick(sample) {
         None => return,

@@ -535,13 +535,18 @@ xdp:
   enabled: {xdp}
   interfaces: [{a}, {b}]
   mode: native
-  pin-dir: {pin_dir}
+  pin-dir: {pin_dir}{extra}
 listeners: [{{ name: http, bind: '0.0.0.0:8080', default-backend: origin }}]
 backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
 ",
                 a = net.srv_if,
                 b = atk.srv_if,
-                srv = net.srv_v4
+                srv = net.srv_v4,
+                // XDP_EXTRA: more `xdp:` keys, for experiments away from the default config
+                // (`XDP_EXTRA='syn-cookies: never'`); a run with it is not a default-config run.
+                extra = std::env::var("XDP_EXTRA")
+                    .map(|e| format!("\n  {e}"))
+                    .unwrap_or_default()
             );
             if xdp {
                 let p = start_floodgate(&net.srv, "flood-bench.yaml", &yaml, &pin_dir);

@@ -420,8 +420,9 @@ pub struct SynRate {
     pub source_prefix_v4: u32,
     pub source_prefix_v6: u32,
     pub source_table_size: u32,
-    /// SYNs per second for the whole node under pressure: `auto` (twice the connections per
-    /// second the node accepted at its busiest in the minute before), a number, or 0 (off).
+    /// SYNs per second for the whole node under pressure: `auto` (twice, at the busiest
+    /// second of the minute before, the connections from new sources, or all connections when
+    /// verified sources do not skip the budget), a number, or 0 (off).
     pub global: Budget,
     /// The bucket of a fixed `global` budget; `auto` takes one second's worth.
     pub global_burst: u32,

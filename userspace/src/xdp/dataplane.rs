@@ -1143,6 +1143,8 @@ pub struct VerifiedSources {
     recent: std::collections::HashMap<IpAddr, std::time::Instant>,
     refresh: std::time::Duration,
     ttl: std::time::Duration,
+    /// Sources seen for the first time (not in `recent`), since start.
+    new_sources: u64,
 }
 
 /// Peers queued between two ticks at most; more are dropped and caught on a later connection.
@@ -1161,19 +1163,28 @@ impl VerifiedSources {
                 recent: std::collections::HashMap::new(),
                 refresh: ttl / 4,
                 ttl,
+                new_sources: 0,
             },
             tx,
         ))
+    }
+
+    /// Sources the proxy accepted a connection from for the first time, as far as its memory
+    /// of recent sources goes, since start: the SYNs a global budget must leave room for,
+    /// since verified sources skip it.
+    pub fn new_sources(&self) -> u64 {
+        self.new_sources
     }
 
     pub fn flush(&mut self, dp: &mut Dataplane) -> Result<(), DataplaneError> {
         let now = std::time::Instant::now();
         let mut fresh = Vec::new();
         while let Ok(ip) = self.rx.try_recv() {
-            let due = self
-                .recent
-                .get(&ip)
-                .is_none_or(|at| now.duration_since(*at) >= self.refresh);
+            let seen = self.recent.get(&ip);
+            if seen.is_none() {
+                self.new_sources += 1;
+            }
+            let due = seen.is_none_or(|at| now.duration_since(*at) >= self.refresh);
             if due {
                 self.recent.insert(ip, now);
                 fresh.push(ip);

@@ -11,9 +11,11 @@
 //!   overflows and SYN queue drops (`/proc/net/netstat`, in floodgate's network namespace).
 //!
 //! The limits stay engaged `hold` after the last sign. An `auto` global budget is set at
-//! engagement to twice the connections per second the node accepted at its busiest in the
-//! minute before (at least 1,000), so it follows what the node can actually accept. Every
-//! engagement and release is logged and counted.
+//! engagement to twice the busiest second of the minute before (at least 1,000 SYNs a second)
+//! of what the budget will have to admit: new sources' connections when verified sources skip
+//! the budget (`verified-ttl` above 0, the default), every accepted connection otherwise. So it
+//! follows what the node's clients need, and a flood gets no more than that into the kernel.
+//! Every engagement and release is logged and counted.
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +40,9 @@ pub struct Sample {
     pub kernel: Option<u64>,
     /// SYNs the global budget refused (dropped or answered with an XDP cookie), since load.
     pub over_budget: u64,
+    /// Sources accepted for the first time, since start (`VerifiedSources::new_sources`);
+    /// `None` when verified sources do not skip the budget.
+    pub new_sources: Option<u64>,
 }
 
 /// A change of state, for the caller to publish, log and count.
@@ -52,8 +57,9 @@ pub struct Monitor {
     hold: Duration,
     last: Option<Sample>,
     engaged_until: Option<Instant>,
-    /// (when, accepted per second) of recent ticks while not engaged.
-    accepted_rates: std::collections::VecDeque<(Instant, f64)>,
+    /// (when, SYNs per second the budget would have had to admit) of recent ticks while not
+    /// engaged: new sources' connections, or all accepted ones (`Sample::new_sources`).
+    budgeted_rates: std::collections::VecDeque<(Instant, f64)>,
 }
 
 impl Monitor {
@@ -64,7 +70,7 @@ impl Monitor {
             hold: p.hold.0,
             last: None,
             engaged_until: None,
-            accepted_rates: std::collections::VecDeque::new(),
+            budgeted_rates: std::collections::VecDeque::new(),
         })
     }
 
@@ -85,32 +91,38 @@ impl Monitor {
             (Some(a), Some(b)) => a.saturating_sub(b),
             _ => 0,
         };
+        let budgeted = match (now.new_sources, last.new_sources) {
+            (Some(a), Some(b)) => a.saturating_sub(b) as f64 / dt,
+            _ => accepted,
+        };
         let unanswered = (syns - accepted).max(0.0);
-        // The budget is twice the node's busiest accepted rate: going over it is pressure too,
-        // and the only sign left once XDP answers the flood with cookies.
+        // Going over the budget is pressure too, and the only sign left once XDP answers the
+        // flood with cookies.
         let over_budget = now.over_budget > last.over_budget;
         let sign = kernel > 0
             || over_budget
             || unanswered > f64::from(self.unanswered_rate).max(accepted / 2.0);
         if !self.engaged() {
-            self.accepted_rates.push_back((now.at, accepted));
+            self.budgeted_rates.push_back((now.at, budgeted));
         }
         while self
-            .accepted_rates
+            .budgeted_rates
             .front()
             .is_some_and(|(at, _)| now.at.saturating_duration_since(*at) > PEAK_WINDOW)
         {
-            self.accepted_rates.pop_front();
+            self.budgeted_rates.pop_front();
         }
         match (sign, self.engaged_until) {
             (true, None) => {
                 self.engaged_until = Some(now.at + self.hold);
                 let peak = self
-                    .accepted_rates
+                    .budgeted_rates
                     .iter()
                     .map(|(_, r)| *r)
                     .fold(0.0, f64::max);
-                // Twice the busiest second: room for growth, none for a flood.
+                // Twice the busiest second: room for growth, none for a flood. Beyond it a SYN
+                // is answered with an XDP cookie where that is on, so a new client the budget
+                // has no room for still connects (without window scaling and SACK).
                 let auto_global = (peak * 2.0).min(f64::from(u32::MAX)) as u32;
                 let p = Pressured {
                     engaged: true,
@@ -184,6 +196,7 @@ mod tests {
             accepted,
             kernel: Some(kernel),
             over_budget: 0,
+            new_sources: None,
         }
     }
 
@@ -237,6 +250,34 @@ mod tests {
             (56..=58).contains(&i),
             "released at tick {i}, 10 s after the last sign"
         );
+    }
+
+    #[test]
+    fn with_verified_sources_the_budget_follows_new_sources_not_every_connection() {
+        let (mut m, t0) = (monitor(), Instant::now());
+        // 8,000 connections a second from sources already verified, 600 a second from new
+        // ones; then a flood.
+        let (mut syns, mut accepted, mut new) = (0, 0, 0);
+        for i in 0..16u64 {
+            (syns, accepted, new) = (syns + 2_000, accepted + 2_000, new + 150);
+            let s = Sample {
+                new_sources: Some(new),
+                ..at(t0, i * 250, syns, accepted, 0)
+            };
+            assert_eq!(m.tick(s), None);
+        }
+        syns += 2_000 + 7_500;
+        accepted += 2_000;
+        let s = Sample {
+            new_sources: Some(new + 150),
+            ..at(t0, 16 * 250, syns, accepted, 0)
+        };
+        match m.tick(s) {
+            Some(Change::Engaged(p)) => {
+                assert_eq!(p.auto_global, 1_200, "twice the 600 new sources a second");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
