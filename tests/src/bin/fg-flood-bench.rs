@@ -15,7 +15,8 @@
 //! pass-only XDP program on the server's veths, so that every subject receives through the
 //! veth's NAPI path as floodgate's program puts it on (`PLAIN_VETH=1`: without). Knobs:
 //! `FLOOD_PPS`, `REPEATS`, `WINDOW_S` (4), `FLOODS` (a comma list of the flood names),
-//! `ATTACKER_SCHED=normal` (the attacker's thread is SCHED_IDLE by default: see `main`).
+//! `ATTACKER_SCHED=normal` (the attacker's thread is SCHED_IDLE by default: see `main`),
+//! `RIG=nic` (each side's receive path pinned to its own CPU: see `main`).
 //! Everything is bounded in time and count and goes only to the namespaces' own addresses.
 
 #![allow(
@@ -336,6 +337,26 @@ fn main() {
     // The client's veth takes XDP's SYN-cookie answers as a NIC's peer would (see
     // attach_xdp_pass); the attacker's does not need to.
     floodgate_tests::attach_xdp_pass(&net.cli, &net.cli_if);
+    // RIG=nic: each side's receive path on its own CPU, as NICs on two machines would run it.
+    // A veth runs its peer's NAPI poll (and an XDP program in it) on the CPU that sent the
+    // frame; threaded NAPI with its kthread pinned moves it: the server's veths to CPU 0 with
+    // the proxy, the client's and the attacker's to CPU 1, where this process (clients, probe,
+    // attacker) and the origin then stay.
+    let nic_rig = std::env::var("RIG").is_ok_and(|v| v == "nic");
+    if nic_rig {
+        floodgate_tests::attach_xdp_pass(&atk.ns, &atk.atk_if);
+        assert!(
+            pin_napi(&net.cli, &net.cli_if, 1),
+            "threaded NAPI on {}",
+            net.cli_if
+        );
+        assert!(
+            pin_napi(&atk.ns, &atk.atk_if, 1),
+            "threaded NAPI on {}",
+            atk.atk_if
+        );
+        floodgate_tests::pin_to_cpu(1);
+    }
     let _origin = Proc::spawn(
         "fg-origin",
         NetPair::exec(&net.srv, bin("fg-origin"))
@@ -412,6 +433,12 @@ fn main() {
                 )
             });
             let mut proxy = start(subject, &net, &atk);
+            if nic_rig {
+                // After the attach: an XDP program is what gives a veth its NAPI.
+                for dev in [&net.srv_if, &atk.srv_if] {
+                    assert!(pin_napi(&net.srv, dev, 0), "threaded NAPI on {dev}");
+                }
+            }
             for keepalive in [false, true] {
                 let mut base = 0.0;
                 for &flood in &floods {
@@ -594,6 +621,35 @@ backends: [{{ name: origin, servers: ['{srv}:9101'] }}]
             ready(p)
         }
     }
+}
+
+/// Makes `dev`'s NAPI threaded and pins its kernel thread(s) to `cpu`; whether it found one.
+fn pin_napi(ns: &str, dev: &str, cpu: u32) -> bool {
+    let threaded = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c"])
+        .arg(format!("echo 1 > /sys/class/net/{dev}/threaded"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !threaded {
+        return false;
+    }
+    // The kthread is `napi/<dev>-<id>`, its name cut to the kernel's 15 bytes.
+    let prefix: String = format!("napi/{dev}-").chars().take(15).collect();
+    let mut found = false;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) else {
+            continue;
+        };
+        if comm.trim_end().starts_with(&prefix) {
+            found |= Command::new("taskset")
+                .args(["-p", "-c", &cpu.to_string()])
+                .arg(entry.file_name())
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        }
+    }
+    found
 }
 
 /// The proxy on CPU 0, with the server's packet processing.
