@@ -16,7 +16,7 @@
 //! veth's NAPI path as floodgate's program puts it on (`PLAIN_VETH=1`: without). Knobs:
 //! `FLOOD_PPS`, `REPEATS`, `WINDOW_S` (4), `FLOODS` (a comma list of the flood names),
 //! `ATTACKER_SCHED=normal` (the attacker's thread is SCHED_IDLE by default: see `main`),
-//! `RIG=nic` (each side's receive path pinned to its own CPU: see `main`).
+//! `RIG=veth` (without pinning each side's receive path to its own CPU: see `main`).
 //! Everything is bounded in time and count and goes only to the namespaces' own addresses.
 
 #![allow(
@@ -337,12 +337,13 @@ fn main() {
     // The client's veth takes XDP's SYN-cookie answers as a NIC's peer would (see
     // attach_xdp_pass); the attacker's does not need to.
     floodgate_tests::attach_xdp_pass(&net.cli, &net.cli_if);
-    // RIG=nic: each side's receive path on its own CPU, as NICs on two machines would run it.
+    // Each side's receive path on its own CPU, as NICs on two machines would run it (RIG=veth:
+    // without, the rig of the runs before 2026-12-07 02:08).
     // A veth runs its peer's NAPI poll (and an XDP program in it) on the CPU that sent the
     // frame; threaded NAPI with its kthread pinned moves it: the server's veths to CPU 0 with
     // the proxy, the client's and the attacker's to CPU 1, where this process (clients, probe,
     // attacker) and the origin then stay.
-    let nic_rig = std::env::var("RIG").is_ok_and(|v| v == "nic");
+    let nic_rig = std::env::var("RIG").map_or(true, |v| v != "veth");
     if nic_rig {
         floodgate_tests::attach_xdp_pass(&atk.ns, &atk.atk_if);
         assert!(
