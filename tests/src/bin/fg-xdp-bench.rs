@@ -73,27 +73,11 @@ fn main() {
     bucket_empty.run(&syn);
     // A spoofed source under pressure with the global budget spent: the same packet repeated
     // stays unknown (a SYN the budget drops is never inserted), as a random source would.
-    let mut budget_empty = prog(|c| {
-        c.pressure.mode = floodgate::config::PressureMode::Always;
-        c.syn_cookies = floodgate::config::SynCookies::Never;
-        c.syn_rate.global = floodgate::config::Budget::Fixed(1);
-        c.syn_rate.global_burst = 1;
-    });
-    budget_empty.publish(ListenerLoad {
-        id: 0,
-        active: 0,
-        maxconn: 100,
-        queue_room: u32::MAX,
-    });
     // Another source spends the budget; the measured source is then dropped by it on its very
-    // first SYN, every time.
-    budget_empty.run(&tcp4(B, 40000, 8080, SYN));
-    budget_empty.run(&tcp4(B, 40001, 8080, SYN));
-    // Random sources under the same spent budget, first with no verified source, then with a
-    // full default verified table (65,536 sources the proxy accepted, 10.0.0.0/16): the
-    // filter in front of it (`maps::VERIFIED_FILTER`) has 3% of its bits set, and the sources
-    // that hit one pay the LRU lookup.
-    let random_drop = |verified: bool| {
+    // first SYN, every time. `verified`: with a full default verified table (65,536 sources
+    // the proxy accepted, 10.0.0.0/16): the filter in front of it (`maps::VERIFIED_FILTER`)
+    // has 3% of its bits set, and the sources that hit one pay the LRU lookup.
+    let spent_budget = |verified: bool| {
         let mut p = prog(|c| {
             c.pressure.mode = floodgate::config::PressureMode::Always;
             c.syn_cookies = floodgate::config::SynCookies::Never;
@@ -117,6 +101,7 @@ fn main() {
         p.run(&tcp4(B, 40001, 8080, SYN));
         p
     };
+    let budget_empty = spent_budget(false);
     // The same with cookies on (the default): the first SYN reaches the kernel, the measured
     // one is answered with a SYN-ACK from XDP.
     let mut cookies = prog(|c| {
@@ -248,7 +233,7 @@ fn main() {
             name: "random-source SYN dropped by the global budget (single runs)",
             want: Verdict::Drop.action(),
             pkt: syn.clone(),
-            prog: random_drop(false),
+            prog: spent_budget(false),
             active: 0,
             single: true,
             random_sources: true,
@@ -257,7 +242,7 @@ fn main() {
             name: "  same, 65,536 verified sources (single runs)",
             want: Verdict::Drop.action(),
             pkt: syn.clone(),
-            prog: random_drop(true),
+            prog: spent_budget(true),
             active: 0,
             single: true,
             random_sources: true,
