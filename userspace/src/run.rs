@@ -670,6 +670,7 @@ fn spawn_workers(
                 timeouts: cfg.global.timeouts.clone(),
                 limits: cfg.global.limits.clone(),
                 http2: cfg.global.http2.clone(),
+                http1_engine: cfg.global.http1_engine == floodgate::config::Http1Engine::Floodgate,
                 verified: verified_tx.cloned(),
                 tls: tls.clone(),
             })

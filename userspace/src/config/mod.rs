@@ -207,6 +207,20 @@ pub struct Global {
     pub forward_path: ForwardPath,
     /// Bounds on each client HTTP/2 connection.
     pub http2: Http2,
+    /// What serves client HTTP/1.1: floodgate's own engine, or hyper for every request.
+    pub http1_engine: Http1Engine,
+}
+
+/// `global.http1-engine`: what serves client HTTP/1.1 connections (`proxy::h1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Http1Engine {
+    /// floodgate's own, which leaves to hyper what it does not serve (HTTP/1.0, chunked request
+    /// bodies, upgrades, `Expect`, malformed heads).
+    #[default]
+    Floodgate,
+    /// hyper for every request, as before the engine: a way back without a new build.
+    Hyper,
 }
 
 /// `global.http2`: what one client HTTP/2 connection may hold. HAProxy's defaults (100
@@ -286,6 +300,7 @@ impl Default for Global {
             limits: Limits::default(),
             forward_path: ForwardPath::default(),
             http2: Http2::default(),
+            http1_engine: Http1Engine::default(),
         }
     }
 }

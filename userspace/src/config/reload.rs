@@ -82,6 +82,9 @@ pub fn check(new: &Config, current: &Config) -> Result<(), ReloadError> {
     if new.global.http2 != current.global.http2 {
         fixed.push("global.http2");
     }
+    if new.global.http1_engine != current.global.http1_engine {
+        fixed.push("global.http1-engine");
+    }
     if new.global.forward_path != current.global.forward_path {
         fixed.push("global.forward-path");
     }

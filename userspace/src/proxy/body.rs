@@ -10,3 +10,15 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 /// Response bodies on their way to the client.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// A client's request body as the proxy takes it: hyper's (HTTP/2, and HTTP/1.1 where the
+/// engine hands a connection to hyper) or the HTTP/1.1 engine's (`proxy/h1`).
+pub trait ClientBody:
+    hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static
+{
+}
+
+impl<T> ClientBody for T where
+    T: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static
+{
+}

@@ -1,7 +1,9 @@
 //! The L7 proxy, in the order a connection meets it:
 //!
 //! - `listener/`: accept, connection limits, PROXY protocol, TLS passthrough and `mode: tcp`
-//!   (`server.rs` drives each connection; hyper serves HTTP/1.1 and HTTP/2 on it).
+//!   (`server.rs` drives each connection).
+//! - `h1/`: floodgate's own HTTP/1.1 server side; hyper serves HTTP/2 and what `h1` leaves
+//!   to it (HTTP/1.0, chunked request bodies, upgrades, `Expect`, malformed heads).
 //! - `session.rs`: one request's phases over its per-request context (`Session`):
 //!   `request_filter` -> `upstream_request` -> `forward` -> `response_filter` -> `logging`.
 //!   The module doc lists what each phase decides.
@@ -16,6 +18,7 @@
 pub mod body;
 pub mod error;
 pub mod generation;
+pub mod h1;
 pub mod listener;
 pub mod request;
 pub mod session;

@@ -31,6 +31,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::Incoming;
+
+use super::body::ClientBody;
 use tracing::debug;
 
 use super::{
@@ -73,10 +75,10 @@ impl Conn {
 }
 
 /// One request, start to end: the phases below in order, over one `Session`.
-pub async fn handle(
+pub async fn handle<B: ClientBody>(
     ctx: Arc<ListenerCtx>,
     conn: Arc<Conn>,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     // In flight until the response body is sent (see timeout.rs).
     let guard = conn.inflight.start();
@@ -160,9 +162,9 @@ enum Decision<'g> {
 
 impl<'g> Session<'g> {
     /// Phases 1 to 4; an error from any of them is answered by `logging`.
-    async fn proxy(
+    async fn proxy<B: ClientBody>(
         &mut self,
-        mut req: Request<Incoming>,
+        mut req: Request<B>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (backend, routed, authorized) = match self.request_filter(&mut req).await? {
             Decision::Answer(resp) => return Ok(resp),
@@ -199,9 +201,9 @@ impl<'g> Session<'g> {
     }
 
     /// Phase 1: whether the request goes on, and to which backend.
-    async fn request_filter(
+    async fn request_filter<B>(
         &mut self,
-        req: &mut Request<Incoming>,
+        req: &mut Request<B>,
     ) -> Result<Decision<'g>, ProxyError> {
         let (ctx, generation) = (self.ctx, self.generation);
         if let Some(r) = &generation.redirect
@@ -268,9 +270,9 @@ impl<'g> Session<'g> {
     }
 
     /// Phase 2: the request as the backend gets it.
-    fn upstream_request(
+    fn upstream_request<B: ClientBody>(
         &mut self,
-        req: Request<Incoming>,
+        req: Request<B>,
         backend: &Backend,
         routed: &request::route::Routed<'g, Arc<Backend>>,
         authorized: Vec<(HeaderName, HeaderValue)>,
@@ -461,7 +463,7 @@ struct Trace {
 }
 
 /// 414 and 413 here; 431 (too many or too large headers) is hyper's, from the same limits.
-fn check_limits(l: &config::Limits, req: &Request<Incoming>) -> Result<(), ProxyError> {
+fn check_limits<B>(l: &config::Limits, req: &Request<B>) -> Result<(), ProxyError> {
     let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if len > l.max_uri_bytes {
         return Err(ProxyError::UriTooLong {
@@ -480,9 +482,9 @@ fn check_limits(l: &config::Limits, req: &Request<Incoming>) -> Result<(), Proxy
     Ok(())
 }
 
-fn route<'g>(
+fn route<'g, B>(
     ctx: &'g Generation,
-    req: &Request<Incoming>,
+    req: &Request<B>,
     client: std::net::IpAddr,
 ) -> Result<request::route::Routed<'g, Arc<Backend>>, ProxyError> {
     let host = req
@@ -561,7 +563,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// An HTTP/1.1 `Connection: upgrade` request with an `Upgrade` header: its protocol.
-fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
     let wants = req.version() == http::Version::HTTP_11
         && req
             .headers()
@@ -587,11 +589,11 @@ struct Client<'a> {
 
 /// The request with its hop-by-hop headers stripped and the forwarding headers added, its
 /// path rewritten. `h2`: the backend is `proto: h2` (`TE: trailers` is kept for it).
-fn upstream_request(
+fn upstream_request<B: ClientBody>(
     ctx: &ListenerCtx,
     conn: &Conn,
     client: &Client<'_>,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     h2: bool,
     routed: &request::route::Routed<'_, Arc<Backend>>,
 ) -> Result<Upstream, ProxyError> {

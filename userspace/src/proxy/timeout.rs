@@ -92,6 +92,10 @@ const REQUEST_TIMEOUT: &[u8] =
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expired {
     HttpRequest,
+    /// No byte of a first request within `timeout http-request`: closed without a 408, as
+    /// the client may be a probe or a preconnect, and not counted (as before the HTTP/1.1
+    /// engine, when hyper's own header timer closed these).
+    FirstRequest,
     KeepAlive,
     Client,
 }
@@ -180,8 +184,11 @@ impl<T> Timed<T> {
                 };
                 (self.h2_idle.0 + wait, Expired::KeepAlive)
             }
-            // Before the first request, hyper's header timer governs; after, the keep-alive.
-            _ if !in_flight && served > 0 => (self.last + l.keep_alive, Expired::KeepAlive),
+            // Before the first request's first byte: as long as a request header may take
+            // (HAProxy's `timeout http-request` runs from the accept), then a silent close,
+            // as hyper's header timer closed it. After a request, the keep-alive.
+            _ if !in_flight && served == 0 => (self.last + l.http_request, Expired::FirstRequest),
+            _ if !in_flight => (self.last + l.keep_alive, Expired::KeepAlive),
             _ => (self.last + l.client, Expired::Client),
         };
         if self.h2 == Some(true) && in_flight {
@@ -253,6 +260,7 @@ impl<T> Timed<T> {
         if let Some(c) = &self.counters {
             match which {
                 Expired::HttpRequest => c.http_request.inc(),
+                Expired::FirstRequest => {}
                 Expired::KeepAlive => c.keep_alive.inc(),
                 Expired::Client => c.client.inc(),
             }
@@ -290,6 +298,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Timed<T> {
                 Some(Expired::KeepAlive) => Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "timeout http-keep-alive",
+                ))),
+                Some(Expired::FirstRequest) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "timeout http-request: no request",
                 ))),
                 Some(Expired::Client) => Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,

@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 use crate::config::{self, Timeouts};
 use crate::proxy::{
     generation::{Carry, ListenerCtx},
+    h1,
     listener::passthrough,
     session::{Conn, handle},
 };
@@ -108,6 +109,8 @@ pub struct Serve {
     pub timeouts: Timeouts,
     pub limits: crate::config::Limits,
     pub http2: crate::config::Http2,
+    /// HTTP/1.1 served by `proxy::h1` (else by hyper).
+    pub http1_engine: bool,
     /// Peers of accepted connections, for the XDP verified-source table (None without XDP).
     pub verified: Option<tokio::sync::mpsc::Sender<std::net::IpAddr>>,
     /// TLS termination, for TLS listeners.
@@ -122,6 +125,8 @@ struct Http {
     conn: Arc<Conn>,
     limits: crate::proxy::timeout::Limits,
     counters: Option<crate::metrics::TimeoutCounters>,
+    /// `Some` when `proxy::h1` serves HTTP/1.1 (not for a TLS connection that chose `h2`).
+    h1: Option<h1::Limits>,
 }
 
 /// Serves HTTP/1.1 and HTTP/2 on one accepted connection, plain or TLS, under the client-side
@@ -130,24 +135,47 @@ struct Http {
 /// GOAWAY, counted as `http2_rapid_reset`.
 async fn serve_http<I>(
     io: I,
+    stop: watch::Receiver<bool>,
+    builder: &auto::Builder<TokioExecutor>,
+    ctx: Arc<ListenerCtx>,
+    conn: Arc<Conn>,
+    (limits, counters): (
+        crate::proxy::timeout::Limits,
+        Option<crate::metrics::TimeoutCounters>,
+    ),
+    h1: Option<h1::Limits>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+{
+    let rapid_reset = counters.as_ref().map(|c| c.rapid_reset.clone());
+    let io = crate::proxy::timeout::Timed::new(io, conn.inflight.clone(), limits, counters);
+    let Some(h1) = h1 else {
+        return serve_hyper(io, stop, builder, ctx, conn, rapid_reset).await;
+    };
+    match h1::serve(io, &stop, &ctx, &conn, h1).await? {
+        h1::Ended::Closed => Ok(()),
+        h1::Ended::Hyper { io, read } => {
+            let io = passthrough::Prefixed::new(read.to_vec(), io);
+            serve_hyper(io, stop, builder, ctx, conn, rapid_reset).await
+        }
+    }
+}
+
+/// hyper serving the connection: HTTP/2, and HTTP/1.1 where the engine is off or left it.
+async fn serve_hyper<I>(
+    io: I,
     mut stop: watch::Receiver<bool>,
     builder: &auto::Builder<TokioExecutor>,
     ctx: Arc<ListenerCtx>,
     conn: Arc<Conn>,
-    limits: crate::proxy::timeout::Limits,
-    counters: Option<crate::metrics::TimeoutCounters>,
+    rapid_reset: Option<prometheus::IntCounter>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let rapid_reset = counters.as_ref().map(|c| c.rapid_reset.clone());
     let peer = conn.peer;
-    let io = TokioIo::new(crate::proxy::timeout::Timed::new(
-        io,
-        conn.inflight.clone(),
-        limits,
-        counters,
-    ));
+    let io = TokioIo::new(io);
     let resets = Arc::new(Resets::new(ctx.h2_max_resets));
     let r = resets.clone();
     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -259,6 +287,11 @@ impl Drop for Cancelled {
     }
 }
 
+/// Whether the client chose HTTP/2 by ALPN: hyper serves it.
+fn chose_h2<S>(stream: &tokio_rustls::server::TlsStream<S>) -> bool {
+    stream.get_ref().1.alpn_protocol() == Some(b"h2")
+}
+
 /// The TLS handshake under `handshake-timeout`, counted by result, version and cipher; `None`
 /// when it failed (the connection is dropped).
 async fn handshake<S>(
@@ -366,6 +399,7 @@ async fn serve_carried(
         conn,
         limits,
         counters,
+        h1,
     } = http;
     // The client's address and the one it connected to, for `send-proxy`.
     let ends = match destination.or_else(|| stream.local_addr().ok()) {
@@ -416,7 +450,10 @@ async fn serve_carried(
     };
     let stream = passthrough::Prefixed::new(hello, stream);
     match handshake(&tls, stream, &ctx, peer).await {
-        Some(stream) => serve_http(stream, stop, &builder, ctx, conn, limits, counters).await,
+        Some(stream) => {
+            let h1 = h1.filter(|_| !chose_h2(&stream));
+            serve_http(stream, stop, &builder, ctx, conn, (limits, counters), h1).await
+        }
         None => Ok(()),
     }
 }
@@ -541,6 +578,10 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
             http_request: s.timeouts.http_request.0,
         };
         let (stop, builder, tls) = (shutdown.clone(), builder.clone(), s.tls.clone());
+        let h1 = s.http1_engine.then_some(h1::Limits {
+            max_headers: s.limits.max_header_count,
+            max_head_bytes: s.limits.max_header_bytes,
+        });
         let counters = counters.clone();
         tokio::spawn(async move {
             let _permit = (permit, listener_permit);
@@ -570,13 +611,13 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                 destination.map(|d| d.port()),
                 Arc::new(crate::proxy::timeout::InFlight::default()),
             );
+            let timed = (limits, counters);
             let served = match (tls, accepting.carry) {
-                (None, None) => {
-                    serve_http(stream, stop, &builder, ctx, conn, limits, counters).await
-                }
+                (None, None) => serve_http(stream, stop, &builder, ctx, conn, timed, h1).await,
                 (Some(tls), None) => match handshake(&tls, stream, &ctx, peer).await {
                     Some(stream) => {
-                        serve_http(stream, stop, &builder, ctx, conn, limits, counters).await
+                        let h1 = h1.filter(|_| !chose_h2(&stream));
+                        serve_http(stream, stop, &builder, ctx, conn, timed, h1).await
                     }
                     None => return,
                 },
@@ -584,6 +625,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                     // Boxed: this path's state (the ClientHello buffer above all) would
                     // otherwise size every connection's task, HTTP ones included.
                     let addrs = (peer, client, destination);
+                    let (limits, counters) = timed;
                     let http = Http {
                         stop,
                         builder,
@@ -591,6 +633,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                         conn,
                         limits,
                         counters,
+                        h1,
                     };
                     Box::pin(serve_carried(stream, tls, carry, addrs, http)).await
                 }

@@ -1,0 +1,238 @@
+//! A request head, parsed by `httparse` from the connection's buffer and taken by the engine
+//! only when its framing is plain: anything else is `Decline`d, and hyper, which floodgate
+//! served every HTTP/1.1 request with before, answers it exactly as it did (its 400s and 431s,
+//! `Expect: 100-continue`, upgrades, chunked bodies, HTTP/1.0).
+//!
+//! So the engine is never less strict than hyper: it accepts a subset of what hyper accepts,
+//! with the same meaning (`httparse` with hyper's request settings, the same `http` types
+//! built from the same bytes), and `tests` plus the differential fuzz target check that.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Uri, Version, header};
+
+/// Header slots on the stack; a config allowing more parses on the heap.
+const STACK_HEADERS: usize = 128;
+
+/// What the buffer holds.
+#[derive(Debug)]
+pub enum Parsed {
+    /// A complete head the engine serves, `len` bytes long.
+    Head(Head),
+    /// Not yet a complete head.
+    Partial,
+    /// A head (or bytes) the engine leaves to hyper, and why (for the debug log and tests).
+    Decline(&'static str),
+}
+
+/// A request head: where its parts are in the buffer, so the request is built from the same
+/// bytes without copying them (`into_parts`).
+#[derive(Debug)]
+pub struct Head {
+    pub len: usize,
+    method: Method,
+    target: Range<usize>,
+    headers: Vec<(HeaderName, Range<usize>)>,
+    /// `Content-Length`, when the request has one.
+    pub body: Option<u64>,
+    /// The client asked to close after this request (`Connection: close`).
+    pub close: bool,
+}
+
+/// Parses the head at the start of `buf`, at most `max_headers` fields.
+pub fn parse(buf: &[u8], max_headers: usize) -> Parsed {
+    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    let mut heap;
+    let slots: &mut [httparse::Header<'_>] = if max_headers <= STACK_HEADERS {
+        &mut stack[..max_headers]
+    } else {
+        heap = vec![httparse::EMPTY_HEADER; max_headers];
+        &mut heap
+    };
+    let mut req = httparse::Request::new(slots);
+    // hyper's request settings are httparse's defaults: no obs-fold, no spaces before the
+    // colon, single spaces in the request line.
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Decline("malformed head"),
+    };
+    if req.version != Some(1) {
+        return Parsed::Decline("HTTP/1.0");
+    }
+    let (Some(method), Some(path)) = (req.method, req.path) else {
+        return Parsed::Decline("no request line");
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Decline("bad method");
+    };
+    if method == Method::CONNECT {
+        return Parsed::Decline("CONNECT");
+    }
+    let mut head = Head {
+        len,
+        method,
+        target: offset(buf, path.as_bytes()),
+        headers: Vec::with_capacity(req.headers.len()),
+        body: None,
+        close: false,
+    };
+    for h in req.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            return Parsed::Decline("bad field name");
+        };
+        match name {
+            // Chunked bodies (and every other coding) stay with hyper for now; so do
+            // `Expect: 100-continue` and upgrades, whose answers hyper writes itself.
+            header::TRANSFER_ENCODING => return Parsed::Decline("transfer-encoding"),
+            header::EXPECT => return Parsed::Decline("expect"),
+            header::UPGRADE => return Parsed::Decline("upgrade"),
+            header::CONTENT_LENGTH => {
+                if head.body.is_some() {
+                    return Parsed::Decline("repeated content-length");
+                }
+                match content_length(h.value) {
+                    Some(n) => head.body = Some(n),
+                    None => return Parsed::Decline("bad content-length"),
+                }
+            }
+            header::CONNECTION => {
+                head.close |= h
+                    .value
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            }
+            _ => {}
+        }
+        head.headers.push((name, offset(buf, h.value)));
+    }
+    Parsed::Head(head)
+}
+
+impl Head {
+    pub fn is_head(&self) -> bool {
+        self.method == Method::HEAD
+    }
+
+    /// The request's parts, built over `raw` (the head's bytes, split off the buffer): the
+    /// target and the field values are slices of it. `None` when a part is not what the
+    /// `http` types accept (the caller then hands the connection to hyper, which answers it).
+    pub fn into_parts(self, raw: &Bytes) -> Option<http::request::Parts> {
+        let target = raw.get(self.target.clone())?;
+        let uri = Uri::from_maybe_shared(raw.slice_ref(target)).ok()?;
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.method = self.method;
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        parts.headers.reserve(self.headers.len());
+        for (name, at) in self.headers {
+            let value = raw.get(at)?;
+            let value = HeaderValue::from_maybe_shared(raw.slice_ref(value)).ok()?;
+            parts.headers.append(name, value);
+        }
+        Some(parts)
+    }
+}
+
+/// Where `part` (a slice of `base`) is in `base`.
+fn offset(base: &[u8], part: &[u8]) -> Range<usize> {
+    let start = (part.as_ptr() as usize).saturating_sub(base.as_ptr() as usize);
+    start..start.saturating_add(part.len())
+}
+
+/// A `Content-Length` value: digits only (no sign, no list, no spaces, as hyper requires of a
+/// single field), at most 19 of them so it fits a u64 without overflow.
+fn content_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter()
+        .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &[u8]) -> Head {
+        match parse(raw, 101) {
+            Parsed::Head(h) => h,
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(raw)),
+        }
+    }
+
+    fn declined(raw: &[u8]) -> &'static str {
+        match parse(raw, 101) {
+            Parsed::Decline(why) => why,
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(raw)),
+        }
+    }
+
+    #[test]
+    fn a_plain_request_is_built_from_its_own_bytes() {
+        let raw = b"GET /a/b?c=d HTTP/1.1\r\nHost: x.test\r\nX-A: 1\r\nx-a: 2\r\n\r\nGET /next";
+        let h = head(raw);
+        assert_eq!(h.len, raw.len() - b"GET /next".len());
+        assert_eq!((h.body, h.close), (None, false));
+        let bytes = Bytes::copy_from_slice(&raw[..h.len]);
+        let p = h.into_parts(&bytes).expect("parts");
+        assert_eq!(p.method, Method::GET);
+        assert_eq!(p.uri, "/a/b?c=d");
+        assert_eq!(p.headers["host"], "x.test");
+        let xa: Vec<_> = p.headers.get_all("x-a").iter().collect();
+        assert_eq!(xa, ["1", "2"]);
+    }
+
+    #[test]
+    fn a_length_and_close_are_read() {
+        let h = head(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 42\r\nConnection: keep-alive, Close\r\n\r\n");
+        assert_eq!((h.body, h.close), (Some(42), true));
+        assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n", 101), Parsed::Partial));
+    }
+
+    #[test]
+    fn what_hyper_answers_is_left_to_hyper() {
+        for (raw, why) in [
+            (&b"GET / HTTP/1.0\r\n\r\n"[..], "HTTP/1.0"),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "malformed head"),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", "transfer-encoding"),
+            (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", "transfer-encoding"),
+            (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", "repeated content-length"),
+            (b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n", "bad content-length"),
+            (b"POST / HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\n", "bad content-length"),
+            (b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", "bad content-length"),
+            (b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n", "expect"),
+            (b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n", "upgrade"),
+            (b"CONNECT x:443 HTTP/1.1\r\n\r\n", "CONNECT"),
+            (b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", "malformed head"),
+            (b"GET / HTTP/1.1\r\nX : a\r\n\r\n", "malformed head"),
+            (b"GET / HTTP/1.1\r\nX: a\0b\r\n\r\n", "malformed head"),
+            (b"GET / HTTP/1.1\rX: a\r\n\r\n", "malformed head"),
+            (b"GET  / HTTP/1.1\r\n\r\n", "malformed head"),
+        ] {
+            assert_eq!(declined(raw), why, "{:?}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn more_fields_than_allowed_are_declined() {
+        let mut raw = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..5 {
+            raw.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        assert!(matches!(parse(&raw, 5), Parsed::Head(_)));
+        assert!(matches!(parse(&raw, 4), Parsed::Decline(_)));
+        assert!(matches!(parse(&raw, 200), Parsed::Head(_)));
+    }
+
+    #[test]
+    fn content_length_is_digits_that_fit() {
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b"18446744073709551615"), None);
+        assert_eq!(content_length(b"9999999999999999999"), Some(9_999_999_999_999_999_999));
+        assert_eq!(content_length(b""), None);
+        assert_eq!(content_length(b"1 "), None);
+    }
+}

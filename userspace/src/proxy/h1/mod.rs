@@ -1,0 +1,184 @@
+//! floodgate's own HTTP/1.1 server side (the engine), Pingora's answer to the same wall: hyper's
+//! server alone, doing nothing, cost 0.87x HAProxy's CPU per request (docs/benchmarks.md), so
+//! a proxy built on it could not be cheaper than HAProxy.
+//!
+//! One connection: the request head is parsed by `httparse` from a buffer the connection
+//! keeps (`head.rs`); the request is built over the head's own bytes (no copy of the target or
+//! the field values); the phases in `session.rs` run unchanged; the response goes out with
+//! its head, and small bodies, in one write (`write.rs`). Requests on a connection are served
+//! in order, so pipelined requests are answered in order.
+//!
+//! What the engine does not serve it hands over, at a request boundary with nothing owed to
+//! the client, to hyper with the bytes it has read (`Ended::Hyper`): HTTP/1.0, chunked and
+//! other transfer codings, `Expect`, upgrades, CONNECT, and every head that is malformed or
+//! too large, which hyper answers as it always has (400, 431). The client-side timeouts are
+//! the connection's IO's (`timeout.rs`), the same under both.
+
+pub mod body;
+pub mod head;
+pub mod write;
+
+use std::{io, sync::Arc};
+
+use bytes::BytesMut;
+use http::Request;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite},
+    sync::watch,
+};
+use tracing::debug;
+
+use super::{
+    generation::ListenerCtx,
+    session::{self, Conn},
+};
+
+/// Bytes asked of the socket at a time for request heads.
+const READ: usize = 4 * 1024;
+
+/// A request body the proxy did not read (an early answer) is read and dropped up to this
+/// many bytes so the connection stays open; past it the connection closes after the answer.
+const DRAIN: u64 = 64 * 1024;
+
+/// The request-head limits (`global.limits`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_headers: usize,
+    pub max_head_bytes: usize,
+}
+
+/// How a connection's time with the engine ended.
+pub enum Ended<T> {
+    /// Closed: the client left or asked to, or the drain closed it.
+    Closed,
+    /// Left to hyper at a request boundary, with the bytes read and not yet served.
+    Hyper { io: T, read: BytesMut },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading a request: {0}")]
+    Read(io::Error),
+    #[error(transparent)]
+    Write(#[from] write::WriteError),
+}
+
+/// Serves HTTP/1.1 requests on `io` until the connection ends or is left to hyper. `stop`
+/// flips at the drain: an idle connection closes then, a busy one after its answer (sent with
+/// `Connection: close`).
+pub async fn serve<T>(
+    mut io: T,
+    stop: &watch::Receiver<bool>,
+    ctx: &Arc<ListenerCtx>,
+    conn: &Arc<Conn>,
+    limits: Limits,
+) -> Result<Ended<T>, Error>
+where
+    // Sync: the body holding the read half crosses into the phases, which share it by reference.
+    T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+{
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    // Registered once per connection, not once per request.
+    let mut watcher = stop.clone();
+    let mut stopped = std::pin::pin!(watcher.changed());
+    let mut draining = *stop.borrow();
+    loop {
+        let head = loop {
+            if buf.is_empty() {
+                if draining {
+                    return Ok(Ended::Closed);
+                }
+            } else {
+                match head::parse(&buf, limits.max_headers) {
+                    head::Parsed::Head(h) => break h,
+                    head::Parsed::Decline(why) => {
+                        debug!(peer = %conn.peer, why, "HTTP/1.1 request left to hyper");
+                        return Ok(Ended::Hyper { io, read: buf });
+                    }
+                    head::Parsed::Partial if buf.len() >= limits.max_head_bytes => {
+                        // hyper answers 431 once its own limit is passed.
+                        return Ok(Ended::Hyper { io, read: buf });
+                    }
+                    head::Parsed::Partial => {}
+                }
+            }
+            if buf.capacity() - buf.len() < READ / 4 {
+                buf.reserve(READ);
+            }
+            let n = tokio::select! {
+                biased;
+                r = io.read_buf(&mut buf) => r.map_err(Error::Read)?,
+                _ = &mut stopped, if !draining && buf.is_empty() => {
+                    draining = true;
+                    continue;
+                }
+            };
+            if n == 0 {
+                return Ok(Ended::Closed);
+            }
+        };
+        let raw = buf.split_to(head.len).freeze();
+        let (close, length, head_only) = (head.close, head.body, head.is_head());
+        let Some(parts) = head.into_parts(&raw) else {
+            let mut read = BytesMut::from(&raw[..]);
+            read.extend_from_slice(&buf);
+            return Ok(Ended::Hyper { io, read });
+        };
+        // The drain began while this request was read: it is answered, then the connection
+        // closes. An atomic load per request; the lock is taken only when it changed.
+        draining |= stop.has_changed().unwrap_or(true) && *stop.borrow();
+        match length {
+            None | Some(0) => {
+                let req = Request::from_parts(parts, body::Body::<T>::empty());
+                let resp = session::handle(ctx.clone(), conn.clone(), req).await;
+                let resp = resp.unwrap_or_else(|never| match never {});
+                write::response(&mut io, &mut out, resp, head_only, close || draining).await?;
+            }
+            Some(n) => {
+                let (rd, mut wr) = tokio::io::split(io);
+                let (body, mut back) = body::Body::new(rd, std::mem::take(&mut buf), n);
+                let req = Request::from_parts(parts, body);
+                let resp = session::handle(ctx.clone(), conn.clone(), req).await;
+                let resp = resp.unwrap_or_else(|never| match never {});
+                write::response(&mut wr, &mut out, resp, head_only, close || draining).await?;
+                // The body was read to its end or dropped by now; if something still holds
+                // it, where the next request starts is unknown: close.
+                let Ok(r) = back.try_recv() else {
+                    return Ok(Ended::Closed);
+                };
+                io = r.io.unsplit(wr);
+                buf = r.buf;
+                if r.left > 0 {
+                    if r.left > DRAIN || close || draining {
+                        return Ok(Ended::Closed);
+                    }
+                    drain(&mut io, &mut buf, r.left).await.map_err(Error::Read)?;
+                }
+            }
+        }
+        if close || draining {
+            return Ok(Ended::Closed);
+        }
+        if out.capacity() > 64 * 1024 {
+            // A large head once does not keep its buffer for the connection's life.
+            out = Vec::new();
+        }
+    }
+}
+
+/// Reads and drops `left` body bytes, the first of them in `buf`.
+async fn drain<T: AsyncRead + Unpin>(io: &mut T, buf: &mut BytesMut, mut left: u64) -> io::Result<()> {
+    loop {
+        let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
+        let _ = buf.split_to(n);
+        left -= n as u64;
+        if left == 0 {
+            return Ok(());
+        }
+        buf.reserve(READ);
+        if io.read_buf(buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
