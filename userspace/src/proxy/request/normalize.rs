@@ -18,6 +18,8 @@
 //! the path as received, for backends that need the client's bytes. Routing, `allow`, `auth`,
 //! `basic-auth` and the access log always see the normalised one.
 
+use std::borrow::Cow;
+
 use http::{HeaderValue, Request, Uri, header, uri::PathAndQuery};
 
 use crate::proxy::error::ProxyError;
@@ -40,9 +42,10 @@ pub fn request<B>(req: &mut Request<B>, keep_received: bool) -> Result<(), Proxy
             .headers()
             .get(header::HOST)
             .is_some_and(|h| h.as_bytes() == a.as_bytes());
-        let uri_same = req.uri().authority().is_none_or(|u| u.as_str() == a);
+        let uri_same = req.uri().authority().is_none_or(|u| u.as_str() == a.as_ref());
         !(header_same && uri_same)
-    });
+    })
+    .map(Cow::into_owned);
     let path = match req.uri().path_and_query() {
         Some(pq) => normalize_path(pq.path())?.map(|mut p| {
             if let Some(q) = pq.query() {
@@ -76,7 +79,8 @@ pub fn request<B>(req: &mut Request<B>, keep_received: bool) -> Result<(), Proxy
     }
     *req.uri_mut() = Uri::from_parts(parts).map_err(|_| bad("the request target is not valid"))?;
     if let Some(a) = authority {
-        let value = HeaderValue::try_from(a).map_err(|_| bad("the host is not valid"))?;
+        let value =
+            HeaderValue::try_from(a).map_err(|_| bad("the host is not valid"))?;
         req.headers_mut().insert(header::HOST, value);
     }
     Ok(())
@@ -84,7 +88,7 @@ pub fn request<B>(req: &mut Request<B>, keep_received: bool) -> Result<(), Proxy
 
 /// The request's canonical authority: `None` only for an HTTP/1.0 (or 0.9) request without
 /// one, which routes as a request without a host.
-fn authority<B>(req: &Request<B>) -> Result<Option<String>, ProxyError> {
+fn authority<B>(req: &Request<B>) -> Result<Option<Cow<'_, str>>, ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -119,7 +123,7 @@ fn authority<B>(req: &Request<B>) -> Result<Option<String>, ProxyError> {
 /// userinfo. Stricter than RFC 3986's reg-name on purpose: a host that no DNS name can be
 /// would only ever be a way to miss a route (found by the `request` fuzz target, which fed
 /// `http`'s lenient authority parser brackets in the middle of a name).
-fn canonical_host(authority: &str) -> Result<String, ProxyError> {
+fn canonical_host(authority: &str) -> Result<Cow<'_, str>, ProxyError> {
     let invalid = || bad("the Host is not a valid authority");
     if authority.is_empty() {
         return Err(bad("an empty Host"));
@@ -136,34 +140,56 @@ fn canonical_host(authority: &str) -> Result<String, ProxyError> {
             "" => None,
             p => Some(p.strip_prefix(':').ok_or_else(invalid)?),
         };
-        (format!("[{}]", literal.to_ascii_lowercase()), port)
+        (literal, port)
     } else {
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) => (h, Some(p)),
             None => (authority, None),
         };
-        let host = host.strip_suffix('.').unwrap_or(host);
-        let name_ok = !host.is_empty()
-            && host.len() <= 253
-            && host.split('.').all(|label| !label.is_empty())
-            && host
+        let name = host.strip_suffix('.').unwrap_or(host);
+        let name_ok = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|label| !label.is_empty())
+            && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         if !name_ok {
             return Err(invalid());
         }
-        (host.to_ascii_lowercase(), port)
+        (host, port)
     };
-    let mut out = host;
-    if let Some(p) = port {
-        if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(invalid());
+    let port = match port {
+        Some(p) => {
+            if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(invalid());
+            }
+            let n: u16 = p.parse().map_err(|_| invalid())?;
+            Some((p, n))
         }
-        let p: u16 = p.parse().map_err(|_| invalid())?;
-        out.push(':');
-        out.push_str(&p.to_string());
+        None => None,
+    };
+    // Already canonical (most requests): the authority itself, without an allocation.
+    let bracketed = authority.starts_with('[');
+    let same = !host.bytes().any(|b| b.is_ascii_uppercase())
+        && (bracketed || !host.ends_with('.'))
+        && port.is_none_or(|(p, _)| p == "0" || !p.starts_with('0'));
+    if same {
+        return Ok(Cow::Borrowed(authority));
     }
-    Ok(out)
+    let host = host.strip_suffix('.').filter(|_| !bracketed).unwrap_or(host);
+    let mut out = String::with_capacity(authority.len() + 2);
+    if bracketed {
+        out.push('[');
+    }
+    out.push_str(&host.to_ascii_lowercase());
+    if bracketed {
+        out.push(']');
+    }
+    if let Some((_, n)) = port {
+        out.push(':');
+        out.push_str(&n.to_string());
+    }
+    Ok(Cow::Owned(out))
 }
 
 /// `path` normalised, or `None` when it already is (the common case costs one scan and no
@@ -380,6 +406,25 @@ mod tests {
         let mut r = req(Version::HTTP_2, "https://a.example/x", &[]);
         request(&mut r, false).expect("no host header");
         assert_eq!(host_of(&r), Some("a.example"));
+    }
+
+    #[test]
+    fn a_canonical_authority_is_itself_and_others_are_rewritten() {
+        for a in ["a.example", "a.example:8080", "a.example:0", "[::1]", "[::1]:443", "10.0.0.1:80"] {
+            assert!(matches!(canonical_host(a), Ok(Cow::Borrowed(b)) if b == a), "{a}");
+        }
+        for (a, c) in [
+            ("A.example", "a.example"),
+            ("a.example.", "a.example"),
+            ("a.example.:080", "a.example:80"),
+            ("[::ABCD]:00443", "[::abcd]:443"),
+            ("a.example:00", "a.example:0"),
+        ] {
+            assert!(matches!(canonical_host(a), Ok(Cow::Owned(ref o)) if o == c), "{a}");
+        }
+        for a in ["", "a..b", "[::1]x", "a:", "a:65536", "u@a", "a b"] {
+            assert!(canonical_host(a).is_err(), "{a}");
+        }
     }
 
     #[test]
