@@ -541,42 +541,88 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
-fn is_hop_by_hop(n: &HeaderName) -> bool {
-    // One match on the name's text (a switch on its length), not nine comparisons.
-    matches!(
-        n.as_str(),
-        "connection"
-            | "http2-settings"
-            | "keep-alive"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+/// `n`'s index in `HOP_BY_HOP`: one match on the name's text (a switch on its length), not
+/// nine comparisons.
+fn hop_by_hop(n: &str) -> Option<usize> {
+    Some(match n {
+        "connection" => 0,
+        "http2-settings" => 1,
+        "keep-alive" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    })
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the (few) fields; most requests and responses have none of these.
-    if !headers.keys().any(is_hop_by_hop) {
+    // One pass over the (few) fields, noting which hop-by-hop ones are there: most messages
+    // have none, or only `Connection: keep-alive`, and only those present are removed (each
+    // removal hashes its name).
+    let mut present = 0u16;
+    for n in headers.keys() {
+        if let Some(i) = hop_by_hop(n.as_str()) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    // Headers named in Connection are hop-by-hop too.
-    if headers.contains_key(header::CONNECTION) {
+    if present & 1 != 0 {
+        // Headers named in Connection are hop-by-hop too; `close`, `keep-alive` and the other
+        // names above need no lookup of their own.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|n| hop_by_hop(n.as_str()).is_none())
             .collect();
         for h in &named {
             headers.remove(h);
         }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
+    }
+}
+
+#[cfg(test)]
+mod hop_tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_fields_and_the_ones_connection_names_are_stripped() {
+        for (i, n) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop(n.as_str()), Some(i));
+        }
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("connection", "keep-alive, X-Secret, close"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-kept", "1"),
+        ] {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"]);
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
     }
 }
 

@@ -135,8 +135,9 @@ impl Head {
     }
 }
 
-/// Where `part` (a slice of `base`) is in `base`.
-fn offset(base: &[u8], part: &[u8]) -> Range<usize> {
+/// Where `part` (a slice of `base`) is in `base`: how a parsed field is found again in the
+/// bytes split off the buffer it was parsed from.
+pub fn offset(base: &[u8], part: &[u8]) -> Range<usize> {
     let start = (part.as_ptr() as usize).saturating_sub(base.as_ptr() as usize);
     start..start.saturating_add(part.len())
 }

@@ -229,8 +229,7 @@ async fn send(mut stream: ServerStream, head: &[u8], head_only: bool) -> Result<
         // Interim responses (100 Continue, 103 Early Hints) are not forwarded: the client
         // sent no body to continue and hyper's server has no way to relay them.
         while let Some(parsed) = parse_head(&buf, head_only).map_err(Failure::Broken)? {
-            let rest = buf.split_off(parsed.len);
-            buf = rest;
+            let raw = buf.split_to(parsed.len).freeze();
             if parsed.status == StatusCode::SWITCHING_PROTOCOLS {
                 return Err(Failure::Broken(
                     "101 to a request that asked no upgrade".into(),
@@ -239,12 +238,14 @@ async fn send(mut stream: ServerStream, head: &[u8], head_only: bool) -> Result<
             if parsed.status.is_informational() {
                 continue;
             }
+            let status = parsed.status;
+            let (framing, keep_alive) = (parsed.framing, parsed.keep_alive);
             return Ok(Received {
                 stream,
-                status: parsed.status,
-                headers: parsed.headers,
-                framing: parsed.framing,
-                keep_alive: parsed.keep_alive,
+                status,
+                headers: parsed.headers(&raw).map_err(Failure::Broken)?,
+                framing,
+                keep_alive,
                 buf,
             });
         }
@@ -290,9 +291,27 @@ impl Received {
 struct Head {
     len: usize,
     status: StatusCode,
-    headers: HeaderMap,
+    /// The fields, their values as where they are in the parsed bytes: built over those bytes
+    /// once the head is split off the read buffer (`headers`), without a copy per value.
+    fields: Vec<(HeaderName, std::ops::Range<usize>)>,
     framing: Framing,
     keep_alive: bool,
+}
+
+impl Head {
+    /// The fields over `raw`, the bytes this head was parsed from (the head's own).
+    fn headers(self, raw: &Bytes) -> Result<HeaderMap, String> {
+        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        for (name, at) in self.fields {
+            let value = raw
+                .get(at)
+                .map(|v| raw.slice_ref(v))
+                .and_then(|v| HeaderValue::from_maybe_shared(v).ok())
+                .ok_or_else(|| format!("invalid value of header {name}"))?;
+            headers.append(name, value);
+        }
+        Ok(headers)
+    }
 }
 
 /// `crate::fuzz::response_head`: a complete head is within the bytes, and a head that
@@ -333,7 +352,7 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, String> {
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or("invalid status code")?;
     let http11 = r.version == Some(1);
-    let mut headers = HeaderMap::with_capacity(r.headers.len());
+    let mut fields = Vec::with_capacity(r.headers.len());
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut encoded = false;
@@ -341,8 +360,10 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, String> {
     for h in r.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| format!("invalid header name {:?}", h.name))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| format!("invalid value of header {name}"))?;
+        // `HeaderValue`'s own rule, checked here so building the value later cannot fail.
+        if !h.value.iter().all(|&b| (b >= 32 && b != 127) || b == b'\t') {
+            return Err(format!("invalid value of header {name}"));
+        }
         if name == header::CONTENT_LENGTH {
             let n = std::str::from_utf8(h.value)
                 .ok()
@@ -355,13 +376,12 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, String> {
         } else if name == header::TRANSFER_ENCODING {
             encoded = true;
             // Only the last coding frames the message.
-            chunked = value
-                .to_str()
+            chunked = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|v| v.rsplit(',').next())
                 .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
         } else if name == header::CONNECTION
-            && let Ok(v) = value.to_str()
+            && let Ok(v) = std::str::from_utf8(h.value)
         {
             for token in v.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
@@ -371,12 +391,12 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, String> {
                 }
             }
         }
-        headers.append(name, value);
+        fields.push((name, crate::proxy::h1::head::offset(buf, h.value)));
     }
     if encoded {
         // Transfer-Encoding overrides Content-Length, and a proxy must drop the latter before
         // forwarding (RFC 9112 section 6.3): the body the client gets is decoded.
-        headers.remove(header::CONTENT_LENGTH);
+        fields.retain(|(n, _)| *n != header::CONTENT_LENGTH);
     }
     let no_body = head_only
         || status.is_informational()
@@ -397,7 +417,7 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, String> {
     Ok(Some(Head {
         len,
         status,
-        headers,
+        fields,
         framing,
         keep_alive,
     }))
@@ -629,7 +649,7 @@ mod tests {
         );
         assert_eq!(h.framing, Framing::Chunked(Chunked::Size));
         assert!(
-            !h.headers.contains_key(header::CONTENT_LENGTH),
+            !h.fields.iter().any(|(n, _)| *n == header::CONTENT_LENGTH),
             "dropped under chunked"
         );
         let h = head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n");
