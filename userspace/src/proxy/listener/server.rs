@@ -150,14 +150,17 @@ where
 {
     let rapid_reset = counters.as_ref().map(|c| c.rapid_reset.clone());
     let io = crate::proxy::timeout::Timed::new(io, conn.inflight.clone(), limits, counters);
+    // hyper's connection state is boxed, so a connection the engine serves does not carry
+    // its size: every connection's task is allocated (and moved into place at spawn, a copy
+    // of its whole size) at the size of its largest state.
     let Some(h1) = h1 else {
-        return serve_hyper(io, stop, builder, ctx, conn, rapid_reset).await;
+        return Box::pin(serve_hyper(io, stop, builder, ctx, conn, rapid_reset)).await;
     };
     match h1::serve(io, &stop, &ctx, &conn, h1).await? {
         h1::Ended::Closed => Ok(()),
         h1::Ended::Hyper { io, read } => {
             let io = passthrough::Prefixed::new(read.to_vec(), io);
-            serve_hyper(io, stop, builder, ctx, conn, rapid_reset).await
+            Box::pin(serve_hyper(io, stop, builder, ctx, conn, rapid_reset)).await
         }
     }
 }
@@ -614,13 +617,20 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
             let timed = (limits, counters);
             let served = match (tls, accepting.carry) {
                 (None, None) => serve_http(stream, stop, &builder, ctx, conn, timed, h1).await,
-                (Some(tls), None) => match handshake(&tls, stream, &ctx, peer).await {
-                    Some(stream) => {
-                        let h1 = h1.filter(|_| !chose_h2(&stream));
-                        serve_http(stream, stop, &builder, ctx, conn, timed, h1).await
-                    }
-                    None => return,
-                },
+                // Boxed, as the carried path below: the TLS state would otherwise size
+                // every connection's task, plain ones included.
+                (Some(tls), None) => {
+                    Box::pin(async move {
+                        match handshake(&tls, stream, &ctx, peer).await {
+                            Some(stream) => {
+                                let h1 = h1.filter(|_| !chose_h2(&stream));
+                                serve_http(stream, stop, &builder, ctx, conn, timed, h1).await
+                            }
+                            None => Ok(()),
+                        }
+                    })
+                    .await
+                }
                 (tls, Some(carry)) => {
                     // Boxed: this path's state (the ClientHello buffer above all) would
                     // otherwise size every connection's task, HTTP ones included.
