@@ -6,6 +6,8 @@
 #   PROXY_CMD=examples/bench/floodgate-under-test.sh PROXY_NAME=floodgate ../shared/bench/run.sh
 #
 # BENCH_XDP_IFACE (optional) also attaches floodgate's XDP program there (e.g. lo).
+# FLOODGATE_GLOBAL (optional) adds keys to `global`, one per line of YAML at its indentation,
+# e.g. FLOODGATE_GLOBAL='http1-engine: hyper' for a run of the previous HTTP/1.1 server.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${FLOODGATE_BIN:-$here/target/release/floodgate}
@@ -22,6 +24,7 @@ cat > "$run/floodgate.yaml" <<YAML
 global:
   maxconn: ${BENCH_MAXCONN:-100000}
   nbthread: ${BENCH_THREADS:-1}
+${FLOODGATE_GLOBAL:+  $FLOODGATE_GLOBAL}
   timeouts:
     client: ${BENCH_TIMEOUT_CLIENT:-50s}
     connect: ${BENCH_TIMEOUT_CONNECT:-5s}

@@ -51,3 +51,11 @@ pub fn config(data: &[u8]) {
 pub fn request(data: &[u8]) {
     crate::proxy::request::normalize::fuzz(data);
 }
+
+/// The HTTP/1.1 engine's request head against hyper's on the same bytes: a head the engine
+/// serves, hyper serves too and reads the same (`proxy::h1::differential`).
+pub fn request_head(data: &[u8]) {
+    if let Err(e) = crate::proxy::h1::differential::check(data) {
+        panic!("{:?}: {e}", String::from_utf8_lossy(data));
+    }
+}

@@ -180,6 +180,7 @@ pub const FUZZ_TARGETS: &[&str] = &[
     "duration",
     "config",
     "request",
+    "request_head",
 ];
 
 /// Seconds each target runs in `cargo xtask test`.

@@ -37,11 +37,7 @@ impl<T> Body<T> {
     }
 
     /// `len` bytes, the first of them in `buf`; the connection gets `io` back on `back`.
-    pub fn new(
-        io: ReadHalf<T>,
-        buf: BytesMut,
-        len: u64,
-    ) -> (Self, oneshot::Receiver<Returned<T>>) {
+    pub fn new(io: ReadHalf<T>, buf: BytesMut, len: u64) -> (Self, oneshot::Receiver<Returned<T>>) {
         let (tx, rx) = oneshot::channel();
         let body = Self {
             reading: Some((Returned { io, buf, left: len }, tx)),

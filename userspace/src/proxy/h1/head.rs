@@ -148,8 +148,9 @@ fn content_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    v.iter()
-        .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    v.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 #[cfg(test)]
@@ -189,7 +190,10 @@ mod tests {
     fn a_length_and_close_are_read() {
         let h = head(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 42\r\nConnection: keep-alive, Close\r\n\r\n");
         assert_eq!((h.body, h.close), (Some(42), true));
-        assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n", 101), Parsed::Partial));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nHost: x\r\n", 101),
+            Parsed::Partial
+        ));
     }
 
     #[test]
@@ -197,14 +201,35 @@ mod tests {
         for (raw, why) in [
             (&b"GET / HTTP/1.0\r\n\r\n"[..], "HTTP/1.0"),
             (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "malformed head"),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", "transfer-encoding"),
-            (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", "transfer-encoding"),
-            (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", "repeated content-length"),
-            (b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n", "bad content-length"),
-            (b"POST / HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\n", "bad content-length"),
-            (b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", "bad content-length"),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "transfer-encoding",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "transfer-encoding",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+                "repeated content-length",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+                "bad content-length",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\n",
+                "bad content-length",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+                "bad content-length",
+            ),
             (b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n", "expect"),
-            (b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n", "upgrade"),
+            (
+                b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+                "upgrade",
+            ),
             (b"CONNECT x:443 HTTP/1.1\r\n\r\n", "CONNECT"),
             (b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", "malformed head"),
             (b"GET / HTTP/1.1\r\nX : a\r\n\r\n", "malformed head"),
@@ -232,7 +257,10 @@ mod tests {
     fn content_length_is_digits_that_fit() {
         assert_eq!(content_length(b"0"), Some(0));
         assert_eq!(content_length(b"18446744073709551615"), None);
-        assert_eq!(content_length(b"9999999999999999999"), Some(9_999_999_999_999_999_999));
+        assert_eq!(
+            content_length(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
         assert_eq!(content_length(b""), None);
         assert_eq!(content_length(b"1 "), None);
     }

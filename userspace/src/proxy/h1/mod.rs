@@ -15,6 +15,8 @@
 //! the connection's IO's (`timeout.rs`), the same under both.
 
 pub mod body;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod differential;
 pub mod head;
 pub mod write;
 
@@ -155,7 +157,9 @@ where
                     if r.left > DRAIN || close || draining {
                         return Ok(Ended::Closed);
                     }
-                    drain(&mut io, &mut buf, r.left).await.map_err(Error::Read)?;
+                    drain(&mut io, &mut buf, r.left)
+                        .await
+                        .map_err(Error::Read)?;
                 }
             }
         }
@@ -170,7 +174,11 @@ where
 }
 
 /// Reads and drops `left` body bytes, the first of them in `buf`.
-async fn drain<T: AsyncRead + Unpin>(io: &mut T, buf: &mut BytesMut, mut left: u64) -> io::Result<()> {
+async fn drain<T: AsyncRead + Unpin>(
+    io: &mut T,
+    buf: &mut BytesMut,
+    mut left: u64,
+) -> io::Result<()> {
     loop {
         let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
         let _ = buf.split_to(n);

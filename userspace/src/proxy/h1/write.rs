@@ -73,7 +73,9 @@ pub async fn response<W: AsyncWrite + Unpin>(
         match declared.or_else(|| body.size_hint().exact()) {
             Some(n) => {
                 if declared.is_none() {
-                    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
                 }
                 Framing::Length(n)
             }
@@ -136,7 +138,9 @@ pub async fn response<W: AsyncWrite + Unpin>(
         let frame = frame.map_err(WriteError::Body)?;
         // Trailers are dropped, as hyper's HTTP/1.1 server did for clients that did not ask
         // for them.
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         if data.is_empty() {
             continue;
         }
@@ -247,23 +251,36 @@ mod tests {
     #[tokio::test]
     async fn a_known_length_is_declared_and_the_body_follows_the_head() {
         let w = written(Response::new(full("hello")), false, false).await;
-        assert!(w.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ndate: "), "{w}");
+        assert!(
+            w.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ndate: "),
+            "{w}"
+        );
         assert!(w.ends_with("GMT\r\n\r\nhello"), "{w}");
     }
 
     #[tokio::test]
     async fn an_unknown_length_is_chunked() {
         let w = written(Response::new(streamed(&["ab", "", "cde"])), false, true).await;
-        assert!(w.contains("transfer-encoding: chunked\r\nconnection: close\r\n"), "{w}");
-        assert!(w.ends_with("\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"), "{w}");
+        assert!(
+            w.contains("transfer-encoding: chunked\r\nconnection: close\r\n"),
+            "{w}"
+        );
+        assert!(
+            w.ends_with("\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"),
+            "{w}"
+        );
     }
 
     #[tokio::test]
     async fn head_and_no_content_answers_carry_no_body() {
         let mut r = Response::new(full("hello"));
-        r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(5));
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(5));
         let w = written(r, true, false).await;
-        assert!(w.ends_with("GMT\r\n\r\n") && w.contains("content-length: 5\r\n"), "{w}");
+        assert!(
+            w.ends_with("GMT\r\n\r\n") && w.contains("content-length: 5\r\n"),
+            "{w}"
+        );
         let mut r = Response::new(full(""));
         *r.status_mut() = StatusCode::NO_CONTENT;
         let w = written(r, false, false).await;
@@ -273,18 +290,33 @@ mod tests {
     #[tokio::test]
     async fn a_body_longer_than_declared_fails_the_write() {
         let mut r = Response::new(streamed(&["abc", "def"]));
-        r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(4));
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(4));
         let mut io = Vec::new();
         let e = response(&mut io, &mut Vec::new(), r, false, false).await;
-        assert!(matches!(e, Err(WriteError::Length { declared: 4, sent: 6 })), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                Err(WriteError::Length {
+                    declared: 4,
+                    sent: 6
+                })
+            ),
+            "{e:?}"
+        );
     }
 
     #[tokio::test]
     async fn a_servers_transfer_encoding_is_replaced_by_this_hops_framing() {
         let mut r = Response::new(full("abc"));
-        r.headers_mut()
-            .insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        r.headers_mut().insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         let w = written(r, false, false).await;
-        assert!(!w.contains("transfer-encoding") && w.contains("content-length: 3\r\n"), "{w}");
+        assert!(
+            !w.contains("transfer-encoding") && w.contains("content-length: 3\r\n"),
+            "{w}"
+        );
     }
 }

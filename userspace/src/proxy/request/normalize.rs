@@ -37,15 +37,19 @@ fn bad(reason: &str) -> ProxyError {
 /// path as received when normalisation changes it. A request already in canonical form (most
 /// of them) is left untouched: no allocation, no rebuilt URI, no header written.
 pub fn request<B>(req: &mut Request<B>, keep_received: bool) -> Result<(), ProxyError> {
-    let authority = authority(req)?.filter(|a| {
-        let header_same = req
-            .headers()
-            .get(header::HOST)
-            .is_some_and(|h| h.as_bytes() == a.as_bytes());
-        let uri_same = req.uri().authority().is_none_or(|u| u.as_str() == a.as_ref());
-        !(header_same && uri_same)
-    })
-    .map(Cow::into_owned);
+    let authority = authority(req)?
+        .filter(|a| {
+            let header_same = req
+                .headers()
+                .get(header::HOST)
+                .is_some_and(|h| h.as_bytes() == a.as_bytes());
+            let uri_same = req
+                .uri()
+                .authority()
+                .is_none_or(|u| u.as_str() == a.as_ref());
+            !(header_same && uri_same)
+        })
+        .map(Cow::into_owned);
     let path = match req.uri().path_and_query() {
         Some(pq) => normalize_path(pq.path())?.map(|mut p| {
             if let Some(q) = pq.query() {
@@ -79,8 +83,7 @@ pub fn request<B>(req: &mut Request<B>, keep_received: bool) -> Result<(), Proxy
     }
     *req.uri_mut() = Uri::from_parts(parts).map_err(|_| bad("the request target is not valid"))?;
     if let Some(a) = authority {
-        let value =
-            HeaderValue::try_from(a).map_err(|_| bad("the host is not valid"))?;
+        let value = HeaderValue::try_from(a).map_err(|_| bad("the host is not valid"))?;
         req.headers_mut().insert(header::HOST, value);
     }
     Ok(())
@@ -176,7 +179,10 @@ fn canonical_host(authority: &str) -> Result<Cow<'_, str>, ProxyError> {
     if same {
         return Ok(Cow::Borrowed(authority));
     }
-    let host = host.strip_suffix('.').filter(|_| !bracketed).unwrap_or(host);
+    let host = host
+        .strip_suffix('.')
+        .filter(|_| !bracketed)
+        .unwrap_or(host);
     let mut out = String::with_capacity(authority.len() + 2);
     if bracketed {
         out.push('[');
@@ -410,8 +416,18 @@ mod tests {
 
     #[test]
     fn a_canonical_authority_is_itself_and_others_are_rewritten() {
-        for a in ["a.example", "a.example:8080", "a.example:0", "[::1]", "[::1]:443", "10.0.0.1:80"] {
-            assert!(matches!(canonical_host(a), Ok(Cow::Borrowed(b)) if b == a), "{a}");
+        for a in [
+            "a.example",
+            "a.example:8080",
+            "a.example:0",
+            "[::1]",
+            "[::1]:443",
+            "10.0.0.1:80",
+        ] {
+            assert!(
+                matches!(canonical_host(a), Ok(Cow::Borrowed(b)) if b == a),
+                "{a}"
+            );
         }
         for (a, c) in [
             ("A.example", "a.example"),
@@ -420,7 +436,10 @@ mod tests {
             ("[::ABCD]:00443", "[::abcd]:443"),
             ("a.example:00", "a.example:0"),
         ] {
-            assert!(matches!(canonical_host(a), Ok(Cow::Owned(ref o)) if o == c), "{a}");
+            assert!(
+                matches!(canonical_host(a), Ok(Cow::Owned(ref o)) if o == c),
+                "{a}"
+            );
         }
         for a in ["", "a..b", "[::1]x", "a:", "a:65536", "u@a", "a b"] {
             assert!(canonical_host(a).is_err(), "{a}");
