@@ -354,3 +354,45 @@ backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
     );
     assert!(rejected >= Some(1.0), "{m}");
 }
+
+/// floodgate's HTTP/1.1 engine answers pipelined requests in order, reads a body to its
+/// `Content-Length` and goes on with the request right after it; a chunked body further down
+/// the same connection is left to hyper, which answers it and the rest in order.
+#[test]
+fn pipelined_requests_and_bodies_are_answered_in_order() {
+    use std::io::{Read as _, Write as _};
+    let p = free_port();
+    let _o = origin(p, "o");
+    let (_fg, addr) = floodgate("pipe.yaml", "", &format!("    servers: ['127.0.0.1:{p}']"));
+    assert!(wait_for_port(
+        format!("127.0.0.1:{p}").parse().unwrap(),
+        Duration::from_secs(5)
+    ));
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /2 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+          GET /3 HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /4 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+          GET /5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 5, "{text}");
+    let mut at = 0;
+    for want in [
+        "o /1 xff=127.0.0.1\n",
+        "o /2 xff=127.0.0.1 body=5\n",
+        "o /3 xff=127.0.0.1\n",
+        "o /4 xff=127.0.0.1 body=3\n",
+        "o /5 xff=127.0.0.1\n",
+    ] {
+        let found = text[at..]
+            .find(want)
+            .unwrap_or_else(|| panic!("{want:?} after {at}: {text}"));
+        at += found + want.len();
+    }
+}
