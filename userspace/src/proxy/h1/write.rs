@@ -99,12 +99,7 @@ pub async fn response<W: AsyncWrite + Unpin>(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    fields(out, &parts.headers);
     if !parts.headers.contains_key(header::DATE) {
         // As hyper did: clients and caches expect one from an origin-facing server.
         out.extend_from_slice(b"date: ");
@@ -170,6 +165,17 @@ pub async fn response<W: AsyncWrite + Unpin>(
     io.flush().await?;
     out.clear();
     Ok(())
+}
+
+/// `headers` as HTTP/1.1 field lines, the way both sides write a head (the upstream request
+/// in `upstream/direct.rs` too).
+pub fn fields(out: &mut Vec<u8>, headers: &http::HeaderMap) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 /// `data` after what `out` holds: copied when small, else both written now.

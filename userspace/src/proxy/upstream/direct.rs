@@ -177,12 +177,7 @@ fn encode_request(parts: &http::request::Parts, authority: &http::uri::Authority
         out.extend_from_slice(authority.as_str().as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    crate::proxy::h1::write::fields(&mut out, &parts.headers);
     out.extend_from_slice(b"\r\n");
     out
 }
