@@ -242,6 +242,91 @@ pub mod maps {
     pub const PROGRAM_ONLY: &[&str] = &["FG_PACKET", "FG_SCRATCH"];
 }
 
+/// The contract of the second object, `floodgate-reuseport`: the `SO_REUSEPORT` program that
+/// gives each new connection to the worker with the fewest active connections. A separate
+/// object from the XDP program's: it is loaded whether or not XDP is enabled, and none of its
+/// maps is pinned (the sockets and the loads it reads belong to one process).
+pub mod reuseport {
+    use super::DestKey;
+
+    /// Name of the program in the object file.
+    pub const PROGRAM_NAME: &str = "floodgate_reuseport";
+    /// `HashMap<DestKey, Group>`: a listener's bound address, as its sockets report it (the
+    /// unspecified address for a wildcard bind), to where its workers' sockets are in
+    /// [`SOCKETS`]. Written by userspace once, at start.
+    pub const GROUPS: &str = "FG_RP_GROUPS";
+    /// `ReusePortSockArray<MAX_SOCKETS>`: worker `w`'s socket of a group at `base + w`.
+    pub const SOCKETS: &str = "FG_RP_SOCKS";
+    /// `Array<u64, MAX_WORKERS>` created `BPF_F_MMAPABLE`: each worker's active connections
+    /// (every listener), which the workers write through a shared mapping of the map, not a
+    /// syscall per connection. `u64` because the kernel lays array values out 8 bytes apart:
+    /// the mapping is then a plain `[u64; MAX_WORKERS]`.
+    pub const LOAD: &str = "FG_WORKER_LOAD";
+
+    /// Workers a group can have.
+    pub const MAX_WORKERS: u32 = 64;
+    /// Listeners (reuseport groups) the program balances.
+    pub const MAX_GROUPS: u32 = 64;
+    /// Capacity of [`SOCKETS`]: every group's workers.
+    pub const MAX_SOCKETS: u32 = MAX_WORKERS * MAX_GROUPS;
+    /// `BPF_F_MMAPABLE`.
+    pub const F_MMAPABLE: u32 = 1 << 10;
+
+    /// Where one listener's sockets are: worker `w`'s at `base + w`, `w < workers`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+    pub struct Group {
+        pub base: u32,
+        pub workers: u32,
+    }
+
+    /// The [`GROUPS`] key of a listener bound to `addr` (IPv4-mapped for IPv4, as [`DestKey`]
+    /// always is; zero for a wildcard bind) and `port`.
+    pub const fn group_key(v6: bool, addr: [u8; 16], port: u16) -> DestKey {
+        DestKey {
+            addr,
+            family: if v6 {
+                super::FAMILY_V6
+            } else {
+                super::FAMILY_V4
+            },
+            port,
+        }
+    }
+
+    /// The worker a new connection goes to: the one with the fewest active connections, the
+    /// scan starting at the connection's hash so that workers with equal loads share new
+    /// connections as the kernel's own hash would. `load(w)` for `w < workers`; `None` (no
+    /// choice: the kernel's hash decides) without workers or without a load.
+    #[inline(always)]
+    pub fn least_loaded(hash: u32, workers: u32, load: impl Fn(u32) -> Option<u32>) -> Option<u32> {
+        if workers == 0 || workers > MAX_WORKERS {
+            return None;
+        }
+        let start = hash % workers;
+        let (mut best, mut best_load) = (start, load(start)?);
+        let mut i = 1;
+        // Bounded by a constant for the verifier; `workers` ends it sooner.
+        while i < MAX_WORKERS {
+            if i >= workers {
+                break;
+            }
+            let mut w = start + i;
+            if w >= workers {
+                w -= workers;
+            }
+            let l = load(w)?;
+            if l < best_load {
+                best = w;
+                best_load = l;
+            }
+            i += 1;
+        }
+        Some(best)
+    }
+}
+
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "floodgate";
 /// Where userspace pins maps and links.
@@ -676,6 +761,7 @@ mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::DestKey {}
     unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::reuseport::Group {}
 }
 
 #[cfg(test)]
@@ -734,6 +820,34 @@ mod tests {
         assert_eq!((size_of::<DestKey>(), align_of::<DestKey>()), (20, 4));
         assert_eq!((size_of::<SrcKey>(), align_of::<SrcKey>()), (16, 4));
         assert_eq!(align_of::<FlowKey>(), 4);
+    }
+
+    #[test]
+    fn the_least_loaded_worker_gets_the_connection_and_ties_follow_the_hash() {
+        use crate::reuseport::least_loaded;
+        let loads = [5u32, 3, 3, 9];
+        let load = |w: u32| loads.get(w as usize).copied();
+        // Workers 1 and 2 tie: the scan starts at the hash, so each gets its share.
+        assert_eq!(least_loaded(0, 4, load), Some(1));
+        assert_eq!(least_loaded(1, 4, load), Some(1));
+        assert_eq!(least_loaded(2, 4, load), Some(2));
+        assert_eq!(least_loaded(3, 4, load), Some(1));
+        assert_eq!(least_loaded(7, 4, load), Some(1));
+        // Equal loads: the hash alone decides, every worker is chosen.
+        let even = |_| Some(4);
+        let mut seen = [false; 4];
+        for h in 0..4 {
+            seen[least_loaded(h, 4, even).unwrap() as usize] = true;
+        }
+        assert_eq!(seen, [true; 4]);
+        assert_eq!(least_loaded(9, 0, load), None);
+        assert_eq!(
+            least_loaded(9, crate::reuseport::MAX_WORKERS + 1, load),
+            None
+        );
+        // A worker without a load entry: no choice, the kernel's hash decides.
+        assert_eq!(least_loaded(0, 5, load), None);
+        assert_eq!(least_loaded(0, 1, load), Some(0));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use floodgate::{
     limits,
     proxy::{
         generation::{ListenerCtx, Routing},
-        listener::server,
+        listener::{balance, server},
     },
     tls,
     xdp::{
@@ -84,6 +84,8 @@ async fn serve(
         n => n,
     };
     let sockets = bind(&cfg, workers)?;
+    // Loaded while privileges last (XDP's attach drops them).
+    let (_balancer, loads) = balance(&cfg, &sockets, workers);
     // Bound with the listeners, before privileges are dropped (a port under 1024 needs them):
     // an admin address in use is a start-up error, not a silent gap.
     let admin_listener = match &cfg.admin {
@@ -96,6 +98,9 @@ async fn serve(
     let (bypass, dp) = attach(&cfg, &binds)?;
 
     let metrics = Arc::new(floodgate::metrics::Metrics::new()?);
+    metrics
+        .registry()
+        .register(Box::new(balance::LoadCollector::new(loads.clone())?))?;
     let cluster = match &cfg.kubernetes {
         Some(k) => Some(ClusterSource::start(k, &metrics).await?),
         None => None,
@@ -139,7 +144,7 @@ async fn serve(
         sockets,
         &shared,
         &cfg,
-        &permits,
+        (&permits, &loads),
         verified_tx.as_ref(),
         &stop_rx,
     )?;
@@ -604,6 +609,43 @@ fn bind(cfg: &Config, workers: usize) -> anyhow::Result<Vec<Vec<std::net::TcpLis
     Ok(sockets)
 }
 
+/// The `SO_REUSEPORT` program that gives each new connection to the least loaded worker, on
+/// the listeners with a socket per worker (`global.worker-balance: load`, more than one worker). A
+/// kernel or privileges that refuse it leave the kernel's hash in place, said at start.
+fn balance(
+    cfg: &Config,
+    sockets: &[Vec<std::net::TcpListener>],
+    workers: usize,
+) -> (Option<balance::Balancer>, Arc<balance::Loads>) {
+    let owned = || Arc::new(balance::Loads::owned(workers));
+    if workers < 2 || cfg.global.worker_balance != floodgate::config::WorkerBalance::Load {
+        return (None, owned());
+    }
+    let groups: Vec<Vec<&std::net::TcpListener>> = cfg
+        .listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.reuseport)
+        .map(|(i, _)| sockets.iter().filter_map(|s| s.get(i)).collect())
+        .collect();
+    if groups.is_empty() {
+        return (None, owned());
+    }
+    match balance::attach(&groups, workers) {
+        Ok((b, loads)) => {
+            info!(
+                workers,
+                "new connections go to the least loaded worker (global.worker-balance: load)"
+            );
+            (Some(b), loads)
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot balance workers by load: the kernel's hash spreads connections");
+            (None, owned())
+        }
+    }
+}
+
 /// The kernel side, in order: conntrack bypass, then XDP (so an attached program means
 /// everything is in place), then every capability not needed any more is dropped, before any
 /// other thread starts (threads inherit the capabilities of the one that creates them).
@@ -652,7 +694,7 @@ fn spawn_workers(
     sockets: Vec<Vec<std::net::TcpListener>>,
     shared: &[Shared],
     cfg: &Config,
-    permits: &Arc<Semaphore>,
+    (permits, loads): (&Arc<Semaphore>, &Arc<balance::Loads>),
     verified_tx: Option<&tokio::sync::mpsc::Sender<std::net::IpAddr>>,
     stop_rx: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::sync::oneshot::Receiver<()>>> {
@@ -673,6 +715,7 @@ fn spawn_workers(
                 http1_engine: cfg.global.http1_engine == floodgate::config::Http1Engine::Floodgate,
                 verified: verified_tx.cloned(),
                 tls: tls.clone(),
+                load: (loads.clone(), w),
             })
             .collect();
         let (stop, (done_tx, done_rx)) = (stop_rx.clone(), tokio::sync::oneshot::channel::<()>());

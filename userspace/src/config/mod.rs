@@ -209,6 +209,21 @@ pub struct Global {
     pub http2: Http2,
     /// What serves client HTTP/1.1: floodgate's own engine, or hyper for every request.
     pub http1_engine: Http1Engine,
+    /// Which worker a new connection goes to.
+    pub worker_balance: WorkerBalance,
+}
+
+/// `global.worker-balance`: which worker thread accepts a new connection on a listener with a socket
+/// per worker (`proxy::listener::balance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkerBalance {
+    /// The worker with the fewest active connections, chosen in the kernel by floodgate's
+    /// `SO_REUSEPORT` program (ties by the kernel's hash).
+    #[default]
+    Load,
+    /// The kernel's hash of the connection: even in connections, blind to how long they stay.
+    Hash,
 }
 
 /// `global.http1-engine`: what serves client HTTP/1.1 connections (`proxy::h1`).
@@ -301,6 +316,7 @@ impl Default for Global {
             forward_path: ForwardPath::default(),
             http2: Http2::default(),
             http1_engine: Http1Engine::default(),
+            worker_balance: WorkerBalance::default(),
         }
     }
 }

@@ -85,6 +85,9 @@ pub fn check(new: &Config, current: &Config) -> Result<(), ReloadError> {
     if new.global.http1_engine != current.global.http1_engine {
         fixed.push("global.http1-engine");
     }
+    if new.global.worker_balance != current.global.worker_balance {
+        fixed.push("global.worker-balance");
+    }
     if new.global.forward_path != current.global.forward_path {
         fixed.push("global.forward-path");
     }

@@ -2,6 +2,7 @@
 //! per client address (`connlimit`), the PROXY protocol (`proxyproto`) and TLS passthrough
 //! (`passthrough`), before any HTTP is read.
 
+pub mod balance;
 pub mod connlimit;
 pub mod passthrough;
 pub mod proxyproto;

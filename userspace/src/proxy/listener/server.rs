@@ -115,6 +115,9 @@ pub struct Serve {
     pub verified: Option<tokio::sync::mpsc::Sender<std::net::IpAddr>>,
     /// TLS termination, for TLS listeners.
     pub tls: Option<Arc<crate::tls::Acceptor>>,
+    /// The workers' loads and this worker's index: each connection counts in its worker's
+    /// load while it is open (what `global.worker-balance: load` balances).
+    pub load: (Arc<super::balance::Loads>, usize),
 }
 
 /// What serving a connection as HTTP takes besides the connection, for `serve_carried`.
@@ -573,7 +576,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
             // Full channel: the source is already queued or will be on its next connection.
             let _ = v.try_send(peer.ip());
         }
-        let guard = ActiveGuard::new(&s.active);
+        let guard = (ActiveGuard::new(&s.active), s.load.0.enter(s.load.1));
         let ctx = s.ctx.clone();
         let limits = crate::proxy::timeout::Limits {
             keep_alive: s.timeouts.http_keep_alive.0,
