@@ -89,6 +89,11 @@ pub fn status_class(status: u16) -> &'static str {
     STATUS_CLASSES[status_index(status)]
 }
 
+/// One server's `floodgate_server_responses_total` per status class, found once: finding a
+/// labelled series hashes its labels and takes a lock, on every request before.
+#[derive(Debug, Default)]
+pub struct ServerResponses([OnceLock<IntCounter>; STATUS_CLASSES.len()]);
+
 /// What the tunnel of an upgraded (WebSocket) connection counts: `timeout tunnel` expiries,
 /// and its bytes each way as body bytes of its listener and backend (HAProxy counts a
 /// tunnel's bytes in its `bytes_in` and `bytes_out` too).
@@ -378,9 +383,20 @@ impl Metrics {
     }
 
     /// The answer to a request a server was chosen for (its own, or floodgate's 502/504).
-    pub fn server_response(&self, backend: &str, server: &str, status: u16) {
-        self.server_responses
-            .with_label_values(&[backend, server, status_class(status)])
+    /// An answer of server `server` of `backend`; `cache`, the server's own handles.
+    pub fn server_response(
+        &self,
+        cache: &ServerResponses,
+        backend: &str,
+        server: &str,
+        status: u16,
+    ) {
+        let s = status_index(status);
+        cache.0[s]
+            .get_or_init(|| {
+                self.server_responses
+                    .with_label_values(&[backend, server, STATUS_CLASSES[s]])
+            })
             .inc();
     }
 

@@ -729,6 +729,8 @@ fn spawn_workers(
                     .build()
                 {
                     Ok(rt) => rt.block_on(async move {
+                        // Ends with the runtime, when every listener has drained.
+                        tokio::spawn(floodgate::proxy::worker::timer_floor());
                         let mut set = tokio::task::JoinSet::new();
                         for s in serves {
                             set.spawn(server::serve(s, stop.clone(), DRAIN_GRACE));

@@ -17,6 +17,7 @@
 
 pub mod body;
 pub mod error;
+pub mod fields;
 pub mod generation;
 pub mod h1;
 pub mod listener;

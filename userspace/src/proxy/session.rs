@@ -74,8 +74,22 @@ impl Conn {
     }
 }
 
-/// One request, start to end: the phases below in order, over one `Session`.
+/// One request, start to end, for a server side that writes only header maps (hyper's): see
+/// [`handle_raw`].
 pub async fn handle<B: ClientBody>(
+    ctx: Arc<ListenerCtx>,
+    conn: Arc<Conn>,
+    req: Request<B>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let mut resp = handle_raw(ctx, conn, req).await?;
+    crate::proxy::fields::materialize(&mut resp);
+    Ok(resp)
+}
+
+/// One request, start to end: the phases below in order, over one `Session`. The response's
+/// fields may be left in a `fields::RawFields` extension (a server's response no rule touched):
+/// for the HTTP/1.1 engine, whose writer reads them.
+pub async fn handle_raw<B: ClientBody>(
     ctx: Arc<ListenerCtx>,
     conn: Arc<Conn>,
     mut req: Request<B>,
@@ -343,6 +357,17 @@ impl<'g> Session<'g> {
         (gzip, head): (bool, bool),
         asked_for: Option<u64>,
     ) -> Response<ProxyBody> {
+        // Every rule below and in `logging` reads or writes the header map: with any of them,
+        // the server's fields move into it first (`proxy::fields`).
+        if backend.response_rules.is_some()
+            || routed.response_headers.is_some()
+            || backend.compress.is_some()
+            || backend.sticky.is_some()
+            || self.cors.is_some()
+            || self.generation.response_headers.is_some()
+        {
+            crate::proxy::fields::materialize(&mut resp);
+        }
         if let Some(r) = &backend.response_rules {
             r.apply(resp.headers_mut());
         }
@@ -392,9 +417,11 @@ impl<'g> Session<'g> {
             }
         };
         if let Some((c, origin)) = &self.cors {
+            crate::proxy::fields::materialize(&mut resp);
             c.apply(resp.headers_mut(), origin.as_ref(), false);
         }
         if let Some(r) = &self.generation.response_headers {
+            crate::proxy::fields::materialize(&mut resp);
             r.apply(resp.headers_mut());
         }
         let status = resp.status().as_u16();
@@ -406,7 +433,7 @@ impl<'g> Session<'g> {
                 h.queue.observe(q.as_secs_f64());
             }
             if let Some(s) = &trace.server {
-                m.server_response(backend, &s.label, status);
+                m.server_response(&s.responses, backend, &s.label, status);
             }
             if trace.retries > 0 {
                 m.retries(backend, trace.retries);

@@ -135,7 +135,7 @@ where
                 let req = Request::from_parts(parts, body::Body::<T>::empty());
                 // Boxed: inline, the phases' state would size the connection's task for its
                 // whole life, idle or not (and be copied whole when the task is spawned).
-                let resp = Box::pin(session::handle(ctx.clone(), conn.clone(), req)).await;
+                let resp = Box::pin(session::handle_raw(ctx.clone(), conn.clone(), req)).await;
                 let resp = resp.unwrap_or_else(|never| match never {});
                 write::response(&mut io, &mut out, resp, head_only, close || draining).await?;
             }
@@ -143,7 +143,7 @@ where
                 let (rd, mut wr) = tokio::io::split(io);
                 let (body, mut back) = body::Body::new(rd, std::mem::take(&mut buf), n);
                 let req = Request::from_parts(parts, body);
-                let resp = Box::pin(session::handle(ctx.clone(), conn.clone(), req)).await;
+                let resp = Box::pin(session::handle_raw(ctx.clone(), conn.clone(), req)).await;
                 let resp = resp.unwrap_or_else(|never| match never {});
                 write::response(&mut wr, &mut out, resp, head_only, close || draining).await?;
                 // The body was read to its end or dropped by now; if something still holds

@@ -15,7 +15,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use hyper::body::Body as _;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 
-use crate::proxy::body::ProxyBody;
+use crate::proxy::{body::ProxyBody, fields::RawFields};
 
 /// Body frames up to this size are copied behind the head (or the previous frame); larger
 /// ones are written from their own buffer.
@@ -51,16 +51,22 @@ pub async fn response<W: AsyncWrite + Unpin>(
     close: bool,
 ) -> Result<(), WriteError> {
     let (mut parts, mut body) = resp.into_parts();
+    // A server's fields as it sent them, less what only this hop sends (`proxy::fields`); the
+    // map then holds only what this hop adds.
+    let raw = parts.extensions.remove::<RawFields>();
     let status = parts.status;
     let bodiless = head_only
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = match &raw {
+        Some(r) => r.content_length,
+        None => parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok()),
+    };
     let framing = if bodiless {
         Framing::None
     } else {
@@ -99,8 +105,11 @@ pub async fn response<W: AsyncWrite + Unpin>(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
     out.extend_from_slice(b"\r\n");
+    if let Some(r) = &raw {
+        r.write(out);
+    }
     fields(out, &parts.headers);
-    if !parts.headers.contains_key(header::DATE) {
+    if !raw.as_ref().is_some_and(|r| r.has_date) && !parts.headers.contains_key(header::DATE) {
         // As hyper did: clients and caches expect one from an origin-facing server.
         out.extend_from_slice(b"date: ");
         date(out);

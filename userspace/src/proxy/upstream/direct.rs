@@ -17,6 +17,7 @@ use std::{
     collections::HashMap,
     io,
     net::SocketAddr,
+    ops::Range,
     pin::Pin,
     sync::{
         Arc,
@@ -27,13 +28,14 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
+use http::{Response, StatusCode, header};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::proxy::{
     body::BoxError,
     error::ProxyError,
+    fields::RawFields,
     upstream::connect::{Dial, ServerStream},
     worker::PerWorker,
 };
@@ -192,7 +194,7 @@ enum Failure {
 struct Received {
     stream: ServerStream,
     status: StatusCode,
-    headers: HeaderMap,
+    fields: RawFields,
     framing: Framing,
     keep_alive: bool,
     buf: BytesMut,
@@ -238,7 +240,7 @@ async fn send(mut stream: ServerStream, head: &[u8], head_only: bool) -> Result<
             return Ok(Received {
                 stream,
                 status,
-                headers: parsed.headers(&raw).map_err(Failure::Broken)?,
+                fields: parsed.fields(raw),
                 framing,
                 keep_alive,
                 buf,
@@ -278,7 +280,7 @@ impl Received {
         }
         let mut resp = Response::new(body);
         *resp.status_mut() = self.status;
-        *resp.headers_mut() = self.headers;
+        resp.extensions_mut().insert(self.fields);
         resp
     }
 }
@@ -286,26 +288,20 @@ impl Received {
 struct Head {
     len: usize,
     status: StatusCode,
-    /// The fields, their values as where they are in the parsed bytes: built over those bytes
-    /// once the head is split off the read buffer (`headers`), without a copy per value.
-    fields: Vec<(HeaderName, std::ops::Range<usize>)>,
+    /// The fields this hop forwards (see `proxy::fields`), as where their names and values are
+    /// in the parsed bytes: kept over those bytes once the head is split off the read buffer,
+    /// without a copy or a header map.
+    lines: Vec<(Range<usize>, Range<usize>)>,
+    content_length: Option<u64>,
+    has_date: bool,
     framing: Framing,
     keep_alive: bool,
 }
 
 impl Head {
-    /// The fields over `raw`, the bytes this head was parsed from (the head's own).
-    fn headers(self, raw: &Bytes) -> Result<HeaderMap, String> {
-        let mut headers = HeaderMap::with_capacity(self.fields.len());
-        for (name, at) in self.fields {
-            let value = raw
-                .get(at)
-                .map(|v| raw.slice_ref(v))
-                .and_then(|v| HeaderValue::from_maybe_shared(v).ok())
-                .ok_or_else(|| format!("invalid value of header {name}"))?;
-            headers.append(name, value);
-        }
-        Ok(headers)
+    /// The forwarded fields over `raw`, the bytes this head was parsed from (the head's own).
+    fn fields(self, raw: Bytes) -> RawFields {
+        RawFields::new(raw, self.lines, self.content_length, self.has_date)
     }
 }
 
@@ -347,19 +343,23 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, String> {
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or("invalid status code")?;
     let http11 = r.version == Some(1);
-    let mut fields = Vec::with_capacity(r.headers.len());
+    let mut lines = Vec::with_capacity(r.headers.len());
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut encoded = false;
     let mut close = !http11;
+    let mut has_date = false;
+    // Names a `Connection` field lists besides `close` and `keep-alive`: hop-by-hop too.
+    let mut named: Vec<&str> = Vec::new();
+    let at = crate::proxy::h1::head::offset;
     for h in r.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| format!("invalid header name {:?}", h.name))?;
-        // `HeaderValue`'s own rule, checked here so building the value later cannot fail.
+        // httparse took the name as an RFC 9110 token, which is what `HeaderName` accepts;
+        // `HeaderValue`'s own rule is checked here, so both are built later without failing.
         if !h.value.iter().all(|&b| (b >= 32 && b != 127) || b == b'\t') {
-            return Err(format!("invalid value of header {name}"));
+            return Err(format!("invalid value of header {}", h.name));
         }
-        if name == header::CONTENT_LENGTH {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
@@ -368,30 +368,43 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, String> {
                 return Err("conflicting content-length headers".into());
             }
             length = Some(n);
-        } else if name == header::TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
             encoded = true;
             // Only the last coding frames the message.
             chunked = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|v| v.rsplit(',').next())
                 .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        } else if name == header::CONNECTION
+        } else if name.eq_ignore_ascii_case("connection")
             && let Ok(v) = std::str::from_utf8(h.value)
         {
             for token in v.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
                     close = true;
-                } else if token.eq_ignore_ascii_case("keep-alive") && !http11 {
-                    close = false;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    close &= http11;
+                } else if !token.is_empty() {
+                    named.push(token);
                 }
             }
+        } else if name.eq_ignore_ascii_case("date") {
+            has_date = true;
         }
-        fields.push((name, crate::proxy::h1::head::offset(buf, h.value)));
+        if !hop_by_hop(name) {
+            lines.push((at(buf, name.as_bytes()), at(buf, h.value)));
+        }
     }
-    if encoded {
-        // Transfer-Encoding overrides Content-Length, and a proxy must drop the latter before
-        // forwarding (RFC 9112 section 6.3): the body the client gets is decoded.
-        fields.retain(|(n, _)| *n != header::CONTENT_LENGTH);
+    // Transfer-Encoding overrides Content-Length, and a proxy must drop the latter before
+    // forwarding (RFC 9112 section 6.3): the body the client gets is decoded.
+    let dropped_length = encoded && length.is_some();
+    if dropped_length || !named.is_empty() {
+        lines.retain(|(n, _)| {
+            let name = buf.get(n.clone()).unwrap_or_default();
+            let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+            let only_this_hop =
+                (dropped_length && is("content-length")) || named.iter().any(|t| is(t));
+            !only_this_hop
+        });
     }
     let no_body = head_only
         || status.is_informational()
@@ -412,10 +425,32 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, String> {
     Ok(Some(Head {
         len,
         status,
-        fields,
+        lines,
+        content_length: if encoded { None } else { length },
+        has_date,
         framing,
         keep_alive,
     }))
+}
+
+/// Fields only this hop may send (RFC 9110 section 7.6.1, and those HTTP/2 and proxies add),
+/// by their name as the server wrote it: the same set `session::strip_hop_by_hop` removes from
+/// a header map.
+fn hop_by_hop(name: &str) -> bool {
+    const NAMES: [&str; 9] = [
+        "connection",
+        "http2-settings",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    // Lengths first: most names are none of these lengths.
+    matches!(name.len(), 2 | 7 | 10 | 14 | 17 | 18 | 19)
+        && NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -634,6 +669,42 @@ mod tests {
         }
     }
 
+    /// What reaches the client of a server's fields: the same set, in the same order, as the
+    /// header map the hop-by-hop strip left before the fields were forwarded raw.
+    #[test]
+    fn forwarded_fields_leave_out_what_only_this_hop_sends() {
+        let text = "HTTP/1.1 200 OK\r\nServer: s\r\nConnection: keep-alive, X-Private\r\n\
+            Keep-Alive: timeout=5\r\nX-Private: secret\r\nTE: trailers\r\nUpgrade: h2c\r\n\
+            Proxy-Authenticate: Basic\r\nTrailer: x\r\nDate: Mon, 07 Dec 2026 06:00:00 GMT\r\n\
+            Content-Length: 5\r\nx-a: 1\r\nX-A: 2\r\n\r\n";
+        let h = head(text);
+        assert_eq!((h.content_length, h.has_date), (Some(5), true));
+        let mut resp = Response::new(());
+        resp.extensions_mut()
+            .insert(h.fields(Bytes::copy_from_slice(text.as_bytes())));
+        crate::proxy::fields::materialize(&mut resp);
+        let got: Vec<_> = resp
+            .headers()
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "server: s",
+                "date: Mon, 07 Dec 2026 06:00:00 GMT",
+                "content-length: 5",
+                "x-a: 1",
+                "x-a: 2"
+            ]
+        );
+        // A Content-Length under a Transfer-Encoding is not forwarded, wherever it is.
+        let h = head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX: y\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert_eq!((h.content_length, h.lines.len()), (None, 1));
+    }
+
     #[test]
     fn framing_follows_rfc_9112_order() {
         let h = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n");
@@ -644,7 +715,7 @@ mod tests {
         );
         assert_eq!(h.framing, Framing::Chunked(Chunked::Size));
         assert!(
-            !h.fields.iter().any(|(n, _)| *n == header::CONTENT_LENGTH),
+            h.content_length.is_none() && h.lines.is_empty(),
             "dropped under chunked"
         );
         let h = head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n");

@@ -109,6 +109,8 @@ pub struct Server {
     /// The value of a `sticky` cookie naming this server: a hash of its address, the same in
     /// every floodgate replica and after restarts, that does not show the address.
     pub cookie: u64,
+    /// Its `floodgate_server_responses_total` series (one backend per server).
+    pub responses: crate::metrics::ServerResponses,
 }
 
 /// FNV-1a: stable across processes and versions, unlike std's hasher.
@@ -133,6 +135,7 @@ impl Server {
             up: AtomicBool::new(true),
             active: AtomicU32::new(0),
             streak: Streak::default(),
+            responses: crate::metrics::ServerResponses::default(),
         }
     }
 
