@@ -712,7 +712,9 @@ fn upstream_request<B: ClientBody>(
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(&mut parts.headers);
-    if !h2 {
+    // Only an HTTP/2 client splits its cookies into fields; an HTTP/1.1 client's lines go on
+    // as it sent them (no lookup on the HTTP/1.1 path).
+    if !h2 && parts.version == http::Version::HTTP_2 {
         request::headers::join_cookies(&mut parts.headers);
     }
     if let Some(p) = protocol {

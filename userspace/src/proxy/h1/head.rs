@@ -125,7 +125,11 @@ impl Head {
         parts.method = self.method;
         parts.uri = uri;
         parts.version = Version::HTTP_11;
-        parts.headers.reserve(self.headers.len());
+        // With room for the forwarding headers `session::upstream_request` adds, so the map is
+        // not grown (every field rehashed) a second time per request.
+        parts
+            .headers
+            .reserve(self.headers.len() + FORWARDING_HEADERS);
         for (name, at) in self.headers {
             let value = raw.get(at)?;
             let value = HeaderValue::from_maybe_shared(raw.slice_ref(value)).ok()?;
@@ -134,6 +138,10 @@ impl Head {
         Some(parts)
     }
 }
+
+/// Fields `session::upstream_request` adds to a request at most: X-Forwarded-For, -Proto,
+/// -Port, -Host, -Prefix, X-Real-IP, X-Request-Id, Host.
+const FORWARDING_HEADERS: usize = 8;
 
 /// Where `part` (a slice of `base`) is in `base`: how a parsed field is found again in the
 /// bytes split off the buffer it was parsed from.

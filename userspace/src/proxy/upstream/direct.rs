@@ -52,7 +52,9 @@ const MAX_IDLE_PER_SERVER: usize = 1024;
 /// Idle server connections of one backend, one list per worker thread so a connection is only
 /// used by the runtime it is registered with.
 pub struct Conns {
-    per_worker: PerWorker<HashMap<SocketAddr, Vec<Idle>>>,
+    /// Looked up twice per request (take, put): foldhash, not std's SipHash, which is built
+    /// against hash flooding by the map's users, and these keys are the config's servers.
+    per_worker: PerWorker<HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>>,
     /// Open idle connections as of the last reap, for metrics.
     idle: AtomicUsize,
     dial: Dial,
