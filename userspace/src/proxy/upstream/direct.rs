@@ -333,9 +333,13 @@ pub fn fuzz(data: &[u8]) {
 /// One response head from the start of `buf`, `None` until it is complete. Body framing
 /// follows RFC 9112 section 6.3, in its order.
 fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, String> {
-    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut r = httparse::Response::new(&mut raw);
-    let len = match r.parse(buf) {
+    // Slots httparse fills, left uninitialised: zeroing 100 of them (3 KB) showed per response.
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut r, buf, &mut slots)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(format!("invalid response head: {e}")),
@@ -361,38 +365,43 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, String> {
             return Err(format!("invalid value of header {}", h.name));
         }
         let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or("invalid content-length")?;
-            if length.is_some_and(|m| m != n) {
-                return Err("conflicting content-length headers".into());
+        let role = role(name);
+        match role {
+            Role::ContentLength => {
+                let n = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .ok_or("invalid content-length")?;
+                if length.is_some_and(|m| m != n) {
+                    return Err("conflicting content-length headers".into());
+                }
+                length = Some(n);
             }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            encoded = true;
-            // Only the last coding frames the message.
-            chunked = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.rsplit(',').next())
-                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        } else if name.eq_ignore_ascii_case("connection")
-            && let Ok(v) = std::str::from_utf8(h.value)
-        {
-            for token in v.split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case("keep-alive") {
-                    close &= http11;
-                } else if !token.is_empty() {
-                    named.push(token);
+            Role::TransferEncoding => {
+                encoded = true;
+                // Only the last coding frames the message.
+                chunked = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.rsplit(',').next())
+                    .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            }
+            Role::Connection => {
+                if let Ok(v) = std::str::from_utf8(h.value) {
+                    for token in v.split(',').map(str::trim) {
+                        if token.eq_ignore_ascii_case("close") {
+                            close = true;
+                        } else if token.eq_ignore_ascii_case("keep-alive") {
+                            close &= http11;
+                        } else if !token.is_empty() {
+                            named.push(token);
+                        }
+                    }
                 }
             }
-        } else if name.eq_ignore_ascii_case("date") {
-            has_date = true;
+            Role::Date => has_date = true,
+            Role::HopByHop | Role::Other => {}
         }
-        if !hop_by_hop(name) {
+        if matches!(role, Role::ContentLength | Role::Date | Role::Other) {
             lines.push((at(buf, name.as_bytes()), at(buf, h.value)));
         }
     }
@@ -435,24 +444,37 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, String> {
     }))
 }
 
-/// Fields only this hop may send (RFC 9110 section 7.6.1, and those HTTP/2 and proxies add),
-/// by their name as the server wrote it: the same set `session::strip_hop_by_hop` removes from
-/// a header map.
-fn hop_by_hop(name: &str) -> bool {
-    const NAMES: [&str; 9] = [
-        "connection",
-        "http2-settings",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ];
-    // Lengths first: most names are none of these lengths.
-    matches!(name.len(), 2 | 7 | 10 | 14 | 17 | 18 | 19)
-        && NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+/// What a response field is to this hop, by its name as the server wrote it. Fields only this
+/// hop may send (RFC 9110 section 7.6.1, and those HTTP/2 and proxies add) are the set
+/// `session::strip_hop_by_hop` removes from a header map: `Connection`, `Transfer-Encoding`
+/// and `HopByHop`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Date,
+    HopByHop,
+    Other,
+}
+
+/// The name's length first: most fields are none of these lengths, and each length has at
+/// most two candidates to compare.
+fn role(name: &str) -> Role {
+    let is = |s: &str| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        4 if is("date") => Role::Date,
+        10 if is("connection") => Role::Connection,
+        14 if is("content-length") => Role::ContentLength,
+        17 if is("transfer-encoding") => Role::TransferEncoding,
+        2 if is("te") => Role::HopByHop,
+        7 if is("trailer") || is("upgrade") => Role::HopByHop,
+        10 if is("keep-alive") => Role::HopByHop,
+        14 if is("http2-settings") => Role::HopByHop,
+        18 if is("proxy-authenticate") => Role::HopByHop,
+        19 if is("proxy-authorization") => Role::HopByHop,
+        _ => Role::Other,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
