@@ -62,26 +62,27 @@ pub struct Loads {
 
 enum Backing {
     /// `munmap`ed on drop.
-    Mapped {
-        len: usize,
-    },
-    Owned(#[allow(dead_code)] Box<[AtomicU64]>),
+    Mapped { len: usize },
+    /// A boxed slice of `len` slots, given back to its box on drop.
+    Owned { len: usize },
 }
 
 // SAFETY: the slots are atomics, in memory that lives as long as `Loads` (an mmap it unmaps
-// on drop, or a boxed slice it owns).
+// on drop, or a boxed slice it frees on drop).
 unsafe impl Send for Loads {}
 unsafe impl Sync for Loads {}
 
 impl Loads {
     /// Counters of this process only (no program reads them).
     pub fn owned(workers: usize) -> Self {
-        let mut b: Box<[AtomicU64]> = (0..workers.max(1)).map(|_| AtomicU64::new(0)).collect();
-        let slots = NonNull::from(&mut b[0]);
+        let b: Box<[AtomicU64]> = (0..workers.max(1)).map(|_| AtomicU64::new(0)).collect();
+        let len = b.len();
+        // The pointer keeps the provenance of the whole slice; `Drop` rebuilds the box.
+        let slots = NonNull::from(Box::leak(b)).cast::<AtomicU64>();
         Self {
             slots,
-            len: b.len(),
-            backing: Backing::Owned(b),
+            len,
+            backing: Backing::Owned { len },
         }
     }
 
@@ -143,10 +144,19 @@ impl Loads {
 
 impl Drop for Loads {
     fn drop(&mut self) {
-        if let Backing::Mapped { len } = self.backing {
+        match self.backing {
             // SAFETY: the mapping made in `mapped`, unmapped once; no guard outlives `Loads`
             // (each holds an `Arc` of it).
-            unsafe { libc::munmap(self.slots.as_ptr().cast(), len) };
+            Backing::Mapped { len } => unsafe {
+                libc::munmap(self.slots.as_ptr().cast(), len);
+            },
+            // SAFETY: the slice leaked in `owned`, of `len` slots, freed once.
+            Backing::Owned { len } => unsafe {
+                drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                    self.slots.as_ptr(),
+                    len,
+                )));
+            },
         }
     }
 }
@@ -289,5 +299,41 @@ impl prometheus::core::Collector for LoadCollector {
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
         self.gauge.collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn a_connection_counts_in_its_worker_until_its_guard_drops() {
+        let loads = Arc::new(Loads::owned(3));
+        let a = loads.enter(1);
+        let b = loads.enter(1);
+        let c = loads.enter(2);
+        assert_eq!(loads.snapshot(), [0, 2, 1]);
+        drop((b, c));
+        assert_eq!(loads.snapshot(), [0, 1, 0]);
+        drop(a);
+        assert_eq!(loads.snapshot(), [0, 0, 0]);
+        // A worker index past the slots wraps rather than writing out of bounds.
+        let _d = loads.enter(4);
+        assert_eq!(loads.snapshot(), [0, 1, 0]);
+    }
+
+    #[test]
+    fn group_keys_are_what_the_program_reads_from_the_socket() {
+        let v4 = key_of("10.1.2.3:8443".parse().unwrap_or_else(|_| unreachable!()));
+        assert_eq!(v4.family, floodgate_common::FAMILY_V4);
+        assert_eq!(v4.port, 8443);
+        assert_eq!(v4.addr[10..], [0xff, 0xff, 10, 1, 2, 3]);
+        let any6 = key_of("[::]:80".parse().unwrap_or_else(|_| unreachable!()));
+        assert_eq!(
+            (any6.family, any6.port, any6.addr),
+            (floodgate_common::FAMILY_V6, 80, [0; 16])
+        );
     }
 }
