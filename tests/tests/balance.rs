@@ -22,6 +22,14 @@ fn addr(port: u16) -> SocketAddr {
     format!("127.0.0.1:{port}").parse().unwrap()
 }
 
+/// The runtime tokio's sockets register with while they are made.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A listening socket of a `SO_REUSEPORT` group on `port`, accepting without blocking.
 fn member(port: u16) -> TcpListener {
     let s = tokio::net::TcpSocket::new_v4().unwrap();
@@ -52,10 +60,7 @@ fn each_new_connection_goes_to_the_least_loaded_socket() {
     if !require_root("each_new_connection_goes_to_the_least_loaded_socket") {
         return;
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let _in_rt = rt.enter();
     let port = free_port();
     let (a, b, c) = (member(port), member(port), member(port));
@@ -97,10 +102,7 @@ fn a_second_listener_is_balanced_apart_from_the_first() {
     if !require_root("a_second_listener_is_balanced_apart_from_the_first") {
         return;
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let _in_rt = rt.enter();
     let (p1, p2) = (free_port(), free_port());
     let (a1, b1, a2, b2) = (member(p1), member(p1), member(p2), member(p2));
