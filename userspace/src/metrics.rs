@@ -39,6 +39,7 @@ pub struct Metrics {
     tcp_bytes: IntCounterVec,
     compressed: IntCounterVec,
     rejected: IntCounterVec,
+    handoffs: IntCounterVec,
     pressure: prometheus::IntGauge,
     pressure_engagements: prometheus::IntCounter,
 }
@@ -311,6 +312,12 @@ impl Metrics {
                 "Accepted connections closed at once, by reason (per_source: max-connections-per-source)",
                 &["listener", "reason"],
             )?,
+            handoffs: counter(
+                &r,
+                "floodgate_http1_engine_handoffs_total",
+                "HTTP/1.1 connections floodgate's engine left to hyper at a request, by reason (http_1_0, transfer_encoding, upgrade, connect, malformed, head_too_large, ...)",
+                &["listener", "reason"],
+            )?,
             compressed: counter(
                 &r,
                 "floodgate_http_compressed_responses_total",
@@ -466,6 +473,11 @@ impl Metrics {
         self.tcp_bytes
             .with_label_values(&[listener, backend, "out"])
             .inc_by(to_client);
+    }
+
+    /// A connection the HTTP/1.1 engine left to hyper, for `reason`.
+    pub fn handoff(&self, listener: &str, reason: &str) {
+        self.handoffs.with_label_values(&[listener, reason]).inc();
     }
 
     /// A connection closed at accept for `reason`.

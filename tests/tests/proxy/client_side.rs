@@ -356,8 +356,7 @@ backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
 }
 
 /// floodgate's HTTP/1.1 engine answers pipelined requests in order, reads a body to its
-/// `Content-Length` and goes on with the request right after it; a chunked body further down
-/// the same connection is left to hyper, which answers it and the rest in order.
+/// `Content-Length` or its last chunk and goes on with the request right after it.
 #[test]
 fn pipelined_requests_and_bodies_are_answered_in_order() {
     use std::io::{Read as _, Write as _};
@@ -395,4 +394,94 @@ fn pipelined_requests_and_bodies_are_answered_in_order() {
             .unwrap_or_else(|| panic!("{want:?} after {at}: {text}"));
         at += found + want.len();
     }
+}
+
+/// The engine serves chunked bodies (extensions, trailers) and `Expect: 100-continue` itself:
+/// `100 Continue` when the body is needed, none when the request is answered without it (and
+/// then the connection closes, as hyper does); no connection is handed to hyper for either.
+#[test]
+fn the_engine_serves_chunked_bodies_and_expect_100_continue() {
+    use std::io::{Read as _, Write as _};
+    let (op, port, admin_port) = (free_port(), free_port(), free_port());
+    let _origin = origin(op, "o");
+    let config = temp_file(
+        "engine-bodies.yaml",
+        &format!(
+            "
+xdp: {{ enabled: false }}
+admin: {{ bind: '127.0.0.1:{admin_port}' }}
+listeners:
+  - {{ name: web, bind: '127.0.0.1:{port}', default-backend: app }}
+routes: [{{ path-prefix: /deny, allow: [10.0.0.0/8], backend: app }}]
+backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
+"
+        ),
+    );
+    let _fg = spawn_floodgate(&config);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    assert!(wait_for_port(addr, Duration::from_secs(10)));
+    assert!(wait_for_port(admin, Duration::from_secs(10)));
+    let connect = || {
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+
+    let mut s = connect();
+    s.write_all(
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: 1\r\n\r\n\
+          GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let c = text.find("o /c xff=127.0.0.1 body=11\n").expect(&text);
+    assert!(text[c..].contains("o /after xff=127.0.0.1\n"), "{text}");
+
+    // The body is asked for: `100 Continue`, then the answer, and the connection goes on.
+    let mut s = connect();
+    s.write_all(b"PUT /e HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("o /e xff=127.0.0.1 body=5"),
+        "{r}"
+    );
+    let r = keepalive_get(&mut s, "/again").unwrap();
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+
+    // Refused by the route's `allow`: answered at once, no `100 Continue`, and closed (the
+    // client may never send the body it was not asked for).
+    let mut s = connect();
+    s.write_all(
+        b"PUT /deny HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    assert!(!text.contains("100 Continue"), "{text}");
+
+    let m = http_get(admin, "a", "/metrics").unwrap().1;
+    assert!(
+        !m.contains("floodgate_http1_engine_handoffs_total{"),
+        "nothing left to hyper: {m}"
+    );
+    // A request the engine does not serve is counted.
+    let r = raw_status(addr, b"GET / HTTP/1.0\r\nHost: x\r\n\r\n");
+    assert_eq!(r, 200);
+    let m = http_get(admin, "a", "/metrics").unwrap().1;
+    let handed = floodgate_tests::metric(
+        &m,
+        r#"floodgate_http1_engine_handoffs_total{listener="web",reason="http_1_0"}"#,
+    );
+    assert_eq!(handed, Some(1.0), "{m}");
 }

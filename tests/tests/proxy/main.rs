@@ -150,8 +150,14 @@ fn write_atomically(path: &std::path::Path, text: &str) {
 
 /// Sends one keep-alive GET on `s` and reads its response (content-length framed).
 fn keepalive_get(s: &mut std::net::TcpStream, path: &str) -> std::io::Result<String> {
-    use std::io::{Read as _, Write as _};
+    use std::io::Write as _;
     write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")?;
+    read_response(s)
+}
+
+/// Reads one response (content-length framed) from `s`.
+fn read_response(s: &mut std::net::TcpStream) -> std::io::Result<String> {
+    use std::io::Read as _;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {

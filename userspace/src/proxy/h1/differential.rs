@@ -1,17 +1,25 @@
 //! The engine against hyper on the same bytes: a head the engine takes must be one hyper
-//! takes too, with the same method, target, version and fields, so serving it with the engine
-//! never accepts what floodgate refused before, or reads it differently. (What the engine
-//! declines, hyper serves: no comparison needed there.) Run by the `request_head` fuzz target
-//! and, over a fixed set of inputs, by the unit tests.
+//! takes too, with the same method, target, version, fields and body framing, and the body
+//! that follows (length or chunked, with its trailers) must be the same bytes, or refused by
+//! both; so serving it with the engine never accepts what floodgate refused before, or reads
+//! it differently. (What the engine declines, hyper serves: no comparison needed there.) Run
+//! by the `request_head` fuzz target and, over a fixed set of inputs, by the unit tests.
 
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use http_body_util::Empty;
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt as _;
 
-use super::head::{self, Parsed};
+use super::{
+    chunked::{self, Decoded},
+    head::{self, BodyLength, Parsed},
+};
+
+/// A body as read: its bytes and trailers, or `Err` when it is refused or incomplete.
+type ReadBody = Result<(Bytes, Option<HeaderMap>), ()>;
 
 /// The field limit both sides get (floodgate's default `max-header-count`).
 const MAX_HEADERS: usize = 101;
@@ -28,7 +36,7 @@ pub fn check(data: &[u8]) -> Result<(), String> {
         // Declined at build time: hyper serves it.
         return Ok(());
     };
-    let Some(theirs) = hyper_reads(&raw) else {
+    let Some((theirs, their_body)) = hyper_reads(data) else {
         return Err(format!("the engine takes a head hyper refuses: {ours:?}"));
     };
     if (&ours.method, &ours.uri, ours.version) != (&theirs.method, &theirs.uri, theirs.version) {
@@ -43,15 +51,31 @@ pub fn check(data: &[u8]) -> Result<(), String> {
             ours.headers, theirs.headers
         ));
     }
-    let their_length = theirs
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let fields = &theirs.headers;
+    let their_length = if fields.contains_key(http::header::TRANSFER_ENCODING) {
+        BodyLength::Chunked
+    } else {
+        match fields
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            None | Some(0) => BodyLength::Empty,
+            Some(n) => BodyLength::Bytes(n),
+        }
+    };
     if length != their_length {
         return Err(format!(
             "body length: engine {length:?}, hyper {their_length:?}"
         ));
+    }
+    let our_body = engine_reads(length, data.get(raw.len()..).unwrap_or_default());
+    match (&our_body, &their_body) {
+        (Err(()), Err(())) => {}
+        (Ok(a), Ok(b)) if a == b => {}
+        _ => {
+            return Err(format!("body: engine {our_body:?}, hyper {their_body:?}"));
+        }
     }
     let their_close = theirs
         .headers
@@ -68,30 +92,83 @@ pub fn check(data: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// The request head hyper's HTTP/1.1 server hands to its service for `head`, with
-/// floodgate's settings; `None` when it refuses it.
-fn hyper_reads(head: &[u8]) -> Option<http::request::Parts> {
+/// The body the engine reads from `rest`, the bytes after the head, the client sending
+/// nothing more.
+fn engine_reads(length: BodyLength, rest: &[u8]) -> ReadBody {
+    match length {
+        BodyLength::Empty => Ok((Bytes::new(), None)),
+        BodyLength::Bytes(n) => {
+            let n = usize::try_from(n).map_err(|_| ())?;
+            rest.get(..n)
+                .map(|b| (Bytes::copy_from_slice(b), None))
+                .ok_or(())
+        }
+        BodyLength::Chunked => {
+            let mut d = chunked::Decoder::new(MAX_HEADERS);
+            let mut buf = BytesMut::from(rest);
+            let (mut data, mut trailers) = (BytesMut::new(), None);
+            loop {
+                match d.decode(&mut buf).map_err(|_| ())? {
+                    Decoded::Data(b) => data.extend_from_slice(&b),
+                    Decoded::Trailers(t) => trailers = Some(t),
+                    Decoded::End => return Ok((data.freeze(), trailers)),
+                    // The end of the input: the client closed within the body.
+                    Decoded::More => return Err(()),
+                }
+            }
+        }
+    }
+}
+
+/// The request head hyper's HTTP/1.1 server hands to its service for the request at the start
+/// of `data`, with floodgate's settings, and the body it reads; `None` when it refuses the head.
+fn hyper_reads(data: &[u8]) -> Option<(http::request::Parts, ReadBody)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .ok()?;
-    let seen: Arc<Mutex<Option<http::request::Parts>>> = Arc::default();
+    type Seen = Option<(http::request::Parts, Option<ReadBody>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let to = seen.clone();
-    let head = head.to_vec();
+    let data = data.to_vec();
     rt.block_on(async move {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            if let Ok(mut s) = to.lock() {
-                *s = Some(req.into_parts().0);
+            let (parts, body) = req.into_parts();
+            // The first request only: what follows it is not compared.
+            let first = to.lock().is_ok_and(|mut s| {
+                let first = s.is_none();
+                s.get_or_insert((parts, None));
+                first
+            });
+            let to = to.clone();
+            async move {
+                if first {
+                    let body = match body.collect().await {
+                        Ok(c) => {
+                            let trailers = c.trailers().cloned();
+                            Ok((c.to_bytes(), trailers))
+                        }
+                        Err(_) => Err(()),
+                    };
+                    if let Ok(mut s) = to.lock()
+                        && let Some((_, b)) = s.as_mut()
+                    {
+                        *b = Some(body);
+                    }
+                }
+                Ok::<_, std::convert::Infallible>(http::Response::new(Empty::<Bytes>::new()))
             }
-            async { Ok::<_, std::convert::Infallible>(http::Response::new(Empty::<Bytes>::new())) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .max_headers(MAX_HEADERS)
             .max_buf_size(16_384)
+            // The client sends everything and shuts its side: hyper keeps reading the body
+            // then, rather than dropping the request at the end of its input.
+            .half_close(true)
             .serve_connection(TokioIo::new(server), svc);
         let write = async move {
-            let _ = client.write_all(&head).await;
+            let _ = client.write_all(&data).await;
             let _ = client.shutdown().await;
             client
         };
@@ -101,7 +178,8 @@ fn hyper_reads(head: &[u8]) -> Option<http::request::Parts> {
             write
         );
     });
-    seen.lock().ok()?.take()
+    let (parts, body) = seen.lock().ok()?.take()?;
+    Some((parts, body.unwrap_or(Err(()))))
 }
 
 #[cfg(test)]
@@ -124,6 +202,15 @@ mod tests {
         b"GET / HTTP/1.1\r\nHost: a\r\n\x00: b\r\n\r\n",
         b"get / HTTP/1.1\r\nHost: a\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive,close\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhel",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: CHUNKED\r\nExpect: 100-continue\r\n\r\n\
+          5;a=b\r\nhello\r\n00A  ;x\r\n0123456789\r\n0\r\nX-T: 1\r\nx-t: 2\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX y\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
     ];
 
     #[test]
@@ -147,6 +234,26 @@ mod tests {
                 m[i] = b;
                 check(&m).unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(&m)));
             }
+        }
+    }
+
+    /// The same over a chunked request with an extension and a trailer: every byte of the head
+    /// and of the framing changed, and each one removed.
+    #[test]
+    fn one_byte_changes_of_a_chunked_body_are_read_the_same() {
+        let base = b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+            3;e=1\r\nabc\r\n2 \r\nde\r\n0\r\nX-T: v\r\n\r\n";
+        for i in 0..base.len() {
+            for b in [
+                b'\0', b'\t', b'\n', b'\r', b' ', b';', b':', b'0', b'f', b'G', 0x7f, 0xff,
+            ] {
+                let mut m = base.to_vec();
+                m[i] = b;
+                check(&m).unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(&m)));
+            }
+            let mut m = base.to_vec();
+            m.remove(i);
+            check(&m).unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(&m)));
         }
     }
 }

@@ -1,7 +1,8 @@
 //! A request head, parsed by `httparse` from the connection's buffer and taken by the engine
-//! only when its framing is plain: anything else is `Decline`d, and hyper, which floodgate
+//! only when its framing is one the engine serves (no body, one `Content-Length`, or
+//! `Transfer-Encoding: chunked` alone): anything else is `Decline`d, and hyper, which floodgate
 //! served every HTTP/1.1 request with before, answers it exactly as it did (its 400s and 431s,
-//! `Expect: 100-continue`, upgrades, chunked bodies, HTTP/1.0).
+//! upgrades, other transfer codings, HTTP/1.0).
 //!
 //! So the engine is never less strict than hyper: it accepts a subset of what hyper accepts,
 //! with the same meaning (`httparse` with hyper's request settings, the same `http` types
@@ -23,8 +24,48 @@ pub enum Parsed {
     Head(Head),
     /// Not yet a complete head.
     Partial,
-    /// A head (or bytes) the engine leaves to hyper, and why (for the debug log and tests).
-    Decline(&'static str),
+    /// A head (or bytes) the engine leaves to hyper, and why.
+    Decline(Handoff),
+}
+
+/// Why the engine left a connection to hyper: the `reason` of
+/// `floodgate_http1_engine_handoffs_total`, so an operator sees what traffic takes the dearer
+/// path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handoff {
+    /// Not HTTP/1.1 as hyper's settings read it; hyper answers 400.
+    Malformed,
+    Http10,
+    BadMethod,
+    Connect,
+    BadFieldName,
+    /// A coding other than `chunked` alone, or with a `Content-Length`.
+    TransferEncoding,
+    Upgrade,
+    RepeatedContentLength,
+    BadContentLength,
+    /// The head passed `max-header-bytes`; hyper answers 431.
+    HeadTooLarge,
+    /// A target or field value the `http` types refuse.
+    Unrepresentable,
+}
+
+impl Handoff {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::Http10 => "http_1_0",
+            Self::BadMethod => "bad_method",
+            Self::Connect => "connect",
+            Self::BadFieldName => "bad_field_name",
+            Self::TransferEncoding => "transfer_encoding",
+            Self::Upgrade => "upgrade",
+            Self::RepeatedContentLength => "repeated_content_length",
+            Self::BadContentLength => "bad_content_length",
+            Self::HeadTooLarge => "head_too_large",
+            Self::Unrepresentable => "unrepresentable",
+        }
+    }
 }
 
 /// A request head: where its parts are in the buffer, so the request is built from the same
@@ -35,10 +76,22 @@ pub struct Head {
     method: Method,
     target: Range<usize>,
     headers: Vec<(HeaderName, Range<usize>)>,
-    /// `Content-Length`, when the request has one.
-    pub body: Option<u64>,
+    pub body: BodyLength,
     /// The client asked to close after this request (`Connection: close`).
     pub close: bool,
+    /// `Expect: 100-continue` (the last `Expect` field decides, as in hyper).
+    pub expect_continue: bool,
+}
+
+/// How the request's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLength {
+    /// No body (no framing field, or `Content-Length: 0`).
+    Empty,
+    /// `Content-Length`, more than 0.
+    Bytes(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
 }
 
 /// Parses the head at the start of `buf`, at most `max_headers` fields.
@@ -58,45 +111,60 @@ pub fn parse(buf: &[u8], max_headers: usize) -> Parsed {
     let len = match req.parse_with_uninit_headers(buf, slots) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Decline("malformed head"),
+        Err(_) => return Parsed::Decline(Handoff::Malformed),
     };
     if req.version != Some(1) {
-        return Parsed::Decline("HTTP/1.0");
+        return Parsed::Decline(Handoff::Http10);
     }
     let (Some(method), Some(path)) = (req.method, req.path) else {
-        return Parsed::Decline("no request line");
+        return Parsed::Decline(Handoff::Malformed);
     };
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
-        return Parsed::Decline("bad method");
+        return Parsed::Decline(Handoff::BadMethod);
     };
     if method == Method::CONNECT {
-        return Parsed::Decline("CONNECT");
+        return Parsed::Decline(Handoff::Connect);
     }
     let mut head = Head {
         len,
         method,
         target: offset(buf, path.as_bytes()),
         headers: Vec::with_capacity(req.headers.len()),
-        body: None,
+        body: BodyLength::Empty,
         close: false,
+        expect_continue: false,
     };
+    let mut length_seen = false;
     for h in req.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
-            return Parsed::Decline("bad field name");
+            return Parsed::Decline(Handoff::BadFieldName);
         };
         match name {
-            // Chunked bodies (and every other coding) stay with hyper for now; so do
-            // `Expect: 100-continue` and upgrades, whose answers hyper writes itself.
-            header::TRANSFER_ENCODING => return Parsed::Decline("transfer-encoding"),
-            header::EXPECT => return Parsed::Decline("expect"),
-            header::UPGRADE => return Parsed::Decline("upgrade"),
-            header::CONTENT_LENGTH => {
-                if head.body.is_some() {
-                    return Parsed::Decline("repeated content-length");
+            // Chunked alone, in one field, without a length: any other coding, a list, or
+            // both framings (a smuggling shape, RFC 9112 section 6.3) stay with hyper.
+            header::TRANSFER_ENCODING => {
+                if length_seen || !h.value.eq_ignore_ascii_case(b"chunked") {
+                    return Parsed::Decline(Handoff::TransferEncoding);
                 }
+                length_seen = true;
+                head.body = BodyLength::Chunked;
+            }
+            header::UPGRADE => return Parsed::Decline(Handoff::Upgrade),
+            header::EXPECT => {
+                head.expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
+            }
+            header::CONTENT_LENGTH => {
+                if head.body == BodyLength::Chunked {
+                    return Parsed::Decline(Handoff::TransferEncoding);
+                }
+                if length_seen {
+                    return Parsed::Decline(Handoff::RepeatedContentLength);
+                }
+                length_seen = true;
                 match content_length(h.value) {
-                    Some(n) => head.body = Some(n),
-                    None => return Parsed::Decline("bad content-length"),
+                    Some(0) => {}
+                    Some(n) => head.body = BodyLength::Bytes(n),
+                    None => return Parsed::Decline(Handoff::BadContentLength),
                 }
             }
             header::CONNECTION => {
@@ -174,7 +242,7 @@ mod tests {
         }
     }
 
-    fn declined(raw: &[u8]) -> &'static str {
+    fn declined(raw: &[u8]) -> Handoff {
         match parse(raw, 101) {
             Parsed::Decline(why) => why,
             other => panic!("{:?}: {other:?}", String::from_utf8_lossy(raw)),
@@ -186,7 +254,7 @@ mod tests {
         let raw = b"GET /a/b?c=d HTTP/1.1\r\nHost: x.test\r\nX-A: 1\r\nx-a: 2\r\n\r\nGET /next";
         let h = head(raw);
         assert_eq!(h.len, raw.len() - b"GET /next".len());
-        assert_eq!((h.body, h.close), (None, false));
+        assert_eq!((h.body, h.close), (BodyLength::Empty, false));
         let bytes = Bytes::copy_from_slice(&raw[..h.len]);
         let p = h.into_parts(&bytes).expect("parts");
         assert_eq!(p.method, Method::GET);
@@ -199,7 +267,19 @@ mod tests {
     #[test]
     fn a_length_and_close_are_read() {
         let h = head(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 42\r\nConnection: keep-alive, Close\r\n\r\n");
-        assert_eq!((h.body, h.close), (Some(42), true));
+        assert_eq!(
+            (h.body, h.close, h.expect_continue),
+            (BodyLength::Bytes(42), true, false)
+        );
+        let h = head(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(h.body, BodyLength::Empty);
+        let h = head(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\nExpect: 100-Continue\r\n\r\n");
+        assert_eq!((h.body, h.expect_continue), (BodyLength::Chunked, true));
+        // hyper reads the last Expect field only, and ignores expectations it does not know.
+        let h = head(
+            b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nExpect: x\r\nContent-Length: 1\r\n\r\n",
+        );
+        assert!(!h.expect_continue);
         assert!(matches!(
             parse(b"GET / HTTP/1.1\r\nHost: x\r\n", 101),
             Parsed::Partial
@@ -209,43 +289,50 @@ mod tests {
     #[test]
     fn what_hyper_answers_is_left_to_hyper() {
         for (raw, why) in [
-            (&b"GET / HTTP/1.0\r\n\r\n"[..], "HTTP/1.0"),
-            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "malformed head"),
+            (&b"GET / HTTP/1.0\r\n\r\n"[..], Handoff::Http10),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Handoff::Malformed),
             (
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-                "transfer-encoding",
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                Handoff::TransferEncoding,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Handoff::TransferEncoding,
             ),
             (
                 b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-                "transfer-encoding",
+                Handoff::TransferEncoding,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n",
+                Handoff::TransferEncoding,
             ),
             (
                 b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
-                "repeated content-length",
+                Handoff::RepeatedContentLength,
             ),
             (
                 b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
-                "bad content-length",
+                Handoff::BadContentLength,
             ),
             (
                 b"POST / HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\n",
-                "bad content-length",
+                Handoff::BadContentLength,
             ),
             (
                 b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
-                "bad content-length",
+                Handoff::BadContentLength,
             ),
-            (b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n", "expect"),
             (
                 b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-                "upgrade",
+                Handoff::Upgrade,
             ),
-            (b"CONNECT x:443 HTTP/1.1\r\n\r\n", "CONNECT"),
-            (b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", "malformed head"),
-            (b"GET / HTTP/1.1\r\nX : a\r\n\r\n", "malformed head"),
-            (b"GET / HTTP/1.1\r\nX: a\0b\r\n\r\n", "malformed head"),
-            (b"GET / HTTP/1.1\rX: a\r\n\r\n", "malformed head"),
-            (b"GET  / HTTP/1.1\r\n\r\n", "malformed head"),
+            (b"CONNECT x:443 HTTP/1.1\r\n\r\n", Handoff::Connect),
+            (b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", Handoff::Malformed),
+            (b"GET / HTTP/1.1\r\nX : a\r\n\r\n", Handoff::Malformed),
+            (b"GET / HTTP/1.1\r\nX: a\0b\r\n\r\n", Handoff::Malformed),
+            (b"GET / HTTP/1.1\rX: a\r\n\r\n", Handoff::Malformed),
+            (b"GET  / HTTP/1.1\r\n\r\n", Handoff::Malformed),
         ] {
             assert_eq!(declined(raw), why, "{:?}", String::from_utf8_lossy(raw));
         }

@@ -4,17 +4,20 @@
 //!
 //! One connection: the request head is parsed by `httparse` from a buffer the connection
 //! keeps (`head.rs`); the request is built over the head's own bytes (no copy of the target or
-//! the field values); the phases in `session.rs` run unchanged; the response goes out with
-//! its head, and small bodies, in one write (`write.rs`). Requests on a connection are served
-//! in order, so pipelined requests are answered in order.
+//! the field values); its body, `Content-Length` or chunked (`chunked.rs`), is read from the
+//! same buffer as the backend takes it (`body.rs`), with `100 Continue` sent when the body is
+//! first asked for; the phases in `session.rs` run unchanged; the response goes out with its
+//! head, and small bodies, in one write (`write.rs`). Requests on a connection are served in
+//! order, so pipelined requests are answered in order.
 //!
 //! What the engine does not serve it hands over, at a request boundary with nothing owed to
-//! the client, to hyper with the bytes it has read (`Ended::Hyper`): HTTP/1.0, chunked and
-//! other transfer codings, `Expect`, upgrades, CONNECT, and every head that is malformed or
-//! too large, which hyper answers as it always has (400, 431). The client-side timeouts are
+//! the client, to hyper with the bytes it has read (`Ended::Hyper`): HTTP/1.0, transfer codings
+//! other than `chunked` alone, upgrades, CONNECT, and every head that is malformed or too
+//! large, which hyper answers as it always has (400, 431). The client-side timeouts are
 //! the connection's IO's (`timeout.rs`), the same under both.
 
 pub mod body;
+pub mod chunked;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod differential;
 pub mod head;
@@ -25,15 +28,20 @@ use std::{io, sync::Arc};
 use bytes::BytesMut;
 use http::Request;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite},
-    sync::watch,
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    sync::{oneshot, watch},
 };
 use tracing::debug;
+
+use head::{BodyLength, Handoff};
 
 use super::{
     generation::ListenerCtx,
     session::{self, Conn},
 };
+
+/// The interim answer to `Expect: 100-continue`, hyper's bytes.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Bytes asked of the socket at a time for request heads.
 const READ: usize = 4 * 1024;
@@ -95,11 +103,12 @@ where
                 match head::parse(&buf, limits.max_headers) {
                     head::Parsed::Head(h) => break h,
                     head::Parsed::Decline(why) => {
-                        debug!(peer = %conn.peer, why, "HTTP/1.1 request left to hyper");
+                        handoff(ctx, conn, why);
                         return Ok(Ended::Hyper { io, read: buf });
                     }
                     head::Parsed::Partial if buf.len() >= limits.max_head_bytes => {
                         // hyper answers 431 once its own limit is passed.
+                        handoff(ctx, conn, Handoff::HeadTooLarge);
                         return Ok(Ended::Hyper { io, read: buf });
                     }
                     head::Parsed::Partial => {}
@@ -122,7 +131,9 @@ where
         };
         let raw = buf.split_to(head.len).freeze();
         let (close, length, head_only) = (head.close, head.body, head.is_head());
+        let expect_continue = head.expect_continue;
         let Some(parts) = head.into_parts(&raw) else {
+            handoff(ctx, conn, Handoff::Unrepresentable);
             let mut read = BytesMut::from(&raw[..]);
             read.extend_from_slice(&buf);
             return Ok(Ended::Hyper { io, read });
@@ -130,8 +141,15 @@ where
         // The drain began while this request was read: it is answered, then the connection
         // closes. An atomic load per request; the lock is taken only when it changed.
         draining |= stop.has_changed().unwrap_or(true) && *stop.borrow();
-        match length {
-            None | Some(0) => {
+        let framing = match length {
+            BodyLength::Empty => None,
+            BodyLength::Bytes(n) => Some(body::Framing::Length(n)),
+            BodyLength::Chunked => Some(body::Framing::Chunked(chunked::Decoder::new(
+                limits.max_headers,
+            ))),
+        };
+        match framing {
+            None => {
                 let req = Request::from_parts(parts, body::Body::<T>::empty());
                 // Boxed: inline, the phases' state would size the connection's task for its
                 // whole life, idle or not (and be copied whole when the task is spawned).
@@ -139,11 +157,35 @@ where
                 let resp = resp.unwrap_or_else(|never| match never {});
                 write::response(&mut io, &mut out, resp, head_only, close || draining).await?;
             }
-            Some(n) => {
+            Some(framing) => {
                 let (rd, mut wr) = tokio::io::split(io);
-                let (body, mut back) = body::Body::new(rd, std::mem::take(&mut buf), n);
+                let (wants_continue, asked) = match expect_continue {
+                    true => {
+                        let (tx, rx) = oneshot::channel();
+                        (Some(tx), Some(rx))
+                    }
+                    false => (None, None),
+                };
+                let (body, mut back) =
+                    body::Body::new(rd, std::mem::take(&mut buf), framing, wants_continue);
                 let req = Request::from_parts(parts, body);
-                let resp = Box::pin(session::handle_raw(ctx.clone(), conn.clone(), req)).await;
+                let mut serving = Box::pin(session::handle_raw(ctx.clone(), conn.clone(), req));
+                // `100 Continue` goes out when the phases first ask for the body, as hyper
+                // sends it; a request answered before that is answered without it.
+                let mut continued = false;
+                let resp = match asked {
+                    None => serving.await,
+                    Some(asked) => tokio::select! {
+                        biased;
+                        resp = &mut serving => resp,
+                        Ok(()) = asked => {
+                            wr.write_all(CONTINUE).await.map_err(write::WriteError::Io)?;
+                            wr.flush().await.map_err(write::WriteError::Io)?;
+                            continued = true;
+                            serving.await
+                        }
+                    },
+                };
                 let resp = resp.unwrap_or_else(|never| match never {});
                 write::response(&mut wr, &mut out, resp, head_only, close || draining).await?;
                 // The body was read to its end or dropped by now; if something still holds
@@ -153,13 +195,24 @@ where
                 };
                 io = r.io.unsplit(wr);
                 buf = r.buf;
-                if r.left > 0 {
-                    if r.left > DRAIN || close || draining {
-                        return Ok(Ended::Closed);
+                match r.left {
+                    body::Left::Nothing => {}
+                    body::Left::Unknown => return Ok(Ended::Closed),
+                    // The client may be waiting for a `100 Continue` it will not get, and
+                    // never send the body: what it sent already is drained, nothing is
+                    // waited for (hyper's rule).
+                    body::Left::Length(n) if expect_continue && !continued => {
+                        if n > buf.len() as u64 || close || draining {
+                            return Ok(Ended::Closed);
+                        }
+                        drain(&mut io, &mut buf, n).await.map_err(Error::Read)?;
                     }
-                    drain(&mut io, &mut buf, r.left)
-                        .await
-                        .map_err(Error::Read)?;
+                    body::Left::Length(n) => {
+                        if n > DRAIN || close || draining {
+                            return Ok(Ended::Closed);
+                        }
+                        drain(&mut io, &mut buf, n).await.map_err(Error::Read)?;
+                    }
                 }
             }
         }
@@ -170,6 +223,14 @@ where
             // A large head once does not keep its buffer for the connection's life.
             out = Vec::new();
         }
+    }
+}
+
+/// Counts and logs a connection left to hyper.
+fn handoff(ctx: &ListenerCtx, conn: &Conn, why: Handoff) {
+    debug!(peer = %conn.peer, why = why.as_str(), "HTTP/1.1 request left to hyper");
+    if let Some(m) = &ctx.metrics {
+        m.handoff(&ctx.name, why.as_str());
     }
 }
 
