@@ -17,7 +17,7 @@ use hyper_util::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    net::{TcpListener, TcpSocket, TcpStream},
+    net::{TcpSocket, TcpStream},
     sync::{Semaphore, watch},
 };
 use tracing::{debug, info, warn};
@@ -26,7 +26,7 @@ use crate::config::{self, Timeouts};
 use crate::proxy::{
     generation::{Carry, ListenerCtx},
     h1,
-    listener::passthrough,
+    listener::{lazy, passthrough},
     session::{Conn, handle},
 };
 
@@ -533,7 +533,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
         .max_pending_accept_reset_streams(20);
     let addr = s.listener.local_addr().ok();
     let counters = s.ctx.timeout_counters();
-    let listener = match TcpListener::from_std(s.listener) {
+    let listener = match lazy::listener(s.listener) {
         Ok(l) => l,
         Err(e) => {
             warn!(listener = ?addr, error = %e, "cannot register the listener with this worker");
@@ -560,7 +560,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
             },
         };
         let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
+            r = lazy::accept(&listener) => match r {
                 Ok(c) => c,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -592,19 +592,24 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
         tokio::spawn(async move {
             let _permit = (permit, listener_permit);
             let _guard = guard;
-            let mut stream = stream;
             let accepting = ctx.on_accept();
-            let Some((client, destination)) = client_of(
-                &mut stream,
-                peer,
-                &ctx,
-                accepting.proxy_protocol.as_deref(),
-                limits.http_request,
-            )
-            .await
-            else {
-                return;
-            };
+            let pp = accepting.proxy_protocol.as_deref();
+            // A PROXY header is peeked, and a carried connection copied, on tokio's stream;
+            // HTTP, plain or TLS, starts on the socket itself (`lazy`).
+            let (stream, client, destination) =
+                if accepting.carry.is_none() && !pp.is_some_and(|p| p.expected_from(peer.ip())) {
+                    (lazy::LazyStream::new(stream), peer, None)
+                } else {
+                    let Ok(mut stream) = TcpStream::from_std(stream) else {
+                        return;
+                    };
+                    let Some((client, destination)) =
+                        client_of(&mut stream, peer, &ctx, pp, limits.http_request).await
+                    else {
+                        return;
+                    };
+                    (lazy::LazyStream::from(stream), client, destination)
+                };
             let Ok(_held) = accepting.admit(client.ip()) else {
                 if let Some(m) = &ctx.metrics {
                     m.rejected(&ctx.name, "per_source");
@@ -637,6 +642,9 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                 (tls, Some(carry)) => {
                     // Boxed: this path's state (the ClientHello buffer above all) would
                     // otherwise size every connection's task, HTTP ones included.
+                    let Ok(stream) = stream.into_registered() else {
+                        return;
+                    };
                     let addrs = (peer, client, destination);
                     let (limits, counters) = timed;
                     let http = Http {
@@ -723,8 +731,8 @@ mod tests {
     async fn accepted_connections_inherit_nodelay_from_the_listener() {
         let cfg: config::Listener =
             yaml_serde::from_str("{name: t, bind: '127.0.0.1:0'}").expect("a minimal listener");
-        let listener =
-            TcpListener::from_std(bind(&cfg, false).expect("bind")).expect("register the listener");
+        let listener = tokio::net::TcpListener::from_std(bind(&cfg, false).expect("bind"))
+            .expect("register the listener");
         let addr = listener.local_addr().expect("bound address");
         let _client = TcpStream::connect(addr).await.expect("connect");
         let (accepted, _) = listener.accept().await.expect("accept");
