@@ -126,6 +126,8 @@ fn upgrade_passes_through_and_the_tunnel_outlives_the_keep_alive_timeout() {
         ),
         Some(1.0)
     );
+    // floodgate's HTTP/1.1 engine served the upgrades; none went to hyper.
+    assert!(!m.contains("floodgate_http1_engine_handoffs_total{"), "{m}");
     // The tunnel's bytes each way ("hello" and "still there", echoed), as body bytes.
     for family in [
         "floodgate_http_request_body_bytes_total",
@@ -137,6 +139,25 @@ fn upgrade_passes_through_and_the_tunnel_outlives_the_keep_alive_timeout() {
             "{m}"
         );
     }
+    // Bytes sent with the head, before the 101, reach the server through the tunnel.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nearly",
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"early") {
+        assert_eq!(
+            s.read(&mut b).unwrap(),
+            1,
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        got.push(b[0]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101"));
+    drop(s);
 }
 
 #[test]

@@ -692,7 +692,9 @@ fn upstream_request<B: ClientBody>(
     // An upgrade the route does not allow is ignored (RFC 9110 section 7.8 lets a server do
     // so): the request is served as plain HTTP and its Upgrade dropped as hop-by-hop.
     let protocol = upgrade_protocol(&req).filter(|p| routed.upgrades.allows(p));
-    let upgrade = protocol.is_some().then(|| hyper::upgrade::on(&mut req));
+    let upgrade = protocol
+        .is_some()
+        .then(|| super::upgrade::ClientUpgrade::of(&mut req));
     let (mut parts, body) = req.into_parts();
     let hv = |s: &str| {
         HeaderValue::from_str(s)
@@ -934,7 +936,7 @@ async fn forward(
 /// `timeout tunnel` passes without a byte either way (which replaces the client timeouts).
 fn tunnel(
     mut resp: Response<Incoming>,
-    client: Option<hyper::upgrade::OnUpgrade>,
+    client: Option<super::upgrade::ClientUpgrade>,
     slot: Slot,
     guard: timeout::InFlightGuard,
     idle: Duration,
@@ -944,13 +946,11 @@ fn tunnel(
     tokio::spawn(async move {
         let (_slot, guard) = (slot, guard);
         let Some(client) = client else { return };
-        match tokio::try_join!(client, server) {
-            Ok((c, s)) => {
+        let server = async { server.await.map_err(super::upgrade::UpgradeError::from) };
+        match tokio::try_join!(client.connection(), server) {
+            Ok((mut c, s)) => {
                 guard.tunnel();
-                let (mut c, mut s) = (
-                    hyper_util::rt::TokioIo::new(c),
-                    hyper_util::rt::TokioIo::new(s),
-                );
+                let mut s = hyper_util::rt::TokioIo::new(s);
                 let spliced = timeout::splice(&mut c, &mut s, idle).await;
                 if let Some(t) = &counters {
                     t.bytes_in.inc_by(spliced.from_a);

@@ -41,6 +41,7 @@ pub enum Handoff {
     BadFieldName,
     /// A coding other than `chunked` alone, or with a `Content-Length`.
     TransferEncoding,
+    /// An upgrade request with a body.
     Upgrade,
     RepeatedContentLength,
     BadContentLength,
@@ -81,6 +82,8 @@ pub struct Head {
     pub close: bool,
     /// `Expect: 100-continue` (the last `Expect` field decides, as in hyper).
     pub expect_continue: bool,
+    /// An `Upgrade` field: the connection may become a tunnel after a 101.
+    pub upgrade: bool,
 }
 
 /// How the request's body is framed.
@@ -133,6 +136,7 @@ pub fn parse(buf: &[u8], max_headers: usize) -> Parsed {
         body: BodyLength::Empty,
         close: false,
         expect_continue: false,
+        upgrade: false,
     };
     let mut length_seen = false;
     for h in req.headers.iter() {
@@ -149,7 +153,8 @@ pub fn parse(buf: &[u8], max_headers: usize) -> Parsed {
                 length_seen = true;
                 head.body = BodyLength::Chunked;
             }
-            header::UPGRADE => return Parsed::Decline(Handoff::Upgrade),
+            // hyper's rule: any Upgrade field on HTTP/1.1 may switch; the route decides.
+            header::UPGRADE => head.upgrade = true,
             header::EXPECT => {
                 head.expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
             }
@@ -176,6 +181,10 @@ pub fn parse(buf: &[u8], max_headers: usize) -> Parsed {
             _ => {}
         }
         head.headers.push((name, offset(buf, h.value)));
+    }
+    if head.upgrade && head.body != BodyLength::Empty {
+        // A body before the switch: rare, and hyper's to serve.
+        return Parsed::Decline(Handoff::Upgrade);
     }
     Parsed::Head(head)
 }
@@ -280,6 +289,8 @@ mod tests {
             b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nExpect: x\r\nContent-Length: 1\r\n\r\n",
         );
         assert!(!h.expect_continue);
+        let h = head(b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert!(h.upgrade && h.body == BodyLength::Empty);
         assert!(matches!(
             parse(b"GET / HTTP/1.1\r\nHost: x\r\n", 101),
             Parsed::Partial
@@ -324,7 +335,7 @@ mod tests {
                 Handoff::BadContentLength,
             ),
             (
-                b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+                b"POST / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 1\r\n\r\n",
                 Handoff::Upgrade,
             ),
             (b"CONNECT x:443 HTTP/1.1\r\n\r\n", Handoff::Connect),

@@ -10,10 +10,13 @@
 //! head, and small bodies, in one write (`write.rs`). Requests on a connection are served in
 //! order, so pipelined requests are answered in order.
 //!
+//! An upgrade (WebSocket) the backend accepts is answered 101 and the connection, with any
+//! bytes read past the head, goes to the tunnel (`proxy::upgrade`).
+//!
 //! What the engine does not serve it hands over, at a request boundary with nothing owed to
 //! the client, to hyper with the bytes it has read (`Ended::Hyper`): HTTP/1.0, transfer codings
-//! other than `chunked` alone, upgrades, CONNECT, and every head that is malformed or too
-//! large, which hyper answers as it always has (400, 431). The client-side timeouts are
+//! other than `chunked` alone, upgrade requests with a body, CONNECT, and every head that is
+//! malformed or too large, which hyper answers as it always has (400, 431). The client-side timeouts are
 //! the connection's IO's (`timeout.rs`), the same under both.
 
 pub mod body;
@@ -26,7 +29,7 @@ pub mod write;
 use std::{io, sync::Arc};
 
 use bytes::BytesMut;
-use http::Request;
+use http::{Request, StatusCode};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     sync::{oneshot, watch},
@@ -37,7 +40,9 @@ use head::{BodyLength, Handoff};
 
 use super::{
     generation::ListenerCtx,
+    listener::passthrough,
     session::{self, Conn},
+    upgrade::FromEngine,
 };
 
 /// The interim answer to `Expect: 100-continue`, hyper's bytes.
@@ -131,8 +136,8 @@ where
         };
         let raw = buf.split_to(head.len).freeze();
         let (close, length, head_only) = (head.close, head.body, head.is_head());
-        let expect_continue = head.expect_continue;
-        let Some(parts) = head.into_parts(&raw) else {
+        let (expect_continue, upgrade) = (head.expect_continue, head.upgrade);
+        let Some(mut parts) = head.into_parts(&raw) else {
             handoff(ctx, conn, Handoff::Unrepresentable);
             let mut read = BytesMut::from(&raw[..]);
             read.extend_from_slice(&buf);
@@ -149,6 +154,24 @@ where
             ))),
         };
         match framing {
+            None if upgrade => {
+                let (from, tx) = FromEngine::new();
+                parts.extensions.insert(from);
+                let req = Request::from_parts(parts, body::Body::<T>::empty());
+                let resp = Box::pin(session::handle_raw(ctx.clone(), conn.clone(), req)).await;
+                let resp = resp.unwrap_or_else(|never| match never {});
+                let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+                let close = !switching && (close || draining);
+                write::response(&mut io, &mut out, resp, head_only, close).await?;
+                if switching {
+                    // The tunnel takes the connection, with what the client sent after the
+                    // head (its first frames may have come with it).
+                    let io = passthrough::Prefixed::new(buf.to_vec(), io);
+                    // The tunnel gone (the server's side failed): the connection closes.
+                    let _ = tx.send(Box::new(io));
+                    return Ok(Ended::Closed);
+                }
+            }
             None => {
                 let req = Request::from_parts(parts, body::Body::<T>::empty());
                 // Boxed: inline, the phases' state would size the connection's task for its

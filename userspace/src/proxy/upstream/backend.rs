@@ -131,7 +131,7 @@ pub struct Upstream {
     pub parts: http::request::Parts,
     pub body: Option<UpstreamBody>,
     /// The client's side of an HTTP/1.1 Upgrade (WebSocket), resolved once the backend agrees.
-    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+    pub upgrade: Option<crate::proxy::upgrade::ClientUpgrade>,
     /// The client sent `TE: trailers` (gRPC does): passed on to HTTP/2 servers only, the one
     /// TE value HTTP/2 carries; hop-by-hop for HTTP/1.1.
     pub te_trailers: bool,
