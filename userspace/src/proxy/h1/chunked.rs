@@ -1,13 +1,14 @@
 //! A chunked request body (RFC 9112 section 7.1), decoded from the connection's buffer.
 //!
 //! Hand-written rather than taken from hyper, whose decoder is private: the rules are hyper's
-//! own, line for line (`hyper::proto::h1::decode`), because a request the engine serves must
-//! be read exactly as hyper, which served every request before, reads it. A body framed in a
-//! way hyper would not read the same could be a smuggled request. So: hex digits with checked
-//! arithmetic (an overflow is an error), spaces or tabs only after the digits, extensions
-//! skipped up to CR but a bare LF in one refused, at most 16 KiB of extensions per body, CRLF
-//! exactly after the size line and after each chunk's data, trailer lines up to the field
-//! limit and 16 KiB, parsed by `httparse` as hyper does. `differential` checks the two agree.
+//! own, line for line (`hyper::proto::h1::decode`, 1.13), because a request the engine serves
+//! must be read exactly as hyper, which served every request before, reads it. A body framed
+//! in a way hyper would not read the same could be a smuggled request. So: hex digits with
+//! checked arithmetic (an overflow is an error), spaces or tabs only after the digits,
+//! extensions skipped up to CR but a bare LF in one refused, at most 16 KiB of extensions per
+//! body, CRLF exactly after the size line and after each chunk's data, trailer lines ended by
+//! CRLF (a bare LF refused) up to the field limit and 16 KiB, parsed by `httparse` as hyper
+//! does. `differential` checks the two agree.
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -173,6 +174,9 @@ impl Decoder {
             State::DataLf if b == b'\n' => State::Start,
             State::DataCr | State::DataLf => return Err(ChunkError::DataEnd),
             State::EndCr => {
+                if b == b'\n' {
+                    return Err(ChunkError::Trailer("bare LF"));
+                }
                 if b == b'\r' {
                     self.put_trailer(b)?;
                     State::EndLf
@@ -195,10 +199,10 @@ impl Decoder {
             State::EndLf => return Err(ChunkError::BodyEnd),
             State::Trailer => {
                 self.put_trailer(b)?;
-                if b == b'\r' {
-                    State::TrailerLf
-                } else {
-                    State::Trailer
+                match b {
+                    b'\r' => State::TrailerLf,
+                    b'\n' => return Err(ChunkError::Trailer("bare LF")),
+                    _ => State::Trailer,
                 }
             }
             State::TrailerLf if b == b'\n' => {
@@ -332,6 +336,10 @@ mod tests {
             (b"0\r\n\rX", ChunkError::BodyEnd),
             (b"0\r\nX: y\rZ", ChunkError::Trailer("no LF after CR")),
             (b"0\r\nX y\r\n\r\n", ChunkError::Trailer("malformed field")),
+            // hyper 1.13's rule: a trailer line ends with CRLF, never a bare LF.
+            (b"0\r\nX: y\n\r\n", ChunkError::Trailer("bare LF")),
+            (b"0\r\n\n", ChunkError::Trailer("bare LF")),
+            (b"0\r\nX: y\r\n\n", ChunkError::Trailer("bare LF")),
         ] {
             assert_eq!(
                 decode(raw).map(|_| ()),
