@@ -13,8 +13,8 @@
 //!   maxconn and queue, health, connecting, mirroring, sticky sessions.
 //! - `generation.rs`: a config generation (`Routing`) and each listener's current one
 //!   (`ListenerCtx`); `timeout.rs`: HAProxy's client-side timeouts; `error.rs`: errors as
-//!   statuses; `body.rs`, `worker.rs`, `upgrade.rs` (a client connection after a 101, from
-//!   either server side): shared types.
+//!   statuses; `body.rs`, `worker.rs`, `prefixed.rs` (a stream with bytes read ahead),
+//!   `upgrade.rs` (a client connection after a 101, from either server side): shared types.
 
 pub mod body;
 pub mod error;
@@ -22,6 +22,7 @@ pub mod fields;
 pub mod generation;
 pub mod h1;
 pub mod listener;
+pub mod prefixed;
 pub mod request;
 pub mod session;
 pub mod timeout;

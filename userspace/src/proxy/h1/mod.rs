@@ -16,8 +16,8 @@
 //! What the engine does not serve it hands over, at a request boundary with nothing owed to
 //! the client, to hyper with the bytes it has read (`Ended::Hyper`): HTTP/1.0, transfer codings
 //! other than `chunked` alone, upgrade requests with a body, CONNECT, and every head that is
-//! malformed or too large, which hyper answers as it always has (400, 431). The client-side timeouts are
-//! the connection's IO's (`timeout.rs`), the same under both.
+//! malformed or too large, which hyper answers as it always has (400, 431). The client-side
+//! timeouts are the connection's IO's (`timeout.rs`), the same under both.
 
 pub mod body;
 pub mod chunked;
@@ -40,7 +40,7 @@ use head::{BodyLength, Handoff};
 
 use super::{
     generation::ListenerCtx,
-    listener::passthrough,
+    prefixed::Prefixed,
     session::{self, Conn},
     upgrade::FromEngine,
 };
@@ -166,7 +166,7 @@ where
                 if switching {
                     // The tunnel takes the connection, with what the client sent after the
                     // head (its first frames may have come with it).
-                    let io = passthrough::Prefixed::new(buf.to_vec(), io);
+                    let io = Prefixed::new(buf.to_vec(), io);
                     // The tunnel gone (the server's side failed): the connection closes.
                     let _ = tx.send(Box::new(io));
                     return Ok(Ended::Closed);

@@ -27,6 +27,7 @@ use crate::proxy::{
     generation::{Carry, ListenerCtx},
     h1,
     listener::{lazy, passthrough},
+    prefixed::Prefixed,
     session::{Conn, handle},
 };
 
@@ -162,7 +163,7 @@ where
     match h1::serve(io, &stop, &ctx, &conn, h1).await? {
         h1::Ended::Closed => Ok(()),
         h1::Ended::Hyper { io, read } => {
-            let io = passthrough::Prefixed::new(read.to_vec(), io);
+            let io = Prefixed::new(read.to_vec(), io);
             Box::pin(serve_hyper(io, stop, builder, ctx, conn, rapid_reset)).await
         }
     }
@@ -454,7 +455,7 @@ async fn serve_carried(
         debug!(%peer, sni = ?sni, "no passthrough host for this name");
         return Ok(());
     };
-    let stream = passthrough::Prefixed::new(hello, stream);
+    let stream = Prefixed::new(hello, stream);
     match handshake(&tls, stream, &ctx, peer).await {
         Some(stream) => {
             let h1 = h1.filter(|_| !chose_h2(&stream));
