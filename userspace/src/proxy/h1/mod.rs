@@ -154,16 +154,22 @@ where
             ))),
         };
         match framing {
-            None if upgrade => {
-                let (from, tx) = FromEngine::new();
-                parts.extensions.insert(from);
+            None => {
+                // An upgrade request carries where the tunnel gets the connection after a 101.
+                let tunnel = upgrade.then(|| {
+                    let (from, tx) = FromEngine::new();
+                    parts.extensions.insert(from);
+                    tx
+                });
                 let req = Request::from_parts(parts, body::Body::<T>::empty());
+                // Boxed: inline, the phases' state would size the connection's task for its
+                // whole life, idle or not (and be copied whole when the task is spawned).
                 let resp = Box::pin(session::handle_raw(ctx.clone(), conn.clone(), req)).await;
                 let resp = resp.unwrap_or_else(|never| match never {});
-                let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-                let close = !switching && (close || draining);
+                let tunnel = tunnel.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS);
+                let close = tunnel.is_none() && (close || draining);
                 write::response(&mut io, &mut out, resp, head_only, close).await?;
-                if switching {
+                if let Some(tx) = tunnel {
                     // The tunnel takes the connection, with what the client sent after the
                     // head (its first frames may have come with it).
                     let io = Prefixed::new(buf.to_vec(), io);
@@ -171,14 +177,6 @@ where
                     let _ = tx.send(Box::new(io));
                     return Ok(Ended::Closed);
                 }
-            }
-            None => {
-                let req = Request::from_parts(parts, body::Body::<T>::empty());
-                // Boxed: inline, the phases' state would size the connection's task for its
-                // whole life, idle or not (and be copied whole when the task is spawned).
-                let resp = Box::pin(session::handle_raw(ctx.clone(), conn.clone(), req)).await;
-                let resp = resp.unwrap_or_else(|never| match never {});
-                write::response(&mut io, &mut out, resp, head_only, close || draining).await?;
             }
             Some(framing) => {
                 let (rd, mut wr) = tokio::io::split(io);
