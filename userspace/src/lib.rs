@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod allocator;
 pub mod cluster;
 pub mod config;
 #[cfg(feature = "fuzz")]

@@ -12,11 +12,9 @@ use floodgate::{
     xdp::{conntrack, dataplane, stats},
 };
 
-/// mimalloc: glibc's malloc and free were 10% of the proxy's CPU per request (perf, wrk -c64),
-/// spent on the small, short-lived allocations of every request; mimalloc's thread-local free
-/// lists fit that pattern.
+/// mimalloc, and why it is called the way it is: `floodgate::allocator`.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: floodgate::allocator::Mimalloc = floodgate::allocator::Mimalloc;
 
 #[derive(Parser)]
 #[command(

@@ -34,8 +34,9 @@ use tokio::{
     sync::Mutex,
 };
 
+/// floodgate's allocator, so the floor is measured with what floodgate runs on.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: floodgate::allocator::Mimalloc = floodgate::allocator::Mimalloc;
 
 const BUF: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
