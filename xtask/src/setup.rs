@@ -27,6 +27,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("conntrack", "/usr/sbin/conntrack"),
     // promtool: the metrics exposition and the alert rules are checked with it.
     ("prometheus", "/usr/bin/promtool"),
+    // h2load: the training load of `cargo xtask build --pgo`, and the benchmarks' HTTP/2 load.
+    ("nghttp2-client", "/usr/bin/h2load"),
 ];
 
 /// `kubectl kustomize` renders deploy/ in the tests. Debian's archive does not carry kubectl:
@@ -45,6 +47,7 @@ pub fn setup(verbose: bool, build_only: bool) -> Result<()> {
     let mut report = Report::default();
     rust_src(&mut report)?;
     bpf_linker(&mut report)?;
+    llvm_tools(&mut report);
     if !build_only {
         apt(&mut report)?;
         kubectl(&mut report)?;
@@ -275,6 +278,32 @@ fn bpf_linker(report: &mut Report) -> Result<()> {
         .done
         .push(format!("bpf-linker built ({})", want.stamp));
     Ok(())
+}
+
+/// `llvm-profdata` of the stable toolchain's LLVM, for `cargo xtask build --pgo`. Not needed to
+/// build or test, so a rustup that cannot fetch it is reported, not fatal (and `is_complete`
+/// does not ask for it: `build --pgo` tries again itself).
+fn llvm_tools(report: &mut Report) {
+    let present = cmd_output(Command::new("rustc").args(["--print", "target-libdir"]))
+        .map(|libdir| {
+            Path::new(libdir.trim())
+                .join("../bin/llvm-profdata")
+                .exists()
+        })
+        .unwrap_or(false);
+    if present {
+        report.skipped.push("llvm-tools (present)".into());
+        return;
+    }
+    let added = Command::new("rustup")
+        .args(["component", "add", "llvm-tools"])
+        .status()
+        .is_ok_and(|s| s.success());
+    report.done.push(if added {
+        "llvm-tools added with rustup (for `cargo xtask build --pgo`)".into()
+    } else {
+        "llvm-tools NOT added: rustup failed; only `cargo xtask build --pgo` needs it".into()
+    });
 }
 
 fn apt(report: &mut Report) -> Result<()> {

@@ -79,6 +79,12 @@ pub fn build(release: bool) -> Result<()> {
     step("build", &mut c)
 }
 
+/// `cargo xtask build --pgo` (`pgo.rs`). No `ensure_setup`: an image build has only the
+/// `--build-only` toolchain, and the build checks what it needs itself.
+pub fn build_pgo() -> Result<()> {
+    crate::pgo::build(cargo, step)
+}
+
 /// The clippy run cargo cannot do for the eBPF crate: nightly, bpfel target, build-std.
 fn clippy_ebpf() -> Command {
     let mut c = Command::new("rustup");
