@@ -106,6 +106,11 @@ pub enum Bench {
     K8s,
 }
 
+/// An OpenSSL config capping every OpenSSL client (wrk, h2load) at TLS 1.2, read through
+/// `OPENSSL_CONF`: the benchmarks' and the PGO training's TLS 1.2 runs.
+pub const TLS12_OPENSSL_CONF: &str = "openssl_conf = default_conf\n[default_conf]\nssl_conf = ssl_sect\n\
+     [ssl_sect]\nsystem_default = system_default_sect\n[system_default_sect]\nMaxProtocol = TLSv1.2\n";
+
 /// The machine's shared material beside the repository (the benchmark harness, the nightly's
 /// rust-src): the one place the repository reaches outside itself.
 pub fn shared() -> PathBuf {

@@ -257,11 +257,7 @@ fn train(floodgate: &Path, dir: &Path) -> Result<()> {
         wait_for(http)?;
         wait_for(https)?;
         let tls12 = work.join("tls12-openssl.cnf");
-        fs::write(
-            &tls12,
-            "openssl_conf = default_conf\n[default_conf]\nssl_conf = ssl_sect\n[ssl_sect]\n\
-             system_default = system_default_sect\n[system_default_sect]\nMaxProtocol = TLSv1.2\n",
-        )?;
+        fs::write(&tls12, crate::TLS12_OPENSSL_CONF)?;
         for (label, args, scheme) in TRAINING {
             let mut c = Command::new("h2load");
             c.args(*args).stdout(Stdio::piped());

@@ -286,11 +286,7 @@ pub fn run_quickstart(config: Option<PathBuf>) -> Result<()> {
 fn tls12_openssl_conf() -> Result<PathBuf> {
     let path = root().join("target/bench-tls12-openssl.cnf");
     std::fs::create_dir_all(root().join("target"))?;
-    std::fs::write(
-        &path,
-        "openssl_conf = default_conf\n[default_conf]\nssl_conf = ssl_sect\n[ssl_sect]\n\
-         system_default = system_default_sect\n[system_default_sect]\nMaxProtocol = TLSv1.2\n",
-    )?;
+    std::fs::write(&path, crate::TLS12_OPENSSL_CONF)?;
     Ok(path)
 }
 
