@@ -11,6 +11,13 @@ use crate::{Bench, EBPF_TOOLCHAIN, root, run, setup, shared};
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(root());
+    // A CI run compiles once from a fresh clone: incremental caches would never be reused and
+    // take gigabytes of target/ there.
+    if std::env::var_os("CI").is_some_and(|v| v == "true")
+        && std::env::var_os("CARGO_INCREMENTAL").is_none()
+    {
+        c.env("CARGO_INCREMENTAL", "0");
+    }
     c
 }
 
