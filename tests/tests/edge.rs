@@ -206,6 +206,116 @@ fn only_allowed_upgrades_open_a_tunnel_and_rules_come_first() {
     assert_eq!(upgrade("/private/ws", "websocket").0, 403);
 }
 
+/// A WebSocket tunnel is still its client's connection: it counts against
+/// `max-connections-per-source` and `global.maxconn` until it closes (HAProxy keeps an upgraded
+/// connection under both), on either HTTP/1.1 server side. Before, the places were released
+/// when the 101 went out, and a client could hold any number of tunnels past its limit.
+#[test]
+fn a_websocket_tunnel_holds_its_connection_places_until_it_closes() {
+    use std::io::{Read as _, Write as _};
+    // None when the connection is closed at accept: the place of a connection that just
+    // ended may not be free yet.
+    let try_tunnel = |addr: SocketAddr| -> Option<std::net::TcpStream> {
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: a.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .ok()?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).ok()?;
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        // The tunnel carries bytes both ways (the origin echoes them).
+        s.write_all(b"ping").unwrap();
+        let mut echo = [0u8; 4];
+        s.read_exact(&mut echo).unwrap();
+        assert_eq!(&echo, b"ping");
+        Some(s)
+    };
+    let open_tunnel = |addr: SocketAddr| {
+        for _ in 0..50 {
+            if let Some(s) = try_tunnel(addr) {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no tunnel opened in 50 tries");
+    };
+    let get = |addr: SocketAddr| {
+        floodgate_tests::http_raw_within(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(1),
+        )
+        .map(|(status, _, _)| status)
+        .unwrap_or(0)
+    };
+    // Once the tunnel closes, its places are free again: a request is served.
+    let served_within = |addr: SocketAddr, wait: Duration| {
+        let until = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < until {
+            if get(addr) == 200 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    };
+    for (name, global, listener) in [
+        ("engine, per source", "", "max-connections-per-source: 1"),
+        (
+            "hyper, per source",
+            "http1-engine: hyper",
+            "max-connections-per-source: 1",
+        ),
+        ("engine, global maxconn", "maxconn: 1", ""),
+    ] {
+        let op = free_port();
+        let _origin = spawn_origin(op, "app");
+        let port = free_port();
+        let config = temp_file(
+            "edge-tunnel-places.yaml",
+            &format!(
+                "
+global: {{ {global} }}
+xdp: {{ enabled: false }}
+listeners: [{{ name: http, bind: '127.0.0.1:{port}', default-backend: app, {listener} }}]
+backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
+"
+            ),
+        );
+        let _fg = spawn_floodgate(&config);
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert!(wait_for_port(addr, Duration::from_secs(10)), "{name}");
+        // wait_for_port's probe may still hold the source's place for a moment.
+        assert!(
+            served_within(addr, Duration::from_secs(10)),
+            "{name}: not served before any tunnel"
+        );
+        let tunnel = open_tunnel(addr);
+        // Past the limit while the tunnel lives: closed at accept (per source) or left in the
+        // backlog (global maxconn); either way, not served.
+        assert_eq!(
+            get(addr),
+            0,
+            "{name}: a second connection was served beside the tunnel"
+        );
+        drop(tunnel);
+        assert!(
+            served_within(addr, Duration::from_secs(10)),
+            "{name}: the places were not released when the tunnel closed"
+        );
+    }
+}
+
 /// A raw HTTP/2 client: frames written and read byte for byte, so a test can do what no
 /// well-behaved client library does (reset every stream, ping forever).
 struct H2 {

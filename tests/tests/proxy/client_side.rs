@@ -238,10 +238,11 @@ fn request_limits_answer_431_414_413() {
 
 #[test]
 fn a_listeners_own_maxconn_makes_connections_wait_in_the_backlog() {
-    // One worker; then two sharing one accept queue (`reuseport: false`). With SO_REUSEPORT
-    // each worker has its own queue: the limit still holds, but which waiting connection is
-    // accepted next is up to the kernel's hash.
-    for (threads, reuseport) in [(1, true), (2, false)] {
+    // One worker; two sharing one accept queue (`reuseport: false`); two with a queue each
+    // (SO_REUSEPORT), where a worker takes a place only for a connection at its own socket:
+    // one idle worker holding a place kept a connection waiting at the other's while a place
+    // was free (before 2026-12-07, which is why this case was left out).
+    for (threads, reuseport) in [(1, true), (2, false), (2, true)] {
         listener_maxconn_case(threads, reuseport);
     }
 }

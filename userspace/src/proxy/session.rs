@@ -59,10 +59,21 @@ pub struct Conn {
     /// balancer's), for `X-Forwarded-Port`; otherwise the listener's.
     port: Option<HeaderValue>,
     pub inflight: Arc<timeout::InFlight>,
+    /// What the connection counts against while it, or a tunnel it became, lives: its global
+    /// and listener `maxconn` permits, its place in the listener's and the worker's active
+    /// connections, its per-source place. A WebSocket tunnel outlives the task that accepted
+    /// its connection and keeps this, so it stays under those limits as HAProxy keeps it.
+    /// Type-erased: the listener owns those types, and the listener calls this module.
+    _held: Box<dyn Send + Sync>,
 }
 
 impl Conn {
-    pub fn new(peer: SocketAddr, port: Option<u16>, inflight: Arc<timeout::InFlight>) -> Arc<Self> {
+    pub fn new(
+        peer: SocketAddr,
+        port: Option<u16>,
+        inflight: Arc<timeout::InFlight>,
+        held: Box<dyn Send + Sync>,
+    ) -> Arc<Self> {
         let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Arc::new(Self {
@@ -70,6 +81,7 @@ impl Conn {
             peer_ip,
             port: port.map(HeaderValue::from),
             inflight,
+            _held: held,
         })
     }
 }
@@ -144,7 +156,7 @@ pub async fn handle_raw<B: ClientBody>(
 /// A request's context, read and written by its phases.
 struct Session<'g> {
     ctx: &'g ListenerCtx,
-    conn: &'g Conn,
+    conn: &'g Arc<Conn>,
     /// The generation the request started on, kept to its end.
     generation: &'g Generation,
     client: Client<'g>,
@@ -206,7 +218,7 @@ impl<'g> Session<'g> {
         let resp = Box::pin(forward(
             backend,
             up,
-            &self.conn.inflight,
+            self.conn,
             (body_timeouts, tunnel_counters),
             &mut self.trace,
         ))
@@ -860,7 +872,7 @@ fn body_hint(h: &HeaderMap) -> Option<u64> {
 async fn forward(
     backend: &Backend,
     mut up: Upstream,
-    inflight: &Arc<timeout::InFlight>,
+    conn: &Arc<Conn>,
     (body_timeouts, tunnel_counters): (
         Option<prometheus::IntCounter>,
         Option<metrics::TunnelCounters>,
@@ -899,7 +911,7 @@ async fn forward(
                             resp,
                             up.upgrade.take(),
                             slot,
-                            inflight.start(),
+                            conn.clone(),
                             idle,
                             tunnel_counters,
                         )
@@ -932,19 +944,21 @@ async fn forward(
 }
 
 /// The backend agreed to switch protocols: answer 101 and splice the two upgraded connections.
-/// The tunnel holds the server slot and counts as in flight until either side closes, or until
-/// `timeout tunnel` passes without a byte either way (which replaces the client timeouts).
+/// The tunnel holds the server slot, the client connection's places (`Conn`: maxconn, active,
+/// per-source) and counts as in flight until either side closes, or until `timeout tunnel`
+/// passes without a byte either way (which replaces the client timeouts).
 fn tunnel(
     mut resp: Response<Incoming>,
     client: Option<super::upgrade::ClientUpgrade>,
     slot: Slot,
-    guard: timeout::InFlightGuard,
+    conn: Arc<Conn>,
     idle: Duration,
     counters: Option<metrics::TunnelCounters>,
 ) -> Response<ProxyBody> {
     let server = hyper::upgrade::on(&mut resp);
+    let guard = conn.inflight.start();
     tokio::spawn(async move {
-        let (_slot, guard) = (slot, guard);
+        let (_slot, _conn, guard) = (slot, conn, guard);
         let Some(client) = client else { return };
         let server = async { server.await.map_err(super::upgrade::UpgradeError::from) };
         match tokio::try_join!(client.connection(), server) {

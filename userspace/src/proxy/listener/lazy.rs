@@ -19,18 +19,28 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncRead, AsyncWrite, Interest, ReadBuf, unix::AsyncFd},
+    io::{
+        AsyncRead, AsyncWrite, Interest, ReadBuf,
+        unix::{AsyncFd, AsyncFdReadyGuard},
+    },
     net::TcpStream,
 };
 
-/// Waits for and accepts one connection from `listener`, its socket non-blocking and not
-/// registered with the event loop.
-pub async fn accept(
+/// `listener` once a connection waits in its accept queue, not yet accepted: the caller takes
+/// its `maxconn` places first, then [`try_accept`]s.
+pub async fn pending(
     listener: &AsyncFd<std::net::TcpListener>,
-) -> io::Result<(std::net::TcpStream, SocketAddr)> {
-    loop {
-        let mut ready = listener.readable().await?;
-        let accepted = ready.try_io(|l| {
+) -> io::Result<AsyncFdReadyGuard<'_, std::net::TcpListener>> {
+    listener.readable().await
+}
+
+/// Accepts one connection, its socket non-blocking and not registered with the event loop;
+/// `None` when none was left (the readiness is then cleared, and [`pending`] waits again).
+pub fn try_accept(
+    ready: &mut AsyncFdReadyGuard<'_, std::net::TcpListener>,
+) -> Option<io::Result<(std::net::TcpStream, SocketAddr)>> {
+    ready
+        .try_io(|l| {
             // accept4 with SOCK_NONBLOCK: no fcntl afterwards.
             let (socket, addr) = socket2::SockRef::from(l.get_ref())
                 .accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
@@ -38,13 +48,8 @@ pub async fn accept(
                 .as_socket()
                 .ok_or_else(|| io::Error::other("an accepted connection without an IP peer"))?;
             Ok((std::net::TcpStream::from(socket), peer))
-        });
-        match accepted {
-            Ok(r) => return r,
-            // Readiness cleared by `try_io`: wait for the next connection.
-            Err(_would_block) => {}
-        }
-    }
+        })
+        .ok()
 }
 
 /// The listener, registered for accepts only.
@@ -213,7 +218,10 @@ mod tests {
         let l = listener(std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).expect("fd");
         let addr = l.get_ref().local_addr().expect("addr");
         let client = TcpStream::connect(addr).await.expect("connect");
-        let (s, peer) = accept(&l).await.expect("accept");
+        let mut ready = pending(&l).await.expect("pending");
+        let (s, peer) = try_accept(&mut ready)
+            .expect("a connection is pending")
+            .expect("accept");
         assert_eq!(peer, client.local_addr().expect("addr"));
         (LazyStream::new(s), client)
     }

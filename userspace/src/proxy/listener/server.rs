@@ -542,6 +542,21 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
         }
     };
     loop {
+        // A connection is waiting before a `maxconn` place is taken for it: every worker has a
+        // socket of its own (SO_REUSEPORT), and one that held a place while idle would keep it
+        // from a connection waiting at another's (with `maxconn: 1` and two workers, forever).
+        let mut ready = tokio::select! {
+            r = lazy::pending(&listener) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(error = %e, "waiting for connections failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        // Past the limit, connections wait in the kernel's backlog, as with HAProxy.
         let permit = tokio::select! {
             p = s.maxconn.clone().acquire_owned() => match p {
                 Ok(p) => p,
@@ -560,18 +575,18 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                 _ = shutdown.changed() => break,
             },
         };
-        let (stream, peer) = tokio::select! {
-            r = lazy::accept(&listener) => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
+        let (stream, peer) = match lazy::try_accept(&mut ready) {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            // Gone from the queue (the client gave up) while the places were taken.
+            None => continue,
         };
+        drop(ready);
         ACCEPTED.fetch_add(1, Ordering::Relaxed);
         if let Some(v) = &s.verified {
             // Full channel: the source is already queued or will be on its next connection.
@@ -591,8 +606,8 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
         });
         let counters = counters.clone();
         tokio::spawn(async move {
-            let _permit = (permit, listener_permit);
-            let _guard = guard;
+            // Held here until the connection is made a `Conn`, which then holds them.
+            let held = (permit, listener_permit, guard);
             let accepting = ctx.on_accept();
             let pp = accepting.proxy_protocol.as_deref();
             // A PROXY header is peeked, and a carried connection copied, on tokio's stream;
@@ -611,7 +626,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                     };
                     (lazy::LazyStream::from(stream), client, destination)
                 };
-            let Ok(_held) = accepting.admit(client.ip()) else {
+            let Ok(per_source) = accepting.admit(client.ip()) else {
                 if let Some(m) = &ctx.metrics {
                     m.rejected(&ctx.name, "per_source");
                 }
@@ -622,6 +637,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                 client,
                 destination.map(|d| d.port()),
                 Arc::new(crate::proxy::timeout::InFlight::default()),
+                Box::new((held, per_source)),
             );
             let timed = (limits, counters);
             let served = match (tls, accepting.carry) {
