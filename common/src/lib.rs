@@ -257,11 +257,20 @@ pub mod reuseport {
     pub const GROUPS: &str = "FG_RP_GROUPS";
     /// `ReusePortSockArray<MAX_SOCKETS>`: worker `w`'s socket of a group at `base + w`.
     pub const SOCKETS: &str = "FG_RP_SOCKS";
-    /// `Array<u64, MAX_WORKERS>` created `BPF_F_MMAPABLE`: each worker's active connections
-    /// (every listener), which the workers write through a shared mapping of the map, not a
-    /// syscall per connection. `u64` because the kernel lays array values out 8 bytes apart:
-    /// the mapping is then a plain `[u64; MAX_WORKERS]`.
+    /// `Array<u64, LOAD_SLOTS>` created `BPF_F_MMAPABLE`, which the workers write through a
+    /// shared mapping of the map, not a syscall per connection. `u64` because the kernel lays
+    /// array values out 8 bytes apart: the mapping is then a plain `[u64; LOAD_SLOTS]`.
+    /// - `[w]`, `w < MAX_WORKERS`: worker `w`'s active connections, every listener.
+    /// - `[QUEUED + base + w]`: connections the program gave worker `w`'s socket of the group
+    ///   at `base` that the worker has not accepted yet (a busy worker's accept queue grows
+    ///   while its active count stands still). The program adds one at each choice, the worker
+    ///   takes one off at each accept and sets it to zero when it finds that socket's queue
+    ///   empty, which also forgets handshakes that never completed (spoofed SYNs).
     pub const LOAD: &str = "FG_WORKER_LOAD";
+    /// Where the per-socket counts of connections not yet accepted start in [`LOAD`].
+    pub const QUEUED: u32 = MAX_WORKERS;
+    /// Entries of [`LOAD`].
+    pub const LOAD_SLOTS: u32 = QUEUED + MAX_SOCKETS;
 
     /// Workers a group can have.
     pub const MAX_WORKERS: u32 = 64;

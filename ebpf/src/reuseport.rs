@@ -1,5 +1,6 @@
 //! floodgate's `SO_REUSEPORT` program: each new connection to a listener goes to the worker
-//! with the fewest active connections, which the workers publish in [`FG_WORKER_LOAD`].
+//! with the fewest connections, active or waiting in its socket's accept queue, which the
+//! workers and this program count in [`FG_WORKER_LOAD`].
 //!
 //! ```text
 //! the group's socket -> its bound address -> FG_RP_GROUPS? --no--> the kernel's hash
@@ -11,6 +12,9 @@
 //! one worker saturates while the other idles.
 #![no_std]
 #![no_main]
+// `atomic_xadd`, below.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 use aya_ebpf::{
     bindings::sk_action,
@@ -20,7 +24,9 @@ use aya_ebpf::{
 };
 use floodgate_common::{
     DestKey,
-    reuseport::{F_MMAPABLE, Group, MAX_GROUPS, MAX_SOCKETS, MAX_WORKERS, group_key, least_loaded},
+    reuseport::{
+        F_MMAPABLE, Group, LOAD_SLOTS, MAX_GROUPS, MAX_SOCKETS, QUEUED, group_key, least_loaded,
+    },
 };
 
 // Map statics are named after floodgate_common::reuseport (the object's map names come from them).
@@ -30,7 +36,7 @@ static FG_RP_GROUPS: HashMap<DestKey, Group, { MAX_GROUPS as usize }> = HashMap:
 #[btf_map]
 static FG_RP_SOCKS: ReusePortSockArray<{ MAX_SOCKETS as usize }> = ReusePortSockArray::new();
 #[btf_map]
-static FG_WORKER_LOAD: Array<u64, { MAX_WORKERS as usize }, { F_MMAPABLE as usize }> = Array::new();
+static FG_WORKER_LOAD: Array<u64, { LOAD_SLOTS as usize }, { F_MMAPABLE as usize }> = Array::new();
 
 const AF_INET6: u32 = 10;
 
@@ -77,16 +83,33 @@ fn select(ctx: &SkReuseportContext) -> Option<()> {
     let key = group_key(v6, addr, port as u16);
     // SAFETY: the value is copied out before any other map call.
     let group = unsafe { FG_RP_GROUPS.get(key) }.copied()?;
-    let worker = least_loaded(ctx.hash(), group.workers, |w| {
-        // SAFETY: workers write their load through a shared mapping; a torn read cannot
-        // happen for an aligned u32, and a stale one only delays the balance by a connection.
+    // SAFETY: workers write their counts through a shared mapping; an aligned u64 is never
+    // torn, and a stale one only delays the balance by a connection.
+    let read = |i: u32| {
         FG_WORKER_LOAD
-            .get_ptr(w)
-            .map(|p| unsafe { core::ptr::read_volatile(p) }.min(u64::from(u32::MAX)) as u32)
+            .get_ptr(i)
+            .map(|p| unsafe { core::ptr::read_volatile(p) })
+    };
+    let queued = |w: u32| QUEUED.checked_add(group.base)?.checked_add(w);
+    let worker = least_loaded(ctx.hash(), group.workers, |w| {
+        let n = read(w)?.saturating_add(read(queued(w)?)?);
+        Some(n.min(u64::from(u32::MAX)) as u32)
     })?;
     FG_RP_SOCKS
         .select_reuseport(ctx, group.base.checked_add(worker)?)
-        .ok()
+        .ok()?;
+    // The connection waits in that socket's queue until the worker accepts it.
+    let p = FG_WORKER_LOAD.get_ptr_mut(queued(worker)?)?;
+    // `AtomicU64` has no read-modify-write methods on the BPF target (no `target_has_atomic`):
+    // the intrinsic, a BPF atomic add, is what it would be.
+    // SAFETY: a map value, aligned, live for the program's run; the workers change it with
+    // atomics too.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, 1,
+        )
+    };
+    Some(())
 }
 
 #[cfg(not(test))]

@@ -66,17 +66,29 @@ fn each_new_connection_goes_to_the_least_loaded_socket() {
     let (a, b, c) = (member(port), member(port), member(port));
     let (_balancer, loads) = balance::attach(&[vec![&a, &b, &c]], 3).unwrap();
     let socks = [&a, &b, &c];
+    let seat = |worker| balance::Seat {
+        loads: loads.clone(),
+        worker,
+        listener: 0,
+    };
+    // What a worker's accept loop does when it finds its queue empty.
+    let drained = || (0..3).for_each(|w| seat(w).drained());
 
     // Worker 1 is the least loaded: every connection is its.
-    for (w, n) in [(0, 5), (1, 2), (2, 9)] {
+    for (w, n) in [(0, 50), (1, 2), (2, 90)] {
         loads.set(w, n);
     }
     let _c = connect(port, 24);
     assert_eq!(accepted(&socks), [0, 24, 0]);
+    // The connections are counted where they wait, until the worker finds its queue empty.
+    assert_eq!(loads.queued(0)[..3], [0, 24, 0]);
+    drained();
+    assert_eq!(loads.queued(0)[..3], [0, 0, 0]);
     // The program reads the loads as they change, connection by connection.
-    loads.set(1, 50);
+    loads.set(1, 100);
     let _c = connect(port, 24);
     assert_eq!(accepted(&socks), [24, 0, 0]);
+    drained();
 
     // Equal loads: the connection's hash picks, and every worker gets some of 96.
     for w in 0..3 {
@@ -86,15 +98,28 @@ fn each_new_connection_goes_to_the_least_loaded_socket() {
     let spread = accepted(&socks);
     assert_eq!(spread.iter().sum::<usize>(), 96);
     assert!(spread.iter().all(|&n| n > 0), "{spread:?}");
+    drained();
 
-    // Loads the guards count: a connection held raises its worker's load for the next.
+    // Loads the guards count: a connection held raises its worker's load for the next. The
+    // guards are what an accept makes, which also takes the connection off the waiting count.
     for w in 0..3 {
         loads.set(w, 0);
     }
-    let _held: Vec<_> = [0, 0, 1].iter().map(|&w| loads.enter(w)).collect();
-    let _c = connect(port, 12);
-    assert_eq!(accepted(&socks), [0, 0, 12]);
+    let _held: Vec<_> = [0, 0, 1].iter().map(|&w| seat(w).accepted()).collect();
+    assert_eq!(loads.queued(0)[..3], [0, 0, 0], "never below zero");
     assert_eq!(loads.snapshot()[..3], [2, 1, 0]);
+    // Connections left waiting count as the accepted ones do: worker 2 gets one (1 waiting
+    // against worker 1's 1 active), then the three share them, each load within one of the
+    // others' (what the active counts alone would give: all 12 to worker 2).
+    let _c = connect(port, 12);
+    let got = accepted(&socks);
+    assert_eq!(got.iter().sum::<usize>(), 12);
+    let totals: Vec<usize> = [2, 1, 0].iter().zip(&got).map(|(a, g)| a + g).collect();
+    let (lo, hi) = (totals.iter().min().unwrap(), totals.iter().max().unwrap());
+    assert!(
+        hi - lo <= 1,
+        "active + waiting per worker: {totals:?} (accepted {got:?})"
+    );
 }
 
 #[test]
@@ -107,12 +132,15 @@ fn a_second_listener_is_balanced_apart_from_the_first() {
     let (p1, p2) = (free_port(), free_port());
     let (a1, b1, a2, b2) = (member(p1), member(p1), member(p2), member(p2));
     let (_balancer, loads) = balance::attach(&[vec![&a1, &b1], vec![&a2, &b2]], 2).unwrap();
-    loads.set(0, 3);
+    loads.set(0, 30);
     let _c = connect(p1, 10);
     let _d = connect(p2, 10);
-    // Both listeners' connections go to worker 1's socket of that listener, none crosses.
+    // Both listeners' connections go to worker 1's socket of that listener, none crosses, and
+    // each listener's waiting connections are counted apart.
     assert_eq!(accepted(&[&a1, &b1]), [0, 10]);
     assert_eq!(accepted(&[&a2, &b2]), [0, 10]);
+    assert_eq!(loads.queued(0)[..2], [0, 10]);
+    assert_eq!(loads.queued(1)[..2], [0, 10]);
 }
 
 /// One request on a new connection, answered, the connection kept open.

@@ -621,14 +621,18 @@ fn balance(
     if workers < 2 || cfg.global.worker_balance != floodgate::config::WorkerBalance::Load {
         return (None, owned());
     }
+    // Indexed as the config lists them (the program's per-socket counts are): a listener
+    // with one shared socket (`reuseport: false`) has none here.
     let groups: Vec<Vec<&std::net::TcpListener>> = cfg
         .listeners
         .iter()
         .enumerate()
-        .filter(|(_, l)| l.reuseport)
-        .map(|(i, _)| sockets.iter().filter_map(|s| s.get(i)).collect())
+        .map(|(i, l)| match l.reuseport {
+            true => sockets.iter().filter_map(|s| s.get(i)).collect(),
+            false => Vec::new(),
+        })
         .collect();
-    if groups.is_empty() {
+    if groups.iter().all(Vec::is_empty) {
         return (None, owned());
     }
     match balance::attach(&groups, workers) {
@@ -703,7 +707,8 @@ fn spawn_workers(
         let serves: Vec<server::Serve> = socks
             .into_iter()
             .zip(shared)
-            .map(|(listener, (ctx, active, tls, own))| server::Serve {
+            .enumerate()
+            .map(|(l, (listener, (ctx, active, tls, own)))| server::Serve {
                 listener,
                 ctx: ctx.clone(),
                 maxconn: permits.clone(),
@@ -715,7 +720,11 @@ fn spawn_workers(
                 http1_engine: cfg.global.http1_engine == floodgate::config::Http1Engine::Floodgate,
                 verified: verified_tx.cloned(),
                 tls: tls.clone(),
-                load: (loads.clone(), w),
+                load: balance::Seat {
+                    loads: loads.clone(),
+                    worker: w,
+                    listener: l,
+                },
             })
             .collect();
         let (stop, (done_tx, done_rx)) = (stop_rx.clone(), tokio::sync::oneshot::channel::<()>());

@@ -1,9 +1,12 @@
 //! Which worker accepts a new connection. Each worker has its own socket per listener
 //! (`SO_REUSEPORT`); the kernel alone would pick one by a hash of the connection, which spreads
 //! connections evenly but not load: long-lived connections pile up where they happened to land.
-//! `ebpf/src/reuseport.rs` picks instead the worker with the fewest active connections, as the
-//! workers count them here ([`Loads`]), in memory shared with the program: a connection costs
-//! its worker one atomic add and one subtract, no syscall.
+//! `ebpf/src/reuseport.rs` picks instead the worker with the fewest connections, active or
+//! waiting in its socket's accept queue, as the workers and the program count them here
+//! ([`Loads`]), in memory shared with the program: a connection costs its worker a few
+//! atomics, no syscall. The waiting ones count because a worker that is busy (a burst of TLS
+//! handshakes) accepts nothing for a while: its active count stands still while its queue
+//! grows, and by that count alone it would get every new connection.
 //!
 //! `global.worker-balance: hash` (or a kernel or privilege that refuses the program, logged) leaves
 //! the kernel's hash in place; the loads are still counted, for the metric.
@@ -22,7 +25,7 @@ use aya::{
 };
 use floodgate_common::{
     DestKey,
-    reuseport::{self, Group, MAX_GROUPS, MAX_WORKERS},
+    reuseport::{self, Group, LOAD_SLOTS, MAX_GROUPS, MAX_WORKERS, QUEUED},
 };
 
 static OBJECT: &[u8] =
@@ -53,10 +56,13 @@ pub enum BalanceError {
 
 /// Active connections per worker, every listener: in the program's load map when it is
 /// loaded, else in memory of this process. Written only by each worker's own thread (an add at
-/// accept, a subtract at close), read by the program and the metrics.
+/// accept, a subtract at close), read by the program and the metrics. With the program, also
+/// the connections waiting in each worker's socket of each listener (`reuseport::LOAD`).
 pub struct Loads {
     slots: NonNull<AtomicU64>,
     len: usize,
+    /// The map's slots past the active counts are there (the program reads and counts them).
+    queued: bool,
     backing: Backing,
 }
 
@@ -82,6 +88,7 @@ impl Loads {
         Self {
             slots,
             len,
+            queued: false,
             backing: Backing::Owned { len },
         }
     }
@@ -90,7 +97,7 @@ impl Loads {
     fn mapped(map: &MapData, workers: usize) -> Result<Self, BalanceError> {
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let bytes = (MAX_WORKERS as usize * size_of::<u64>()).next_multiple_of(page);
+        let bytes = (LOAD_SLOTS as usize * size_of::<u64>()).next_multiple_of(page);
         // SAFETY: a shared mapping of the whole map (its size rounded to a page, as the kernel
         // requires), checked for failure below; nothing else maps this memory in this process.
         let p = unsafe {
@@ -111,6 +118,7 @@ impl Loads {
         Ok(Self {
             slots,
             len: workers.clamp(1, MAX_WORKERS as usize),
+            queued: true,
             backing: Backing::Mapped { len: bytes },
         })
     }
@@ -127,6 +135,27 @@ impl Loads {
             loads: self.clone(),
             worker,
         }
+    }
+
+    /// The count of connections waiting at worker `worker`'s socket of listener `listener`;
+    /// `None` without the program, or past the map.
+    fn queue(&self, listener: usize, worker: usize) -> Option<&AtomicU64> {
+        if !self.queued || listener >= MAX_GROUPS as usize || worker >= MAX_WORKERS as usize {
+            return None;
+        }
+        let i = QUEUED as usize + listener * MAX_WORKERS as usize + worker;
+        // SAFETY: `i < LOAD_SLOTS`, within the mapping, which lives as long as `self`.
+        Some(unsafe { self.slots.add(i).as_ref() })
+    }
+
+    /// Connections waiting at each worker's socket of `listener`, as the program counts them.
+    pub fn queued(&self, listener: usize) -> Vec<u64> {
+        (0..self.len)
+            .map(|w| {
+                self.queue(listener, w)
+                    .map_or(0, |q| q.load(Ordering::Relaxed))
+            })
+            .collect()
     }
 
     /// Active connections of each worker.
@@ -161,6 +190,36 @@ impl Drop for Loads {
     }
 }
 
+/// Worker `worker`'s socket of listener `listener` (its index in the config), where its
+/// accept loop counts.
+#[derive(Clone)]
+pub struct Seat {
+    pub loads: std::sync::Arc<Loads>,
+    pub worker: usize,
+    pub listener: usize,
+}
+
+impl Seat {
+    /// A connection accepted from this socket: active now, no longer waiting.
+    pub fn accepted(&self) -> LoadGuard {
+        if let Some(q) = self.loads.queue(self.listener, self.worker) {
+            // Never below zero: the count was zeroed (`drained`) while this one waited.
+            let _ = q.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+        self.loads.enter(self.worker)
+    }
+
+    /// This socket's accept queue was found empty.
+    pub fn drained(&self) {
+        if let Some(q) = self.loads.queue(self.listener, self.worker) {
+            // Read first: a busy listener finds it zero already, and the line stays shared.
+            if q.load(Ordering::Relaxed) != 0 {
+                q.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// One connection counted in its worker's load.
 pub struct LoadGuard {
     loads: std::sync::Arc<Loads>,
@@ -180,7 +239,8 @@ pub struct Balancer {
 }
 
 /// `groups[l][w]`: worker `w`'s socket of listener `l` (each listener's sockets bound with
-/// `SO_REUSEPORT`, one per worker).
+/// `SO_REUSEPORT`, one per worker; none for a listener the program leaves alone). `l` is the
+/// listener's [`Seat::listener`].
 pub fn attach(
     groups: &[Vec<&TcpListener>],
     workers: usize,

@@ -116,9 +116,9 @@ pub struct Serve {
     pub verified: Option<tokio::sync::mpsc::Sender<std::net::IpAddr>>,
     /// TLS termination, for TLS listeners.
     pub tls: Option<Arc<crate::tls::Acceptor>>,
-    /// The workers' loads and this worker's index: each connection counts in its worker's
-    /// load while it is open (what `global.worker-balance: load` balances).
-    pub load: (Arc<super::balance::Loads>, usize),
+    /// This worker's socket of this listener in the workers' loads: each connection counts in
+    /// its worker's load while it is open (what `global.worker-balance: load` balances).
+    pub load: super::balance::Seat,
 }
 
 /// What serving a connection as HTTP takes besides the connection, for `serve_carried`.
@@ -583,8 +583,13 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            // Gone from the queue (the client gave up) while the places were taken.
-            None => continue,
+            // The queue is empty (a client that gave up while the places were taken, or the
+            // last of a batch): what the program counted as waiting here has been accepted or
+            // will never be.
+            None => {
+                s.load.drained();
+                continue;
+            }
         };
         drop(ready);
         ACCEPTED.fetch_add(1, Ordering::Relaxed);
@@ -592,7 +597,7 @@ pub async fn serve(s: Serve, mut shutdown: watch::Receiver<bool>, grace: Duratio
             // Full channel: the source is already queued or will be on its next connection.
             let _ = v.try_send(peer.ip());
         }
-        let guard = (ActiveGuard::new(&s.active), s.load.0.enter(s.load.1));
+        let guard = (ActiveGuard::new(&s.active), s.load.accepted());
         let ctx = s.ctx.clone();
         let limits = crate::proxy::timeout::Limits {
             keep_alive: s.timeouts.http_keep_alive.0,
