@@ -211,7 +211,12 @@ impl Head {
             .reserve(self.headers.len() + FORWARDING_HEADERS);
         for (name, at) in self.headers {
             let value = raw.get(at)?;
-            let value = HeaderValue::from_maybe_shared(raw.slice_ref(value)).ok()?;
+            // Unchecked, as Pingora does after httparse: checking again cost 1.5% of a proxied
+            // request.
+            // SAFETY: httparse has checked every byte of the value by HeaderValue's own rule
+            // (HTAB, SP, visible ASCII, obs-text); `values_are_what_header_value_accepts`
+            // compares the two over all 256 bytes, so an httparse that changed it fails there.
+            let value = unsafe { HeaderValue::from_maybe_shared_unchecked(raw.slice_ref(value)) };
             parts.headers.append(name, value);
         }
         Some(parts)
@@ -248,6 +253,23 @@ mod tests {
         match parse(raw, 101) {
             Parsed::Head(h) => h,
             other => panic!("{:?}: {other:?}", String::from_utf8_lossy(raw)),
+        }
+    }
+
+    /// What `into_parts` takes unchecked: a head parses only with values HeaderValue accepts.
+    #[test]
+    fn values_are_what_header_value_accepts() {
+        for b in (0..=255u8).filter(|b| !matches!(b, b'\r' | b'\n')) {
+            let value = [b'a', b, b'b'];
+            let mut raw = b"GET / HTTP/1.1\r\nhost: a\r\nx-v: ".to_vec();
+            raw.extend_from_slice(&value);
+            raw.extend_from_slice(b"\r\n\r\n");
+            let parsed = parse(&raw, 101);
+            assert_eq!(
+                matches!(parsed, Parsed::Head(_)),
+                HeaderValue::from_bytes(&value).is_ok(),
+                "byte {b:#04x}: {parsed:?}"
+            );
         }
     }
 
