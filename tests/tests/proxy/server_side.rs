@@ -391,3 +391,47 @@ fn http2_cookie_fields_reach_http1_servers_as_one_line() {
         assert!(body.contains(&h), "{h}: {body}");
     }
 }
+
+/// The fields floodgate adds reach the server the same whichever way the request goes: written
+/// after the client's by the direct path (a GET), moved into the header map for hyper's client
+/// (a POST), and on both each replaces what the client sent under its name (a client cannot
+/// name its own address or scheme) or extends it (`X-Forwarded-For`).
+#[test]
+fn forwarding_fields_are_the_same_on_the_direct_and_the_pooled_path() {
+    use floodgate_tests::http_raw;
+    let (origin, _, _) = scripted_origin();
+    let (_fg, addr) = floodgate_before(origin, "forwarding-paths.yaml", "");
+    let send = |method: &str| {
+        let (status, _, body) = http_raw(
+            addr,
+            format!(
+                "{method} /echo HTTP/1.1\r\nHost: t.example\r\nX-Real-IP: 203.0.113.9\r\n\
+                 X-Forwarded-For: 198.51.100.1\r\nX-Forwarded-Proto: https\r\n\
+                 X-Forwarded-Host: evil.example\r\nX-Request-Id: client-id\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{method}: {body}");
+        let mut fields: Vec<String> = body
+            .lines()
+            .skip(1)
+            .map(str::to_ascii_lowercase)
+            .filter(|l| l.starts_with("x-") || l.starts_with("host:"))
+            .collect();
+        fields.sort();
+        fields
+    };
+    let expected = [
+        "host: t.example".to_owned(),
+        "x-forwarded-for: 198.51.100.1, 127.0.0.1".to_owned(),
+        "x-forwarded-host: t.example".to_owned(),
+        format!("x-forwarded-port: {}", addr.port()),
+        "x-forwarded-proto: http".to_owned(),
+        "x-real-ip: 127.0.0.1".to_owned(),
+        "x-request-id: client-id".to_owned(),
+    ];
+    assert_eq!(send("GET"), expected, "the direct path");
+    assert_eq!(send("POST"), expected, "hyper's client");
+}

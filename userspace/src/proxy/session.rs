@@ -311,38 +311,39 @@ impl<'g> Session<'g> {
             backend.is_h2(),
             routed,
         )?;
+        // Each edit below takes the map through `headers_mut`, which moves the forwarding
+        // fields into it first: a rule sees, and may change, what the server would get.
         if backend.compress.as_ref().is_some_and(|c| c.offload) {
-            up.parts.headers.remove(header::ACCEPT_ENCODING);
+            up.headers_mut().remove(header::ACCEPT_ENCODING);
         }
         for (n, v) in authorized {
             // What the auth service says of the client replaces anything the client sent.
-            up.parts.headers.insert(n, v);
+            up.headers_mut().insert(n, v);
         }
         if let Some(m) = routed.mirror
             && up.upgrade.is_none()
         {
+            let body = up.body.take();
             up.body = upstream::mirror::copy(
                 &self.generation.routing.mirrors,
                 m,
-                &up.parts,
-                up.body.take(),
+                up.parts(),
+                body,
                 self.ctx.metrics.clone(),
             );
         }
         if let Some(p) = &backend.sticky {
-            up.sticky = p.take(&mut up.parts.headers);
+            up.sticky = p.take(up.headers_mut());
         }
         if let Some(r) = &backend.request_rules {
-            r.apply(&mut up.parts.headers);
+            r.apply(up.headers_mut());
         }
         if let Some(r) = routed.request_headers {
-            r.apply(&mut up.parts.headers);
+            r.apply(up.headers_mut());
         }
         if let Some(e) = self.log.as_mut() {
             e.request_id = up
-                .parts
-                .headers
-                .get(request::headers::X_REQUEST_ID)
+                .request_id()
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
         }
@@ -739,57 +740,52 @@ fn upstream_request<B: ClientBody>(
         parts.headers.insert(header::UPGRADE, p);
     }
     let h = &mut parts.headers;
-    // Room for the headers added below at once, not a regrowth per insert.
-    h.reserve(8);
-    let xff = match h
-        .get(request::headers::X_FORWARDED_FOR)
-        .map(HeaderValue::to_str)
-    {
-        Some(Ok(prior)) => hv(&format!(
-            "{prior}, {}",
-            conn.peer_ip.to_str().unwrap_or_default()
-        ))?,
-        // A prior value that is not text is replaced, not extended.
-        Some(Err(_)) | None => conn.peer_ip.clone(),
+    let present = request::headers::Present::of(h);
+    let mut fwd = request::headers::Forwarding {
+        has_host: present.host,
+        ..Default::default()
     };
-    h.insert(request::headers::X_FORWARDED_FOR, xff);
+    fwd.xff = Some(match present.xff {
+        true => match h
+            .get(request::headers::X_FORWARDED_FOR)
+            .map(HeaderValue::to_str)
+        {
+            Some(Ok(prior)) => hv(&format!(
+                "{prior}, {}",
+                conn.peer_ip.to_str().unwrap_or_default()
+            ))?,
+            // A prior value that is not text is replaced, not extended.
+            Some(Err(_)) | None => conn.peer_ip.clone(),
+        },
+        false => conn.peer_ip.clone(),
+    });
     // A trusted proxy's word on how the client reached it stands (it may have terminated TLS).
-    let keep = |h: &HeaderMap, name: &HeaderName| client.trusted && h.contains_key(name);
-    if !keep(h, &request::headers::X_FORWARDED_PROTO) {
-        h.insert(
-            request::headers::X_FORWARDED_PROTO,
-            HeaderValue::from_static(ctx.scheme),
-        );
+    if !(client.trusted && present.proto) {
+        fwd.proto = Some(HeaderValue::from_static(ctx.scheme));
     }
-    if !keep(h, &request::headers::X_FORWARDED_PORT) {
-        h.insert(
-            request::headers::X_FORWARDED_PORT,
-            conn.port.as_ref().unwrap_or(&ctx.port).clone(),
-        );
+    if !(client.trusted && present.port) {
+        fwd.port = Some(conn.port.as_ref().unwrap_or(&ctx.port).clone());
     }
     // ingress-nginx sets it, and applications behind it read it.
-    h.insert(request::headers::X_REAL_IP, client.value.clone());
-    if let Some(host) = &host {
-        if !keep(h, &request::headers::X_FORWARDED_HOST) {
-            h.insert(request::headers::X_FORWARDED_HOST, host.clone());
+    fwd.real_ip = Some(client.value.clone());
+    if let Some(host) = host {
+        if !(client.trusted && present.forwarded_host) {
+            fwd.forwarded_host = Some(host.clone());
         }
         // HTTP/2 carries the host in :authority; HTTP/1.1 backends need a Host header.
-        if !h.contains_key(header::HOST) {
-            h.insert(header::HOST, host.clone());
+        if !present.host {
+            fwd.host = Some(host);
         }
     }
-    if !h.contains_key(request::headers::X_REQUEST_ID) {
+    if !present.request_id {
         let id = ctx.request_ids.fetch_add(1, Ordering::Relaxed);
-        h.insert(
-            request::headers::X_REQUEST_ID,
-            request_id(&ctx.request_id_prefix, id)?,
-        );
+        fwd.request_id = Some(request_id(&ctx.request_id_prefix, id)?);
     }
     if let Some(rw) = rewrite {
         // Tells the application where it is mounted, for the links it makes (as Traefik's
         // StripPrefix does).
         if let Some(p) = rw.forwarded_prefix() {
-            h.insert(request::headers::X_FORWARDED_PREFIX, hv(p)?);
+            fwd.prefix = Some(hv(p)?);
         }
         parts.uri = rewritten(&parts.uri, rw)?;
     } else if let Some(request::normalize::Received(received)) = parts.extensions.remove() {
@@ -800,6 +796,7 @@ fn upstream_request<B: ClientBody>(
         parts.uri = Uri::from_parts(target)
             .map_err(|e| ProxyError::BadRequest(format!("bad target: {e}")))?;
     }
+    fwd.replace_in(&mut parts.headers, present);
     // Backends speak HTTP/1.1 whatever the client spoke (`proto: h2` ones: `upstream::h2c::request`).
     parts.version = http::Version::HTTP_11;
     // A body-less request (no length, not chunked) can be replayed on another server.
@@ -809,16 +806,11 @@ fn upstream_request<B: ClientBody>(
     // A chunked body has no declared length to check up front: it is cut where it passes
     // `max-body-bytes`, which fails the exchange with a LengthLimitError (413 below).
     let max = ctx.limits.max_body_bytes;
-    Ok(Upstream {
-        parts,
-        body: has_body.then(|| match usize::try_from(max) {
-            Ok(m) if m > 0 => http_body_util::Limited::new(body, m).boxed(),
-            _ => body.map_err(Into::into).boxed(),
-        }),
-        upgrade,
-        te_trailers,
-        sticky: None,
-    })
+    let body = has_body.then(|| match usize::try_from(max) {
+        Ok(m) if m > 0 => http_body_util::Limited::new(body, m).boxed(),
+        _ => body.map_err(Into::into).boxed(),
+    });
+    Ok(Upstream::new(parts, Some(fwd), body, upgrade, te_trailers))
 }
 
 /// `uri` with its path rewritten by `rw`; the query, and scheme and authority when present,
@@ -929,7 +921,7 @@ async fn forward(
                 server: server.to_string(),
             },
         };
-        let retryable = err.retryable(up.parts.method.is_idempotent());
+        let retryable = err.retryable(up.method().is_idempotent());
         if retryable {
             upstream::health::observe(pool, &slot.server, false, passive);
         }

@@ -19,6 +19,127 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
+/// The fields this hop adds to a request (`X-Forwarded-For`, `-Proto`, `-Port`, `-Host`,
+/// `-Prefix`, `X-Real-IP`, `X-Request-Id`, and a `Host` the client left out), kept beside the
+/// request's header map instead of inserted into it. The direct path (`upstream::direct`)
+/// writes them after the client's fields: six map inserts a request, each hashing its name,
+/// were the largest part of preparing a request for its server. Whatever reads or changes the
+/// map (header rules, auth's answer, a mirror) or sends a copy of it (hyper's client, HTTP/2
+/// servers) gets them moved in first (`upstream::backend::Upstream`), so every path sends the
+/// same fields. Each replaces the client's fields of its name, which `new` removes from the map.
+#[derive(Clone, Debug, Default)]
+pub struct Forwarding {
+    pub xff: Option<HeaderValue>,
+    pub proto: Option<HeaderValue>,
+    pub port: Option<HeaderValue>,
+    pub real_ip: Option<HeaderValue>,
+    pub forwarded_host: Option<HeaderValue>,
+    /// Only when the map has no `Host`.
+    pub host: Option<HeaderValue>,
+    /// Only when the client sent none.
+    pub request_id: Option<HeaderValue>,
+    pub prefix: Option<HeaderValue>,
+    /// The map has a `Host` of its own.
+    pub has_host: bool,
+}
+
+/// Which of the names [`Forwarding`] may add a header map already has, found in one pass over
+/// its (few) names rather than a hashed lookup per name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Present {
+    pub xff: bool,
+    pub proto: bool,
+    pub port: bool,
+    pub real_ip: bool,
+    pub forwarded_host: bool,
+    pub host: bool,
+    pub request_id: bool,
+    pub prefix: bool,
+}
+
+impl Present {
+    pub fn of(headers: &HeaderMap) -> Self {
+        let mut p = Self::default();
+        for name in headers.keys() {
+            match name.as_str() {
+                "x-forwarded-for" => p.xff = true,
+                "x-forwarded-proto" => p.proto = true,
+                "x-forwarded-port" => p.port = true,
+                "x-real-ip" => p.real_ip = true,
+                "x-forwarded-host" => p.forwarded_host = true,
+                "host" => p.host = true,
+                "x-request-id" => p.request_id = true,
+                "x-forwarded-prefix" => p.prefix = true,
+                _ => {}
+            }
+        }
+        p
+    }
+}
+
+impl Forwarding {
+    /// In the order they are written and inserted.
+    fn each(&self) -> [(HeaderName, Option<&HeaderValue>); 8] {
+        [
+            (X_FORWARDED_FOR, self.xff.as_ref()),
+            (X_FORWARDED_PROTO, self.proto.as_ref()),
+            (X_FORWARDED_PORT, self.port.as_ref()),
+            (X_REAL_IP, self.real_ip.as_ref()),
+            (X_FORWARDED_HOST, self.forwarded_host.as_ref()),
+            (http::header::HOST, self.host.as_ref()),
+            (X_REQUEST_ID, self.request_id.as_ref()),
+            (X_FORWARDED_PREFIX, self.prefix.as_ref()),
+        ]
+    }
+
+    /// Removes from `headers` the client's fields that these replace (`present` says which
+    /// it has, so an absent one costs no lookup).
+    pub fn replace_in(&self, headers: &mut HeaderMap, present: Present) {
+        for (name, set, there) in [
+            (X_FORWARDED_FOR, self.xff.is_some(), present.xff),
+            (X_FORWARDED_PROTO, self.proto.is_some(), present.proto),
+            (X_FORWARDED_PORT, self.port.is_some(), present.port),
+            (X_REAL_IP, self.real_ip.is_some(), present.real_ip),
+            (
+                X_FORWARDED_HOST,
+                self.forwarded_host.is_some(),
+                present.forwarded_host,
+            ),
+            (X_FORWARDED_PREFIX, self.prefix.is_some(), present.prefix),
+        ] {
+            if set && there {
+                headers.remove(name);
+            }
+        }
+    }
+
+    /// The fields moved into `headers` (each replacing its name), for what reads the map.
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.each() {
+            if let Some(v) = value {
+                headers.insert(name, v.clone());
+            }
+        }
+    }
+
+    /// The fields as HTTP/1.1 field lines.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        for (name, value) in self.each() {
+            if let Some(v) = value {
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(v.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+
+    /// A `Host` goes to the server, the client's or this one.
+    pub fn has_host(&self) -> bool {
+        self.has_host || self.host.is_some()
+    }
+}
+
 /// Several `Cookie` fields made one, as RFC 9113 section 8.2.3 requires before an HTTP/2
 /// request goes on in HTTP/1.1: browsers send each cookie as its own field over HTTP/2, and
 /// many HTTP/1.1 servers read only the first `Cookie` line.
@@ -127,5 +248,78 @@ mod tests {
         let xfo: Vec<_> = h.get_all("x-frame-options").iter().collect();
         assert_eq!(xfo, ["DENY"], "replaces every earlier value");
         assert!(Rules::new(&config::HeaderRules::default()).is_none());
+    }
+}
+
+#[cfg(test)]
+mod forwarding_tests {
+    use super::*;
+
+    fn map(fields: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in fields {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    /// Written and inserted, the fields say the same; each replaces the client's of its name.
+    #[test]
+    fn written_and_inserted_fields_agree() {
+        let mut h = map(&[
+            ("host", "a"),
+            ("x-real-ip", "203.0.113.9"),
+            ("x-real-ip", "203.0.113.10"),
+            ("x-forwarded-proto", "https"),
+            ("x-request-id", "c"),
+            ("accept", "*/*"),
+        ]);
+        let present = Present::of(&h);
+        assert_eq!(
+            present,
+            Present {
+                real_ip: true,
+                proto: true,
+                host: true,
+                request_id: true,
+                ..Present::default()
+            }
+        );
+        let f = Forwarding {
+            xff: Some(HeaderValue::from_static("192.0.2.1")),
+            proto: Some(HeaderValue::from_static("http")),
+            real_ip: Some(HeaderValue::from_static("192.0.2.1")),
+            has_host: present.host,
+            ..Forwarding::default()
+        };
+        f.replace_in(&mut h, present);
+        let mut written = Vec::new();
+        crate::proxy::h1::write::fields(&mut written, &h);
+        f.write(&mut written);
+        let mut inserted = h.clone();
+        f.insert_into(&mut inserted);
+        let mut from_map = Vec::new();
+        crate::proxy::h1::write::fields(&mut from_map, &inserted);
+        let lines = |b: &[u8]| {
+            let mut l: Vec<String> = String::from_utf8_lossy(b)
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            l.sort();
+            l
+        };
+        assert_eq!(lines(&written), lines(&from_map));
+        assert_eq!(
+            lines(&written),
+            [
+                "accept: */*",
+                "host: a",
+                "x-forwarded-for: 192.0.2.1",
+                "x-forwarded-proto: http",
+                "x-real-ip: 192.0.2.1",
+                "x-request-id: c",
+            ]
+        );
+        assert!(f.has_host());
     }
 }

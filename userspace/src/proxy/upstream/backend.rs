@@ -25,7 +25,10 @@ use crate::config;
 use crate::proxy::{
     body::UpstreamBody,
     error::ProxyError,
-    request::{compress::Compress, headers::Rules},
+    request::{
+        compress::Compress,
+        headers::{Forwarding, Rules},
+    },
     worker::WORKER,
 };
 
@@ -128,7 +131,10 @@ pub enum Transport {
 
 /// A request prepared for a backend; kept as parts so it can be rebuilt for a retry.
 pub struct Upstream {
-    pub parts: http::request::Parts,
+    parts: http::request::Parts,
+    /// The fields this hop adds, while they are not in `parts.headers` (`Forwarding`): only
+    /// the direct path writes them from here; every other use of the map moves them in first.
+    forwarding: Option<Forwarding>,
     pub body: Option<UpstreamBody>,
     /// The client's side of an HTTP/1.1 Upgrade (WebSocket), resolved once the backend agrees.
     pub upgrade: Option<crate::proxy::upgrade::ClientUpgrade>,
@@ -137,6 +143,67 @@ pub struct Upstream {
     pub te_trailers: bool,
     /// The server the client's `sticky` cookie names.
     pub sticky: Option<u64>,
+}
+
+impl Upstream {
+    pub fn new(
+        parts: http::request::Parts,
+        forwarding: Option<Forwarding>,
+        body: Option<UpstreamBody>,
+        upgrade: Option<crate::proxy::upgrade::ClientUpgrade>,
+        te_trailers: bool,
+    ) -> Self {
+        Self {
+            parts,
+            forwarding,
+            body,
+            upgrade,
+            te_trailers,
+            sticky: None,
+        }
+    }
+
+    pub fn method(&self) -> &http::Method {
+        &self.parts.method
+    }
+
+    /// The request's fields, the forwarding ones among them, to read or change.
+    pub fn headers_mut(&mut self) -> &mut http::HeaderMap {
+        self.materialize();
+        &mut self.parts.headers
+    }
+
+    /// The whole request head, forwarding fields in its map.
+    pub fn parts(&mut self) -> &http::request::Parts {
+        self.materialize();
+        &self.parts
+    }
+
+    /// The `X-Request-Id` the server gets.
+    pub fn request_id(&self) -> Option<&http::HeaderValue> {
+        match self.forwarding.as_ref().and_then(|f| f.request_id.as_ref()) {
+            Some(id) => Some(id),
+            None => self
+                .parts
+                .headers
+                .get(crate::proxy::request::headers::X_REQUEST_ID),
+        }
+    }
+
+    fn materialize(&mut self) {
+        if let Some(f) = self.forwarding.take() {
+            f.insert_into(&mut self.parts.headers);
+        }
+    }
+
+    /// A copy of the head for the paths that take one (hyper's client, HTTP/2 servers).
+    fn to_send(&self) -> http::request::Parts {
+        let mut parts = self.parts.clone();
+        if let Some(f) = &self.forwarding {
+            f.insert_into(&mut parts.headers);
+        }
+        parts
+    }
 }
 
 /// A server's response head, from either kind of upstream connection.
@@ -156,13 +223,18 @@ impl Transport {
                 // No HTTP/1.1 Upgrade over HTTP/2: the request goes as a plain one.
                 up.upgrade = None;
                 let body = up.body.take().unwrap_or_else(empty_body);
-                let req = h2c::request(up.parts.clone(), body, &server.authority, up.te_trailers)?;
+                let req = h2c::request(up.to_send(), body, &server.authority, up.te_trailers)?;
                 h2.send(worker, server.addr, req).await.map(Reply::Pooled)
             }
             Transport::Http1 { direct, .. }
                 if up.body.is_none() && up.upgrade.is_none() && up.parts.method.is_idempotent() =>
             {
-                direct::exchange(direct, worker, server.addr, &server.authority, &up.parts)
+                let head = direct::RequestHead {
+                    parts: &up.parts,
+                    forwarding: up.forwarding.as_ref(),
+                    authority: &server.authority,
+                };
+                direct::exchange(direct, worker, server.addr, head)
                     .await
                     .map(Reply::Direct)
             }
@@ -171,7 +243,7 @@ impl Transport {
                     // `pooled` has one client per worker, at least one: never empty.
                     return Err(ProxyError::Internal("no upstream client".into()));
                 };
-                let mut parts = up.parts.clone();
+                let mut parts = up.to_send();
                 parts.uri = absolute_uri(server.authority.clone(), &parts.uri)?;
                 let body = up.body.take().unwrap_or_else(empty_body);
                 client

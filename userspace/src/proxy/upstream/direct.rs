@@ -36,6 +36,7 @@ use crate::proxy::{
     body::BoxError,
     error::ProxyError,
     fields::RawFields,
+    request::headers::Forwarding,
     upstream::connect::{Dial, ServerStream},
     worker::PerWorker,
 };
@@ -134,11 +135,10 @@ pub async fn exchange(
     conns: &Arc<Conns>,
     worker: usize,
     server: SocketAddr,
-    authority: &http::uri::Authority,
-    parts: &http::request::Parts,
+    request: RequestHead<'_>,
 ) -> Result<Response<DirectBody>, ProxyError> {
-    let head = encode_request(parts, authority);
-    let head_only = parts.method == http::Method::HEAD;
+    let head = encode_request(&request);
+    let head_only = request.parts.method == http::Method::HEAD;
     if let Some(stream) = conns.take(worker, server) {
         match send(stream, &head, head_only).await {
             Ok(r) => return Ok(r.finish(conns, worker, server)),
@@ -163,25 +163,42 @@ fn upstream(server: SocketAddr, reason: String) -> ProxyError {
     }
 }
 
+/// A request as the direct path sends it.
+pub struct RequestHead<'a> {
+    pub parts: &'a http::request::Parts,
+    /// The fields this hop adds, when they are not in `parts.headers` already.
+    pub forwarding: Option<&'a Forwarding>,
+    /// The server's, for a request that names no host at all.
+    pub authority: &'a http::uri::Authority,
+}
+
 /// The request line and headers, HTTP/1.1, in origin form (the server is addressed by the
-/// connection, not the target).
-fn encode_request(parts: &http::request::Parts, authority: &http::uri::Authority) -> Vec<u8> {
+/// connection, not the target): the client's fields from the map, then the forwarding ones.
+fn encode_request(r: &RequestHead<'_>) -> Vec<u8> {
+    let parts = r.parts;
     let target = parts
         .uri
         .path_and_query()
         .map_or("/", http::uri::PathAndQuery::as_str);
-    let mut out = Vec::with_capacity(256 + parts.headers.len() * 32);
+    let mut out = Vec::with_capacity(512 + parts.headers.len() * 32);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !parts.headers.contains_key(header::HOST) {
+    let has_host = match r.forwarding {
+        Some(f) => f.has_host(),
+        None => parts.headers.contains_key(header::HOST),
+    };
+    if !has_host {
         // An HTTP/1.0 client may send no Host; HTTP/1.1 requires one.
         out.extend_from_slice(b"host: ");
-        out.extend_from_slice(authority.as_str().as_bytes());
+        out.extend_from_slice(r.authority.as_str().as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     crate::proxy::h1::write::fields(&mut out, &parts.headers);
+    if let Some(f) = r.forwarding {
+        f.write(&mut out);
+    }
     out.extend_from_slice(b"\r\n");
     out
 }
@@ -851,10 +868,28 @@ mod tests {
             .unwrap()
             .into_parts();
         let authority = http::uri::Authority::from_static("10.0.0.1:80");
-        let s = String::from_utf8(encode_request(&parts, &authority)).unwrap();
+        let head = |forwarding| RequestHead {
+            parts: &parts,
+            forwarding,
+            authority: &authority,
+        };
+        let s = String::from_utf8(encode_request(&head(None))).unwrap();
         assert_eq!(
             s,
             "GET /x?y=1 HTTP/1.1\r\nhost: 10.0.0.1:80\r\nx-a: 1\r\n\r\n"
+        );
+        // The fields this hop adds come after the client's, with the host it named.
+        let fwd = Forwarding {
+            xff: Some(http::HeaderValue::from_static("192.0.2.1")),
+            host: Some(http::HeaderValue::from_static("a.example")),
+            request_id: Some(http::HeaderValue::from_static("7-1")),
+            ..Default::default()
+        };
+        let s = String::from_utf8(encode_request(&head(Some(&fwd)))).unwrap();
+        assert_eq!(
+            s,
+            "GET /x?y=1 HTTP/1.1\r\nx-a: 1\r\nx-forwarded-for: 192.0.2.1\r\n\
+             host: a.example\r\nx-request-id: 7-1\r\n\r\n"
         );
     }
 }

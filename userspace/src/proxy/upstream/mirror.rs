@@ -137,13 +137,7 @@ pub fn copy(
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             Full::new(bytes).map_err(|never| match never {}).boxed()
         });
-        let mut up = Upstream {
-            parts,
-            body,
-            upgrade: None,
-            te_trailers: false,
-            sticky: None,
-        };
+        let mut up = Upstream::new(parts, None, body, None, false);
         let exchange = async {
             let upstream = |e: &dyn std::error::Error| ProxyError::Upstream {
                 server: server.label.clone(),
