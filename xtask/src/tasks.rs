@@ -210,11 +210,19 @@ pub fn fuzz(target: Option<&str>, seconds: u64, grow: bool) -> Result<()> {
         None => FUZZ_TARGETS.to_vec(),
     };
     let dir = root().join("fuzz");
+    // `cargo xtask test` replays the committed corpus and mutates for a few seconds: a
+    // regression check, where an optimised ASAN build of floodgate and all its dependencies
+    // (aws-lc among them) was the longest step of a fresh clone's run, 1,296 s. Unoptimised
+    // (and with line tables only, fuzz/Cargo.toml) it builds in 426 s and replays every corpus
+    // in full (the `config` target's 2,747 inputs take about 70 s, not 10), with debug
+    // assertions and overflow checks on. Campaigns (`cargo xtask fuzz`) keep the optimised
+    // build, where executions per second are the point.
+    let profile = if grow { "-O" } else { "--dev" };
     step(
         "fuzz build",
         Command::new("cargo")
             .current_dir(&dir)
-            .args([&format!("+{EBPF_TOOLCHAIN}"), "fuzz", "build", "-O"])
+            .args([&format!("+{EBPF_TOOLCHAIN}"), "fuzz", "build", profile])
             .env_remove("RUSTC")
             .env_remove("RUSTC_WORKSPACE_WRAPPER"),
     )?;
@@ -222,7 +230,7 @@ pub fn fuzz(target: Option<&str>, seconds: u64, grow: bool) -> Result<()> {
         let corpus = dir.join("corpus").join(t);
         let mut c = Command::new("cargo");
         c.current_dir(&dir)
-            .args([&format!("+{EBPF_TOOLCHAIN}"), "fuzz", "run", "-O", t])
+            .args([&format!("+{EBPF_TOOLCHAIN}"), "fuzz", "run", profile, t])
             .env_remove("RUSTC")
             .env_remove("RUSTC_WORKSPACE_WRAPPER");
         if !grow {
