@@ -26,7 +26,8 @@ pub const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings")
 /// were the largest part of preparing a request for its server. Whatever reads or changes the
 /// map (header rules, auth's answer, a mirror) or sends a copy of it (hyper's client, HTTP/2
 /// servers) gets them moved in first (`upstream::backend::Upstream`), so every path sends the
-/// same fields. Each replaces the client's fields of its name, which `new` removes from the map.
+/// same fields. Each replaces the client's fields of its name, which `replace_in` removes from
+/// the map.
 #[derive(Clone, Debug, Default)]
 pub struct Forwarding {
     pub xff: Option<HeaderValue>,
