@@ -95,9 +95,9 @@ pub async fn response<W: AsyncWrite + Unpin>(
         }
     };
     if close {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        // Written below, not inserted: the first insert into a map that holds nothing (a
+        // server's fields are raw) allocates it, on every response that closes.
+        parts.headers.remove(header::CONNECTION);
     }
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -109,6 +109,9 @@ pub async fn response<W: AsyncWrite + Unpin>(
         r.write(out);
     }
     fields(out, &parts.headers);
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
     if !raw.as_ref().is_some_and(|r| r.has_date) && !parts.headers.contains_key(header::DATE) {
         // As hyper did: clients and caches expect one from an origin-facing server.
         out.extend_from_slice(b"date: ");
@@ -284,6 +287,19 @@ mod tests {
             w.ends_with("\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"),
             "{w}"
         );
+    }
+
+    /// A closing answer says so once, whatever `Connection` a rule left in the map.
+    #[tokio::test]
+    async fn a_closing_answer_carries_one_connection_field() {
+        let mut r = Response::new(full("hello"));
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        let w = written(r, false, true).await;
+        assert_eq!(w.matches("connection: ").count(), 1, "{w}");
+        assert!(w.contains("connection: close\r\n"), "{w}");
+        let w = written(Response::new(full("hello")), false, false).await;
+        assert!(!w.contains("connection: "), "{w}");
     }
 
     #[tokio::test]
