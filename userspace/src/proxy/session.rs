@@ -38,6 +38,7 @@ use tracing::debug;
 use super::{
     body::ProxyBody,
     error::ProxyError,
+    fields::Answer,
     generation::{Generation, ListenerCtx},
     request, timeout,
     upstream::{
@@ -124,19 +125,18 @@ pub async fn handle<B: ClientBody>(
     conn: Arc<Conn>,
     req: Request<B>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let mut resp = handle_raw(ctx, conn, req).await?;
-    crate::proxy::fields::materialize(&mut resp);
-    Ok(resp)
+    let answer = handle_raw(ctx, conn, req).await?;
+    Ok(answer.into_response())
 }
 
-/// One request, start to end: the phases below in order, over one `Session`. The response's
-/// fields may be left in a `fields::RawFields` extension (a server's response no rule touched):
-/// for the HTTP/1.1 engine, whose writer reads them.
+/// One request, start to end: the phases below in order, over one `Session`. The server's
+/// fields may still be raw in the answer (a response no rule touched): for the HTTP/1.1
+/// engine, whose writer reads them so (`proxy::fields`).
 pub async fn handle_raw<B: ClientBody>(
     ctx: Arc<ListenerCtx>,
     conn: Arc<Conn>,
     mut req: Request<B>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Answer, Infallible> {
     // In flight until the response body is sent (see timeout.rs).
     let guard = conn.inflight.start();
     let generation = ctx.generation();
@@ -219,12 +219,9 @@ enum Decision<'g> {
 
 impl<'g> Session<'g> {
     /// Phases 1 to 4; an error from any of them is answered by `logging`.
-    async fn proxy<B: ClientBody>(
-        &mut self,
-        mut req: Request<B>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn proxy<B: ClientBody>(&mut self, mut req: Request<B>) -> Result<Answer, ProxyError> {
         let (backend, routed, authorized) = match self.request_filter(&mut req).await? {
-            Decision::Answer(resp) => return Ok(resp),
+            Decision::Answer(resp) => return Ok(resp.into()),
             Decision::Forward {
                 backend,
                 routed,
@@ -395,23 +392,14 @@ impl<'g> Session<'g> {
     /// client's `sticky` cookie named.
     fn response_filter(
         &self,
-        mut resp: Response<ProxyBody>,
+        mut resp: Answer,
         backend: &Backend,
         routed: &request::route::Routed<'g, Arc<Backend>>,
         (gzip, head): (bool, bool),
         asked_for: Option<u64>,
-    ) -> Response<ProxyBody> {
-        // Every rule below and in `logging` reads or writes the header map: with any of them,
-        // the server's fields move into it first (`proxy::fields`).
-        if backend.response_rules.is_some()
-            || routed.response_headers.is_some()
-            || backend.compress.is_some()
-            || backend.sticky.is_some()
-            || self.cors.is_some()
-            || self.generation.response_headers.is_some()
-        {
-            crate::proxy::fields::materialize(&mut resp);
-        }
+    ) -> Answer {
+        // Each rule reaches the fields through `headers_mut`, which moves the server's raw
+        // ones into the map first (`proxy::fields`).
         if let Some(r) = &backend.response_rules {
             r.apply(resp.headers_mut());
         }
@@ -419,8 +407,8 @@ impl<'g> Session<'g> {
             r.apply(resp.headers_mut());
         }
         if let Some(c) = &backend.compress {
-            let (r, compressed) = c.apply(gzip, head, resp);
-            resp = r;
+            let (r, compressed) = c.apply(gzip, head, resp.into_response());
+            resp = r.into();
             if compressed && let Some(h) = self.handles {
                 h.compressed().inc();
             }
@@ -437,9 +425,9 @@ impl<'g> Session<'g> {
     /// (its line written when the response body ends).
     fn logging(
         mut self,
-        result: Result<Response<ProxyBody>, ProxyError>,
+        result: Result<Answer, ProxyError>,
         guard: timeout::InFlightGuard,
-    ) -> Response<ProxyBody> {
+    ) -> Answer {
         let ctx = self.ctx;
         let backend = self.backend.map_or("", Backend::name);
         let mut resp = match result {
@@ -457,15 +445,13 @@ impl<'g> Session<'g> {
                     resp.headers_mut()
                         .insert(header::CONTENT_TYPE, kind.clone());
                 }
-                resp
+                resp.into()
             }
         };
         if let Some((c, origin)) = &self.cors {
-            crate::proxy::fields::materialize(&mut resp);
             c.apply(resp.headers_mut(), origin.as_ref(), false);
         }
         if let Some(r) = &self.generation.response_headers {
-            crate::proxy::fields::materialize(&mut resp);
             r.apply(resp.headers_mut());
         }
         let status = resp.status().as_u16();
@@ -506,20 +492,19 @@ impl<'g> Session<'g> {
             e.retries = trace.retries;
             e.queue_ms = trace.queued.map_or(0.0, |q| q.as_secs_f64() * 1000.0);
         }
-        let (parts, body) = resp.into_parts();
-        Response::from_parts(
-            parts,
+        let log = self.log;
+        resp.map_body(|body| {
             Hold {
                 body,
                 guard: Done {
                     _inflight: guard,
                     bytes_out,
-                    log: self.log,
+                    log,
                     sent: 0,
                 },
             }
-            .boxed(),
-        )
+            .boxed()
+        })
     }
 }
 
@@ -901,7 +886,7 @@ async fn forward(
         Option<metrics::TunnelCounters>,
     ),
     trace: &mut Trace,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<Answer, ProxyError> {
     let (pool, passive) = (&backend.pool, &backend.passive);
     let mut tried = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
     let replayable = up.body.is_none();
@@ -938,13 +923,15 @@ async fn forward(
                             idle,
                             tunnel_counters,
                         )
+                        .into()
                     }
                     Reply::Pooled(resp) => {
-                        downstream_response(resp, slot, server_timeout, body_timeouts)
+                        downstream_response(resp, slot, server_timeout, body_timeouts).into()
                     }
-                    Reply::Direct(resp) => {
-                        downstream_response(resp, slot, server_timeout, body_timeouts)
-                    }
+                    Reply::Direct(resp, fields) => Answer::new(
+                        downstream_response(resp, slot, server_timeout, body_timeouts),
+                        Some(fields),
+                    ),
                 });
             }
             Ok(Err(e)) => e,

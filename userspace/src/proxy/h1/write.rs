@@ -11,11 +11,11 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, StatusCode, header};
 use hyper::body::Body as _;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 
-use crate::proxy::{body::ProxyBody, fields::RawFields};
+use crate::proxy::fields::Answer;
 
 /// Body frames up to this size are copied behind the head (or the previous frame); larger
 /// ones are written from their own buffer.
@@ -46,14 +46,14 @@ pub enum WriteError {
 pub async fn response<W: AsyncWrite + Unpin>(
     io: &mut W,
     out: &mut Vec<u8>,
-    resp: Response<ProxyBody>,
+    answer: Answer,
     head_only: bool,
     close: bool,
 ) -> Result<(), WriteError> {
-    let (mut parts, mut body) = resp.into_parts();
     // A server's fields as it sent them, less what only this hop sends (`proxy::fields`); the
     // map then holds only what this hop adds.
-    let raw = parts.extensions.remove::<RawFields>();
+    let (resp, raw) = answer.into_raw_parts();
+    let (mut parts, mut body) = resp.into_parts();
     let status = parts.status;
     let bodiless = head_only
         || status.is_informational()
@@ -238,14 +238,16 @@ fn date(out: &mut Vec<u8>) {
 
 #[cfg(test)]
 mod tests {
+    use http::Response;
     use http_body_util::{BodyExt as _, Full, StreamBody};
 
     use super::*;
+    use crate::proxy::body::ProxyBody;
 
     async fn written(resp: Response<ProxyBody>, head_only: bool, close: bool) -> String {
         let mut io = Vec::new();
         let mut out = Vec::new();
-        response(&mut io, &mut out, resp, head_only, close)
+        response(&mut io, &mut out, resp.into(), head_only, close)
             .await
             .expect("written");
         assert!(out.is_empty());
@@ -324,7 +326,7 @@ mod tests {
         r.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(4));
         let mut io = Vec::new();
-        let e = response(&mut io, &mut Vec::new(), r, false, false).await;
+        let e = response(&mut io, &mut Vec::new(), r.into(), false, false).await;
         assert!(
             matches!(
                 e,

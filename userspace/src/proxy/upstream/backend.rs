@@ -208,7 +208,11 @@ impl Upstream {
 
 /// A server's response head, from either kind of upstream connection.
 pub enum Reply {
-    Direct(Response<direct::DirectBody>),
+    /// With the server's fields apart, raw (`proxy::fields`).
+    Direct(
+        Response<direct::DirectBody>,
+        crate::proxy::fields::RawFields,
+    ),
     Pooled(Response<Incoming>),
 }
 
@@ -241,7 +245,7 @@ impl Transport {
                 };
                 direct::exchange(direct, worker, server.addr, head)
                     .await
-                    .map(Reply::Direct)
+                    .map(|(resp, fields)| Reply::Direct(resp, fields))
             }
             Transport::Http1 { pooled, .. } => {
                 let Some(client) = pooled.get(worker % pooled.len().max(1)) else {

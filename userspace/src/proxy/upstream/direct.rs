@@ -130,13 +130,14 @@ impl Conns {
 /// Sends `parts` (no body) to `server` over this worker's idle connection or a new one, and
 /// reads the response head. A reused connection the server had closed (no byte of response
 /// came back) is replaced by a new one once. The server may have seen the request, so only
-/// idempotent methods come here (RFC 9110 section 9.2.2 allows resending those).
+/// idempotent methods come here (RFC 9110 section 9.2.2 allows resending those). The
+/// response's map is empty: the server's fields come apart, raw (`proxy::fields`).
 pub async fn exchange(
     conns: &Arc<Conns>,
     worker: usize,
     server: SocketAddr,
     request: RequestHead<'_>,
-) -> Result<Response<DirectBody>, ProxyError> {
+) -> Result<(Response<DirectBody>, RawFields), ProxyError> {
     let head = encode_request(&request);
     let head_only = request.parts.method == http::Method::HEAD;
     if let Some(stream) = conns.take(worker, server) {
@@ -285,7 +286,12 @@ fn stale_or_broken(e: &io::Error) -> Failure {
 }
 
 impl Received {
-    fn finish(self, conns: &Arc<Conns>, worker: usize, server: SocketAddr) -> Response<DirectBody> {
+    fn finish(
+        self,
+        conns: &Arc<Conns>,
+        worker: usize,
+        server: SocketAddr,
+    ) -> (Response<DirectBody>, RawFields) {
         let mut body = DirectBody {
             stream: Some(self.stream),
             buf: self.buf,
@@ -299,8 +305,7 @@ impl Received {
         }
         let mut resp = Response::new(body);
         *resp.status_mut() = self.status;
-        resp.extensions_mut().insert(self.fields);
-        resp
+        (resp, self.fields)
     }
 }
 
@@ -719,12 +724,10 @@ mod tests {
             Content-Length: 5\r\nx-a: 1\r\nX-A: 2\r\n\r\n";
         let h = head(text);
         assert_eq!((h.content_length, h.has_date), (Some(5), true));
-        let mut resp = Response::new(());
-        resp.extensions_mut()
-            .insert(h.fields(Bytes::copy_from_slice(text.as_bytes())));
-        crate::proxy::fields::materialize(&mut resp);
-        let got: Vec<_> = resp
-            .headers()
+        let mut map = http::HeaderMap::new();
+        h.fields(Bytes::copy_from_slice(text.as_bytes()))
+            .append_to(&mut map);
+        let got: Vec<_> = map
             .iter()
             .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or_default()))
             .collect();

@@ -145,7 +145,9 @@ pub fn copy(
             };
             // Read to its end, so the connection goes back to the idle list.
             match backend.transport.send(&mut up, &server).await? {
-                Reply::Direct(resp) => resp.into_body().collect().await.map_err(|e| upstream(&*e)),
+                Reply::Direct(resp, _) => {
+                    resp.into_body().collect().await.map_err(|e| upstream(&*e))
+                }
                 Reply::Pooled(resp) => resp.into_body().collect().await.map_err(|e| upstream(&e)),
             }
             .map(|_| ())
