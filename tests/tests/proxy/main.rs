@@ -306,6 +306,11 @@ fn scripted_origin() -> (
                             std::thread::sleep(Duration::from_secs(6));
                             return;
                         }
+                        // No answer at all for longer than `timeout server`.
+                        "/silent" => {
+                            std::thread::sleep(Duration::from_secs(3));
+                            return;
+                        }
                         "/conflicting" => (
                             b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab".to_vec(),
                             true,

@@ -131,6 +131,51 @@ fn a_server_silent_mid_body_is_cut_at_timeout_server() {
     assert_stall_cut_after_1s(addr, "timeout server");
 }
 
+/// A server silent before its response head is answered 504 at `timeout server`, on a kept
+/// connection whose timer already fired while it was idle as on a new one; that fired timer
+/// fails no request that is answered in time.
+#[test]
+fn a_server_silent_before_its_head_gets_504_at_timeout_server() {
+    use floodgate_tests::http_raw;
+    use std::sync::atomic::Ordering::SeqCst;
+    let (origin, accepted, _) = scripted_origin();
+    let (_fg, addr) = floodgate_before(
+        origin,
+        "silent.yaml",
+        "timeouts: { server: 1s, server-keep-alive: 30s }",
+    );
+    let get = |path: &str| {
+        let start = Instant::now();
+        let req = format!("GET {path} HTTP/1.0\r\nHost: t\r\n\r\n");
+        let status = http_raw(addr, req.as_bytes()).unwrap().0;
+        (status, start.elapsed())
+    };
+    assert_eq!(get("/echo").0, 200);
+    // Past `timeout server` while the connection is idle: its timer fires unheeded.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, took) = get("/echo");
+    assert_eq!(status, 200);
+    assert!(took < Duration::from_millis(800), "answered after {took:?}");
+    assert_eq!(
+        accepted.load(SeqCst),
+        1,
+        "the kept connection was not reused"
+    );
+    for (round, connections) in [("kept", 1), ("new", 2)] {
+        let (status, took) = get("/silent");
+        assert_eq!(status, 504, "on a {round} connection");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+            "504 after {took:?} on a {round} connection, not at timeout server (1 s)"
+        );
+        assert_eq!(
+            accepted.load(SeqCst),
+            connections,
+            "on a {round} connection"
+        );
+    }
+}
+
 /// A backend's own `timeouts.server` wins over the global one (HAProxy sets timeouts per
 /// backend): 1 s on this backend cuts the stalled body although the global one is 30 s.
 #[test]

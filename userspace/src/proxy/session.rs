@@ -100,56 +100,66 @@ pub async fn handle<B: ClientBody>(
 /// One request, start to end: the phases below in order, over one `Session`. The server's
 /// fields may still be raw in the answer (a response no rule touched): for the HTTP/1.1
 /// engine, whose writer reads them so (`proxy::fields`).
-pub async fn handle_raw<B: ClientBody>(
+///
+/// A function returning an `async move` block rather than an `async fn`: an `async fn`'s
+/// future keeps each argument twice (as passed, and as the body's local), and the request is
+/// 368 bytes, copied whole with the future wherever the future moves.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps its arguments twice"
+)]
+pub fn handle_raw<B: ClientBody>(
     ctx: Arc<ListenerCtx>,
     conn: Arc<Conn>,
     mut req: Request<B>,
-) -> Result<Answer, Infallible> {
-    // In flight until the response body is sent (see timeout.rs).
-    let guard = conn.inflight.start();
-    let generation = ctx.generation();
-    // The client: the connection's, or the one a trusted proxy's forwarding header names.
-    let trusted = generation
-        .forwarded
-        .as_deref()
-        .filter(|t| t.trusts(conn.peer.ip()));
-    let named = trusted.and_then(|t| t.client(req.headers()));
-    let client = Client {
-        ip: named.as_ref().map_or(conn.peer.ip(), |c| c.ip),
-        value: named.as_ref().map_or(&conn.peer_ip, |c| &c.value),
-        trusted: trusted.is_some(),
-    };
-    // Before anything reads the request, so routing, auth, the log and the backend see one.
-    let normalized = request::normalize::request(&mut req, ctx.forward_received);
-    let log = generation.access.as_ref().and_then(|a| {
-        let port = named.is_none().then_some(conn.peer.port());
-        a.begin(
-            &ctx.name,
-            access::Client {
-                ip: client.ip,
-                port,
-            },
-            &req,
-        )
-    });
-    let mut s = Session {
-        ctx: &ctx,
-        conn: &conn,
-        generation: &generation,
-        client,
-        method: metrics::method_index(req.method()),
-        started: Instant::now(),
-        log,
-        trace: Trace::default(),
-        backend: None,
-        handles: None,
-        cors: None,
-    };
-    let result = match normalized {
-        Ok(()) => s.proxy(req).await,
-        Err(e) => Err(e),
-    };
-    Ok(s.logging(result, guard))
+) -> impl Future<Output = Result<Answer, Infallible>> {
+    async move {
+        // In flight until the response body is sent (see timeout.rs).
+        let guard = conn.inflight.start();
+        let generation = ctx.generation();
+        // The client: the connection's, or the one a trusted proxy's forwarding header names.
+        let trusted = generation
+            .forwarded
+            .as_deref()
+            .filter(|t| t.trusts(conn.peer.ip()));
+        let named = trusted.and_then(|t| t.client(req.headers()));
+        let client = Client {
+            ip: named.as_ref().map_or(conn.peer.ip(), |c| c.ip),
+            value: named.as_ref().map_or(&conn.peer_ip, |c| &c.value),
+            trusted: trusted.is_some(),
+        };
+        // Before anything reads the request, so routing, auth, the log and the backend see one.
+        let normalized = request::normalize::request(&mut req, ctx.forward_received);
+        let log = generation.access.as_ref().and_then(|a| {
+            let port = named.is_none().then_some(conn.peer.port());
+            a.begin(
+                &ctx.name,
+                access::Client {
+                    ip: client.ip,
+                    port,
+                },
+                &req,
+            )
+        });
+        let mut s = Session {
+            ctx: &ctx,
+            conn: &conn,
+            generation: &generation,
+            client,
+            method: metrics::method_index(req.method()),
+            started: Instant::now(),
+            log,
+            trace: Trace::default(),
+            backend: None,
+            handles: None,
+            cors: None,
+        };
+        let result = match normalized {
+            Ok(()) => s.proxy(req).await,
+            Err(e) => Err(e),
+        };
+        Ok(s.logging(result, guard))
+    }
 }
 
 /// A request's context, read and written by its phases.
@@ -186,40 +196,55 @@ enum Decision<'g> {
 }
 
 impl<'g> Session<'g> {
-    /// Phases 1 to 4; an error from any of them is answered by `logging`.
-    async fn proxy<B: ClientBody>(&mut self, mut req: Request<B>) -> Result<Answer, ProxyError> {
-        let (backend, routed, authorized) = match self.request_filter(&mut req).await? {
-            Decision::Answer(resp) => return Ok(resp.into()),
-            Decision::Forward {
-                backend,
-                routed,
-                authorized,
-            } => (backend, routed, authorized),
-        };
-        let gzip = backend
-            .compress
-            .as_ref()
-            .is_some_and(|_| request::compress::accepts_gzip(req.headers()));
-        let head = req.method() == http::Method::HEAD;
-        let up = self.upstream_request(req, backend, &routed, authorized)?;
-        let asked_for = up.sticky;
-        let body_timeouts = self.handles.map(metrics::Handles::body_timeouts);
-        let tunnel_counters = self
-            .handles
-            .filter(|_| up.upgrade.is_some())
-            .map(metrics::Handles::tunnel);
-        // Boxed: hyper keeps one allocation of this function's future per connection, sized
-        // for its largest state, for the connection's whole life; the exchange with the
-        // server (4 KB of state) is allocated per request instead, and only while it runs.
-        let resp = Box::pin(forward(
-            backend,
-            up,
-            self.conn,
-            (body_timeouts, tunnel_counters),
-            &mut self.trace,
-        ))
-        .await?;
-        Ok(self.response_filter(resp, backend, &routed, (gzip, head), asked_for))
+    /// Phases 1 to 4; an error from any of them is answered by `logging`. Not an `async fn`,
+    /// for the reason `handle_raw` is not.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` keeps its arguments twice"
+    )]
+    fn proxy<B: ClientBody>(
+        &mut self,
+        mut req: Request<B>,
+    ) -> impl Future<Output = Result<Answer, ProxyError>> {
+        async move {
+            let (backend, routed, authorized) = match self.request_filter(&mut req).await? {
+                Decision::Answer(resp) => return Ok(resp.into()),
+                Decision::Forward {
+                    backend,
+                    routed,
+                    authorized,
+                } => (backend, routed, authorized),
+            };
+            let gzip = backend
+                .compress
+                .as_ref()
+                .is_some_and(|_| request::compress::accepts_gzip(req.headers()));
+            let head = req.method() == http::Method::HEAD;
+            let asked_for;
+            // Boxed: hyper keeps one allocation of this function's future per connection, sized
+            // for its largest state, for the connection's whole life; the exchange with the
+            // server is allocated per request instead, and only while it runs. The upstream
+            // request lives in this block only, so it takes no room of its own in this future
+            // beside the copy `forward` owns.
+            let forwarding = {
+                let up = self.upstream_request(req, backend, &routed, authorized)?;
+                asked_for = up.sticky;
+                let body_timeouts = self.handles.map(metrics::Handles::body_timeouts);
+                let tunnel_counters = self
+                    .handles
+                    .filter(|_| up.upgrade.is_some())
+                    .map(metrics::Handles::tunnel);
+                Box::pin(forward(
+                    backend,
+                    up,
+                    self.conn,
+                    (body_timeouts, tunnel_counters),
+                    &mut self.trace,
+                ))
+            };
+            let resp = forwarding.await?;
+            Ok(self.response_filter(resp, backend, &routed, (gzip, head), asked_for))
+        }
     }
 
     /// Phase 1: whether the request goes on, and to which backend.
@@ -845,7 +870,12 @@ fn body_hint(h: &HeaderMap) -> Option<u64> {
     }
 }
 
-async fn forward(
+/// Not an `async fn`, for the reason `handle_raw` is not (the upstream request is 608 bytes).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps its arguments twice"
+)]
+fn forward(
     backend: &Backend,
     mut up: Upstream,
     conn: &Arc<Conn>,
@@ -854,70 +884,68 @@ async fn forward(
         Option<metrics::TunnelCounters>,
     ),
     trace: &mut Trace,
-) -> Result<Answer, ProxyError> {
-    let (pool, passive) = (&backend.pool, &backend.passive);
-    let mut tried = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
-    let replayable = up.body.is_none();
-    let server_timeout = backend.server_timeout;
-    loop {
-        // Waits in the backend's FIFO queue when every server is at its maxconn.
-        let asked = Instant::now();
-        let slot = pool.acquire_sticky(&tried, up.sticky).await;
-        trace.queued = Some(trace.queued.unwrap_or_default() + asked.elapsed());
-        let slot = slot.map_err(ProxyError::from)?;
-        let server = slot.server.addr;
-        trace.server = Some(slot.server.clone());
-        tried.push(server);
-        let sent = tokio::time::timeout(
-            server_timeout,
-            backend.transport.send(&mut up, &slot.server),
-        );
-        let err = match sent.await {
-            Ok(Ok(reply)) => {
-                upstream::health::observe(pool, &slot.server, true, passive);
-                // The server's place is held until its response body is done, as HAProxy
-                // counts a connection until the response ends.
-                return Ok(match reply {
-                    Reply::Pooled(resp)
-                        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
-                            && up.upgrade.is_some() =>
-                    {
-                        let idle = backend.tunnel_timeout;
-                        tunnel(
-                            resp,
-                            up.upgrade.take(),
-                            slot,
-                            conn.clone(),
-                            idle,
-                            tunnel_counters,
-                        )
-                        .into()
-                    }
-                    Reply::Pooled(resp) => {
-                        downstream_response(resp, slot, server_timeout, body_timeouts).into()
-                    }
-                    Reply::Direct(resp, fields) => Answer::new(
-                        downstream_response(resp, slot, server_timeout, body_timeouts),
-                        Some(fields),
-                    ),
-                });
+) -> impl Future<Output = Result<Answer, ProxyError>> {
+    async move {
+        let (pool, passive) = (&backend.pool, &backend.passive);
+        let mut tried = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
+        let replayable = up.body.is_none();
+        let server_timeout = backend.server_timeout;
+        loop {
+            // Waits in the backend's FIFO queue when every server is at its maxconn.
+            let asked = Instant::now();
+            let slot = pool.acquire_sticky(&tried, up.sticky).await;
+            trace.queued = Some(trace.queued.unwrap_or_default() + asked.elapsed());
+            let slot = slot.map_err(ProxyError::from)?;
+            let server = slot.server.addr;
+            trace.server = Some(slot.server.clone());
+            tried.push(server);
+            let sent = backend
+                .transport
+                .send(&mut up, &slot.server, server_timeout);
+            let err = match sent.await {
+                Ok(reply) => {
+                    upstream::health::observe(pool, &slot.server, true, passive);
+                    // The server's place is held until its response body is done, as HAProxy
+                    // counts a connection until the response ends.
+                    return Ok(match reply {
+                        Reply::Pooled(resp)
+                            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                                && up.upgrade.is_some() =>
+                        {
+                            let idle = backend.tunnel_timeout;
+                            tunnel(
+                                resp,
+                                up.upgrade.take(),
+                                slot,
+                                conn.clone(),
+                                idle,
+                                tunnel_counters,
+                            )
+                            .into()
+                        }
+                        Reply::Pooled(resp) => {
+                            downstream_response(resp, slot, server_timeout, body_timeouts).into()
+                        }
+                        Reply::Direct(resp, fields) => Answer::new(
+                            downstream_response(resp, slot, server_timeout, body_timeouts),
+                            Some(fields),
+                        ),
+                    });
+                }
+                Err(e) => e,
+            };
+            let retryable = err.retryable(up.method().is_idempotent());
+            if retryable {
+                upstream::health::observe(pool, &slot.server, false, passive);
             }
-            Ok(Err(e)) => e,
-            Err(_) => ProxyError::ServerTimeout {
-                server: server.to_string(),
-            },
-        };
-        let retryable = err.retryable(up.method().is_idempotent());
-        if retryable {
-            upstream::health::observe(pool, &slot.server, false, passive);
+            drop(slot);
+            let servers = pool.servers().len();
+            if !(retryable && replayable && tried.len() < MAX_CONNECT_ATTEMPTS.min(servers)) {
+                return Err(err);
+            }
+            trace.retries += 1;
+            debug!(error = %err, "retrying on another server");
         }
-        drop(slot);
-        let servers = pool.servers().len();
-        if !(retryable && replayable && tried.len() < MAX_CONNECT_ATTEMPTS.min(servers)) {
-            return Err(err);
-        }
-        trace.retries += 1;
-        debug!(error = %err, "retrying on another server");
     }
 }
 

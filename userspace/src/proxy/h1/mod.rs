@@ -83,170 +83,180 @@ pub enum Error {
 /// Serves HTTP/1.1 requests on `io` until the connection ends or is left to hyper. `stop`
 /// flips at the drain: an idle connection closes then, a busy one after its answer (sent with
 /// `Connection: close`).
-pub async fn serve<T>(
+///
+/// Not an `async fn`: an `async fn`'s future keeps each argument twice, as passed and as the
+/// body's local (the stream twice in every connection's task; `session::handle_raw`).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps its arguments twice"
+)]
+pub fn serve<T>(
     mut io: T,
     stop: &watch::Receiver<bool>,
     ctx: &Arc<ListenerCtx>,
     conn: &Arc<Conn>,
     limits: Limits,
-) -> Result<Ended<T>, Error>
+) -> impl Future<Output = Result<Ended<T>, Error>>
 where
     // Sync: the body holding the read half crosses into the phases, which share it by reference.
     T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
-    let mut buf = BytesMut::new();
-    // A response head's usual size: grown from empty it was reallocated four or five times
-    // on every new connection.
-    let mut out = Vec::with_capacity(OUT);
-    // Registered once per connection, not once per request.
-    let mut watcher = stop.clone();
-    let mut stopped = std::pin::pin!(watcher.changed());
-    let mut draining = *stop.borrow();
-    loop {
-        let head = loop {
-            if buf.is_empty() {
-                if draining {
+    async move {
+        let mut buf = BytesMut::new();
+        // A response head's usual size: grown from empty it was reallocated four or five times
+        // on every new connection.
+        let mut out = Vec::with_capacity(OUT);
+        // Registered once per connection, not once per request.
+        let mut watcher = stop.clone();
+        let mut stopped = std::pin::pin!(watcher.changed());
+        let mut draining = *stop.borrow();
+        loop {
+            let head = loop {
+                if buf.is_empty() {
+                    if draining {
+                        return Ok(Ended::Closed);
+                    }
+                } else {
+                    match head::parse(&buf, limits.max_headers) {
+                        head::Parsed::Head(h) => break h,
+                        head::Parsed::Decline(why) => {
+                            handoff(ctx, conn, why);
+                            return Ok(Ended::Hyper { io, read: buf });
+                        }
+                        head::Parsed::Partial if buf.len() >= limits.max_head_bytes => {
+                            // hyper answers 431 once its own limit is passed.
+                            handoff(ctx, conn, Handoff::HeadTooLarge);
+                            return Ok(Ended::Hyper { io, read: buf });
+                        }
+                        head::Parsed::Partial => {}
+                    }
+                }
+                if buf.capacity() - buf.len() < READ / 4 {
+                    buf.reserve(READ);
+                }
+                let n = tokio::select! {
+                    biased;
+                    r = io.read_buf(&mut buf) => r.map_err(Error::Read)?,
+                    _ = &mut stopped, if !draining && buf.is_empty() => {
+                        draining = true;
+                        continue;
+                    }
+                };
+                if n == 0 {
                     return Ok(Ended::Closed);
-                }
-            } else {
-                match head::parse(&buf, limits.max_headers) {
-                    head::Parsed::Head(h) => break h,
-                    head::Parsed::Decline(why) => {
-                        handoff(ctx, conn, why);
-                        return Ok(Ended::Hyper { io, read: buf });
-                    }
-                    head::Parsed::Partial if buf.len() >= limits.max_head_bytes => {
-                        // hyper answers 431 once its own limit is passed.
-                        handoff(ctx, conn, Handoff::HeadTooLarge);
-                        return Ok(Ended::Hyper { io, read: buf });
-                    }
-                    head::Parsed::Partial => {}
-                }
-            }
-            if buf.capacity() - buf.len() < READ / 4 {
-                buf.reserve(READ);
-            }
-            let n = tokio::select! {
-                biased;
-                r = io.read_buf(&mut buf) => r.map_err(Error::Read)?,
-                _ = &mut stopped, if !draining && buf.is_empty() => {
-                    draining = true;
-                    continue;
                 }
             };
-            if n == 0 {
+            let raw = buf.split_to(head.len).freeze();
+            let (close, length, head_only) = (head.close, head.body, head.is_head());
+            let (expect_continue, upgrade) = (head.expect_continue, head.upgrade);
+            let Some(mut parts) = head.into_parts(&raw) else {
+                handoff(ctx, conn, Handoff::Unrepresentable);
+                let mut read = BytesMut::from(&raw[..]);
+                read.extend_from_slice(&buf);
+                return Ok(Ended::Hyper { io, read });
+            };
+            // The drain began while this request was read: it is answered, then the connection
+            // closes. An atomic load per request; the lock is taken only when it changed.
+            draining |= stop.has_changed().unwrap_or(true) && *stop.borrow();
+            let framing = match length {
+                BodyLength::Empty => None,
+                BodyLength::Bytes(n) => Some(body::Framing::Length(n)),
+                BodyLength::Chunked => Some(body::Framing::Chunked(chunked::Decoder::new(
+                    limits.max_headers,
+                ))),
+            };
+            match framing {
+                None => {
+                    // An upgrade request carries where the tunnel gets the connection after a 101.
+                    let tunnel = upgrade.then(|| {
+                        let (from, tx) = FromEngine::new();
+                        parts.extensions.insert(from);
+                        tx
+                    });
+                    let req = Request::from_parts(parts, body::Body::<T>::empty());
+                    // Boxed: inline, the phases' state would size the connection's task for its
+                    // whole life, idle or not (and be copied whole when the task is spawned).
+                    let resp = Box::pin(session::handle_raw(ctx.clone(), conn.clone(), req)).await;
+                    let resp = resp.unwrap_or_else(|never| match never {});
+                    let tunnel =
+                        tunnel.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS);
+                    let close = tunnel.is_none() && (close || draining);
+                    write::response(&mut io, &mut out, resp, head_only, close).await?;
+                    if let Some(tx) = tunnel {
+                        // The tunnel takes the connection, with what the client sent after the
+                        // head (its first frames may have come with it).
+                        let io = Prefixed::new(buf.to_vec(), io);
+                        // The tunnel gone (the server's side failed): the connection closes.
+                        let _ = tx.send(Box::new(io));
+                        return Ok(Ended::Closed);
+                    }
+                }
+                Some(framing) => {
+                    let (rd, mut wr) = tokio::io::split(io);
+                    let (wants_continue, asked) = match expect_continue {
+                        true => {
+                            let (tx, rx) = oneshot::channel();
+                            (Some(tx), Some(rx))
+                        }
+                        false => (None, None),
+                    };
+                    let (body, mut back) =
+                        body::Body::new(rd, std::mem::take(&mut buf), framing, wants_continue);
+                    let req = Request::from_parts(parts, body);
+                    let mut serving = Box::pin(session::handle_raw(ctx.clone(), conn.clone(), req));
+                    // `100 Continue` goes out when the phases first ask for the body, as hyper
+                    // sends it; a request answered before that is answered without it.
+                    let mut continued = false;
+                    let resp = match asked {
+                        None => serving.await,
+                        Some(asked) => tokio::select! {
+                            biased;
+                            resp = &mut serving => resp,
+                            Ok(()) = asked => {
+                                wr.write_all(CONTINUE).await.map_err(write::WriteError::Io)?;
+                                wr.flush().await.map_err(write::WriteError::Io)?;
+                                continued = true;
+                                serving.await
+                            }
+                        },
+                    };
+                    let resp = resp.unwrap_or_else(|never| match never {});
+                    write::response(&mut wr, &mut out, resp, head_only, close || draining).await?;
+                    // The body was read to its end or dropped by now; if something still holds
+                    // it, where the next request starts is unknown: close.
+                    let Ok(r) = back.try_recv() else {
+                        return Ok(Ended::Closed);
+                    };
+                    io = r.io.unsplit(wr);
+                    buf = r.buf;
+                    match r.left {
+                        body::Left::Nothing => {}
+                        body::Left::Unknown => return Ok(Ended::Closed),
+                        // The client may be waiting for a `100 Continue` it will not get, and
+                        // never send the body: what it sent already is drained, nothing is
+                        // waited for (hyper's rule).
+                        body::Left::Length(n) if expect_continue && !continued => {
+                            if n > buf.len() as u64 || close || draining {
+                                return Ok(Ended::Closed);
+                            }
+                            drain(&mut io, &mut buf, n).await.map_err(Error::Read)?;
+                        }
+                        body::Left::Length(n) => {
+                            if n > DRAIN || close || draining {
+                                return Ok(Ended::Closed);
+                            }
+                            drain(&mut io, &mut buf, n).await.map_err(Error::Read)?;
+                        }
+                    }
+                }
+            }
+            if close || draining {
                 return Ok(Ended::Closed);
             }
-        };
-        let raw = buf.split_to(head.len).freeze();
-        let (close, length, head_only) = (head.close, head.body, head.is_head());
-        let (expect_continue, upgrade) = (head.expect_continue, head.upgrade);
-        let Some(mut parts) = head.into_parts(&raw) else {
-            handoff(ctx, conn, Handoff::Unrepresentable);
-            let mut read = BytesMut::from(&raw[..]);
-            read.extend_from_slice(&buf);
-            return Ok(Ended::Hyper { io, read });
-        };
-        // The drain began while this request was read: it is answered, then the connection
-        // closes. An atomic load per request; the lock is taken only when it changed.
-        draining |= stop.has_changed().unwrap_or(true) && *stop.borrow();
-        let framing = match length {
-            BodyLength::Empty => None,
-            BodyLength::Bytes(n) => Some(body::Framing::Length(n)),
-            BodyLength::Chunked => Some(body::Framing::Chunked(chunked::Decoder::new(
-                limits.max_headers,
-            ))),
-        };
-        match framing {
-            None => {
-                // An upgrade request carries where the tunnel gets the connection after a 101.
-                let tunnel = upgrade.then(|| {
-                    let (from, tx) = FromEngine::new();
-                    parts.extensions.insert(from);
-                    tx
-                });
-                let req = Request::from_parts(parts, body::Body::<T>::empty());
-                // Boxed: inline, the phases' state would size the connection's task for its
-                // whole life, idle or not (and be copied whole when the task is spawned).
-                let resp = Box::pin(session::handle_raw(ctx.clone(), conn.clone(), req)).await;
-                let resp = resp.unwrap_or_else(|never| match never {});
-                let tunnel = tunnel.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS);
-                let close = tunnel.is_none() && (close || draining);
-                write::response(&mut io, &mut out, resp, head_only, close).await?;
-                if let Some(tx) = tunnel {
-                    // The tunnel takes the connection, with what the client sent after the
-                    // head (its first frames may have come with it).
-                    let io = Prefixed::new(buf.to_vec(), io);
-                    // The tunnel gone (the server's side failed): the connection closes.
-                    let _ = tx.send(Box::new(io));
-                    return Ok(Ended::Closed);
-                }
+            if out.capacity() > 64 * 1024 {
+                // A large head once does not keep its buffer for the connection's life.
+                out = Vec::with_capacity(OUT);
             }
-            Some(framing) => {
-                let (rd, mut wr) = tokio::io::split(io);
-                let (wants_continue, asked) = match expect_continue {
-                    true => {
-                        let (tx, rx) = oneshot::channel();
-                        (Some(tx), Some(rx))
-                    }
-                    false => (None, None),
-                };
-                let (body, mut back) =
-                    body::Body::new(rd, std::mem::take(&mut buf), framing, wants_continue);
-                let req = Request::from_parts(parts, body);
-                let mut serving = Box::pin(session::handle_raw(ctx.clone(), conn.clone(), req));
-                // `100 Continue` goes out when the phases first ask for the body, as hyper
-                // sends it; a request answered before that is answered without it.
-                let mut continued = false;
-                let resp = match asked {
-                    None => serving.await,
-                    Some(asked) => tokio::select! {
-                        biased;
-                        resp = &mut serving => resp,
-                        Ok(()) = asked => {
-                            wr.write_all(CONTINUE).await.map_err(write::WriteError::Io)?;
-                            wr.flush().await.map_err(write::WriteError::Io)?;
-                            continued = true;
-                            serving.await
-                        }
-                    },
-                };
-                let resp = resp.unwrap_or_else(|never| match never {});
-                write::response(&mut wr, &mut out, resp, head_only, close || draining).await?;
-                // The body was read to its end or dropped by now; if something still holds
-                // it, where the next request starts is unknown: close.
-                let Ok(r) = back.try_recv() else {
-                    return Ok(Ended::Closed);
-                };
-                io = r.io.unsplit(wr);
-                buf = r.buf;
-                match r.left {
-                    body::Left::Nothing => {}
-                    body::Left::Unknown => return Ok(Ended::Closed),
-                    // The client may be waiting for a `100 Continue` it will not get, and
-                    // never send the body: what it sent already is drained, nothing is
-                    // waited for (hyper's rule).
-                    body::Left::Length(n) if expect_continue && !continued => {
-                        if n > buf.len() as u64 || close || draining {
-                            return Ok(Ended::Closed);
-                        }
-                        drain(&mut io, &mut buf, n).await.map_err(Error::Read)?;
-                    }
-                    body::Left::Length(n) => {
-                        if n > DRAIN || close || draining {
-                            return Ok(Ended::Closed);
-                        }
-                        drain(&mut io, &mut buf, n).await.map_err(Error::Read)?;
-                    }
-                }
-            }
-        }
-        if close || draining {
-            return Ok(Ended::Closed);
-        }
-        if out.capacity() > 64 * 1024 {
-            // A large head once does not keep its buffer for the connection's life.
-            out = Vec::with_capacity(OUT);
         }
     }
 }

@@ -42,141 +42,149 @@ pub enum WriteError {
 }
 
 /// Writes `resp` to `io`; `head_only`: the request was HEAD; `close`: tell the client the
-/// connection closes after it. `out` is the connection's write buffer, left empty.
-pub async fn response<W: AsyncWrite + Unpin>(
+/// connection closes after it. `out` is the connection's write buffer, left empty. Not an
+/// `async fn`, which would keep the answer twice in a future copied once per response
+/// (`session::handle_raw`).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps its arguments twice"
+)]
+pub fn response<W: AsyncWrite + Unpin>(
     io: &mut W,
     out: &mut Vec<u8>,
     answer: Answer,
     head_only: bool,
     close: bool,
-) -> Result<(), WriteError> {
-    // A server's fields as it sent them, less what only this hop sends (`proxy::fields`); the
-    // map then holds only what this hop adds.
-    let (resp, raw) = answer.into_raw_parts();
-    let (mut parts, mut body) = resp.into_parts();
-    let status = parts.status;
-    let bodiless = head_only
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let declared = match &raw {
-        Some(r) => r.content_length,
-        None => parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok()),
-    };
-    let framing = if bodiless {
-        Framing::None
-    } else {
-        // The framing is this hop's: a server's own Transfer-Encoding never passes, nor a
-        // Content-Length that is not one.
-        parts.headers.remove(header::TRANSFER_ENCODING);
-        if declared.is_none() {
-            parts.headers.remove(header::CONTENT_LENGTH);
-        }
-        match declared.or_else(|| body.size_hint().exact()) {
-            Some(n) => {
-                if declared.is_none() {
-                    parts
-                        .headers
-                        .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+) -> impl Future<Output = Result<(), WriteError>> {
+    async move {
+        // A server's fields as it sent them, less what only this hop sends (`proxy::fields`); the
+        // map then holds only what this hop adds.
+        let (resp, raw) = answer.into_raw_parts();
+        let (mut parts, mut body) = resp.into_parts();
+        let status = parts.status;
+        let bodiless = head_only
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let declared = match &raw {
+            Some(r) => r.content_length,
+            None => parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok()),
+        };
+        let framing = if bodiless {
+            Framing::None
+        } else {
+            // The framing is this hop's: a server's own Transfer-Encoding never passes, nor a
+            // Content-Length that is not one.
+            parts.headers.remove(header::TRANSFER_ENCODING);
+            if declared.is_none() {
+                parts.headers.remove(header::CONTENT_LENGTH);
+            }
+            match declared.or_else(|| body.size_hint().exact()) {
+                Some(n) => {
+                    if declared.is_none() {
+                        parts
+                            .headers
+                            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                    }
+                    Framing::Length(n)
                 }
-                Framing::Length(n)
+                None => {
+                    parts.headers.insert(
+                        header::TRANSFER_ENCODING,
+                        HeaderValue::from_static("chunked"),
+                    );
+                    Framing::Chunked
+                }
             }
-            None => {
-                parts.headers.insert(
-                    header::TRANSFER_ENCODING,
-                    HeaderValue::from_static("chunked"),
-                );
-                Framing::Chunked
-            }
+        };
+        if close {
+            // Written below, not inserted: the first insert into a map that holds nothing (a
+            // server's fields are raw) allocates it, on every response that closes.
+            parts.headers.remove(header::CONNECTION);
         }
-    };
-    if close {
-        // Written below, not inserted: the first insert into a map that holds nothing (a
-        // server's fields are raw) allocates it, on every response that closes.
-        parts.headers.remove(header::CONNECTION);
-    }
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    if let Some(r) = &raw {
-        r.write(out);
-    }
-    fields(out, &parts.headers);
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    if !raw.as_ref().is_some_and(|r| r.has_date) && !parts.headers.contains_key(header::DATE) {
-        // As hyper did: clients and caches expect one from an origin-facing server.
-        out.extend_from_slice(b"date: ");
-        date(out);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    if framing == Framing::None {
-        io.write_all(out).await?;
-        io.flush().await?;
         out.clear();
-        return Ok(());
-    }
-    let mut sent: u64 = 0;
-    loop {
-        // A frame not ready yet: what is gathered goes out first, so a slow body never holds
-        // back the head or the bytes before it.
-        let next = std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
-            Poll::Pending if !out.is_empty() => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(f) => Poll::Ready(Some(f)),
-        })
-        .await;
-        let Some(frame) = next else {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if let Some(r) = &raw {
+            r.write(out);
+        }
+        fields(out, &parts.headers);
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        if !raw.as_ref().is_some_and(|r| r.has_date) && !parts.headers.contains_key(header::DATE) {
+            // As hyper did: clients and caches expect one from an origin-facing server.
+            out.extend_from_slice(b"date: ");
+            date(out);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if framing == Framing::None {
             io.write_all(out).await?;
             io.flush().await?;
             out.clear();
-            continue;
-        };
-        let Some(frame) = frame else { break };
-        let frame = frame.map_err(WriteError::Body)?;
-        // Trailers are dropped, as hyper's HTTP/1.1 server did for clients that did not ask
-        // for them.
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if data.is_empty() {
-            continue;
+            return Ok(());
         }
-        sent = sent.saturating_add(data.len() as u64);
+        let mut sent: u64 = 0;
+        loop {
+            // A frame not ready yet: what is gathered goes out first, so a slow body never holds
+            // back the head or the bytes before it.
+            let next = std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+                Poll::Pending if !out.is_empty() => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(f) => Poll::Ready(Some(f)),
+            })
+            .await;
+            let Some(frame) = next else {
+                io.write_all(out).await?;
+                io.flush().await?;
+                out.clear();
+                continue;
+            };
+            let Some(frame) = frame else { break };
+            let frame = frame.map_err(WriteError::Body)?;
+            // Trailers are dropped, as hyper's HTTP/1.1 server did for clients that did not ask
+            // for them.
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            sent = sent.saturating_add(data.len() as u64);
+            if let Framing::Length(n) = framing
+                && sent > n
+            {
+                return Err(WriteError::Length { declared: n, sent });
+            }
+            if framing == Framing::Chunked {
+                chunk_size(out, data.len());
+            }
+            put(io, out, data).await?;
+            if framing == Framing::Chunked {
+                out.extend_from_slice(b"\r\n");
+            }
+        }
         if let Framing::Length(n) = framing
-            && sent > n
+            && sent != n
         {
             return Err(WriteError::Length { declared: n, sent });
         }
         if framing == Framing::Chunked {
-            chunk_size(out, data.len());
+            out.extend_from_slice(b"0\r\n\r\n");
         }
-        put(io, out, data).await?;
-        if framing == Framing::Chunked {
-            out.extend_from_slice(b"\r\n");
-        }
+        io.write_all(out).await?;
+        io.flush().await?;
+        out.clear();
+        Ok(())
     }
-    if let Framing::Length(n) = framing
-        && sent != n
-    {
-        return Err(WriteError::Length { declared: n, sent });
-    }
-    if framing == Framing::Chunked {
-        out.extend_from_slice(b"0\r\n\r\n");
-    }
-    io.write_all(out).await?;
-    io.flush().await?;
-    out.clear();
-    Ok(())
 }
 
 /// `headers` as HTTP/1.1 field lines, the way both sides write a head (the upstream request

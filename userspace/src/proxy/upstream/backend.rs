@@ -220,7 +220,13 @@ impl Transport {
     /// One try of `up` on `server`. Only idempotent requests without a body or upgrade take
     /// the direct path: it resends a request whose kept connection died before any response
     /// byte, and the server may have acted on it meanwhile.
-    pub async fn send(&self, up: &mut Upstream, server: &Server) -> Result<Reply, ProxyError> {
+    /// `server_timeout` bounds the exchange up to the response head (`timeout server`).
+    pub async fn send(
+        &self,
+        up: &mut Upstream,
+        server: &Server,
+        server_timeout: Duration,
+    ) -> Result<Reply, ProxyError> {
         let worker = WORKER.with(std::cell::Cell::get);
         match self {
             Transport::H2(h2) => {
@@ -231,7 +237,8 @@ impl Transport {
                 // Boxed: inline, the HTTP/2 sender's state (most of this future's 4 KB) sized
                 // every request's exchange, HTTP/1.1 ones included, and was copied whole into
                 // each request's box (`session::Session::proxy`).
-                Box::pin(h2.send(worker, server.addr, req))
+                let sent = Box::pin(h2.send(worker, server.addr, req));
+                within(server_timeout, server, sent)
                     .await
                     .map(Reply::Pooled)
             }
@@ -243,7 +250,7 @@ impl Transport {
                     forwarding: up.forwarding.as_ref(),
                     authority: &server.authority,
                 };
-                direct::exchange(direct, worker, server.addr, head)
+                direct::exchange(direct, worker, server.addr, head, server_timeout)
                     .await
                     .map(|(resp, fields)| Reply::Direct(resp, fields))
             }
@@ -255,11 +262,15 @@ impl Transport {
                 let mut parts = up.to_send();
                 parts.uri = absolute_uri(server.authority.clone(), &parts.uri)?;
                 let body = up.body.take().unwrap_or_else(empty_body);
-                client
-                    .request(Request::from_parts(parts, body))
+                let sent = async {
+                    client
+                        .request(Request::from_parts(parts, body))
+                        .await
+                        .map_err(|e| classify(server.addr, &e))
+                };
+                within(server_timeout, server, sent)
                     .await
                     .map(Reply::Pooled)
-                    .map_err(|e| classify(server.addr, &e))
             }
         }
     }
@@ -291,6 +302,19 @@ impl Transport {
             }
         }
     }
+}
+
+/// `sent` under `timeout server`.
+async fn within<T>(
+    limit: Duration,
+    server: &Server,
+    sent: impl Future<Output = Result<T, ProxyError>>,
+) -> Result<T, ProxyError> {
+    tokio::time::timeout(limit, sent).await.unwrap_or_else(|_| {
+        Err(ProxyError::ServerTimeout {
+            server: server.addr.to_string(),
+        })
+    })
 }
 
 pub fn empty_body() -> UpstreamBody {

@@ -30,7 +30,10 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use http::{Response, StatusCode, header};
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    time::Sleep,
+};
 
 use crate::proxy::{
     body::BoxError,
@@ -63,8 +66,26 @@ pub struct Conns {
 }
 
 struct Idle {
-    stream: ServerStream,
+    link: Link,
     since: Instant,
+}
+
+/// A server connection of the direct path and its `timeout server` timer: one timer for the
+/// connection's life, pushed later for each request, which tokio does with one atomic store
+/// while the timer is pending. A `tokio::time::timeout` per request registered a timer in the
+/// runtime's wheel and removed it again, under the wheel's lock: about 700 instructions, 3%
+/// of a proxied request (`examples/bench/instructions.sh`).
+struct Link {
+    stream: ServerStream,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Link {
+    fn new(stream: ServerStream) -> Self {
+        // Not registered with the wheel until first polled.
+        let timer = Box::pin(tokio::time::sleep_until(tokio::time::Instant::now()));
+        Self { stream, timer }
+    }
 }
 
 impl Conns {
@@ -79,12 +100,12 @@ impl Conns {
 
     /// The most recently used idle connection (its server is the least likely to have closed
     /// it), dropping the ones idle past `idle_timeout` on the way.
-    fn take(&self, worker: usize, server: SocketAddr) -> Option<ServerStream> {
+    fn take(&self, worker: usize, server: SocketAddr) -> Option<Link> {
         let mut map = self.per_worker.get(worker);
         let idle = map.get_mut(&server)?;
         while let Some(c) = idle.pop() {
             if c.since.elapsed() < self.idle_timeout {
-                return Some(c.stream);
+                return Some(c.link);
             }
             // Everything below is older still.
             idle.clear();
@@ -92,13 +113,13 @@ impl Conns {
         None
     }
 
-    fn put(&self, worker: usize, server: SocketAddr, stream: ServerStream) {
+    fn put(&self, worker: usize, server: SocketAddr, link: Link) {
         let mut map = self.per_worker.get(worker);
         let idle = map.entry(server).or_default();
         // Expired ones are the sweep's (`reap`), not every request's.
         if idle.len() < MAX_IDLE_PER_SERVER {
             idle.push(Idle {
-                stream,
+                link,
                 since: Instant::now(),
             });
         }
@@ -112,7 +133,9 @@ impl Conns {
         let mut open = 0;
         for mut map in self.per_worker.each() {
             map.retain(|_, idle| {
-                idle.retain_mut(|c| c.since.elapsed() < self.idle_timeout && c.stream.still_open());
+                idle.retain_mut(|c| {
+                    c.since.elapsed() < self.idle_timeout && c.link.stream.still_open()
+                });
                 open += idle.len();
                 !idle.is_empty()
             });
@@ -132,28 +155,46 @@ impl Conns {
 /// came back) is replaced by a new one once. The server may have seen the request, so only
 /// idempotent methods come here (RFC 9110 section 9.2.2 allows resending those). The
 /// response's map is empty: the server's fields come apart, raw (`proxy::fields`).
+/// `server_timeout` bounds the whole exchange up to the response head, as the other
+/// transports' `tokio::time::timeout` does (`backend::Transport::send`).
 pub async fn exchange(
     conns: &Arc<Conns>,
     worker: usize,
     server: SocketAddr,
     request: RequestHead<'_>,
+    server_timeout: Duration,
 ) -> Result<(Response<DirectBody>, RawFields), ProxyError> {
+    let deadline = tokio::time::Instant::now() + server_timeout;
     let head = encode_request(&request);
     let head_only = request.parts.method == http::Method::HEAD;
-    if let Some(stream) = conns.take(worker, server) {
-        match send(stream, &head, head_only).await {
-            Ok(r) => return Ok(r.finish(conns, worker, server)),
+    if let Some(link) = conns.take(worker, server) {
+        match send(link, &head, head_only, deadline).await {
+            Ok((r, timer)) => return Ok(r.finish(timer, conns, worker, server)),
             Err(Failure::Stale) => {}
             Err(Failure::Broken(reason)) => return Err(upstream(server, reason)),
+            Err(Failure::Timeout) => return Err(timed_out(server)),
         }
     }
-    let stream = conns.dial.connect(server).await?;
-    match send(stream, &head, head_only).await {
-        Ok(r) => Ok(r.finish(conns, worker, server)),
+    // Boxed: inline, the dial's state (1.5 KB) sized every exchange, and every exchange's
+    // future is copied whole into its parent's (a kept-alive request dials nothing).
+    let dial = Box::pin(conns.dial.connect(server));
+    let stream = match tokio::time::timeout_at(deadline, dial).await {
+        Ok(s) => s?,
+        Err(_) => return Err(timed_out(server)),
+    };
+    match send(Link::new(stream), &head, head_only, deadline).await {
+        Ok((r, timer)) => Ok(r.finish(timer, conns, worker, server)),
         Err(Failure::Stale) => Err(ProxyError::EmptyResponse {
             server: server.to_string(),
         }),
         Err(Failure::Broken(reason)) => Err(upstream(server, reason)),
+        Err(Failure::Timeout) => Err(timed_out(server)),
+    }
+}
+
+fn timed_out(server: SocketAddr) -> ProxyError {
+    ProxyError::ServerTimeout {
+        server: server.to_string(),
     }
 }
 
@@ -208,6 +249,8 @@ enum Failure {
     /// Nothing came back: the connection was closed or reset before the response started.
     Stale,
     Broken(String),
+    /// `timeout server` passed before the response head.
+    Timeout,
 }
 
 /// A response head read from `stream`, with the body bytes that came with it.
@@ -220,7 +263,35 @@ struct Received {
     buf: BytesMut,
 }
 
-async fn send(mut stream: ServerStream, head: &[u8], head_only: bool) -> Result<Received, Failure> {
+/// Writes `head` and reads the response head, failing with `Failure::Timeout` at `deadline`.
+/// Gives the link's timer back beside what came.
+async fn send(
+    link: Link,
+    head: &[u8],
+    head_only: bool,
+    deadline: tokio::time::Instant,
+) -> Result<(Received, Pin<Box<Sleep>>), Failure> {
+    let Link { stream, mut timer } = link;
+    timer.as_mut().reset(deadline);
+    let mut exchange = std::pin::pin!(send_on(stream, head, head_only));
+    // `tokio::time::Timeout` over a timer that outlives it: the exchange first, the timer
+    // only while the exchange waits.
+    let received = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        ready!(timer.as_mut().poll(cx));
+        Poll::Ready(Err(Failure::Timeout))
+    })
+    .await?;
+    Ok((received, timer))
+}
+
+async fn send_on(
+    mut stream: ServerStream,
+    head: &[u8],
+    head_only: bool,
+) -> Result<Received, Failure> {
     // Over TLS the flush is what sends the record; in clear it costs nothing.
     if let Err(e) = async {
         stream.write_all(head).await?;
@@ -288,12 +359,16 @@ fn stale_or_broken(e: &io::Error) -> Failure {
 impl Received {
     fn finish(
         self,
+        timer: Pin<Box<Sleep>>,
         conns: &Arc<Conns>,
         worker: usize,
         server: SocketAddr,
     ) -> (Response<DirectBody>, RawFields) {
         let mut body = DirectBody {
-            stream: Some(self.stream),
+            link: Some(Link {
+                stream: self.stream,
+                timer,
+            }),
             buf: self.buf,
             framing: self.framing,
             keep_alive: self.keep_alive,
@@ -529,7 +604,7 @@ impl Framing {
 /// Its end gives the connection back to the worker's idle list; dropped before its end, it
 /// closes the connection (the rest of the response is unread).
 pub struct DirectBody {
-    stream: Option<ServerStream>,
+    link: Option<Link>,
     buf: BytesMut,
     framing: Framing,
     keep_alive: bool,
@@ -539,22 +614,22 @@ pub struct DirectBody {
 impl DirectBody {
     fn release(&mut self) {
         self.framing = Framing::Done;
-        let stream = self.stream.take();
+        let link = self.link.take();
         // Bytes past the end of the response would be read as the next response's start.
         if self.keep_alive
             && self.buf.is_empty()
-            && let (Some(stream), Some((conns, worker, server))) = (stream, self.home.take())
+            && let (Some(link), Some((conns, worker, server))) = (link, self.home.take())
         {
-            conns.put(worker, server, stream);
+            conns.put(worker, server, link);
         }
     }
 
     /// Reads more from the server into `buf`; 0 is the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let Some(stream) = &mut self.stream else {
+        let Some(link) = &mut self.link else {
             return Poll::Ready(Ok(0));
         };
-        stream.poll_read_buf(cx, &mut self.buf, READ_CHUNK)
+        link.stream.poll_read_buf(cx, &mut self.buf, READ_CHUNK)
     }
 
     /// The next step of the body from what is buffered: a frame, the end, or `None` when more
@@ -664,7 +739,7 @@ impl Body for DirectBody {
                 Ok(Some(None)) => return Poll::Ready(None),
                 Ok(None) => {}
                 Err(e) => {
-                    this.stream = None;
+                    this.link = None;
                     this.framing = Framing::Done;
                     return Poll::Ready(Some(Err(e)));
                 }
@@ -676,13 +751,13 @@ impl Body for DirectBody {
                     return Poll::Ready(None);
                 }
                 Ok(0) => {
-                    this.stream = None;
+                    this.link = None;
                     this.framing = Framing::Done;
                     return Poll::Ready(Some(Err("server closed the connection mid-body".into())));
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    this.stream = None;
+                    this.link = None;
                     this.framing = Framing::Done;
                     return Poll::Ready(Some(Err(e.into())));
                 }
@@ -819,7 +894,7 @@ mod tests {
     /// A body over a buffer only (no stream): what `step` yields for given bytes.
     fn decode(framing: Framing, input: &[u8]) -> Result<(Vec<u8>, bool), BoxError> {
         let mut b = DirectBody {
-            stream: None,
+            link: None,
             buf: BytesMut::from(input),
             framing,
             keep_alive: true,

@@ -144,7 +144,11 @@ pub fn copy(
                 reason: e.to_string(),
             };
             // Read to its end, so the connection goes back to the idle list.
-            match backend.transport.send(&mut up, &server).await? {
+            match backend
+                .transport
+                .send(&mut up, &server, backend.server_timeout)
+                .await?
+            {
                 Reply::Direct(resp, _) => {
                     resp.into_body().collect().await.map_err(|e| upstream(&*e))
                 }
