@@ -88,15 +88,16 @@ impl RawFields {
 }
 
 /// A response on its way to the client, the server's fields possibly still raw (see the
-/// module's doc).
-pub struct Answer {
-    resp: Response<ProxyBody>,
+/// module's doc). `B`, its body: the phases' boxed one, then (`session::handle_raw`) that
+/// body with what ends the request when it ends, unboxed.
+pub struct Answer<B = ProxyBody> {
+    resp: Response<B>,
     raw: Option<RawFields>,
 }
 
-impl Answer {
+impl<B> Answer<B> {
     /// `resp` with `raw`, the server's fields, beside its map.
-    pub fn new(resp: Response<ProxyBody>, raw: Option<RawFields>) -> Self {
+    pub fn new(resp: Response<B>, raw: Option<RawFields>) -> Self {
         Self { resp, raw }
     }
 
@@ -113,27 +114,27 @@ impl Answer {
     }
 
     /// The response with every field in its map.
-    pub fn into_response(mut self) -> Response<ProxyBody> {
+    pub fn into_response(mut self) -> Response<B> {
         self.headers_mut();
         self.resp
     }
 
     /// The response, its map without the server's fields when they are still raw, and those.
-    pub fn into_raw_parts(self) -> (Response<ProxyBody>, Option<RawFields>) {
+    pub fn into_raw_parts(self) -> (Response<B>, Option<RawFields>) {
         (self.resp, self.raw)
     }
 
     /// The same answer with its body replaced by `f` of it.
-    pub fn map_body(self, f: impl FnOnce(ProxyBody) -> ProxyBody) -> Self {
-        Self {
+    pub fn map_body<C>(self, f: impl FnOnce(B) -> C) -> Answer<C> {
+        Answer {
             resp: self.resp.map(f),
             raw: self.raw,
         }
     }
 }
 
-impl From<Response<ProxyBody>> for Answer {
-    fn from(resp: Response<ProxyBody>) -> Self {
+impl<B> From<Response<B>> for Answer<B> {
+    fn from(resp: Response<B>) -> Self {
         Self { resp, raw: None }
     }
 }
@@ -184,13 +185,17 @@ mod tests {
         let mut resp = Response::new(Empty::new().map_err(|never| match never {}).boxed());
         resp.headers_mut()
             .insert("x-added", HeaderValue::from_static("here"));
-        let mut answer = Answer::new(resp, Some(sample()));
+        let mut answer: Answer = Answer::new(resp, Some(sample()));
         assert_eq!(answer.headers_mut().len(), 5);
         assert_eq!(answer.headers_mut().get_all("x-a").iter().count(), 2);
         let (resp, raw) = answer.into_raw_parts();
         assert!(raw.is_none());
         assert_eq!(resp.headers().len(), 5);
-        let resp = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+        let resp = Response::new(
+            Empty::<Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        );
         let whole = Answer::new(resp, Some(sample())).into_response();
         assert_eq!(whole.headers().len(), 4);
     }

@@ -94,7 +94,7 @@ pub async fn handle<B: ClientBody>(
     req: Request<B>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let answer = handle_raw(ctx, conn, req).await?;
-    Ok(answer.into_response())
+    Ok(answer.into_response().map(|b| b.boxed()))
 }
 
 /// One request, start to end: the phases below in order, over one `Session`. The server's
@@ -112,7 +112,7 @@ pub fn handle_raw<B: ClientBody>(
     ctx: Arc<ListenerCtx>,
     conn: Arc<Conn>,
     mut req: Request<B>,
-) -> impl Future<Output = Result<Answer, Infallible>> {
+) -> impl Future<Output = Result<Answer<Sent>, Infallible>> {
     async move {
         // In flight until the response body is sent (see timeout.rs).
         let guard = conn.inflight.start();
@@ -420,7 +420,7 @@ impl<'g> Session<'g> {
         mut self,
         result: Result<Answer, ProxyError>,
         guard: timeout::InFlightGuard,
-    ) -> Answer {
+    ) -> Answer<Sent> {
         let ctx = self.ctx;
         let backend = self.backend.map_or("", Backend::name);
         let mut resp = match result {
@@ -486,17 +486,16 @@ impl<'g> Session<'g> {
             e.queue_ms = trace.queued.map_or(0.0, |q| q.as_secs_f64() * 1000.0);
         }
         let log = self.log;
-        resp.map_body(|body| {
-            Hold {
-                body,
-                guard: Done {
-                    _inflight: guard,
-                    bytes_out,
-                    log,
-                    sent: 0,
-                },
-            }
-            .boxed()
+        // Not boxed again: the engine's writer takes this type as it is (hyper's side,
+        // `handle`, boxes it).
+        resp.map_body(|body| Hold {
+            body,
+            guard: Done {
+                _inflight: guard,
+                bytes_out,
+                log,
+                sent: 0,
+            },
         })
     }
 }
@@ -1020,9 +1019,13 @@ where
     Response::from_parts(parts, Hold { body, guard: slot }.boxed())
 }
 
+/// What a request's answer is sent with: the response body, and what ends the request when
+/// that body ends (`Done`).
+pub type Sent = Hold<ProxyBody, Done>;
+
 /// A body that keeps `G` alive until the body ends or is dropped, and tells it the data bytes
 /// that pass.
-struct Hold<B, G> {
+pub struct Hold<B, G> {
     body: B,
     guard: G,
 }
@@ -1056,7 +1059,7 @@ impl Drop for Count {
 
 /// The end of a response to the client: the request stops being in flight, the bytes sent
 /// are counted and the access log line is written.
-struct Done {
+pub struct Done {
     _inflight: timeout::InFlightGuard,
     bytes_out: Option<prometheus::IntCounter>,
     log: Option<Box<access::Entry>>,

@@ -12,10 +12,10 @@ use std::{
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
-use hyper::body::Body as _;
+use hyper::body::Body;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 
-use crate::proxy::fields::Answer;
+use crate::proxy::{body::BoxError, fields::Answer};
 
 /// Body frames up to this size are copied behind the head (or the previous frame); larger
 /// ones are written from their own buffer.
@@ -49,10 +49,10 @@ pub enum WriteError {
     clippy::manual_async_fn,
     reason = "an `async fn` keeps its arguments twice"
 )]
-pub fn response<W: AsyncWrite + Unpin>(
+pub fn response<W: AsyncWrite + Unpin, B: Body<Data = Bytes, Error = BoxError> + Unpin>(
     io: &mut W,
     out: &mut Vec<u8>,
-    answer: Answer,
+    answer: Answer<B>,
     head_only: bool,
     close: bool,
 ) -> impl Future<Output = Result<(), WriteError>> {
