@@ -901,9 +901,8 @@ fn forward(
         let server_timeout = backend.server_timeout;
         loop {
             // Waits in the backend's FIFO queue when every server is at its maxconn.
-            let asked = Instant::now();
-            let slot = pool.acquire_sticky(&tried, up.sticky).await;
-            trace.queued = Some(trace.queued.unwrap_or_default() + asked.elapsed());
+            let (slot, waited) = pool.acquire_timed(&tried, up.sticky).await;
+            trace.queued = Some(trace.queued.unwrap_or_default() + waited);
             let slot = slot.map_err(ProxyError::from)?;
             let server = slot.server.addr;
             trace.server = Some(slot.server.clone());

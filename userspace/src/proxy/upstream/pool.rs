@@ -156,6 +156,12 @@ impl Server {
     }
 }
 
+/// What asking for a slot gave.
+enum Ask {
+    Now(Slot),
+    Queued(oneshot::Receiver<Slot>),
+}
+
 struct Waiter {
     tx: oneshot::Sender<Slot>,
     skip: Vec<SocketAddr>,
@@ -354,36 +360,57 @@ impl Pool {
         skip: &[SocketAddr],
         sticky: Option<u64>,
     ) -> Result<Slot, PoolError> {
-        let rx = {
-            let mut st = self.lock();
-            let pinned = sticky.and_then(|c| {
-                st.servers
+        self.acquire_timed(skip, sticky).await.0
+    }
+
+    /// [`acquire_sticky`](Self::acquire_sticky), with how long the request waited in a queue:
+    /// zero when a server had room, which most requests find, and then without reading the
+    /// clock (two reads per request otherwise).
+    pub async fn acquire_timed(
+        self: &Arc<Self>,
+        skip: &[SocketAddr],
+        sticky: Option<u64>,
+    ) -> (Result<Slot, PoolError>, Duration) {
+        let rx = match self.ask(skip, sticky) {
+            Ok(Ask::Now(slot)) => return (Ok(slot), Duration::ZERO),
+            Ok(Ask::Queued(rx)) => rx,
+            Err(e) => return (Err(e), Duration::ZERO),
+        };
+        let asked = tokio::time::Instant::now();
+        let slot = self.wait(rx).await;
+        (slot, asked.elapsed())
+    }
+
+    /// A slot now, or a place in a queue.
+    fn ask(self: &Arc<Self>, skip: &[SocketAddr], sticky: Option<u64>) -> Result<Ask, PoolError> {
+        let mut st = self.lock();
+        let pinned = sticky.and_then(|c| {
+            st.servers
+                .iter()
+                .find(|s| s.cookie == c && s.is_up() && !skip.contains(&s.addr))
+                .cloned()
+        });
+        let rx = match pinned {
+            // Behind those already waiting for it, if any.
+            Some(server) if server.has_room() && !st.pinned.contains_key(&server.addr) => {
+                return Ok(Ask::Now(self.take(server)));
+            }
+            Some(server) => self.wait_in(&mut st, skip, Some(server.addr))?,
+            None => {
+                if let Some(server) = self.pick(&mut st, skip) {
+                    return Ok(Ask::Now(self.take(server)));
+                }
+                if !st
+                    .servers
                     .iter()
-                    .find(|s| s.cookie == c && s.is_up() && !skip.contains(&s.addr))
-                    .cloned()
-            });
-            match pinned {
-                // Behind those already waiting for it, if any.
-                Some(server) if server.has_room() && !st.pinned.contains_key(&server.addr) => {
-                    return Ok(self.take(server));
+                    .any(|s| s.is_up() && !skip.contains(&s.addr))
+                {
+                    return Err(PoolError::NoServer(self.name.clone()));
                 }
-                Some(server) => self.wait_in(&mut st, skip, Some(server.addr))?,
-                None => {
-                    if let Some(server) = self.pick(&mut st, skip) {
-                        return Ok(self.take(server));
-                    }
-                    if !st
-                        .servers
-                        .iter()
-                        .any(|s| s.is_up() && !skip.contains(&s.addr))
-                    {
-                        return Err(PoolError::NoServer(self.name.clone()));
-                    }
-                    self.wait_in(&mut st, skip, None)?
-                }
+                self.wait_in(&mut st, skip, None)?
             }
         };
-        self.wait(rx).await
+        Ok(Ask::Queued(rx))
     }
 
     /// A place in the backend's queue, or in `server`'s own.
@@ -690,6 +717,29 @@ mod tests {
         }
         assert_eq!(*order.lock().unwrap(), [0, 1, 2], "served in arrival order");
         assert_eq!((p.queued(), p.servers()[0].active()), (0, 0));
+    }
+
+    /// The time waited is zero when a server has room, and the time spent queued otherwise.
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_is_zero_with_room_and_the_time_queued_without() {
+        let p = Pool::new(
+            "b",
+            Balance::Roundrobin,
+            Duration::from_secs(5),
+            100,
+            vec![server(1, 1, 1)],
+        );
+        let (held, waited) = p.acquire_timed(&[], None).await;
+        assert_eq!(waited, Duration::ZERO);
+        let held = held.unwrap();
+        let q = p.clone();
+        let queued = tokio::spawn(async move { q.acquire_timed(&[], None).await });
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(p.queued(), 1);
+        drop(held);
+        let (slot, waited) = queued.await.unwrap();
+        assert!(slot.is_ok());
+        assert_eq!(waited, Duration::from_secs(2));
     }
 
     #[tokio::test(start_paused = true)]
