@@ -613,11 +613,15 @@ backends: [{{ name: app, servers: ['127.0.0.1:{op}'] }}]
     };
     // Closed at once, without an answer, when the client is not in `allow`.
     let (_fg, _o, admin) = spawn("edge-admin-allow.yaml", ", allow: [10.0.0.0/8]");
-    assert!(
-        floodgate_tests::http_get(admin, "t", "/healthz").is_err()
-            || floodgate_tests::http_get(admin, "t", "/healthz").is_ok_and(|(s, _)| s == 0),
-        "a client outside admin.allow gets no answer"
-    );
+    // Both tries say what came back: a CI run once saw an answer here (2026-12-08, not
+    // reproduced in the runs since).
+    for _ in 0..2 {
+        let got = floodgate_tests::http_get(admin, "t", "/healthz");
+        assert!(
+            got.as_ref().is_err() || got.as_ref().is_ok_and(|(s, _)| *s == 0),
+            "a client outside admin.allow gets no answer; got {got:?} from {admin}"
+        );
+    }
     // The defaults let loopback in; two connections at most; a slow header is cut.
     let (_fg, _o, admin) = spawn(
         "edge-admin-bounds.yaml",
