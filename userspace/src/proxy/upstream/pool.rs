@@ -722,13 +722,7 @@ mod tests {
     /// The time waited is zero when a server has room, and the time spent queued otherwise.
     #[tokio::test(start_paused = true)]
     async fn the_wait_is_zero_with_room_and_the_time_queued_without() {
-        let p = Pool::new(
-            "b",
-            Balance::Roundrobin,
-            Duration::from_secs(5),
-            100,
-            vec![server(1, 1, 1)],
-        );
+        let p = pool(Balance::Roundrobin, vec![server(1, 1, 1)]);
         let (held, waited) = p.acquire_timed(&[], None).await;
         assert_eq!(waited, Duration::ZERO);
         let held = held.unwrap();
@@ -744,13 +738,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_backend_answers_after_the_queue_timeout() {
-        let p = Pool::new(
-            "b",
-            Balance::Roundrobin,
-            Duration::from_secs(5),
-            100,
-            vec![server(1, 1, 1)],
-        );
+        let p = pool(Balance::Roundrobin, vec![server(1, 1, 1)]);
         let _held = p.acquire(&[]).await.unwrap();
         let t = tokio::time::Instant::now();
         let err = p.acquire(&[]).await.unwrap_err();
